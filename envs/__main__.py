@@ -1,0 +1,3 @@
+from envs.serve import main
+
+main()

@@ -1,0 +1,442 @@
+"""`EnvClient`: an async client for any server speaking OpenEnv's WebSocket protocol.
+
+    async with EnvClient("unix:///run/env.sock", token=t) as env:
+        result = await env.reset(seed=0)
+        result = await env.step({"command": "ls"})
+
+URLs: `ws://`, `wss://`, `http(s)://` (rewritten to the `/ws` socket) and `unix:///path`.
+A dropped connection never hangs a caller: a request in flight fails at once with
+`ConnectionLostError`, keepalive pings detect a silent peer, and every reply has a
+deadline. `reset()` reconnects on its own, since it starts a fresh episode anyway;
+`step()` after a drop raises, because the episode's server-side state died with the
+connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import ssl as ssl_module
+import time
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel
+
+from envs import http
+from envs import websocket as ws
+from envs.errors import (
+    ERROR_TYPES,
+    AuthenticationError,
+    ConnectionLostError,
+    ConnectTimeoutError,
+    EnvError,
+    ErrorCode,
+    ExecutionError,
+    HillclimbError,
+    MessageTimeoutError,
+    StepTimeoutError,
+)
+
+ObsT = TypeVar("ObsT")
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult(Generic[ObsT]):
+    """What `reset()` and `step()` return."""
+
+    observation: ObsT
+    reward: float | None
+    done: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """The result of an MCP tool call; `is_error` means the tool itself failed."""
+
+    text: str
+    is_error: bool
+    structured: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a server listens: a TCP host and port, or a Unix socket path."""
+
+    host: str | None
+    port: int | None
+    uds: str | None
+    tls: bool
+    path: str
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme == "unix":
+            if not parts.path:
+                raise ValueError(f"unix URL {url!r} has no socket path (expected unix:///path/to.sock)")
+            return cls(None, None, parts.path, False, "/ws")
+        if scheme not in ("ws", "wss", "http", "https"):
+            raise ValueError(f"unsupported URL scheme in {url!r}: use ws://, wss://, http(s):// or unix://")
+        tls = scheme in ("wss", "https")
+        path = parts.path.rstrip("/")
+        if not path.endswith("/ws"):
+            path += "/ws"
+        if not parts.hostname:
+            raise ValueError(f"URL {url!r} has no host")
+        return cls(parts.hostname, parts.port or (443 if tls else 80), None, tls, path)
+
+    @property
+    def host_header(self) -> str:
+        return "localhost" if self.uds else f"{self.host}:{self.port}"
+
+    async def open(self, factory: Any, timeout: float, ssl: ssl_module.SSLContext | None) -> asyncio.BaseTransport:
+        loop = asyncio.get_running_loop()
+        if self.uds:
+            transport, _ = await asyncio.wait_for(loop.create_unix_connection(factory, self.uds), timeout)
+        else:
+            ctx = (ssl or ssl_module.create_default_context()) if self.tls else None
+            transport, _ = await asyncio.wait_for(loop.create_connection(factory, self.host, self.port, ssl=ctx), timeout)
+        return transport
+
+
+class _Protocol(asyncio.Protocol):
+    """One WebSocket connection: the handshake, then frames into an inbox of replies."""
+
+    def __init__(self, request: bytes, key: str, max_message_bytes: int) -> None:
+        self._request = request
+        self._accept = ws.accept_key(key)
+        self._max = max_message_bytes
+        self.transport: asyncio.Transport | None = None
+        self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._buf = bytearray()
+        self._frames: ws.FrameReader | None = None
+        self._inbox: collections.deque[bytes] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.lost: HillclimbError | None = None
+        self.last_rx = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = time.monotonic()
+        if self._frames is None:
+            self._buf += data
+            self._handshake_reply()
+            return
+        try:
+            messages = self._frames.feed(data)
+        except ws.FrameError as e:
+            self._fail(ConnectionLostError(f"server broke WebSocket framing: {e}"))
+            return
+        for opcode, payload in messages:
+            if opcode in (ws.OP_TEXT, ws.OP_BINARY):
+                self._inbox.append(payload)
+                self._wake()
+            elif opcode == ws.OVERSIZED:
+                self._fail(ConnectionLostError(f"server sent a {payload.decode()}-byte message, over this client's limit of {self._max}"))
+            elif opcode == ws.OP_PING:
+                self.send(ws.OP_PONG, payload)
+            elif opcode == ws.OP_CLOSE:
+                code, reason = ws.parse_close_payload(payload)
+                self.send(ws.OP_CLOSE, payload[:2])
+                self._fail(ConnectionLostError(f"server closed the connection (code {code}{': ' + reason if reason else ''})", close_code=code))
+
+    def _handshake_reply(self) -> None:
+        try:
+            head = http.split_head(self._buf)
+            if head is None:
+                return
+            status, headers = http.parse_response_head(head)
+        except http.HTTPError as e:
+            return self._fail(ConnectionLostError(f"bad handshake reply: {e.message}"))
+        if status == 401:
+            return self._fail(AuthenticationError("the server refused the bearer token (HTTP 401): pass token= the sandbox's token"))
+        if status != 101 or headers.get("sec-websocket-accept") != self._accept:
+            return self._fail(ConnectionLostError(f"WebSocket upgrade refused: HTTP {status}"))
+        self._frames = ws.FrameReader(max_message_bytes=self._max, expect_masked=False)
+        self.handshake.set_result(None)
+        if self._buf:
+            rest = bytes(self._buf)
+            self._buf.clear()
+            self.data_received(rest)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionLostError(f"connection lost{': ' + str(exc) if exc else ''}"))
+
+    def _fail(self, error: HillclimbError) -> None:
+        if self.lost is None:
+            self.lost = error
+        if not self.handshake.done():
+            self.handshake.set_exception(self.lost)
+            self.handshake.exception()  # mark retrieved: connect() re-raises from `lost`
+        self._wake()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(ws.encode_frame(opcode, payload, mask=True))
+
+    async def receive(self, timeout: float | None) -> bytes:
+        if self._inbox:
+            return self._inbox.popleft()
+        loop = asyncio.get_running_loop()
+        deadline = loop.call_later(timeout, self._expire) if timeout else None
+        try:
+            while not self._inbox:
+                if self.lost is not None:
+                    raise self.lost
+                self._waiter = loop.create_future()
+                await self._waiter
+        finally:
+            self._waiter = None
+            if deadline is not None:
+                deadline.cancel()
+        return self._inbox.popleft()
+
+    def _expire(self) -> None:
+        self._fail(MessageTimeoutError("no reply from the server in time"))
+
+
+class EnvClient:
+    """An async OpenEnv client with bearer-token auth, typed results and safe reconnects."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        connect_timeout_s: float = 10.0,
+        message_timeout_s: float | None = 300.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        ping_interval_s: float | None = 20.0,
+        ping_timeout_s: float = 20.0,
+        observation_type: type[BaseModel] | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> None:
+        self.url = url
+        self.endpoint = Endpoint.parse(url)
+        self._token = token
+        self.connect_timeout_s = connect_timeout_s
+        self.message_timeout_s = message_timeout_s
+        self.max_message_bytes = max_message_bytes
+        self.ping_interval_s = ping_interval_s
+        self.ping_timeout_s = ping_timeout_s
+        self.observation_type = observation_type
+        self._ssl = ssl
+        self._conn: _Protocol | None = None
+        self._lock = asyncio.Lock()
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self._rpc_ids = 0
+        self._episode_live = False
+
+    def __repr__(self) -> str:  # never show the token
+        return f"EnvClient({self.url!r})"
+
+    async def __aenter__(self) -> EnvClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._conn.lost is None
+
+    # -- connection ----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the WebSocket, retrying refused or missing sockets until `connect_timeout_s`."""
+        if self.connected:
+            return
+        self._drop()
+        deadline = time.monotonic() + self.connect_timeout_s
+        delay = 0.002
+        while True:
+            try:
+                self._conn = await self._open(max(deadline - time.monotonic(), 0.001))
+                break
+            except (ConnectionRefusedError, FileNotFoundError, ConnectionResetError, ConnectionLostError) as e:
+                if time.monotonic() + delay > deadline:
+                    raise ConnectTimeoutError(f"could not connect to {self.url} within {self.connect_timeout_s:g} s: {e}") from e
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.25)
+            except asyncio.TimeoutError as e:
+                raise ConnectTimeoutError(f"could not connect to {self.url} within {self.connect_timeout_s:g} s") from e
+        self._schedule_heartbeat()
+
+    async def _open(self, timeout: float) -> _Protocol:
+        key = ws.new_client_key()
+        lines = [
+            f"GET {self.endpoint.path} HTTP/1.1",
+            f"Host: {self.endpoint.host_header}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+        ]
+        if self._token:
+            lines.append(f"Authorization: Bearer {self._token}")
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        protocol = _Protocol(request, key, self.max_message_bytes)
+        transport = await self.endpoint.open(lambda: protocol, timeout, self._ssl)
+        try:
+            await asyncio.wait_for(asyncio.shield(protocol.handshake), timeout)
+        except BaseException:
+            transport.close()
+            raise
+        return protocol
+
+    def _schedule_heartbeat(self) -> None:
+        if self.ping_interval_s is not None:
+            self._heartbeat = asyncio.get_running_loop().call_later(self.ping_interval_s, self._beat)
+
+    def _beat(self) -> None:
+        conn = self._conn
+        if conn is None or conn.lost is not None or self.ping_interval_s is None:
+            return
+        silent_for = time.monotonic() - conn.last_rx
+        if silent_for > self.ping_interval_s + self.ping_timeout_s:
+            conn._fail(ConnectionLostError(f"no reply to keepalive pings for {silent_for:.0f} s"))
+            return
+        if silent_for >= self.ping_interval_s:
+            conn.send(ws.OP_PING, b"hc")
+        self._schedule_heartbeat()
+
+    def _drop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+        if self._conn is not None and self._conn.transport is not None:
+            self._conn.transport.close()
+        self._conn = None
+
+    async def close(self) -> None:
+        """Say goodbye to the server (it frees the session at once) and close the socket."""
+        if self.connected:
+            assert self._conn is not None
+            self._conn.send(ws.OP_TEXT, b'{"type":"close"}')
+            self._conn.send(ws.OP_CLOSE, ws.close_payload(ws.CLOSE_NORMAL))
+        self._drop()
+        self._episode_live = False
+
+    # -- requests ----------------------------------------------------------------------
+
+    async def _request(self, message: dict[str, Any], *, reconnect: bool) -> dict[str, Any]:
+        async with self._lock:
+            if not self.connected:
+                if self._conn is not None and self._episode_live and not reconnect:
+                    lost = self._conn.lost
+                    raise ConnectionLostError(f"{lost}; the episode's server-side state is gone: call reset() to start a new one") from lost
+                await self.connect()
+            conn = self._conn
+            assert conn is not None
+            conn.send(ws.OP_TEXT, json.dumps(message).encode())
+            try:
+                raw = await conn.receive(self.message_timeout_s)
+            except MessageTimeoutError:
+                raise MessageTimeoutError(f"no reply to {message['type']!r} from {self.url} within {self.message_timeout_s:g} s; the connection was dropped") from None
+        reply = json.loads(raw)
+        if reply.get("type") == "error":
+            raise _error_from(reply.get("data") or {})
+        return reply
+
+    async def reset(self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any) -> StepResult[Any]:
+        """Start a new episode; reconnects first if the connection had dropped."""
+        data = dict(kwargs)
+        if seed is not None:
+            data["seed"] = seed
+        if episode_id is not None:
+            data["episode_id"] = episode_id
+        self._episode_live = False
+        reply = await self._request({"type": "reset", "data": data}, reconnect=True)
+        self._episode_live = True
+        return self._result(reply["data"])
+
+    async def step(self, action: dict[str, Any] | BaseModel) -> StepResult[Any]:
+        payload = action.model_dump() if isinstance(action, BaseModel) else action
+        reply = await self._request({"type": "step", "data": payload}, reconnect=False)
+        return self._result(reply["data"])
+
+    async def state(self) -> dict[str, Any]:
+        reply = await self._request({"type": "state"}, reconnect=False)
+        return reply["data"]
+
+    async def _rpc(self, method: str, params: dict[str, Any]) -> Any:
+        self._rpc_ids += 1
+        request = {"jsonrpc": "2.0", "id": self._rpc_ids, "method": method, "params": params}
+        reply = (await self._request({"type": "mcp", "data": request}, reconnect=False))["data"]
+        if "error" in reply:
+            err = reply["error"]
+            raise ExecutionError(f"MCP {method} failed ({err.get('code')}): {err.get('message')}", rpc_code=err.get("code"))
+        return reply["result"]
+
+    async def list_tools(self) -> list[dict[str, Any]]:
+        """The environment's MCP tools: name, description and JSON input schema of each."""
+        return (await self._rpc("tools/list", {}))["tools"]
+
+    async def call_tool(self, name: str, **arguments: Any) -> ToolResult:
+        result = await self._rpc("tools/call", {"name": name, "arguments": arguments})
+        text = "".join(c.get("text", "") for c in result.get("content", []) if c.get("type") == "text")
+        return ToolResult(text=text, is_error=bool(result.get("isError")), structured=result.get("structuredContent"))
+
+    def _result(self, data: dict[str, Any]) -> StepResult[Any]:
+        obs = data.get("observation", {})
+        if self.observation_type is not None:
+            obs = self.observation_type.model_validate(obs)
+        return StepResult(obs, data.get("reward"), bool(data.get("done", False)), data.get("metadata") or {})
+
+
+def _error_from(data: dict[str, Any]) -> EnvError:
+    message = str(data.get("message", "unknown server error"))
+    try:
+        code = ErrorCode(data.get("code"))
+    except ValueError:
+        return ExecutionError(f"{message} (unrecognised code {data.get('code')!r})")
+    fields = {k: v for k, v in data.items() if k not in ("message", "code")}
+    if code is ErrorCode.EXECUTION_ERROR and fields.get("timeout"):
+        return StepTimeoutError(message, **fields)
+    return ERROR_TYPES[code](message, **fields)
+
+
+async def http_request(
+    url: str, path: str, *, method: str = "GET", body: Any = None, token: str | None = None, timeout: float = 5.0
+) -> tuple[int, Any]:
+    """One HTTP request to an env server (`/health`, `/schema`, `/metadata`, `/mcp`); returns (status, JSON)."""
+    endpoint = Endpoint.parse(url)
+    payload = json.dumps(body).encode() if body is not None else b""
+    headers = {"Host": endpoint.host_header, "Connection": "close", "Content-Length": str(len(payload))}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+
+    async def exchange() -> tuple[int, Any]:
+        if endpoint.uds:
+            reader, writer = await asyncio.open_unix_connection(endpoint.uds)
+        else:
+            ctx = ssl_module.create_default_context() if endpoint.tls else None
+            reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port, ssl=ctx)
+        try:
+            writer.write(head.encode("latin-1") + payload)
+            raw = await reader.read()
+        finally:
+            writer.close()
+        head_bytes, _, rest = raw.partition(b"\r\n\r\n")
+        status, _ = http.parse_response_head(head_bytes)
+        return status, json.loads(rest) if rest else None
+
+    return await asyncio.wait_for(exchange(), timeout)

@@ -1,0 +1,122 @@
+"""Typed errors shared by every hillclimb package.
+
+`HillclimbError` is the root. Each category also inherits the stdlib type it stands in
+for, so `except TimeoutError` keeps working, and every exception pickles with its fields
+because Ray re-raises errors in another process. The wire errors map one-to-one onto
+OpenEnv's error codes: the server sends the code, the client raises the matching type.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+
+class HillclimbError(Exception):
+    """Root of every error hillclimb raises on purpose."""
+
+    def __init__(self, message: str = "", **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep keyword fields across pickling (Ray ships exceptions between processes).
+        return (self.__class__, (self.message,), self.__dict__)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ErrorCode(str, Enum):
+    """OpenEnv's WebSocket error codes (`WSErrorCode`), verbatim on the wire."""
+
+    INVALID_JSON = "INVALID_JSON"
+    UNKNOWN_TYPE = "UNKNOWN_TYPE"
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    EXECUTION_ERROR = "EXECUTION_ERROR"
+    CAPACITY_REACHED = "CAPACITY_REACHED"
+    FACTORY_ERROR = "FACTORY_ERROR"
+    SESSION_ERROR = "SESSION_ERROR"
+
+
+class EnvError(HillclimbError):
+    """An error reported by an environment server; `code` is its wire code."""
+
+    code: ErrorCode = ErrorCode.EXECUTION_ERROR
+
+
+class InvalidJSONError(EnvError, ValueError):
+    code = ErrorCode.INVALID_JSON
+
+
+class UnknownMessageTypeError(EnvError, ValueError):
+    code = ErrorCode.UNKNOWN_TYPE
+
+
+class ValidationError(EnvError, ValueError):
+    """A message or action did not match its schema; `errors` lists what and where."""
+
+    code = ErrorCode.VALIDATION_ERROR
+
+
+class ExecutionError(EnvError, RuntimeError):
+    """The environment raised while handling a message; the session stays open."""
+
+    code = ErrorCode.EXECUTION_ERROR
+
+
+class StepTimeoutError(ExecutionError, TimeoutError):
+    """A reset or step ran past the server's per-step limit; the session is closed."""
+
+
+class CapacityReachedError(EnvError, RuntimeError):
+    code = ErrorCode.CAPACITY_REACHED
+
+
+class FactoryError(EnvError, RuntimeError):
+    """The server could not construct the environment for a new session."""
+
+    code = ErrorCode.FACTORY_ERROR
+
+
+class SessionError(EnvError, RuntimeError):
+    """The session itself failed or was closed by the server (for example, reaped idle)."""
+
+    code = ErrorCode.SESSION_ERROR
+
+
+ERROR_TYPES: dict[ErrorCode, type[EnvError]] = {
+    ErrorCode.INVALID_JSON: InvalidJSONError,
+    ErrorCode.UNKNOWN_TYPE: UnknownMessageTypeError,
+    ErrorCode.VALIDATION_ERROR: ValidationError,
+    ErrorCode.EXECUTION_ERROR: ExecutionError,
+    ErrorCode.CAPACITY_REACHED: CapacityReachedError,
+    ErrorCode.FACTORY_ERROR: FactoryError,
+    ErrorCode.SESSION_ERROR: SessionError,
+}
+
+
+class ConnectionLostError(HillclimbError, ConnectionError):
+    """The connection to an environment server dropped; its session state is gone."""
+
+
+class ConnectTimeoutError(HillclimbError, TimeoutError):
+    """No connection to an environment server could be opened before the deadline."""
+
+
+class MessageTimeoutError(HillclimbError, TimeoutError):
+    """The server did not answer a message in time; the connection was dropped."""
+
+
+class AuthenticationError(HillclimbError, PermissionError):
+    """The server refused the bearer token (missing or wrong)."""
+
+
+class TargetNotFoundError(HillclimbError, LookupError):
+    """An environment name or import path did not resolve to an environment class."""
+
+
+class ConfigError(HillclimbError, ValueError):
+    """A configuration value is invalid; the message names the key in the user's spelling."""

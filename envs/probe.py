@@ -1,0 +1,149 @@
+"""`probe`: an environment that reports, from inside a sandbox, how isolated it is.
+
+`hillclimb sandbox probe` starts a sandbox serving this environment and calls its
+`report` tool; the host side (`providers.probe`) turns the report into pass/fail checks.
+Everything is read from /proc, /sys and the socket API: no external tools, and the only
+connection attempted is to the host-loopback port the caller names (it must fail).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import socket
+from pathlib import Path
+from typing import Any
+
+from envs.base import Action, Environment, Observation, State, tool
+
+_RLIMITS = {
+    "address_space_bytes": resource.RLIMIT_AS,
+    "cpu_s": resource.RLIMIT_CPU,
+    "file_bytes": resource.RLIMIT_FSIZE,
+    "nofile": resource.RLIMIT_NOFILE,
+    "nproc": resource.RLIMIT_NPROC,
+}
+
+
+class ProbeAction(Action):
+    host_port: int | None = None
+
+
+class ProbeObservation(Observation):
+    report: dict[str, Any] = {}
+
+
+def _routes() -> list[str]:
+    """Routes through any interface but `lo`, IPv4 and IPv6."""
+    found = []
+    for table, iface_col in (("/proc/net/route", 0), ("/proc/net/ipv6_route", -1)):
+        try:
+            lines = Path(table).read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines[1 if table.endswith("/route") else 0 :]:
+            cols = line.split()
+            if cols and cols[iface_col] != "lo":
+                found.append(f"{table.rsplit('/', 1)[1]}: {' '.join(cols[:4])}")
+    return found
+
+
+def _host_loopback(port: int | None) -> dict[str, Any]:
+    if port is None:
+        return {"checked": False}
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return {"checked": True, "reachable": True}
+    except OSError as e:
+        return {"checked": True, "reachable": False, "error": errno.errorcode.get(e.errno or 0, str(e))}
+
+
+def _status_fields() -> dict[str, str]:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("CapEff", "NoNewPrivs", "Seccomp"):
+            fields[key] = value.strip()
+    return fields
+
+
+def _host_uid() -> int:
+    """Our uid as the host sees it (differs from getuid() inside a user namespace)."""
+    for line in Path("/proc/self/uid_map").read_text().splitlines():
+        inside, outside, count = map(int, line.split())
+        if inside <= os.getuid() < inside + count:
+            return outside + os.getuid() - inside
+    return os.getuid()
+
+
+def _cgroup_limits() -> dict[str, str]:
+    limits = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        candidates = {
+            "memory": [("memory", "memory.limit_in_bytes")],
+            "pids": [("pids", "pids.max")],
+            "cpu": [("cpu", "cpu.cfs_quota_us")],
+            "cpu,cpuacct": [("cpu,cpuacct", "cpu.cfs_quota_us")],
+            "": [("", "memory.max"), ("", "pids.max"), ("", "cpu.max")],
+        }.get(controllers, [])
+        for sub, name in candidates:
+            file = Path("/sys/fs/cgroup", sub, path.lstrip("/"), name)
+            if file.exists():
+                limits[name] = file.read_text().strip()
+    return limits
+
+
+def _writable(path: str) -> bool:
+    probe = os.path.join(path, f".probe-{os.getpid()}")
+    try:
+        with open(probe, "w"):
+            pass
+    except OSError:
+        return False
+    os.unlink(probe)
+    return True
+
+
+def isolation_report(host_port: int | None) -> dict[str, Any]:
+    return {
+        "interfaces": sorted(name for _, name in socket.if_nameindex()),
+        "routes": _routes(),
+        "host_loopback": _host_loopback(host_port),
+        "uid": os.getuid(),
+        "host_uid": _host_uid(),
+        "visible_pids": sum(1 for p in os.listdir("/proc") if p.isdigit()),
+        "hostname": socket.gethostname(),
+        "cwd": os.getcwd(),
+        "writable": {"cwd": _writable(os.getcwd()), "tmp": _writable("/tmp"), "root_fs": _writable("/"), "etc": _writable("/etc")},
+        "rlimits": {name: resource.getrlimit(res)[0] for name, res in _RLIMITS.items()},
+        "cgroup_limits": _cgroup_limits(),
+        **_status_fields(),
+    }
+
+
+class ProbeEnv(Environment[ProbeAction, ProbeObservation, State]):
+    """Reports the sandbox's network, user, filesystem and limits as seen from inside."""
+
+    SUPPORTS_CONCURRENT_SESSIONS = True
+
+    def __init__(self) -> None:
+        self._state = State()
+
+    async def reset_async(self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any) -> ProbeObservation:
+        self._state = State(episode_id=episode_id)
+        return ProbeObservation()
+
+    async def step_async(self, action: ProbeAction, timeout_s: float | None = None, **kwargs: Any) -> ProbeObservation:
+        self._state.step_count += 1
+        return ProbeObservation(report=isolation_report(action.host_port), done=True)
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @tool
+    def report(self, host_port: int | None = None) -> dict[str, Any]:
+        """The isolation report; `host_port` is a port listening on the host's loopback, to try to reach."""
+        return isolation_report(host_port)

@@ -1,0 +1,86 @@
+"""Run one environment server until SIGTERM / SIGINT: the process a sandbox runs.
+
+    python -m envs toy_terminal --uds /run/hillclimb/env.sock --token-file /run/hillclimb/token
+
+Kept free of the CLI library so the sandbox image needs nothing but pydantic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+from envs.registry import resolve_env_class
+from envs.runtime import EnvRuntime
+from envs.server import EnvServer, ServerConfig
+
+TOKEN_ENV_VAR = "HILLCLIMB_ENV_TOKEN"
+
+log = logging.getLogger("hillclimb.envs.serve")
+
+
+def read_token(token_file: str | None, *, consume: bool = False) -> str | None:
+    """The bearer token from `token_file` or `$HILLCLIMB_ENV_TOKEN`; `consume` deletes the file after reading."""
+    if token_file:
+        with open(token_file) as f:
+            token = f.read().strip()
+        if consume:
+            os.unlink(token_file)
+        if not token:
+            raise ValueError(f"token file {token_file} is empty")
+        return token
+    return os.environ.pop(TOKEN_ENV_VAR, None)
+
+
+async def serve(
+    target: str,
+    *,
+    token: str | None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    uds: str | None = None,
+    config: ServerConfig | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve `target` until cancelled or signalled; `on_ready` gets the URL once listening."""
+    server = EnvServer(EnvRuntime(resolve_env_class(target)), config, token=token)
+    if uds:
+        await server.start_unix(uds)
+        url = f"unix://{uds}"
+    else:
+        bound = await server.start_tcp(host, port)
+        url = f"ws://{host}:{bound}/ws"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if on_ready:
+        on_ready(url)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m envs", description="Serve one environment over OpenEnv's protocol.")
+    parser.add_argument("target", help="built-in environment name or import path 'package.module:Class'")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--uds", help="listen on this Unix socket instead of TCP")
+    parser.add_argument("--token-file", help=f"file holding the bearer token (deleted after reading); else ${TOKEN_ENV_VAR}")
+    parser.add_argument("--no-auth", action="store_true", help="accept clients without a token")
+    parser.add_argument("--max-sessions", type=int, default=ServerConfig().max_sessions)
+    parser.add_argument("--idle-timeout", type=float, default=ServerConfig().idle_timeout_s)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = None if args.no_auth else read_token(args.token_file, consume=True)
+    if token is None and not args.no_auth:
+        parser.error(f"no token: pass --token-file, set ${TOKEN_ENV_VAR}, or --no-auth")
+    config = ServerConfig(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout)
+    asyncio.run(serve(args.target, token=token, host=args.host, port=args.port, uds=args.uds, config=config,
+                      on_ready=lambda url: log.info("serving %s on %s", args.target, url)))

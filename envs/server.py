@@ -1,0 +1,501 @@
+"""The environment server: OpenEnv's wire protocol on asyncio, over TCP or a Unix socket.
+
+    connection ──HTTP──► /health /schema /metadata /mcp        (one request at a time)
+              └─upgrade /ws──► Session: one environment instance, messages in order
+                                reset / step / state / mcp / close ──► replies
+
+Every connection is an `asyncio.Protocol`; a WebSocket session runs one task that takes
+its messages from an inbox in arrival order, so a slow step never reorders replies and a
+bad message gets an error reply while the session lives on. The bearer token is checked
+before the upgrade, so a refused client never costs an environment instance. A reaper
+closes sessions and connections idle past `idle_timeout_s` (OpenEnv issue #1000: leaked
+half-open sessions must not fill every slot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hmac
+import itertools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from envs import http, mcp
+from envs import websocket as ws
+from envs.errors import (
+    CapacityReachedError,
+    EnvError,
+    ErrorCode,
+    FactoryError,
+    UnknownMessageTypeError,
+    ValidationError,
+)
+from envs.runtime import EnvRuntime, SessionRunner
+
+log = logging.getLogger("hillclimb.envs.server")
+
+_MAX_INBOX = 32  # queued messages per session before the server stops reading from it
+
+
+class ServerConfig(BaseModel):
+    """Limits of one environment server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_sessions: int = Field(default=64, ge=1)
+    """Concurrent WebSocket sessions; an environment that does not support concurrent sessions gets 1."""
+    idle_timeout_s: float | None = Field(default=300.0, gt=0)
+    """Seconds without a message after which a session (or a connection) is closed. None disables reaping."""
+    step_timeout_s: float | None = Field(default=120.0, gt=0)
+    """Seconds one reset or step may run; past it the session is closed. None means no limit."""
+    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    """Largest accepted message; a larger one is answered with VALIDATION_ERROR and skipped."""
+
+
+class _StepDeadline(Exception):
+    """A reset or step ran past `step_timeout_s` (as opposed to the environment raising TimeoutError)."""
+
+
+def _error_frame(code: ErrorCode, message: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "error", "data": {"message": message, "code": code.value, **extra}}
+
+
+class _Session:
+    __slots__ = ("id", "conn", "runner", "last_active", "busy", "steps")
+
+    def __init__(self, session_id: str, conn: _Connection) -> None:
+        self.id = session_id
+        self.conn = conn
+        self.runner: SessionRunner | None = None
+        self.last_active = time.monotonic()
+        self.busy = False
+        self.steps = 0
+
+
+class EnvServer:
+    """Serves one environment class; `start_tcp` or `start_unix`, then `serve_forever`."""
+
+    def __init__(self, runtime: EnvRuntime, config: ServerConfig | None = None, *, token: str | None) -> None:
+        self.runtime = runtime
+        self.config = config or ServerConfig()
+        self._token = token.encode() if token else None
+        self.max_sessions = self.config.max_sessions if runtime.concurrent else 1
+        if self.max_sessions < self.config.max_sessions:
+            log.info("%s does not support concurrent sessions: capacity is 1", runtime.name)
+        self.sessions: dict[str, _Session] = {}
+        self._reserved = 0  # sessions accepted whose environment is still being created
+        self._connections: set[_Connection] = set()
+        self._servers: list[asyncio.base_events.Server] = []
+        self._reaper: asyncio.Task[None] | None = None
+        self._ids = itertools.count(1)
+        self._schema_body: bytes | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _Connection(self), host, port)
+        self._servers.append(server)
+        self._start_reaper()
+        return server.sockets[0].getsockname()[1]
+
+    async def start_unix(self, path: str) -> None:
+        if os.path.exists(path):
+            os.unlink(path)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(lambda: _Connection(self), path)
+        self._servers.append(server)
+        self._start_reaper()
+
+    async def serve_forever(self) -> None:
+        await asyncio.gather(*(s.serve_forever() for s in self._servers))
+
+    async def close(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+        for server in self._servers:
+            server.close()
+        for conn in list(self._connections):
+            conn.shutdown(ws.CLOSE_GOING_AWAY, "server shutting down")
+        for server in self._servers:
+            await server.wait_closed()
+
+    # -- sessions ----------------------------------------------------------------
+
+    def authorized(self, headers: dict[str, str]) -> bool:
+        if self._token is None:
+            return True
+        scheme, _, presented = headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), self._token)
+
+    def reserve_session(self) -> None:
+        active = len(self.sessions) + self._reserved
+        if active >= self.max_sessions:
+            raise CapacityReachedError(
+                f"server at capacity: {active} of {self.max_sessions} sessions in use",
+                active_sessions=active,
+                max_sessions=self.max_sessions,
+            )
+        self._reserved += 1
+
+    def open_session(self, conn: _Connection) -> _Session:
+        self._reserved -= 1
+        session = _Session(f"s{next(self._ids)}-{os.urandom(4).hex()}", conn)
+        session.runner = SessionRunner(self.runtime)  # may raise FactoryError: caller reports it
+        self.sessions[session.id] = session
+        return session
+
+    def release_session(self, session: _Session) -> None:
+        if self.sessions.pop(session.id, None) is not None and session.runner is not None:
+            try:
+                session.runner.close()
+            except Exception:
+                log.exception("closing session %s failed", session.id)
+
+    def schema_body(self) -> bytes:
+        if self._schema_body is None:
+            self._schema_body = json.dumps(self.runtime.schema()).encode()
+        return self._schema_body
+
+    # -- idle reaping --------------------------------------------------------------
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None and self.config.idle_timeout_s is not None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def _reap_forever(self) -> None:
+        timeout = self.config.idle_timeout_s
+        assert timeout is not None
+        interval = min(max(timeout / 4, 0.05), 5.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.reap_idle(time.monotonic() - timeout)
+            except Exception:  # the reaper must outlive any one bad connection
+                log.exception("idle reaping failed")
+
+    def reap_idle(self, cutoff: float) -> int:
+        reaped = 0
+        for conn in list(self._connections):
+            if conn.idle_since(cutoff):
+                conn.reap(self.config.idle_timeout_s or 0)
+                reaped += 1
+        return reaped
+
+    def track(self, conn: _Connection, alive: bool) -> None:
+        (self._connections.add if alive else self._connections.discard)(conn)
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: HTTP requests until it upgrades to a WebSocket session."""
+
+    def __init__(self, server: EnvServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._pending_request: http.Request | None = None  # head parsed, body still arriving
+        self._frames: ws.FrameReader | None = None
+        self._http_busy = False
+        self._closing = False
+        self._last_active = time.monotonic()
+        self.session: _Session | None = None
+        self._inbox: collections.deque[tuple[int, bytes] | None] = collections.deque()
+        self._inbox_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.track(self, True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self.server.track(self, False)
+        self._push(None)
+        if self._drain_waiter and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._drain_waiter = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drain_waiter and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+        self._drain_waiter = None
+
+    def data_received(self, data: bytes) -> None:
+        self._last_active = time.monotonic()
+        if self._frames is not None:
+            self._on_ws_data(data)
+            return
+        self._buf += data
+        self._serve_http()
+
+    # -- reaping and shutdown --------------------------------------------------------
+
+    def idle_since(self, cutoff: float) -> bool:
+        if self.session is not None and self.session.busy:
+            return False
+        return self._last_active < cutoff and not self._closing
+
+    def reap(self, timeout: float) -> None:
+        if self.session is not None:
+            log.info("reaping session %s after %.0f s idle", self.session.id, timeout)
+            self._send_json(_error_frame(ErrorCode.SESSION_ERROR, f"session closed after {timeout:g} s without a message"))
+        self.shutdown(ws.CLOSE_GOING_AWAY, "idle timeout")
+
+    def shutdown(self, code: int, reason: str) -> None:
+        if self.transport is None or self._closing:
+            return
+        self._closing = True
+        if self._frames is not None:
+            self.transport.write(ws.encode_frame(ws.OP_CLOSE, ws.close_payload(code, reason), mask=False))
+        self.transport.close()
+        # A half-open peer never acknowledges; do not let its socket linger.
+        asyncio.get_running_loop().call_later(5.0, self.transport.abort)
+        self._push(None)
+
+    # -- HTTP --------------------------------------------------------------------------
+
+    def _serve_http(self) -> None:
+        while not self._http_busy and not self._closing and self._frames is None:
+            try:
+                request = self._next_request()
+                if request is None:
+                    return
+                self._route(request)
+            except http.HTTPError as e:
+                self._respond_and_close(http.json_response(e.status, {"error": e.message}))
+                return
+
+    def _next_request(self) -> http.Request | None:
+        pending = self._pending_request
+        if pending is None:
+            head = http.split_head(self._buf)
+            if head is None:
+                return None
+            pending = http.parse_request_head(head)
+            if pending.content_length > self.server.config.max_message_bytes:
+                raise http.HTTPError(413, f"body exceeds {self.server.config.max_message_bytes} bytes")
+        need = pending.content_length
+        if len(self._buf) < need:
+            self._pending_request = pending
+            return None
+        pending.body = bytes(self._buf[:need])
+        del self._buf[:need]
+        self._pending_request = None
+        return pending
+
+    def _route(self, req: http.Request) -> None:
+        if req.path == "/health":
+            return self._respond(req, http.json_response(200, {"status": "healthy"}))
+        if req.path not in ("/ws", "/schema", "/metadata", "/mcp"):
+            return self._respond(req, http.json_response(404, {"error": f"no route {req.path}"}))
+        if not self.server.authorized(req.headers):
+            body = {"error": "missing or wrong bearer token"}
+            return self._respond_and_close(http.json_response(401, body, {"WWW-Authenticate": "Bearer"}))
+        if req.path == "/ws":
+            return self._upgrade(req)
+        expected = "POST" if req.path == "/mcp" else "GET"
+        if req.method != expected:
+            return self._respond(req, http.json_response(405, {"error": f"{req.path} takes {expected}"}, {"Allow": expected}))
+        if req.path == "/schema":
+            return self._respond(req, http.render_response(200, self.server.schema_body(), {"Content-Type": "application/json"}))
+        if req.path == "/metadata":
+            return self._respond(req, http.json_response(200, self.server.runtime.metadata))
+        self._http_busy = True
+        asyncio.get_running_loop().create_task(self._serve_mcp_post(req))
+
+    def _respond(self, req: http.Request, payload: bytes) -> None:
+        if req.keep_alive:
+            self._write(payload)
+        else:
+            self._respond_and_close(payload)
+
+    def _respond_and_close(self, payload: bytes) -> None:
+        self._write(payload)
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _write(self, payload: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(payload)
+
+    async def _serve_mcp_post(self, req: http.Request) -> None:
+        try:
+            reply = await self._stateless_mcp(req.body)
+            self._respond(req, http.json_response(200, reply))
+        except Exception as e:  # a broken environment must not take the connection's server down
+            log.exception("POST /mcp failed")
+            self._respond(req, http.json_response(200, mcp.rpc_error(None, mcp.INTERNAL_ERROR, f"{type(e).__name__}: {e}")))
+        finally:
+            self._http_busy = False
+        self._serve_http()
+
+    async def _stateless_mcp(self, body: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(body)
+        except ValueError as e:
+            return mcp.rpc_error(None, mcp.PARSE_ERROR, f"invalid JSON: {e}")
+        runner = SessionRunner(self.server.runtime)  # one throwaway instance, as OpenEnv does
+        try:
+            reply = await mcp.handle_jsonrpc(request, runner.tools, self.server.runtime.name)
+        finally:
+            runner.close()
+        return reply or {"jsonrpc": "2.0", "result": None}
+
+    # -- WebSocket ---------------------------------------------------------------------
+
+    def _upgrade(self, req: http.Request) -> None:
+        key = req.headers.get("sec-websocket-key")
+        if req.method != "GET" or "websocket" not in req.headers.get("upgrade", "").lower() or not key:
+            return self._respond_and_close(http.json_response(426, {"error": "/ws needs a WebSocket upgrade"}, {"Upgrade": "websocket"}))
+        if req.headers.get("sec-websocket-version") != "13":
+            return self._respond_and_close(http.json_response(426, {"error": "WebSocket version 13 required"}, {"Sec-WebSocket-Version": "13"}))
+        headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": ws.accept_key(key)}
+        self._write(http.render_response(101, headers=headers))
+        self._frames = ws.FrameReader(max_message_bytes=self.server.config.max_message_bytes, expect_masked=True)
+        try:
+            self.server.reserve_session()
+        except CapacityReachedError as e:
+            self._send_json(_error_frame(ErrorCode.CAPACITY_REACHED, str(e), active_sessions=e.active_sessions, max_sessions=e.max_sessions))
+            return self.shutdown(ws.CLOSE_POLICY_VIOLATION, "capacity reached")
+        self._task = asyncio.get_running_loop().create_task(self._run_session())
+        leftover = bytes(self._buf)
+        self._buf.clear()
+        if leftover:
+            self._on_ws_data(leftover)
+
+    def _on_ws_data(self, data: bytes) -> None:
+        assert self._frames is not None
+        try:
+            messages = self._frames.feed(data)
+        except ws.FrameError as e:
+            log.info("closing connection after a framing error: %s", e)
+            return self.shutdown(e.close_code, str(e))
+        for opcode, payload in messages:
+            if opcode == ws.OP_PING:
+                self._write(ws.encode_frame(ws.OP_PONG, payload, mask=False))
+            elif opcode == ws.OP_CLOSE:
+                code, _ = ws.parse_close_payload(payload)
+                self.shutdown(ws.CLOSE_NORMAL if code in (1005, ws.CLOSE_NORMAL) else code, "")
+            elif opcode != ws.OP_PONG:
+                self._push((opcode, payload))
+
+    def _push(self, item: tuple[int, bytes] | None) -> None:
+        self._inbox.append(item)
+        waiter = self._inbox_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if len(self._inbox) > _MAX_INBOX and not self._reading_paused and self.transport and not self._closing:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    async def _next_message(self) -> tuple[int, bytes] | None:
+        while not self._inbox:
+            self._inbox_waiter = asyncio.get_running_loop().create_future()
+            await self._inbox_waiter
+            self._inbox_waiter = None
+        if self._reading_paused and len(self._inbox) <= _MAX_INBOX // 2 and not self._closing:
+            self._reading_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+        return self._inbox.popleft()
+
+    def _send_json(self, payload: dict[str, Any]) -> None:
+        self._write(ws.encode_frame(ws.OP_TEXT, json.dumps(payload).encode(), mask=False))
+
+    async def _run_session(self) -> None:
+        try:
+            self.session = self.server.open_session(self)
+        except FactoryError as e:
+            self._send_json(_error_frame(ErrorCode.FACTORY_ERROR, str(e), factory_name=self.server.runtime.name))
+            return self.shutdown(ws.CLOSE_INTERNAL_ERROR, "environment factory failed")
+        session = self.session
+        try:
+            while True:
+                message = await self._next_message()
+                if message is None:
+                    return
+                reply = await self._handle(session, message)
+                if reply is not None:
+                    self._send_json(reply)
+                if self._drain_waiter is not None:
+                    await self._drain_waiter
+        except Exception as e:
+            log.exception("session %s failed", session.id)
+            self._send_json(_error_frame(ErrorCode.SESSION_ERROR, f"session failed: {type(e).__name__}: {e}"))
+            self.shutdown(ws.CLOSE_INTERNAL_ERROR, "session failed")
+        finally:
+            self.server.release_session(session)
+
+    async def _handle(self, session: _Session, message: tuple[int, bytes]) -> dict[str, Any] | None:
+        opcode, payload = message
+        if opcode == ws.OVERSIZED:
+            limit = self.server.config.max_message_bytes
+            return _error_frame(ErrorCode.VALIDATION_ERROR, f"message of {payload.decode()} bytes exceeds the limit of {limit} bytes; it was skipped")
+        try:
+            parsed = json.loads(payload)
+        except ValueError as e:
+            return _error_frame(ErrorCode.INVALID_JSON, f"invalid JSON: {e}")
+        if not isinstance(parsed, dict):
+            return _error_frame(ErrorCode.VALIDATION_ERROR, f"a message must be a JSON object, got {type(parsed).__name__}")
+        kind = parsed.get("type")
+        session.busy = True
+        try:
+            return await self._dispatch(session, kind, parsed.get("data", {}))
+        except EnvError as e:
+            extra = {"errors": e.errors} if isinstance(e, ValidationError) else {}
+            return _error_frame(e.code, str(e), **extra)
+        except _StepDeadline:
+            limit = self.server.config.step_timeout_s
+            self._send_json(_error_frame(ErrorCode.EXECUTION_ERROR, f"{kind} ran past the step timeout of {limit:g} s; the session is closed because its state is unknown", timeout=True))
+            self.shutdown(ws.CLOSE_INTERNAL_ERROR, "step timeout")
+            return None
+        except Exception as e:
+            return _error_frame(ErrorCode.EXECUTION_ERROR, f"{kind} failed: {type(e).__name__}: {e}")
+        finally:
+            session.busy = False
+            session.last_active = self._last_active = time.monotonic()
+
+    async def _bounded(self, work: Any) -> Any:
+        try:
+            async with asyncio.timeout(self.server.config.step_timeout_s) as scope:
+                return await work
+        except TimeoutError:
+            if scope.expired():
+                raise _StepDeadline from None
+            raise
+
+    async def _dispatch(self, session: _Session, kind: Any, data: Any) -> dict[str, Any] | None:
+        runner = session.runner
+        assert runner is not None
+        if kind == "step":
+            result = await self._bounded(runner.step(data))
+            session.steps += 1
+            return {"type": "observation", "data": result}
+        if kind == "reset":
+            if not isinstance(data, dict):
+                raise ValidationError(f"reset data must be a JSON object, got {type(data).__name__}", errors=[])
+            result = await self._bounded(runner.reset(data))
+            return {"type": "observation", "data": result}
+        if kind == "state":
+            return {"type": "state", "data": runner.state()}
+        if kind == "mcp":
+            reply = await mcp.handle_jsonrpc(data, runner.tools, self.server.runtime.name)
+            return {"type": "mcp", "data": reply} if reply is not None else None
+        if kind == "close":
+            self.shutdown(ws.CLOSE_NORMAL, "closed by client")
+            return None
+        raise UnknownMessageTypeError(f"unknown message type {kind!r}; expected one of reset, step, state, mcp, close")

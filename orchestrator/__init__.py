@@ -1,0 +1,1 @@
+"""The driver side: pools, episodes, Ray workers, the trajectory buffer and ledger, the CLI."""

@@ -1,0 +1,26 @@
+"""The `hillclimb` command. Subcommands are thin: they parse, then call library code.
+
+Heavy imports (Ray, torch) happen inside the commands that need them, so `--help` and
+config validation stay fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from orchestrator.commands import env as env_commands
+from orchestrator.commands import sandbox as sandbox_commands
+
+app = typer.Typer(
+    name="hillclimb",
+    help="Sandboxed rollouts and GRPO + ECHO training for tool-using and terminal agents.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(env_commands.app, name="env")
+app.add_typer(sandbox_commands.app, name="sandbox")
+
+
+def main() -> None:
+    app()

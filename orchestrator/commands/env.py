@@ -1,0 +1,99 @@
+"""`hillclimb env`: serve an environment, list the built-in ones, watch an oracle episode."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from envs.registry import BUILTIN_ENVS, resolve_env_class
+from envs.tasks import TASK_SUITES
+from orchestrator.console import console, errors, reports_errors
+
+app = typer.Typer(help="Serve and inspect environments.", no_args_is_help=True)
+
+
+def _token_for_serving(token_file: Path | None) -> str:
+    from envs.serve import TOKEN_ENV_VAR, read_token
+
+    token = read_token(str(token_file) if token_file else None)
+    if token:
+        return token
+    path = Path(".hillclimb-token")
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    errors.print(f"no --token-file or ${TOKEN_ENV_VAR}: wrote a new bearer token to {path.resolve()} (mode 0600)")
+    return token
+
+
+@app.command()
+@reports_errors
+def serve(
+    target: Annotated[str, typer.Argument(help="Built-in environment name or import path 'package.module:ClassName'.")],
+    host: Annotated[str, typer.Option(help="TCP address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).")] = 8000,
+    uds: Annotated[Optional[Path], typer.Option(help="Listen on this Unix socket instead of TCP.")] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Accept clients without a bearer token.")] = False,
+    token_file: Annotated[Optional[Path], typer.Option(help="File holding the bearer token.")] = None,
+    max_sessions: Annotated[int, typer.Option(help="Concurrent WebSocket sessions.")] = 64,
+    idle_timeout: Annotated[float, typer.Option(help="Close sessions idle this many seconds.")] = 300.0,
+) -> None:
+    """Serve an environment over OpenEnv's protocol (WebSocket /ws, /health, /schema, /metadata, /mcp)."""
+    from envs.serve import serve as run
+    from envs.server import ServerConfig
+
+    resolve_env_class(target)  # fail fast, before binding anything
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = None if no_auth else _token_for_serving(token_file)
+    if no_auth:
+        errors.print("[yellow]warning:[/] --no-auth: any local client can drive this environment")
+    config = ServerConfig(max_sessions=max_sessions, idle_timeout_s=idle_timeout)
+    ready = lambda url: console.print(f"serving [bold]{target}[/] on {url}")  # noqa: E731
+    asyncio.run(run(target, token=token, host=host, port=port, uds=str(uds) if uds else None, config=config, on_ready=ready))
+
+
+@app.command("list")
+def list_envs() -> None:
+    """List the built-in environments and their task suites."""
+    from rich.table import Table
+
+    table = Table("name", "class", "task suite", "about")
+    for name, path in sorted(BUILTIN_ENVS.items()):
+        about = (resolve_env_class(name).__doc__ or "").strip().splitlines()[0]
+        table.add_row(name, path, "yes" if name in TASK_SUITES else "-", about)
+    console.print(table)
+
+
+@app.command()
+@reports_errors
+def demo(
+    env: Annotated[str, typer.Argument(help="Environment with a task suite.")] = "toy_terminal",
+    task: Annotated[Optional[str], typer.Option(help="Task id (default: the split's first).")] = None,
+    split: Annotated[str, typer.Option(help="train or heldout.")] = "train",
+    provider: Annotated[str, typer.Option(help="Sandbox provider.")] = "local",
+    unisolated: Annotated[bool, typer.Option("--unisolated", help="Local provider without isolation (trusted envs only).")] = False,
+) -> None:
+    """Run one task's oracle solution in a fresh sandbox and print every turn."""
+    from orchestrator.demo import oracle_episode
+    from providers.registry import open_provider
+
+    styles = {"sandbox": "dim", "task": "bold", "action": "bold green", "observation": "", "reward": "bold magenta"}
+
+    def show(kind: str, text: str) -> None:
+        prefix = "$ " if kind == "action" else f"[{kind}] " if kind in ("sandbox", "task", "reward") else ""
+        console.print(f"{prefix}{text}", style=styles[kind], markup=False)
+
+    async def run() -> float:
+        options = {"isolation": "none"} if unisolated else {}
+        async with open_provider(provider, **options) as prov:
+            return await oracle_episode(prov, env, task, split, show)  # type: ignore[arg-type]
+
+    reward = asyncio.run(run())
+    raise typer.Exit(0 if reward > 0 else 1)

@@ -1,0 +1,52 @@
+"""Typed provider errors: retryable (capacity, transient API trouble) versus fatal (bad spec).
+
+Providers translate their SDK's errors into these at the boundary, chained with `from e`.
+Callers decide by type: a pool retries `RetryableProviderError` after `delay_s` and gives
+up at once on `FatalProviderError`.
+"""
+
+from __future__ import annotations
+
+from envs.errors import HillclimbError
+
+
+class ProviderError(HillclimbError):
+    """Any failure to create, reach or destroy a sandbox."""
+
+
+class RetryableProviderError(ProviderError):
+    """Worth retrying after `delay_s` seconds: capacity, rate limits, a transient API error."""
+
+    delay_s: float = 1.0
+
+
+class FatalProviderError(ProviderError):
+    """Retrying cannot help: the spec, the image or the machine is wrong."""
+
+
+class BadSpecError(FatalProviderError, ValueError):
+    """The sandbox spec is invalid for this provider (unknown image, impossible limits...)."""
+
+
+class UnsupportedPolicy(FatalProviderError):
+    """The provider cannot enforce the requested egress policy; it never runs weaker than asked."""
+
+
+class IsolationUnavailable(FatalProviderError):
+    """This machine offers no isolation the provider can use, and unisolated mode was not chosen."""
+
+
+class SandboxNotFound(FatalProviderError, LookupError):
+    """No sandbox with this id exists (or it is already gone)."""
+
+
+class CapacityError(RetryableProviderError):
+    """The provider is at its limit of sandboxes; retry later."""
+
+
+class ReadyTimeoutError(RetryableProviderError, TimeoutError):
+    """The sandbox did not answer its health check in time (it is destroyed before this is raised)."""
+
+
+class SandboxDiedError(RetryableProviderError):
+    """The sandbox exited while starting; `log_tail` holds the end of its log."""

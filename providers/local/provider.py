@@ -1,0 +1,420 @@
+"""`LocalProvider`: each sandbox is a process tree in its own namespaces on this machine.
+
+A sandbox gets new network, PID, mount, IPC and UTS namespaces (only a loopback
+interface, no route out), its own working directory and /tmp, an unprivileged uid of its
+own when we run as root (a user namespace otherwise), cgroup or rlimit limits, and a
+Unix socket as its only door. It is killed with its whole tree on destroy, at its
+time-to-live, and when the process that created it dies.
+
+On disk, under the provider's root (mode 0711, owned by us):
+
+    <root>/<id>/meta.json     labels, pids and uid slot (no token), 0600
+    <root>/<id>/run/          env.sock and server.log, owned by the sandbox uid, 0700
+    <root>/<id>/work/         the sandbox's working directory
+    <root>/<id>/tmp/          its /tmp
+    <root>/.slots/<n>         uid slot claims (uid = uid_base + n)
+
+Another process (`hillclimb sandbox ls|rm|reap`) reads the same layout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import SecretStr
+
+from envs.client import http_request
+from providers.base import Sandbox, SandboxSpec, utc_from_timestamp
+from providers.errors import (
+    BadSpecError,
+    FatalProviderError,
+    IsolationUnavailable,
+    ReadyTimeoutError,
+    SandboxDiedError,
+    UnsupportedPolicy,
+)
+from providers.local import isolation
+from providers.local.cgroups import Cgroups
+from providers.local.zygote import LaunchPlan
+
+log = logging.getLogger("hillclimb.providers.local")
+
+Isolation = Literal["auto", "namespaces", "none"]
+
+
+def default_root() -> Path:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(runtime) / "hillclimb" / "sandboxes" if runtime else Path(f"/tmp/hillclimb-{os.getuid()}") / "sandboxes"
+
+
+class _ZygoteClient:
+    """The zygote process and a thread-safe request/reply channel to it."""
+
+    def __init__(self, log_path: Path) -> None:
+        self._lock = threading.Lock()
+        self._log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            proc = self._ensure()
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(json.dumps(message).encode() + b"\n")
+                proc.stdin.flush()
+                line = proc.stdout.readline()
+            except BrokenPipeError:
+                line = b""
+            if not line:
+                self._proc = None
+                raise FatalProviderError(f"the local sandbox zygote died; see {self._log_path}")
+            return json.loads(line)
+
+    def _ensure(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            with open(self._log_path, "ab") as err:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-m", "providers.local.zygote"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    start_new_session=True,  # Ctrl-C reaches the driver, whose exit then closes our stdin
+                )
+        return self._proc
+
+    def close(self) -> None:
+        with self._lock:
+            if self._proc is not None:
+                assert self._proc.stdin is not None and self._proc.stdout is not None
+                self._proc.stdin.close()  # the zygote kills its sandboxes and exits on EOF
+                self._proc.wait(timeout=10)
+                self._proc.stdout.close()
+                self._proc = None
+
+
+class LocalProvider:
+    """Sandboxes as isolated local processes: the embedded default provider."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        root: str | Path | None = None,
+        isolation: Isolation = "auto",
+        uid_base: int = 200_000,
+        uid_slots: int = 60_000,
+    ) -> None:
+        self.root = Path(root) if root else default_root()
+        self.isolation = isolation
+        self.uid_base = uid_base
+        self.uid_slots = uid_slots
+        self._as_root = os.geteuid() == 0
+        self._cgroups = Cgroups.detect() if self._as_root else None
+        self._isolate: bool | None = None  # decided on first create
+        self._zygote = _ZygoteClient(self._prepare_root() / ".zygote.log")
+        self._tokens: dict[str, SecretStr] = {}
+        self._key_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def _prepare_root(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o711)
+        (self.root / ".slots").mkdir(mode=0o700, exist_ok=True)
+        return self.root
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "isolation": "namespaces" if self._isolated() else "NONE",
+            "user": "per-sandbox uid" if self._as_root else "user namespace",
+            "limits": self._cgroups.describe() if self._cgroups else "rlimits only",
+            "root": str(self.root),
+        }
+
+    def _isolated(self) -> bool:
+        if self._isolate is None:
+            if self.isolation == "none":
+                log.warning(
+                    "LOCAL SANDBOXES ARE NOT ISOLATED (isolation='none'): environments run as plain processes with this "
+                    "user's rights and full network access. Only use this with environments you trust."
+                )
+                self._isolate = False
+            else:
+                reason = isolation.namespaces_usable(self._as_root)
+                if reason is not None:
+                    raise IsolationUnavailable(
+                        f"cannot isolate local sandboxes on this machine: {reason}. Enable unprivileged user namespaces "
+                        "(sysctl kernel.unprivileged_userns_clone=1), run as root, or opt in to unisolated sandboxes "
+                        "with isolation='none' (CLI: --unisolated) for trusted environments only."
+                    )
+                self._isolate = True
+        return self._isolate
+
+    # -- create -------------------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> Sandbox:
+        self._check_spec(spec)
+        return await asyncio.to_thread(self._create, spec)
+
+    def _check_spec(self, spec: SandboxSpec) -> None:
+        if spec.image is not None:
+            raise BadSpecError(f"the local provider runs no container images (got image={spec.image!r}); use the docker provider")
+        if spec.egress.mode != "deny_all":
+            raise UnsupportedPolicy(
+                "local sandboxes have no network at all; an allow-list egress policy needs a provider that can enforce one"
+            )
+
+    def _create(self, spec: SandboxSpec) -> Sandbox:
+        if spec.idempotency_key is None:
+            return self._create_new(spec)
+        with self._lock:  # a concurrent create with the same key waits for the first
+            key_lock = self._key_locks.setdefault(spec.key_digest, threading.Lock())
+        with key_lock:
+            return self._create_new(spec)
+
+    def _create_new(self, spec: SandboxSpec) -> Sandbox:
+        isolate = self._isolated()
+        sandbox_id, home = self._claim_dir(spec)
+        if home is None:
+            return self._existing(sandbox_id)
+        created_at = time.time()
+        token = secrets.token_urlsafe(32)
+        labels = spec.all_labels(created_at)
+        try:
+            slot = self._claim_slot() if isolate and self._as_root else None
+            uid = None if slot is None else self.uid_base + slot
+            dirs = self._make_dirs(home, uid)
+            cgroups = self._cgroups.create(sandbox_id, spec.resources) if self._cgroups and isolate else []
+            plan = LaunchPlan(
+                id=sandbox_id, env=spec.env, command=list(spec.command) if spec.command else None, token=token,
+                socket_path=str(dirs["run"] / "env.sock"), workdir=str(dirs["work"]), tmpdir=str(dirs["tmp"]),
+                tmp_size_mb=spec.resources.disk_mb,
+                log_path=str(dirs["run"] / "server.log"), uid=uid, gid=uid, isolate=isolate,
+                rlimits=self._rlimits(spec, unique_uid=uid is not None, cgroups=bool(cgroups)),
+                cgroups=cgroups, env_vars=spec.env_vars, max_sessions=spec.max_sessions,
+                expires_at=created_at + spec.ttl_s,
+            )
+            self._write_meta(home, {"labels": labels, "created_at": created_at, "slot": slot, "endpoint": f"unix://{plan.socket_path}"})
+            reply = self._zygote.request({"op": "spawn", "plan": plan.model_dump()})
+            if not reply.get("ok"):
+                raise SandboxDiedError(f"sandbox {sandbox_id} failed to start: {reply.get('error')}", log_tail=self._log_tail(home))
+            self._update_meta(home, pid=reply["pid"], pid_start=_start_time(reply["pid"]))
+        except BaseException:
+            self._remove(sandbox_id)
+            raise
+        with self._lock:
+            self._tokens[sandbox_id] = SecretStr(token)
+        return self._sandbox(sandbox_id, self._read_meta(home))
+
+    def _claim_dir(self, spec: SandboxSpec) -> tuple[str, Path | None]:
+        """A new sandbox directory (atomic, so one idempotency key yields one sandbox), or
+        (id, None) when the key's sandbox already exists."""
+        while True:
+            sandbox_id = "lc-" + (spec.key_digest[:12] if spec.idempotency_key else secrets.token_hex(6))
+            home = self.root / sandbox_id
+            try:
+                home.mkdir(mode=0o711)
+                return sandbox_id, home
+            except FileExistsError:
+                if spec.idempotency_key:
+                    return sandbox_id, None
+
+    def _existing(self, sandbox_id: str) -> Sandbox:
+        meta = self._read_meta(self.root / sandbox_id)
+        if sandbox_id not in self._tokens:
+            raise FatalProviderError(
+                f"sandbox {sandbox_id} for this idempotency key exists but was created by another process; "
+                "destroy it (hillclimb sandbox rm) or use that process's handle"
+            )
+        return self._sandbox(sandbox_id, meta)
+
+    def _claim_slot(self) -> int:
+        slots = self.root / ".slots"
+        start = secrets.randbelow(self.uid_slots)
+        for offset in range(self.uid_slots):
+            slot = (start + offset) % self.uid_slots
+            try:
+                (slots / str(slot)).mkdir()
+                return slot
+            except FileExistsError:
+                continue
+        raise FatalProviderError(f"all {self.uid_slots} sandbox uid slots are taken; run `hillclimb sandbox reap`")
+
+    def _make_dirs(self, home: Path, uid: int | None) -> dict[str, Path]:
+        dirs = {name: home / name for name in ("run", "work", "tmp")}
+        for path in dirs.values():
+            path.mkdir(mode=0o700)
+            if uid is not None:
+                os.chown(path, uid, uid)
+        return dirs
+
+    def _rlimits(self, spec: SandboxSpec, *, unique_uid: bool, cgroups: bool) -> dict[str, int]:
+        res = spec.resources
+        limits = {
+            "cpu_s": math.ceil(spec.ttl_s * res.cpu) + 1,  # all the CPU time its lifetime could use
+            "file_bytes": res.disk_mb * 1024 * 1024,
+            "nofile": 4096,
+        }
+        # RLIMIT_NPROC counts every task of the real uid: exact when each sandbox has its
+        # own uid, a budget on top of the user's current tasks when it shares ours.
+        limits["nproc"] = res.pids if unique_uid else _task_count(os.getuid()) + res.pids
+        if not cgroups:
+            limits["address_space_bytes"] = res.memory_mb * 1024 * 1024
+        return limits
+
+    # -- metadata -----------------------------------------------------------------------
+
+    def _write_meta(self, home: Path, meta: dict[str, Any]) -> None:
+        path = home / "meta.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(meta, f)
+
+    def _update_meta(self, home: Path, **fields: Any) -> None:
+        self._write_meta(home, {**self._read_meta(home), **fields})
+
+    def _read_meta(self, home: Path) -> dict[str, Any]:
+        try:
+            return json.loads((home / "meta.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _sandbox(self, sandbox_id: str, meta: dict[str, Any]) -> Sandbox:
+        return Sandbox(
+            id=sandbox_id,
+            endpoint=meta.get("endpoint", f"unix://{self.root / sandbox_id / 'run' / 'env.sock'}"),
+            token=self._tokens.get(sandbox_id),
+            provider=self.name,
+            created_at=utc_from_timestamp(meta.get("created_at", 0.0)),
+            labels=meta.get("labels", {}),
+        )
+
+    def _log_tail(self, home: Path, limit: int = 2000) -> str:
+        try:
+            return (home / "run" / "server.log").read_bytes()[-limit:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    # -- readiness ----------------------------------------------------------------------
+
+    async def wait_ready(self, sandbox: Sandbox, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        delay = 0.001
+        while True:
+            try:
+                status, _ = await http_request(sandbox.endpoint, "/health", timeout=1.0)
+                if status == 200:
+                    return
+            except (OSError, asyncio.TimeoutError, ValueError):
+                pass
+            if await asyncio.to_thread(self._exited, sandbox.id):
+                tail = self._log_tail(self.root / sandbox.id)
+                await self.destroy(sandbox.id)
+                raise SandboxDiedError(f"sandbox {sandbox.id} exited while starting; log tail:\n{tail}", log_tail=tail)
+            if time.monotonic() + delay > deadline:
+                await self.destroy(sandbox.id)
+                raise ReadyTimeoutError(f"sandbox {sandbox.id} was not ready within {timeout_s:g} s (destroyed)")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _exited(self, sandbox_id: str) -> bool:
+        if sandbox_id not in self._tokens:
+            return not self._alive(self._read_meta(self.root / sandbox_id))
+        return self._zygote.request({"op": "status", "id": sandbox_id}).get("state") == "exited"
+
+    # -- destroy / list -------------------------------------------------------------------
+
+    async def destroy(self, sandbox_id: str) -> None:
+        await asyncio.to_thread(self._remove, sandbox_id)
+
+    def _remove(self, sandbox_id: str) -> None:
+        home = self.root / sandbox_id
+        meta = self._read_meta(home)
+        if sandbox_id in self._tokens:
+            self._zygote.request({"op": "kill", "id": sandbox_id})
+        elif self._alive(meta):
+            os.kill(meta["pid"], signal.SIGKILL)
+        if self._cgroups is not None:
+            self._kill_group(sandbox_id)
+        else:
+            self._wait_gone(meta)
+        shutil.rmtree(home, ignore_errors=True)
+        if meta.get("slot") is not None:
+            (self.root / ".slots" / str(meta["slot"])).rmdir()
+        with self._lock:
+            self._tokens.pop(sandbox_id, None)
+
+    def _kill_group(self, sandbox_id: str) -> None:
+        assert self._cgroups is not None
+        deadline = time.monotonic() + 5.0
+        while True:
+            self._cgroups.kill_all(sandbox_id)
+            if self._cgroups.remove(sandbox_id) or time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
+
+    def _wait_gone(self, meta: dict[str, Any], timeout_s: float = 2.0) -> None:
+        """Without cgroups, wait for the supervisor to be gone before its uid slot is reused."""
+        deadline = time.monotonic() + timeout_s
+        while self._alive(meta) and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    def memory_report(self, sandbox_id: str) -> dict[str, int]:
+        """Peak memory and OOM kills of a live sandbox, when cgroups are in use."""
+        return self._cgroups.memory_events(sandbox_id) if self._cgroups else {}
+
+    async def list(self, selector: dict[str, str] | None = None) -> list[Sandbox]:
+        return await asyncio.to_thread(self._list, selector or {})
+
+    def _list(self, selector: dict[str, str]) -> list[Sandbox]:
+        found = []
+        for home in sorted(self.root.glob("lc-*")):
+            meta = self._read_meta(home)
+            labels = meta.get("labels", {})
+            if all(labels.get(k) == v for k, v in selector.items()):
+                found.append(self._sandbox(home.name, meta))
+        return found
+
+    def _alive(self, meta: dict[str, Any]) -> bool:
+        pid = meta.get("pid")
+        return pid is not None and _start_time(pid) == meta.get("pid_start")
+
+    async def close(self) -> None:
+        for sandbox_id in list(self._tokens):
+            await self.destroy(sandbox_id)
+        await asyncio.to_thread(self._zygote.close)
+
+
+def _task_count(uid: int) -> int:
+    """Processes and threads owned by `uid` (what RLIMIT_NPROC counts)."""
+    count = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if int(fields["Uid"].split()[1]) == uid:
+            count += int(fields["Threads"])
+    return count
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks: with the pid, it names a process uniquely."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])

@@ -1,0 +1,92 @@
+"""The isolation probe: start a sandbox, ask it how isolated it is, judge the answer.
+
+Works for every provider the same way: the sandbox serves the `probe` environment
+(`envs/probe.py`), the host opens a listener on its own loopback and asks the sandbox
+to connect to it. Egress is judged from interfaces and routes, never by contacting an
+outside address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pydantic import BaseModel
+
+from envs.client import EnvClient
+from providers.base import SandboxProvider, SandboxSpec
+
+_UNLIMITED = {"max", "-1", "9223372036854771712", "9223372036854775807"}
+
+
+class Check(BaseModel):
+    name: str
+    ok: bool
+    detail: str
+
+
+class ProbeResult(BaseModel):
+    provider: str
+    sandbox_id: str
+    checks: list[Check]
+    report: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def _limited(cgroup: dict[str, str], names: tuple[str, ...], rlimit: int) -> tuple[bool, str]:
+    for name in names:
+        value = cgroup.get(name)
+        if value is not None and value.split()[0] not in _UNLIMITED:
+            return True, f"cgroup {name}={value}"
+    if rlimit not in (-1, None):
+        return True, f"rlimit {rlimit}"
+    return False, "no cgroup limit and no rlimit"
+
+
+def evaluate(report: dict[str, Any]) -> list[Check]:
+    """Pass/fail checks for an isolation report from `envs.probe.isolation_report`."""
+    cg, rl = report["cgroup_limits"], report["rlimits"]
+    loop = report["host_loopback"]
+    writable = report["writable"]
+    mem_ok, mem_detail = _limited(cg, ("memory.limit_in_bytes", "memory.max"), rl["address_space_bytes"])
+    pids_ok, pids_detail = _limited(cg, ("pids.max",), rl["nproc"])
+    cpu_ok, cpu_detail = _limited(cg, ("cpu.cfs_quota_us", "cpu.max"), rl["cpu_s"])
+    return [
+        Check(name="only a loopback interface", ok=report["interfaces"] == ["lo"], detail=f"interfaces: {report['interfaces']}"),
+        Check(name="no route leaves the sandbox", ok=not report["routes"], detail="; ".join(report["routes"]) or "no routes"),
+        Check(
+            name="host loopback listener unreachable",
+            ok=loop.get("checked", False) and not loop.get("reachable", True),
+            detail=f"connect to host 127.0.0.1 port: {loop.get('error', 'CONNECTED' if loop.get('reachable') else 'not checked')}",
+        ),
+        Check(name="unprivileged on the host", ok=report["host_uid"] != 0, detail=f"uid {report['uid']} inside, {report['host_uid']} on the host"),
+        Check(name="no new privileges", ok=report.get("NoNewPrivs") == "1", detail=f"NoNewPrivs={report.get('NoNewPrivs')}, CapEff={report.get('CapEff')}"),
+        Check(name="own process namespace", ok=report["visible_pids"] < 32, detail=f"{report['visible_pids']} processes visible"),
+        Check(name="host filesystem read-only", ok=not writable["root_fs"] and not writable["etc"], detail=f"writable: {writable}"),
+        Check(name="private writable workdir and /tmp", ok=writable["cwd"] and writable["tmp"], detail=f"cwd {report['cwd']}"),
+        Check(name="memory limited", ok=mem_ok, detail=mem_detail),
+        Check(name="process count limited", ok=pids_ok, detail=pids_detail),
+        Check(name="cpu limited", ok=cpu_ok, detail=cpu_detail),
+    ]
+
+
+async def probe(provider: SandboxProvider, spec: SandboxSpec | None = None, timeout_s: float = 60.0) -> ProbeResult:
+    """Start a probe sandbox on `provider`, collect its report, destroy it, and judge."""
+    spec = spec or SandboxSpec(env="probe", run_id="probe", ttl_s=600, max_sessions=1)
+    listener = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    sandbox = await provider.create(spec)
+    try:
+        await provider.wait_ready(sandbox, timeout_s)
+        async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as env:
+            await env.reset()
+            result = await env.step({"host_port": port})
+        report = result.observation["report"]
+    finally:
+        await provider.destroy(sandbox.id)
+        listener.close()
+        await listener.wait_closed()
+    return ProbeResult(provider=provider.name, sandbox_id=sandbox.id, checks=evaluate(report), report=report)

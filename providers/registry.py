@@ -1,0 +1,55 @@
+"""Find providers by name: built-ins, plus any package's `hillclimb.providers` entry point.
+
+A separate package adds a provider with, in its pyproject.toml:
+
+    [project.entry-points."hillclimb.providers"]
+    myprovider = "my_package.provider:MyProvider"
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import entry_points
+from typing import Any
+
+from envs.errors import TargetNotFoundError
+from providers.base import SandboxProvider
+
+ENTRY_POINT_GROUP = "hillclimb.providers"
+BUILTIN_PROVIDERS: dict[str, str] = {
+    "local": "providers.local:LocalProvider",
+    "docker": "providers.docker:DockerProvider",
+}
+
+
+def available_providers() -> dict[str, str]:
+    """Provider name → import path; plugins may add names but not shadow built-ins."""
+    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return {**found, **BUILTIN_PROVIDERS}
+
+
+def provider_class(name: str) -> type:
+    path = available_providers().get(name)
+    if path is None:
+        raise TargetNotFoundError(f"unknown sandbox provider {name!r}; available: {', '.join(sorted(available_providers()))}")
+    module_name, _, attr = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except ImportError as e:
+        raise TargetNotFoundError(f"provider {name!r} needs a package that is not installed: {e} (try pip install 'hillclimb[{name}]')") from e
+
+
+def make_provider(name: str, **options: Any) -> SandboxProvider:
+    return provider_class(name)(**options)
+
+
+@asynccontextmanager
+async def open_provider(name: str, **options: Any) -> AsyncIterator[SandboxProvider]:
+    """A provider that is closed (its sandboxes destroyed) on exit."""
+    provider = make_provider(name, **options)
+    try:
+        yield provider
+    finally:
+        await provider.close()

@@ -1,0 +1,198 @@
+"""The local provider on this machine's real kernel: isolation, limits, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from envs.client import EnvClient
+from envs.errors import ConnectionLostError
+from providers.base import EgressPolicy, Resources, SandboxSpec
+from providers.errors import BadSpecError, SandboxDiedError, UnsupportedPolicy
+from providers.local import LocalProvider
+from providers.probe import probe
+
+LIMITS_ENV = "tests.providers.limits_env:LimitsEnv"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="these tests run sandboxes as per-sandbox uids, which needs root")
+
+
+def _uid_pids(uid: int) -> set[int]:
+    found = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("Uid:") and int(line.split()[1]) == uid:
+                found.add(int(status.parent.name))
+    return found
+
+
+def _wait_until(predicate, timeout_s: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+async def _start(provider: LocalProvider, **spec: object):  # type: ignore[no-untyped-def]
+    sandbox = await provider.create(SandboxSpec(**spec))  # type: ignore[arg-type]
+    await provider.wait_ready(sandbox, timeout_s=20)
+    return sandbox
+
+
+async def test_probe_checks_all_pass(local_provider: LocalProvider) -> None:
+    result = await probe(local_provider)
+    failed = [f"{c.name}: {c.detail}" for c in result.checks if not c.ok]
+    assert not failed, failed
+    report = result.report
+    assert report["interfaces"] == ["lo"]
+    assert report["routes"] == []
+    assert report["host_loopback"] == {"checked": True, "reachable": False, "error": "ECONNREFUSED"}
+    assert report["host_uid"] >= local_provider.uid_base
+    assert report["CapEff"] == "0000000000000000"
+
+
+async def test_sandboxes_get_distinct_uids_and_private_dirs(local_provider: LocalProvider) -> None:
+    a, b = await _start(local_provider, env=LIMITS_ENV), await _start(local_provider, env=LIMITS_ENV)
+    async with EnvClient(a.endpoint, token=a.secret()) as ca, EnvClient(b.endpoint, token=b.secret()) as cb:
+        ua, ub = (await ca.call_tool("whoami")).structured, (await cb.call_tool("whoami")).structured
+    assert ua is not None and ub is not None
+    assert ua["uid"] != ub["uid"] and min(ua["uid"], ub["uid"]) >= local_provider.uid_base
+    assert ua["pid"] <= 3  # PID 1 is the sandbox's init, the server is its child
+    work_a = local_provider.root / a.id / "work"
+    assert work_a.stat().st_uid == ua["uid"] and (work_a.stat().st_mode & 0o777) == 0o700
+
+
+async def test_wrong_token_is_refused(local_provider: LocalProvider) -> None:
+    sandbox = await _start(local_provider, env="probe")
+    from envs.errors import AuthenticationError
+
+    with pytest.raises(AuthenticationError):
+        async with EnvClient(sandbox.endpoint, token="not-the-token", connect_timeout_s=2) as env:
+            await env.reset()
+    assert "token" not in repr(sandbox) or "**" in repr(sandbox)
+    assert sandbox.secret() not in repr(sandbox)
+
+
+async def test_destroy_kills_the_whole_tree(local_provider: LocalProvider) -> None:
+    sandbox = await _start(local_provider, env=LIMITS_ENV)
+    async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as env:
+        uid = (await env.call_tool("whoami")).structured["uid"]  # type: ignore[index]
+        forked = (await env.call_tool("fork_bomb", seconds=60)).structured
+    assert forked is not None and forked["started"] > 0
+    assert len(_uid_pids(uid)) > forked["started"]
+    await local_provider.destroy(sandbox.id)
+    assert _wait_until(lambda: not _uid_pids(uid)), f"left behind: {_uid_pids(uid)}"
+    assert not (local_provider.root / sandbox.id).exists()
+    assert await local_provider.list() == []
+
+
+async def test_fork_bomb_is_contained_and_neighbours_unaffected(local_provider: LocalProvider) -> None:
+    bomb = await _start(local_provider, env=LIMITS_ENV, resources=Resources(pids=64))
+    neighbour = await _start(local_provider, env=LIMITS_ENV)
+    async with EnvClient(bomb.endpoint, token=bomb.secret()) as env:
+        result = (await env.call_tool("fork_bomb", seconds=30)).structured
+    assert result is not None
+    assert result["refused"] == "EAGAIN" and result["started"] < 64
+    async with EnvClient(neighbour.endpoint, token=neighbour.secret()) as env:
+        assert (await env.call_tool("whoami")).structured is not None
+    assert subprocess.run(["true"]).returncode == 0  # the host can still fork
+
+
+async def test_memory_hog_is_killed_and_reported(local_provider: LocalProvider) -> None:
+    hog = await _start(local_provider, env=LIMITS_ENV, resources=Resources(memory_mb=128))
+    neighbour = await _start(local_provider, env=LIMITS_ENV)
+    async with EnvClient(hog.endpoint, token=hog.secret()) as env:
+        assert (await env.call_tool("allocate", mb=16)).text == "allocated 16 MiB"
+        with pytest.raises(ConnectionLostError):
+            await env.call_tool("allocate", mb=512)
+    report = local_provider.memory_report(hog.id)
+    if local_provider.describe()["limits"] != "rlimits only":
+        assert report["oom_kills"] >= 1, report
+    async with EnvClient(neighbour.endpoint, token=neighbour.secret()) as env:
+        assert (await env.call_tool("allocate", mb=64)).text == "allocated 64 MiB"
+
+
+async def test_idempotent_create_returns_the_same_sandbox(local_provider: LocalProvider) -> None:
+    spec = SandboxSpec(env="probe", idempotency_key="run-7/task-3/attempt-0")
+    first, second = await asyncio.gather(local_provider.create(spec), local_provider.create(spec))
+    assert first.id == second.id and first.endpoint == second.endpoint
+    assert len(await local_provider.list()) == 1
+    other = await local_provider.create(SandboxSpec(env="probe", idempotency_key="run-7/task-3/attempt-1"))
+    assert other.id != first.id
+
+
+async def test_list_filters_by_labels(local_provider: LocalProvider) -> None:
+    a = await local_provider.create(SandboxSpec(env="probe", run_id="run-a", labels={"team": "x"}))
+    await local_provider.create(SandboxSpec(env="probe", run_id="run-b"))
+    listed = await local_provider.list({"hillclimb.dev/run-id": "run-a"})
+    assert [s.id for s in listed] == [a.id]
+    assert listed[0].labels["team"] == "x" and listed[0].token is not None
+
+
+async def test_time_to_live_is_enforced(local_provider: LocalProvider) -> None:
+    sandbox = await _start(local_provider, env=LIMITS_ENV, ttl_s=1.5)
+    async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as env:
+        uid = (await env.call_tool("whoami")).structured["uid"]  # type: ignore[index]
+    assert _wait_until(lambda: not _uid_pids(uid), timeout_s=6.0)
+
+
+async def test_bad_specs_are_refused(local_provider: LocalProvider) -> None:
+    with pytest.raises(BadSpecError, match="no container images"):
+        await local_provider.create(SandboxSpec(image="python:3.11-slim"))
+    with pytest.raises(UnsupportedPolicy):
+        await local_provider.create(SandboxSpec(egress=EgressPolicy(mode="allow_list", allow=("pypi.org",))))
+    sandbox = await local_provider.create(SandboxSpec(env="no.such.module:Env"))
+    with pytest.raises(SandboxDiedError, match="no.such.module"):
+        await local_provider.wait_ready(sandbox, timeout_s=10)
+    assert await local_provider.list() == []
+
+
+DRIVER = """
+import asyncio, json, sys
+from providers.local import LocalProvider
+from providers.base import SandboxSpec
+
+async def main():
+    provider = LocalProvider(root=sys.argv[1])
+    sandbox = await provider.create(SandboxSpec(env=sys.argv[2], run_id="doomed"))
+    await provider.wait_ready(sandbox)
+    print(json.dumps({"id": sandbox.id, "endpoint": sandbox.endpoint, "token": sandbox.secret()}), flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+async def test_sandboxes_die_with_a_sigkilled_driver(sandbox_root: Path) -> None:
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(sandbox_root), LIMITS_ENV], stdout=subprocess.PIPE, cwd=os.getcwd())
+    assert driver.stdout is not None
+    info = json.loads(driver.stdout.readline())
+    async with EnvClient(info["endpoint"], token=info["token"]) as env:
+        uid = (await env.call_tool("whoami")).structured["uid"]  # type: ignore[index]
+        await env.call_tool("fork_bomb", seconds=60)
+    assert _uid_pids(uid)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    driver.stdout.close()
+    assert _wait_until(lambda: not _uid_pids(uid)), f"orphans: {_uid_pids(uid)}"
+    # The directory stays until a reaper (or another provider) removes it.
+    leftover = LocalProvider(root=sandbox_root)
+    listed = await leftover.list({"hillclimb.dev/run-id": "doomed"})
+    assert [s.id for s in listed] == [info["id"]]
+    await leftover.destroy(info["id"])
+    assert await leftover.list() == []
+    await leftover.close()

@@ -1,0 +1,1 @@
+"""Learners, losses, policies and models. Importing this package imports no torch."""
