@@ -89,10 +89,19 @@ def _cgroup_limits() -> dict[str, str]:
             "": [("", "memory.max"), ("", "pids.max"), ("", "cpu.max")],
         }.get(controllers, [])
         for sub, name in candidates:
-            file = Path("/sys/fs/cgroup", sub, path.lstrip("/"), name)
-            if file.exists():
-                limits[name] = file.read_text().strip()
+            # A container sees its own group at the hierarchy's root, not at its path.
+            for file in (Path("/sys/fs/cgroup", sub, path.lstrip("/"), name), Path("/sys/fs/cgroup", sub, name)):
+                if file.exists():
+                    limits[name] = file.read_text().strip()
+                    break
     return limits
+
+
+def _memory_total() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def _writable(path: str) -> bool:
@@ -119,6 +128,7 @@ def isolation_report(host_port: int | None) -> dict[str, Any]:
         "writable": {"cwd": _writable(os.getcwd()), "tmp": _writable("/tmp"), "root_fs": _writable("/"), "etc": _writable("/etc")},
         "rlimits": {name: resource.getrlimit(res)[0] for name, res in _RLIMITS.items()},
         "cgroup_limits": _cgroup_limits(),
+        "memory_total_bytes": _memory_total(),
         **_status_fields(),
     }
 

@@ -45,8 +45,11 @@ async def serve(
     uds: str | None = None,
     config: ServerConfig | None = None,
     on_ready: Callable[[str], None] | None = None,
+    ttl_s: float | None = None,
 ) -> None:
-    """Serve `target` until cancelled or signalled; `on_ready` gets the URL once listening."""
+    """Serve `target` until cancelled, signalled, or `ttl_s` seconds have passed; `on_ready`
+    gets the URL once listening. The TTL is the sandbox's own hard deadline: it holds even
+    when the orchestrator that should have destroyed the sandbox is gone."""
     server = EnvServer(EnvRuntime(resolve_env_class(target)), config, token=token)
     if uds:
         await server.start_unix(uds)
@@ -61,7 +64,9 @@ async def serve(
     if on_ready:
         on_ready(url)
     try:
-        await stop.wait()
+        await asyncio.wait_for(stop.wait(), ttl_s)
+    except TimeoutError:
+        log.warning("time-to-live of %g s reached: shutting down", ttl_s)
     finally:
         await server.close()
 
@@ -76,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-auth", action="store_true", help="accept clients without a token")
     parser.add_argument("--max-sessions", type=int, default=ServerConfig().max_sessions)
     parser.add_argument("--idle-timeout", type=float, default=ServerConfig().idle_timeout_s)
+    parser.add_argument("--ttl", type=float, help="exit after this many seconds (the sandbox's hard time-to-live)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = None if args.no_auth else read_token(args.token_file, consume=True)
@@ -83,4 +89,4 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"no token: pass --token-file, set ${TOKEN_ENV_VAR}, or --no-auth")
     config = ServerConfig(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout)
     asyncio.run(serve(args.target, token=token, host=args.host, port=args.port, uds=args.uds, config=config,
-                      on_ready=lambda url: log.info("serving %s on %s", args.target, url)))
+                      on_ready=lambda url: log.info("serving %s on %s", args.target, url), ttl_s=args.ttl))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from orchestrator.commands import env as env_commands
+from orchestrator.commands import image as image_commands
 from orchestrator.commands import sandbox as sandbox_commands
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 app.add_typer(env_commands.app, name="env")
 app.add_typer(sandbox_commands.app, name="sandbox")
+app.add_typer(image_commands.app, name="image")
 
 
 def main() -> None:

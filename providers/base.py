@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Literal, Protocol, runtime_checkable
 
@@ -23,12 +27,25 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 LABEL_PREFIX = "hillclimb.dev/"
 LABEL_RUN = LABEL_PREFIX + "run-id"
 LABEL_OWNER = LABEL_PREFIX + "owner"
+LABEL_CREATED = LABEL_PREFIX + "created-at"
 LABEL_EXPIRES = LABEL_PREFIX + "expires-at"
 LABEL_KEY = LABEL_PREFIX + "key"
 LABEL_ENV = LABEL_PREFIX + "env"
+LABEL_HOST = LABEL_PREFIX + "host"
+"""The host whose driver created the sandbox: a reaper there may ask whether that run still lives."""
 
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
+def label_value(text: str) -> str:
+    """`text` made a valid label value: allowed characters, at most 63, alphanumeric ends."""
+    return re.sub(r"[^A-Za-z0-9-_.]", "_", text)[-63:].strip("_.-") or "unknown"
+
+
+def host_label() -> str:
+    """This machine's name as a label value."""
+    return label_value(socket.gethostname())
 
 
 class Resources(BaseModel):
@@ -109,7 +126,9 @@ class SandboxSpec(BaseModel):
         labels = dict(self.labels)
         labels[LABEL_RUN] = self.run_id
         labels[LABEL_OWNER] = self.owner
-        labels[LABEL_ENV] = re.sub(r"[^A-Za-z0-9-_.]", "_", self.env)[-63:].strip("_.-") or "env"
+        labels[LABEL_HOST] = host_label()
+        labels[LABEL_ENV] = label_value(self.env)
+        labels[LABEL_CREATED] = str(int(created_at))
         labels[LABEL_EXPIRES] = str(int(created_at + self.ttl_s))
         if self.idempotency_key is not None:
             labels[LABEL_KEY] = self.key_digest
@@ -155,6 +174,34 @@ class Sandbox(BaseModel):
 
 def utc_from_timestamp(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+class InflightCalls:
+    """Counts blocking provider calls still running in threads.
+
+    A task awaiting `asyncio.to_thread(create)` can be cancelled, but the thread runs on
+    and makes the sandbox anyway; `close()` waits for such calls before destroying what
+    the provider knows, so a cancelled create cannot leak a sandbox.
+    """
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = threading.Condition()
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        with self._idle:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._count -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._count == 0, timeout_s)
 
 
 @runtime_checkable

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from envs.client import EnvClient
 from providers.base import SandboxProvider, SandboxSpec
 
-_UNLIMITED = {"max", "-1", "9223372036854771712", "9223372036854775807"}
+_UNLIMITED = {"max", "-1"}
 
 
 class Check(BaseModel):
@@ -36,14 +36,15 @@ class ProbeResult(BaseModel):
         return all(c.ok for c in self.checks)
 
 
-def _limited(cgroup: dict[str, str], names: tuple[str, ...], rlimit: int) -> tuple[bool, str]:
+def _limited(cgroup: dict[str, str], names: tuple[str, ...], rlimit: int, below: float) -> tuple[bool, str]:
+    """A cgroup limit, or an rlimit under `below` (defaults such as the kernel's NPROC are not limits)."""
     for name in names:
         value = cgroup.get(name)
-        if value is not None and value.split()[0] not in _UNLIMITED:
+        if value is not None and value.split()[0] not in _UNLIMITED and int(value.split()[0]) < 2**62:
             return True, f"cgroup {name}={value}"
-    if rlimit not in (-1, None):
+    if 0 <= rlimit < below:
         return True, f"rlimit {rlimit}"
-    return False, "no cgroup limit and no rlimit"
+    return False, f"no cgroup limit; rlimit {rlimit}"
 
 
 def evaluate(report: dict[str, Any]) -> list[Check]:
@@ -51,9 +52,9 @@ def evaluate(report: dict[str, Any]) -> list[Check]:
     cg, rl = report["cgroup_limits"], report["rlimits"]
     loop = report["host_loopback"]
     writable = report["writable"]
-    mem_ok, mem_detail = _limited(cg, ("memory.limit_in_bytes", "memory.max"), rl["address_space_bytes"])
-    pids_ok, pids_detail = _limited(cg, ("pids.max",), rl["nproc"])
-    cpu_ok, cpu_detail = _limited(cg, ("cpu.cfs_quota_us", "cpu.max"), rl["cpu_s"])
+    mem_ok, mem_detail = _limited(cg, ("memory.limit_in_bytes", "memory.max"), rl["address_space_bytes"], report["memory_total_bytes"])
+    pids_ok, pids_detail = _limited(cg, ("pids.max",), rl["nproc"], 65536)
+    cpu_ok, cpu_detail = _limited(cg, ("cpu.cfs_quota_us", "cpu.max"), rl["cpu_s"], float("inf"))
     return [
         Check(name="only a loopback interface", ok=report["interfaces"] == ["lo"], detail=f"interfaces: {report['interfaces']}"),
         Check(name="no route leaves the sandbox", ok=not report["routes"], detail="; ".join(report["routes"]) or "no routes"),

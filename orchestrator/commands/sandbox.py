@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -35,3 +35,84 @@ def probe(
         console.print(f"{mark}  {check.name:<38} {check.detail}")
     console.print(f"sandbox {result.sandbox_id} on [bold]{result.provider}[/]: {'isolated' if result.ok else 'NOT ISOLATED'}")
     raise typer.Exit(0 if result.ok else 1)
+
+
+ProviderOption = Annotated[str, typer.Option("--provider", "-p", help="Sandbox provider.")]
+RunOption = Annotated[Optional[str], typer.Option("--run-id", help="Only sandboxes of this run.")]
+
+
+def _selector(run_id: str | None) -> dict[str, str]:
+    from providers.base import LABEL_RUN
+
+    return {LABEL_RUN: run_id} if run_id else {}
+
+
+@app.command("ls")
+@reports_errors
+def list_sandboxes(provider: ProviderOption = "local", run_id: RunOption = None) -> None:
+    """List sandboxes with their run, environment, age and time left."""
+    import time
+
+    from rich.table import Table
+
+    from providers.base import LABEL_ENV, LABEL_OWNER
+    from providers.registry import make_provider
+
+    sandboxes = asyncio.run(make_provider(provider).list(_selector(run_id)))
+    table = Table("id", "run", "owner", "env", "age", "expires in", "endpoint")
+    now = time.time()
+    for sb in sandboxes:
+        left = f"{sb.expires_at - now:.0f} s" if sb.expires_at else "-"
+        table.add_row(sb.id, sb.run_id or "-", sb.labels.get(LABEL_OWNER, "-"), sb.labels.get(LABEL_ENV, "-"),
+                      f"{now - sb.created_at.timestamp():.0f} s", left, sb.endpoint)
+    console.print(table)
+    console.print(f"{len(sandboxes)} sandbox(es) on {provider}")
+
+
+@app.command("rm")
+@reports_errors
+def remove(
+    ids: Annotated[Optional[list[str]], typer.Argument(help="Sandbox ids to destroy.")] = None,
+    provider: ProviderOption = "local",
+    run_id: RunOption = None,
+) -> None:
+    """Destroy sandboxes by id, or every sandbox of a run."""
+    from providers.registry import make_provider
+
+    if not ids and not run_id:
+        raise typer.BadParameter("name sandbox ids or --run-id")
+
+    async def run() -> list[str]:
+        prov = make_provider(provider)
+        targets = list(ids or [])
+        if run_id:
+            targets += [sb.id for sb in await prov.list(_selector(run_id))]
+        for sandbox_id in targets:
+            await prov.destroy(sandbox_id)
+        return targets
+
+    for sandbox_id in asyncio.run(run()):
+        console.print(f"destroyed {sandbox_id}")
+
+
+@app.command()
+@reports_errors
+def reap(
+    provider: ProviderOption = "local",
+    run_id: RunOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would be destroyed.")] = False,
+) -> None:
+    """Destroy sandboxes past their time-to-live or whose run is gone (its driver died)."""
+    from orchestrator.reaper import reap as run_reap
+    from providers.registry import make_provider
+
+    report = asyncio.run(run_reap(make_provider(provider), selector=_selector(run_id), dry_run=dry_run))
+    verb = "would destroy" if dry_run else "destroyed"
+    for sandbox_id in report.expired:
+        console.print(f"{verb} {sandbox_id} (expired)")
+    for sandbox_id in report.orphaned:
+        console.print(f"{verb} {sandbox_id} (its run is gone)")
+    for sandbox_id, error in report.failed.items():
+        console.print(f"[red]failed[/] {sandbox_id}: {error}")
+    console.print(f"examined {report.examined}, {verb} {len(report.expired) + len(report.orphaned) - len(report.failed)}")
+    raise typer.Exit(1 if report.failed else 0)

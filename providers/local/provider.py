@@ -37,7 +37,7 @@ from typing import Any, Literal
 from pydantic import SecretStr
 
 from envs.client import http_request
-from providers.base import Sandbox, SandboxSpec, utc_from_timestamp
+from providers.base import InflightCalls, Sandbox, SandboxSpec, utc_from_timestamp
 from providers.errors import (
     BadSpecError,
     FatalProviderError,
@@ -128,6 +128,7 @@ class LocalProvider:
         self._zygote = _ZygoteClient(self._prepare_root() / ".zygote.log")
         self._tokens: dict[str, SecretStr] = {}
         self._key_locks: dict[str, threading.Lock] = {}
+        self._inflight = InflightCalls()
         self._lock = threading.Lock()
 
     def _prepare_root(self) -> Path:
@@ -178,12 +179,13 @@ class LocalProvider:
             )
 
     def _create(self, spec: SandboxSpec) -> Sandbox:
-        if spec.idempotency_key is None:
-            return self._create_new(spec)
-        with self._lock:  # a concurrent create with the same key waits for the first
-            key_lock = self._key_locks.setdefault(spec.key_digest, threading.Lock())
-        with key_lock:
-            return self._create_new(spec)
+        with self._inflight.track():
+            if spec.idempotency_key is None:
+                return self._create_new(spec)
+            with self._lock:  # a concurrent create with the same key waits for the first
+                key_lock = self._key_locks.setdefault(spec.key_digest, threading.Lock())
+            with key_lock:
+                return self._create_new(spec)
 
     def _create_new(self, spec: SandboxSpec) -> Sandbox:
         isolate = self._isolated()
@@ -393,6 +395,7 @@ class LocalProvider:
         return pid is not None and _start_time(pid) == meta.get("pid_start")
 
     async def close(self) -> None:
+        await asyncio.to_thread(self._inflight.wait_idle, 60.0)
         for sandbox_id in list(self._tokens):
             await self.destroy(sandbox_id)
         await asyncio.to_thread(self._zygote.close)

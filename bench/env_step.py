@@ -1,0 +1,189 @@
+"""Step round trips per second through client and server: our runtime versus OpenEnv's.
+
+Each server runs in its own process (as in a sandbox) and serves the same `PingEnv`;
+the clients run in this process: OpenEnv's `GenericEnvClient` against OpenEnv's
+`create_app` server, our `EnvClient` against our server (over TCP like the reference,
+and over the Unix socket sandboxes use). One session steps back to back; then 16
+sessions step concurrently and the total rate is taken. A bare asyncio Unix-socket JSON
+ping-pong is the floor any Python runtime pays. Repetitions are interleaved so machine
+noise hits every contender alike; medians are reported.
+
+    python -m bench.env_step [--seconds 2] [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import print_table, summarize, write_result
+from envs.client import EnvClient, http_request
+
+TOKEN = "bench-token"
+Stepper = Callable[[], Awaitable[Any]]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if (await http_request(url, "/health", timeout=1.0))[0] == 200:
+                return
+        except (OSError, asyncio.TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server at {url} did not start")
+        await asyncio.sleep(0.05)
+
+
+class Servers:
+    """Starts the three servers as subprocesses and stops them on exit."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.urls: dict[str, str] = {}
+
+    def _spawn(self, args: list[str]) -> None:
+        self.procs.append(subprocess.Popen([sys.executable, *args], cwd=Path(__file__).parent.parent))
+
+    async def start(self) -> None:
+        ours_port, ref_port = _free_port(), _free_port()
+        for name, listen in (("ours-tcp", ["--port", str(ours_port)]), ("ours-uds", ["--uds", str(self.tmp / "env.sock")])):
+            token_file = self.tmp / f"{name}.token"
+            token_file.write_text(TOKEN)
+            self._spawn(["-m", "envs", "bench.trivial_env:PingEnv", *listen, "--token-file", str(token_file), "--max-sessions", "64"])
+        self._spawn(["-m", "bench.openenv_server", str(ref_port)])
+        self.urls = {"ours-tcp": f"ws://127.0.0.1:{ours_port}", "ours-uds": f"unix://{self.tmp / 'env.sock'}", "openenv": f"http://127.0.0.1:{ref_port}"}
+        self._spawn(["-c", PINGPONG_SERVER, str(self.tmp / "pingpong.sock")])
+        for url in self.urls.values():
+            await _wait_http(url)
+        while not (self.tmp / "pingpong.sock").exists():
+            await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(timeout=10)
+
+
+PINGPONG_SERVER = """
+import asyncio, json, sys
+async def handle(reader, writer):
+    while line := await reader.readline():
+        message = json.loads(line)
+        writer.write(json.dumps({"type": "observation", "data": message["data"]}).encode() + b"\\n")
+async def main():
+    server = await asyncio.start_unix_server(handle, sys.argv[1])
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+async def _ours(url: str) -> tuple[Stepper, Callable[[], Awaitable[None]]]:
+    client = EnvClient(url, token=TOKEN)
+    await client.reset()
+    return (lambda: client.step({"n": 1})), client.close
+
+
+async def _openenv(url: str) -> tuple[Stepper, Callable[[], Awaitable[None]]]:
+    from openenv.core.generic_client import GenericEnvClient
+
+    client = GenericEnvClient(base_url=url)
+    await client.connect()
+    await client.reset()
+    return (lambda: client.step({"n": 1})), client.close
+
+
+async def _pingpong(path: str) -> tuple[Stepper, Callable[[], Awaitable[None]]]:
+    reader, writer = await asyncio.open_unix_connection(path)
+
+    async def step() -> Any:
+        writer.write(json.dumps({"type": "step", "data": {"n": 1}}).encode() + b"\n")
+        return json.loads(await reader.readline())
+
+    async def close() -> None:
+        writer.close()
+
+    return step, close
+
+
+async def _rate(opener: Callable[[str], Awaitable[tuple[Stepper, Any]]], url: str, sessions: int, seconds: float) -> float:
+    clients = [await opener(url) for _ in range(sessions)]
+    for step, _ in clients:  # warm up every connection
+        for _ in range(20):
+            await step()
+    counts = [0] * sessions
+    deadline = time.perf_counter() + seconds
+
+    async def drive(i: int, step: Stepper) -> None:
+        while time.perf_counter() < deadline:
+            await step()
+            counts[i] += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(drive(i, step) for i, (step, _) in enumerate(clients)))
+    elapsed = time.perf_counter() - start
+    for _, close in clients:
+        await close()
+    return sum(counts) / elapsed
+
+
+async def run(seconds: float, reps: int) -> dict[str, Any]:
+    contenders: dict[str, tuple[Callable[[str], Awaitable[tuple[Stepper, Any]]], str]] = {}
+    with tempfile.TemporaryDirectory(prefix="hc-bench-") as tmp:
+        servers = Servers(Path(tmp))
+        try:
+            await servers.start()
+            contenders = {
+                "openenv (create_app + GenericEnvClient, TCP)": (_openenv, servers.urls["openenv"]),
+                "hillclimb (EnvServer + EnvClient, TCP)": (_ours, servers.urls["ours-tcp"]),
+                "hillclimb (EnvServer + EnvClient, Unix socket)": (_ours, servers.urls["ours-uds"]),
+                "bare asyncio Unix-socket JSON ping-pong": (_pingpong, str(Path(tmp) / "pingpong.sock")),
+            }
+            samples: dict[str, dict[int, list[float]]] = {name: {1: [], 16: []} for name in contenders}
+            for _ in range(reps):
+                for sessions in (1, 16):
+                    for name, (opener, url) in contenders.items():
+                        samples[name][sessions].append(await _rate(opener, url, sessions, seconds))
+        finally:
+            servers.stop()
+    return {name: {f"{s}_sessions": summarize(v) for s, v in by_sessions.items()} for name, by_sessions in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="timed window per measurement")
+    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per case")
+    args = parser.parse_args()
+    results = asyncio.run(run(args.seconds, args.reps))
+    reference = next(v for k, v in results.items() if k.startswith("openenv"))
+    rows = []
+    for name, by_sessions in results.items():
+        for key, label in (("1_sessions", "1"), ("16_sessions", "16")):
+            median = by_sessions[key]["median"]
+            rows.append([name, label, f"{median:,.0f}", f"{by_sessions[key]['min']:,.0f}-{by_sessions[key]['max']:,.0f}", f"{median / reference[key]['median']:.2f}x"])
+    print_table(["runtime", "sessions", "steps/s (median)", "range", "vs openenv"], rows)
+    path = write_result("env_step", {"seconds": args.seconds, "reps": args.reps, "pid": os.getpid()}, results)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

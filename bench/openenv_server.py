@@ -1,0 +1,17 @@
+"""Serve `PingEnv` with OpenEnv's own `create_app` under uvicorn: the reference server."""
+
+import sys
+
+import uvicorn
+from openenv.core.env_server.http_server import create_app
+from openenv.core.env_server.types import ConcurrencyConfig
+
+from bench.trivial_env import PingAction, PingEnv, PingObservation
+
+app = create_app(
+    PingEnv, PingAction, PingObservation,
+    concurrency_config=ConcurrencyConfig(max_concurrent_envs=64, session_timeout=300),
+)
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")

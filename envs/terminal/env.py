@@ -1,0 +1,138 @@
+"""`TerminalEnv`: a real bash in a fresh per-episode directory, scored by the task's verifier.
+
+    reset(task_id=...)  -> a new work dir under $HILLCLIMB_WORKDIR (else the current
+                           directory), the task's files written into it, the prompt
+    step({"command": c}) -> `bash -c c` there (see `shell`): output, exit code
+    step({"command": "submit"}) -> the verifier runs; reward 1.0 if it exits 0, else 0.0
+
+A fresh `bash -c` per command, rather than one long-lived shell, keeps every step
+independent and robust: no prompt parsing, no sentinel echoes, no shell left in a
+half-read state after a timeout. The cost is that `cd` and variables do not persist
+between commands, which the prompt says. One world per sandbox: the work dir and the
+processes it spawns belong to the sandbox, so sessions are not concurrent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from pydantic import Field
+
+from envs.base import Action, Environment, Observation, State
+from envs.errors import ExecutionError
+from envs.terminal.shell import CommandResult, run_command
+from envs.terminal.tasks import SUBMIT, SUITE, TerminalTask
+
+WORKDIR_ENV_VAR = "HILLCLIMB_WORKDIR"
+_VERIFIER_TIMEOUT_S = 30.0
+
+
+class TerminalAction(Action):
+    command: str
+    """A bash command line (several lines are fine), or `submit` to end the episode."""
+
+
+class TerminalObservation(Observation):
+    output: str = ""
+    """stdout and stderr merged, capped, with `[...]` notes for truncation and timeouts."""
+    exit_code: int | None = None
+    """The command's exit status; None on reset, on submit and when the command timed out."""
+    prompt: str = ""
+    """The task prompt on the reset observation; empty on every step."""
+
+
+class TerminalState(State):
+    task_id: str | None = None
+    """None until the first reset."""
+    done: bool = False
+    workdir: str | None = None
+    """The episode's directory, where every command runs."""
+    max_steps: int = Field(ge=1)
+
+
+class TerminalEnv(Environment[TerminalAction, TerminalObservation, TerminalState]):
+    """A real bash shell in a fresh directory per episode, for file and text manipulation tasks.
+
+    Each command runs in a new `bash -c` in the episode directory with a time limit and an
+    output cap. `submit` runs the task's verifier: reward 1.0 if it passes, else 0.0.
+    """
+
+    SUPPORTS_CONCURRENT_SESSIONS = False
+
+    def __init__(
+        self, max_steps: int = 30, command_timeout_s: float = 10.0, output_limit_bytes: int = 16 * 1024
+    ) -> None:
+        self.max_steps = max_steps
+        self.command_timeout_s = command_timeout_s
+        self.output_limit_bytes = output_limit_bytes
+        self._task: TerminalTask | None = None
+        self._state = TerminalState(max_steps=max_steps)
+
+    async def reset_async(
+        self, seed: int | None = None, episode_id: str | None = None, task_id: str | None = None
+    ) -> TerminalObservation:
+        """Start an episode on `task_id`, or on a train task drawn by `seed` when none is named."""
+        task = SUITE.pick(task_id, seed)
+        self._task = None
+        await asyncio.to_thread(self._remove_workdir)
+        workdir = await asyncio.to_thread(_make_workdir, task)
+        self._task = task
+        self._state = TerminalState(
+            episode_id=episode_id or uuid.uuid4().hex, task_id=task.id, workdir=str(workdir), max_steps=self.max_steps
+        )
+        return TerminalObservation(prompt=task.task.prompt, metadata={"task_id": task.id})
+
+    async def step_async(self, action: TerminalAction, timeout_s: float | None = None) -> TerminalObservation:
+        """Run one command; `timeout_s`, when given, replaces the default per-command limit."""
+        if self._task is None or self._state.done or self._state.workdir is None:
+            raise ExecutionError("no episode in progress: call reset() first")
+        self._state.step_count += 1
+        if action.command.strip() == SUBMIT:
+            return await self._submit(self._task)
+        result = await self._run(action.command, timeout_s or self.command_timeout_s)
+        out_of_steps = self._state.done = self._state.step_count >= self.max_steps
+        return TerminalObservation(
+            output=result.output,
+            exit_code=result.exit_code,
+            done=out_of_steps,
+            reward=0.0 if out_of_steps else None,
+            metadata={"reason": "max_steps"} if out_of_steps else {},
+        )
+
+    async def _run(self, command: str, timeout_s: float) -> CommandResult:
+        workdir = self._state.workdir
+        assert workdir is not None
+        return await run_command(command, workdir, timeout_s=timeout_s, output_limit=self.output_limit_bytes)
+
+    async def _submit(self, task: TerminalTask) -> TerminalObservation:
+        # A more generous limit for the verifier: it is trusted, and a slow machine must not fail a solved task.
+        verdict = await self._run(task.verifier_script, max(_VERIFIER_TIMEOUT_S, self.command_timeout_s))
+        self._state.done = True
+        passed = verdict.exit_code == 0
+        metadata = {"reason": "submitted", "verifier_exit_code": verdict.exit_code, "verifier_output": verdict.output}
+        return TerminalObservation(done=True, reward=1.0 if passed else 0.0, metadata=metadata)
+
+    @property
+    def state(self) -> TerminalState:
+        return self._state
+
+    def close(self) -> None:
+        self._remove_workdir()
+
+    def _remove_workdir(self) -> None:
+        if self._state.workdir is not None:
+            shutil.rmtree(self._state.workdir, ignore_errors=True)
+            self._state.workdir = None
+
+
+def _make_workdir(task: TerminalTask) -> Path:
+    base = Path(os.environ.get(WORKDIR_ENV_VAR) or os.getcwd())
+    base.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"episode-{task.id}-", dir=base))
+    task.materialize(workdir)
+    return workdir

@@ -1,0 +1,38 @@
+"""Prometheus metrics of the driver: sandboxes, leases, failures, event-loop lag.
+
+Metrics live in prometheus_client's default registry, labelled by provider and
+environment, so several pools in one process share one `/metrics` endpoint
+(`serve_metrics(port)`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+SANDBOXES = Gauge("hillclimb_sandboxes", "Sandboxes held by pools, by state.", ["provider", "env", "state"])
+CREATE_SECONDS = Histogram("hillclimb_sandbox_create_seconds", "Provider create() call time.", ["provider"], buckets=LATENCY_BUCKETS)
+READY_SECONDS = Histogram("hillclimb_sandbox_ready_seconds", "From create() to a passing health check.", ["provider"], buckets=LATENCY_BUCKETS)
+DESTROY_SECONDS = Histogram("hillclimb_sandbox_destroy_seconds", "Provider destroy() call time.", ["provider"], buckets=LATENCY_BUCKETS)
+LEASE_WAIT_SECONDS = Histogram("hillclimb_lease_wait_seconds", "Time a lease() waited for a sandbox.", ["provider", "env"], buckets=LATENCY_BUCKETS)
+FAILURES = Counter("hillclimb_sandbox_failures_total", "Sandbox failures, by error type.", ["provider", "type"])
+LOOP_LAG = Gauge("hillclimb_event_loop_lag_seconds", "How late the event loop ran a timer it was asked to run.")
+
+SANDBOX_STATES = ("starting", "ready", "leased", "destroying")
+
+
+def serve_metrics(port: int, addr: str = "127.0.0.1") -> None:
+    """Expose `/metrics` over HTTP (a daemon thread)."""
+    start_http_server(port, addr=addr)
+
+
+async def monitor_loop_lag(interval_s: float = 0.5) -> None:
+    """Measure event-loop lag forever: a blocked loop shows up here before anywhere else."""
+    while True:
+        start = time.perf_counter()
+        await asyncio.sleep(interval_s)
+        LOOP_LAG.set(max(0.0, time.perf_counter() - start - interval_s))

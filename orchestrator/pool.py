@@ -1,0 +1,387 @@
+"""`SandboxPool`: warm, liveness-checked sandboxes in front of any provider.
+
+    lease() ─► a ready sandbox with a free session slot, health-checked just before
+           └─► none: start one (within max_total, max_starting and the create rate) and wait
+           └─► too many waiters, or the deadline passes: a typed error, never an unbounded queue
+
+A sandbox whose environment supports concurrent sessions serves up to
+`sessions_per_sandbox` leases at once and goes back to the pool on release. One that
+does not (`terminal`) serves exactly one lease and is destroyed on release; the
+maintainer keeps `min_ready` fresh ones warm. A sandbox that fails its health check,
+is released as broken, or is close to its time-to-live is retired and replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from envs.client import http_request
+from envs.errors import HillclimbError
+from orchestrator import metrics
+from orchestrator.ratelimit import RateLimiter, TokenBucket
+from providers.base import Sandbox, SandboxProvider, SandboxSpec
+from providers.errors import FatalProviderError, ProviderError, RetryableProviderError
+
+log = logging.getLogger("hillclimb.orchestrator.pool")
+
+
+class PoolConfig(BaseModel):
+    """Sizing and pacing of one pool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_ready: int = Field(default=0, ge=0)
+    """Sandboxes kept started and idle, ready to lease without waiting."""
+    max_total: int = Field(default=64, ge=1)
+    """Sandboxes alive at once, starting ones included."""
+    max_starting: int = Field(default=8, ge=1)
+    """Sandboxes being created at once (separate from max_total: avoids creation storms)."""
+    create_rate_per_s: float = Field(default=20.0, gt=0)
+    """Sustained sandbox creations per second (token bucket; bursts up to max_starting)."""
+    sessions_per_sandbox: int = Field(default=16, ge=1)
+    """Leases one sandbox serves at once, when its environment allows concurrent sessions."""
+    max_waiters: int = Field(default=4096, ge=1)
+    """lease() calls allowed to wait at once; beyond it lease() fails fast (back-pressure)."""
+    ready_timeout_s: float = Field(default=60.0, gt=0)
+    health_timeout_s: float = Field(default=2.0, gt=0)
+    """A sandbox that does not answer /health within this is retired."""
+    health_max_age_s: float = Field(default=1.0, ge=0)
+    """A shared sandbox checked more recently than this is handed out without a new check (0: always check)."""
+    min_remaining_ttl_s: float = Field(default=120.0, ge=0)
+    """A sandbox this close to its time-to-live is retired instead of leased."""
+    create_retry_delay_s: float = Field(default=1.0, ge=0)
+    max_consecutive_failures: int = Field(default=3, ge=1)
+    """Creates failing in a row before the pool gives up and fails every lease with the last error."""
+
+
+class PoolClosedError(HillclimbError, RuntimeError):
+    """The pool was closed."""
+
+
+class LeaseTimeoutError(HillclimbError, TimeoutError):
+    """No sandbox became available before the lease's deadline."""
+
+
+class PoolExhaustedError(HillclimbError, RuntimeError):
+    """Too many lease() calls are already waiting: back-pressure, retry later."""
+
+
+@dataclass(eq=False)
+class _Slot:
+    sandbox: Sandbox
+    capacity: int
+    leases: int = 0
+    checked_at: float = 0.0
+    retired: bool = False
+    served: int = 0
+
+
+@dataclass(eq=False)
+class Lease:
+    """One session's claim on a sandbox. Release it (or use `async with`) when the session ends."""
+
+    sandbox: Sandbox
+    _pool: SandboxPool = field(repr=False)
+    _slot: _Slot = field(repr=False)
+    _released: bool = False
+    broken: bool = False
+
+    @property
+    def endpoint(self) -> str:
+        return self.sandbox.endpoint
+
+    @property
+    def token(self) -> str | None:
+        return self.sandbox.secret()
+
+    def mark_broken(self) -> None:
+        """The sandbox misbehaved: retire it on release instead of reusing it."""
+        self.broken = True
+
+    async def release(self) -> None:
+        if not self._released:
+            self._released = True
+            await self._pool._release(self)
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.release()
+
+
+class SandboxPool:
+    """Leases sandboxes of one spec from one provider."""
+
+    def __init__(
+        self,
+        provider: SandboxProvider,
+        spec: SandboxSpec,
+        config: PoolConfig | None = None,
+        *,
+        shared: bool,
+        rate_limiter: RateLimiter | None = None,
+    ) -> None:
+        self.provider = provider
+        self.spec = spec
+        self.config = config or PoolConfig()
+        self.shared = shared
+        self.capacity = self.config.sessions_per_sandbox if shared else 1
+        self._limiter = rate_limiter or TokenBucket(self.config.create_rate_per_s, burst=self.config.max_starting)
+        self._slots: list[_Slot] = []
+        self._starting = 0
+        self._destroying = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._fatal: ProviderError | None = None
+        self._failures_in_a_row = 0
+        self._closed = False
+        self._labels = {"provider": provider.name, "env": spec.env}
+
+    # -- public API -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin warming `min_ready` sandboxes (returns at once)."""
+        self._replenish()
+
+    async def wait_warm(self, timeout_s: float | None = None) -> None:
+        """Wait until `min_ready` sandboxes are idle and ready."""
+        async with asyncio.timeout(timeout_s):
+            while self.idle < self.config.min_ready:
+                self._raise_if_unusable()
+                await self._wait_change()
+
+    async def lease(self, timeout_s: float | None = None) -> Lease:
+        """A sandbox session slot, liveness-checked; waits up to `timeout_s` (None: forever)."""
+        started = time.monotonic()
+        deadline = None if timeout_s is None else started + timeout_s
+        while True:
+            self._raise_if_unusable()
+            slot = self._pick()
+            if slot is not None:
+                slot.leases += 1  # reserve before awaiting the health check
+                if await self._healthy(slot):
+                    slot.served += 1
+                    self._update_gauges()
+                    self._replenish()
+                    metrics.LEASE_WAIT_SECONDS.labels(**self._labels).observe(time.monotonic() - started)
+                    return Lease(slot.sandbox, self, slot)
+                slot.leases -= 1
+                self._retire(slot, reason="failed its health check")
+                continue
+            self._grow_for_waiter()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise LeaseTimeoutError(f"no {self.spec.env} sandbox free within {timeout_s:g} s ({self.describe()})")
+            if len(self._waiters) >= self.config.max_waiters:
+                raise PoolExhaustedError(f"{len(self._waiters)} leases already waiting ({self.describe()}); retry later")
+            try:
+                await asyncio.wait_for(self._wait_change(), remaining)
+            except TimeoutError:
+                continue
+
+    async def close(self, timeout_s: float = 120.0) -> None:
+        """Destroy every sandbox of the pool and stop its background work.
+
+        Creations in flight are waited for, not cancelled: their sandbox would be made
+        anyway, in a thread, and leak. Each sees the pool closed and destroys its own."""
+        self._closed = True
+        self._wake_all()
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        slots, self._slots = self._slots, []
+        await asyncio.gather(*(self._destroy(s.sandbox) for s in slots), return_exceptions=True)
+        self._update_gauges()
+
+    @property
+    def idle(self) -> int:
+        return sum(1 for s in self._slots if not s.retired and s.leases == 0)
+
+    @property
+    def leased(self) -> int:
+        return sum(s.leases for s in self._slots)
+
+    def describe(self) -> str:
+        return (
+            f"{len(self._slots)} sandboxes ({self.idle} idle, {self.leased} leases), {self._starting} starting, "
+            f"{len(self._waiters)} waiting; max_total={self.config.max_total}"
+        )
+
+    # -- choosing and checking ----------------------------------------------------------
+
+    def _pick(self) -> _Slot | None:
+        now = time.time()
+        best: _Slot | None = None
+        for slot in self._slots:
+            if slot.retired or slot.leases >= slot.capacity:
+                continue
+            if self._near_expiry(slot, now):
+                self._retire(slot, reason="close to its time-to-live")
+                continue
+            if best is None or slot.leases < best.leases:  # spread sessions across sandboxes
+                best = slot
+        return best
+
+    def _near_expiry(self, slot: _Slot, now: float) -> bool:
+        expires = slot.sandbox.expires_at
+        return expires is not None and expires - now < self.config.min_remaining_ttl_s and slot.leases == 0
+
+    async def _healthy(self, slot: _Slot) -> bool:
+        now = time.monotonic()
+        if self.shared and now - slot.checked_at < self.config.health_max_age_s:
+            return True
+        try:
+            status, _ = await http_request(slot.sandbox.endpoint, "/health", timeout=self.config.health_timeout_s)
+        except (OSError, asyncio.TimeoutError, ValueError) as e:
+            metrics.FAILURES.labels(provider=self.provider.name, type="health_check").inc()
+            log.warning("sandbox %s failed its health check: %s", slot.sandbox.id, e)
+            return False
+        slot.checked_at = time.monotonic()
+        return status == 200
+
+    def _raise_if_unusable(self) -> None:
+        if self._closed:
+            raise PoolClosedError("the sandbox pool is closed")
+        if self._fatal is not None:
+            raise self._fatal
+
+    # -- growing --------------------------------------------------------------------------
+
+    def _can_start(self) -> bool:
+        live = len([s for s in self._slots if not s.retired]) + self._starting
+        return not self._closed and self._starting < self.config.max_starting and live < self.config.max_total
+
+    def _grow_for_waiter(self) -> None:
+        """Start a sandbox if the waiting leases outnumber the session slots on their way."""
+        incoming = self._starting * self.capacity
+        if len(self._waiters) + 1 > incoming and self._can_start():
+            self._start_one()
+
+    def _replenish(self) -> None:
+        while self.idle + self._starting < self.config.min_ready and self._can_start():
+            self._start_one()
+
+    def _start_one(self) -> None:
+        self._starting += 1  # counted now, so callers looping on it see it at once
+        self._update_gauges()
+        self._spawn(self._add_sandbox())
+
+    async def _add_sandbox(self) -> None:
+        try:
+            await self._limiter.acquire()
+            if self._closed:
+                return
+            sandbox = await self._create_ready()
+            if self._closed:
+                await self._destroy(sandbox)
+                return
+            self._slots.append(_Slot(sandbox, self.capacity, checked_at=time.monotonic()))
+            self._failures_in_a_row = 0
+        except FatalProviderError as e:
+            self._fatal = e
+        except RetryableProviderError as e:
+            self._failures_in_a_row += 1
+            if self._failures_in_a_row >= self.config.max_consecutive_failures:
+                self._fatal = e  # deterministic after all (a bad env target, say): stop retrying
+            else:
+                log.warning("creating a %s sandbox failed (will retry): %s", self.spec.env, e)
+                await asyncio.sleep(self.config.create_retry_delay_s)
+        finally:
+            self._starting -= 1
+            self._update_gauges()
+            self._wake_all()
+        self._replenish()
+
+    async def _create_ready(self) -> Sandbox:
+        labels = {"provider": self.provider.name}
+        start = time.monotonic()
+        try:
+            sandbox = await self.provider.create(self.spec)
+            metrics.CREATE_SECONDS.labels(**labels).observe(time.monotonic() - start)
+            await self.provider.wait_ready(sandbox, self.config.ready_timeout_s)
+        except ProviderError as e:
+            metrics.FAILURES.labels(provider=self.provider.name, type=type(e).__name__).inc()
+            raise
+        metrics.READY_SECONDS.labels(**labels).observe(time.monotonic() - start)
+        return sandbox
+
+    # -- releasing and retiring -----------------------------------------------------------
+
+    async def _release(self, lease: Lease) -> None:
+        slot = lease._slot
+        slot.leases -= 1
+        if lease.broken or not self.shared:
+            self._retire(slot, reason="broken" if lease.broken else "single-use")
+        self._update_gauges()
+        self._wake_all()
+        self._replenish()
+
+    def _retire(self, slot: _Slot, reason: str) -> None:
+        if not slot.retired:
+            slot.retired = True
+            log.debug("retiring sandbox %s: %s", slot.sandbox.id, reason)
+        if slot.leases == 0 and slot in self._slots:
+            self._slots.remove(slot)
+            self._spawn(self._destroy(slot.sandbox))
+        self._update_gauges()
+
+    async def _destroy(self, sandbox: Sandbox) -> None:
+        self._destroying += 1
+        self._update_gauges()
+        start = time.monotonic()
+        try:
+            await self.provider.destroy(sandbox.id)
+            metrics.DESTROY_SECONDS.labels(provider=self.provider.name).observe(time.monotonic() - start)
+        except ProviderError as e:
+            metrics.FAILURES.labels(provider=self.provider.name, type="destroy").inc()
+            log.warning("destroying sandbox %s failed (the reaper will retry): %s", sandbox.id, e)
+        finally:
+            self._destroying -= 1
+            self._update_gauges()
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("pool task failed", exc_info=task.exception())
+
+    async def _wait_change(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _wake_all(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _update_gauges(self) -> None:
+        counts = {
+            "starting": self._starting,
+            "ready": self.idle,
+            "leased": sum(1 for s in self._slots if s.leases),
+            "destroying": self._destroying,
+        }
+        for state, value in counts.items():
+            metrics.SANDBOXES.labels(state=state, **self._labels).set(value)

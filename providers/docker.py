@@ -1,0 +1,280 @@
+"""`DockerProvider`: one hardened container per sandbox, on a real Docker engine.
+
+Default-deny egress is the absence of a network: containers run with `network_mode=none`
+and only `lo`. The orchestrator reaches the env server through a Unix socket in a host
+directory bind-mounted at /run/hillclimb. The token travels as a file in that directory
+(mode 0400, read once and deleted by the server), so it shows in no label, no
+environment variable, no command line and no `docker inspect` output.
+
+Hardening by default: a non-root user, a read-only root filesystem with size-limited
+tmpfs for /work and /tmp, every capability dropped, no-new-privileges, an init process,
+and the memory / CPU / pids limits of the spec. Every container carries its run id,
+owner and expiry as labels; a create with an idempotency key uses a container name
+derived from the key, so the engine itself guarantees one container per key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from pydantic import SecretStr
+
+from envs.client import http_request
+from providers.base import InflightCalls, LABEL_CREATED, LABEL_RUN, Sandbox, SandboxSpec, utc_from_timestamp
+from providers.errors import (
+    BadSpecError,
+    FatalProviderError,
+    ProviderError,
+    ReadyTimeoutError,
+    RetryableProviderError,
+    SandboxDiedError,
+    UnsupportedPolicy,
+)
+
+log = logging.getLogger("hillclimb.providers.docker")
+
+DEFAULT_IMAGE = "hillclimb/sandbox:dev"
+CONTAINER_UID = 10001
+SOCKET_DIR = "/run/hillclimb"
+NAME_PREFIX = "hillclimb-"
+
+
+def default_root() -> Path:
+    return Path(f"/tmp/hillclimb-{os.getuid()}") / "docker"
+
+
+def _translate(e: Exception, what: str) -> ProviderError:
+    """Docker SDK errors → typed provider errors (messages truncated, never with secrets)."""
+    detail = str(getattr(e, "explanation", None) or e)[:500]
+    if isinstance(e, docker.errors.ImageNotFound):
+        return BadSpecError(f"{what}: image not found ({detail}); build it with `hillclimb image build`")
+    if isinstance(e, docker.errors.APIError) and e.status_code is not None and 400 <= e.status_code < 500:
+        return BadSpecError(f"{what}: the engine refused the spec: {detail}")
+    if isinstance(e, (docker.errors.APIError, requests.exceptions.ConnectionError, docker.errors.DockerException)):
+        return RetryableProviderError(f"{what}: Docker engine error: {detail}", delay_s=1.0)
+    return FatalProviderError(f"{what}: {type(e).__name__}: {detail}")
+
+
+class DockerProvider:
+    """Sandboxes as hardened Docker containers with no network."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        *,
+        image: str = DEFAULT_IMAGE,
+        root: str | Path | None = None,
+        client: Any = None,
+        runtime: str | None = None,
+    ) -> None:
+        self.image = image
+        self.root = Path(root) if root else default_root()
+        self.runtime = runtime
+        try:
+            self._client = client or docker.from_env(timeout=60)
+        except docker.errors.DockerException as e:
+            raise FatalProviderError(f"no Docker engine reachable ({e}); start dockerd or use the local provider") from e
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o711)
+        # Root runs containers as a dedicated uid; a user's containers run as that user so
+        # that the socket directory it owns stays writable for the server inside.
+        self.container_uid = CONTAINER_UID if os.geteuid() == 0 else os.getuid()
+        self.container_gid = CONTAINER_UID if os.geteuid() == 0 else os.getgid()
+        self._tokens: dict[str, SecretStr] = {}
+        self._inflight = InflightCalls()
+
+    # -- create -------------------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> Sandbox:
+        if spec.egress.mode != "deny_all":
+            raise UnsupportedPolicy(
+                "the docker provider runs sandboxes without any network; it cannot enforce an egress allow-list"
+            )
+        return await asyncio.to_thread(self._create, spec)
+
+    def _create(self, spec: SandboxSpec) -> Sandbox:
+        with self._inflight.track():
+            return self._create_container(spec)
+
+    def _create_container(self, spec: SandboxSpec) -> Sandbox:
+        sandbox_id = "dk-" + (spec.key_digest[:12] if spec.idempotency_key else secrets.token_hex(6))
+        if sandbox_id in self._tokens:
+            return self._existing(sandbox_id)
+        created_at = time.time()
+        token = secrets.token_urlsafe(32)
+        home = self._make_home(sandbox_id, token)
+        try:
+            container = self._client.containers.create(**self._container_args(spec, sandbox_id, home, created_at))
+        except docker.errors.APIError as e:
+            if e.status_code == 409 and spec.idempotency_key:  # another process made this key's sandbox
+                raise FatalProviderError(f"sandbox {sandbox_id} for this idempotency key exists in another process") from e
+            shutil.rmtree(home, ignore_errors=True)
+            raise _translate(e, f"creating sandbox {sandbox_id}") from e
+        except docker.errors.DockerException as e:
+            shutil.rmtree(home, ignore_errors=True)
+            raise _translate(e, f"creating sandbox {sandbox_id}") from e
+        self._tokens[sandbox_id] = SecretStr(token)
+        try:
+            container.start()
+        except docker.errors.DockerException as e:
+            self._remove(sandbox_id)
+            raise _translate(e, f"starting sandbox {sandbox_id}") from e
+        return self._sandbox(sandbox_id, container.labels)
+
+    def _existing(self, sandbox_id: str) -> Sandbox:
+        container = self._client.containers.get(NAME_PREFIX + sandbox_id)
+        return self._sandbox(sandbox_id, container.labels)
+
+    def _make_home(self, sandbox_id: str, token: str) -> Path:
+        home = self.root / sandbox_id
+        home.mkdir(mode=0o700)
+        token_file = home / "token"
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+        for path in (home, token_file):
+            os.chown(path, self.container_uid, self.container_gid)
+        return home
+
+    def _container_args(self, spec: SandboxSpec, sandbox_id: str, home: Path, created_at: float) -> dict[str, Any]:
+        res = spec.resources
+        socket = f"{SOCKET_DIR}/env.sock"
+        token_file = f"{SOCKET_DIR}/token"
+        command = list(spec.command) if spec.command else [
+            spec.env, "--uds", socket, "--token-file", token_file,
+            "--max-sessions", str(spec.max_sessions), "--ttl", str(spec.ttl_s),
+        ]
+        uid = f"{self.container_uid}:{self.container_gid}"
+        args: dict[str, Any] = {
+            "image": spec.image or self.image,
+            "command": command,
+            "name": NAME_PREFIX + sandbox_id,
+            "labels": spec.all_labels(created_at),
+            "environment": {
+                **spec.env_vars,
+                "HILLCLIMB_WORKDIR": "/work",
+                "HILLCLIMB_ENV_SOCKET": socket,
+                "HILLCLIMB_TOKEN_FILE": token_file,
+            },
+            "user": uid,
+            "working_dir": "/work",
+            "network_mode": "none",
+            "read_only": True,
+            "tmpfs": {
+                "/work": f"rw,exec,nosuid,nodev,size={res.disk_mb}m,uid={self.container_uid},gid={self.container_gid},mode=0700",
+                "/tmp": "rw,nosuid,nodev,size=64m,mode=1777",
+            },
+            "volumes": {str(home): {"bind": SOCKET_DIR, "mode": "rw"}},
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
+            "ipc_mode": "private",
+            "init": True,
+            "mem_limit": f"{res.memory_mb}m",
+            "memswap_limit": f"{res.memory_mb}m",
+            "nano_cpus": int(res.cpu * 1e9),
+            "pids_limit": res.pids,
+            "ulimits": [docker.types.Ulimit(name="nofile", soft=4096, hard=4096)],
+            "detach": True,
+        }
+        if self.runtime:
+            args["runtime"] = self.runtime
+        return args
+
+    def _sandbox(self, sandbox_id: str, labels: dict[str, str]) -> Sandbox:
+        created = labels.get(LABEL_CREATED)
+        return Sandbox(
+            id=sandbox_id,
+            endpoint=f"unix://{self.root / sandbox_id / 'env.sock'}",
+            token=self._tokens.get(sandbox_id),
+            provider=self.name,
+            created_at=utc_from_timestamp(float(created) if created else 0.0),
+            labels=dict(labels),
+        )
+
+    # -- readiness ----------------------------------------------------------------------
+
+    async def wait_ready(self, sandbox: Sandbox, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        next_state_check = time.monotonic() + 0.25
+        delay = 0.002
+        while True:
+            try:
+                if (await http_request(sandbox.endpoint, "/health", timeout=1.0))[0] == 200:
+                    return
+            except (OSError, asyncio.TimeoutError, ValueError):
+                pass
+            now = time.monotonic()
+            if now >= next_state_check:
+                next_state_check = now + 0.25
+                state = await asyncio.to_thread(self.inspect_state, sandbox.id)
+                if state.get("status") in ("exited", "dead", "missing"):
+                    tail = await asyncio.to_thread(self.logs_tail, sandbox.id)
+                    await self.destroy(sandbox.id)
+                    raise SandboxDiedError(f"sandbox {sandbox.id} exited while starting ({state}); log tail:\n{tail}", log_tail=tail)
+            if now + delay > deadline:
+                await self.destroy(sandbox.id)
+                raise ReadyTimeoutError(f"sandbox {sandbox.id} was not ready within {timeout_s:g} s (destroyed)")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def inspect_state(self, sandbox_id: str) -> dict[str, Any]:
+        """Status, exit code and whether the kernel's OOM killer struck."""
+        try:
+            container = self._client.containers.get(NAME_PREFIX + sandbox_id)
+        except docker.errors.NotFound:
+            return {"status": "missing"}
+        state = container.attrs["State"]
+        return {"status": state["Status"], "exit_code": state["ExitCode"], "oom_killed": state["OOMKilled"]}
+
+    def logs_tail(self, sandbox_id: str, lines: int = 40) -> str:
+        try:
+            return self._client.containers.get(NAME_PREFIX + sandbox_id).logs(tail=lines).decode(errors="replace")
+        except docker.errors.DockerException:
+            return ""
+
+    # -- destroy / list -------------------------------------------------------------------
+
+    async def destroy(self, sandbox_id: str) -> None:
+        await asyncio.to_thread(self._remove, sandbox_id)
+
+    def _remove(self, sandbox_id: str) -> None:
+        try:
+            self._client.containers.get(NAME_PREFIX + sandbox_id).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.DockerException as e:
+            raise _translate(e, f"removing sandbox {sandbox_id}") from e
+        shutil.rmtree(self.root / sandbox_id, ignore_errors=True)
+        self._tokens.pop(sandbox_id, None)
+
+    async def list(self, selector: dict[str, str] | None = None) -> list[Sandbox]:
+        return await asyncio.to_thread(self._list, selector or {})
+
+    def _list(self, selector: dict[str, str]) -> list[Sandbox]:
+        filters = {"label": [LABEL_RUN] + [f"{k}={v}" for k, v in selector.items()]}
+        try:
+            containers = self._client.containers.list(all=True, filters=filters)
+        except docker.errors.DockerException as e:
+            raise _translate(e, "listing sandboxes") from e
+        return [
+            self._sandbox(c.name.removeprefix(NAME_PREFIX), c.labels)
+            for c in containers
+            if c.name.startswith(NAME_PREFIX)
+        ]
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._inflight.wait_idle, 120.0)
+        for sandbox_id in list(self._tokens):
+            await self.destroy(sandbox_id)
+        await asyncio.to_thread(self._client.close)

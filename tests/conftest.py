@@ -1,0 +1,65 @@
+"""Fixtures shared across test packages: local sandboxes under a short root path."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from providers.local import LocalProvider
+
+
+@pytest.fixture
+def sandbox_root() -> Iterator[Path]:
+    # Short, so Unix socket paths stay under the 108-byte limit.
+    root = Path(tempfile.mkdtemp(prefix="hc-", dir="/tmp"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def local_provider(sandbox_root: Path) -> AsyncIterator[LocalProvider]:
+    provider = LocalProvider(root=sandbox_root)
+    yield provider
+    await provider.close()
+
+
+def _docker_unavailable() -> str | None:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=10)
+        try:
+            client.ping()
+            client.images.get("hillclimb/sandbox:dev")
+        finally:
+            client.close()
+    except Exception as e:  # any failure means: no usable engine or image here
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> None:
+    """Docker tests run for real; CI (HILLCLIMB_REQUIRE_DOCKER=1) fails without an engine, a laptop skips."""
+    why = _docker_unavailable()
+    if why is None:
+        return
+    message = f"no Docker engine with the hillclimb/sandbox:dev image ({why}); start dockerd and run `hillclimb image build`"
+    if os.environ.get("HILLCLIMB_REQUIRE_DOCKER") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+async def docker_provider(docker_engine: None, sandbox_root: Path) -> AsyncIterator[Any]:
+    from providers.docker import DockerProvider
+
+    provider = DockerProvider(root=sandbox_root)
+    yield provider
+    await provider.close()

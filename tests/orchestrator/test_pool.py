@@ -1,0 +1,155 @@
+"""SandboxPool on real local sandboxes: warmth, liveness, limits, back-pressure, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+from prometheus_client import REGISTRY
+
+from envs.client import EnvClient
+from orchestrator.pool import LeaseTimeoutError, PoolConfig, PoolExhaustedError, SandboxPool
+from orchestrator.ratelimit import TokenBucket
+from providers.base import SandboxSpec
+from providers.errors import SandboxDiedError
+from providers.local import LocalProvider
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="local sandboxes with per-sandbox uids need root")
+
+
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def _pool(provider: LocalProvider, env: str = "toy_terminal", *, shared: bool = True, **config: object) -> SandboxPool:
+    pool = SandboxPool(provider, SandboxSpec(env=env, run_id="pool-test"), PoolConfig(**config), shared=shared)  # type: ignore[arg-type]
+    await pool.start()
+    return pool
+
+
+async def test_min_ready_sandboxes_are_warm_and_leases_are_fast(local_provider: LocalProvider) -> None:
+    pool = await _pool(local_provider, min_ready=2)
+    try:
+        await pool.wait_warm(timeout_s=30)
+        assert pool.idle == 2 and len(await local_provider.list()) == 2
+        start = time.perf_counter()
+        lease = await pool.lease(timeout_s=1)
+        assert time.perf_counter() - start < 0.5
+        async with EnvClient(lease.endpoint, token=lease.token) as env:
+            result = await env.reset(seed=0)
+        assert result.observation["prompt"]
+        await lease.release()
+        assert _metric("hillclimb_sandboxes", provider="local", env="toy_terminal", state="ready") == 2
+    finally:
+        await pool.close()
+    assert await local_provider.list() == []
+
+
+async def test_shared_sandboxes_serve_up_to_capacity(local_provider: LocalProvider) -> None:
+    pool = await _pool(local_provider, sessions_per_sandbox=3, max_total=4)
+    try:
+        leases = await asyncio.gather(*(pool.lease(timeout_s=30) for _ in range(7)))
+        per_sandbox: dict[str, int] = {}
+        for lease in leases:
+            per_sandbox[lease.sandbox.id] = per_sandbox.get(lease.sandbox.id, 0) + 1
+        assert sorted(per_sandbox.values(), reverse=True)[0] <= 3 and len(per_sandbox) == 3
+        for lease in leases:
+            await lease.release()
+        assert len(await local_provider.list()) == 3  # shared sandboxes go back to the pool
+    finally:
+        await pool.close()
+
+
+async def test_single_use_sandboxes_are_fresh_per_lease_and_destroyed_after(local_provider: LocalProvider) -> None:
+    pool = await _pool(local_provider, env="terminal", shared=False, min_ready=1)
+    try:
+        await pool.wait_warm(timeout_s=30)
+        first = await pool.lease(timeout_s=30)
+        async with EnvClient(first.endpoint, token=first.token) as env:
+            await env.reset(seed=0)
+            await env.step({"command": "echo left-behind > marker"})
+        await first.release()
+        second = await pool.lease(timeout_s=30)
+        assert second.sandbox.id != first.sandbox.id
+        async with EnvClient(second.endpoint, token=second.token) as env:
+            await env.reset(seed=0)
+            result = await env.step({"command": "ls marker"})
+        assert "No such file" in result.observation["output"]
+        await second.release()
+        await asyncio.sleep(0.2)
+        ids = {s.id for s in await local_provider.list()}
+        assert first.sandbox.id not in ids and second.sandbox.id not in ids
+    finally:
+        await pool.close()
+
+
+async def test_dead_warm_sandbox_is_skipped_and_replaced(local_provider: LocalProvider) -> None:
+    pool = await _pool(local_provider, min_ready=1, health_max_age_s=0, shared=True)
+    try:
+        await pool.wait_warm(timeout_s=30)
+        (victim,) = await local_provider.list()
+        meta_pid = local_provider._read_meta(local_provider.root / victim.id)["pid"]
+        os.kill(meta_pid, signal.SIGKILL)  # the sandbox dies while it sits warm in the pool
+        await asyncio.sleep(0.1)
+        failures = _metric("hillclimb_sandbox_failures_total", provider="local", type="health_check")
+        lease = await pool.lease(timeout_s=30)
+        assert lease.sandbox.id != victim.id
+        assert _metric("hillclimb_sandbox_failures_total", provider="local", type="health_check") == failures + 1
+        async with EnvClient(lease.endpoint, token=lease.token) as env:
+            await env.reset(seed=0)
+        await lease.release()
+    finally:
+        await pool.close()
+
+
+async def test_max_total_caps_and_lease_deadline_is_typed(local_provider: LocalProvider) -> None:
+    pool = await _pool(local_provider, env="terminal", shared=False, max_total=1)
+    try:
+        held = await pool.lease(timeout_s=30)
+        start = time.monotonic()
+        with pytest.raises(LeaseTimeoutError, match="no terminal sandbox free"):
+            await pool.lease(timeout_s=0.3)
+        assert 0.25 < time.monotonic() - start < 2.0
+        waiting = asyncio.ensure_future(pool.lease(timeout_s=30))
+        await asyncio.sleep(0.05)
+        await held.release()  # frees the only slot: the waiter gets a fresh sandbox
+        assert (await waiting).sandbox.id != held.sandbox.id
+        await (await waiting).release()
+    finally:
+        await pool.close()
+
+
+async def test_back_pressure_when_too_many_wait(local_provider: LocalProvider) -> None:
+    pool = await _pool(local_provider, env="terminal", shared=False, max_total=1, max_waiters=2)
+    try:
+        held = await pool.lease(timeout_s=30)
+        waiters = [asyncio.ensure_future(pool.lease(timeout_s=5)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(PoolExhaustedError):
+            await pool.lease(timeout_s=5)
+        await held.release()
+        for waiter in waiters:
+            await (await waiter).release()
+    finally:
+        await pool.close()
+
+
+async def test_a_broken_env_target_fails_leases_instead_of_retrying_forever(local_provider: LocalProvider) -> None:
+    pool = await _pool(local_provider, env="no.such.module:Env", create_retry_delay_s=0.01)
+    try:
+        with pytest.raises(SandboxDiedError, match="no.such.module"):
+            await pool.lease(timeout_s=30)
+    finally:
+        await pool.close()
+
+
+async def test_create_rate_is_limited() -> None:
+    bucket = TokenBucket(rate_per_s=10, burst=2)
+    start = time.monotonic()
+    for _ in range(5):
+        await bucket.acquire()
+    # Two from the burst, then three more at 10/s: about 0.3 s.
+    assert 0.25 < time.monotonic() - start < 1.0

@@ -1,0 +1,175 @@
+"""The Docker provider on a real engine: isolation, hardening, limits, secrecy, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from envs.client import EnvClient
+from providers.base import LABEL_RUN, EgressPolicy, Resources, SandboxSpec
+from providers.docker import NAME_PREFIX, DockerProvider
+from providers.errors import BadSpecError, UnsupportedPolicy
+from providers.probe import probe
+
+pytestmark = pytest.mark.docker
+
+
+def _container(sandbox_id: str) -> docker.models.containers.Container:
+    client = docker.from_env()
+    try:
+        return client.containers.get(NAME_PREFIX + sandbox_id)
+    finally:
+        client.close()
+
+
+async def _shell(provider: DockerProvider, **spec: object):  # type: ignore[no-untyped-def]
+    sandbox = await provider.create(SandboxSpec(env="terminal", **spec))  # type: ignore[arg-type]
+    await provider.wait_ready(sandbox, timeout_s=60)
+    return sandbox
+
+
+async def _run(sandbox, command: str) -> dict:  # type: ignore[no-untyped-def]
+    async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as env:
+        await env.reset(seed=0)
+        return (await env.step({"command": command})).observation
+
+
+async def test_probe_checks_all_pass(docker_provider: DockerProvider) -> None:
+    result = await probe(docker_provider)
+    failed = [f"{c.name}: {c.detail}" for c in result.checks if not c.ok]
+    assert not failed, failed
+    assert result.report["interfaces"] == ["lo"] and result.report["routes"] == []
+    assert result.report["host_loopback"]["reachable"] is False
+
+
+async def test_hardening_is_read_back_from_the_engine(docker_provider: DockerProvider) -> None:
+    sandbox = await docker_provider.create(SandboxSpec(env="probe", resources=Resources(cpu=0.5, memory_mb=256, pids=128)))
+    await docker_provider.wait_ready(sandbox)
+    attrs = _container(sandbox.id).attrs
+    host = attrs["HostConfig"]
+    assert host["NetworkMode"] == "none"
+    assert host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+    assert any(opt.startswith("no-new-privileges") for opt in host["SecurityOpt"])
+    assert host["Privileged"] is False and host["Init"] is True and host["IpcMode"] == "private"
+    assert host["Memory"] == 256 * 2**20 and host["MemorySwap"] == 256 * 2**20
+    assert host["NanoCpus"] == 500_000_000 and host["PidsLimit"] == 128
+    assert set(host["Tmpfs"]) == {"/work", "/tmp"} and "size=1024m" in host["Tmpfs"]["/work"]
+    assert attrs["Config"]["User"] == "10001:10001"
+    labels = attrs["Config"]["Labels"]
+    assert labels[LABEL_RUN] == "adhoc" and "hillclimb.dev/owner" in labels and "hillclimb.dev/expires-at" in labels
+
+
+async def test_the_token_never_leaks(docker_provider: DockerProvider) -> None:
+    sandbox = await _shell(docker_provider)
+    token = sandbox.secret()
+    assert token and token not in repr(sandbox)
+    observation = await _run(sandbox, "env; cat /run/hillclimb/token 2>&1; ls -la /run/hillclimb")
+    container = _container(sandbox.id)
+    assert token not in json.dumps(container.attrs)
+    assert token not in json.dumps(container.labels)
+    assert token not in container.logs().decode(errors="replace")
+    assert token not in observation["output"]  # the server read its token file and deleted it
+    assert not (docker_provider.root / sandbox.id / "token").exists()
+
+
+async def test_fork_bomb_is_contained_and_neighbours_unaffected(docker_provider: DockerProvider) -> None:
+    bomb, neighbour = await _shell(docker_provider, resources=Resources(pids=64)), await _shell(docker_provider)
+    observation = await _run(bomb, "for i in $(seq 200); do sleep 30 & done; echo spawned")
+    assert "Resource temporarily unavailable" in observation["output"]
+    assert _container(bomb.id).attrs["HostConfig"]["PidsLimit"] == 64
+    assert (await _run(neighbour, "echo alive"))["output"] == "alive\n"
+    assert subprocess.run(["true"]).returncode == 0
+
+
+async def test_memory_hog_is_killed_and_reported(docker_provider: DockerProvider) -> None:
+    hog, neighbour = await _shell(docker_provider, resources=Resources(memory_mb=128)), await _shell(docker_provider)
+    observation = await _run(hog, "/opt/hillclimb/bin/python -c 'b = bytearray(512 * 2**20); b[::4096] = bytes(len(b) // 4096)'")
+    assert observation["exit_code"] == 137  # SIGKILL from the OOM killer
+    state = docker_provider.inspect_state(hog.id)
+    assert state["status"] == "running"  # the server itself survived: the hog was the biggest process
+    assert (await _run(hog, "echo still-serving"))["output"] == "still-serving\n"
+    assert (await _run(neighbour, "echo alive"))["output"] == "alive\n"
+
+
+async def test_idempotent_create_gives_one_container(docker_provider: DockerProvider) -> None:
+    spec = SandboxSpec(env="probe", idempotency_key="run-9/task-1/attempt-0")
+    first = await docker_provider.create(spec)
+    second = await docker_provider.create(spec)
+    assert first.id == second.id
+    listed = await docker_provider.list({"hillclimb.dev/key": spec.key_digest})
+    assert [s.id for s in listed] == [first.id]
+
+
+async def test_bad_specs_get_clear_errors(docker_provider: DockerProvider) -> None:
+    with pytest.raises(BadSpecError, match="image not found"):
+        await docker_provider.create(SandboxSpec(image="hillclimb/no-such-image:1"))
+    with pytest.raises(BadSpecError, match="(?i)cpu"):
+        await docker_provider.create(SandboxSpec(resources=Resources(cpu=48)))
+    with pytest.raises(UnsupportedPolicy):
+        await docker_provider.create(SandboxSpec(egress=EgressPolicy(mode="allow_list", allow=("10.0.0.1",))))
+    assert await docker_provider.list() == []
+
+
+async def test_blocking_engine_calls_stay_off_the_event_loop(docker_provider: DockerProvider) -> None:
+    worst = 0.0
+
+    async def ticker() -> None:
+        nonlocal worst
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(0.01)
+            worst = max(worst, time.perf_counter() - start - 0.01)
+
+    tick = asyncio.ensure_future(ticker())
+    sandboxes = await asyncio.gather(*(docker_provider.create(SandboxSpec(env="probe")) for _ in range(3)))
+    await asyncio.gather(*(docker_provider.wait_ready(s) for s in sandboxes))
+    await asyncio.gather(*(docker_provider.destroy(s.id) for s in sandboxes))
+    tick.cancel()
+    assert worst < 0.1, f"event loop stalled {worst * 1000:.0f} ms"
+
+
+DRIVER = """
+import asyncio, sys
+from orchestrator.runs import RunLock
+from providers.base import SandboxSpec
+from providers.docker import DockerProvider
+
+async def main():
+    provider = DockerProvider()
+    for _ in range(3):
+        await provider.create(SandboxSpec(env="probe", run_id=sys.argv[1]))
+    print("ready", flush=True)
+    await asyncio.sleep(600)
+
+with RunLock(sys.argv[1]):
+    asyncio.run(main())
+"""
+
+
+async def test_one_reap_after_a_sigkilled_driver_leaves_nothing(docker_engine: None, tmp_path: Path) -> None:
+    run_id = f"doomed-{os.getpid()}"
+    env = {**os.environ, "HILLCLIMB_HOME": str(tmp_path)}
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, run_id], stdout=subprocess.PIPE, env=env)
+    assert driver.stdout is not None and driver.stdout.readline().strip() == b"ready"
+    provider = DockerProvider()
+    assert len(await provider.list({LABEL_RUN: run_id})) == 3
+    alive = subprocess.run([sys.executable, "-m", "orchestrator", "sandbox", "reap", "-p", "docker"], env=env, capture_output=True, text=True)
+    assert alive.returncode == 0 and len(await provider.list({LABEL_RUN: run_id})) == 3  # its run is alive: kept
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    driver.stdout.close()
+    reaped = subprocess.run([sys.executable, "-m", "orchestrator", "sandbox", "reap", "-p", "docker"], env=env, capture_output=True, text=True)
+    assert reaped.returncode == 0, reaped.stderr
+    assert reaped.stdout.count("its run is gone") == 3
+    assert await provider.list({LABEL_RUN: run_id}) == []
+    await provider.close()
