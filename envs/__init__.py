@@ -3,7 +3,7 @@
 Nothing here imports Ray or torch: this package is what runs inside a sandbox.
 """
 
-from envs.base import Action, EnvMetadata, Environment, Observation, State, tool
+from envs.base import Action, Environment, EnvMetadata, Observation, State, tool
 from envs.client import EnvClient, StepResult, ToolResult
 from envs.registry import BUILTIN_ENVS, resolve_env_class
 from envs.server import EnvServer, ServerConfig

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import ssl as ssl_module
 import time
@@ -41,6 +42,8 @@ from envs.errors import (
 )
 
 ObsT = TypeVar("ObsT")
+
+_CLOSE_WAIT_S = 2.0  # how long close() waits for the server to hang up
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +95,10 @@ class Endpoint:
 
     @property
     def host_header(self) -> str:
-        return "localhost" if self.uds else f"{self.host}:{self.port}"
+        if self.uds:
+            return "localhost"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host  # IPv6 literals need brackets
+        return f"{host}:{self.port}"
 
     async def open(self, factory: Any, timeout: float, ssl: ssl_module.SSLContext | None) -> asyncio.BaseTransport:
         loop = asyncio.get_running_loop()
@@ -100,7 +106,8 @@ class Endpoint:
             transport, _ = await asyncio.wait_for(loop.create_unix_connection(factory, self.uds), timeout)
         else:
             ctx = (ssl or ssl_module.create_default_context()) if self.tls else None
-            transport, _ = await asyncio.wait_for(loop.create_connection(factory, self.host, self.port, ssl=ctx), timeout)
+            connecting = loop.create_connection(factory, self.host, self.port, ssl=ctx)
+            transport, _ = await asyncio.wait_for(connecting, timeout)
         return transport
 
 
@@ -118,7 +125,10 @@ class _Protocol(asyncio.Protocol):
         self._inbox: collections.deque[bytes] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self.lost: HillclimbError | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.last_rx = time.monotonic()
+        self.ping_sent_at: float | None = None
+        self._close_sent = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -140,13 +150,16 @@ class _Protocol(asyncio.Protocol):
                 self._inbox.append(payload)
                 self._wake()
             elif opcode == ws.OVERSIZED:
-                self._fail(ConnectionLostError(f"server sent a {payload.decode()}-byte message, over this client's limit of {self._max}"))
+                too_big = f"server sent a {payload.decode()}-byte message, over this client's limit of {self._max}"
+                self._fail(ConnectionLostError(too_big))
             elif opcode == ws.OP_PING:
                 self.send(ws.OP_PONG, payload)
             elif opcode == ws.OP_CLOSE:
                 code, reason = ws.parse_close_payload(payload)
-                self.send(ws.OP_CLOSE, payload[:2])
-                self._fail(ConnectionLostError(f"server closed the connection (code {code}{': ' + reason if reason else ''})", close_code=code))
+                if not self._close_sent:  # echo once (RFC 6455 5.5.1); ours may already be on its way
+                    self.send(ws.OP_CLOSE, payload[:2])
+                said = f"code {code}{': ' + reason if reason else ''}"
+                self._fail(ConnectionLostError(f"server closed the connection ({said})", close_code=code))
 
     def _handshake_reply(self) -> None:
         try:
@@ -157,7 +170,8 @@ class _Protocol(asyncio.Protocol):
         except http.HTTPError as e:
             return self._fail(ConnectionLostError(f"bad handshake reply: {e.message}"))
         if status == 401:
-            return self._fail(AuthenticationError("the server refused the bearer token (HTTP 401): pass token= the sandbox's token"))
+            refused = "the server refused the bearer token (HTTP 401): pass token= the sandbox's token"
+            return self._fail(AuthenticationError(refused))
         if status != 101 or headers.get("sec-websocket-accept") != self._accept:
             return self._fail(ConnectionLostError(f"WebSocket upgrade refused: HTTP {status}"))
         self._frames = ws.FrameReader(max_message_bytes=self._max, expect_masked=False)
@@ -169,6 +183,8 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ConnectionLostError(f"connection lost{': ' + str(exc) if exc else ''}"))
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def _fail(self, error: HillclimbError) -> None:
         if self.lost is None:
@@ -185,8 +201,22 @@ class _Protocol(asyncio.Protocol):
             self._waiter.set_result(None)
 
     def send(self, opcode: int, payload: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if self.transport is not None and not self.transport.is_closing() and not self._close_sent:
             self.transport.write(ws.encode_frame(opcode, payload, mask=True))
+            if opcode == ws.OP_CLOSE:  # nothing may follow a close frame (RFC 6455 5.5.1)
+                self._close_sent = True
+
+    def session_notice(self) -> dict[str, Any] | None:
+        """The SESSION_ERROR the server sent unasked before it hung up (reaped idle, say), if any."""
+        for raw in reversed(self._inbox):
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                continue
+            data = message.get("data") if isinstance(message, dict) and message.get("type") == "error" else None
+            if isinstance(data, dict) and data.get("code") == ErrorCode.SESSION_ERROR:
+                return data
+        return None
 
     async def receive(self, timeout: float | None) -> bytes:
         if self._inbox:
@@ -264,17 +294,20 @@ class EnvClient:
         self._drop()
         deadline = time.monotonic() + self.connect_timeout_s
         delay = 0.002
+        last: Exception | None = None  # the previous attempt's error: a timeout alone says nothing
+        failed = f"could not connect to {self.url} within {self.connect_timeout_s:g} s"
         while True:
             try:
                 self._conn = await self._open(max(deadline - time.monotonic(), 0.001))
                 break
             except (ConnectionRefusedError, FileNotFoundError, ConnectionResetError, ConnectionLostError) as e:
+                last = e
                 if time.monotonic() + delay > deadline:
-                    raise ConnectTimeoutError(f"could not connect to {self.url} within {self.connect_timeout_s:g} s: {e}") from e
+                    raise ConnectTimeoutError(f"{failed}: {e}") from e
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.25)
-            except asyncio.TimeoutError as e:
-                raise ConnectTimeoutError(f"could not connect to {self.url} within {self.connect_timeout_s:g} s") from e
+            except TimeoutError as e:
+                raise ConnectTimeoutError(f"{failed}: {last}" if last else failed) from (last or e)
         self._schedule_heartbeat()
 
     async def _open(self, timeout: float) -> _Protocol:
@@ -301,18 +334,26 @@ class EnvClient:
 
     def _schedule_heartbeat(self) -> None:
         if self.ping_interval_s is not None:
-            self._heartbeat = asyncio.get_running_loop().call_later(self.ping_interval_s, self._beat)
+            period = min(self.ping_interval_s, self.ping_timeout_s)
+            self._heartbeat = asyncio.get_running_loop().call_later(period, self._beat)
 
     def _beat(self) -> None:
+        """Ping after `ping_interval_s` of silence; give up only on a ping unanswered for `ping_timeout_s`.
+
+        Judging by silence alone is wrong: a peer that answers every ping still looks silent
+        for up to two periods between pings, so a late timer would drop a healthy connection.
+        """
         conn = self._conn
         if conn is None or conn.lost is not None or self.ping_interval_s is None:
             return
-        silent_for = time.monotonic() - conn.last_rx
-        if silent_for > self.ping_interval_s + self.ping_timeout_s:
-            conn._fail(ConnectionLostError(f"no reply to keepalive pings for {silent_for:.0f} s"))
+        now = time.monotonic()
+        unanswered = conn.ping_sent_at is not None and conn.last_rx < conn.ping_sent_at
+        if unanswered and now - conn.ping_sent_at >= self.ping_timeout_s:  # type: ignore[operator]
+            conn._fail(ConnectionLostError(f"no reply to a keepalive ping within {self.ping_timeout_s:g} s"))
             return
-        if silent_for >= self.ping_interval_s:
+        if not unanswered and now - conn.last_rx >= self.ping_interval_s:
             conn.send(ws.OP_PING, b"hc")
+            conn.ping_sent_at = now
         self._schedule_heartbeat()
 
     def _drop(self) -> None:
@@ -324,13 +365,21 @@ class EnvClient:
         self._conn = None
 
     async def close(self) -> None:
-        """Say goodbye to the server (it frees the session at once) and close the socket."""
-        if self.connected:
-            assert self._conn is not None
-            self._conn.send(ws.OP_TEXT, b'{"type":"close"}')
-            self._conn.send(ws.OP_CLOSE, ws.close_payload(ws.CLOSE_NORMAL))
-        self._drop()
-        self._episode_live = False
+        """Say goodbye to the server and wait (briefly) until it hangs up.
+
+        The server frees the session before it closes the socket, so once this returns a
+        server with one slot takes the next session without a race.
+        """
+        conn = self._conn
+        try:
+            if conn is not None and self.connected:
+                conn.send(ws.OP_TEXT, b'{"type":"close"}')
+                conn.send(ws.OP_CLOSE, ws.close_payload(ws.CLOSE_NORMAL))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(conn.closed), _CLOSE_WAIT_S)
+        finally:  # even when cancelled while waiting: never leave the socket or the heartbeat behind
+            self._drop()
+            self._episode_live = False
 
     # -- requests ----------------------------------------------------------------------
 
@@ -338,8 +387,7 @@ class EnvClient:
         async with self._lock:
             if not self.connected:
                 if self._conn is not None and self._episode_live and not reconnect:
-                    lost = self._conn.lost
-                    raise ConnectionLostError(f"{lost}; the episode's server-side state is gone: call reset() to start a new one") from lost
+                    raise self._episode_lost(self._conn) from self._conn.lost
                 await self.connect()
             conn = self._conn
             assert conn is not None
@@ -347,11 +395,27 @@ class EnvClient:
             try:
                 raw = await conn.receive(self.message_timeout_s)
             except MessageTimeoutError:
-                raise MessageTimeoutError(f"no reply to {message['type']!r} from {self.url} within {self.message_timeout_s:g} s; the connection was dropped") from None
+                raise MessageTimeoutError(
+                    f"no reply to {message['type']!r} from {self.url} within {self.message_timeout_s:g} s;"
+                    " the connection was dropped"
+                ) from None
+            except asyncio.CancelledError:
+                # The reply may still come; left queued, it would answer the next request.
+                cancelled = f"a {message['type']!r} request was cancelled before its reply; the connection was dropped"
+                conn._fail(ConnectionLostError(cancelled))
+                raise
         reply = json.loads(raw)
         if reply.get("type") == "error":
             raise _error_from(reply.get("data") or {})
         return reply
+
+    @staticmethod
+    def _episode_lost(conn: _Protocol) -> HillclimbError:
+        hint = "the episode's server-side state is gone: call reset() to start a new one"
+        notice = conn.session_notice()
+        if notice is not None:  # the server said why (reaped idle, session failed): raise its SessionError
+            return _error_from({**notice, "message": f"{notice.get('message')}; {hint}"})
+        return ConnectionLostError(f"{conn.lost}; {hint}")
 
     async def reset(self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any) -> StepResult[Any]:
         """Start a new episode; reconnects first if the connection had dropped."""
@@ -366,8 +430,9 @@ class EnvClient:
         return self._result(reply["data"])
 
     async def step(self, action: dict[str, Any] | BaseModel) -> StepResult[Any]:
-        payload = action.model_dump() if isinstance(action, BaseModel) else action
+        payload = action.model_dump(mode="json") if isinstance(action, BaseModel) else action
         reply = await self._request({"type": "step", "data": payload}, reconnect=False)
+        self._episode_live = True  # even without reset(): the server now holds state a drop would lose
         return self._result(reply["data"])
 
     async def state(self) -> dict[str, Any]:
@@ -380,14 +445,16 @@ class EnvClient:
         reply = (await self._request({"type": "mcp", "data": request}, reconnect=False))["data"]
         if "error" in reply:
             err = reply["error"]
-            raise ExecutionError(f"MCP {method} failed ({err.get('code')}): {err.get('message')}", rpc_code=err.get("code"))
+            failed = f"MCP {method} failed ({err.get('code')}): {err.get('message')}"
+            raise ExecutionError(failed, rpc_code=err.get("code"))
         return reply["result"]
 
     async def list_tools(self) -> list[dict[str, Any]]:
         """The environment's MCP tools: name, description and JSON input schema of each."""
         return (await self._rpc("tools/list", {}))["tools"]
 
-    async def call_tool(self, name: str, **arguments: Any) -> ToolResult:
+    async def call_tool(self, name: str, /, **arguments: Any) -> ToolResult:
+        """Call one MCP tool; `name` is positional-only so a tool may take an argument called `name`."""
         result = await self._rpc("tools/call", {"name": name, "arguments": arguments})
         text = "".join(c.get("text", "") for c in result.get("content", []) if c.get("type") == "text")
         return ToolResult(text=text, is_error=bool(result.get("isError")), structured=result.get("structuredContent"))

@@ -8,7 +8,7 @@ OpenEnv's error codes: the server sends the code, the client raises the matching
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
@@ -29,7 +29,7 @@ class HillclimbError(Exception):
         return self.message
 
 
-class ErrorCode(str, Enum):
+class ErrorCode(StrEnum):
     """OpenEnv's WebSocket error codes (`WSErrorCode`), verbatim on the wire."""
 
     INVALID_JSON = "INVALID_JSON"
@@ -68,7 +68,7 @@ class ExecutionError(EnvError, RuntimeError):
 
 
 class StepTimeoutError(ExecutionError, TimeoutError):
-    """A reset or step ran past the server's per-step limit; the session is closed."""
+    """A reset, step or MCP call ran past the server's per-step limit; the session is closed."""
 
 
 class CapacityReachedError(EnvError, RuntimeError):

@@ -12,6 +12,7 @@ MAX_HEAD_BYTES = 16 * 1024
 REASONS = {
     101: "Switching Protocols",
     200: "OK",
+    202: "Accepted",
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",
@@ -42,8 +43,10 @@ class Request:
 
     @property
     def content_length(self) -> int:
+        if "transfer-encoding" in self.headers:  # else a chunked body would be read as the next request
+            raise HTTPError(411, "chunked request bodies are not supported: send Content-Length")
         raw = self.headers.get("content-length", "0")
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):  # str.isdigit() alone accepts "²", which int() rejects
             raise HTTPError(400, f"bad Content-Length {raw!r}")
         return int(raw)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import inspect
 import json
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pydantic
 
@@ -31,7 +32,9 @@ SyncCaller = Callable[..., Awaitable[Any]]
 
 def _input_model(name: str, fn: Callable[..., Any]) -> type[pydantic.BaseModel]:
     fields: dict[str, Any] = {}
-    for param in inspect.signature(fn).parameters.values():
+    # eval_str: under `from __future__ import annotations` the hints are strings naming things
+    # (Literal, the env's own models) that only the tool's module can resolve.
+    for param in inspect.signature(fn, eval_str=True).parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise TypeError(f"tool {name!r} must not take *args or **kwargs")
         annotation = Any if param.annotation is param.empty else param.annotation
@@ -84,7 +87,7 @@ class ToolSet:
 
 def _tool_result(value: Any) -> dict[str, Any]:
     if isinstance(value, pydantic.BaseModel):
-        value = value.model_dump()
+        value = value.model_dump(mode="json")
     text = value if isinstance(value, str) else json.dumps(value)
     result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": False}
     if isinstance(value, dict):
@@ -104,6 +107,12 @@ async def handle_jsonrpc(request: Any, tools: ToolSet, server_name: str) -> dict
     """Answer one JSON-RPC request; None for a notification (no reply is due)."""
     if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" or not isinstance(request.get("method"), str):
         return rpc_error(None, INVALID_REQUEST, "expected a JSON-RPC 2.0 request object with a 'method' string")
+    reply = await _answer(request, tools, server_name)
+    # A request without an id is a notification: it runs, but JSON-RPC 2.0 forbids any reply.
+    return reply if "id" in request else None
+
+
+async def _answer(request: dict[str, Any], tools: ToolSet, server_name: str) -> dict[str, Any] | None:
     request_id, method = request.get("id"), request["method"]
     params = request.get("params", {})
     if not isinstance(params, dict):
@@ -119,7 +128,8 @@ async def handle_jsonrpc(request: Any, tools: ToolSet, server_name: str) -> dict
         return _rpc_result(request_id, {"tools": tools.describe()})
     if method == "tools/call":
         return await _call(request_id, params, tools)
-    return rpc_error(request_id, METHOD_NOT_FOUND, f"unknown method {method!r}; supported: initialize, ping, tools/list, tools/call")
+    supported = "initialize, ping, tools/list, tools/call"
+    return rpc_error(request_id, METHOD_NOT_FOUND, f"unknown method {method!r}; supported: {supported}")
 
 
 async def _call(request_id: Any, params: dict[str, Any], tools: ToolSet) -> dict[str, Any]:

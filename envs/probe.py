@@ -125,7 +125,12 @@ def isolation_report(host_port: int | None) -> dict[str, Any]:
         "visible_pids": sum(1 for p in os.listdir("/proc") if p.isdigit()),
         "hostname": socket.gethostname(),
         "cwd": os.getcwd(),
-        "writable": {"cwd": _writable(os.getcwd()), "tmp": _writable("/tmp"), "root_fs": _writable("/"), "etc": _writable("/etc")},
+        "writable": {
+            "cwd": _writable(os.getcwd()),
+            "tmp": _writable("/tmp"),
+            "root_fs": _writable("/"),
+            "etc": _writable("/etc"),
+        },
         "rlimits": {name: resource.getrlimit(res)[0] for name, res in _RLIMITS.items()},
         "cgroup_limits": _cgroup_limits(),
         "memory_total_bytes": _memory_total(),
@@ -141,7 +146,9 @@ class ProbeEnv(Environment[ProbeAction, ProbeObservation, State]):
     def __init__(self) -> None:
         self._state = State()
 
-    async def reset_async(self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any) -> ProbeObservation:
+    async def reset_async(
+        self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any
+    ) -> ProbeObservation:
         self._state = State(episode_id=episode_id)
         return ProbeObservation()
 

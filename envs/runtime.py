@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import typing
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property, partial
-from typing import Any, Callable
+from typing import Any
 
 import pydantic
 
@@ -98,8 +99,8 @@ class EnvRuntime:
         finally:
             _close_quietly(probe)
         if meta is None:
-            return base.EnvMetadata(name=self.name, description=self.name).model_dump()
-        return meta.model_dump() if hasattr(meta, "model_dump") else dict(meta)
+            return base.EnvMetadata(name=self.name, description=self.name).model_dump(mode="json")
+        return meta.model_dump(mode="json") if hasattr(meta, "model_dump") else dict(meta)
 
     def new_instance(self) -> Any:
         try:
@@ -108,17 +109,21 @@ class EnvRuntime:
             raise FactoryError(f"could not create {self.name}: {type(e).__name__}: {e}", factory_name=self.name) from e
 
     def check_reset_kwargs(self, data: dict[str, Any]) -> dict[str, Any]:
+        if "self" in data:  # would collide with the bound instance: a TypeError deep in the call
+            raise ValidationError("reset() got an argument named 'self'", errors=[])
         if any(p.kind is p.VAR_KEYWORD for p in self.reset_params.values()):
             return data
-        unknown = sorted(set(data) - set(self.reset_params))
+        keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        known = sorted(k for k, p in self.reset_params.items() if k != "self" and p.kind in keyword)
+        unknown = sorted(set(data) - set(known))
         if unknown:
-            known = sorted(k for k in self.reset_params if k != "self")
             raise ValidationError(f"reset() got unknown argument(s) {unknown}; it accepts {known}", errors=[])
         return data
 
     def parse_action(self, data: Any) -> Any:
         if not isinstance(data, dict):
-            raise ValidationError(f"a step's data must be a JSON object (the action), got {type(data).__name__}", errors=[])
+            got = type(data).__name__
+            raise ValidationError(f"a step's data must be a JSON object (the action), got {got}", errors=[])
         try:
             return self.action_cls.model_validate(data)
         except pydantic.ValidationError as e:
@@ -141,7 +146,7 @@ def _close_quietly(env: Any) -> None:
 def serialize_observation(obs: Any) -> dict[str, Any]:
     """OpenEnv's wire shape: `{observation, reward, done[, metadata]}`."""
     if isinstance(obs, pydantic.BaseModel):
-        fields = obs.model_dump(exclude={"reward", "done"})
+        fields = obs.model_dump(mode="json", exclude={"reward", "done"})  # JSON types: datetimes, enums, bytes
         reward, done = getattr(obs, "reward", None), bool(getattr(obs, "done", False))
     elif isinstance(obs, dict):
         fields = {k: v for k, v in obs.items() if k not in ("reward", "done")}
@@ -161,7 +166,11 @@ class SessionRunner:
         self.runtime = runtime
         self.env = runtime.new_instance()
         self._executor: ThreadPoolExecutor | None = None
-        self.tools = ToolSet(self.env, self._call_sync)
+        try:
+            self.tools = ToolSet(self.env, self._call_sync)
+        except Exception as e:  # a bad tool signature or a reserved name: the session cannot start
+            _close_quietly(self.env)
+            raise FactoryError(f"{runtime.name} has unusable MCP tools: {e}", factory_name=runtime.name) from e
 
     async def _call_sync(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self._executor is None:
@@ -187,7 +196,7 @@ class SessionRunner:
     def state(self) -> dict[str, Any]:
         state = self.env.state
         if isinstance(state, pydantic.BaseModel):
-            return state.model_dump()
+            return state.model_dump(mode="json")
         return dict(state or {})
 
     def close(self) -> None:

@@ -72,12 +72,16 @@ async def serve(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m envs", description="Serve one environment over OpenEnv's protocol.")
+    parser = argparse.ArgumentParser(
+        prog="python -m envs", description="Serve one environment over OpenEnv's protocol."
+    )
     parser.add_argument("target", help="built-in environment name or import path 'package.module:Class'")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--uds", help="listen on this Unix socket instead of TCP")
-    parser.add_argument("--token-file", help=f"file holding the bearer token (deleted after reading); else ${TOKEN_ENV_VAR}")
+    parser.add_argument(
+        "--token-file", help=f"file holding the bearer token (deleted after reading); else ${TOKEN_ENV_VAR}"
+    )
     parser.add_argument("--no-auth", action="store_true", help="accept clients without a token")
     parser.add_argument("--max-sessions", type=int, default=ServerConfig().max_sessions)
     parser.add_argument("--idle-timeout", type=float, default=ServerConfig().idle_timeout_s)

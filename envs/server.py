@@ -53,7 +53,7 @@ class ServerConfig(BaseModel):
     idle_timeout_s: float | None = Field(default=300.0, gt=0)
     """Seconds without a message after which a session (or a connection) is closed. None disables reaping."""
     step_timeout_s: float | None = Field(default=120.0, gt=0)
-    """Seconds one reset or step may run; past it the session is closed. None means no limit."""
+    """Seconds one reset, step or MCP request may run; past it the session is closed. None means no limit."""
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest accepted message; a larger one is answered with VALIDATION_ERROR and skipped."""
 
@@ -84,7 +84,9 @@ class EnvServer:
     def __init__(self, runtime: EnvRuntime, config: ServerConfig | None = None, *, token: str | None) -> None:
         self.runtime = runtime
         self.config = config or ServerConfig()
-        self._token = token.encode() if token else None
+        if token == "":  # an unset variable read as "" must not switch auth off
+            raise ValueError("the bearer token is empty: pass a real token, or token=None to turn auth off")
+        self._token = token.encode() if token is not None else None
         self.max_sessions = self.config.max_sessions if runtime.concurrent else 1
         if self.max_sessions < self.config.max_sessions:
             log.info("%s does not support concurrent sessions: capacity is 1", runtime.name)
@@ -93,6 +95,7 @@ class EnvServer:
         self._connections: set[_Connection] = set()
         self._servers: list[asyncio.base_events.Server] = []
         self._reaper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # sessions and POST /mcp requests still running
         self._ids = itertools.count(1)
         self._schema_body: bytes | None = None
 
@@ -122,8 +125,15 @@ class EnvServer:
             await asyncio.gather(self._reaper, return_exceptions=True)
         for server in self._servers:
             server.close()
-        for conn in list(self._connections):
+        connections = list(self._connections)
+        for conn in connections:
             conn.shutdown(ws.CLOSE_GOING_AWAY, "server shutting down")
+        # Cancel what still runs (a session mid-step, even one whose client is gone; a POST /mcp)
+        # so that every environment instance is closed before close() returns.
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for server in self._servers:
             await server.wait_closed()
 
@@ -192,6 +202,12 @@ class EnvServer:
     def track(self, conn: _Connection, alive: bool) -> None:
         (self._connections.add if alive else self._connections.discard)(conn)
 
+    def spawn(self, work: Any) -> None:
+        """Run a connection's coroutine as a task the server holds until it ends (the loop only keeps weak refs)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
 
 class _Connection(asyncio.Protocol):
     """One client connection: HTTP requests until it upgrades to a WebSocket session."""
@@ -210,7 +226,6 @@ class _Connection(asyncio.Protocol):
         self._inbox_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
-        self._task: asyncio.Task[None] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -251,7 +266,8 @@ class _Connection(asyncio.Protocol):
     def reap(self, timeout: float) -> None:
         if self.session is not None:
             log.info("reaping session %s after %.0f s idle", self.session.id, timeout)
-            self._send_json(_error_frame(ErrorCode.SESSION_ERROR, f"session closed after {timeout:g} s without a message"))
+            notice = f"session closed after {timeout:g} s without a message"
+            self._send_json(_error_frame(ErrorCode.SESSION_ERROR, notice))
         self.shutdown(ws.CLOSE_GOING_AWAY, "idle timeout")
 
     def shutdown(self, code: int, reason: str) -> None:
@@ -276,6 +292,10 @@ class _Connection(asyncio.Protocol):
                 self._route(request)
             except http.HTTPError as e:
                 self._respond_and_close(http.json_response(e.status, {"error": e.message}))
+                return
+            except Exception as e:  # e.g. /metadata with a failing factory: answer, never drop the connection
+                log.exception("HTTP request failed")
+                self._respond_and_close(http.json_response(500, {"error": f"{type(e).__name__}: {e}"}))
                 return
 
     def _next_request(self) -> http.Request | None:
@@ -308,13 +328,15 @@ class _Connection(asyncio.Protocol):
             return self._upgrade(req)
         expected = "POST" if req.path == "/mcp" else "GET"
         if req.method != expected:
-            return self._respond(req, http.json_response(405, {"error": f"{req.path} takes {expected}"}, {"Allow": expected}))
+            body = {"error": f"{req.path} takes {expected}"}
+            return self._respond(req, http.json_response(405, body, {"Allow": expected}))
         if req.path == "/schema":
-            return self._respond(req, http.render_response(200, self.server.schema_body(), {"Content-Type": "application/json"}))
+            schema = self.server.schema_body()
+            return self._respond(req, http.render_response(200, schema, {"Content-Type": "application/json"}))
         if req.path == "/metadata":
             return self._respond(req, http.json_response(200, self.server.runtime.metadata))
         self._http_busy = True
-        asyncio.get_running_loop().create_task(self._serve_mcp_post(req))
+        self.server.spawn(self._serve_mcp_post(req))
 
     def _respond(self, req: http.Request, payload: bytes) -> None:
         if req.keep_alive:
@@ -335,43 +357,48 @@ class _Connection(asyncio.Protocol):
     async def _serve_mcp_post(self, req: http.Request) -> None:
         try:
             reply = await self._stateless_mcp(req.body)
-            self._respond(req, http.json_response(200, reply))
+            # A notification gets no JSON-RPC reply: 202 and no body, as MCP's HTTP transport has it.
+            self._respond(req, http.json_response(200, reply) if reply is not None else http.render_response(202))
         except Exception as e:  # a broken environment must not take the connection's server down
             log.exception("POST /mcp failed")
-            self._respond(req, http.json_response(200, mcp.rpc_error(None, mcp.INTERNAL_ERROR, f"{type(e).__name__}: {e}")))
+            error = mcp.rpc_error(None, mcp.INTERNAL_ERROR, f"{type(e).__name__}: {e}")
+            self._respond(req, http.json_response(200, error))
         finally:
             self._http_busy = False
         self._serve_http()
 
-    async def _stateless_mcp(self, body: bytes) -> dict[str, Any]:
+    async def _stateless_mcp(self, body: bytes) -> dict[str, Any] | None:
         try:
             request = json.loads(body)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             return mcp.rpc_error(None, mcp.PARSE_ERROR, f"invalid JSON: {e}")
         runner = SessionRunner(self.server.runtime)  # one throwaway instance, as OpenEnv does
         try:
             reply = await mcp.handle_jsonrpc(request, runner.tools, self.server.runtime.name)
         finally:
             runner.close()
-        return reply or {"jsonrpc": "2.0", "result": None}
+        return reply
 
     # -- WebSocket ---------------------------------------------------------------------
 
     def _upgrade(self, req: http.Request) -> None:
         key = req.headers.get("sec-websocket-key")
         if req.method != "GET" or "websocket" not in req.headers.get("upgrade", "").lower() or not key:
-            return self._respond_and_close(http.json_response(426, {"error": "/ws needs a WebSocket upgrade"}, {"Upgrade": "websocket"}))
+            body = {"error": "/ws needs a WebSocket upgrade"}
+            return self._respond_and_close(http.json_response(426, body, {"Upgrade": "websocket"}))
         if req.headers.get("sec-websocket-version") != "13":
-            return self._respond_and_close(http.json_response(426, {"error": "WebSocket version 13 required"}, {"Sec-WebSocket-Version": "13"}))
+            body = {"error": "WebSocket version 13 required"}
+            return self._respond_and_close(http.json_response(426, body, {"Sec-WebSocket-Version": "13"}))
         headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": ws.accept_key(key)}
         self._write(http.render_response(101, headers=headers))
         self._frames = ws.FrameReader(max_message_bytes=self.server.config.max_message_bytes, expect_masked=True)
         try:
             self.server.reserve_session()
         except CapacityReachedError as e:
-            self._send_json(_error_frame(ErrorCode.CAPACITY_REACHED, str(e), active_sessions=e.active_sessions, max_sessions=e.max_sessions))
+            usage = {"active_sessions": e.active_sessions, "max_sessions": e.max_sessions}
+            self._send_json(_error_frame(ErrorCode.CAPACITY_REACHED, str(e), **usage))
             return self.shutdown(ws.CLOSE_POLICY_VIOLATION, "capacity reached")
-        self._task = asyncio.get_running_loop().create_task(self._run_session())
+        self.server.spawn(self._run_session())
         leftover = bytes(self._buf)
         self._buf.clear()
         if leftover:
@@ -403,6 +430,8 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     async def _next_message(self) -> tuple[int, bytes] | None:
+        if self._closing:  # nobody can read a reply; and after a step timeout the state is unknown
+            return None
         while not self._inbox:
             self._inbox_waiter = asyncio.get_running_loop().create_future()
             await self._inbox_waiter
@@ -444,23 +473,26 @@ class _Connection(asyncio.Protocol):
         opcode, payload = message
         if opcode == ws.OVERSIZED:
             limit = self.server.config.max_message_bytes
-            return _error_frame(ErrorCode.VALIDATION_ERROR, f"message of {payload.decode()} bytes exceeds the limit of {limit} bytes; it was skipped")
+            skipped = f"message of {payload.decode()} bytes exceeds the limit of {limit} bytes; it was skipped"
+            return _error_frame(ErrorCode.VALIDATION_ERROR, skipped)
         try:
             parsed = json.loads(payload)
-        except ValueError as e:
-            return _error_frame(ErrorCode.INVALID_JSON, f"invalid JSON: {e}")
+        except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the parser's stack
+            return _error_frame(ErrorCode.INVALID_JSON, f"invalid JSON: {type(e).__name__}: {e}")
         if not isinstance(parsed, dict):
-            return _error_frame(ErrorCode.VALIDATION_ERROR, f"a message must be a JSON object, got {type(parsed).__name__}")
+            got = type(parsed).__name__
+            return _error_frame(ErrorCode.VALIDATION_ERROR, f"a message must be a JSON object, got {got}")
         kind = parsed.get("type")
         session.busy = True
         try:
             return await self._dispatch(session, kind, parsed.get("data", {}))
         except EnvError as e:
-            extra = {"errors": e.errors} if isinstance(e, ValidationError) else {}
+            extra = {"errors": getattr(e, "errors", [])} if isinstance(e, ValidationError) else {}
             return _error_frame(e.code, str(e), **extra)
         except _StepDeadline:
             limit = self.server.config.step_timeout_s
-            self._send_json(_error_frame(ErrorCode.EXECUTION_ERROR, f"{kind} ran past the step timeout of {limit:g} s; the session is closed because its state is unknown", timeout=True))
+            late = f"{kind} ran past the step timeout of {limit:g} s; the session is closed: its state is unknown"
+            self._send_json(_error_frame(ErrorCode.EXECUTION_ERROR, late, timeout=True))
             self.shutdown(ws.CLOSE_INTERNAL_ERROR, "step timeout")
             return None
         except Exception as e:
@@ -493,7 +525,7 @@ class _Connection(asyncio.Protocol):
         if kind == "state":
             return {"type": "state", "data": runner.state()}
         if kind == "mcp":
-            reply = await mcp.handle_jsonrpc(data, runner.tools, self.server.runtime.name)
+            reply = await self._bounded(mcp.handle_jsonrpc(data, runner.tools, self.server.runtime.name))
             return {"type": "mcp", "data": reply} if reply is not None else None
         if kind == "close":
             self.shutdown(ws.CLOSE_NORMAL, "closed by client")

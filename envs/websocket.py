@@ -81,7 +81,10 @@ def encode_frame(opcode: int, payload: bytes, *, mask: bool) -> bytes:
 
 
 def close_payload(code: int, reason: str = "") -> bytes:
-    return struct.pack("!H", code) + reason.encode("utf-8")[: _MAX_CONTROL_PAYLOAD - 2]
+    # Truncate to fit a control frame without cutting a character: peers must fail a close
+    # frame whose reason is not valid UTF-8 (RFC 6455 section 8.1).
+    cut = reason.encode("utf-8")[: _MAX_CONTROL_PAYLOAD - 2].decode("utf-8", "ignore")
+    return struct.pack("!H", code) + cut.encode("utf-8")
 
 
 def parse_close_payload(payload: bytes) -> tuple[int, str]:
@@ -159,7 +162,8 @@ class FrameReader:
         fin, opcode = bool(b0 & 0x80), b0 & 0x0F
         masked, length = bool(b1 & 0x80), b1 & 0x7F
         if masked != self._expect_masked:
-            raise FrameError("client frames must be masked" if self._expect_masked else "server frames must not be masked")
+            side = "client frames must be masked" if self._expect_masked else "server frames must not be masked"
+            raise FrameError(side)
         pos = 2
         if length == 126:
             if len(buf) < 4:
@@ -170,6 +174,8 @@ class FrameReader:
             if len(buf) < 10:
                 return None
             (length,) = struct.unpack_from("!Q", buf, 2)
+            if length >> 63:
+                raise FrameError("64-bit payload length with its most significant bit set")
             pos = 10
         mask = None
         if masked:
