@@ -1,0 +1,113 @@
+"""Renderers: an episode as the policy sees it, built token by token with a role per token.
+
+A renderer appends; it never re-renders history. The policy's sampled ids go in
+verbatim (`add_action`); every other piece of text is tokenized once, when it is added.
+So the ids a learner trains on are exactly the ids the policy conditioned on — the
+multi-turn token drift peers suffer from cannot happen here.
+
+`PlainTextRenderer` is a shell transcript:
+
+    <bos>{task prompt}\\n          PROMPT (bos: SCAFFOLD)
+    $                              SCAFFOLD
+    cat app.log\\n                 ACTION   (sampled, up to and including the stop token)
+    {command output}               ENV
+    $                              SCAFFOLD ...
+
+The chat-template renderer (`orchestrator.chat_render`) does the same inside a Hugging
+Face chat template, with the template's markup marked SCAFFOLD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from trainers.roles import Role
+from trainers.tokenizer import Tokenizer
+
+
+@dataclass
+class Transcript:
+    """Ids, roles and sampling log-probs, always the same length."""
+
+    ids: list[int] = field(default_factory=list)
+    roles: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+
+    def extend(self, ids: list[int] | tuple[int, ...], role: Role, logprobs: list[float] | tuple[float, ...] | None = None) -> None:
+        if logprobs is not None and len(logprobs) != len(ids):
+            raise ValueError(f"{len(ids)} ids but {len(logprobs)} logprobs")
+        self.ids.extend(ids)
+        self.roles.extend([int(role)] * len(ids))
+        self.logprobs.extend(logprobs if logprobs is not None else [0.0] * len(ids))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class Renderer(Protocol):
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """Sampling stops after any of these: they close an action."""
+        ...
+
+    def start(self, prompt: str) -> Transcript:
+        """The transcript up to the first generation point."""
+        ...
+
+    def add_action(self, transcript: Transcript, ids: tuple[int, ...], logprobs: tuple[float, ...]) -> None:
+        """The policy's sampled ids, verbatim."""
+        ...
+
+    def add_observation(self, transcript: Transcript, text: str) -> None:
+        """The environment's output, then whatever leads to the next generation point."""
+        ...
+
+    def add_warning(self, transcript: Transcript, text: str) -> None:
+        """A harness message (e.g. an unparseable action), then the next generation point."""
+        ...
+
+
+class PlainTextRenderer:
+    """A `$ command` / output shell transcript for any tokenizer (the tiny model's default)."""
+
+    PROMPT_MARK = "$ "
+
+    def __init__(self, tokenizer: Tokenizer, bos_token_id: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        self._bos = bos_token_id
+        self._mark = tokenizer.encode(self.PROMPT_MARK)
+        newline = tokenizer.encode("\n")
+        if len(newline) != 1:
+            raise ValueError("PlainTextRenderer needs a tokenizer with a single-token newline (actions end at it)")
+        self._newline = newline
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        return (self._newline[0], self.tokenizer.eos_token_id)
+
+    def start(self, prompt: str) -> Transcript:
+        transcript = Transcript()
+        if self._bos is not None:
+            transcript.extend([self._bos], Role.SCAFFOLD)
+        transcript.extend(self.tokenizer.encode(prompt.rstrip("\n") + "\n"), Role.PROMPT)
+        transcript.extend(self._mark, Role.SCAFFOLD)
+        return transcript
+
+    def add_action(self, transcript: Transcript, ids: tuple[int, ...], logprobs: tuple[float, ...]) -> None:
+        transcript.extend(ids, Role.ACTION, logprobs)
+        if not ids or ids[-1] not in self.stop_token_ids:
+            transcript.extend(self._newline, Role.SCAFFOLD)  # a truncated action still ends its line
+
+    def add_observation(self, transcript: Transcript, text: str) -> None:
+        transcript.extend(self.tokenizer.encode(text), Role.ENV)
+        if text and not text.endswith("\n"):
+            transcript.extend(self._newline, Role.SCAFFOLD)
+        transcript.extend(self._mark, Role.SCAFFOLD)
+
+    def add_warning(self, transcript: Transcript, text: str) -> None:
+        transcript.extend(self.tokenizer.encode(f"[harness] {text}\n"), Role.WARNING)
+        transcript.extend(self._mark, Role.SCAFFOLD)

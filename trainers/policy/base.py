@@ -1,0 +1,74 @@
+"""The policy contract. Every engine — scripted, Hugging Face, OpenAI-compatible, vLLM —
+takes token ids in and gives token ids plus their sampling log-probs out, so the rollout
+side never re-tokenizes what was sampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainers.tokenizer import Tokenizer
+
+
+class SamplingParams(BaseModel):
+    """How to sample one action."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_new_tokens: int = Field(default=64, ge=1)
+    temperature: float = Field(default=1.0, ge=0)
+    """0 means greedy."""
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    stop_token_ids: tuple[int, ...] = ()
+    """Generation ends after any of these (the stop token is kept: it is part of the action)."""
+
+
+class EpisodeInfo(BaseModel):
+    """Where a request comes from. LLM engines ignore it; the scripted oracle needs it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    env: str
+    task_id: str
+    turn: int = Field(ge=0)
+    seed: int = 0
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt_ids: tuple[int, ...]
+    episode: EpisodeInfo | None = None
+    seed: int | None = None
+    """Per-request sampling seed, so a run's rollouts can be repeated."""
+
+
+class Generation(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    """Log-prob of each sampled token under the sampling distribution (temperature applied)."""
+    finish_reason: Literal["stop", "length"]
+    version: int
+    """Policy version of the weights that sampled it."""
+
+
+@runtime_checkable
+class Policy(Protocol):
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
+        """One generation per request, in order."""
+        ...
+
+    async def update_weights(self, version: int, weights: Mapping[str, Any]) -> None:
+        """Load new weights (a state dict); later generations carry `version`."""
+        ...

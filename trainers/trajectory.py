@@ -1,0 +1,100 @@
+"""Trajectories: what rollouts produce and learners consume. No torch here.
+
+A trajectory is one episode as the policy saw it, token by token: the ids exactly as
+sampled or tokenized (never re-tokenized), one `Role` per token, and the sampling
+log-prob of every ACTION token. A `TrajectoryGroup` holds the G episodes of one task
+that GRPO normalises against each other.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from trainers.roles import Role
+
+
+class DoneReason(str, Enum):
+    """Why an episode ended. Every episode has one: none is ever silently dropped."""
+
+    FINISHED = "finished"
+    """The environment said done."""
+    STEP_LIMIT = "step_limit"
+    """The harness's turn limit (or the context budget) ran out first."""
+    TIMEOUT = "timeout"
+    """The episode's deadline passed."""
+    SANDBOX_ERROR = "sandbox_error"
+    """The sandbox or its connection failed (after retries)."""
+    POLICY_ERROR = "policy_error"
+    """The policy failed or timed out."""
+
+
+class Trajectory(BaseModel):
+    """One episode, token-exact."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    group_id: str
+    """Shared by the G samples of one task in one round; GRPO normalises within it."""
+    sample_index: int = Field(ge=0)
+    task_id: str
+    env: str
+    split: str
+    seed: int
+    policy_version: int = Field(ge=0)
+    """The version of the weights that sampled every ACTION token."""
+    token_ids: list[int]
+    roles: list[int]
+    """A `Role` per token."""
+    logprobs: list[float]
+    """Sampling log-prob per token; 0.0 where the role is not ACTION."""
+    reward: float
+    done_reason: DoneReason
+    turns: int = Field(ge=0)
+    parse_errors: int = Field(default=0, ge=0)
+    """Turns whose action text could not be parsed (shown to the policy as a WARNING)."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _aligned(self) -> Trajectory:
+        n = len(self.token_ids)
+        if len(self.roles) != n or len(self.logprobs) != n:
+            raise ValueError(f"token_ids ({n}), roles ({len(self.roles)}) and logprobs ({len(self.logprobs)}) must align")
+        return self
+
+    @property
+    def trainable(self) -> bool:
+        """Failed episodes (sandbox or policy errors) carry no learning signal."""
+        return self.done_reason not in (DoneReason.SANDBOX_ERROR, DoneReason.POLICY_ERROR)
+
+    def count(self, role: Role) -> int:
+        return sum(1 for r in self.roles if r == role)
+
+
+class TrajectoryGroup(BaseModel):
+    """The G trajectories of one task sampled in one round."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group_id: str
+    task_id: str
+    policy_version: int
+    """The oldest version among the members (staleness is judged by it)."""
+    trajectories: list[Trajectory]
+
+    @classmethod
+    def of(cls, trajectories: list[Trajectory]) -> TrajectoryGroup:
+        first = trajectories[0]
+        return cls(
+            group_id=first.group_id,
+            task_id=first.task_id,
+            policy_version=min(t.policy_version for t in trajectories),
+            trajectories=trajectories,
+        )
+
+    @property
+    def rewards(self) -> list[float]:
+        return [t.reward for t in self.trajectories]
