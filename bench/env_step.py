@@ -28,6 +28,7 @@ from typing import Any
 
 from bench.common import print_table, summarize, write_result
 from envs.client import EnvClient, http_request
+from envs.serve import run_fast
 
 TOKEN = "bench-token"
 Stepper = Callable[[], Awaitable[Any]]
@@ -86,6 +87,7 @@ class Servers:
 
 PINGPONG_SERVER = """
 import asyncio, json, sys
+from envs.serve import run_fast
 async def handle(reader, writer):
     while line := await reader.readline():
         message = json.loads(line)
@@ -93,7 +95,7 @@ async def handle(reader, writer):
 async def main():
     server = await asyncio.start_unix_server(handle, sys.argv[1])
     await server.serve_forever()
-asyncio.run(main())
+run_fast(main())
 """
 
 
@@ -173,7 +175,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="timed window per measurement")
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per case")
     args = parser.parse_args()
-    results = asyncio.run(run(args.seconds, args.reps))
+    results = run_fast(run(args.seconds, args.reps))  # uvloop for every client; uvicorn picks it too
     reference = next(v for k, v in results.items() if k.startswith("openenv"))
     rows = []
     for name, by_sessions in results.items():

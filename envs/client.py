@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
+import orjson
 from pydantic import BaseModel
 
 from envs import http
@@ -128,6 +129,7 @@ class _Protocol(asyncio.Protocol):
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.last_rx = time.monotonic()
         self.ping_sent_at: float | None = None
+        self.pending_since: float | None = None  # when the request now awaiting its reply was sent
         self._close_sent = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -218,11 +220,11 @@ class _Protocol(asyncio.Protocol):
                 return data
         return None
 
-    async def receive(self, timeout: float | None) -> bytes:
+    async def receive(self) -> bytes:
+        """The next reply. Its deadline is enforced by the client's heartbeat, not by a timer per request."""
         if self._inbox:
             return self._inbox.popleft()
         loop = asyncio.get_running_loop()
-        deadline = loop.call_later(timeout, self._expire) if timeout else None
         try:
             while not self._inbox:
                 if self.lost is not None:
@@ -231,12 +233,7 @@ class _Protocol(asyncio.Protocol):
                 await self._waiter
         finally:
             self._waiter = None
-            if deadline is not None:
-                deadline.cancel()
         return self._inbox.popleft()
-
-    def _expire(self) -> None:
-        self._fail(MessageTimeoutError("no reply from the server in time"))
 
 
 class EnvClient:
@@ -333,9 +330,13 @@ class EnvClient:
         return protocol
 
     def _schedule_heartbeat(self) -> None:
+        periods = []
         if self.ping_interval_s is not None:
-            period = min(self.ping_interval_s, self.ping_timeout_s)
-            self._heartbeat = asyncio.get_running_loop().call_later(period, self._beat)
+            periods += [self.ping_interval_s, self.ping_timeout_s]
+        if self.message_timeout_s is not None:  # a deadline is honoured within a quarter of its length
+            periods.append(self.message_timeout_s / 4)
+        if periods:
+            self._heartbeat = asyncio.get_running_loop().call_later(max(min(periods), 0.005), self._beat)
 
     def _beat(self) -> None:
         """Ping after `ping_interval_s` of silence; give up only on a ping unanswered for `ping_timeout_s`.
@@ -344,9 +345,15 @@ class EnvClient:
         for up to two periods between pings, so a late timer would drop a healthy connection.
         """
         conn = self._conn
-        if conn is None or conn.lost is not None or self.ping_interval_s is None:
+        if conn is None or conn.lost is not None:
             return
         now = time.monotonic()
+        if conn.pending_since is not None and self.message_timeout_s is not None and now - conn.pending_since >= self.message_timeout_s:
+            conn._fail(MessageTimeoutError("no reply from the server in time"))
+            return
+        if self.ping_interval_s is None:
+            self._schedule_heartbeat()
+            return
         unanswered = conn.ping_sent_at is not None and conn.last_rx < conn.ping_sent_at
         if unanswered and now - conn.ping_sent_at >= self.ping_timeout_s:  # type: ignore[operator]
             conn._fail(ConnectionLostError(f"no reply to a keepalive ping within {self.ping_timeout_s:g} s"))
@@ -391,9 +398,10 @@ class EnvClient:
                 await self.connect()
             conn = self._conn
             assert conn is not None
-            conn.send(ws.OP_TEXT, json.dumps(message).encode())
+            conn.send(ws.OP_TEXT, orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS))
+            conn.pending_since = time.monotonic()
             try:
-                raw = await conn.receive(self.message_timeout_s)
+                raw = await conn.receive()
             except MessageTimeoutError:
                 raise MessageTimeoutError(
                     f"no reply to {message['type']!r} from {self.url} within {self.message_timeout_s:g} s;"
@@ -404,7 +412,9 @@ class EnvClient:
                 cancelled = f"a {message['type']!r} request was cancelled before its reply; the connection was dropped"
                 conn._fail(ConnectionLostError(cancelled))
                 raise
-        reply = json.loads(raw)
+            finally:
+                conn.pending_since = None
+        reply = orjson.loads(raw)
         if reply.get("type") == "error":
             raise _error_from(reply.get("data") or {})
         return reply

@@ -12,7 +12,8 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from envs.registry import resolve_env_class
 from envs.runtime import EnvRuntime
@@ -21,6 +22,8 @@ from envs.server import EnvServer, ServerConfig
 TOKEN_ENV_VAR = "HILLCLIMB_ENV_TOKEN"
 
 log = logging.getLogger("hillclimb.envs.serve")
+
+T = TypeVar("T")
 
 
 def read_token(token_file: str | None, *, consume: bool = False) -> str | None:
@@ -71,6 +74,16 @@ async def serve(
         await server.close()
 
 
+def run_fast(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run`, on uvloop where it is installed (its C event loop halves per-message overhead)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m envs", description="Serve one environment over OpenEnv's protocol."
@@ -92,5 +105,5 @@ def main(argv: list[str] | None = None) -> None:
     if token is None and not args.no_auth:
         parser.error(f"no token: pass --token-file, set ${TOKEN_ENV_VAR}, or --no-auth")
     config = ServerConfig(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout)
-    asyncio.run(serve(args.target, token=token, host=args.host, port=args.port, uds=args.uds, config=config,
+    run_fast(serve(args.target, token=token, host=args.host, port=args.port, uds=args.uds, config=config,
                       on_ready=lambda url: log.info("serving %s on %s", args.target, url), ttl_s=args.ttl))

@@ -24,6 +24,7 @@ import os
 import time
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from envs import http, mcp
@@ -67,7 +68,7 @@ def _error_frame(code: ErrorCode, message: str, **extra: Any) -> dict[str, Any]:
 
 
 class _Session:
-    __slots__ = ("id", "conn", "runner", "last_active", "busy", "steps")
+    __slots__ = ("id", "conn", "runner", "last_active", "busy", "steps", "deadline", "timed_out")
 
     def __init__(self, session_id: str, conn: _Connection) -> None:
         self.id = session_id
@@ -76,6 +77,8 @@ class _Session:
         self.last_active = time.monotonic()
         self.busy = False
         self.steps = 0
+        self.deadline: float | None = None  # monotonic time the running reset/step must end by
+        self.timed_out = False
 
 
 class EnvServer:
@@ -174,22 +177,32 @@ class EnvServer:
             self._schema_body = json.dumps(self.runtime.schema()).encode()
         return self._schema_body
 
-    # -- idle reaping --------------------------------------------------------------
+    # -- idle reaping and step deadlines ---------------------------------------------
 
     def _start_reaper(self) -> None:
-        if self._reaper is None and self.config.idle_timeout_s is not None:
-            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+        limits = [t for t in (self.config.idle_timeout_s, self.config.step_timeout_s) if t is not None]
+        if self._reaper is None and limits:
+            self._reaper = asyncio.get_running_loop().create_task(self._watch_forever(min(limits)))
 
-    async def _reap_forever(self) -> None:
-        timeout = self.config.idle_timeout_s
-        assert timeout is not None
-        interval = min(max(timeout / 4, 0.05), 5.0)
+    async def _watch_forever(self, shortest_limit: float) -> None:
+        """Reap idle connections and end late steps. One timer for the whole server, rather
+        than one per step: a deadline is honoured within a quarter of its length."""
+        interval = min(max(shortest_limit / 4, 0.01), 5.0)
+        idle = self.config.idle_timeout_s
         while True:
             await asyncio.sleep(interval)
             try:
-                self.reap_idle(time.monotonic() - timeout)
-            except Exception:  # the reaper must outlive any one bad connection
+                now = time.monotonic()
+                if idle is not None:
+                    self.reap_idle(now - idle)
+                self.expire_late_steps(now)
+            except Exception:  # the watchdog must outlive any one bad connection
                 log.exception("idle reaping failed")
+
+    def expire_late_steps(self, now: float) -> None:
+        for session in list(self.sessions.values()):
+            if session.deadline is not None and now >= session.deadline:
+                session.conn.expire_step()
 
     def reap_idle(self, cutoff: float) -> int:
         reaped = 0
@@ -202,11 +215,12 @@ class EnvServer:
     def track(self, conn: _Connection, alive: bool) -> None:
         (self._connections.add if alive else self._connections.discard)(conn)
 
-    def spawn(self, work: Any) -> None:
+    def spawn(self, work: Any) -> asyncio.Task[None]:
         """Run a connection's coroutine as a task the server holds until it ends (the loop only keeps weak refs)."""
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
 
 class _Connection(asyncio.Protocol):
@@ -222,6 +236,7 @@ class _Connection(asyncio.Protocol):
         self._closing = False
         self._last_active = time.monotonic()
         self.session: _Session | None = None
+        self._session_task: asyncio.Task[None] | None = None
         self._inbox: collections.deque[tuple[int, bytes] | None] = collections.deque()
         self._inbox_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -398,7 +413,7 @@ class _Connection(asyncio.Protocol):
             usage = {"active_sessions": e.active_sessions, "max_sessions": e.max_sessions}
             self._send_json(_error_frame(ErrorCode.CAPACITY_REACHED, str(e), **usage))
             return self.shutdown(ws.CLOSE_POLICY_VIOLATION, "capacity reached")
-        self.server.spawn(self._run_session())
+        self._session_task = self.server.spawn(self._run_session())
         leftover = bytes(self._buf)
         self._buf.clear()
         if leftover:
@@ -443,7 +458,7 @@ class _Connection(asyncio.Protocol):
         return self._inbox.popleft()
 
     def _send_json(self, payload: dict[str, Any]) -> None:
-        self._write(ws.encode_frame(ws.OP_TEXT, json.dumps(payload).encode(), mask=False))
+        self._write(ws.encode_frame(ws.OP_TEXT, orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS), mask=False))
 
     async def _run_session(self) -> None:
         try:
@@ -476,7 +491,7 @@ class _Connection(asyncio.Protocol):
             skipped = f"message of {payload.decode()} bytes exceeds the limit of {limit} bytes; it was skipped"
             return _error_frame(ErrorCode.VALIDATION_ERROR, skipped)
         try:
-            parsed = json.loads(payload)
+            parsed = orjson.loads(payload)
         except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the parser's stack
             return _error_frame(ErrorCode.INVALID_JSON, f"invalid JSON: {type(e).__name__}: {e}")
         if not isinstance(parsed, dict):
@@ -501,31 +516,45 @@ class _Connection(asyncio.Protocol):
             session.busy = False
             session.last_active = self._last_active = time.monotonic()
 
-    async def _bounded(self, work: Any) -> Any:
+    def expire_step(self) -> None:
+        """Called by the server's watchdog: the running reset or step is past its deadline."""
+        if self.session is not None and self._session_task is not None and not self.session.timed_out:
+            self.session.timed_out = True
+            self._session_task.cancel()
+
+    async def _bounded(self, session: _Session, work: Any) -> Any:
+        limit = self.server.config.step_timeout_s
+        if limit is None:
+            return await work
+        session.deadline = time.monotonic() + limit
         try:
-            async with asyncio.timeout(self.server.config.step_timeout_s) as scope:
-                return await work
-        except TimeoutError:
-            if scope.expired():
-                raise _StepDeadline from None
-            raise
+            return await work
+        except asyncio.CancelledError:
+            if not session.timed_out:
+                raise
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()  # this cancellation was ours, and is answered with a timeout error
+            raise _StepDeadline from None
+        finally:
+            session.deadline = None
 
     async def _dispatch(self, session: _Session, kind: Any, data: Any) -> dict[str, Any] | None:
         runner = session.runner
         assert runner is not None
         if kind == "step":
-            result = await self._bounded(runner.step(data))
+            result = await self._bounded(session, runner.step(data))
             session.steps += 1
             return {"type": "observation", "data": result}
         if kind == "reset":
             if not isinstance(data, dict):
                 raise ValidationError(f"reset data must be a JSON object, got {type(data).__name__}", errors=[])
-            result = await self._bounded(runner.reset(data))
+            result = await self._bounded(session, runner.reset(data))
             return {"type": "observation", "data": result}
         if kind == "state":
             return {"type": "state", "data": runner.state()}
         if kind == "mcp":
-            reply = await self._bounded(mcp.handle_jsonrpc(data, runner.tools, self.server.runtime.name))
+            reply = await self._bounded(session, mcp.handle_jsonrpc(data, runner.tools, self.server.runtime.name))
             return {"type": "mcp", "data": reply} if reply is not None else None
         if kind == "close":
             self.shutdown(ws.CLOSE_NORMAL, "closed by client")

@@ -76,8 +76,27 @@ def encode_frame(opcode: int, payload: bytes, *, mask: bool) -> bytes:
         header = struct.pack("!BBQ", first, mask_bit | 127, n)
     if not mask:
         return header + payload
-    key = os.urandom(4)
+    key = _mask_keys.next()
     return header + key + apply_mask(payload, key)
+
+
+class _MaskKeys:
+    """Masking keys from os.urandom, fetched 4 KiB at a time instead of one syscall per frame."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def next(self) -> bytes:
+        if self._at + 4 > len(self._pool):
+            self._pool, self._at = os.urandom(4096), 0
+        key = self._pool[self._at : self._at + 4]
+        self._at += 4
+        return key
+
+
+_mask_keys = _MaskKeys()
+os.register_at_fork(after_in_child=_mask_keys.__init__)  # a forked child must not reuse its parent's keys
 
 
 def close_payload(code: int, reason: str = "") -> bytes:
@@ -117,46 +136,59 @@ class FrameReader:
         self._skipping_message = False  # continuation frames of that message are skipped too
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        buf = self._buf
-        buf += data
+        # Scan in place: `data` itself when nothing is left over (the common case, one
+        # whole small message per read), else the leftover buffer with `data` appended.
+        if self._buf:
+            self._buf += data
+            buf: bytes | bytearray = self._buf
+        else:
+            buf = data
         out: list[tuple[int, bytes]] = []
+        pos, size = 0, len(buf)
         while True:
             if self._skip:
-                dropped = min(self._skip, len(buf))
-                del buf[:dropped]
+                dropped = min(self._skip, size - pos)
+                pos += dropped
                 self._skip -= dropped
                 if self._skip:
-                    return out
-            frame = self._next_frame(buf)
+                    break
+            frame = self._next_frame(buf, pos)
             if frame is None:
-                return out
-            fin, opcode, payload_len, header_len, mask = frame
+                break
+            fin, opcode, payload_len, start, mask = frame
             if self._oversized(fin, opcode, payload_len):
-                del buf[:header_len]
+                pos = start
                 self._skip = payload_len
                 if not self._skipping_message:
                     out.append((OVERSIZED, str(payload_len + self._partial_size()).encode()))
                 self._skipping_message = not fin
                 self._partial = None
                 continue
-            end = header_len + payload_len
-            if len(buf) < end:
-                return out
-            payload = bytes(buf[header_len:end])
-            del buf[:end]
+            end = start + payload_len
+            if size < end:
+                break
+            payload = bytes(buf[start:end])
+            pos = end
             if mask is not None:
                 payload = apply_mask(payload, mask)
             message = self._assemble(fin, opcode, payload)
             if message is not None:
                 out.append(message)
+        if buf is self._buf:
+            del self._buf[:pos]
+        elif pos < size:
+            self._buf = bytearray(buf[pos:])
+        return out
 
     def _partial_size(self) -> int:
         return self._partial.size if self._partial else 0
 
-    def _next_frame(self, buf: bytearray) -> tuple[bool, int, int, int, bytes | None] | None:
-        if len(buf) < 2:
+    def _next_frame(self, buf: bytes | bytearray, at: int) -> tuple[bool, int, int, int, bytes | None] | None:
+        """The frame header starting at `at`: (fin, opcode, payload length, payload start, mask)."""
+        available = len(buf) - at
+        if available < 2:
             return None
-        b0, b1 = buf[0], buf[1]
+        b0, b1 = buf[at], buf[at + 1]
         if b0 & 0x70:
             raise FrameError("reserved bits set without a negotiated extension")
         fin, opcode = bool(b0 & 0x80), b0 & 0x0F
@@ -166,28 +198,28 @@ class FrameReader:
             raise FrameError(side)
         pos = 2
         if length == 126:
-            if len(buf) < 4:
+            if available < 4:
                 return None
-            (length,) = struct.unpack_from("!H", buf, 2)
+            (length,) = struct.unpack_from("!H", buf, at + 2)
             pos = 4
         elif length == 127:
-            if len(buf) < 10:
+            if available < 10:
                 return None
-            (length,) = struct.unpack_from("!Q", buf, 2)
+            (length,) = struct.unpack_from("!Q", buf, at + 2)
             if length >> 63:
                 raise FrameError("64-bit payload length with its most significant bit set")
             pos = 10
         mask = None
         if masked:
-            if len(buf) < pos + 4:
+            if available < pos + 4:
                 return None
-            mask = bytes(buf[pos : pos + 4])
+            mask = bytes(buf[at + pos : at + pos + 4])
             pos += 4
         if opcode >= OP_CLOSE and (length > _MAX_CONTROL_PAYLOAD or not fin):
             raise FrameError("control frames must be final and at most 125 bytes")
         if opcode not in (OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG):
             raise FrameError(f"unknown opcode {opcode:#x}")
-        return fin, opcode, length, pos, mask
+        return fin, opcode, length, at + pos, mask
 
     def _oversized(self, fin: bool, opcode: int, payload_len: int) -> bool:
         if opcode >= OP_CLOSE:

@@ -16,7 +16,6 @@ kernel kills everything left in the namespace.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib
 import json
@@ -32,7 +31,7 @@ from pydantic import BaseModel, ConfigDict
 
 from providers.local import isolation
 
-PRELOAD = ("envs.server", "envs.serve", "envs.toy_terminal", "envs.inventory", "envs.probe")
+PRELOAD = ("uvloop", "envs.server", "envs.serve", "envs.toy_terminal", "envs.inventory", "envs.probe")
 
 
 class LaunchPlan(BaseModel):
@@ -122,13 +121,13 @@ def _become_server(plan: LaunchPlan, report_fd: int) -> None:
         os.write(report_fd, b"ok")
         os.close(report_fd)
         os.execvpe(plan.command[0], plan.command, os.environ)
-    from envs.serve import serve
+    from envs.serve import run_fast, serve
     from envs.server import ServerConfig
 
     os.write(report_fd, b"ok")
     os.close(report_fd)
     config = ServerConfig(max_sessions=plan.max_sessions)
-    asyncio.run(serve(plan.env, token=plan.token, uds=plan.socket_path, config=config))
+    run_fast(serve(plan.env, token=plan.token, uds=plan.socket_path, config=config))
 
 
 def _wait_and_exit(pid: int) -> None:
