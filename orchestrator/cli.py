@@ -10,6 +10,7 @@ import typer
 
 from orchestrator.commands import env as env_commands
 from orchestrator.commands import image as image_commands
+from orchestrator.commands import rollout as rollout_commands
 from orchestrator.commands import sandbox as sandbox_commands
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app = typer.Typer(
 app.add_typer(env_commands.app, name="env")
 app.add_typer(sandbox_commands.app, name="sandbox")
 app.add_typer(image_commands.app, name="image")
+app.command("rollout")(rollout_commands.rollout)
 
 
 def main() -> None:

@@ -8,15 +8,15 @@ the yardstick for the platform itself, independent of any model.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from envs.tasks import Task, load_suite
-from trainers.policy.base import Generation, GenerateRequest, SamplingParams
+from trainers.policy.base import GenerateRequest, Generation, SamplingParams
 from trainers.tokenizer import ByteTokenizer, Tokenizer
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tasks(env: str) -> dict[str, Task]:
     suite = load_suite(env)
     return {task.id: task for split in ("train", "heldout") for task in suite.tasks(split)}

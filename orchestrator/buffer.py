@@ -1,0 +1,105 @@
+"""`TrajectoryBuffer`: complete GRPO groups from rollout workers to learners, exactly once.
+
+    put(group) ──ledger.append (durable)──► admitted, if at most `max_staleness` versions old
+                                        └─► dropped as stale (recorded in the ledger too)
+    get(n)     ──ledger: consumed at step s──► the learner
+
+Bounded: `put` waits while `capacity` groups are queued, so producers slow down
+instead of memory growing. Groups that go stale while queued (the learner moved on)
+are dropped and recorded. Runs as a Ray actor (`ray.remote(TrajectoryBuffer)`); all
+methods run on the actor's one event loop, so no locks are needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.ledger import Ledger
+from trainers.trajectory import TrajectoryGroup
+
+
+class BufferConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    capacity_groups: int = Field(default=64, ge=1)
+    """Groups queued before `put` blocks (back-pressure on rollouts)."""
+    max_staleness: int = Field(default=0, ge=0)
+    """A group sampled by policy version v is usable at learner version ≤ v + max_staleness (0: synchronous)."""
+
+
+class TrajectoryBuffer:
+    def __init__(self, run_dir: str, config: BufferConfig | None = None, *, version: int = 0, resume_step: int | None = None) -> None:
+        self.config = config or BufferConfig()
+        self.ledger = Ledger(run_dir)
+        self.version = version
+        self._queue: collections.deque[TrajectoryGroup] = collections.deque()
+        self._changed = asyncio.Event()
+        self.counts = {"admitted": 0, "consumed": 0, "dropped_stale": 0, "restored": 0}
+        self.staleness: collections.Counter[int] = collections.Counter()
+        if resume_step is not None:
+            self._restore(resume_step)
+
+    def _restore(self, step: int) -> None:
+        """Requeue what the ledger holds but no learner step up to `step` used."""
+        for group in self.ledger.pending(as_of_step=step):
+            self._queue.append(group)
+            self.counts["restored"] += 1
+
+    def _fresh(self, group: TrajectoryGroup) -> bool:
+        return self.version - group.policy_version <= self.config.max_staleness
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def put(self, group: TrajectoryGroup) -> str:
+        """Record the group, then queue it: 'admitted', or 'stale' if it is too old to train on."""
+        while len(self._queue) >= self.config.capacity_groups:
+            await self._changed.wait()
+        self.ledger.append(group)
+        if not self._fresh(group):
+            self._drop([group])
+            return "stale"
+        self._queue.append(group)
+        self.counts["admitted"] += 1
+        self._notify()
+        return "admitted"
+
+    async def get(self, n_groups: int, *, step: int, timeout_s: float | None = None) -> list[TrajectoryGroup]:
+        """Exactly `n_groups` fresh groups, recorded as consumed by learner `step`, oldest first."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                self._drop_stale()
+                if len(self._queue) >= n_groups:
+                    break
+                await self._changed.wait()
+        batch = [self._queue.popleft() for _ in range(n_groups)]
+        self.ledger.record([g.group_id for g in batch], "consumed", step=step)
+        for group in batch:
+            self.staleness[self.version - group.policy_version] += 1
+        self.counts["consumed"] += len(batch)
+        self._notify()
+        return batch
+
+    def set_version(self, version: int) -> None:
+        """The learner's weights moved to `version`: queued groups now too old are dropped."""
+        self.version = version
+        self._drop_stale()
+        self._notify()
+
+    def _drop_stale(self) -> None:
+        stale = [g for g in self._queue if not self._fresh(g)]
+        if stale:
+            self._queue = collections.deque(g for g in self._queue if self._fresh(g))
+            self._drop(stale)
+
+    def _drop(self, groups: list[TrajectoryGroup]) -> None:
+        self.ledger.record([g.group_id for g in groups], "dropped", reason="stale", version=self.version)
+        self.counts["dropped_stale"] += len(groups)
+
+    def stats(self) -> dict[str, Any]:
+        return {"depth": len(self._queue), "version": self.version, **self.counts, "staleness": dict(self.staleness)}

@@ -1,0 +1,142 @@
+"""Run configuration: one YAML file → pydantic models, `--set a.b=c` overrides on top.
+
+Unknown keys and bad values are errors that name the key the way the user wrote it
+(`rollout.group_size: must be >= 1`), all reported at once. Nothing heavy is imported,
+so validating a config takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from envs.errors import ConfigError
+from envs.tasks import Split
+from orchestrator.buffer import BufferConfig
+from orchestrator.pool import PoolConfig
+from orchestrator.rollout import EpisodeConfig
+from trainers.policy.config import PolicyConfig, ScriptedPolicyConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunSection(_Section):
+    name: str = "run"
+    """Run id prefix; the run directory is `<dir>/<name>`."""
+    dir: Path = Path("runs")
+    seed: int = 0
+    """Seeds task order, episode seeds and sampling: the same config repeats the same run."""
+    resume: bool = True
+    """Continue the run in `<dir>/<name>` if it exists (its ledger and checkpoints), instead of failing."""
+
+
+class EnvSection(_Section):
+    name: str = "toy_terminal"
+    """Environment with a task suite (see `hillclimb env list`)."""
+    train_split: Split = "train"
+    eval_splits: list[Split] = Field(default_factory=lambda: ["train", "heldout"])
+
+
+class ProviderSection(_Section):
+    type: str = "local"
+    """Sandbox provider: local, docker, or a plugin's name."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the provider's constructor (e.g. docker: image)."""
+    resources: dict[str, Any] = Field(default_factory=dict)
+    """Per-sandbox limits: cpu, memory_mb, pids, disk_mb."""
+    ttl_s: float = Field(default=3600.0, gt=0)
+
+
+class RolloutSection(_Section):
+    group_size: int = Field(default=4, ge=1)
+    """G: episodes per task per round (GRPO normalises within them; pass@k needs k ≤ G)."""
+    concurrency: int = Field(default=64, ge=1)
+    """Episodes in flight across all workers."""
+    renderer: Literal["plain", "chat"] = "plain"
+    episode: EpisodeConfig = EpisodeConfig()
+
+
+class RaySection(_Section):
+    address: str | None = None
+    """Cluster to join (also $RAY_ADDRESS); None starts a local Ray."""
+    num_workers: int = Field(default=2, ge=1)
+    """RolloutWorker actors."""
+    create_rate_per_s: float = Field(default=20.0, gt=0)
+    """Sandbox creations per second across the whole cluster."""
+
+
+class EvalSection(_Section):
+    k: list[int] = Field(default_factory=lambda: [1])
+    """pass@k values to report (each ≤ rollout.group_size)."""
+
+
+class RunConfig(_Section):
+    run: RunSection = RunSection()
+    env: EnvSection = EnvSection()
+    provider: ProviderSection = ProviderSection()
+    pool: PoolConfig = PoolConfig()
+    policy: PolicyConfig = ScriptedPolicyConfig()
+    rollout: RolloutSection = RolloutSection()
+    buffer: BufferConfig = BufferConfig()
+    ray: RaySection = RaySection()
+    eval: EvalSection = EvalSection()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        too_big = [k for k in self.eval.k if k > self.rollout.group_size]
+        if too_big:
+            raise ValueError(f"eval.k {too_big} exceed rollout.group_size={self.rollout.group_size}: pass@k needs k samples per task")
+        return self
+
+
+def _set(tree: dict[str, Any], dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is a value, not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+def _location(tree: Any, loc: tuple[Any, ...]) -> str:
+    """The error's key as the user wrote it. pydantic puts a discriminated union's tag in the
+    path (`policy.hf.max_batch`); the user wrote `policy.max_batch`, with `type: hf` beside it."""
+    parts, node = [], tree
+    for i, part in enumerate(loc):
+        following = loc[i + 1] if i + 1 < len(loc) else None
+        if isinstance(node, dict) and part not in node and (node.get("type") == part or following in node):
+            continue
+        parts.append(str(part))
+        node = node.get(part) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), model: type[BaseModel] = RunConfig) -> Any:  # type: ignore[assignment]
+    """Read YAML (or start from defaults), apply `key.path=value` overrides, validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping at the top level")
+        tree = loaded or {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        _set(tree, key.strip(), value)
+    try:
+        return model.model_validate(tree)
+    except ValidationError as e:
+        problems = [f"  {_location(tree, err['loc']) or '<top>'}: {err['msg']}" for err in e.errors()]
+        source = f" in {path}" if path else ""
+        raise ConfigError(f"{len(problems)} invalid setting(s){source}:\n" + "\n".join(problems)) from None

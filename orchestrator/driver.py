@@ -1,0 +1,138 @@
+"""The rollout driver: Ray, the workers, and GRPO groups dispatched to them without loss.
+
+    groups ──► dispatch (at most `in_flight` at once, least-busy worker first)
+                 ├─ done ──► on_group(group)     (the caller records it in the ledger)
+                 └─ worker died ──► a new worker takes its index; its groups run again
+
+A group is re-run whole, with the same seeds, so a re-run is the same episodes again;
+the ledger keys groups by id, so a group recorded twice is still one group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from orchestrator.config import RunConfig
+from orchestrator.schedule import GroupSpec
+from orchestrator.workers import CreateRateLimiter, RemoteRateLimiter, RolloutWorker
+from trainers.trajectory import TrajectoryGroup
+
+log = logging.getLogger("hillclimb.orchestrator.driver")
+
+OnGroup = Callable[[TrajectoryGroup], Awaitable[None] | None]
+
+
+def connect_ray(address: str | None) -> str:
+    """Join `address` (or $RAY_ADDRESS), else start a local Ray. Returns what was joined."""
+    import ray
+
+    if ray.is_initialized():
+        return "already connected"
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return address
+    # Local: workers must import what the driver imports from its working directory.
+    pythonpath = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    return "local"
+
+
+class GroupFailedError(RuntimeError):
+    """A group kept failing on fresh workers; the run cannot complete it."""
+
+
+class RolloutDriver:
+    def __init__(self, config: RunConfig, *, policy: Any = None, policy_server: Any = None, max_group_attempts: int = 3) -> None:
+        """`policy`: an in-process policy object each worker gets a copy of (default: built from
+        the config); `policy_server`: a Ray actor serving one policy to every worker."""
+        self.config = config
+        self.policy = policy
+        self.policy_server = policy_server
+        self.max_group_attempts = max_group_attempts
+        self.workers: list[Any] = []
+        self._limiter: Any = None
+        self.worker_restarts = 0
+
+    async def start(self) -> None:
+        import ray
+
+        connect_ray(self.config.ray.address)
+        self._limiter = ray.remote(num_cpus=0)(CreateRateLimiter).remote(
+            self.config.ray.create_rate_per_s, burst=max(1, self.config.pool.max_starting)
+        )
+        self.workers = [self._new_worker(i) for i in range(self.config.ray.num_workers)]
+
+    def _new_worker(self, index: int) -> Any:
+        import ray
+
+        actor = ray.remote(num_cpus=0, max_concurrency=4096, max_restarts=0)(RolloutWorker)
+        return actor.remote(self.config, worker_index=index, policy=self.policy, policy_server=self.policy_server,
+                            rate_limiter=RemoteRateLimiter(self._limiter))
+
+    async def run_groups(self, groups: Iterable[GroupSpec], on_group: OnGroup, *, in_flight: int | None = None) -> None:
+        """Run every group, calling `on_group` as each completes (order not guaranteed)."""
+        from ray.exceptions import RayActorError
+
+        limit = in_flight or max(1, self.config.rollout.concurrency // self.config.rollout.group_size)
+        queue = list(groups)
+        queue.reverse()  # pop() from the end keeps the given order
+        attempts: dict[str, int] = {}
+        busy = [0] * len(self.workers)
+        running: dict[asyncio.Future[TrajectoryGroup], tuple[GroupSpec, int]] = {}
+        while queue or running:
+            while queue and len(running) < limit:
+                group = queue.pop()
+                index = min(range(len(busy)), key=busy.__getitem__)
+                busy[index] += 1
+                running[asyncio.ensure_future(_await(self.workers[index].run_group.remote(group)))] = (group, index)
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                group, index = running.pop(future)
+                busy[index] -= 1
+                try:
+                    result = future.result()
+                except RayActorError as e:
+                    attempts[group.group_id] = attempts.get(group.group_id, 0) + 1
+                    if attempts[group.group_id] >= self.max_group_attempts:
+                        raise GroupFailedError(f"group {group.group_id} failed on {attempts[group.group_id]} workers: {e}") from e
+                    await self._replace_worker(index)
+                    queue.append(group)
+                    continue
+                outcome = on_group(result)
+                if asyncio.iscoroutine(outcome):
+                    await outcome
+
+    async def _replace_worker(self, index: int) -> None:
+        try:
+            await asyncio.wait_for(_await(self.workers[index].ping.remote()), 10)
+            return  # alive: an earlier failure of the same death already replaced it
+        except Exception:
+            pass
+        log.warning("rollout worker %d died; starting a replacement", index)
+        self.workers[index] = self._new_worker(index)
+        self.worker_restarts += 1
+
+    async def broadcast_weights(self, version: int, weights: Any) -> None:
+        """Send new weights to every worker's in-process policy (unused with a policy server)."""
+        await asyncio.gather(*(_await(w.update_weights.remote(version, weights)) for w in self.workers))
+
+    async def close(self) -> None:
+        import ray
+
+        for worker in self.workers:
+            try:
+                await asyncio.wait_for(_await(worker.close.remote()), 120)
+            except Exception as e:  # a dead worker's sandboxes died with it
+                log.warning("closing a worker failed: %s", e)
+            ray.kill(worker)
+        if self._limiter is not None:
+            ray.kill(self._limiter)
+
+
+async def _await(ref: Any) -> Any:
+    return await ref

@@ -1,0 +1,238 @@
+"""One episode, token-exact: lease → reset → (render, generate, parse, step)* → Trajectory.
+
+    lease a session ─► reset(seed, task) ─► transcript = PROMPT
+      loop: policy.generate(transcript ids) ─► ACTION ids verbatim
+            parse the action text ─► unparseable: WARNING, next turn
+            env.step(action) ─► observation text tokenized once ─► ENV
+      until done, the turn limit, the context budget or the deadline
+
+Every episode ends with a `DoneReason`. A sandbox that dies mid-episode is retried
+on a fresh one (the lease is marked broken); after the retries, or when the policy
+fails, the episode is still recorded, with its reason, so the counts always add up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from envs.client import EnvClient
+from envs.errors import (
+    CapacityReachedError,
+    ConnectionLostError,
+    ConnectTimeoutError,
+    ExecutionError,
+    FactoryError,
+    MessageTimeoutError,
+    SessionError,
+)
+from envs.errors import ValidationError as ActionRejected
+from envs.tasks import ActionParseError, Task, TaskSuite
+from orchestrator.pool import LeaseTimeoutError, SandboxPool
+from orchestrator.render import Renderer, Transcript
+from providers.errors import ProviderError
+from trainers.policy.base import EpisodeInfo, Generation, GenerateRequest, Policy, SamplingParams
+from trainers.trajectory import DoneReason, Trajectory
+
+log = logging.getLogger("hillclimb.orchestrator.rollout")
+
+# What a sandbox (or its connection) failing looks like from here: retried on a fresh one.
+# Validation errors on reset are not among them: they mean a misconfigured task, and surface.
+_SANDBOX_FAULTS = (
+    ConnectionLostError, ConnectTimeoutError, MessageTimeoutError, ExecutionError, SessionError,
+    CapacityReachedError, FactoryError, OSError,
+)
+
+
+class EpisodeConfig(BaseModel):
+    """Limits of one episode."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_turns: int = Field(default=8, ge=1)
+    """Policy turns before the episode ends with `step_limit`."""
+    max_context_tokens: int = Field(default=2048, ge=16)
+    """Transcript length past which no further turn is generated (`step_limit`)."""
+    episode_timeout_s: float = Field(default=300.0, gt=0)
+    lease_timeout_s: float = Field(default=120.0, gt=0)
+    policy_timeout_s: float = Field(default=120.0, gt=0)
+    """One generate() call; past it the episode ends with `policy_error`."""
+    sandbox_retries: int = Field(default=1, ge=0)
+    """Fresh-sandbox retries of an episode whose sandbox failed."""
+    sampling: SamplingParams = SamplingParams()
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """Which episode to run: the task, its split, the seed and its place in a GRPO group."""
+
+    run_id: str
+    env: str
+    split: str
+    task: Task
+    group_id: str
+    sample_index: int
+    seed: int
+
+
+@dataclass
+class EpisodeTiming:
+    """Where an episode's wall time went (for the orchestration-overhead benchmark)."""
+
+    total_s: float = 0.0
+    policy_s: float = 0.0
+    env_s: float = 0.0
+    steps: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class _SandboxFailed(Exception):
+    pass
+
+
+class _PolicyFailed(Exception):
+    pass
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 31-bit seed from anything printable (run seed, group, sample, turn)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+@dataclass
+class _Episode:
+    spec: EpisodeSpec
+    transcript: Transcript
+    turns: int = 0
+    parse_errors: int = 0
+    reward: float = 0.0
+    versions: list[int] = field(default_factory=list)
+
+
+class EpisodeRunner:
+    """Runs episodes against one pool with one policy, renderer and task suite."""
+
+    def __init__(self, pool: SandboxPool, policy: Policy, renderer: Renderer, suite: TaskSuite, config: EpisodeConfig) -> None:
+        self.pool = pool
+        self.policy = policy
+        self.renderer = renderer
+        self.suite = suite
+        self.config = config
+        stops = config.sampling.stop_token_ids or renderer.stop_token_ids
+        self.sampling = config.sampling.model_copy(update={"stop_token_ids": tuple(stops)})
+
+    async def run(self, spec: EpisodeSpec, timing: EpisodeTiming | None = None) -> Trajectory:
+        timing = timing or EpisodeTiming()
+        start = time.perf_counter()
+        attempts = self.config.sandbox_retries + 1
+        for attempt in range(attempts):
+            episode = _Episode(spec, self.renderer.start(spec.task.prompt))
+            try:
+                async with asyncio.timeout(self.config.episode_timeout_s):
+                    reason = await self._attempt(episode, timing)
+            except TimeoutError:
+                reason = DoneReason.TIMEOUT
+            except _PolicyFailed as e:
+                log.warning("episode %s/%d: policy failed: %s", spec.group_id, spec.sample_index, e)
+                reason = DoneReason.POLICY_ERROR
+            except _SandboxFailed as e:
+                log.warning("episode %s/%d: sandbox failed (attempt %d of %d): %s", spec.group_id, spec.sample_index, attempt + 1, attempts, e)
+                reason = DoneReason.SANDBOX_ERROR
+                if attempt + 1 < attempts:
+                    continue
+            timing.total_s += time.perf_counter() - start
+            return self._trajectory(episode, reason, attempt)
+        raise AssertionError("unreachable: the last attempt always returns")
+
+    async def _attempt(self, episode: _Episode, timing: EpisodeTiming) -> DoneReason:
+        spec = episode.spec
+        try:
+            lease = await self.pool.lease(self.config.lease_timeout_s)
+        except (LeaseTimeoutError, ProviderError) as e:
+            raise _SandboxFailed(f"no sandbox: {e}") from e
+        async with lease:
+            try:
+                async with EnvClient(lease.endpoint, token=lease.token, message_timeout_s=self.config.episode_timeout_s) as env:
+                    await env.reset(seed=spec.seed, task_id=spec.task.id)
+                    return await self._turns(episode, env, timing)
+            except _SANDBOX_FAULTS as e:
+                lease.mark_broken()
+                raise _SandboxFailed(f"{type(e).__name__}: {e}") from e
+
+    async def _turns(self, episode: _Episode, env: EnvClient, timing: EpisodeTiming) -> DoneReason:
+        transcript, spec = episode.transcript, episode.spec
+        for turn in range(self.config.max_turns):
+            if len(transcript) + self.sampling.max_new_tokens > self.config.max_context_tokens:
+                return DoneReason.STEP_LIMIT
+            generation = await self._generate(episode, turn, timing)
+            episode.turns += 1
+            episode.versions.append(generation.version)
+            self.renderer.add_action(transcript, generation.token_ids, generation.logprobs)
+            text = self.policy.tokenizer.decode([t for t in generation.token_ids if t not in self.sampling.stop_token_ids])
+            try:
+                action = self.suite.parse_action(text)
+            except ActionParseError as e:
+                episode.parse_errors += 1
+                self.renderer.add_warning(transcript, f"invalid action: {e}")
+                continue
+            step_start = time.perf_counter()
+            try:
+                result = await env.step(action)
+            except ActionRejected as e:  # the env's schema refused it: the policy's mistake, shown to it
+                episode.parse_errors += 1
+                self.renderer.add_warning(transcript, f"invalid action: {e}")
+                continue
+            finally:
+                timing.env_s += time.perf_counter() - step_start
+                timing.steps += 1
+            self.renderer.add_observation(transcript, self.suite.render_observation(result.observation))
+            if result.done:
+                episode.reward = float(result.reward or 0.0)
+                return DoneReason.FINISHED
+        return DoneReason.STEP_LIMIT
+
+    async def _generate(self, episode: _Episode, turn: int, timing: EpisodeTiming) -> Generation:
+        spec = episode.spec
+        request = GenerateRequest(
+            prompt_ids=tuple(episode.transcript.ids),
+            episode=EpisodeInfo(env=spec.env, task_id=spec.task.id, turn=turn, seed=spec.seed),
+            seed=derive_seed(spec.seed, turn),
+        )
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.config.policy_timeout_s):
+                (generation,) = await self.policy.generate([request], self.sampling)
+        except TimeoutError as e:
+            raise _PolicyFailed(f"generate() took longer than {self.config.policy_timeout_s:g} s") from e
+        except Exception as e:  # any engine failure ends this episode, not the run
+            raise _PolicyFailed(f"{type(e).__name__}: {e}") from e
+        finally:
+            timing.policy_s += time.perf_counter() - start
+        return generation
+
+    def _trajectory(self, episode: _Episode, reason: DoneReason, retries: int) -> Trajectory:
+        spec, transcript = episode.spec, episode.transcript
+        return Trajectory(
+            run_id=spec.run_id,
+            group_id=spec.group_id,
+            sample_index=spec.sample_index,
+            task_id=spec.task.id,
+            env=spec.env,
+            split=spec.split,
+            seed=spec.seed,
+            policy_version=min(episode.versions, default=self.policy.version),
+            token_ids=transcript.ids,
+            roles=transcript.roles,
+            logprobs=transcript.logprobs,
+            reward=episode.reward if reason is DoneReason.FINISHED else 0.0,
+            done_reason=reason,
+            turns=episode.turns,
+            parse_errors=episode.parse_errors,
+            metadata={"sandbox_retries": retries},
+        )

@@ -1,0 +1,168 @@
+"""Rollout workers: Ray actors that run many episodes at once on asyncio.
+
+    driver ──run_group(GroupSpec)──► RolloutWorker (async actor, many groups at once)
+                                       ├─ SandboxPool → its own provider (and sandboxes)
+                                       ├─ Policy: in-process, or a shared PolicyServer actor
+                                       └─ EpisodeRunner × G ──► TrajectoryGroup
+
+Sandbox creation is paced cluster-wide by one `CreateRateLimiter` actor. A worker owns
+its sandboxes: if the worker dies, its provider's sandboxes die with it (local) or are
+reaped as orphans (their run's driver still lives, so by TTL), and the driver re-runs
+the worker's unfinished groups elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator.config import RunConfig
+from orchestrator.pool import PoolConfig, SandboxPool
+from orchestrator.ratelimit import RateLimiter, TokenBucket
+from orchestrator.render import PlainTextRenderer, Renderer
+from orchestrator.rollout import EpisodeRunner
+from orchestrator.schedule import GroupSpec
+from trainers.policy.base import Generation, GenerateRequest, Policy, SamplingParams
+from trainers.tokenizer import Tokenizer
+from trainers.trajectory import TrajectoryGroup
+
+
+class CreateRateLimiter:
+    """A token bucket as a Ray actor: one creation rate for the whole cluster."""
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self._bucket = TokenBucket(rate_per_s, burst)
+
+    async def acquire(self) -> None:
+        await self._bucket.acquire()
+
+
+class RemoteRateLimiter:
+    """`RateLimiter` backed by a `CreateRateLimiter` actor handle."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    async def acquire(self) -> None:
+        await self._handle.acquire.remote()
+
+
+class RemotePolicy:
+    """`Policy` backed by a policy-server actor handle; the tokenizer stays local."""
+
+    def __init__(self, handle: Any, tokenizer: Tokenizer) -> None:
+        self._handle = handle
+        self._tokenizer = tokenizer
+        self._version = 0
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
+        generations = await self._handle.generate.remote(requests, sampling)
+        self._version = max([self._version, *(g.version for g in generations)])
+        return generations
+
+    async def update_weights(self, version: int, weights: Mapping[str, Any]) -> None:
+        await self._handle.update_weights.remote(version, weights)
+
+
+def make_renderer(kind: str, tokenizer: Tokenizer) -> Renderer:
+    if kind == "chat":
+        from orchestrator.chat_render import ChatTemplateRenderer
+        from trainers.tokenizer import HFTokenizer
+
+        if not isinstance(tokenizer, HFTokenizer):
+            raise TypeError("the chat renderer needs a Hugging Face tokenizer with a chat template")
+        return ChatTemplateRenderer(tokenizer)
+    return PlainTextRenderer(tokenizer, bos_token_id=getattr(tokenizer, "bos_token_id", None))
+
+
+class RolloutWorker:
+    """Runs GRPO groups. Build it as a Ray actor with `ray.remote(RolloutWorker)`, or in-process."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        worker_index: int,
+        policy: Policy | None = None,
+        policy_server: Any = None,
+        rate_limiter: RateLimiter | None = None,
+    ) -> None:
+        self.config = config
+        self.worker_index = worker_index
+        self._policy_arg = policy
+        self._policy_server = policy_server
+        self._limiter = rate_limiter
+        self._runner: EpisodeRunner | None = None
+        self._pool: SandboxPool | None = None
+        self._provider: Any = None
+        self._start_lock = asyncio.Lock()
+
+    async def _ensure_started(self) -> EpisodeRunner:
+        async with self._start_lock:
+            if self._runner is None:
+                self._runner = await self._build()
+            return self._runner
+
+    async def _build(self) -> EpisodeRunner:
+        from envs.registry import resolve_env_class
+        from envs.tasks import load_suite
+        from providers.base import Resources, SandboxSpec
+        from providers.registry import make_provider
+        from trainers.policy.config import load_tokenizer, make_policy
+
+        cfg = self.config
+        env_cls = resolve_env_class(cfg.env.name)
+        shared = bool(getattr(env_cls, "SUPPORTS_CONCURRENT_SESSIONS", False))
+        spec = SandboxSpec(
+            env=cfg.env.name,
+            run_id=cfg.run.name,
+            ttl_s=cfg.provider.ttl_s,
+            resources=Resources(**cfg.provider.resources),
+            max_sessions=cfg.pool.sessions_per_sandbox if shared else 1,
+        )
+        self._provider = make_provider(cfg.provider.type, **cfg.provider.options)
+        self._pool = SandboxPool(self._provider, spec, self._worker_pool_config(), shared=shared, rate_limiter=self._limiter)
+        await self._pool.start()
+        if self._policy_arg is not None:
+            policy = self._policy_arg
+        elif self._policy_server is not None:
+            policy = RemotePolicy(self._policy_server, load_tokenizer(cfg.policy))
+        else:
+            policy = make_policy(cfg.policy)
+        renderer = make_renderer(cfg.rollout.renderer, policy.tokenizer)
+        return EpisodeRunner(self._pool, policy, renderer, load_suite(cfg.env.name), cfg.rollout.episode)
+
+    def _worker_pool_config(self) -> PoolConfig:
+        """This worker's share of the pool limits."""
+        pool, workers = self.config.pool, self.config.ray.num_workers
+        return pool.model_copy(update={
+            "max_total": max(1, pool.max_total // workers),
+            "min_ready": -(-pool.min_ready // workers),
+        })
+
+    async def run_group(self, group: GroupSpec) -> TrajectoryGroup:
+        runner = await self._ensure_started()
+        trajectories = await asyncio.gather(*(runner.run(spec) for spec in group.episodes(self.config.run.name)))
+        return TrajectoryGroup.of(list(trajectories))
+
+    async def update_weights(self, version: int, weights: Mapping[str, Any]) -> None:
+        runner = await self._ensure_started()
+        await runner.policy.update_weights(version, weights)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+        if self._provider is not None:
+            await self._provider.close()
+
+    def ping(self) -> int:
+        return self.worker_index

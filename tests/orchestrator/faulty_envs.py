@@ -1,0 +1,36 @@
+"""Environments that fail on purpose, for the rollout fault tests (they run inside sandboxes)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from envs.base import Action, Environment, Observation, State
+
+
+class CommandAction(Action):
+    command: str
+
+
+class OutputObservation(Observation):
+    output: str = ""
+    prompt: str = ""
+
+
+class CrashOnStepEnv(Environment[CommandAction, OutputObservation, State]):
+    """Resets fine, then the whole sandbox dies on the first step."""
+
+    SUPPORTS_CONCURRENT_SESSIONS = True
+
+    def __init__(self) -> None:
+        self._state = State()
+
+    async def reset_async(self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any) -> OutputObservation:
+        return OutputObservation(prompt="doomed")
+
+    async def step_async(self, action: CommandAction, timeout_s: float | None = None, **kwargs: Any) -> OutputObservation:
+        os._exit(1)
+
+    @property
+    def state(self) -> State:
+        return self._state

@@ -1,0 +1,44 @@
+"""Run configs: every shipped file validates; overrides apply; bad input names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from envs.errors import ConfigError
+from orchestrator.config import load_config
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_validates(path: Path) -> None:
+    load_config(path)
+
+
+def test_overrides_apply_with_yaml_values() -> None:
+    cfg = load_config(None, ["rollout.group_size=8", "env.eval_splits=[heldout]", "rollout.episode.max_turns=3", "policy.type=scripted"])
+    assert cfg.rollout.group_size == 8 and cfg.env.eval_splits == ["heldout"] and cfg.rollout.episode.max_turns == 3
+
+
+def test_every_problem_is_reported_at_once_in_the_users_spelling(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("rollout:\n  group_size: 0\n  concurency: 3\npool:\n  max_total: -1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["eval.k=[1]"])
+    message = str(info.value)
+    assert "3 invalid setting(s)" in message
+    assert "rollout.group_size:" in message and "rollout.concurency: Extra inputs are not permitted" in message
+    assert "pool.max_total:" in message
+
+
+def test_cross_field_checks_and_malformed_overrides() -> None:
+    with pytest.raises(ConfigError, match="eval.k .* exceed rollout.group_size"):
+        load_config(None, ["rollout.group_size=2", "eval.k=[1,4]"])
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        load_config(None, ["rollout.group_size"])
+    with pytest.raises(ConfigError, match="policy: Input tag 'telepathy'"):
+        load_config(None, ["policy.type=telepathy"])
+    with pytest.raises(ConfigError, match=r"\n  policy\.max_batch: Input should be greater than or equal to 1"):
+        load_config(None, ["policy.type=hf", "policy.max_batch=0"])

@@ -1,0 +1,205 @@
+"""The episode loop on real local sandboxes: token provenance, exact ids, every done reason."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import pytest
+
+from envs.tasks import Task, load_suite
+from envs.toy_terminal.fs import execute
+from orchestrator.pool import PoolConfig, SandboxPool
+from orchestrator.render import PlainTextRenderer
+from orchestrator.rollout import EpisodeConfig, EpisodeRunner, EpisodeSpec
+from providers.base import SandboxSpec
+from providers.local import LocalProvider
+from trainers.policy.base import Generation, GenerateRequest, SamplingParams
+from trainers.policy.scripted import ScriptedPolicy
+from trainers.roles import Role
+from trainers.tokenizer import ByteTokenizer
+from trainers.trajectory import DoneReason, Trajectory
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="local sandboxes with per-sandbox uids need root")
+
+TOKENIZER = ByteTokenizer()
+
+
+def _spec(task: Task, env: str = "toy_terminal", sample: int = 0) -> EpisodeSpec:
+    return EpisodeSpec(run_id="t", env=env, split=task.split, task=task, group_id=f"g-{task.id}", sample_index=sample, seed=7 + sample)
+
+
+async def _runner(provider: LocalProvider, env: str, policy: Any, **episode: Any) -> EpisodeRunner:
+    shared = env != "terminal"
+    pool = SandboxPool(provider, SandboxSpec(env=env, run_id="t"), PoolConfig(create_retry_delay_s=0.01), shared=shared)
+    suite = load_suite("toy_terminal" if env.startswith("tests.") else env)
+    return EpisodeRunner(pool, policy, PlainTextRenderer(TOKENIZER, TOKENIZER.bos_token_id), suite, EpisodeConfig(**episode))
+
+
+@pytest.fixture
+async def toy(local_provider: LocalProvider) -> AsyncIterator[EpisodeRunner]:
+    runner = await _runner(local_provider, "toy_terminal", ScriptedPolicy())
+    yield runner
+    await runner.pool.close()
+
+
+def _runs(t: Trajectory) -> list[tuple[Role, str]]:
+    """The transcript as (role, text) runs."""
+    runs: list[tuple[Role, list[int]]] = []
+    for token, role in zip(t.token_ids, t.roles):
+        if runs and runs[-1][0] == role:
+            runs[-1][1].append(token)
+        else:
+            runs.append((Role(role), [token]))
+    return [(role, TOKENIZER.decode(ids)) for role, ids in runs]
+
+
+async def test_oracle_episode_is_token_exact_with_roles(toy: EpisodeRunner) -> None:
+    task = next(t for t in load_suite("toy_terminal").tasks("train") if len(t.oracle) >= 2)
+    trajectory = await toy.run(_spec(task))
+    assert trajectory.done_reason is DoneReason.FINISHED and trajectory.reward == 1.0
+    assert trajectory.turns == len(task.oracle) and trajectory.parse_errors == 0
+    runs = _runs(trajectory)
+    assert runs[0] == (Role.SCAFFOLD, "") and runs[1] == (Role.PROMPT, task.prompt.rstrip("\n") + "\n")
+    actions = [text for role, text in runs if role is Role.ACTION]
+    assert actions == [command + "\n" for command in task.oracle]
+    # Every ENV run is exactly what the shell printed, bytes for bytes.
+    first_output = next(text for role, text in runs if role is Role.ENV)
+
+    assert first_output == execute(task.oracle[0])
+    # Log-probs sit on ACTION tokens only (the oracle samples with probability 1: log-prob 0).
+    assert all(lp == 0.0 for lp in trajectory.logprobs)
+    assert trajectory.count(Role.ACTION) == sum(len(a) for a in actions)
+
+
+class _OddTokens(ScriptedPolicy):
+    """The oracle's text, but sampled as ids the tokenizer would never produce, with real log-probs."""
+
+    async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
+        out = []
+        for g in await super().generate(requests, sampling):
+            ids = g.token_ids
+            out.append(Generation(token_ids=ids, logprobs=tuple(-0.5 - i / 100 for i in range(len(ids))), finish_reason="stop", version=3))
+        return out
+
+
+async def test_sampled_ids_and_logprobs_go_in_verbatim(local_provider: LocalProvider) -> None:
+    runner = await _runner(local_provider, "toy_terminal", _OddTokens())
+    try:
+        task = load_suite("toy_terminal").tasks("heldout")[0]
+        trajectory = await runner.run(_spec(task))
+    finally:
+        await runner.pool.close()
+    action_logprobs = [lp for lp, r in zip(trajectory.logprobs, trajectory.roles) if r == Role.ACTION]
+    expected = [lp for command in task.oracle for lp in (-0.5 - i / 100 for i in range(len(command) + 1))]
+    assert action_logprobs == expected
+    assert all(lp == 0.0 for lp, r in zip(trajectory.logprobs, trajectory.roles) if r != Role.ACTION)
+    assert trajectory.policy_version == 3
+
+
+async def test_turn_limit_ends_with_step_limit(local_provider: LocalProvider) -> None:
+    runner = await _runner(local_provider, "toy_terminal", ScriptedPolicy(), max_turns=1)
+    try:
+        task = next(t for t in load_suite("toy_terminal").tasks("train") if len(t.oracle) >= 2)
+        trajectory = await runner.run(_spec(task))
+    finally:
+        await runner.pool.close()
+    assert trajectory.done_reason is DoneReason.STEP_LIMIT and trajectory.reward == 0.0 and trajectory.turns == 1
+
+
+class _Garbage(ScriptedPolicy):
+    async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
+        return [Generation(token_ids=tuple(TOKENIZER.encode("   \n")), logprobs=(-1.0,) * 4, finish_reason="stop", version=0)]
+
+
+async def test_unparseable_actions_become_warnings(local_provider: LocalProvider) -> None:
+    runner = await _runner(local_provider, "toy_terminal", _Garbage(), max_turns=3)
+    try:
+        trajectory = await runner.run(_spec(load_suite("toy_terminal").tasks("train")[0]))
+    finally:
+        await runner.pool.close()
+    assert trajectory.done_reason is DoneReason.STEP_LIMIT and trajectory.parse_errors == 3
+    assert [text.startswith("[harness] invalid action") for role, text in _runs(trajectory) if role is Role.WARNING] == [True] * 3
+
+
+class _Broken(ScriptedPolicy):
+    async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
+        raise RuntimeError("engine exploded")
+
+
+class _Slow(ScriptedPolicy):
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
+        await asyncio.sleep(self.delay_s)
+        return await super().generate(requests, sampling)
+
+
+@pytest.mark.parametrize(
+    ("policy", "episode", "reason"),
+    [
+        (_Broken(), {}, DoneReason.POLICY_ERROR),
+        (_Slow(5.0), {"policy_timeout_s": 0.2}, DoneReason.POLICY_ERROR),
+        (_Slow(0.3), {"episode_timeout_s": 0.5}, DoneReason.TIMEOUT),
+    ],
+)
+async def test_policy_failures_are_recorded_with_their_reason(local_provider: LocalProvider, policy: Any, episode: dict[str, Any], reason: DoneReason) -> None:
+    runner = await _runner(local_provider, "toy_terminal", policy, **episode)
+    try:
+        task = next(t for t in load_suite("toy_terminal").tasks("train") if len(t.oracle) >= 2)
+        trajectory = await asyncio.wait_for(runner.run(_spec(task)), 30)
+    finally:
+        await runner.pool.close()
+    assert trajectory.done_reason is reason and trajectory.reward == 0.0
+    assert trajectory.trainable == (reason is DoneReason.TIMEOUT)  # a slow agent's zero is signal; a broken engine's is not
+
+
+class _KillsItsSandbox(ScriptedPolicy):
+    """At the second turn of the first attempt, SIGKILLs the sandbox the episode is running in."""
+
+    def __init__(self, provider: LocalProvider, pool_ref: list[SandboxPool]) -> None:
+        super().__init__()
+        self.provider, self.pool_ref, self.killed = provider, pool_ref, False
+
+    async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
+        if not self.killed and requests[0].episode is not None and requests[0].episode.turn == 1:
+            self.killed = True
+            (slot,) = [s for s in self.pool_ref[0]._slots if s.leases]
+            os.kill(self.provider._read_meta(self.provider.root / slot.sandbox.id)["pid"], signal.SIGKILL)
+        return await super().generate(requests, sampling)
+
+    async def update_weights(self, version: int, weights: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+
+async def test_a_sandbox_killed_mid_episode_is_retried_on_a_fresh_one(local_provider: LocalProvider) -> None:
+    pool_ref: list[SandboxPool] = []
+    policy = _KillsItsSandbox(local_provider, pool_ref)
+    runner = await _runner(local_provider, "terminal", policy, sandbox_retries=1)
+    pool_ref.append(runner.pool)
+    try:
+        task = next(t for t in load_suite("terminal").tasks("train") if len(t.oracle) >= 2)
+        trajectory = await runner.run(_spec(task, env="terminal"))
+    finally:
+        await runner.pool.close()
+    assert policy.killed
+    assert trajectory.done_reason is DoneReason.FINISHED and trajectory.reward == 1.0
+    assert trajectory.metadata["sandbox_retries"] == 1
+    # The transcript is the successful attempt's alone: one prompt, one pass through the oracle.
+    assert trajectory.count(Role.PROMPT) == len(TOKENIZER.encode(task.prompt.rstrip("\n") + "\n"))
+
+
+async def test_a_sandbox_that_keeps_dying_is_recorded_as_sandbox_error(local_provider: LocalProvider) -> None:
+    runner = await _runner(local_provider, "tests.orchestrator.faulty_envs:CrashOnStepEnv", ScriptedPolicy(), sandbox_retries=2)
+    try:
+        task = load_suite("toy_terminal").tasks("train")[0]
+        trajectories = await asyncio.gather(*(runner.run(_spec(task, sample=i)) for i in range(3)))
+    finally:
+        await runner.pool.close()
+    assert [t.done_reason for t in trajectories] == [DoneReason.SANDBOX_ERROR] * 3
+    assert all(t.metadata["sandbox_retries"] == 2 and not t.trainable for t in trajectories)

@@ -1,0 +1,174 @@
+"""`MicroBatcher`: many concurrent single-request calls in, batched engine calls out.
+
+    episode tasks ─ submit([item]) ─► queue ─► wait until max_batch items, or max_wait_s
+                                                after the oldest one arrived
+                                              ─► run_batch(items) on one worker thread
+                                              ─► each caller's future gets its own result
+
+Rollouts run hundreds of episodes on one event loop, each asking for one generation at a
+time. Running those one by one wastes the accelerator; running them on the event loop
+stalls every sandbox connection. So calls are pooled for a few milliseconds and each batch
+runs on a dedicated thread (torch releases the GIL inside its kernels, so the loop keeps
+serving I/O). The thread is the only one that touches the engine: `call` queues other work
+(a weight swap) behind the batch in flight, so engine state never changes mid-batch.
+
+The queue is drained by a task that exists only while work is queued, so an idle batcher
+leaves nothing running on the loop, and a later call may come from another event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+__all__ = ["MicroBatcher"]
+
+log = logging.getLogger("hillclimb.trainers.policy")
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Pending(Generic[ItemT, ResultT]):
+    item: ItemT
+    future: asyncio.Future[ResultT]
+    enqueued_at: float = field(default=0.0)
+
+
+class MicroBatcher(Generic[ItemT, ResultT]):
+    """Runs `run_batch(items) -> results` (one result per item, in order) on one worker thread."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[ItemT]], list[ResultT]],
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        thread_name: str,
+        thread_init: Callable[[], object] | None = None,
+    ) -> None:
+        """`thread_init` runs once on the worker thread before its first job (per-thread settings)."""
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_wait_s < 0:
+            raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
+        self._run_batch = run_batch
+        self._name = thread_name
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name, initializer=thread_init)
+        self._queue: collections.deque[_Pending[ItemT, ResultT]] = collections.deque()
+        self._in_flight: list[_Pending[ItemT, ResultT]] = []
+        self._drainer: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()  # replaced by each drainer (see _ensure_drainer)
+        self.batch_sizes: collections.Counter[int] = collections.Counter()
+        """How many batches of each size have run (a metric, and what tests observe)."""
+
+    async def submit(self, items: list[ItemT]) -> list[ResultT]:
+        """The results of `items`, computed in whatever batches the traffic allows."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._ensure_drainer(loop)  # first: it refuses a second event loop before anything is queued
+        pending = [_Pending(item, loop.create_future(), now) for item in items]
+        self._queue.extend(pending)
+        self._arrived.set()
+        # Wait for all of them even if one fails, so no future's exception goes unretrieved.
+        outcomes = await asyncio.gather(*(p.future for p in pending), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return list(outcomes)  # type: ignore[arg-type]
+
+    def run_now(self, items: list[ItemT]) -> list[ResultT]:
+        """Run `items` as one batch and block until done (for callers without an event loop)."""
+        self.batch_sizes[len(items)] += 1
+        return self._executor.submit(self._run_checked, items).result()
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` on the worker thread, after the batch in flight and before the next."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _ensure_drainer(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._drainer is not None and not self._drainer.done():
+            if self._drainer.get_loop() is not loop:
+                raise RuntimeError("a MicroBatcher serves one event loop at a time; another loop is still using it")
+            return
+        # A fresh Event per drainer: asyncio primitives bind to the loop that first waits on them.
+        self._arrived = asyncio.Event()
+        self._drainer = loop.create_task(self._drain(), name=f"{self._name}-drain")
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                await self._gather_window()
+                batch = self._take()
+                if batch:
+                    await self._run(batch)
+        except asyncio.CancelledError:
+            self._fail_all(None)
+            raise
+        except Exception as e:  # a bug here would strand every waiting episode: fail them loudly instead
+            log.exception("policy batcher stopped unexpectedly")
+            self._fail_all(e)
+
+    async def _gather_window(self) -> None:
+        """Wait until a full batch is queued or the oldest item has waited `max_wait_s`."""
+        loop = asyncio.get_running_loop()
+        deadline = self._queue[0].enqueued_at + self.max_wait_s
+        while len(self._queue) < self.max_batch and (remaining := deadline - loop.time()) > 0:
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Pending[ItemT, ResultT]]:
+        batch: list[_Pending[ItemT, ResultT]] = []
+        while self._queue and len(batch) < self.max_batch:
+            pending = self._queue.popleft()
+            if not pending.future.done():  # its caller gave up (cancelled or timed out)
+                batch.append(pending)
+        return batch
+
+    async def _run(self, batch: list[_Pending[ItemT, ResultT]]) -> None:
+        self.batch_sizes[len(batch)] += 1
+        self._in_flight = batch
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._executor, self._run_checked, [p.item for p in batch])
+        except Exception as e:  # the engine failed this batch: its callers get the error, later batches still run
+            self._in_flight = []
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(e)
+            return
+        # (On cancellation `_in_flight` stays set, so `_drain` cancels these callers too.)
+        self._in_flight = []
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+    def _run_checked(self, items: list[ItemT]) -> list[ResultT]:
+        results = self._run_batch(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
+        return results
+
+    def _fail_all(self, error: Exception | None) -> None:
+        for pending in [*self._in_flight, *self._queue]:
+            if pending.future.done():
+                continue
+            if error is None:
+                pending.future.cancel()
+            else:
+                pending.future.set_exception(error)
+        self._queue.clear()
+        self._in_flight = []

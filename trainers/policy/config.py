@@ -1,0 +1,174 @@
+"""Which policy engine serves rollouts, and the factory that builds it.
+
+    PolicyConfig (scripted | hf | openai | vllm) ─► make_policy ─► Policy
+                                                 ─► load_tokenizer ─► Tokenizer (no model)
+
+Importing this module imports pydantic only: each engine (and torch, transformers, httpx,
+vllm) is imported when `make_policy` builds it, so validating a run config stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainers.models.config import HFModelConfig, ModelConfig, TinyModelConfig
+
+if TYPE_CHECKING:
+    from trainers.policy.base import Policy
+    from trainers.tokenizer import Tokenizer
+
+__all__ = [
+    "HFPolicyConfig",
+    "OpenAIPolicyConfig",
+    "PolicyConfig",
+    "ScriptedPolicyConfig",
+    "VLLMPolicyConfig",
+    "load_tokenizer",
+    "make_policy",
+]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScriptedPolicyConfig(_Config):
+    """The task suites' oracles (byte tokenizer): solves every task, for platform tests and benchmarks."""
+
+    type: Literal["scripted"] = "scripted"
+
+
+class HFPolicyConfig(_Config):
+    """A transformers model in this process, batching concurrent episodes."""
+
+    type: Literal["hf"] = "hf"
+    model: ModelConfig = TinyModelConfig()
+    device: str = "cpu"
+    """torch device, e.g. `cpu`, `cuda`, `cuda:1`."""
+    max_batch: int = Field(default=32, ge=1)
+    """Most requests decoded together."""
+    max_wait_ms: float = Field(default=2.0, ge=0)
+    """How long the first request of a batch waits for others; 0 runs whatever is queued at once."""
+    max_context: int | None = Field(default=None, ge=2)
+    """Prompt + generation limit in tokens; None means the model's max_position_embeddings."""
+    cpu_threads: int | None = Field(default=1, ge=1)
+    """torch intra-op threads for the policy's forward passes; None keeps torch's default (all cores).
+    1 suits small models beside a busy event loop: OpenMP threads spin-wait for each other, and
+    on an oversubscribed CPU two threads made the tiny model ~50x slower than one."""
+
+
+class OpenAIPolicyConfig(_Config):
+    """An OpenAI-compatible completions server that accepts token-id prompts (vLLM's `vllm serve`)."""
+
+    type: Literal["openai"] = "openai"
+    base_url: str = Field(min_length=1)
+    """Up to and including `/v1`, e.g. `http://localhost:8000/v1`."""
+    model: str = Field(min_length=1)
+    """The name the server serves (`--served-model-name`, by default the path it loaded)."""
+    tokenizer: ModelConfig | None = None
+    """Whose tokenizer renders prompts; None means the Hugging Face tokenizer of `model`."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the bearer token (the key itself never goes in a config)."""
+    timeout_s: float = Field(default=300.0, gt=0)
+    """Per HTTP request, generation included."""
+    max_retries: int = Field(default=4, ge=0)
+    """Retries after a 408, 429, 5xx or transport failure; 0 fails on the first."""
+    backoff_s: float = Field(default=0.5, ge=0)
+    """First retry delay; doubles each retry, up to 10 s (or the server's Retry-After)."""
+
+
+class VLLMPolicyConfig(_Config):
+    """vLLM in this process (CUDA; `pip install 'hillclimb[vllm]'`)."""
+
+    type: Literal["vllm"] = "vllm"
+    model: HFModelConfig
+    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
+    """Fraction of GPU memory vLLM may take (weights + KV cache); leave room for a colocated learner."""
+    max_model_len: int | None = Field(default=None, ge=16)
+    """Context length in tokens; None means the model's own."""
+    enforce_eager: bool = False
+    """Skip CUDA graph capture: slower decoding, faster start and less memory."""
+    seed: int = 0
+    """Engine seed for requests that carry none."""
+    max_batch: int = Field(default=256, ge=1)
+    max_wait_ms: float = Field(default=5.0, ge=0)
+
+
+PolicyConfig = Annotated[
+    ScriptedPolicyConfig | HFPolicyConfig | OpenAIPolicyConfig | VLLMPolicyConfig, Field(discriminator="type")
+]
+
+
+def make_policy(config: PolicyConfig) -> Policy:
+    """Build the engine `config` names (loading its model: this can take a while)."""
+    if isinstance(config, ScriptedPolicyConfig):
+        from trainers.policy.scripted import ScriptedPolicy
+
+        return ScriptedPolicy()
+    if isinstance(config, HFPolicyConfig):
+        from trainers.models.load import load_model
+        from trainers.policy.hf import HFPolicy
+
+        model, tokenizer = load_model(config.model, config.device)
+        wait_s = config.max_wait_ms / 1000
+        return HFPolicy(
+            model,
+            tokenizer,
+            max_batch=config.max_batch,
+            max_wait_s=wait_s,
+            max_context=config.max_context,
+            threads=config.cpu_threads,
+        )
+    if isinstance(config, OpenAIPolicyConfig):
+        from trainers.policy.openai import OpenAIPolicy
+
+        return OpenAIPolicy(
+            config.base_url,
+            config.model,
+            load_tokenizer(config),
+            api_key=_api_key(config.api_key_env),
+            timeout_s=config.timeout_s,
+            max_retries=config.max_retries,
+            backoff_s=config.backoff_s,
+        )
+    from trainers.policy.vllm import VLLMPolicy
+
+    return VLLMPolicy(
+        config.model.name_or_path,
+        max_batch=config.max_batch,
+        max_wait_s=config.max_wait_ms / 1000,
+        revision=config.model.revision,
+        dtype=config.model.dtype,
+        trust_remote_code=config.model.trust_remote_code,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        max_model_len=config.max_model_len,
+        enforce_eager=config.enforce_eager,
+        seed=config.seed,
+    )
+
+
+def load_tokenizer(config: PolicyConfig) -> Tokenizer:
+    """The tokenizer the engine `config` names uses, without loading any model weights."""
+    if isinstance(config, ScriptedPolicyConfig):
+        from trainers.tokenizer import ByteTokenizer
+
+        return ByteTokenizer()
+    from trainers.models.load import load_tokenizer as load_model_tokenizer
+
+    if isinstance(config, OpenAIPolicyConfig):
+        return load_model_tokenizer(config.tokenizer or HFModelConfig(name_or_path=config.model))
+    return load_model_tokenizer(config.model)
+
+
+def _api_key(variable: str | None) -> str | None:
+    if variable is None:
+        return None
+    key = os.environ.get(variable)
+    if not key:
+        from envs.errors import ConfigError
+
+        raise ConfigError(f"policy.api_key_env names {variable!r}, but that environment variable is not set")
+    return key

@@ -1,0 +1,251 @@
+"""`HFPolicy`: a transformers causal LM as a batched policy engine, on CPU or one GPU.
+
+    generate([request]) × many episodes ─► MicroBatcher (a few ms, ≤ max_batch)
+      ─► worker thread: left-padded prefill ─► KV-cached decode loop ─► Generation per request
+
+The decode loop is ours, not `model.generate`, because a policy needs what `generate` does
+not give together: a seed per request, log-probs under the tempered distribution for each
+sampled token, per-request stop sets and limits inside one batch, and the weight version
+that produced each token.
+
+Left padding and positions: prompts are right-aligned so every row's next token sits in the
+last column. Position ids are counted over real tokens only (`cumsum(mask) - 1`), so a
+prompt's tokens get positions 0..n-1 however much padding precedes them, exactly as when
+the prompt runs alone; the 2-D attention mask hides the padding from every query. Passing
+position ids matters for models with absolute position embeddings (GPT-2): transformers'
+default `arange` would shift a padded row's positions. Rotary models are invariant to
+the shift in exact arithmetic, but not in floating point.
+
+Reproducibility: a request's tokens are a function of (weights, prompt, sampling params,
+seed) — not of the other requests in its batch, their padding, or arrival order — up to
+floating-point differences between batch shapes (~1e-6 in the logits): a token can differ
+only if the request's uniform draw lands that close to a boundary of its CDF (or, greedy,
+if two logits tie that closely). Log-probs agree to ~1e-5. A request without a seed gets a
+fresh random one and is not reproducible.
+
+Weights are swapped on the worker thread between batches, so a batch never mixes versions
+and every `Generation` carries the version that produced all of its tokens.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from trainers.policy.base import GenerateRequest, Generation, SamplingParams
+from trainers.policy.batching import MicroBatcher
+from trainers.policy.errors import ContextOverflowError, PolicyRequestError
+from trainers.policy.sampling import sample_next
+from trainers.tokenizer import Tokenizer
+
+__all__ = ["HFPolicy"]
+
+_Item = tuple[GenerateRequest, SamplingParams]
+
+
+class HFPolicy:
+    """Serves many concurrent episodes from one transformers model by batching their calls."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: Tokenizer,
+        *,
+        max_batch: int = 32,
+        max_wait_s: float = 0.002,
+        max_context: int | None = None,
+        threads: int | None = None,
+    ) -> None:
+        """`max_context` defaults to the model's `max_position_embeddings`. `threads` sets torch's
+        intra-op threads for this policy's forward passes only (None keeps torch's setting)."""
+        self._model = model.eval()
+        self._tokenizer = tokenizer
+        self._device = next(model.parameters()).device
+        self._vocab_size = model.get_input_embeddings().num_embeddings
+        limit = max_context or getattr(model.config, "max_position_embeddings", None)
+        if not limit:
+            raise ValueError(f"{type(model).__name__} does not declare max_position_embeddings; pass max_context")
+        self.max_context: int = limit
+        self._version = 0
+        # torch.set_num_threads applies to the calling thread's OpenMP pool: run it on the worker.
+        init = functools.partial(torch.set_num_threads, threads) if threads else None
+        self._batcher: MicroBatcher[_Item, Generation] = MicroBatcher(
+            self._decode, max_batch=max_batch, max_wait_s=max_wait_s, thread_name="hf-policy", thread_init=init
+        )
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    @property
+    def batch_sizes(self) -> collections.Counter[int]:
+        """Batches run so far, by size."""
+        return self._batcher.batch_sizes
+
+    async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
+        return await self._batcher.submit(self._items(requests, sampling))
+
+    def generate_sync(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
+        """`generate` as one batch, blocking, for scripts and evaluation outside an event loop."""
+        return self._batcher.run_now(self._items(requests, sampling))
+
+    async def update_weights(self, version: int, weights: Mapping[str, Any]) -> None:
+        """Load a full state dict between batches; generations after it carry `version`."""
+        await self._batcher.call(self._load_weights, version, dict(weights))
+
+    def _load_weights(self, version: int, weights: dict[str, Any]) -> None:
+        self._model.load_state_dict(weights, strict=True)
+        self._version = version
+
+    def _items(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[_Item]:
+        for request in requests:
+            self._check(request, sampling)
+        return [(request, sampling) for request in requests]
+
+    def _check(self, request: GenerateRequest, sampling: SamplingParams) -> None:
+        n = len(request.prompt_ids)
+        if n == 0:
+            raise PolicyRequestError("the prompt is empty: a causal LM needs a token to condition on", status=None)
+        if n + sampling.max_new_tokens > self.max_context:
+            raise ContextOverflowError(
+                f"prompt of {n} tokens + max_new_tokens {sampling.max_new_tokens} exceeds the model's context of "
+                f"{self.max_context} tokens; end episodes earlier (smaller max_context_tokens) or lower max_new_tokens",
+                prompt_tokens=n,
+                max_new_tokens=sampling.max_new_tokens,
+                max_context=self.max_context,
+                status=None,
+            )
+        low, high = min(request.prompt_ids), max(request.prompt_ids)
+        if low < 0 or high >= self._vocab_size:
+            bad = low if low < 0 else high
+            raise PolicyRequestError(
+                f"prompt token id {bad} is outside the model's vocabulary [0, {self._vocab_size}); "
+                "was the prompt encoded with another tokenizer?",
+                status=None,
+            )
+
+    @torch.inference_mode()
+    def _decode(self, items: list[_Item]) -> list[Generation]:
+        """One batch, start to finish, on the worker thread."""
+        version = self._version  # only this thread changes it, and only between batches
+        rows = [_Row.start(request, sampling, self._tokenizer.eos_token_id) for request, sampling in items]
+        live = _LiveBatch.prefill(rows, self._tokenizer.pad_token_id, self._model, self._device)
+        logits_BV = self._last_logits(live.input_ids, live.mask, live.positions, live.cache)
+        while True:
+            tokens_B, logprobs_B = sample_next(logits_BV, live.temperature, live.top_p, live.generators(rows))
+            sampled = zip(live.rows, tokens_B.tolist(), logprobs_B.tolist(), strict=True)
+            keep = [k for k, (i, token, logprob) in enumerate(sampled) if not rows[i].append(token, logprob)]
+            if not keep:
+                return [row.generation(version) for row in rows]
+            live.step(tokens_B, keep)
+            logits_BV = self._last_logits(live.input_ids, live.mask, live.positions, live.cache)
+
+    def _last_logits(
+        self, ids_BL: torch.Tensor, mask_BL: torch.Tensor, positions_BL: torch.Tensor, cache: DynamicCache
+    ) -> torch.Tensor:
+        out = self._model(
+            input_ids=ids_BL,
+            attention_mask=mask_BL,
+            position_ids=positions_BL,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :].float()
+
+
+@dataclass(slots=True)
+class _Row:
+    """One request's decoding state."""
+
+    prompt: tuple[int, ...]
+    sampling: SamplingParams
+    generator: torch.Generator
+    stops: frozenset[int]
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish: Literal["stop", "length"] | None = None
+
+    @classmethod
+    def start(cls, request: GenerateRequest, sampling: SamplingParams, eos_token_id: int) -> _Row:
+        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        # Like vLLM (without ignore_eos), EOS always ends a generation: nothing follows it.
+        stops = frozenset((*sampling.stop_token_ids, eos_token_id))
+        return cls(request.prompt_ids, sampling, torch.Generator().manual_seed(seed % 2**64), stops)
+
+    def append(self, token: int, logprob: float) -> bool:
+        """Record a sampled token; True once this row is finished."""
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
+        if token in self.stops:
+            self.finish = "stop"
+        elif len(self.tokens) >= self.sampling.max_new_tokens:
+            self.finish = "length"
+        return self.finish is not None
+
+    def generation(self, version: int) -> Generation:
+        assert self.finish is not None
+        return Generation(
+            token_ids=tuple(self.tokens), logprobs=tuple(self.logprobs), finish_reason=self.finish, version=version
+        )
+
+
+@dataclass(slots=True)
+class _LiveBatch:
+    """The rows still generating and their tensors; finished rows are dropped from the KV cache."""
+
+    rows: list[int]
+    """Index into the batch's `_Row` list of each tensor row."""
+    input_ids: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    cache: DynamicCache
+    temperature: torch.Tensor
+    top_p: torch.Tensor
+
+    @classmethod
+    def prefill(cls, rows: list[_Row], pad_id: int, model: PreTrainedModel, device: torch.device) -> _LiveBatch:
+        """Prompts right-aligned (left-padded), positions counted over real tokens only."""
+        width = max(len(row.prompt) for row in rows)
+        ids_BL = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask_BL = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, row in enumerate(rows):
+            ids_BL[b, width - len(row.prompt) :] = torch.tensor(row.prompt, dtype=torch.long)
+            mask_BL[b, width - len(row.prompt) :] = 1
+        ids_BL, mask_BL = ids_BL.to(device), mask_BL.to(device)
+        return cls(
+            rows=list(range(len(rows))),
+            input_ids=ids_BL,
+            mask=mask_BL,
+            positions=(mask_BL.cumsum(dim=-1) - 1).clamp_(min=0),
+            cache=DynamicCache(config=model.config),  # the config tells it which layers use sliding windows
+            temperature=torch.tensor([r.sampling.temperature for r in rows], dtype=torch.float32, device=device),
+            top_p=torch.tensor([r.sampling.top_p for r in rows], dtype=torch.float32, device=device),
+        )
+
+    def generators(self, rows: list[_Row]) -> list[torch.Generator]:
+        return [rows[i].generator for i in self.rows]
+
+    def step(self, tokens_B: torch.Tensor, keep: list[int]) -> None:
+        """Inputs for the next forward pass: the kept rows' new tokens at their next positions."""
+        next_positions_B = self.positions[:, -1] + 1
+        if len(keep) < len(self.rows):
+            index = torch.tensor(keep, device=tokens_B.device)
+            self.cache.batch_select_indices(index)
+            self.rows = [self.rows[k] for k in keep]
+            tokens_B, next_positions_B = tokens_B[index], next_positions_B[index]
+            self.mask, self.temperature, self.top_p = self.mask[index], self.temperature[index], self.top_p[index]
+        self.input_ids = tokens_B[:, None]
+        self.positions = next_positions_B[:, None]
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)

@@ -1,0 +1,110 @@
+"""`VLLMPolicy`: vLLM's offline `LLM` engine in this process, for GPU machines.
+
+    generate([request]) × many episodes ─► MicroBatcher ─► worker thread:
+        LLM.generate([TokensPrompt], [SamplingParams(seed, logprobs=0, stop_token_ids)])
+    update_weights ─► worker thread, between batches: LLM.apply_model(model.load_weights(...))
+
+Written against vLLM's V1 `LLM` API as of 0.10.2 and later: `TokensPrompt` prompts, one
+`SamplingParams` per prompt (so each request keeps its own seed), `logprobs=0` (the
+sampled token's log-prob only), `logprobs_mode="processed_logprobs"` (log-probs after
+temperature, as the learner's importance ratio needs; vLLM also renormalises them over
+the top-p nucleus) and `LLM.apply_model` to reach the model in each worker. vLLM is an
+optional dependency (`pip install 'hillclimb[vllm]'`), imported only when a VLLMPolicy is
+made. Batches are static: `AsyncLLM` would add continuous batching at the cost of a second
+event loop inside vLLM.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from trainers.policy.base import GenerateRequest, Generation, SamplingParams
+from trainers.policy.batching import MicroBatcher
+from trainers.policy.errors import EngineNotInstalledError, PolicyResponseError
+from trainers.tokenizer import HFTokenizer, Tokenizer
+
+__all__ = ["VLLMPolicy"]
+
+_Item = tuple[GenerateRequest, SamplingParams]
+
+
+class VLLMPolicy:
+    """vLLM in-process; `engine_args` go to `vllm.LLM` (dtype, gpu_memory_utilization, max_model_len, ...).
+
+    `tokenizer` defaults to the one vLLM loads with the model."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        tokenizer: Tokenizer | None = None,
+        max_batch: int = 256,
+        max_wait_s: float = 0.005,
+        **engine_args: Any,
+    ) -> None:
+        try:
+            import vllm
+        except ImportError as e:
+            raise EngineNotInstalledError(
+                "the vllm policy needs vLLM, which is not installed here; install it with "
+                "`pip install 'hillclimb[vllm]'` on a machine with a CUDA GPU, or use the hf policy"
+            ) from e
+        # apply_model ships a closure (with the new weights) to vLLM's engine-core process over
+        # its local IPC channel, which vLLM only pickles when this is set. The payload is ours.
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        self._vllm = vllm
+        self._llm = vllm.LLM(model=model, **{"logprobs_mode": "processed_logprobs", **engine_args})
+        # By default, the very tokenizer vLLM loaded for the model (a transformers tokenizer).
+        self._tokenizer = tokenizer or HFTokenizer(self._llm.get_tokenizer())
+        self._version = 0
+        self._batcher: MicroBatcher[_Item, Generation] = MicroBatcher(
+            self._generate_batch, max_batch=max_batch, max_wait_s=max_wait_s, thread_name="vllm-policy"
+        )
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
+        return await self._batcher.submit([(request, sampling) for request in requests])
+
+    async def update_weights(self, version: int, weights: Mapping[str, Any]) -> None:
+        """Load a state dict (Hugging Face parameter names; vLLM fuses and shards them itself)."""
+        await self._batcher.call(self._load_weights, version, list(weights.items()))
+
+    def _load_weights(self, version: int, named_tensors: list[tuple[str, Any]]) -> None:
+        self._llm.apply_model(lambda model: model.load_weights(named_tensors))
+        self._version = version
+
+    def _generate_batch(self, items: list[_Item]) -> list[Generation]:
+        version = self._version
+        prompts = [{"prompt_token_ids": list(request.prompt_ids)} for request, _ in items]  # vllm.inputs.TokensPrompt
+        params = [self._sampling_params(request, sampling) for request, sampling in items]
+        outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        return [_generation(output.outputs[0], version) for output in outputs]
+
+    def _sampling_params(self, request: GenerateRequest, sampling: SamplingParams) -> Any:
+        return self._vllm.SamplingParams(
+            n=1,
+            max_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=request.seed,
+            stop_token_ids=list(sampling.stop_token_ids),
+            logprobs=0,
+        )
+
+
+def _generation(completion: Any, version: int) -> Generation:
+    ids = tuple(completion.token_ids)
+    # logprobs[i] maps token id -> Logprob for position i; the sampled id is always present.
+    logprobs = tuple(float(completion.logprobs[i][token].logprob) for i, token in enumerate(ids))
+    if completion.finish_reason not in ("stop", "length"):
+        raise PolicyResponseError(f"vLLM finished a request with {completion.finish_reason!r}")
+    return Generation(token_ids=ids, logprobs=logprobs, finish_reason=completion.finish_reason, version=version)
