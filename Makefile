@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # install their own torch; the project's range stays open.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv run test lint bench clean
+.PHONY: venv images run test lint bench clean
 
 $(BIN)/hillclimb: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,17 @@ venv: $(BIN)/hillclimb
 run: venv
 	$(BIN)/hillclimb env demo toy_terminal
 
-test: venv
+# The Docker engine and the sandbox image, where this machine can have them (root on Debian
+# installs and starts the engine; elsewhere an engine that already runs is used). Without
+# one, the Docker tests skip with a message (and fail under HILLCLIMB_REQUIRE_DOCKER=1).
+images: venv
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then bash .ci/docker_setup.sh; fi
+	@if docker info >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then bash docker/make_base_image.sh; fi; \
+		PYTHON=$(BIN)/python bash docker/build_sandbox_image.sh; \
+	else echo "no Docker engine here: Docker tests will skip"; fi
+
+test: venv images
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 

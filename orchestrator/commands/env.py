@@ -88,7 +88,7 @@ def demo(
 
     def show(kind: str, text: str) -> None:
         prefix = "$ " if kind == "action" else f"[{kind}] " if kind in ("sandbox", "task", "reward") else ""
-        console.print(f"{prefix}{text}", style=styles[kind], markup=False)
+        console.print(f"{prefix}{text.rstrip(chr(10))}", style=styles[kind], markup=False)
 
     async def run() -> float:
         options = {"isolation": "none"} if unisolated else {}
