@@ -1,9 +1,10 @@
 """The toy terminal's task suite: questions about its five files, answered with `answer: X`.
 
 This is the world-model testbed. The train split reads every file with `cat` (plus some
-grep / wc / head), so a model that learns the environment's outputs has seen every byte;
-the held-out split asks for *new commands* over the same files (other greps, tail, wc -l,
-grep -c/-n/-v), whose outputs are predictable only by modelling the files and the tools.
+grep / wc / head, and a few hundred templated drills of every command form, see `drills`),
+so a model that learns the environment's outputs has seen every byte; the held-out split
+asks for *new commands* over the same files (other greps, tails, wc forms, grep -c/-n/-v
+arguments), whose outputs are predictable only by modelling the files and the tools.
 Each task's oracle is its commands followed by `answer: <answer>`; the rubric is exact
 equality of the stripped answer.
 """
@@ -18,13 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from envs.errors import ValidationError
 from envs.tasks import ActionParseError, Split, Task
+from envs.toy_terminal.drills import drills, held_out
 
 ANSWER_PREFIX = "answer:"
 
 PREAMBLE = (
-    "You are in a read-only shell with a few files. Commands: ls, cat FILE..., grep [-cinv] PATTERN FILE "
-    "(PATTERN is a plain substring), wc [-lwc] FILE, head -n N FILE, tail -n N FILE. Run one command per turn. "
-    "When you know the answer, reply `answer: <value>`; the value must match exactly."
+    "Read-only shell. Commands: ls, cat F, grep [-cinv] PATTERN F, wc [-lwc] F, head -n N F, tail -n N F. "
+    "One command per turn; then reply `answer: <value>` (exact match)."
 )
 
 
@@ -103,6 +104,20 @@ TASKS: tuple[ToyTask, ...] = (
     _t("heldout", "grep-v-non-200", ("grep -v ' 200 ' server.log",), "4",
        "How many requests in server.log did not return 200? Answer with a number."),
 )
+
+
+def _with_drills(written: tuple[ToyTask, ...]) -> tuple[ToyTask, ...]:
+    """The hand-written tasks plus the drills, none of whose training commands is a held-out one."""
+    held = {c for t in written if t.split == "heldout" for c in t.commands}
+    extra = []
+    for id, command, question, answer in drills():
+        if command in held:
+            continue
+        extra.append(_t("heldout" if held_out(command) else "train", id, (command,), answer, question))
+    return written + tuple(extra)
+
+
+TASKS = _with_drills(TASKS)
 
 
 class ToyTerminalSuite:

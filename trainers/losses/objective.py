@@ -1,0 +1,206 @@
+"""The learner's loss: L = L_GRPO(ACTION) + λ · CE(ENV), each term over its own token count.
+
+    hidden_BTH, lm_head ─► loss_from_hidden ─► logprobs at the positions some term trains
+                                               (ACTION unless verifier-free; ENV only if λ != 0)
+                           ─► loss_from_logprobs ─► grpo_loss (+ λ · env_cross_entropy) ─► (loss, metrics)
+
+λ = 0 is bit-identical to plain GRPO: the ENV term is not added (not added as 0 · CE, which is NaN
+when the CE is inf) and ENV positions are not even sent through the LM head, so the chunking and
+therefore every float of the GRPO path are unchanged.
+
+`one_vector_advantages` + `importance_sampling_loss` write the same objective as one per-token
+advantage vector with per-token weights, the shape Tinker-style `forward_backward(..., "importance_sampling")`
+services take; on-policy its gradient equals the two-term gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trainers.losses.config import LossConfig, lambda_at
+from trainers.losses.echo import env_cross_entropy, env_mask
+from trainers.losses.grpo import grpo_loss
+from trainers.losses.logprobs import token_logprobs
+from trainers.roles import Role
+
+__all__ = ["LossBatch", "importance_sampling_loss", "loss_from_hidden", "loss_from_logprobs", "one_vector_advantages"]
+
+
+@dataclass(frozen=True)
+class LossBatch:
+    """One learner micro-batch, already shifted: position t predicts `targets_BT[:, t]`."""
+
+    targets_BT: torch.Tensor
+    """Token id predicted at each position (`input_ids[:, 1:]`). int64."""
+    roles_BT: torch.Tensor
+    """`Role` of each target token (`roles[:, 1:]`). Padding carries `Role.PROMPT`, which nothing trains."""
+    advantages_B: torch.Tensor | None = None
+    """GRPO advantage of each episode (see `group_advantages`). None only in verifier-free mode."""
+    sampling_logprobs_BT: torch.Tensor | None = None
+    """Log-prob the sampler gave each target, read at ACTION positions only. None: strictly on-policy (ratio 1)."""
+    ref_logprobs_BT: torch.Tensor | None = None
+    """Reference-model log-prob of each target; needed only when `grpo.kl_coef` > 0."""
+    env_keep_B: torch.Tensor | None = None
+    """Rollout-filter verdict per episode (see `rollout_keep_mask`); False drops its ENV tokens. None keeps all."""
+    n_action_tokens: float | None = None
+    """GRPO normaliser. None: ACTION tokens in this batch; set it to the optimizer step's total when accumulating."""
+    n_env_tokens: float | None = None
+    """ECHO normaliser. None: kept ENV tokens in this batch; set it to the optimizer step's total when accumulating."""
+
+    @classmethod
+    def from_tokens(
+        cls,
+        input_ids_BT: torch.Tensor,
+        roles_BT: torch.Tensor,
+        *,
+        advantages_B: torch.Tensor | None = None,
+        sampling_logprobs_BT: torch.Tensor | None = None,
+        ref_logprobs_BT: torch.Tensor | None = None,
+        env_keep_B: torch.Tensor | None = None,
+    ) -> LossBatch:
+        """Build a batch from token-aligned arrays (entry t describes token t) by the one-position shift."""
+
+        def shift(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x[:, 1:]
+
+        return cls(
+            targets_BT=input_ids_BT[:, 1:],
+            roles_BT=roles_BT[:, 1:],
+            advantages_B=advantages_B,
+            sampling_logprobs_BT=shift(sampling_logprobs_BT),
+            ref_logprobs_BT=shift(ref_logprobs_BT),
+            env_keep_B=env_keep_B,
+        )
+
+
+def loss_from_hidden(
+    hidden_BTH: torch.Tensor,
+    lm_head_weight_VH: torch.Tensor,
+    batch: LossBatch,
+    config: LossConfig,
+    *,
+    step: int,
+    lm_head_bias_V: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The learner's entry point: final hidden states of the predicting positions → (loss, metrics).
+
+    `hidden_BTH` must line up with `batch.targets_BT` (pass `hidden[:, :-1]` of the full sequence:
+    the last position predicts nothing). Log-probs are computed only where a term trains, chunked
+    so no [B,T,V] logits exist. Metrics as in `loss_from_logprobs`.
+    """
+    if hidden_BTH.shape[:2] != batch.targets_BT.shape:
+        raise ValueError(
+            f"hidden {tuple(hidden_BTH.shape)} does not line up with targets {tuple(batch.targets_BT.shape)}; "
+            "pass hidden[:, :-1] of the full sequence (position t predicts token t+1)"
+        )
+    lam = lambda_at(step, config.echo.schedule)
+    trained_BT = torch.zeros_like(batch.roles_BT, dtype=torch.bool)
+    if not config.echo.verifier_free:
+        trained_BT |= batch.roles_BT == Role.ACTION
+    if lam != 0.0:
+        trained_BT |= env_mask(batch.roles_BT, batch.env_keep_B)
+    logp_N = token_logprobs(
+        hidden_BTH[trained_BT],
+        lm_head_weight_VH,
+        batch.targets_BT[trained_BT],
+        lm_head_bias_V,
+        temperature=config.temperature,
+        chunk_tokens=config.chunk_tokens,
+        chunk_vocab=config.chunk_vocab,
+        impl=config.logprob_impl,
+    )
+    logprobs_BT = torch.zeros(trained_BT.shape, dtype=torch.float32, device=logp_N.device)
+    logprobs_BT = logprobs_BT.masked_scatter(trained_BT, logp_N)
+    return loss_from_logprobs(logprobs_BT, batch, config, step=step)
+
+
+def loss_from_logprobs(
+    logprobs_BT: torch.Tensor, batch: LossBatch, config: LossConfig, *, step: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GRPO on ACTION targets plus λ(step) · CE on kept ENV targets, from per-target log-probs.
+
+    Metrics (0-dim, detached): `loss`, the `grpo/*` keys of `grpo_loss` (unless verifier-free),
+    `echo/lambda`, and when λ != 0 `echo/ce` (nats per ENV token), `echo/loss` (λ · ce) and
+    `echo/n_env_tokens`.
+    """
+    lam = lambda_at(step, config.echo.schedule)
+    loss: torch.Tensor | None = None
+    metrics: dict[str, torch.Tensor] = {}
+    if not config.echo.verifier_free:
+        if batch.advantages_B is None:
+            raise ValueError("the GRPO term needs batch.advantages_B; set echo.verifier_free=true to train ENV only")
+        g = config.grpo
+        loss, grpo_metrics = grpo_loss(
+            logprobs_BT,
+            batch.sampling_logprobs_BT,
+            batch.advantages_B,
+            batch.roles_BT == Role.ACTION,
+            clip_eps_low=g.clip_eps_low,
+            clip_eps_high=g.clip_eps_high,
+            kl_coef=g.kl_coef,
+            ref_logprobs_BT=batch.ref_logprobs_BT,
+            n_action_tokens=batch.n_action_tokens,
+        )
+        metrics.update(grpo_metrics)
+    if lam != 0.0:  # λ = 0 adds nothing at all: bit-identical to GRPO even if the CE is inf/NaN
+        ce, n_env = env_cross_entropy(
+            logprobs_BT, env_mask(batch.roles_BT, batch.env_keep_B), n_env_tokens=batch.n_env_tokens
+        )
+        env_term = lam * ce
+        loss = env_term if loss is None else loss + env_term
+        metrics.update({"echo/ce": ce.detach(), "echo/loss": env_term.detach(), "echo/n_env_tokens": n_env})
+    if loss is None:
+        raise ValueError(f"nothing to train at step {step}: verifier-free mode and λ = 0")
+    metrics["echo/lambda"] = torch.tensor(lam)
+    metrics["loss"] = loss.detach()
+    return loss, metrics
+
+
+def one_vector_advantages(
+    roles_BT: torch.Tensor,
+    advantages_B: torch.Tensor | None,
+    lam: float,
+    *,
+    env_keep_B: torch.Tensor | None = None,
+    n_action_tokens: float | None = None,
+    n_env_tokens: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO + ECHO as one advantage vector plus per-token weights (RFC 010's Tinker form).
+
+    advantages_BT: the episode's group advantage on ACTION targets, λ on kept ENV targets, 0 elsewhere.
+    weights_BT: 1/n_action_tokens on ACTION targets, 1/n_env_tokens on kept ENV targets, 0 elsewhere —
+    the two terms' own normalisers. λ lives in the advantage, so each ENV token carries λ/n_env
+    overall. A service with no weight input (Tinker's `importance_sampling`) takes their product as
+    its advantages. `advantages_B=None` is verifier-free (ACTION weight 0); λ = 0 leaves ENV out.
+    """
+    action_BT = roles_BT == Role.ACTION if advantages_B is not None else torch.zeros_like(roles_BT, dtype=torch.bool)
+    env_BT = env_mask(roles_BT, env_keep_B) if lam != 0.0 else torch.zeros_like(roles_BT, dtype=torch.bool)
+    n_a = float(action_BT.sum()) if n_action_tokens is None else float(n_action_tokens)
+    n_e = float(env_BT.sum()) if n_env_tokens is None else float(n_env_tokens)
+    dtype = advantages_B.dtype if advantages_B is not None and advantages_B.is_floating_point() else torch.float32
+    zeros = torch.zeros(roles_BT.shape, dtype=dtype, device=roles_BT.device)
+    adv_BT = zeros.clone()
+    if advantages_B is not None:
+        adv_BT = torch.where(action_BT, advantages_B.to(dtype)[:, None].expand(roles_BT.shape), adv_BT)
+    adv_BT = torch.where(env_BT, torch.full_like(zeros, lam), adv_BT)
+    weights_BT = torch.where(action_BT, 1.0 / max(n_a, 1.0), zeros)
+    weights_BT = torch.where(env_BT, 1.0 / max(n_e, 1.0), weights_BT)
+    return adv_BT, weights_BT
+
+
+def importance_sampling_loss(
+    logprobs_BT: torch.Tensor,
+    sampling_logprobs_BT: torch.Tensor,
+    advantages_BT: torch.Tensor,
+    weights_BT: torch.Tensor,
+) -> torch.Tensor:
+    """-Σ_t w_t · exp(logp_t - sampling_logp_t) · adv_t over positions with w_t != 0 (no clipping, no KL).
+
+    ENV tokens were not sampled by the policy: give them the current policy's detached log-prob as
+    the "sampling" log-prob, so their ratio is 1 and the term is plain weighted CE in gradient.
+    """
+    sel = weights_BT != 0
+    ratio_N = torch.exp(logprobs_BT[sel] - sampling_logprobs_BT[sel].to(logprobs_BT.dtype))
+    return -(weights_BT[sel] * ratio_N * advantages_BT[sel]).sum()
