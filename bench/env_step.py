@@ -1,12 +1,16 @@
 """Step round trips per second through client and server: our runtime versus OpenEnv's.
 
 Each server runs in its own process (as in a sandbox) and serves the same `PingEnv`;
-the clients run in this process: OpenEnv's `GenericEnvClient` against OpenEnv's
+the clients run in a measuring process: OpenEnv's `GenericEnvClient` against OpenEnv's
 `create_app` server, our `EnvClient` against our server (over TCP like the reference,
 and over the Unix socket sandboxes use). One session steps back to back; then 16
 sessions step concurrently and the total rate is taken. A bare asyncio Unix-socket JSON
-ping-pong is the floor any Python runtime pays. Repetitions are interleaved so machine
-noise hits every contender alike; medians are reported.
+ping-pong is the floor any Python runtime pays.
+
+Both event loops are measured, every contender on the same loop in one child process:
+the standard asyncio loop (what OpenEnv ships with: it does not depend on uvloop) and
+uvloop (what hillclimb ships with; uvicorn picks it up too when installed). Repetitions
+interleave the loops and contenders so machine noise hits all alike; medians are reported.
 
     python -m bench.env_step [--seconds 2] [--reps 5]
 """
@@ -28,7 +32,7 @@ from typing import Any
 
 from bench.common import print_table, summarize, write_result
 from envs.client import EnvClient, http_request
-from envs.serve import run_fast
+from envs.serve import LOOP_ENV_VAR, run_fast
 
 TOKEN = "bench-token"
 Stepper = Callable[[], Awaitable[Any]]
@@ -62,7 +66,8 @@ class Servers:
         self.urls: dict[str, str] = {}
 
     def _spawn(self, args: list[str]) -> None:
-        self.procs.append(subprocess.Popen([sys.executable, *args], cwd=Path(__file__).parent.parent))
+        self.procs.append(subprocess.Popen([sys.executable, *args], cwd=Path(__file__).parent.parent,
+                                           stderr=subprocess.DEVNULL))
 
     async def start(self) -> None:
         ours_port, ref_port = _free_port(), _free_port()
@@ -70,7 +75,7 @@ class Servers:
             token_file = self.tmp / f"{name}.token"
             token_file.write_text(TOKEN)
             self._spawn(["-m", "envs", "bench.trivial_env:PingEnv", *listen, "--token-file", str(token_file), "--max-sessions", "64"])
-        self._spawn(["-m", "bench.openenv_server", str(ref_port)])
+        self._spawn(["-m", "bench.openenv_server", str(ref_port), os.environ.get(LOOP_ENV_VAR, "uvloop")])
         self.urls = {"ours-tcp": f"ws://127.0.0.1:{ours_port}", "ours-uds": f"unix://{self.tmp / 'env.sock'}", "openenv": f"http://127.0.0.1:{ref_port}"}
         self._spawn(["-c", PINGPONG_SERVER, str(self.tmp / "pingpong.sock")])
         for url in self.urls.values():
@@ -87,7 +92,7 @@ class Servers:
 
 PINGPONG_SERVER = """
 import asyncio, json, sys
-from envs.serve import run_fast
+from envs.serve import LOOP_ENV_VAR, run_fast
 async def handle(reader, writer):
     while line := await reader.readline():
         message = json.loads(line)
@@ -148,42 +153,71 @@ async def _rate(opener: Callable[[str], Awaitable[tuple[Stepper, Any]]], url: st
     return sum(counts) / elapsed
 
 
-async def run(seconds: float, reps: int) -> dict[str, Any]:
-    contenders: dict[str, tuple[Callable[[str], Awaitable[tuple[Stepper, Any]]], str]] = {}
+CONTENDERS = (
+    ("openenv (create_app + GenericEnvClient, TCP)", "openenv"),
+    ("hillclimb (EnvServer + EnvClient, TCP)", "ours-tcp"),
+    ("hillclimb (EnvServer + EnvClient, Unix socket)", "ours-uds"),
+    ("bare asyncio Unix-socket JSON ping-pong", "pingpong"),
+)
+OPENERS = {"openenv": _openenv, "ours-tcp": _ours, "ours-uds": _ours, "pingpong": _pingpong}
+
+
+async def measure_once(seconds: float) -> dict[str, dict[str, float]]:
+    """One repetition on this process's event loop: steps/s per contender and session count."""
     with tempfile.TemporaryDirectory(prefix="hc-bench-") as tmp:
         servers = Servers(Path(tmp))
         try:
             await servers.start()
-            contenders = {
-                "openenv (create_app + GenericEnvClient, TCP)": (_openenv, servers.urls["openenv"]),
-                "hillclimb (EnvServer + EnvClient, TCP)": (_ours, servers.urls["ours-tcp"]),
-                "hillclimb (EnvServer + EnvClient, Unix socket)": (_ours, servers.urls["ours-uds"]),
-                "bare asyncio Unix-socket JSON ping-pong": (_pingpong, str(Path(tmp) / "pingpong.sock")),
+            urls = {**servers.urls, "pingpong": str(Path(tmp) / "pingpong.sock")}
+            return {
+                name: {f"{n}_sessions": await _rate(OPENERS[key], urls[key], n, seconds) for n in (1, 16)}
+                for name, key in CONTENDERS
             }
-            samples: dict[str, dict[int, list[float]]] = {name: {1: [], 16: []} for name in contenders}
-            for _ in range(reps):
-                for sessions in (1, 16):
-                    for name, (opener, url) in contenders.items():
-                        samples[name][sessions].append(await _rate(opener, url, sessions, seconds))
         finally:
             servers.stop()
-    return {name: {f"{s}_sessions": summarize(v) for s, v in by_sessions.items()} for name, by_sessions in samples.items()}
+
+
+def run(seconds: float, reps: int) -> dict[str, Any]:
+    """Interleave repetitions of both loops, each in a fresh child process."""
+    samples: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for _ in range(reps):
+        for loop in ("asyncio", "uvloop"):
+            child = subprocess.run(
+                [sys.executable, "-m", "bench.env_step", "--child", "--seconds", str(seconds)],
+                env={**os.environ, LOOP_ENV_VAR: loop}, capture_output=True, text=True, check=True,
+                cwd=Path(__file__).parent.parent,
+            )
+            for name, by_sessions in json.loads(child.stdout.splitlines()[-1]).items():
+                for key, rate in by_sessions.items():
+                    samples.setdefault(loop, {}).setdefault(name, {}).setdefault(key, []).append(rate)
+    return {
+        loop: {name: {key: summarize(v) for key, v in by_key.items()} for name, by_key in by_name.items()}
+        for loop, by_name in samples.items()
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="timed window per measurement")
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per case")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    results = run_fast(run(args.seconds, args.reps))  # uvloop for every client; uvicorn picks it too
-    reference = next(v for k, v in results.items() if k.startswith("openenv"))
+    if args.child:
+        print(json.dumps(run_fast(measure_once(args.seconds))))
+        return
+    results = run(args.seconds, args.reps)
+    shipped = results["asyncio"]["openenv (create_app + GenericEnvClient, TCP)"]  # OpenEnv does not ship uvloop
     rows = []
-    for name, by_sessions in results.items():
-        for key, label in (("1_sessions", "1"), ("16_sessions", "16")):
-            median = by_sessions[key]["median"]
-            rows.append([name, label, f"{median:,.0f}", f"{by_sessions[key]['min']:,.0f}-{by_sessions[key]['max']:,.0f}", f"{median / reference[key]['median']:.2f}x"])
-    print_table(["runtime", "sessions", "steps/s (median)", "range", "vs openenv"], rows)
-    path = write_result("env_step", {"seconds": args.seconds, "reps": args.reps, "pid": os.getpid()}, results)
+    for loop, by_name in results.items():
+        same_loop = by_name["openenv (create_app + GenericEnvClient, TCP)"]
+        for name, by_sessions in by_name.items():
+            for key, label in (("1_sessions", "1"), ("16_sessions", "16")):
+                stats = by_sessions[key]
+                rows.append([loop, name, label, f"{stats['median']:,.0f}", f"{stats['min']:,.0f}-{stats['max']:,.0f}",
+                             f"{stats['median'] / same_loop[key]['median']:.2f}x", f"{stats['median'] / shipped[key]['median']:.2f}x"])
+    print_table(["loop", "runtime", "sessions", "steps/s (median)", "range", "vs openenv, same loop",
+                 "vs openenv as shipped"], rows)
+    path = write_result("env_step", {"seconds": args.seconds, "reps": args.reps}, results)
     print(f"\nwrote {path}")
 
 

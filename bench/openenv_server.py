@@ -1,4 +1,7 @@
-"""Serve `PingEnv` with OpenEnv's own `create_app` under uvicorn: the reference server."""
+"""Serve `PingEnv` with OpenEnv's own `create_app` under uvicorn: the reference server.
+
+    python -m bench.openenv_server PORT [asyncio|uvloop]
+"""
 
 import sys
 
@@ -14,4 +17,5 @@ app = create_app(
 )
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    loop = sys.argv[2] if len(sys.argv) > 2 else "auto"
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", loop=loop)

@@ -1,9 +1,18 @@
-"""Sandbox create-to-ready time: from `create()` until the server answers `/health`.
+"""Sandbox start-up: cold create-to-ready and warm lease, ours next to OpenEnv's Docker provider.
 
-The local provider is measured cold (the first sandbox also starts the zygote) and then
-over N sandboxes created one after another, each destroyed before the next.
+Cold: from `create()` until the server answers `/health`, one sandbox after another, each
+destroyed before the next (the first local one also starts the zygote: reported apart).
+Warm: `SandboxPool.lease()` from a pool kept `min_ready` warm, health check included,
+each lease released (single-use sandboxes: the pool replaces them in the background).
 
-    python -m bench.sandbox_start [--count 50]
+OpenEnv's `LocalDockerProvider` runs `docker run -d -p PORT:8000 IMAGE`, sleeps 1 s, then
+polls `GET /health` every 0.5 s. This machine's engine has no bridge network (no container
+may reach any network), so the published port cannot be reached from the host: its
+`start_container` runs unmodified, and the same `/health` poll at its 0.5 s cadence runs
+from inside the container's network namespace (`nsenter`). The image is ours with the
+server on TCP port 8000 and no token, as OpenEnv images serve.
+
+    python -m bench.sandbox_start [--count 50] [--docker-count 20] [--openenv-count 10]
 """
 
 from __future__ import annotations
@@ -11,45 +20,139 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.common import percentile, print_table, summarize, write_result
-from providers.base import SandboxSpec
-from providers.local import LocalProvider
+from orchestrator.pool import PoolConfig, SandboxPool
+from providers.base import SandboxProvider, SandboxSpec
+
+SANDBOX_IMAGE = "hillclimb/sandbox:dev"
+OPENENV_IMAGE = "hillclimb/sandbox-openenv:dev"
 
 
-async def measure_local(count: int) -> dict[str, Any]:
-    root = tempfile.mkdtemp(prefix="hc-bench-")
-    provider = LocalProvider(root=root)
-    spec = SandboxSpec(env="toy_terminal", run_id="bench")
-    samples: list[float] = []
+def _stats(samples: list[float]) -> dict[str, Any]:
+    return {"p50_s": percentile(samples, 50), "p99_s": percentile(samples, 99), **summarize(samples)}
+
+
+async def cold_starts(provider: SandboxProvider, spec: SandboxSpec, count: int) -> list[float]:
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        sandbox = await provider.create(spec)
+        await provider.wait_ready(sandbox)
+        samples.append(time.perf_counter() - start)
+        await provider.destroy(sandbox.id)
+    return samples
+
+
+async def warm_leases(provider: SandboxProvider, spec: SandboxSpec, count: int, *, shared: bool) -> list[float]:
+    pool = SandboxPool(provider, spec, PoolConfig(min_ready=4, health_max_age_s=0.0), shared=shared)
+    await pool.start()
+    samples = []
     try:
-        for _ in range(count + 1):
+        for _ in range(count):
+            await pool.wait_warm(120)
             start = time.perf_counter()
-            sandbox = await provider.create(spec)
-            await provider.wait_ready(sandbox)
+            lease = await pool.lease(timeout_s=60)
             samples.append(time.perf_counter() - start)
-            await provider.destroy(sandbox.id)
+            await lease.release()
+    finally:
+        await pool.close()
+    return samples
+
+
+def _openenv_image() -> None:
+    dockerfile = f'FROM {SANDBOX_IMAGE}\nCMD ["toy_terminal", "--host", "0.0.0.0", "--port", "8000", "--no-auth"]\n'
+    subprocess.run(["docker", "build", "--network", "none", "-q", "-t", OPENENV_IMAGE, "-"],
+                   input=dockerfile, text=True, check=True, capture_output=True)
+
+
+_PROBE = """
+import socket, sys, time
+while True:
+    try:
+        with socket.create_connection(("127.0.0.1", 8000), timeout=2.0) as s:
+            s.sendall(b"GET /health HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+            if b" 200 " in s.recv(64):
+                sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.5)
+"""
+
+
+def openenv_cold_starts(count: int) -> list[float]:
+    """OpenEnv's LocalDockerProvider.start_container, then its /health poll from inside the netns."""
+    from openenv.core.containers.runtime.providers import LocalDockerProvider
+
+    _openenv_image()
+    samples = []
+    for _ in range(count):
+        provider = LocalDockerProvider()
+        start = time.perf_counter()
+        provider.start_container(OPENENV_IMAGE)
+        pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", provider._container_id],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        subprocess.run(["nsenter", "-t", pid, "-n", sys.executable, "-c", _PROBE], check=True, timeout=60)
+        samples.append(time.perf_counter() - start)
+        provider.stop_container()
+    return samples
+
+
+async def _measure(make: Callable[[], SandboxProvider], run: Callable[[SandboxProvider], Awaitable[Any]]) -> Any:
+    provider = make()
+    try:
+        return await run(provider)
     finally:
         await provider.close()
+
+
+async def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    from providers.local import LocalProvider
+
+    root = tempfile.mkdtemp(prefix="hc-bench-")
+    toy = SandboxSpec(env="toy_terminal", run_id="bench")
+    shell = SandboxSpec(env="terminal", run_id="bench", max_sessions=1)
+    results: dict[str, Any] = {}
+    try:
+        local = await _measure(lambda: LocalProvider(root=root), lambda p: cold_starts(p, toy, args.count + 1))
+        results["local cold"] = {"first_s": local[0], **_stats(local[1:])}
+        results["local warm lease (shared)"] = _stats(await _measure(lambda: LocalProvider(root=root), lambda p: warm_leases(p, toy, args.count * 4, shared=True)))
+        results["local warm lease (single-use)"] = _stats(await _measure(lambda: LocalProvider(root=root), lambda p: warm_leases(p, shell, args.count, shared=False)))
+        if args.docker_count:
+            from providers.docker import DockerProvider
+
+            results["docker cold"] = _stats(await _measure(lambda: DockerProvider(root=root), lambda p: cold_starts(p, toy, args.docker_count)))
+            results["docker warm lease (single-use)"] = _stats(await _measure(lambda: DockerProvider(root=root), lambda p: warm_leases(p, shell, args.docker_count, shared=False)))
+        if args.openenv_count:
+            results["openenv LocalDockerProvider cold"] = _stats(await asyncio.to_thread(openenv_cold_starts, args.openenv_count))
+    finally:
         shutil.rmtree(root, ignore_errors=True)
-    first, rest = samples[0], samples[1:]
-    return {"first_s": first, "p50_s": percentile(rest, 50), "p99_s": percentile(rest, 99), "all": summarize(rest), "describe": provider.describe()}
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=50)
+    parser.add_argument("--count", type=int, default=50, help="local sandboxes (cold) and single-use leases")
+    parser.add_argument("--docker-count", type=int, default=20, help="Docker sandboxes (0 skips Docker)")
+    parser.add_argument("--openenv-count", type=int, default=10, help="OpenEnv LocalDockerProvider starts (0 skips)")
     args = parser.parse_args()
-    results = {"local": asyncio.run(measure_local(args.count))}
-    rows = [
-        [name, f"{r['first_s'] * 1000:.0f}", f"{r['p50_s'] * 1000:.1f}", f"{r['p99_s'] * 1000:.1f}", args.count]
-        for name, r in results.items()
-    ]
-    print_table(["provider", "first (ms, incl. zygote)", "p50 (ms)", "p99 (ms)", "n"], rows)
-    print(f"\nwrote {write_result('sandbox_start', {'count': args.count}, results)}")
+    results = asyncio.run(run_all(args))
+    openenv = results.get("openenv LocalDockerProvider cold")
+    rows = []
+    for name, r in results.items():
+        versus = f"{openenv['p50_s'] / r['p50_s']:.1f}x faster" if openenv and "cold" in name and r is not openenv else ""
+        rows.append([name, f"{r['p50_s'] * 1000:.2f}", f"{r['p99_s'] * 1000:.2f}", r["n"], versus])
+    print_table(["measure", "p50 (ms)", "p99 (ms)", "n", "vs OpenEnv (p50)"], rows)
+    if "local cold" in results:
+        print(f"\nfirst local sandbox (zygote start included): {results['local cold']['first_s'] * 1000:.0f} ms")
+    config = {"count": args.count, "docker_count": args.docker_count, "openenv_count": args.openenv_count}
+    print(f"wrote {write_result('sandbox_start', config, results)}")
 
 
 if __name__ == "__main__":

@@ -74,9 +74,15 @@ async def serve(
         await server.close()
 
 
+LOOP_ENV_VAR = "HILLCLIMB_EVENT_LOOP"
+
+
 def run_fast(main: Coroutine[Any, Any, T]) -> T:
-    """`asyncio.run`, on uvloop where it is installed (its C event loop halves per-message overhead)."""
+    """`asyncio.run`, on uvloop where it is installed (its C event loop halves per-message
+    overhead), unless `$HILLCLIMB_EVENT_LOOP=asyncio` asks for the standard loop."""
     try:
+        if os.environ.get(LOOP_ENV_VAR) == "asyncio":
+            raise ImportError
         import uvloop
     except ImportError:
         return asyncio.run(main)

@@ -10,11 +10,13 @@ text the policy sees next. Suites are registered by environment name.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Literal, Protocol
+import random
+from collections.abc import Sequence
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from envs.errors import TargetNotFoundError
+from envs.errors import TargetNotFoundError, ValidationError
 
 Split = Literal["train", "heldout"]
 
@@ -31,6 +33,44 @@ class Task(BaseModel):
     """The instruction the agent reads first."""
     oracle: tuple[str, ...] = Field(min_length=1)
     """Action texts, in order, that solve the task (what a perfect policy would emit)."""
+
+
+class TaskRecord(Protocol):
+    """An environment's own task type: whatever it needs to score, plus the generic `Task`."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def split(self) -> Split: ...
+
+    @property
+    def task(self) -> Task: ...
+
+
+RecordT = TypeVar("RecordT", bound=TaskRecord)
+
+
+class TaskBook(Generic[RecordT]):
+    """An environment's task records by id: its splits as `Task`s, and the record a reset names."""
+
+    def __init__(self, env: str, records: Sequence[RecordT]) -> None:
+        self.env = env
+        self._by_id = {r.id: r for r in records}
+        if len(self._by_id) != len(records):
+            raise ValueError(f"{env} task ids must be unique")
+
+    def tasks(self, split: Split) -> list[Task]:
+        return [r.task for r in self._by_id.values() if r.split == split]
+
+    def pick(self, task_id: str | None, seed: int | None) -> RecordT:
+        """The record named `task_id`, else one drawn from the train split by `seed`."""
+        if task_id is None:
+            return random.Random(seed).choice([r for r in self._by_id.values() if r.split == "train"])
+        if task_id not in self._by_id:
+            known = sorted(self._by_id)
+            raise ValidationError(f"unknown {self.env} task_id {task_id!r}; known: {known}", errors=[])
+        return self._by_id[task_id]
 
 
 class ActionParseError(ValueError):

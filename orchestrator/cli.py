@@ -12,6 +12,7 @@ from orchestrator.commands import env as env_commands
 from orchestrator.commands import image as image_commands
 from orchestrator.commands import rollout as rollout_commands
 from orchestrator.commands import sandbox as sandbox_commands
+from orchestrator.commands import train as train_commands
 
 app = typer.Typer(
     name="hillclimb",
@@ -24,6 +25,7 @@ app.add_typer(env_commands.app, name="env")
 app.add_typer(sandbox_commands.app, name="sandbox")
 app.add_typer(image_commands.app, name="image")
 app.command("rollout")(rollout_commands.rollout)
+app.command("train")(train_commands.train)
 
 
 def main() -> None:

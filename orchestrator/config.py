@@ -18,6 +18,7 @@ from envs.tasks import Split
 from orchestrator.buffer import BufferConfig
 from orchestrator.pool import PoolConfig
 from orchestrator.rollout import EpisodeConfig
+from trainers.learner_config import LearnerConfig
 from trainers.policy.config import PolicyConfig, ScriptedPolicyConfig
 
 
@@ -73,6 +74,29 @@ class RaySection(_Section):
 class EvalSection(_Section):
     k: list[int] = Field(default_factory=lambda: [1])
     """pass@k values to report (each ≤ rollout.group_size)."""
+    temperature: float = Field(default=0.0, ge=0)
+    """Sampling temperature of evaluation episodes during training (0: greedy, so pass@1 is exact)."""
+
+
+class TrainSection(_Section):
+    """The training loop (`hillclimb train`)."""
+
+    steps: int = Field(default=100, ge=0)
+    """Learner steps of RL (each: `groups_per_step` GRPO groups → one optimizer step → new weights)."""
+    groups_per_step: int = Field(default=8, ge=1)
+    warmup_steps: int = Field(default=0, ge=0)
+    """Behaviour-cloning steps on TRAIN-split oracle transcripts before RL; they train ACTION tokens only."""
+    warmup_batch: int = Field(default=32, ge=1)
+    """Oracle transcripts per warm-up step."""
+    eval_every: int = Field(default=10, ge=1)
+    """Evaluate (held-out pass@1, env-token CE) every this many RL steps, and at the start and the end."""
+    eval_tasks: int | None = Field(default=None, ge=1)
+    """Held-out tasks played per evaluation (a fixed sample); None plays them all."""
+    checkpoint_every: int = Field(default=50, ge=1)
+    time_budget_s: float | None = Field(default=None, gt=0)
+    """Stop RL early once the run has taken this long (the final evaluation still runs)."""
+    metrics_port: int | None = Field(default=0, ge=0)
+    """Prometheus /metrics port: 0 picks a free one, None serves none."""
 
 
 class RunConfig(_Section):
@@ -85,6 +109,8 @@ class RunConfig(_Section):
     buffer: BufferConfig = BufferConfig()
     ray: RaySection = RaySection()
     eval: EvalSection = EvalSection()
+    learner: LearnerConfig = LearnerConfig()
+    train: TrainSection = TrainSection()
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

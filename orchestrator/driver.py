@@ -19,6 +19,7 @@ from typing import Any
 from orchestrator.config import RunConfig
 from orchestrator.schedule import GroupSpec
 from orchestrator.workers import CreateRateLimiter, RemoteRateLimiter, RolloutWorker
+from trainers.policy.base import SamplingParams
 from trainers.trajectory import TrajectoryGroup
 
 log = logging.getLogger("hillclimb.orchestrator.driver")
@@ -74,38 +75,56 @@ class RolloutDriver:
         return actor.remote(self.config, worker_index=index, policy=self.policy, policy_server=self.policy_server,
                             rate_limiter=RemoteRateLimiter(self._limiter))
 
-    async def run_groups(self, groups: Iterable[GroupSpec], on_group: OnGroup, *, in_flight: int | None = None) -> None:
-        """Run every group, calling `on_group` as each completes (order not guaranteed)."""
+    async def run_groups(
+        self,
+        groups: Iterable[GroupSpec],
+        on_group: OnGroup,
+        *,
+        in_flight: int | None = None,
+        sampling: SamplingParams | None = None,
+    ) -> None:
+        """Run the groups (drawn lazily: an endless iterator is fine) and call `on_group` as each
+        completes, in completion order. `sampling` overrides the episodes' sampling (evaluation)."""
         from ray.exceptions import RayActorError
 
         limit = in_flight or max(1, self.config.rollout.concurrency // self.config.rollout.group_size)
-        queue = list(groups)
-        queue.reverse()  # pop() from the end keeps the given order
+        pending = iter(groups)
+        retry: list[GroupSpec] = []
         attempts: dict[str, int] = {}
         busy = [0] * len(self.workers)
         running: dict[asyncio.Future[TrajectoryGroup], tuple[GroupSpec, int]] = {}
-        while queue or running:
-            while queue and len(running) < limit:
-                group = queue.pop()
-                index = min(range(len(busy)), key=busy.__getitem__)
-                busy[index] += 1
-                running[asyncio.ensure_future(_await(self.workers[index].run_group.remote(group)))] = (group, index)
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for future in done:
-                group, index = running.pop(future)
-                busy[index] -= 1
-                try:
-                    result = future.result()
-                except RayActorError as e:
-                    attempts[group.group_id] = attempts.get(group.group_id, 0) + 1
-                    if attempts[group.group_id] >= self.max_group_attempts:
-                        raise GroupFailedError(f"group {group.group_id} failed on {attempts[group.group_id]} workers: {e}") from e
-                    await self._replace_worker(index)
-                    queue.append(group)
-                    continue
-                outcome = on_group(result)
-                if asyncio.iscoroutine(outcome):
-                    await outcome
+        try:
+            while True:
+                while len(running) < limit:
+                    group = retry.pop() if retry else next(pending, None)
+                    if group is None:
+                        break
+                    index = min(range(len(busy)), key=busy.__getitem__)
+                    busy[index] += 1
+                    call = self.workers[index].run_group.remote(group, sampling)
+                    running[asyncio.ensure_future(_await(call))] = (group, index)
+                if not running:
+                    return
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    group, index = running.pop(future)
+                    busy[index] -= 1
+                    try:
+                        result = future.result()
+                    except RayActorError as e:
+                        attempts[group.group_id] = attempts.get(group.group_id, 0) + 1
+                        if attempts[group.group_id] >= self.max_group_attempts:
+                            failed = f"group {group.group_id} failed on {attempts[group.group_id]} workers: {e}"
+                            raise GroupFailedError(failed) from e
+                        await self._replace_worker(index)
+                        retry.append(group)
+                        continue
+                    outcome = on_group(result)
+                    if asyncio.iscoroutine(outcome):
+                        await outcome
+        finally:  # cancelled (an async producer being stopped) or failed: stop waiting for the rest
+            for future in running:
+                future.cancel()
 
     async def _replace_worker(self, index: int) -> None:
         try:

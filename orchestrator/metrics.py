@@ -30,6 +30,7 @@ TOKENS = Counter("hillclimb_tokens_total", "Trajectory tokens, by role.", ["env"
 STALENESS = Histogram("hillclimb_staleness_versions", "Learner version minus the sampling version of consumed groups.",
                       buckets=(0, 1, 2, 3, 4, 6, 8, 16))
 BUFFER_DEPTH = Gauge("hillclimb_buffer_depth_groups", "GRPO groups waiting in the trajectory buffer.")
+TRAIN = Gauge("hillclimb_train", "The training loop's latest figures (see metrics.jsonl).", ["kind", "name"])
 LOOP_LAG = Gauge("hillclimb_event_loop_lag_seconds", "How late the event loop ran a timer it was asked to run.")
 
 SANDBOX_STATES = ("starting", "ready", "leased", "destroying")

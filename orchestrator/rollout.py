@@ -127,15 +127,17 @@ class EpisodeRunner:
         stops = config.sampling.stop_token_ids or renderer.stop_token_ids
         self.sampling = config.sampling.model_copy(update={"stop_token_ids": tuple(stops)})
 
-    async def run(self, spec: EpisodeSpec, timing: EpisodeTiming | None = None) -> Trajectory:
+    async def run(self, spec: EpisodeSpec, timing: EpisodeTiming | None = None, sampling: SamplingParams | None = None) -> Trajectory:
+        """Play one episode. `sampling` overrides the configured sampling (its stop tokens are kept)."""
         timing = timing or EpisodeTiming()
+        sampling = self.sampling if sampling is None else sampling.model_copy(update={"stop_token_ids": self.sampling.stop_token_ids})
         start = time.perf_counter()
         attempts = self.config.sandbox_retries + 1
         for attempt in range(attempts):
             episode = _Episode(spec, self.renderer.start(spec.task.prompt))
             try:
                 async with asyncio.timeout(self.config.episode_timeout_s):
-                    reason = await self._attempt(episode, timing)
+                    reason = await self._attempt(episode, timing, sampling)
             except TimeoutError:
                 reason = DoneReason.TIMEOUT
             except _PolicyFailed as e:
@@ -150,7 +152,7 @@ class EpisodeRunner:
             return self._trajectory(episode, reason, attempt)
         raise AssertionError("unreachable: the last attempt always returns")
 
-    async def _attempt(self, episode: _Episode, timing: EpisodeTiming) -> DoneReason:
+    async def _attempt(self, episode: _Episode, timing: EpisodeTiming, sampling: SamplingParams) -> DoneReason:
         spec = episode.spec
         try:
             lease = await self.pool.lease(self.config.lease_timeout_s)
@@ -160,21 +162,21 @@ class EpisodeRunner:
             try:
                 async with EnvClient(lease.endpoint, token=lease.token, message_timeout_s=self.config.episode_timeout_s) as env:
                     await env.reset(seed=spec.seed, task_id=spec.task.id)
-                    return await self._turns(episode, env, timing)
+                    return await self._turns(episode, env, timing, sampling)
             except _SANDBOX_FAULTS as e:
                 lease.mark_broken()
                 raise _SandboxFailed(f"{type(e).__name__}: {e}") from e
 
-    async def _turns(self, episode: _Episode, env: EnvClient, timing: EpisodeTiming) -> DoneReason:
-        transcript, spec = episode.transcript, episode.spec
+    async def _turns(self, episode: _Episode, env: EnvClient, timing: EpisodeTiming, sampling: SamplingParams) -> DoneReason:
+        transcript = episode.transcript
         for turn in range(self.config.max_turns):
-            if len(transcript) + self.sampling.max_new_tokens > self.config.max_context_tokens:
+            if len(transcript) + sampling.max_new_tokens > self.config.max_context_tokens:
                 return DoneReason.STEP_LIMIT
-            generation = await self._generate(episode, turn, timing)
+            generation = await self._generate(episode, turn, timing, sampling)
             episode.turns += 1
             episode.versions.append(generation.version)
             self.renderer.add_action(transcript, generation.token_ids, generation.logprobs)
-            text = self.policy.tokenizer.decode([t for t in generation.token_ids if t not in self.sampling.stop_token_ids])
+            text = self.policy.tokenizer.decode([t for t in generation.token_ids if t not in sampling.stop_token_ids])
             try:
                 action = self.suite.parse_action(text)
             except ActionParseError as e:
@@ -197,7 +199,7 @@ class EpisodeRunner:
                 return DoneReason.FINISHED
         return DoneReason.STEP_LIMIT
 
-    async def _generate(self, episode: _Episode, turn: int, timing: EpisodeTiming) -> Generation:
+    async def _generate(self, episode: _Episode, turn: int, timing: EpisodeTiming, sampling: SamplingParams) -> Generation:
         spec = episode.spec
         request = GenerateRequest(
             prompt_ids=tuple(episode.transcript.ids),
@@ -207,7 +209,7 @@ class EpisodeRunner:
         start = time.perf_counter()
         try:
             async with asyncio.timeout(self.config.policy_timeout_s):
-                (generation,) = await self.policy.generate([request], self.sampling)
+                (generation,) = await self.policy.generate([request], sampling)
         except TimeoutError as e:
             raise _PolicyFailed(f"generate() took longer than {self.config.policy_timeout_s:g} s") from e
         except Exception as e:  # any engine failure ends this episode, not the run

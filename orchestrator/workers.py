@@ -149,9 +149,10 @@ class RolloutWorker:
             "min_ready": -(-pool.min_ready // workers),
         })
 
-    async def run_group(self, group: GroupSpec) -> TrajectoryGroup:
+    async def run_group(self, group: GroupSpec, sampling: SamplingParams | None = None) -> TrajectoryGroup:
         runner = await self._ensure_started()
-        trajectories = await asyncio.gather(*(runner.run(spec) for spec in group.episodes(self.config.run.name)))
+        episodes = group.episodes(self.config.run.name)
+        trajectories = await asyncio.gather(*(runner.run(spec, sampling=sampling) for spec in episodes))
         return TrajectoryGroup.of(list(trajectories))
 
     async def update_weights(self, version: int, weights: Mapping[str, Any]) -> None:

@@ -63,3 +63,15 @@ async def docker_provider(docker_engine: None, sandbox_root: Path) -> AsyncItera
     provider = DockerProvider(root=sandbox_root)
     yield provider
     await provider.close()
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    """A local Ray for one test module (module scope: test_ray_job's `ray stop` must not kill it)."""
+    import ray
+
+    from orchestrator.driver import connect_ray
+
+    connect_ray(None)
+    yield
+    ray.shutdown()

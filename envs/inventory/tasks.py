@@ -10,16 +10,14 @@ submitted answer (numbers compare to the cent; text ignores case and outer space
 from __future__ import annotations
 
 import json
-import random
 import re
 from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from envs.errors import ValidationError
 from envs.inventory.warehouse import INITIAL_STOCK
-from envs.tasks import ActionParseError, Split, Task
+from envs.tasks import ActionParseError, Split, Task, TaskBook
 
 PREAMBLE = (
     "You manage a small warehouse through tools: list_items, get_item, adjust_stock, search and submit. "
@@ -132,20 +130,14 @@ class InventorySuite:
     env = "inventory"
 
     def __init__(self, tasks: tuple[InventoryTask, ...]) -> None:
-        self._by_id = {t.id: t for t in tasks}
-        if len(self._by_id) != len(tasks):
-            raise ValueError("inventory task ids must be unique")
+        self.book = TaskBook(self.env, tasks)
 
     def tasks(self, split: Split) -> list[Task]:
-        return [t.task for t in self._by_id.values() if t.split == split]
+        return self.book.tasks(split)
 
     def pick(self, task_id: str | None, seed: int | None) -> InventoryTask:
         """The task named `task_id`, else one drawn from the train split by `seed`."""
-        if task_id is None:
-            return random.Random(seed).choice([t for t in self._by_id.values() if t.split == "train"])
-        if task_id not in self._by_id:
-            raise ValidationError(f"unknown inventory task_id {task_id!r}; known: {sorted(self._by_id)}", errors=[])
-        return self._by_id[task_id]
+        return self.book.pick(task_id, seed)
 
     def parse_action(self, text: str) -> dict[str, Any]:
         """`tool_name {"json": "arguments"}`, or just `tool_name`."""

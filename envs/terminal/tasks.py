@@ -9,7 +9,6 @@ exit 0 means solved) and an oracle. This module also maps a policy's text to an 
 from __future__ import annotations
 
 import os
-import random
 import re
 from functools import cached_property
 from importlib import resources
@@ -19,8 +18,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, field_validator
 
-from envs.errors import ValidationError
-from envs.tasks import ActionParseError, Split, Task
+from envs.tasks import ActionParseError, Split, Task, TaskBook
 
 SUBMIT = "submit"
 
@@ -112,20 +110,14 @@ class TerminalSuite:
     env = "terminal"
 
     def __init__(self, tasks: tuple[TerminalTask, ...]) -> None:
-        self._by_id = {t.id: t for t in tasks}
-        if len(self._by_id) != len(tasks):
-            raise ValueError("terminal task ids must be unique")
+        self.book = TaskBook(self.env, tasks)
 
     def tasks(self, split: Split) -> list[Task]:
-        return [t.task for t in self._by_id.values() if t.split == split]
+        return self.book.tasks(split)
 
     def pick(self, task_id: str | None, seed: int | None) -> TerminalTask:
         """The task named `task_id`, else one drawn from the train split by `seed`."""
-        if task_id is None:
-            return random.Random(seed).choice([t for t in self._by_id.values() if t.split == "train"])
-        if task_id not in self._by_id:
-            raise ValidationError(f"unknown terminal task_id {task_id!r}; known: {sorted(self._by_id)}", errors=[])
-        return self._by_id[task_id]
+        return self.book.pick(task_id, seed)
 
     def parse_action(self, text: str) -> dict[str, Any]:
         """The whole text is the command (several lines are fine); a ```bash fence is unwrapped."""

@@ -11,22 +11,17 @@ equality of the stripped answer.
 
 from __future__ import annotations
 
-import random
 from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from envs.errors import ValidationError
-from envs.tasks import ActionParseError, Split, Task
+from envs.tasks import ActionParseError, Split, Task, TaskBook
 from envs.toy_terminal.drills import drills, held_out
 
 ANSWER_PREFIX = "answer:"
 
-PREAMBLE = (
-    "Read-only shell. Commands: ls, cat F, grep [-cinv] PATTERN F, wc [-lwc] F, head -n N F, tail -n N F. "
-    "One command per turn; then reply `answer: <value>` (exact match)."
-)
+PREAMBLE = "Shell: ls, cat F, grep [-cinv] P F, wc [-lwc] F, head/tail -n N F. Then `answer: X`."
 
 
 class ToyTask(BaseModel):
@@ -126,20 +121,14 @@ class ToyTerminalSuite:
     env = "toy_terminal"
 
     def __init__(self, tasks: tuple[ToyTask, ...]) -> None:
-        self._by_id = {t.id: t for t in tasks}
-        if len(self._by_id) != len(tasks):
-            raise ValueError("toy_terminal task ids must be unique")
+        self.book = TaskBook(self.env, tasks)
 
     def tasks(self, split: Split) -> list[Task]:
-        return [t.task for t in self._by_id.values() if t.split == split]
+        return self.book.tasks(split)
 
     def pick(self, task_id: str | None, seed: int | None) -> ToyTask:
         """The task named `task_id`, else one drawn from the train split by `seed`."""
-        if task_id is None:
-            return random.Random(seed).choice([t for t in self._by_id.values() if t.split == "train"])
-        if task_id not in self._by_id:
-            raise ValidationError(f"unknown toy_terminal task_id {task_id!r}; known: {sorted(self._by_id)}", errors=[])
-        return self._by_id[task_id]
+        return self.book.pick(task_id, seed)
 
     def parse_action(self, text: str) -> dict[str, Any]:
         """The first non-blank line of `text` is the command."""

@@ -151,20 +151,22 @@ def _run_sandbox(plan: LaunchPlan, report_fd: int) -> None:
     _join_cgroups(plan)
     if plan.isolate:
         _isolate_init(plan)
-    init = os.fork()
-    if init:
-        os.closerange(3, 65536)
-        _wait_and_exit(init)
-    isolation.die_with_parent()
+    _descend()  # the child is PID 1 of the new namespaces
     if plan.isolate:
         _prepare_init(plan)
-    server = os.fork()
-    if server:
-        os.closerange(3, 65536)
-        _wait_and_exit(server)
-    isolation.die_with_parent()
+    _descend()  # the child is the env server, under that init
     _become_server(plan, report_fd)
     os._exit(0)
+
+
+def _descend() -> None:
+    """Fork: the parent waits for the child and exits with its status; the child goes on,
+    set to die with its parent."""
+    child = os.fork()
+    if child:
+        os.closerange(3, 65536)
+        _wait_and_exit(child)
+    isolation.die_with_parent()
 
 
 class Zygote:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-
 import pytest
 
 from envs.tasks import load_suite
 from orchestrator.config import load_config
-from orchestrator.driver import RolloutDriver, connect_ray
+from orchestrator.driver import RolloutDriver
 from orchestrator.schedule import round_of_groups
 from tests.orchestrator.helpers import SlowScriptedPolicy
 from trainers.trajectory import DoneReason, TrajectoryGroup
@@ -20,21 +18,12 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ray_session() -> Iterator[None]:
-    import ray
-
-    connect_ray(None)
-    yield
-    ray.shutdown()
-
-
 def _config(tmp_path, **overrides):  # type: ignore[no-untyped-def]
     items = {"run.dir": str(tmp_path), "ray.num_workers": 2, "rollout.group_size": 2, "rollout.concurrency": 8, **overrides}
     return load_config(None, [f"{k}={v}" for k, v in items.items()])
 
 
-async def test_groups_fan_out_over_workers_and_all_come_back(ray_session: None, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_groups_fan_out_over_workers_and_all_come_back(ray_local: None, tmp_path) -> None:  # type: ignore[no-untyped-def]
     config = _config(tmp_path)
     groups = round_of_groups(load_suite("toy_terminal"), "heldout", run_seed=0, group_size=2, round_index=0)
     results: list[TrajectoryGroup] = []
@@ -50,7 +39,7 @@ async def test_groups_fan_out_over_workers_and_all_come_back(ray_session: None, 
     assert all(t.done_reason is DoneReason.FINISHED and t.reward == 1.0 for t in trajectories)
 
 
-async def test_a_killed_worker_is_replaced_and_no_group_is_lost(ray_session: None, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_killed_worker_is_replaced_and_no_group_is_lost(ray_local: None, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import ray
 
     config = _config(tmp_path, **{"rollout.concurrency": 4})

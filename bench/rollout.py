@@ -1,0 +1,141 @@
+"""Rollout throughput and the platform's own cost per step, with the scripted oracle.
+
+Throughput: episodes/s and environment steps/s at 1, 64 and 512 episodes in flight, through
+the real path — Ray rollout workers, warm local sandbox pools, the OpenEnv wire protocol —
+on `toy_terminal`'s train split. Every episode must finish with reward 1: failures are
+counted and reported.
+
+Overhead: one episode at a time in-process, its wall time split into the policy's time,
+the `env.step` round trips and the rest (leasing, rendering, tokenizing, parsing: the
+harness). "Platform per step" is everything but the policy and the environment's own
+work, which is measured separately by calling the environment in-process.
+
+    python -m bench.rollout [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import tempfile
+import time
+from typing import Any
+
+from bench.common import print_table, summarize, write_result
+from envs.tasks import load_suite
+from orchestrator.config import load_config
+from orchestrator.driver import RolloutDriver, connect_ray
+from orchestrator.schedule import endless_groups
+from trainers.trajectory import DoneReason, TrajectoryGroup
+
+
+async def throughput(in_flight: int, seconds: float) -> dict[str, Any]:
+    group_size = 1 if in_flight == 1 else 8
+    config = load_config(None, [
+        "env.name=toy_terminal", "policy.type=scripted", f"rollout.group_size={group_size}",
+        f"rollout.concurrency={in_flight}", "ray.num_workers=2", "pool.sessions_per_sandbox=64",
+        f"pool.max_total={max(2, in_flight // 32)}",
+    ])
+    groups = endless_groups(load_suite("toy_terminal"), "train", run_seed=0, group_size=group_size)
+    done: list[TrajectoryGroup] = []
+    driver = RolloutDriver(config)
+    await driver.start()
+    try:
+        # Warm up: sandboxes started, every worker built.
+        await driver.run_groups([next(groups) for _ in range(max(2, in_flight // group_size))], lambda g: None)
+        start = time.perf_counter()
+        runner = asyncio.ensure_future(driver.run_groups(groups, done.append))
+        await asyncio.sleep(seconds)
+        runner.cancel()
+        elapsed = time.perf_counter() - start
+        await asyncio.gather(runner, return_exceptions=True)
+    finally:
+        await driver.close()
+    episodes = [t for g in done for t in g.trajectories]
+    failed = sum(t.done_reason is not DoneReason.FINISHED or t.reward != 1.0 for t in episodes)
+    return {
+        "in_flight": in_flight,
+        "episodes_per_s": len(episodes) / elapsed,
+        "steps_per_s": sum(t.turns for t in episodes) / elapsed,
+        "episodes": len(episodes),
+        "failed": failed,
+    }
+
+
+async def overhead(episodes: int) -> dict[str, Any]:
+    """Per-step split of one-at-a-time episodes: policy, env round trip, harness."""
+    from envs.toy_terminal import ToyTerminalEnv, ToyTerminalAction
+    from orchestrator.pool import PoolConfig, SandboxPool
+    from orchestrator.render import PlainTextRenderer
+    from orchestrator.rollout import EpisodeConfig, EpisodeRunner, EpisodeSpec, EpisodeTiming
+    from providers.base import SandboxSpec
+    from providers.local import LocalProvider
+    from trainers.policy.scripted import ScriptedPolicy
+    from trainers.tokenizer import ByteTokenizer
+
+    root = tempfile.mkdtemp(prefix="hc-bench-")
+    provider = LocalProvider(root=root)
+    pool = SandboxPool(provider, SandboxSpec(env="toy_terminal", run_id="bench"), PoolConfig(min_ready=1), shared=True)
+    tokenizer = ByteTokenizer()
+    suite = load_suite("toy_terminal")
+    runner = EpisodeRunner(pool, ScriptedPolicy(tokenizer), PlainTextRenderer(tokenizer, tokenizer.bos_token_id), suite, EpisodeConfig())
+    tasks = suite.tasks("train")
+    timing = EpisodeTiming()
+    try:
+        await pool.start()
+        await pool.wait_warm(60)
+        for i in range(episodes):
+            task = tasks[i % len(tasks)]
+            spec = EpisodeSpec(run_id="bench", env="toy_terminal", split="train", task=task, group_id=f"g{i}", sample_index=0, seed=i)
+            await runner.run(spec, timing)
+    finally:
+        await pool.close()
+        await provider.close()
+        shutil.rmtree(root, ignore_errors=True)
+    # The environment's own work per step, in-process (no sandbox, no socket).
+    env = ToyTerminalEnv()
+    own: list[float] = []
+    for i in range(episodes):
+        task = tasks[i % len(tasks)]
+        await env.reset_async(task_id=task.id)
+        for text in task.oracle:
+            start = time.perf_counter()
+            await env.step_async(ToyTerminalAction(**suite.parse_action(text)))
+            own.append(time.perf_counter() - start)
+    steps = timing.steps
+    harness = timing.total_s - timing.policy_s - timing.env_s
+    env_own = summarize(own)["mean"]
+    return {
+        "episodes": episodes,
+        "steps": steps,
+        "per_step_ms": {
+            "total": 1000 * timing.total_s / steps,
+            "policy (scripted)": 1000 * timing.policy_s / steps,
+            "env.step round trip": 1000 * timing.env_s / steps,
+            "env's own step (in-process)": 1000 * env_own,
+            "harness (lease, reset, render, tokenize, parse)": 1000 * harness / steps,
+            "platform (all but policy and env's own step)": 1000 * (timing.total_s - timing.policy_s) / steps - 1000 * env_own,
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured window per concurrency level")
+    parser.add_argument("--overhead-episodes", type=int, default=300)
+    args = parser.parse_args()
+    connect_ray(None)
+    levels = [asyncio.run(throughput(n, args.seconds)) for n in (1, 64, 512)]
+    print_table(["episodes in flight", "episodes/s", "env steps/s", "episodes", "failed"],
+                [[r["in_flight"], f"{r['episodes_per_s']:.1f}", f"{r['steps_per_s']:.1f}", r["episodes"], r["failed"]] for r in levels])
+    split = asyncio.run(overhead(args.overhead_episodes))
+    print()
+    print_table(["per step (one episode at a time)", "ms"], [[k, f"{v:.3f}"] for k, v in split["per_step_ms"].items()])
+    path = write_result("rollout", {"seconds": args.seconds, "overhead_episodes": args.overhead_episodes},
+                        {"throughput": levels, "overhead": split})
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""`hillclimb train`: the whole loop — sandboxed rollouts, GRPO + ECHO learners, weights back.
+
+    oracle transcripts (the scripted oracle in real sandboxes, both splits, recorded once)
+    warm-up: behaviour cloning on TRAIN oracle transcripts (ACTION tokens only)
+    loop:  policy server ─► rollout workers ─► TrajectoryBuffer + ledger ─► learners ─► weights ─► policy server
+           max_staleness 0: rollouts, then a step, in turn;  ≥ 1: rollouts run on while learners train
+    every `eval_every` steps: held-out pass@1 (greedy episodes) and teacher-forced env-token CE
+    run dir: config.json, metrics.jsonl, checkpoints/, ledger/, plots/, summary.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from envs.errors import ConfigError
+from envs.tasks import load_suite
+from orchestrator import metrics as prom
+from orchestrator.config import RunConfig
+from orchestrator.driver import RolloutDriver, connect_ray
+from orchestrator.ledger import Ledger
+from orchestrator.schedule import GroupSpec, endless_groups, round_of_groups
+from trainers.policy.base import SamplingParams
+from trainers.trajectory import Trajectory, TrajectoryGroup
+
+Report = Callable[[str, dict[str, Any]], None]
+
+
+class MetricsLog:
+    """metrics.jsonl in the run directory, plus the same numbers as Prometheus gauges."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.start = time.monotonic()
+
+    def write(self, kind: str, step: int, values: dict[str, Any]) -> dict[str, Any]:
+        record = {"kind": kind, "step": step, "elapsed_s": round(time.monotonic() - self.start, 3), **values}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in values.items():
+            if isinstance(value, (int, float)):
+                prom.TRAIN.labels(kind=kind, name=key).set(value)
+        return record
+
+    def read(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
+
+
+def _check(config: RunConfig) -> None:
+    if config.policy.type not in ("hf", "vllm"):
+        raise ConfigError(f"training needs a trainable policy (policy.type hf or vllm), not {config.policy.type!r}")
+
+
+def _single(group: GroupSpec) -> GroupSpec:
+    return GroupSpec(group.group_id, group.env, group.split, group.task, group.seeds[:1])
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, run_dir: Path, report: Report = lambda kind, values: None) -> None:
+        _check(config)
+        self.config = config
+        self.run_dir = run_dir
+        self.report = report
+        self.ledger = Ledger(run_dir)
+        self.log = MetricsLog(run_dir)
+        self.suite = load_suite(config.env.name)
+        self.model_config = config.policy.model  # type: ignore[union-attr]
+        self.version = 0
+        self.step = 0
+
+    # -- setup ----------------------------------------------------------------------------
+
+    async def _oracle_transcripts(self) -> dict[str, list[Trajectory]]:
+        """Each task once, solved by the oracle in a real sandbox, tokenized for our model."""
+        from trainers.models.load import load_tokenizer
+        from trainers.policy.scripted import ScriptedPolicy
+
+        groups = [
+            _single(g)
+            for split in ("train", "heldout")
+            for g in round_of_groups(self.suite, split, run_seed=0, group_size=1, round_index=0, tag="oracle")
+        ]
+        missing = [g for g in groups if g.group_id not in self.ledger.group_ids()]
+        if missing:
+            driver = RolloutDriver(self.config, policy=ScriptedPolicy(load_tokenizer(self.model_config)))
+            await driver.start()
+            try:
+                await driver.run_groups(missing, self.ledger.append)
+            finally:
+                await driver.close()
+        by_split: dict[str, list[Trajectory]] = {"train": [], "heldout": []}
+        for group in groups:
+            for t in self.ledger.read_group(group.group_id).trajectories:
+                by_split[t.split].append(t)
+        return by_split
+
+    # -- evaluation -----------------------------------------------------------------------
+
+    async def _env_ce(self, learners: Any, oracle: dict[str, list[Trajectory]]) -> dict[str, float]:
+        from trainers.batching import Sample
+
+        return {
+            f"{split}_env_ce": await learners.env_cross_entropy([Sample.of(t) for t in transcripts])
+            for split, transcripts in oracle.items()
+        }
+
+    async def _heldout_success(self, driver: RolloutDriver) -> float:
+        groups = [_single(g) for g in round_of_groups(self.suite, "heldout", run_seed=self.config.run.seed,
+                                                       group_size=1, round_index=self.step, tag=f"eval{self.step}")]
+        if self.config.train.eval_tasks is not None:
+            groups = groups[: self.config.train.eval_tasks]
+        results: list[TrajectoryGroup] = []
+        sampling = self.config.rollout.episode.sampling.model_copy(update={"temperature": self.config.eval.temperature})
+        await driver.run_groups(groups, results.append, sampling=sampling)
+        for group in results:
+            self.ledger.append(group)
+        episodes = [t for g in results for t in g.trajectories]
+        return sum(t.reward > 0 for t in episodes) / max(len(episodes), 1)
+
+    async def _evaluate(self, learners: Any, driver: RolloutDriver | None, oracle: dict[str, list[Trajectory]], kind: str) -> dict[str, Any]:
+        values: dict[str, Any] = await self._env_ce(learners, oracle)
+        if driver is not None:
+            values["heldout_pass1"] = await self._heldout_success(driver)
+        record = self.log.write(kind, self.step, values)
+        self.report(kind, record)
+        return record
+
+    # -- weights ----------------------------------------------------------------------------
+
+    async def _publish(self, learners: Any, policy_server: Any, buffer: Any, *, bump: bool = True) -> None:
+        """New weights from rank 0 to the policy engine; the buffer learns the new version."""
+        self.version += int(bump)
+        weights = await learners.weights()
+        await policy_server.update_weights.remote(self.version, weights)
+        if buffer is not None:
+            await buffer.set_version.remote(self.version)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _warm_up(self, learners: Any, oracle: dict[str, list[Trajectory]]) -> None:
+        from trainers.batching import Sample
+
+        pool = [Sample.of(t) for t in oracle["train"]]
+        rng = random.Random(self.config.run.seed)
+        for w in range(self.config.train.warmup_steps):
+            batch = rng.sample(pool, min(self.config.train.warmup_batch, len(pool)))
+            values = await learners.train_step(batch, w, imitate=True)
+            self.report("warmup", self.log.write("warmup", w, values))
+
+    def _train_groups(self) -> Iterator[GroupSpec]:
+        recorded = self.ledger.group_ids()
+        groups = endless_groups(self.suite, self.config.env.train_split, run_seed=self.config.run.seed,
+                                group_size=self.config.rollout.group_size)
+        return (g for g in groups if g.group_id not in recorded)
+
+    async def _step(self, learners: Any, policy_server: Any, buffer: Any) -> dict[str, Any]:
+        from trainers.batching import samples_from_groups
+
+        cfg = self.config
+        groups = await buffer.get.remote(cfg.train.groups_per_step, step=self.step + 1, timeout_s=cfg.rollout.episode.episode_timeout_s * 4)
+        samples = samples_from_groups(groups, cfg.learner.loss)
+        values = await learners.train_step(samples, self.step) if samples else {"skipped": 1.0}
+        episodes = [t for g in groups for t in g.trajectories]
+        for group in groups:
+            prom.STALENESS.observe(self.version - group.policy_version)
+        values |= {
+            "train_reward": sum(t.reward for t in episodes) / len(episodes),
+            "episodes": len(episodes),
+            "trained_samples": len(samples),
+            "staleness_max": max(self.version - g.policy_version for g in groups),
+            **{f"done_{r}": sum(t.done_reason.value == r for t in episodes) for r in {t.done_reason.value for t in episodes}},
+        }
+        self.step += 1
+        await self._publish(learners, policy_server, buffer)
+        return self.log.write("train", self.step, values)
+
+    async def _resume(self, learners: Any) -> bool:
+        """Continue from the newest checkpoint, if the run has one and may resume."""
+        from trainers.checkpoint import latest_checkpoint
+
+        checkpoint = latest_checkpoint(self.run_dir / "checkpoints") if self.config.run.resume else None
+        if checkpoint is None:
+            return False
+        info = await learners.load(str(checkpoint))
+        self.step, self.version = info["step"], info["version"]
+        self.report("resume", {"checkpoint": str(checkpoint), "step": self.step})
+        return True
+
+    async def run(self) -> dict[str, Any]:
+        import ray
+
+        from orchestrator.buffer import TrajectoryBuffer
+        from orchestrator.policy_server import start_policy_server
+        from trainers.learner import LearnerGroup
+
+        cfg = self.config
+        started = time.monotonic()
+        connect_ray(cfg.ray.address)
+        oracle = await self._oracle_transcripts()
+        learners = LearnerGroup(self.model_config, cfg.learner)
+        policy_server = start_policy_server(cfg.policy)
+        driver = RolloutDriver(cfg, policy_server=policy_server)
+        buffer: Any = None
+        producer: asyncio.Task[None] | None = None
+
+        async def put(group: TrajectoryGroup) -> None:
+            prom.record_group(group)
+            await buffer.put.remote(group)
+
+        try:
+            resumed = await self._resume(learners)
+            if not resumed:
+                await self._evaluate(learners, None, oracle, "eval_initial")
+                await self._warm_up(learners, oracle)
+            await self._publish(learners, policy_server, None, bump=not resumed)
+            await driver.start()
+            buffer = ray.remote(num_cpus=0, max_concurrency=64)(TrajectoryBuffer).remote(
+                str(self.run_dir), cfg.buffer, version=self.version, resume_step=self.step if resumed else None
+            )
+            if not resumed:
+                await self._evaluate(learners, driver, oracle, "eval")
+            groups = self._train_groups()
+            asynchronous = cfg.buffer.max_staleness > 0
+            if asynchronous:  # rollouts run on while the learners train
+                producer = asyncio.ensure_future(driver.run_groups(groups, put))
+            while self.step < cfg.train.steps:
+                if cfg.train.time_budget_s is not None and time.monotonic() - started > cfg.train.time_budget_s:
+                    break
+                if not asynchronous:
+                    await driver.run_groups(list(itertools.islice(groups, cfg.train.groups_per_step)), put)
+                self.report("train", await self._step(learners, policy_server, buffer))
+                if self.step % cfg.train.eval_every == 0:
+                    await self._evaluate(learners, driver, oracle, "eval")
+                if self.step % cfg.train.checkpoint_every == 0:
+                    await self._checkpoint(learners)
+            if producer is not None:
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
+            if self.step % cfg.train.eval_every:
+                await self._evaluate(learners, driver, oracle, "eval")
+            await self._checkpoint(learners)
+        finally:
+            if producer is not None and not producer.done():
+                producer.cancel()
+            await driver.close()
+            learners.shutdown()
+            ray.kill(policy_server)
+            if buffer is not None:
+                ray.kill(buffer)
+        return self._finish(time.monotonic() - started)
+
+    async def _checkpoint(self, learners: Any) -> None:
+        directory = self.run_dir / "checkpoints" / f"step-{self.step:06d}"
+        await learners.save(str(directory), step=self.step, version=self.version)
+
+    def _finish(self, wall_s: float) -> dict[str, Any]:
+        from orchestrator.plots import plot_run
+
+        records = self.log.read()
+        evals = [r for r in records if r["kind"] == "eval"]
+        initial = next(r for r in records if r["kind"] == "eval_initial")
+        summary = summarize_run(records, initial, evals[0], evals[-1], wall_s=wall_s, config=self.config)
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        plot_run(records, self.run_dir / "plots")
+        return summary
+
+
+def summarize_run(records: list[dict[str, Any]], initial: dict[str, Any], first: dict[str, Any], final: dict[str, Any],
+                  *, wall_s: float, config: RunConfig) -> dict[str, Any]:
+    """The headline figures of a run."""
+    train = [r for r in records if r["kind"] == "train"]
+    recent = train[-10:]
+    start_ce = initial["heldout_env_ce"]
+    return {
+        "heldout_env_ce": {
+            "initial": start_ce,
+            "after_warmup": first["heldout_env_ce"],
+            "final": final["heldout_env_ce"],
+            "fall_from_initial": 1 - final["heldout_env_ce"] / start_ce,
+            "fall_during_rl": 1 - final["heldout_env_ce"] / first["heldout_env_ce"],
+        },
+        "train_env_ce": {"initial": initial["train_env_ce"], "final": final["train_env_ce"]},
+        "heldout_pass1": {"after_warmup": first.get("heldout_pass1"), "final": final.get("heldout_pass1")},
+        "train_reward": {
+            "first_steps": sum(r["train_reward"] for r in train[:10]) / max(len(train[:10]), 1),
+            "last_steps": sum(r["train_reward"] for r in recent) / max(len(recent), 1),
+        },
+        "echo_lambda": train[-1].get("echo/lambda", 0.0) if train else None,
+        "warmup_steps": config.train.warmup_steps,
+        "rl_steps": len(train),
+        "wall_s": round(wall_s, 1),
+    }

@@ -1,0 +1,58 @@
+"""The main job, shortened: `hillclimb train configs/echo_toy.yaml` end to end, then resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.ray,
+    pytest.mark.skipif(os.geteuid() != 0, reason="local sandboxes with per-sandbox uids need root"),
+]
+
+REPO = Path(__file__).parents[2]
+SHORT = ["train.warmup_steps=2", "train.eval_every=2", "train.eval_tasks=4", "train.groups_per_step=2",
+         "train.checkpoint_every=2", "train.time_budget_s=null"]
+
+
+def _train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    sets = [arg for item in (*SHORT, f"run.dir={run_dir}", *overrides) for arg in ("--set", item)]
+    command = [sys.executable, "-m", "orchestrator", "train", "configs/echo_toy.yaml", *sets, "--metrics-port", "0"]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_main_job_writes_a_complete_run_and_resumes_it(tmp_path: Path) -> None:
+    first = _train(tmp_path, "train.steps=3")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "run summary" in first.stdout and "metrics: http://127.0.0.1:" in first.stdout
+    run = tmp_path / "echo-toy"
+    assert json.loads((run / "config.json").read_text())["env"]["name"] == "toy_terminal"
+    kinds = [(r["kind"], r["step"]) for r in _records(run)]
+    assert kinds[0] == ("eval_initial", 0) and ("warmup", 1) in kinds
+    assert [s for k, s in kinds if k == "train"] == [1, 2, 3]
+    assert [s for k, s in kinds if k == "eval"] == [0, 2, 3]
+    for step in ("step-000002", "step-000003"):
+        assert {p.name for p in (run / "checkpoints" / step).iterdir()} >= {"model.safetensors", "optimizer.safetensors", "trainer.json"}
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["env_token_ce.png", "heldout_success.png", "train_reward.png"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rl_steps"] == 3 and summary["warmup_steps"] == 2
+    assert set(summary["heldout_env_ce"]) == {"initial", "after_warmup", "final", "fall_from_initial", "fall_during_rl"}
+    groups = list((run / "ledger" / "groups").glob("*.parquet"))
+    assert sum(p.name.startswith("train-") for p in groups) == 6  # 3 steps × 2 groups, each once
+
+    second = _train(tmp_path, "train.steps=5", "run.resume=true")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming from" in second.stdout and "step-000003" in second.stdout
+    assert [r["step"] for r in _records(run) if r["kind"] == "train"] == [1, 2, 3, 4, 5]
+    assert (run / "checkpoints" / "step-000005" / "model.safetensors").exists()
+    assert sum(p.name.startswith("train-") for p in (run / "ledger" / "groups").glob("*.parquet")) == 10

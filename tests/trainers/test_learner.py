@@ -1,0 +1,121 @@
+"""Learners: bit-exact resume from a checkpoint, data parallelism equal to one rank, BC and eval."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainers.batching import Sample, StepTotals, samples_from_groups
+from trainers.learner import Learner, LearnerGroup, merge_metrics
+from trainers.learner_config import LearnerConfig
+from trainers.losses import LossConfig
+from trainers.models.config import TinyModelConfig
+from trainers.roles import Role
+from trainers.trajectory import DoneReason, Trajectory, TrajectoryGroup
+
+MODEL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_positions=128)
+CONFIG = LearnerConfig(lr=1e-2, micro_batch_tokens=96,
+                       loss=LossConfig.model_validate({"echo": {"schedule": {"type": "constant", "value": 0.5}}}))
+
+
+def _groups(seed: int, n_groups: int = 3, size: int = 4) -> list[TrajectoryGroup]:
+    rng = random.Random(seed)
+    groups = []
+    for g in range(n_groups):
+        members = []
+        for i in range(size):
+            n = rng.randint(12, 40)
+            roles = [int(Role.PROMPT)] * 4 + [rng.choice([int(Role.ACTION), int(Role.ENV), int(Role.SCAFFOLD)]) for _ in range(n - 4)]
+            members.append(Trajectory(
+                run_id="r", group_id=f"g{seed}-{g}", sample_index=i, task_id=f"t{g}", env="e", split="train", seed=i,
+                policy_version=0, token_ids=[rng.randrange(256) for _ in range(n)], roles=roles,
+                logprobs=[rng.uniform(-3, -0.1) if r == Role.ACTION else 0.0 for r in roles],
+                reward=float(rng.random() < 0.5), done_reason=DoneReason.FINISHED, turns=2,
+            ))
+        groups.append(TrajectoryGroup.of(members))
+    return groups
+
+
+def _batch(step: int) -> list[Sample]:
+    return samples_from_groups(_groups(step), CONFIG.loss)
+
+
+def _step(learner: Learner, step: int) -> dict[str, float]:
+    samples = _batch(step)
+    return learner.train_step(samples, StepTotals.of(samples), step)
+
+
+def test_resuming_a_checkpoint_continues_bit_exact(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    straight = Learner(MODEL, CONFIG)
+    for step in range(4):
+        _step(straight, step)
+    first_half = Learner(MODEL, CONFIG)
+    for step in range(2):
+        _step(first_half, step)
+    first_half.save(str(tmp_path / "ck"), step=2, version=2)
+    resumed = Learner(MODEL, CONFIG.model_copy(update={"seed": 123}))  # different init: the checkpoint must win
+    info = resumed.load(str(tmp_path / "ck"))
+    assert info["step"] == 2 and info["version"] == 2
+    for step in range(2, 4):
+        _step(resumed, step)
+    for (name, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    resumed_params = dict(resumed.model.named_parameters())
+    for name, param in straight.model.named_parameters():
+        a, b = straight.optimizer.state[param], resumed.optimizer.state[resumed_params[name]]
+        assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"]) and torch.equal(a["step"], b["step"]), name
+
+
+def test_behaviour_cloning_lowers_action_cross_entropy_only() -> None:
+    learner = Learner(MODEL, CONFIG)
+    samples = _batch(0)
+    env_before = learner.env_cross_entropy(samples)
+    first = learner.train_step(samples, StepTotals.of(samples), 0, imitate=True)
+    for step in range(1, 15):
+        last = learner.train_step(samples, StepTotals.of(samples), step, imitate=True)
+    assert last["bc/action_ce"] < 0.8 * first["bc/action_ce"]
+    assert first["loss"] == pytest.approx(first["bc/action_ce"])  # the loss is exactly the action CE
+    assert "echo/ce" not in last and "grpo/loss" not in last
+    assert learner.env_cross_entropy(samples) > 0.0 and env_before > 0.0
+
+
+def test_metrics_merge_by_hand() -> None:
+    # Step-normalised losses add; clip fractions average weighted by action tokens (10 and 30):
+    # (0.5 * 10 + 0.1 * 30) / 40 = 0.2.
+    parts = [
+        {"loss": 1.0, "grpo/clip_frac": 0.5, "grpo/n_action_tokens": 10.0, "echo/lambda": 0.5},
+        {"loss": 2.0, "grpo/clip_frac": 0.1, "grpo/n_action_tokens": 30.0, "echo/lambda": 0.5},
+    ]
+    assert merge_metrics(parts) == {"loss": 3.0, "grpo/clip_frac": pytest.approx(0.2), "grpo/n_action_tokens": 40.0, "echo/lambda": 0.5}
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(os.cpu_count() is None, reason="needs processes")
+async def test_two_ddp_ranks_make_the_same_update_as_one_rank_on_the_full_batch(ray_local: None) -> None:
+    one = LearnerGroup(MODEL, CONFIG)
+    two = LearnerGroup(MODEL, CONFIG.model_copy(update={"num_learners": 2}))
+    try:
+        for step in range(2):
+            samples = _batch(step)
+            single = await one.train_step(samples, step)
+            double = await two.train_step(samples, step)
+            assert double["loss"] == pytest.approx(single["loss"], rel=1e-5)  # the ranks' shares add up
+            # The all-reduced gradient is the full batch's gradient (up to float summation order) ...
+            g1, g2 = await one.ranks[0].gradients.remote(), await two.ranks[0].gradients.remote()
+            for name in g1:
+                torch.testing.assert_close(g2[name], g1[name], rtol=1e-3, atol=1e-6)
+        # ... so the weights agree too; Adam divides by sqrt(v), which magnifies the float noise of
+        # near-zero gradients, hence the looser tolerance on weights than on gradients.
+        w1, w2 = await one.weights(), await two.weights()
+        for name in w1:
+            torch.testing.assert_close(w2[name], w1[name], rtol=1e-3, atol=1e-4)
+        rank1 = await two.ranks[1].weights.remote()
+        assert all(torch.equal(rank1[name], w2[name]) for name in w2)  # replicas stay identical
+    finally:
+        one.shutdown()
+        two.shutdown()

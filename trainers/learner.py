@@ -1,0 +1,298 @@
+"""Learners: the model and its optimizer, one per rank, training data-parallel.
+
+    LearnerGroup (driver side) ──split by tokens──► Learner rank 0..N-1 (Ray actors)
+                                                      ├─ micro-batches: forward to hidden states,
+                                                      │  loss_from_hidden (GRPO + λ·CE), backward
+                                                      ├─ DDP all-reduce (gloo on CPU, NCCL on GPU)
+                                                      └─ clip, AdamW step
+                               ◄── metrics, then weights (rank 0) for the policy engines
+
+Every rank normalises its share by the whole step's token totals and scales its loss by the
+world size (DDP averages gradients), so N ranks make the same update as one rank on the
+full batch. FSDP (`strategy: fsdp`) shards models that do not fit one GPU; it needs CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from trainers.batching import Sample, StepTotals, micro_batches, to_loss_batch
+from trainers.learner_config import LearnerConfig
+from trainers.losses import LossConfig
+from trainers.models.config import ModelConfig
+
+
+_IMITATION = LossConfig.model_validate({"echo": {"verifier_free": True, "schedule": {"type": "constant", "value": 1.0}}})
+"""Behaviour cloning is the CE term alone, pointed at ACTION tokens (see `_as_imitation`)."""
+
+
+def _as_imitation(batch: Any, totals: StepTotals) -> Any:
+    """The batch with its ACTION targets relabelled as the CE term's targets and all else inert."""
+    import torch
+
+    from trainers.roles import Role
+
+    roles = torch.where(batch.roles_BT == Role.ACTION, int(Role.ENV), int(Role.PROMPT))
+    keep = torch.ones_like(batch.env_keep_B)
+    return dataclasses.replace(batch, roles_BT=roles, env_keep_B=keep, n_env_tokens=totals.n_action)
+
+_ADDITIVE = {"loss", "grpo/loss", "echo/loss", "echo/ce", "grpo/n_action_tokens", "echo/n_env_tokens"}
+
+
+def merge_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Combine the metrics of micro-batches (or of ranks): step-normalised losses and token counts
+    add up; per-token GRPO ratios average, weighted by each part's action tokens; the rest
+    (λ, the gradient norm) is the same in every part."""
+    total_actions = sum(p.get("grpo/n_action_tokens", 0.0) for p in parts)
+    merged: dict[str, float] = {}
+    for key in dict.fromkeys(k for p in parts for k in p):
+        present = [p for p in parts if key in p]
+        if key in _ADDITIVE:
+            merged[key] = sum(p[key] for p in present)
+        elif key.startswith("grpo/"):
+            merged[key] = sum(p[key] * p.get("grpo/n_action_tokens", 0.0) for p in present) / max(total_actions, 1.0)
+        else:
+            merged[key] = present[-1][key]
+    return merged
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _TrunkAndHead:
+    """What data parallelism wraps: forward gives final hidden states; the LM head is a
+    submodule, so DDP syncs its gradient although the loss applies it outside `forward`."""
+
+    @staticmethod
+    def build(model: Any) -> Any:
+        import torch
+
+        class TrunkAndHead(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+                return self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+        return TrunkAndHead()
+
+
+class Learner:
+    """One rank. Usable in-process (world size 1) or as a Ray actor (`LearnerGroup`)."""
+
+    def __init__(
+        self, model_config: ModelConfig, config: LearnerConfig, *, rank: int = 0, world_size: int = 1, init_method: str | None = None
+    ) -> None:
+        import torch
+
+        from trainers.models.load import load_model
+
+        self.config = config
+        self.rank, self.world_size = rank, world_size
+        if config.cpu_threads is not None:
+            torch.set_num_threads(config.cpu_threads)
+        torch.manual_seed(config.seed)
+        self.device = torch.device(config.device)
+        model, self.tokenizer = load_model(model_config, self.device)
+        model.train()
+        self.model = model  # the unwrapped module: what checkpoints and policy engines see
+        self.module = self._distribute(_TrunkAndHead.build(model), init_method)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
+        self.reference: Any = None  # frozen copy of the policy as RL began, when the KL penalty is on
+
+    def _distribute(self, model: Any, init_method: str | None) -> Any:
+        if self.world_size == 1:
+            return model
+        import torch.distributed as dist
+
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method=init_method, rank=self.rank, world_size=self.world_size)
+        if self.config.strategy == "fsdp":
+            if self.device.type != "cuda":
+                raise ValueError("learner.strategy=fsdp needs CUDA devices; use ddp on CPU")
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in model.model.base_model.layers:
+                fully_shard(layer)
+            return fully_shard(model)
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _autocast(self) -> Any:
+        import torch
+
+        if self.config.precision == "bf16" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _hidden(self, input_ids: Any, attention_mask: Any) -> Any:
+        """Final hidden states (after the last norm): the LM head is applied, chunked, by the loss."""
+        return self.module(input_ids, attention_mask)
+
+    def train_step(self, samples: list[Sample], totals: StepTotals, step: int, *, imitate: bool = False) -> dict[str, float]:
+        """One optimizer step over this rank's share (`totals` are the whole step's, all ranks).
+
+        `imitate=True` is behaviour cloning for the warm-up on oracle transcripts: plain
+        cross-entropy on ACTION tokens and nothing else (no ENV term, no advantages)."""
+        import torch
+
+        from trainers.losses import loss_from_hidden
+
+        self.optimizer.zero_grad(set_to_none=True)
+        batches = micro_batches(samples, self.config.micro_batch_tokens)
+        head = self.model.get_output_embeddings()
+        parts: list[dict[str, float]] = []
+        for i, micro in enumerate(batches):
+            ids, mask, batch = to_loss_batch(micro, totals, pad_id=self.tokenizer.pad_token_id, device=self.device)
+            if imitate:
+                batch = _as_imitation(batch, totals)
+            elif self.config.loss.grpo.kl_coef > 0:
+                batch = dataclasses.replace(batch, ref_logprobs_BT=self._reference_logprobs(ids, mask, batch))
+            last = i == len(batches) - 1
+            no_sync = self.module.no_sync() if not last and hasattr(self.module, "no_sync") else contextlib.nullcontext()
+            with no_sync, self._autocast():
+                hidden = self._hidden(ids, mask)
+                loss_config = _IMITATION if imitate else self.config.loss
+                loss, metrics = loss_from_hidden(hidden[:, :-1], head.weight, batch, loss_config, step=step)
+                (loss * self.world_size).backward()  # DDP averages over ranks; the step's loss is their sum
+            parts.append({k: float(v) for k, v in metrics.items()})
+        if not batches and self.world_size > 1:
+            self._join_allreduce_empty(head)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or float("inf"))
+        self.optimizer.step()
+        merged = merge_metrics(parts)
+        if imitate:  # the CE term measured ACTION tokens: say so
+            merged = {"bc/action_ce": merged.pop("echo/ce", 0.0), "loss": merged["loss"]}
+        return {**merged, "grad_norm": float(grad_norm)}
+
+    def _reference_logprobs(self, ids: Any, mask: Any, batch: Any) -> Any:
+        """Log-probs of ACTION targets under the reference policy: the policy as RL began
+        (frozen on the first RL step), which the KL penalty keeps the policy close to."""
+        import copy
+
+        import torch
+
+        from trainers.losses import token_logprobs
+        from trainers.roles import Role
+
+        if self.reference is None:
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        action = batch.roles_BT == Role.ACTION
+        with torch.no_grad(), self._autocast():
+            hidden = self.reference.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+            head = self.reference.get_output_embeddings().weight
+            logp = token_logprobs(hidden[action], head, batch.targets_BT[action], temperature=self.config.loss.temperature)
+        return torch.zeros(action.shape, dtype=torch.float32, device=self.device).masked_scatter(action, logp)
+
+    def _join_allreduce_empty(self, head: Any) -> None:
+        """A rank with no samples this step still joins the gradient all-reduce, with zeros."""
+        with self._autocast():
+            ids = self.device_tensor([[self.tokenizer.pad_token_id]])
+            hidden = self._hidden(ids, self.device_tensor([[1]]))
+            (hidden.sum() * 0.0 + head.weight.sum() * 0.0).backward()
+
+    def device_tensor(self, rows: list[list[int]]) -> Any:
+        import torch
+
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def gradients(self) -> dict[str, Any]:
+        """The last step's (all-reduced, clipped) gradients on CPU, by parameter name: for inspection."""
+        return {n: p.grad.detach().cpu() for n, p in self.model.named_parameters() if p.grad is not None}
+
+    def weights(self) -> dict[str, Any]:
+        """The model's state dict on CPU, for the policy engines."""
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def env_cross_entropy(self, samples: list[Sample]) -> float:
+        """Teacher-forced mean CE (nats per token) of ENV targets: how well the model predicts the environment."""
+        import torch
+
+        from trainers.losses import token_logprobs
+        from trainers.roles import Role
+
+        total, count = 0.0, 0
+        head = self.model.get_output_embeddings()
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            for micro in micro_batches(samples, self.config.micro_batch_tokens):
+                ids, mask, batch = to_loss_batch(micro, StepTotals(1.0, 1.0), pad_id=self.tokenizer.pad_token_id, device=self.device)
+                hidden = self._hidden(ids, mask)[:, :-1]
+                env = batch.roles_BT == Role.ENV
+                logp = token_logprobs(hidden[env], head.weight, batch.targets_BT[env])
+                total -= float(logp.sum())
+                count += int(env.sum())
+        self.model.train(was_training)
+        return total / max(count, 1)
+
+    def save(self, directory: str, **info: Any) -> str:
+        from trainers.checkpoint import save_checkpoint
+
+        return str(save_checkpoint(directory, self.model, self.optimizer, reference=self.reference, **info))
+
+    def load(self, directory: str) -> dict[str, Any]:
+        import copy
+
+        from trainers.checkpoint import load_checkpoint
+
+        reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        info = load_checkpoint(directory, self.model, self.optimizer, reference=reference)
+        self.reference = reference if info.get("has_reference") else None
+        return info
+
+    def load_weights(self, weights: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(dict(weights))
+
+
+class LearnerGroup:
+    """N learner ranks as Ray actors; rank 0 speaks for the group (weights, checkpoints)."""
+
+    def __init__(self, model_config: ModelConfig, config: LearnerConfig, *, num_gpus_per_learner: float = 0.0) -> None:
+        import ray
+
+        self.config = config
+        actor = ray.remote(num_cpus=0, num_gpus=num_gpus_per_learner)(Learner)
+        world = config.num_learners
+        init_method = f"tcp://127.0.0.1:{free_port()}" if world > 1 else None
+        self.ranks = [
+            actor.remote(model_config, config, rank=r, world_size=world, init_method=init_method) for r in range(world)
+        ]
+
+    async def train_step(self, samples: list[Sample], step: int, *, imitate: bool = False) -> dict[str, float]:
+        from trainers.batching import split_for_ranks
+
+        totals = StepTotals.of(samples)
+        shares = split_for_ranks(samples, len(self.ranks))
+        results = [rank.train_step.remote(share, totals, step, imitate=imitate) for rank, share in zip(self.ranks, shares)]
+        return merge_metrics([await r for r in results])
+
+    async def weights(self) -> dict[str, Any]:
+        return await self.ranks[0].weights.remote()
+
+    async def env_cross_entropy(self, samples: list[Sample]) -> float:
+        return await self.ranks[0].env_cross_entropy.remote(samples)
+
+    async def save(self, directory: str, **info: Any) -> str:
+        return await self.ranks[0].save.remote(directory, **info)
+
+    async def load(self, directory: str) -> dict[str, Any]:
+        infos = [await rank.load.remote(directory) for rank in self.ranks]
+        return infos[0]
+
+    def shutdown(self) -> None:
+        import ray
+
+        for rank in self.ranks:
+            ray.kill(rank)

@@ -1,0 +1,33 @@
+"""`LearnerConfig`: how the learners train. Only pydantic here, so configs validate without torch."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainers.losses.config import LossConfig
+
+
+class LearnerConfig(BaseModel):
+    """How the learners train."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    """Global gradient-norm clip; None disables it."""
+    micro_batch_tokens: int = Field(default=16384, ge=1)
+    """Padded tokens per forward/backward; a step accumulates gradients over as many as it needs."""
+    loss: LossConfig = LossConfig()
+    num_learners: int = Field(default=1, ge=1)
+    """Data-parallel ranks (Ray actors in one torch.distributed group)."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    device: str = "cpu"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 autocasts forward passes on CUDA; master weights and optimizer stay fp32."""
+    cpu_threads: int | None = Field(default=None, ge=1)
+    """torch threads per learner on CPU; None keeps torch's default."""
+    seed: int = 0
