@@ -18,7 +18,7 @@ $(BIN)/hillclimb: pyproject.toml
 venv: $(BIN)/hillclimb
 
 run: venv
-	$(BIN)/hillclimb env demo toy_terminal
+	$(BIN)/hillclimb train configs/echo_toy.yaml
 
 # The Docker engine and the sandbox image, where this machine can have them (root on Debian
 # installs and starts the engine; elsewhere an engine that already runs is used). Without
@@ -31,6 +31,7 @@ images: venv
 	else echo "no Docker engine here: Docker tests will skip"; fi
 
 test: venv images
+	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
@@ -38,9 +39,12 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-bench: venv
+bench: venv images
 	$(BIN)/python -m bench.env_step
 	$(BIN)/python -m bench.sandbox_start
+	$(BIN)/python -m bench.concurrency
+	$(BIN)/python -m bench.rollout
+	$(BIN)/python -m bench.echo_loss
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -50,7 +50,7 @@ async def _wait_http(url: str, timeout: float = 30.0) -> None:
         try:
             if (await http_request(url, "/health", timeout=1.0))[0] == 200:
                 return
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"server at {url} did not start")
@@ -66,17 +66,36 @@ class Servers:
         self.urls: dict[str, str] = {}
 
     def _spawn(self, args: list[str]) -> None:
-        self.procs.append(subprocess.Popen([sys.executable, *args], cwd=Path(__file__).parent.parent,
-                                           stderr=subprocess.DEVNULL))
+        self.procs.append(
+            subprocess.Popen([sys.executable, *args], cwd=Path(__file__).parent.parent, stderr=subprocess.DEVNULL)
+        )
 
     async def start(self) -> None:
         ours_port, ref_port = _free_port(), _free_port()
-        for name, listen in (("ours-tcp", ["--port", str(ours_port)]), ("ours-uds", ["--uds", str(self.tmp / "env.sock")])):
+        for name, listen in (
+            ("ours-tcp", ["--port", str(ours_port)]),
+            ("ours-uds", ["--uds", str(self.tmp / "env.sock")]),
+        ):
             token_file = self.tmp / f"{name}.token"
             token_file.write_text(TOKEN)
-            self._spawn(["-m", "envs", "bench.trivial_env:PingEnv", *listen, "--token-file", str(token_file), "--max-sessions", "64"])
+            self._spawn(
+                [
+                    "-m",
+                    "envs",
+                    "bench.trivial_env:PingEnv",
+                    *listen,
+                    "--token-file",
+                    str(token_file),
+                    "--max-sessions",
+                    "64",
+                ]
+            )
         self._spawn(["-m", "bench.openenv_server", str(ref_port), os.environ.get(LOOP_ENV_VAR, "uvloop")])
-        self.urls = {"ours-tcp": f"ws://127.0.0.1:{ours_port}", "ours-uds": f"unix://{self.tmp / 'env.sock'}", "openenv": f"http://127.0.0.1:{ref_port}"}
+        self.urls = {
+            "ours-tcp": f"ws://127.0.0.1:{ours_port}",
+            "ours-uds": f"unix://{self.tmp / 'env.sock'}",
+            "openenv": f"http://127.0.0.1:{ref_port}",
+        }
         self._spawn(["-c", PINGPONG_SERVER, str(self.tmp / "pingpong.sock")])
         for url in self.urls.values():
             await _wait_http(url)
@@ -132,7 +151,9 @@ async def _pingpong(path: str) -> tuple[Stepper, Callable[[], Awaitable[None]]]:
     return step, close
 
 
-async def _rate(opener: Callable[[str], Awaitable[tuple[Stepper, Any]]], url: str, sessions: int, seconds: float) -> float:
+async def _rate(
+    opener: Callable[[str], Awaitable[tuple[Stepper, Any]]], url: str, sessions: int, seconds: float
+) -> float:
     clients = [await opener(url) for _ in range(sessions)]
     for step, _ in clients:  # warm up every connection
         for _ in range(20):
@@ -184,7 +205,10 @@ def run(seconds: float, reps: int) -> dict[str, Any]:
         for loop in ("asyncio", "uvloop"):
             child = subprocess.run(
                 [sys.executable, "-m", "bench.env_step", "--child", "--seconds", str(seconds)],
-                env={**os.environ, LOOP_ENV_VAR: loop}, capture_output=True, text=True, check=True,
+                env={**os.environ, LOOP_ENV_VAR: loop},
+                capture_output=True,
+                text=True,
+                check=True,
                 cwd=Path(__file__).parent.parent,
             )
             for name, by_sessions in json.loads(child.stdout.splitlines()[-1]).items():
@@ -213,10 +237,21 @@ def main() -> None:
         for name, by_sessions in by_name.items():
             for key, label in (("1_sessions", "1"), ("16_sessions", "16")):
                 stats = by_sessions[key]
-                rows.append([loop, name, label, f"{stats['median']:,.0f}", f"{stats['min']:,.0f}-{stats['max']:,.0f}",
-                             f"{stats['median'] / same_loop[key]['median']:.2f}x", f"{stats['median'] / shipped[key]['median']:.2f}x"])
-    print_table(["loop", "runtime", "sessions", "steps/s (median)", "range", "vs openenv, same loop",
-                 "vs openenv as shipped"], rows)
+                rows.append(
+                    [
+                        loop,
+                        name,
+                        label,
+                        f"{stats['median']:,.0f}",
+                        f"{stats['min']:,.0f}-{stats['max']:,.0f}",
+                        f"{stats['median'] / same_loop[key]['median']:.2f}x",
+                        f"{stats['median'] / shipped[key]['median']:.2f}x",
+                    ]
+                )
+    print_table(
+        ["loop", "runtime", "sessions", "steps/s (median)", "range", "vs openenv, same loop", "vs openenv as shipped"],
+        rows,
+    )
     path = write_result("env_step", {"seconds": args.seconds, "reps": args.reps}, results)
     print(f"\nwrote {path}")
 

@@ -1,6 +1,6 @@
 """Serve `PingEnv` with OpenEnv's own `create_app` under uvicorn: the reference server.
 
-    python -m bench.openenv_server PORT [asyncio|uvloop]
+python -m bench.openenv_server PORT [asyncio|uvloop]
 """
 
 import sys
@@ -12,7 +12,9 @@ from openenv.core.env_server.types import ConcurrencyConfig
 from bench.trivial_env import PingAction, PingEnv, PingObservation
 
 app = create_app(
-    PingEnv, PingAction, PingObservation,
+    PingEnv,
+    PingAction,
+    PingObservation,
     concurrency_config=ConcurrencyConfig(max_concurrent_envs=64, session_timeout=300),
 )
 

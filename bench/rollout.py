@@ -32,11 +32,18 @@ from trainers.trajectory import DoneReason, TrajectoryGroup
 
 async def throughput(in_flight: int, seconds: float) -> dict[str, Any]:
     group_size = 1 if in_flight == 1 else 8
-    config = load_config(None, [
-        "env.name=toy_terminal", "policy.type=scripted", f"rollout.group_size={group_size}",
-        f"rollout.concurrency={in_flight}", "ray.num_workers=2", "pool.sessions_per_sandbox=64",
-        f"pool.max_total={max(2, in_flight // 32)}",
-    ])
+    config = load_config(
+        None,
+        [
+            "env.name=toy_terminal",
+            "policy.type=scripted",
+            f"rollout.group_size={group_size}",
+            f"rollout.concurrency={in_flight}",
+            "ray.num_workers=2",
+            "pool.sessions_per_sandbox=64",
+            f"pool.max_total={max(2, in_flight // 32)}",
+        ],
+    )
     groups = endless_groups(load_suite("toy_terminal"), "train", run_seed=0, group_size=group_size)
     done: list[TrajectoryGroup] = []
     driver = RolloutDriver(config)
@@ -65,7 +72,7 @@ async def throughput(in_flight: int, seconds: float) -> dict[str, Any]:
 
 async def overhead(episodes: int) -> dict[str, Any]:
     """Per-step split of one-at-a-time episodes: policy, env round trip, harness."""
-    from envs.toy_terminal import ToyTerminalEnv, ToyTerminalAction
+    from envs.toy_terminal import ToyTerminalAction, ToyTerminalEnv
     from orchestrator.pool import PoolConfig, SandboxPool
     from orchestrator.render import PlainTextRenderer
     from orchestrator.rollout import EpisodeConfig, EpisodeRunner, EpisodeSpec, EpisodeTiming
@@ -79,7 +86,9 @@ async def overhead(episodes: int) -> dict[str, Any]:
     pool = SandboxPool(provider, SandboxSpec(env="toy_terminal", run_id="bench"), PoolConfig(min_ready=1), shared=True)
     tokenizer = ByteTokenizer()
     suite = load_suite("toy_terminal")
-    runner = EpisodeRunner(pool, ScriptedPolicy(tokenizer), PlainTextRenderer(tokenizer, tokenizer.bos_token_id), suite, EpisodeConfig())
+    runner = EpisodeRunner(
+        pool, ScriptedPolicy(tokenizer), PlainTextRenderer(tokenizer, tokenizer.bos_token_id), suite, EpisodeConfig()
+    )
     tasks = suite.tasks("train")
     timing = EpisodeTiming()
     try:
@@ -87,7 +96,9 @@ async def overhead(episodes: int) -> dict[str, Any]:
         await pool.wait_warm(60)
         for i in range(episodes):
             task = tasks[i % len(tasks)]
-            spec = EpisodeSpec(run_id="bench", env="toy_terminal", split="train", task=task, group_id=f"g{i}", sample_index=0, seed=i)
+            spec = EpisodeSpec(
+                run_id="bench", env="toy_terminal", split="train", task=task, group_id=f"g{i}", sample_index=0, seed=i
+            )
             await runner.run(spec, timing)
     finally:
         await pool.close()
@@ -115,7 +126,8 @@ async def overhead(episodes: int) -> dict[str, Any]:
             "env.step round trip": 1000 * timing.env_s / steps,
             "env's own step (in-process)": 1000 * env_own,
             "harness (lease, reset, render, tokenize, parse)": 1000 * harness / steps,
-            "platform (all but policy and env's own step)": 1000 * (timing.total_s - timing.policy_s) / steps - 1000 * env_own,
+            "platform (all but policy and env's own step)": 1000 * (timing.total_s - timing.policy_s) / steps
+            - 1000 * env_own,
         },
     }
 
@@ -127,13 +139,21 @@ def main() -> None:
     args = parser.parse_args()
     connect_ray(None)
     levels = [asyncio.run(throughput(n, args.seconds)) for n in (1, 64, 512)]
-    print_table(["episodes in flight", "episodes/s", "env steps/s", "episodes", "failed"],
-                [[r["in_flight"], f"{r['episodes_per_s']:.1f}", f"{r['steps_per_s']:.1f}", r["episodes"], r["failed"]] for r in levels])
+    print_table(
+        ["episodes in flight", "episodes/s", "env steps/s", "episodes", "failed"],
+        [
+            [r["in_flight"], f"{r['episodes_per_s']:.1f}", f"{r['steps_per_s']:.1f}", r["episodes"], r["failed"]]
+            for r in levels
+        ],
+    )
     split = asyncio.run(overhead(args.overhead_episodes))
     print()
     print_table(["per step (one episode at a time)", "ms"], [[k, f"{v:.3f}"] for k, v in split["per_step_ms"].items()])
-    path = write_result("rollout", {"seconds": args.seconds, "overhead_episodes": args.overhead_episodes},
-                        {"throughput": levels, "overhead": split})
+    path = write_result(
+        "rollout",
+        {"seconds": args.seconds, "overhead_episodes": args.overhead_episodes},
+        {"throughput": levels, "overhead": split},
+    )
     print(f"\nwrote {path}")
 
 

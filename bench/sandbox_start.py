@@ -68,8 +68,13 @@ async def warm_leases(provider: SandboxProvider, spec: SandboxSpec, count: int, 
 
 def _openenv_image() -> None:
     dockerfile = f'FROM {SANDBOX_IMAGE}\nCMD ["toy_terminal", "--host", "0.0.0.0", "--port", "8000", "--no-auth"]\n'
-    subprocess.run(["docker", "build", "--network", "none", "-q", "-t", OPENENV_IMAGE, "-"],
-                   input=dockerfile, text=True, check=True, capture_output=True)
+    subprocess.run(
+        ["docker", "build", "--network", "none", "-q", "-t", OPENENV_IMAGE, "-"],
+        input=dockerfile,
+        text=True,
+        check=True,
+        capture_output=True,
+    )
 
 
 _PROBE = """
@@ -96,8 +101,12 @@ def openenv_cold_starts(count: int) -> list[float]:
         provider = LocalDockerProvider()
         start = time.perf_counter()
         provider.start_container(OPENENV_IMAGE)
-        pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", provider._container_id],
-                             capture_output=True, text=True, check=True).stdout.strip()
+        pid = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Pid}}", provider._container_id],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         subprocess.run(["nsenter", "-t", pid, "-n", sys.executable, "-c", _PROBE], check=True, timeout=60)
         samples.append(time.perf_counter() - start)
         provider.stop_container()
@@ -122,15 +131,27 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     try:
         local = await _measure(lambda: LocalProvider(root=root), lambda p: cold_starts(p, toy, args.count + 1))
         results["local cold"] = {"first_s": local[0], **_stats(local[1:])}
-        results["local warm lease (shared)"] = _stats(await _measure(lambda: LocalProvider(root=root), lambda p: warm_leases(p, toy, args.count * 4, shared=True)))
-        results["local warm lease (single-use)"] = _stats(await _measure(lambda: LocalProvider(root=root), lambda p: warm_leases(p, shell, args.count, shared=False)))
+        results["local warm lease (shared)"] = _stats(
+            await _measure(lambda: LocalProvider(root=root), lambda p: warm_leases(p, toy, args.count * 4, shared=True))
+        )
+        results["local warm lease (single-use)"] = _stats(
+            await _measure(lambda: LocalProvider(root=root), lambda p: warm_leases(p, shell, args.count, shared=False))
+        )
         if args.docker_count:
             from providers.docker import DockerProvider
 
-            results["docker cold"] = _stats(await _measure(lambda: DockerProvider(root=root), lambda p: cold_starts(p, toy, args.docker_count)))
-            results["docker warm lease (single-use)"] = _stats(await _measure(lambda: DockerProvider(root=root), lambda p: warm_leases(p, shell, args.docker_count, shared=False)))
+            results["docker cold"] = _stats(
+                await _measure(lambda: DockerProvider(root=root), lambda p: cold_starts(p, toy, args.docker_count))
+            )
+            results["docker warm lease (single-use)"] = _stats(
+                await _measure(
+                    lambda: DockerProvider(root=root), lambda p: warm_leases(p, shell, args.docker_count, shared=False)
+                )
+            )
         if args.openenv_count:
-            results["openenv LocalDockerProvider cold"] = _stats(await asyncio.to_thread(openenv_cold_starts, args.openenv_count))
+            results["openenv LocalDockerProvider cold"] = _stats(
+                await asyncio.to_thread(openenv_cold_starts, args.openenv_count)
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return results
@@ -146,7 +167,9 @@ def main() -> None:
     openenv = results.get("openenv LocalDockerProvider cold")
     rows = []
     for name, r in results.items():
-        versus = f"{openenv['p50_s'] / r['p50_s']:.1f}x faster" if openenv and "cold" in name and r is not openenv else ""
+        versus = (
+            f"{openenv['p50_s'] / r['p50_s']:.1f}x faster" if openenv and "cold" in name and r is not openenv else ""
+        )
         rows.append([name, f"{r['p50_s'] * 1000:.2f}", f"{r['p99_s'] * 1000:.2f}", r["n"], versus])
     print_table(["measure", "p50 (ms)", "p99 (ms)", "n", "vs OpenEnv (p50)"], rows)
     if "local cold" in results:

@@ -36,7 +36,9 @@ class PingEnv(Environment[PingAction, PingObservation, State]):
         self._state.step_count += 1
         return PingObservation(n=action.n, reward=1.0)
 
-    async def reset_async(self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any) -> PingObservation:
+    async def reset_async(
+        self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any
+    ) -> PingObservation:
         return self.reset(seed=seed, episode_id=episode_id)
 
     async def step_async(self, action: PingAction, timeout_s: float | None = None, **kwargs: Any) -> PingObservation:  # type: ignore[override]

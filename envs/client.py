@@ -348,7 +348,11 @@ class EnvClient:
         if conn is None or conn.lost is not None:
             return
         now = time.monotonic()
-        if conn.pending_since is not None and self.message_timeout_s is not None and now - conn.pending_since >= self.message_timeout_s:
+        if (
+            conn.pending_since is not None
+            and self.message_timeout_s is not None
+            and now - conn.pending_since >= self.message_timeout_s
+        ):
             conn._fail(MessageTimeoutError("no reply from the server in time"))
             return
         if self.ping_interval_s is None:

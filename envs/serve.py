@@ -111,5 +111,15 @@ def main(argv: list[str] | None = None) -> None:
     if token is None and not args.no_auth:
         parser.error(f"no token: pass --token-file, set ${TOKEN_ENV_VAR}, or --no-auth")
     config = ServerConfig(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout)
-    run_fast(serve(args.target, token=token, host=args.host, port=args.port, uds=args.uds, config=config,
-                      on_ready=lambda url: log.info("serving %s on %s", args.target, url), ttl_s=args.ttl))
+    run_fast(
+        serve(
+            args.target,
+            token=token,
+            host=args.host,
+            port=args.port,
+            uds=args.uds,
+            config=config,
+            on_ready=lambda url: log.info("serving %s on %s", args.target, url),
+            ttl_s=args.ttl,
+        )
+    )

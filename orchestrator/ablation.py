@@ -25,25 +25,29 @@ def arm_config(config: RunConfig, arm: str, seed: int) -> RunConfig:
     if tree["policy"].get("model", {}).get("type") == "tiny":
         tree["policy"]["model"]["seed"] = seed
     if arm == "grpo":
-        tree["learner"]["loss"]["echo"]["schedule"] = {"type": "constant", "value": 0.0}
+        tree["learner"]["echo_lambda"] = 0.0
     return RunConfig.model_validate(tree)
 
 
-async def run_ablation(config: RunConfig, seeds: list[int], report: Callable[[str, int], Report]) -> list[dict[str, Any]]:
+async def run_ablation(
+    config: RunConfig, seeds: list[int], report: Callable[[str, int], Report]
+) -> list[dict[str, Any]]:
     """One row per (arm, seed): the summary's headline figures."""
     rows = []
     for seed in seeds:
         for arm in ARMS:
             cfg = arm_config(config, arm, seed)
             summary = await Trainer(cfg, prepare_run_dir(cfg), report(arm, seed)).run()
-            rows.append({
-                "arm": arm,
-                "seed": seed,
-                "train_reward": summary["train_reward"]["last_steps"],
-                "heldout_pass1": summary["heldout_pass1"]["final"],
-                "heldout_env_ce": summary["heldout_env_ce"]["final"],
-                "heldout_env_ce_after_warmup": summary["heldout_env_ce"]["after_warmup"],
-            })
+            rows.append(
+                {
+                    "arm": arm,
+                    "seed": seed,
+                    "train_reward": summary["train_reward"]["last_steps"],
+                    "heldout_pass1": summary["heldout_pass1"]["final"],
+                    "heldout_env_ce": summary["heldout_env_ce"]["final"],
+                    "heldout_env_ce_after_warmup": summary["heldout_env_ce"]["after_warmup"],
+                }
+            )
     return rows
 
 

@@ -1,6 +1,6 @@
 """`TrajectoryBuffer`: complete GRPO groups from rollout workers to learners, exactly once.
 
-    put(group) ──ledger.append (durable)──► admitted, if at most `max_staleness` versions old
+    put(group) ──ledger.append (durable)──► queued (in the ledger too), if at most `max_staleness` versions old
                                         └─► dropped as stale (recorded in the ledger too)
     get(n)     ──ledger: consumed at step s──► the learner
 
@@ -32,7 +32,9 @@ class BufferConfig(BaseModel):
 
 
 class TrajectoryBuffer:
-    def __init__(self, run_dir: str, config: BufferConfig | None = None, *, version: int = 0, resume_step: int | None = None) -> None:
+    def __init__(
+        self, run_dir: str, config: BufferConfig | None = None, *, version: int = 0, resume_step: int | None = None
+    ) -> None:
         self.config = config or BufferConfig()
         self.ledger = Ledger(run_dir)
         self.version = version
@@ -64,6 +66,7 @@ class TrajectoryBuffer:
         if not self._fresh(group):
             self._drop([group])
             return "stale"
+        self.ledger.record([group.group_id], "queued")
         self._queue.append(group)
         self.counts["admitted"] += 1
         self._notify()

@@ -116,8 +116,26 @@ class RunConfig(_Section):
     def _consistent(self) -> RunConfig:
         too_big = [k for k in self.eval.k if k > self.rollout.group_size]
         if too_big:
-            raise ValueError(f"eval.k {too_big} exceed rollout.group_size={self.rollout.group_size}: pass@k needs k samples per task")
+            raise ValueError(
+                f"eval.k {too_big} exceed rollout.group_size={self.rollout.group_size}: pass@k needs k samples per task"
+            )
+        self._loss_temperature_follows_the_sampler()
         return self
+
+    def _loss_temperature_follows_the_sampler(self) -> None:
+        """GRPO's importance ratio compares the learner's log-probs with those the sampler reported,
+        which are at the sampling temperature: the loss must use the same one."""
+        sampling = self.rollout.episode.sampling.temperature
+        loss = self.learner.loss
+        if sampling == 0:  # greedy rollouts report log-probs of the unscaled logits
+            return
+        if "temperature" not in loss.model_fields_set:
+            self.learner.loss = loss.model_copy(update={"temperature": sampling})
+        elif loss.temperature != sampling:
+            raise ValueError(
+                f"learner.loss.temperature={loss.temperature} differs from rollout.episode.sampling.temperature="
+                f"{sampling}: the importance ratio needs both at the sampling temperature (leave the loss's unset)"
+            )
 
 
 def _set(tree: dict[str, Any], dotted: str, raw: str) -> None:

@@ -48,7 +48,9 @@ class GroupFailedError(RuntimeError):
 
 
 class RolloutDriver:
-    def __init__(self, config: RunConfig, *, policy: Any = None, policy_server: Any = None, max_group_attempts: int = 3) -> None:
+    def __init__(
+        self, config: RunConfig, *, policy: Any = None, policy_server: Any = None, max_group_attempts: int = 3
+    ) -> None:
         """`policy`: an in-process policy object each worker gets a copy of (default: built from
         the config); `policy_server`: a Ray actor serving one policy to every worker."""
         self.config = config
@@ -72,8 +74,13 @@ class RolloutDriver:
         import ray
 
         actor = ray.remote(num_cpus=0, max_concurrency=4096, max_restarts=0)(RolloutWorker)
-        return actor.remote(self.config, worker_index=index, policy=self.policy, policy_server=self.policy_server,
-                            rate_limiter=RemoteRateLimiter(self._limiter))
+        return actor.remote(
+            self.config,
+            worker_index=index,
+            policy=self.policy,
+            policy_server=self.policy_server,
+            rate_limiter=RemoteRateLimiter(self._limiter),
+        )
 
     async def run_groups(
         self,

@@ -36,12 +36,15 @@ def eval_groups(config: RunConfig, tag: str = "eval") -> list[GroupSpec]:
     return [
         group
         for split in config.env.eval_splits
-        for group in round_of_groups(suite, split, run_seed=config.run.seed, group_size=config.rollout.group_size,
-                                     round_index=0, tag=tag)
+        for group in round_of_groups(
+            suite, split, run_seed=config.run.seed, group_size=config.rollout.group_size, round_index=0, tag=tag
+        )
     ]
 
 
-async def evaluate(config: RunConfig, run_dir: Path, on_episodes: Callable[[int], None] = lambda n: None) -> list[SplitReport]:
+async def evaluate(
+    config: RunConfig, run_dir: Path, on_episodes: Callable[[int], None] = lambda n: None
+) -> list[SplitReport]:
     ledger = Ledger(run_dir)
     groups = eval_groups(config)
     recorded = ledger.group_ids()

@@ -80,7 +80,8 @@ class Ledger:
         _fsync_dir(self.groups_dir)
 
     def record(self, group_ids: list[str], event: str, **fields: Any) -> None:
-        """Append an event ('consumed' with a learner step, 'dropped' with a reason) for each group."""
+        """Append an event ('queued' for a learner, 'consumed' with a learner step, 'dropped' with a
+        reason) for each group."""
         with open(self.events_path, "a") as f:
             for group_id in group_ids:
                 f.write(json.dumps({"group": group_id, "event": event, **fields}) + "\n")
@@ -107,9 +108,11 @@ class Ledger:
         """Groups dropped, or consumed by a learner step ≤ `as_of_step` (None: any step)."""
         done = set()
         for event in self.events():
-            if event["event"] == "dropped":
-                done.add(event["group"])
-            elif event["event"] == "consumed" and (as_of_step is None or event.get("step", 0) <= as_of_step):
+            if (
+                event["event"] == "dropped"
+                or event["event"] == "consumed"
+                and (as_of_step is None or event.get("step", 0) <= as_of_step)
+            ):
                 done.add(event["group"])
         return done
 
@@ -118,9 +121,10 @@ class Ledger:
         return TrajectoryGroup.of([_trajectory(row) for row in table.to_pylist()])
 
     def pending(self, as_of_step: int | None = None) -> list[TrajectoryGroup]:
-        """Recorded groups not yet settled: what a resumed buffer must serve again."""
-        settled = self.settled(as_of_step)
-        return [self.read_group(g) for g in sorted(self.group_ids() - settled)]
+        """Groups queued for a learner and not yet settled: what a resumed buffer must serve again.
+        Groups recorded for other uses (oracle transcripts, evaluations) are never pending."""
+        queued = {e["group"] for e in self.events() if e["event"] == "queued"}
+        return [self.read_group(g) for g in sorted(queued - self.settled(as_of_step))]
 
     def trajectories(self) -> list[Trajectory]:
         return [t for g in sorted(self.group_ids()) for t in self.read_group(g).trajectories]

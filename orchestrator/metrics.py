@@ -19,16 +19,29 @@ from trainers.trajectory import TrajectoryGroup
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 SANDBOXES = Gauge("hillclimb_sandboxes", "Sandboxes held by pools, by state.", ["provider", "env", "state"])
-CREATE_SECONDS = Histogram("hillclimb_sandbox_create_seconds", "Provider create() call time.", ["provider"], buckets=LATENCY_BUCKETS)
-READY_SECONDS = Histogram("hillclimb_sandbox_ready_seconds", "From create() to a passing health check.", ["provider"], buckets=LATENCY_BUCKETS)
-DESTROY_SECONDS = Histogram("hillclimb_sandbox_destroy_seconds", "Provider destroy() call time.", ["provider"], buckets=LATENCY_BUCKETS)
-LEASE_WAIT_SECONDS = Histogram("hillclimb_lease_wait_seconds", "Time a lease() waited for a sandbox.", ["provider", "env"], buckets=LATENCY_BUCKETS)
+CREATE_SECONDS = Histogram(
+    "hillclimb_sandbox_create_seconds", "Provider create() call time.", ["provider"], buckets=LATENCY_BUCKETS
+)
+READY_SECONDS = Histogram(
+    "hillclimb_sandbox_ready_seconds", "From create() to a passing health check.", ["provider"], buckets=LATENCY_BUCKETS
+)
+DESTROY_SECONDS = Histogram(
+    "hillclimb_sandbox_destroy_seconds", "Provider destroy() call time.", ["provider"], buckets=LATENCY_BUCKETS
+)
+LEASE_WAIT_SECONDS = Histogram(
+    "hillclimb_lease_wait_seconds", "Time a lease() waited for a sandbox.", ["provider", "env"], buckets=LATENCY_BUCKETS
+)
 FAILURES = Counter("hillclimb_sandbox_failures_total", "Sandbox failures, by error type.", ["provider", "type"])
-EPISODES = Counter("hillclimb_episodes_total", "Finished episodes, by split and done reason.", ["env", "split", "done_reason"])
+EPISODES = Counter(
+    "hillclimb_episodes_total", "Finished episodes, by split and done reason.", ["env", "split", "done_reason"]
+)
 ENV_STEPS = Counter("hillclimb_env_steps_total", "Policy turns taken in environments.", ["env"])
 TOKENS = Counter("hillclimb_tokens_total", "Trajectory tokens, by role.", ["env", "role"])
-STALENESS = Histogram("hillclimb_staleness_versions", "Learner version minus the sampling version of consumed groups.",
-                      buckets=(0, 1, 2, 3, 4, 6, 8, 16))
+STALENESS = Histogram(
+    "hillclimb_staleness_versions",
+    "Learner version minus the sampling version of consumed groups.",
+    buckets=(0, 1, 2, 3, 4, 6, 8, 16),
+)
 BUFFER_DEPTH = Gauge("hillclimb_buffer_depth_groups", "GRPO groups waiting in the trajectory buffer.")
 TRAIN = Gauge("hillclimb_train", "The training loop's latest figures (see metrics.jsonl).", ["kind", "name"])
 LOOP_LAG = Gauge("hillclimb_event_loop_lag_seconds", "How late the event loop ran a timer it was asked to run.")

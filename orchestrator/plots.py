@@ -17,9 +17,16 @@ def plot_run(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     evals = [r for r in records if r["kind"] in ("eval_initial", "eval")]
     panels = [
         ("train_reward.png", "train reward (mean over the step's episodes)", [("train reward", train, "train_reward")]),
-        ("heldout_success.png", "held-out pass@1 (greedy)", [("held-out pass@1", [r for r in evals if "heldout_pass1" in r], "heldout_pass1")]),
-        ("env_token_ce.png", "env-token cross-entropy (nats/token, teacher-forced on oracle transcripts)",
-         [("train split", evals, "train_env_ce"), ("held-out split", evals, "heldout_env_ce")]),
+        (
+            "heldout_success.png",
+            "held-out pass@1 (greedy)",
+            [("held-out pass@1", [r for r in evals if "heldout_pass1" in r], "heldout_pass1")],
+        ),
+        (
+            "env_token_ce.png",
+            "env-token cross-entropy (nats/token, teacher-forced on oracle transcripts)",
+            [("train split", evals, "train_env_ce"), ("held-out split", evals, "heldout_env_ce")],
+        ),
     ]
     written = []
     for name, title, series in panels:

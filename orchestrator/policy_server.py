@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from trainers.policy.base import Generation, GenerateRequest, SamplingParams
+from trainers.policy.base import GenerateRequest, Generation, SamplingParams
 from trainers.policy.config import PolicyConfig, make_policy
 
 

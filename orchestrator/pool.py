@@ -181,7 +181,9 @@ class SandboxPool:
             if remaining is not None and remaining <= 0:
                 raise LeaseTimeoutError(f"no {self.spec.env} sandbox free within {timeout_s:g} s ({self.describe()})")
             if len(self._waiters) >= self.config.max_waiters:
-                raise PoolExhaustedError(f"{len(self._waiters)} leases already waiting ({self.describe()}); retry later")
+                raise PoolExhaustedError(
+                    f"{len(self._waiters)} leases already waiting ({self.describe()}); retry later"
+                )
             try:
                 await asyncio.wait_for(self._wait_change(), remaining)
             except TimeoutError:
@@ -242,7 +244,7 @@ class SandboxPool:
             return True
         try:
             status, _ = await http_request(slot.sandbox.endpoint, "/health", timeout=self.config.health_timeout_s)
-        except (OSError, asyncio.TimeoutError, ValueError) as e:
+        except (TimeoutError, OSError, ValueError) as e:
             metrics.FAILURES.labels(provider=self.provider.name, type="health_check").inc()
             log.warning("sandbox %s failed its health check: %s", slot.sandbox.id, e)
             return False

@@ -34,7 +34,9 @@ class Transcript:
     roles: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
 
-    def extend(self, ids: list[int] | tuple[int, ...], role: Role, logprobs: list[float] | tuple[float, ...] | None = None) -> None:
+    def extend(
+        self, ids: list[int] | tuple[int, ...], role: Role, logprobs: list[float] | tuple[float, ...] | None = None
+    ) -> None:
         if logprobs is not None and len(logprobs) != len(ids):
             raise ValueError(f"{len(ids)} ids but {len(logprobs)} logprobs")
         self.ids.extend(ids)

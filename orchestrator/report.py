@@ -39,8 +39,14 @@ def summarize(trajectories: list[Trajectory], ks: list[int]) -> list[SplitReport
             for k in ks
         }
         reasons = collections.Counter(t.done_reason.value for t in episodes)
-        reports.append(SplitReport(
-            split=split, tasks=len(tasks), episodes=len(episodes), pass_at=pass_at,
-            mean_reward=sum(t.reward for t in episodes) / len(episodes), done_reasons=dict(reasons),
-        ))
+        reports.append(
+            SplitReport(
+                split=split,
+                tasks=len(tasks),
+                episodes=len(episodes),
+                pass_at=pass_at,
+                mean_reward=sum(t.reward for t in episodes) / len(episodes),
+                done_reasons=dict(reasons),
+            )
+        )
     return reports

@@ -36,7 +36,7 @@ from envs.tasks import ActionParseError, Task, TaskSuite
 from orchestrator.pool import LeaseTimeoutError, SandboxPool
 from orchestrator.render import Renderer, Transcript
 from providers.errors import ProviderError
-from trainers.policy.base import EpisodeInfo, Generation, GenerateRequest, Policy, SamplingParams
+from trainers.policy.base import EpisodeInfo, GenerateRequest, Generation, Policy, SamplingParams
 from trainers.trajectory import DoneReason, Trajectory
 
 log = logging.getLogger("hillclimb.orchestrator.rollout")
@@ -44,8 +44,14 @@ log = logging.getLogger("hillclimb.orchestrator.rollout")
 # What a sandbox (or its connection) failing looks like from here: retried on a fresh one.
 # Validation errors on reset are not among them: they mean a misconfigured task, and surface.
 _SANDBOX_FAULTS = (
-    ConnectionLostError, ConnectTimeoutError, MessageTimeoutError, ExecutionError, SessionError,
-    CapacityReachedError, FactoryError, OSError,
+    ConnectionLostError,
+    ConnectTimeoutError,
+    MessageTimeoutError,
+    ExecutionError,
+    SessionError,
+    CapacityReachedError,
+    FactoryError,
+    OSError,
 )
 
 
@@ -118,7 +124,9 @@ class _Episode:
 class EpisodeRunner:
     """Runs episodes against one pool with one policy, renderer and task suite."""
 
-    def __init__(self, pool: SandboxPool, policy: Policy, renderer: Renderer, suite: TaskSuite, config: EpisodeConfig) -> None:
+    def __init__(
+        self, pool: SandboxPool, policy: Policy, renderer: Renderer, suite: TaskSuite, config: EpisodeConfig
+    ) -> None:
         self.pool = pool
         self.policy = policy
         self.renderer = renderer
@@ -127,10 +135,16 @@ class EpisodeRunner:
         stops = config.sampling.stop_token_ids or renderer.stop_token_ids
         self.sampling = config.sampling.model_copy(update={"stop_token_ids": tuple(stops)})
 
-    async def run(self, spec: EpisodeSpec, timing: EpisodeTiming | None = None, sampling: SamplingParams | None = None) -> Trajectory:
+    async def run(
+        self, spec: EpisodeSpec, timing: EpisodeTiming | None = None, sampling: SamplingParams | None = None
+    ) -> Trajectory:
         """Play one episode. `sampling` overrides the configured sampling (its stop tokens are kept)."""
         timing = timing or EpisodeTiming()
-        sampling = self.sampling if sampling is None else sampling.model_copy(update={"stop_token_ids": self.sampling.stop_token_ids})
+        sampling = (
+            self.sampling
+            if sampling is None
+            else sampling.model_copy(update={"stop_token_ids": self.sampling.stop_token_ids})
+        )
         start = time.perf_counter()
         attempts = self.config.sandbox_retries + 1
         for attempt in range(attempts):
@@ -144,7 +158,14 @@ class EpisodeRunner:
                 log.warning("episode %s/%d: policy failed: %s", spec.group_id, spec.sample_index, e)
                 reason = DoneReason.POLICY_ERROR
             except _SandboxFailed as e:
-                log.warning("episode %s/%d: sandbox failed (attempt %d of %d): %s", spec.group_id, spec.sample_index, attempt + 1, attempts, e)
+                log.warning(
+                    "episode %s/%d: sandbox failed (attempt %d of %d): %s",
+                    spec.group_id,
+                    spec.sample_index,
+                    attempt + 1,
+                    attempts,
+                    e,
+                )
                 reason = DoneReason.SANDBOX_ERROR
                 if attempt + 1 < attempts:
                     continue
@@ -160,14 +181,18 @@ class EpisodeRunner:
             raise _SandboxFailed(f"no sandbox: {e}") from e
         async with lease:
             try:
-                async with EnvClient(lease.endpoint, token=lease.token, message_timeout_s=self.config.episode_timeout_s) as env:
+                async with EnvClient(
+                    lease.endpoint, token=lease.token, message_timeout_s=self.config.episode_timeout_s
+                ) as env:
                     await env.reset(seed=spec.seed, task_id=spec.task.id)
                     return await self._turns(episode, env, timing, sampling)
             except _SANDBOX_FAULTS as e:
                 lease.mark_broken()
                 raise _SandboxFailed(f"{type(e).__name__}: {e}") from e
 
-    async def _turns(self, episode: _Episode, env: EnvClient, timing: EpisodeTiming, sampling: SamplingParams) -> DoneReason:
+    async def _turns(
+        self, episode: _Episode, env: EnvClient, timing: EpisodeTiming, sampling: SamplingParams
+    ) -> DoneReason:
         transcript = episode.transcript
         for turn in range(self.config.max_turns):
             if len(transcript) + sampling.max_new_tokens > self.config.max_context_tokens:
@@ -199,7 +224,9 @@ class EpisodeRunner:
                 return DoneReason.FINISHED
         return DoneReason.STEP_LIMIT
 
-    async def _generate(self, episode: _Episode, turn: int, timing: EpisodeTiming, sampling: SamplingParams) -> Generation:
+    async def _generate(
+        self, episode: _Episode, turn: int, timing: EpisodeTiming, sampling: SamplingParams
+    ) -> Generation:
         spec = episode.spec
         request = GenerateRequest(
             prompt_ids=tuple(episode.transcript.ids),

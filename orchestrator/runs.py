@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import fcntl
 import os
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from envs.errors import HillclimbError
 
 
-class RunState(str, Enum):
+class RunState(StrEnum):
     ALIVE = "alive"
     GONE = "gone"
     UNKNOWN = "unknown"
@@ -36,7 +36,6 @@ def runs_dir() -> Path:
     return path
 
 
-
 class RunLock:
     """Held for a driver's whole life: `with RunLock(run_id): ...`."""
 
@@ -51,7 +50,9 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunActiveError(f"run {self.run_id!r} is already running on this host (lock {self.path}); pick another run id") from None
+            raise RunActiveError(
+                f"run {self.run_id!r} is already running on this host (lock {self.path}); pick another run id"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

@@ -25,8 +25,15 @@ class GroupSpec:
 
     def episodes(self, run_id: str) -> list[EpisodeSpec]:
         return [
-            EpisodeSpec(run_id=run_id, env=self.env, split=self.split, task=self.task,
-                        group_id=self.group_id, sample_index=i, seed=seed)
+            EpisodeSpec(
+                run_id=run_id,
+                env=self.env,
+                split=self.split,
+                task=self.task,
+                group_id=self.group_id,
+                sample_index=i,
+                seed=seed,
+            )
             for i, seed in enumerate(self.seeds)
         ]
 

@@ -1,11 +1,11 @@
 """`hillclimb train`: the whole loop — sandboxed rollouts, GRPO + ECHO learners, weights back.
 
-    oracle transcripts (the scripted oracle in real sandboxes, both splits, recorded once)
-    warm-up: behaviour cloning on TRAIN oracle transcripts (ACTION tokens only)
-    loop:  policy server ─► rollout workers ─► TrajectoryBuffer + ledger ─► learners ─► weights ─► policy server
-           max_staleness 0: rollouts, then a step, in turn;  ≥ 1: rollouts run on while learners train
-    every `eval_every` steps: held-out pass@1 (greedy episodes) and teacher-forced env-token CE
-    run dir: config.json, metrics.jsonl, checkpoints/, ledger/, plots/, summary.json
+oracle transcripts (the scripted oracle in real sandboxes, both splits, recorded once)
+warm-up: behaviour cloning on TRAIN oracle transcripts (ACTION tokens only)
+loop:  policy server ─► rollout workers ─► TrajectoryBuffer + ledger ─► learners ─► weights ─► policy server
+       max_staleness 0: rollouts, then a step, in turn;  ≥ 1: rollouts run on while learners train
+every `eval_every` steps: held-out pass@1 (greedy episodes) and teacher-forced env-token CE
+run dir: config.json, metrics.jsonl, checkpoints/, ledger/, plots/, summary.json
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from orchestrator.config import RunConfig
 from orchestrator.driver import RolloutDriver, connect_ray
 from orchestrator.ledger import Ledger
 from orchestrator.schedule import GroupSpec, endless_groups, round_of_groups
-from trainers.policy.base import SamplingParams
 from trainers.trajectory import Trajectory, TrajectoryGroup
 
 Report = Callable[[str, dict[str, Any]], None]
@@ -112,8 +111,17 @@ class Trainer:
         }
 
     async def _heldout_success(self, driver: RolloutDriver) -> float:
-        groups = [_single(g) for g in round_of_groups(self.suite, "heldout", run_seed=self.config.run.seed,
-                                                       group_size=1, round_index=self.step, tag=f"eval{self.step}")]
+        groups = [
+            _single(g)
+            for g in round_of_groups(
+                self.suite,
+                "heldout",
+                run_seed=self.config.run.seed,
+                group_size=1,
+                round_index=self.step,
+                tag=f"eval{self.step}",
+            )
+        ]
         if self.config.train.eval_tasks is not None:
             groups = groups[: self.config.train.eval_tasks]
         results: list[TrajectoryGroup] = []
@@ -124,7 +132,9 @@ class Trainer:
         episodes = [t for g in results for t in g.trajectories]
         return sum(t.reward > 0 for t in episodes) / max(len(episodes), 1)
 
-    async def _evaluate(self, learners: Any, driver: RolloutDriver | None, oracle: dict[str, list[Trajectory]], kind: str) -> dict[str, Any]:
+    async def _evaluate(
+        self, learners: Any, driver: RolloutDriver | None, oracle: dict[str, list[Trajectory]], kind: str
+    ) -> dict[str, Any]:
         values: dict[str, Any] = await self._env_ce(learners, oracle)
         if driver is not None:
             values["heldout_pass1"] = await self._heldout_success(driver)
@@ -156,15 +166,21 @@ class Trainer:
 
     def _train_groups(self) -> Iterator[GroupSpec]:
         recorded = self.ledger.group_ids()
-        groups = endless_groups(self.suite, self.config.env.train_split, run_seed=self.config.run.seed,
-                                group_size=self.config.rollout.group_size)
+        groups = endless_groups(
+            self.suite,
+            self.config.env.train_split,
+            run_seed=self.config.run.seed,
+            group_size=self.config.rollout.group_size,
+        )
         return (g for g in groups if g.group_id not in recorded)
 
     async def _step(self, learners: Any, policy_server: Any, buffer: Any) -> dict[str, Any]:
         from trainers.batching import samples_from_groups
 
         cfg = self.config
-        groups = await buffer.get.remote(cfg.train.groups_per_step, step=self.step + 1, timeout_s=cfg.rollout.episode.episode_timeout_s * 4)
+        groups = await buffer.get.remote(
+            cfg.train.groups_per_step, step=self.step + 1, timeout_s=cfg.rollout.episode.episode_timeout_s * 4
+        )
         samples = samples_from_groups(groups, cfg.learner.loss)
         values = await learners.train_step(samples, self.step) if samples else {"skipped": 1.0}
         episodes = [t for g in groups for t in g.trajectories]
@@ -175,7 +191,10 @@ class Trainer:
             "episodes": len(episodes),
             "trained_samples": len(samples),
             "staleness_max": max(self.version - g.policy_version for g in groups),
-            **{f"done_{r}": sum(t.done_reason.value == r for t in episodes) for r in {t.done_reason.value for t in episodes}},
+            **{
+                f"done_{r}": sum(t.done_reason.value == r for t in episodes)
+                for r in {t.done_reason.value for t in episodes}
+            },
         }
         self.step += 1
         await self._publish(learners, policy_server, buffer)
@@ -273,8 +292,15 @@ class Trainer:
         return summary
 
 
-def summarize_run(records: list[dict[str, Any]], initial: dict[str, Any], first: dict[str, Any], final: dict[str, Any],
-                  *, wall_s: float, config: RunConfig) -> dict[str, Any]:
+def summarize_run(
+    records: list[dict[str, Any]],
+    initial: dict[str, Any],
+    first: dict[str, Any],
+    final: dict[str, Any],
+    *,
+    wall_s: float,
+    config: RunConfig,
+) -> dict[str, Any]:
     """The headline figures of a run."""
     train = [r for r in records if r["kind"] == "train"]
     recent = train[-10:]

@@ -23,7 +23,7 @@ from orchestrator.ratelimit import RateLimiter, TokenBucket
 from orchestrator.render import PlainTextRenderer, Renderer
 from orchestrator.rollout import EpisodeRunner
 from orchestrator.schedule import GroupSpec
-from trainers.policy.base import Generation, GenerateRequest, Policy, SamplingParams
+from trainers.policy.base import GenerateRequest, Generation, Policy, SamplingParams
 from trainers.tokenizer import Tokenizer
 from trainers.trajectory import TrajectoryGroup
 
@@ -130,7 +130,9 @@ class RolloutWorker:
             max_sessions=cfg.pool.sessions_per_sandbox if shared else 1,
         )
         self._provider = make_provider(cfg.provider.type, **cfg.provider.options)
-        self._pool = SandboxPool(self._provider, spec, self._worker_pool_config(), shared=shared, rate_limiter=self._limiter)
+        self._pool = SandboxPool(
+            self._provider, spec, self._worker_pool_config(), shared=shared, rate_limiter=self._limiter
+        )
         await self._pool.start()
         if self._policy_arg is not None:
             policy = self._policy_arg
@@ -144,10 +146,12 @@ class RolloutWorker:
     def _worker_pool_config(self) -> PoolConfig:
         """This worker's share of the pool limits."""
         pool, workers = self.config.pool, self.config.ray.num_workers
-        return pool.model_copy(update={
-            "max_total": max(1, pool.max_total // workers),
-            "min_ready": -(-pool.min_ready // workers),
-        })
+        return pool.model_copy(
+            update={
+                "max_total": max(1, pool.max_total // workers),
+                "min_ready": -(-pool.min_ready // workers),
+            }
+        )
 
     async def run_group(self, group: GroupSpec, sampling: SamplingParams | None = None) -> TrajectoryGroup:
         runner = await self._ensure_started()

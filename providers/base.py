@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -91,7 +91,8 @@ class SandboxSpec(BaseModel):
     image: str | None = None
     """Container image (Docker, Kubernetes); None means the provider's default sandbox image."""
     command: tuple[str, ...] | None = None
-    """Replaces the default server command; it must serve on `$HILLCLIMB_ENV_SOCKET` with the token in `$HILLCLIMB_TOKEN_FILE`."""
+    """Replaces the default server command; it must serve on `$HILLCLIMB_ENV_SOCKET`, with the
+    bearer token read from `$HILLCLIMB_TOKEN_FILE`."""
     resources: Resources = Resources()
     egress: EgressPolicy = EgressPolicy()
     labels: dict[str, str] = Field(default_factory=dict)
@@ -111,7 +112,9 @@ class SandboxSpec(BaseModel):
     def _valid_labels(cls, labels: dict[str, str]) -> dict[str, str]:
         for key, value in labels.items():
             if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
-                raise ValueError(f"label {key}={value!r} is not a valid label (Kubernetes rules: ≤63 chars, [A-Za-z0-9-_.])")
+                raise ValueError(
+                    f"label {key}={value!r} is not a valid label (Kubernetes rules: ≤63 chars, [A-Za-z0-9-_.])"
+                )
         return labels
 
     @field_validator("run_id", "owner")
@@ -173,7 +176,7 @@ class Sandbox(BaseModel):
 
 
 def utc_from_timestamp(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
+    return datetime.fromtimestamp(ts, tz=UTC)
 
 
 class InflightCalls:

@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import docker
 import docker.errors
 import requests.exceptions
 from pydantic import SecretStr
 
+import docker
 from envs.client import http_request
-from providers.base import InflightCalls, LABEL_CREATED, LABEL_RUN, Sandbox, SandboxSpec, utc_from_timestamp
+from providers.base import LABEL_CREATED, LABEL_RUN, InflightCalls, Sandbox, SandboxSpec, utc_from_timestamp
 from providers.errors import (
     BadSpecError,
     FatalProviderError,
@@ -84,7 +84,9 @@ class DockerProvider:
         try:
             self._client = client or docker.from_env(timeout=60)
         except docker.errors.DockerException as e:
-            raise FatalProviderError(f"no Docker engine reachable ({e}); start dockerd or use the local provider") from e
+            raise FatalProviderError(
+                f"no Docker engine reachable ({e}); start dockerd or use the local provider"
+            ) from e
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
         # Root runs containers as a dedicated uid; a user's containers run as that user so
@@ -118,7 +120,9 @@ class DockerProvider:
             container = self._client.containers.create(**self._container_args(spec, sandbox_id, home, created_at))
         except docker.errors.APIError as e:
             if e.status_code == 409 and spec.idempotency_key:  # another process made this key's sandbox
-                raise FatalProviderError(f"sandbox {sandbox_id} for this idempotency key exists in another process") from e
+                raise FatalProviderError(
+                    f"sandbox {sandbox_id} for this idempotency key exists in another process"
+                ) from e
             shutil.rmtree(home, ignore_errors=True)
             raise _translate(e, f"creating sandbox {sandbox_id}") from e
         except docker.errors.DockerException as e:
@@ -151,10 +155,22 @@ class DockerProvider:
         res = spec.resources
         socket = f"{SOCKET_DIR}/env.sock"
         token_file = f"{SOCKET_DIR}/token"
-        command = list(spec.command) if spec.command else [
-            spec.env, "--uds", socket, "--token-file", token_file,
-            "--max-sessions", str(spec.max_sessions), "--ttl", str(spec.ttl_s),
-        ]
+        command = (
+            list(spec.command)
+            if spec.command
+            else [
+                spec.env,
+                "--uds",
+                socket,
+                "--token-file",
+                token_file,
+                "--max-sessions",
+                str(spec.max_sessions),
+                "--ttl",
+                str(spec.ttl_s),
+            ]
+        )
+        uid_gid = (self.container_uid, self.container_gid)
         uid = f"{self.container_uid}:{self.container_gid}"
         args: dict[str, Any] = {
             "image": spec.image or self.image,
@@ -172,7 +188,7 @@ class DockerProvider:
             "network_mode": "none",
             "read_only": True,
             "tmpfs": {
-                "/work": f"rw,exec,nosuid,nodev,size={res.disk_mb}m,uid={self.container_uid},gid={self.container_gid},mode=0700",
+                "/work": f"rw,exec,nosuid,nodev,size={res.disk_mb}m,uid={uid_gid[0]},gid={uid_gid[1]},mode=0700",
                 "/tmp": "rw,nosuid,nodev,size=64m,mode=1777",
             },
             "volumes": {str(home): {"bind": SOCKET_DIR, "mode": "rw"}},
@@ -212,7 +228,7 @@ class DockerProvider:
             try:
                 if (await http_request(sandbox.endpoint, "/health", timeout=1.0))[0] == 200:
                     return
-            except (OSError, asyncio.TimeoutError, ValueError):
+            except (TimeoutError, OSError, ValueError):
                 pass
             now = time.monotonic()
             if now >= next_state_check:
@@ -221,7 +237,9 @@ class DockerProvider:
                 if state.get("status") in ("exited", "dead", "missing"):
                     tail = await asyncio.to_thread(self.logs_tail, sandbox.id)
                     await self.destroy(sandbox.id)
-                    raise SandboxDiedError(f"sandbox {sandbox.id} exited while starting ({state}); log tail:\n{tail}", log_tail=tail)
+                    raise SandboxDiedError(
+                        f"sandbox {sandbox.id} exited while starting ({state}); log tail:\n{tail}", log_tail=tail
+                    )
             if now + delay > deadline:
                 await self.destroy(sandbox.id)
                 raise ReadyTimeoutError(f"sandbox {sandbox.id} was not ready within {timeout_s:g} s (destroyed)")

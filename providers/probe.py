@@ -52,22 +52,53 @@ def evaluate(report: dict[str, Any]) -> list[Check]:
     cg, rl = report["cgroup_limits"], report["rlimits"]
     loop = report["host_loopback"]
     writable = report["writable"]
-    mem_ok, mem_detail = _limited(cg, ("memory.limit_in_bytes", "memory.max"), rl["address_space_bytes"], report["memory_total_bytes"])
+    mem_ok, mem_detail = _limited(
+        cg, ("memory.limit_in_bytes", "memory.max"), rl["address_space_bytes"], report["memory_total_bytes"]
+    )
     pids_ok, pids_detail = _limited(cg, ("pids.max",), rl["nproc"], 65536)
     cpu_ok, cpu_detail = _limited(cg, ("cpu.cfs_quota_us", "cpu.max"), rl["cpu_s"], float("inf"))
     return [
-        Check(name="only a loopback interface", ok=report["interfaces"] == ["lo"], detail=f"interfaces: {report['interfaces']}"),
-        Check(name="no route leaves the sandbox", ok=not report["routes"], detail="; ".join(report["routes"]) or "no routes"),
+        Check(
+            name="only a loopback interface",
+            ok=report["interfaces"] == ["lo"],
+            detail=f"interfaces: {report['interfaces']}",
+        ),
+        Check(
+            name="no route leaves the sandbox",
+            ok=not report["routes"],
+            detail="; ".join(report["routes"]) or "no routes",
+        ),
         Check(
             name="host loopback listener unreachable",
             ok=loop.get("checked", False) and not loop.get("reachable", True),
-            detail=f"connect to host 127.0.0.1 port: {loop.get('error', 'CONNECTED' if loop.get('reachable') else 'not checked')}",
+            detail="connect to host 127.0.0.1: "
+            + loop.get("error", "CONNECTED" if loop.get("reachable") else "not checked"),
         ),
-        Check(name="unprivileged on the host", ok=report["host_uid"] != 0, detail=f"uid {report['uid']} inside, {report['host_uid']} on the host"),
-        Check(name="no new privileges", ok=report.get("NoNewPrivs") == "1", detail=f"NoNewPrivs={report.get('NoNewPrivs')}, CapEff={report.get('CapEff')}"),
-        Check(name="own process namespace", ok=report["visible_pids"] < 32, detail=f"{report['visible_pids']} processes visible"),
-        Check(name="host filesystem read-only", ok=not writable["root_fs"] and not writable["etc"], detail=f"writable: {writable}"),
-        Check(name="private writable workdir and /tmp", ok=writable["cwd"] and writable["tmp"], detail=f"cwd {report['cwd']}"),
+        Check(
+            name="unprivileged on the host",
+            ok=report["host_uid"] != 0,
+            detail=f"uid {report['uid']} inside, {report['host_uid']} on the host",
+        ),
+        Check(
+            name="no new privileges",
+            ok=report.get("NoNewPrivs") == "1",
+            detail=f"NoNewPrivs={report.get('NoNewPrivs')}, CapEff={report.get('CapEff')}",
+        ),
+        Check(
+            name="own process namespace",
+            ok=report["visible_pids"] < 32,
+            detail=f"{report['visible_pids']} processes visible",
+        ),
+        Check(
+            name="host filesystem read-only",
+            ok=not writable["root_fs"] and not writable["etc"],
+            detail=f"writable: {writable}",
+        ),
+        Check(
+            name="private writable workdir and /tmp",
+            ok=writable["cwd"] and writable["tmp"],
+            detail=f"cwd {report['cwd']}",
+        ),
         Check(name="memory limited", ok=mem_ok, detail=mem_detail),
         Check(name="process count limited", ok=pids_ok, detail=pids_detail),
         Check(name="cpu limited", ok=cpu_ok, detail=cpu_detail),

@@ -33,12 +33,16 @@ def available_providers() -> dict[str, str]:
 def provider_class(name: str) -> type:
     path = available_providers().get(name)
     if path is None:
-        raise TargetNotFoundError(f"unknown sandbox provider {name!r}; available: {', '.join(sorted(available_providers()))}")
+        raise TargetNotFoundError(
+            f"unknown sandbox provider {name!r}; available: {', '.join(sorted(available_providers()))}"
+        )
     module_name, _, attr = path.partition(":")
     try:
         return getattr(importlib.import_module(module_name), attr)
     except ImportError as e:
-        raise TargetNotFoundError(f"provider {name!r} needs a package that is not installed: {e} (try pip install 'hillclimb[{name}]')") from e
+        raise TargetNotFoundError(
+            f"provider {name!r} needs a package that is not installed: {e} (try pip install 'hillclimb[{name}]')"
+        ) from e
 
 
 def make_provider(name: str, **options: Any) -> SandboxProvider:

@@ -50,7 +50,9 @@ def docker_engine() -> None:
     why = _docker_unavailable()
     if why is None:
         return
-    message = f"no Docker engine with the hillclimb/sandbox:dev image ({why}); start dockerd and run `hillclimb image build`"
+    message = (
+        f"no Docker engine with the hillclimb/sandbox:dev image ({why}); start dockerd and run `hillclimb image build`"
+    )
     if os.environ.get("HILLCLIMB_REQUIRE_DOCKER") == "1":
         pytest.fail(message)
     pytest.skip(message)

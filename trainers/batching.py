@@ -78,7 +78,7 @@ def samples_from_groups(groups: list[TrajectoryGroup], config: LossConfig) -> li
             n_actions_B=[max(t.turns, 1) for t in kept],
             errored_B=[t.done_reason is DoneReason.TIMEOUT for t in kept],
         ).tolist()
-        samples += [Sample.of(t, a, k) for t, a, k in zip(kept, advantages, keep)]
+        samples += [Sample.of(t, a, k) for t, a, k in zip(kept, advantages, keep, strict=True)]
     return samples
 
 
@@ -108,7 +108,9 @@ def micro_batches(samples: list[Sample], max_tokens: int) -> list[list[Sample]]:
     return batches
 
 
-def to_loss_batch(samples: list[Sample], totals: StepTotals, *, pad_id: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, LossBatch]:
+def to_loss_batch(
+    samples: list[Sample], totals: StepTotals, *, pad_id: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor, LossBatch]:
     """Right-padded (input_ids_BT, attention_mask_BT, LossBatch). Padding is PROMPT: nothing trains it."""
     width = max(len(s) for s in samples)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)

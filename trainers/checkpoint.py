@@ -36,7 +36,12 @@ def _optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer)
 
 
 def save_checkpoint(
-    directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, reference: torch.nn.Module | None = None, **info: Any
+    directory: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    reference: torch.nn.Module | None = None,
+    **info: Any,
 ) -> Path:
     """Write a checkpoint; `reference` is the frozen KL reference model, when there is one."""
     final = Path(directory)
@@ -56,7 +61,11 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, *, reference: torch.nn.Module | None = None
+    directory: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    *,
+    reference: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """Restore weights (and optimizer + RNG state when `optimizer` is given, the KL reference's
     weights into `reference` when the checkpoint has them); returns trainer.json."""
@@ -72,9 +81,9 @@ def load_checkpoint(
     params = dict(model.named_parameters())
     for key, value in saved.items():
         if key.startswith("opt/"):
-            name, field = key[len("opt/"):].rsplit("/", 1)
+            name, field = key[len("opt/") :].rsplit("/", 1)
             optimizer.state[params[name]][field] = value.to(device) if field != "step" else value
-    for group, stored in zip(optimizer.param_groups, info["param_groups"]):
+    for group, stored in zip(optimizer.param_groups, info["param_groups"], strict=True):
         group.update({k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
     torch.set_rng_state(saved["rng/torch"])
     cuda_states = [saved[k] for k in sorted(saved) if k.startswith("rng/cuda")]

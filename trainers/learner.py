@@ -25,8 +25,9 @@ from trainers.learner_config import LearnerConfig
 from trainers.losses import LossConfig
 from trainers.models.config import ModelConfig
 
-
-_IMITATION = LossConfig.model_validate({"echo": {"verifier_free": True, "schedule": {"type": "constant", "value": 1.0}}})
+_IMITATION = LossConfig.model_validate(
+    {"echo": {"verifier_free": True, "schedule": {"type": "constant", "value": 1.0}}}
+)
 """Behaviour cloning is the CE term alone, pointed at ACTION tokens (see `_as_imitation`)."""
 
 
@@ -39,6 +40,7 @@ def _as_imitation(batch: Any, totals: StepTotals) -> Any:
     roles = torch.where(batch.roles_BT == Role.ACTION, int(Role.ENV), int(Role.PROMPT))
     keep = torch.ones_like(batch.env_keep_B)
     return dataclasses.replace(batch, roles_BT=roles, env_keep_B=keep, n_env_tokens=totals.n_action)
+
 
 _ADDITIVE = {"loss", "grpo/loss", "echo/loss", "echo/ce", "grpo/n_action_tokens", "echo/n_env_tokens"}
 
@@ -89,7 +91,13 @@ class Learner:
     """One rank. Usable in-process (world size 1) or as a Ray actor (`LearnerGroup`)."""
 
     def __init__(
-        self, model_config: ModelConfig, config: LearnerConfig, *, rank: int = 0, world_size: int = 1, init_method: str | None = None
+        self,
+        model_config: ModelConfig,
+        config: LearnerConfig,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        init_method: str | None = None,
     ) -> None:
         import torch
 
@@ -140,7 +148,9 @@ class Learner:
         """Final hidden states (after the last norm): the LM head is applied, chunked, by the loss."""
         return self.module(input_ids, attention_mask)
 
-    def train_step(self, samples: list[Sample], totals: StepTotals, step: int, *, imitate: bool = False) -> dict[str, float]:
+    def train_step(
+        self, samples: list[Sample], totals: StepTotals, step: int, *, imitate: bool = False
+    ) -> dict[str, float]:
         """One optimizer step over this rank's share (`totals` are the whole step's, all ranks).
 
         `imitate=True` is behaviour cloning for the warm-up on oracle transcripts: plain
@@ -160,7 +170,9 @@ class Learner:
             elif self.config.loss.grpo.kl_coef > 0:
                 batch = dataclasses.replace(batch, ref_logprobs_BT=self._reference_logprobs(ids, mask, batch))
             last = i == len(batches) - 1
-            no_sync = self.module.no_sync() if not last and hasattr(self.module, "no_sync") else contextlib.nullcontext()
+            no_sync = (
+                self.module.no_sync() if not last and hasattr(self.module, "no_sync") else contextlib.nullcontext()
+            )
             with no_sync, self._autocast():
                 hidden = self._hidden(ids, mask)
                 loss_config = _IMITATION if imitate else self.config.loss
@@ -192,7 +204,9 @@ class Learner:
         with torch.no_grad(), self._autocast():
             hidden = self.reference.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
             head = self.reference.get_output_embeddings().weight
-            logp = token_logprobs(hidden[action], head, batch.targets_BT[action], temperature=self.config.loss.temperature)
+            logp = token_logprobs(
+                hidden[action], head, batch.targets_BT[action], temperature=self.config.loss.temperature
+            )
         return torch.zeros(action.shape, dtype=torch.float32, device=self.device).masked_scatter(action, logp)
 
     def _join_allreduce_empty(self, head: Any) -> None:
@@ -228,7 +242,9 @@ class Learner:
         self.model.eval()
         with torch.no_grad(), self._autocast():
             for micro in micro_batches(samples, self.config.micro_batch_tokens):
-                ids, mask, batch = to_loss_batch(micro, StepTotals(1.0, 1.0), pad_id=self.tokenizer.pad_token_id, device=self.device)
+                ids, mask, batch = to_loss_batch(
+                    micro, StepTotals(1.0, 1.0), pad_id=self.tokenizer.pad_token_id, device=self.device
+                )
                 hidden = self._hidden(ids, mask)[:, :-1]
                 env = batch.roles_BT == Role.ENV
                 logp = token_logprobs(hidden[env], head.weight, batch.targets_BT[env])
@@ -275,7 +291,10 @@ class LearnerGroup:
 
         totals = StepTotals.of(samples)
         shares = split_for_ranks(samples, len(self.ranks))
-        results = [rank.train_step.remote(share, totals, step, imitate=imitate) for rank, share in zip(self.ranks, shares)]
+        results = [
+            rank.train_step.remote(share, totals, step, imitate=imitate)
+            for rank, share in zip(self.ranks, shares, strict=True)
+        ]
         return merge_metrics([await r for r in results])
 
     async def weights(self) -> dict[str, Any]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from trainers.losses.config import LossConfig
+from trainers.losses.config import ConstantLambda, LossConfig
 
 
 class LearnerConfig(BaseModel):
@@ -22,6 +22,9 @@ class LearnerConfig(BaseModel):
     micro_batch_tokens: int = Field(default=16384, ge=1)
     """Padded tokens per forward/backward; a step accumulates gradients over as many as it needs."""
     loss: LossConfig = LossConfig()
+    echo_lambda: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """Shorthand for a constant ECHO λ (`--set learner.echo_lambda=0` is plain GRPO); it replaces
+    `loss.echo.schedule`. None keeps the schedule."""
     num_learners: int = Field(default=1, ge=1)
     """Data-parallel ranks (Ray actors in one torch.distributed group)."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
@@ -31,3 +34,10 @@ class LearnerConfig(BaseModel):
     cpu_threads: int | None = Field(default=None, ge=1)
     """torch threads per learner on CPU; None keeps torch's default."""
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _apply_echo_lambda(self) -> LearnerConfig:
+        if self.echo_lambda is not None:  # the loss configs are frozen: swap in an updated copy
+            echo = self.loss.echo.model_copy(update={"schedule": ConstantLambda(value=self.echo_lambda)})
+            self.loss = self.loss.model_copy(update={"echo": echo})
+        return self

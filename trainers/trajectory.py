@@ -8,7 +8,7 @@ that GRPO normalises against each other.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from trainers.roles import Role
 
 
-class DoneReason(str, Enum):
+class DoneReason(StrEnum):
     """Why an episode ended. Every episode has one: none is ever silently dropped."""
 
     FINISHED = "finished"
@@ -62,7 +62,9 @@ class Trajectory(BaseModel):
     def _aligned(self) -> Trajectory:
         n = len(self.token_ids)
         if len(self.roles) != n or len(self.logprobs) != n:
-            raise ValueError(f"token_ids ({n}), roles ({len(self.roles)}) and logprobs ({len(self.logprobs)}) must align")
+            raise ValueError(
+                f"token_ids ({n}), roles ({len(self.roles)}) and logprobs ({len(self.logprobs)}) must align"
+            )
         return self
 
     @property

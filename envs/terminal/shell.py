@@ -72,8 +72,16 @@ async def run_command(command: str, cwd: str, *, timeout_s: float, output_limit:
     try:
         try:
             proc = await asyncio.create_subprocess_exec(
-                "bash", "-c", "--", command, cwd=cwd, env=_child_environment(cwd), stdin=asyncio.subprocess.DEVNULL,
-                stdout=write_fd, stderr=write_fd, start_new_session=True,
+                "bash",
+                "-c",
+                "--",
+                command,
+                cwd=cwd,
+                env=_child_environment(cwd),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                start_new_session=True,
             )
         except OSError as e:  # the agent removed or locked its own work dir: show it, as a shell would
             return CommandResult(f"bash: cannot start in {cwd}: {e.strerror}\n", 126)

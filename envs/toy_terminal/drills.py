@@ -2,7 +2,9 @@
 
 The hand-written tasks read like real questions; drills exist in bulk so that a policy's own
 rollouts cover the shell's behaviour broadly — grep, grep -c / -n / -v, head, tail and wc over
-every file — which is what the world-model (ECHO) term learns from. A fixed ~15% of drill
+every file — which is what the world-model (ECHO) term learns from. A drill names its command
+("Run `grep -c WARN app.log`. ..."): what it tests is predicting and reading the output, not
+guessing which command was meant, so even a small policy's own rollouts see the real outputs. A fixed ~15% of drill
 commands are held out, along with every hand-written held-out command: held-out questions ask
 for commands no training task ever ran.
 """
@@ -16,7 +18,8 @@ from collections.abc import Callable, Iterator
 from envs.toy_terminal.fs import FILES, execute
 
 HELD_OUT_PERCENT = 15
-PATTERNS_PER_FILE = 12
+PATTERNS_PER_FILE = 3
+MAX_LINES = 4
 
 
 def _lines(output: str) -> list[str]:
@@ -25,12 +28,28 @@ def _lines(output: str) -> list[str]:
 
 # form → (command template, question template, answer from the command's output)
 FORMS: dict[str, tuple[str, str, Callable[[str], str]]] = {
-    "grep": ("grep {arg} {file}", "How many lines of {file} contain {arg}? Print them to count.", lambda o: str(len(_lines(o)))),
+    "grep": (
+        "grep {arg} {file}",
+        "How many lines of {file} contain {arg}? Print them to count.",
+        lambda o: str(len(_lines(o))),
+    ),
     "grep-c": ("grep -c {arg} {file}", "Count the lines of {file} that contain {arg}.", lambda o: o.strip()),
-    "grep-n": ("grep -n {arg} {file}", "On which line of {file} does {arg} first appear?", lambda o: o.split(":", 1)[0]),
+    "grep-n": (
+        "grep -n {arg} {file}",
+        "On which line of {file} does {arg} first appear?",
+        lambda o: o.split(":", 1)[0],
+    ),
     "grep-v": ("grep -v {arg} {file}", "How many lines of {file} do not contain {arg}?", lambda o: str(len(_lines(o)))),
-    "head": ("head -n {arg} {file}", "What is the first word of line {arg} of {file}?", lambda o: _lines(o)[-1].split()[0]),
-    "tail": ("tail -n {arg} {file}", "What is the first word of line {arg} from the end of {file}?", lambda o: _lines(o)[0].split()[0]),
+    "head": (
+        "head -n {arg} {file}",
+        "What is the first word of line {arg} of {file}?",
+        lambda o: _lines(o)[-1].split()[0],
+    ),
+    "tail": (
+        "tail -n {arg} {file}",
+        "What is the first word of line {arg} from the end of {file}?",
+        lambda o: _lines(o)[0].split()[0],
+    ),
     "wc-l": ("wc -l {file}", "How many lines does {file} have?", lambda o: o.split()[0]),
     "wc-w": ("wc -w {file}", "How many words does {file} have?", lambda o: o.split()[0]),
     "wc-c": ("wc -c {file}", "How many bytes is {file}?", lambda o: o.split()[0]),
@@ -48,7 +67,7 @@ def _arguments(form: str, content: str) -> list[str]:
     if form.startswith("grep"):
         return patterns(content)
     if form in ("head", "tail"):
-        return [str(n) for n in range(1, min(6, len(_lines(content))) + 1)]
+        return [str(n) for n in range(1, min(MAX_LINES, len(_lines(content))) + 1)]
     return [""]
 
 
@@ -62,7 +81,8 @@ def drills() -> Iterator[tuple[str, str, str, str]]:
                 if not output.strip():
                     continue  # nothing to ask about
                 slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{form}-{name}-{arg}").strip("-").lower()
-                yield f"drill-{slug}", command, question_t.format(arg=arg, file=name), answer_of(output)
+                question = f"Run `{command}`. " + question_t.format(arg=arg, file=name)
+                yield f"drill-{slug}", command, question, answer_of(output)
 
 
 def held_out(command: str) -> bool:

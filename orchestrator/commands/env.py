@@ -7,7 +7,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -39,9 +39,9 @@ def serve(
     target: Annotated[str, typer.Argument(help="Built-in environment name or import path 'package.module:ClassName'.")],
     host: Annotated[str, typer.Option(help="TCP address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).")] = 8000,
-    uds: Annotated[Optional[Path], typer.Option(help="Listen on this Unix socket instead of TCP.")] = None,
+    uds: Annotated[Path | None, typer.Option(help="Listen on this Unix socket instead of TCP.")] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Accept clients without a bearer token.")] = False,
-    token_file: Annotated[Optional[Path], typer.Option(help="File holding the bearer token.")] = None,
+    token_file: Annotated[Path | None, typer.Option(help="File holding the bearer token.")] = None,
     max_sessions: Annotated[int, typer.Option(help="Concurrent WebSocket sessions.")] = 64,
     idle_timeout: Annotated[float, typer.Option(help="Close sessions idle this many seconds.")] = 300.0,
 ) -> None:
@@ -56,7 +56,9 @@ def serve(
         errors.print("[yellow]warning:[/] --no-auth: any local client can drive this environment")
     config = ServerConfig(max_sessions=max_sessions, idle_timeout_s=idle_timeout)
     ready = lambda url: console.print(f"serving [bold]{target}[/] on {url}")  # noqa: E731
-    asyncio.run(run(target, token=token, host=host, port=port, uds=str(uds) if uds else None, config=config, on_ready=ready))
+    asyncio.run(
+        run(target, token=token, host=host, port=port, uds=str(uds) if uds else None, config=config, on_ready=ready)
+    )
 
 
 @app.command("list")
@@ -75,10 +77,12 @@ def list_envs() -> None:
 @reports_errors
 def demo(
     env: Annotated[str, typer.Argument(help="Environment with a task suite.")] = "toy_terminal",
-    task: Annotated[Optional[str], typer.Option(help="Task id (default: the split's first).")] = None,
+    task: Annotated[str | None, typer.Option(help="Task id (default: the split's first).")] = None,
     split: Annotated[str, typer.Option(help="train or heldout.")] = "train",
     provider: Annotated[str, typer.Option(help="Sandbox provider.")] = "local",
-    unisolated: Annotated[bool, typer.Option("--unisolated", help="Local provider without isolation (trusted envs only).")] = False,
+    unisolated: Annotated[
+        bool, typer.Option("--unisolated", help="Local provider without isolation (trusted envs only).")
+    ] = False,
 ) -> None:
     """Run one task's oracle solution in a fresh sandbox and print every turn."""
     from orchestrator.demo import oracle_episode

@@ -18,13 +18,20 @@ OFFLINE_BASE = "hillclimb/base:bookworm"
 def _repo_root() -> Path:
     root = Path(__file__).resolve().parents[2]
     if not (root / "docker" / "Dockerfile").exists():
-        raise typer.BadParameter(f"no docker/Dockerfile under {root}: `image build` runs from a hillclimb source checkout")
+        raise typer.BadParameter(
+            f"no docker/Dockerfile under {root}: `image build` runs from a hillclimb source checkout"
+        )
     return root
 
 
 @app.command()
 def build(
-    base: Annotated[str, typer.Option(help=f"Base image: {OFFLINE_BASE} is made offline with debootstrap; python:3.11-slim needs a registry.")] = OFFLINE_BASE,
+    base: Annotated[
+        str,
+        typer.Option(
+            help=f"Base image: {OFFLINE_BASE} is made offline with debootstrap; python:3.11-slim needs a registry."
+        ),
+    ] = OFFLINE_BASE,
     tag: Annotated[str, typer.Option(help="Tag of the sandbox image.")] = "hillclimb/sandbox:dev",
 ) -> None:
     """Build wheels of this checkout on the host, then `docker build --network none` the sandbox image."""

@@ -5,20 +5,26 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from orchestrator.console import console, reports_errors
 
 ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).", exists=True, dir_okay=False)]
-SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set rollout.group_size=8 (repeatable).")]
-AddressOption = Annotated[Optional[str], typer.Option("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray).")]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key: --set rollout.group_size=8 (repeatable).")
+]
+AddressOption = Annotated[
+    str | None, typer.Option("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray).")
+]
 DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")]
 
 
 @reports_errors
-def rollout(config: ConfigArg, set_: SetOption = None, address: AddressOption = None, dry_run: DryRunOption = False) -> None:
+def rollout(
+    config: ConfigArg, set_: SetOption = None, address: AddressOption = None, dry_run: DryRunOption = False
+) -> None:
     """Run every task of the evaluation splits G times with the configured policy; print pass@k per split."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -32,15 +38,36 @@ def rollout(config: ConfigArg, set_: SetOption = None, address: AddressOption = 
         return
     run_dir = prepare_run_dir(cfg)
     total = len(eval_groups(cfg)) * cfg.rollout.group_size
-    columns = (TextColumn("[bold]rollout"), BarColumn(), MofNCompleteColumn(), TextColumn("episodes"), TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]rollout"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("episodes"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task("episodes", total=total)
         reports = asyncio.run(evaluate(cfg, run_dir, lambda n: progress.advance(bar, n)))
     ks = cfg.eval.k
-    table = Table("split", "tasks", "episodes", *(f"pass@{k}" for k in ks), "mean reward", "done reasons", title=f"{cfg.env.name} · {cfg.policy.type} policy")
+    table = Table(
+        "split",
+        "tasks",
+        "episodes",
+        *(f"pass@{k}" for k in ks),
+        "mean reward",
+        "done reasons",
+        title=f"{cfg.env.name} · {cfg.policy.type} policy",
+    )
     for r in reports:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(r.done_reasons.items()))
-        table.add_row(r.split, str(r.tasks), str(r.episodes), *(f"{r.pass_at[k]:.3f}" for k in ks), f"{r.mean_reward:.3f}", reasons)
+        table.add_row(
+            r.split,
+            str(r.tasks),
+            str(r.episodes),
+            *(f"{r.pass_at[k]:.3f}" for k in ks),
+            f"{r.mean_reward:.3f}",
+            reasons,
+        )
     console.print(table)
     (run_dir / "eval.json").write_text(json.dumps([r.model_dump() for r in reports], indent=2) + "\n")
     console.print(f"trajectories: {run_dir / 'ledger'}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,7 +16,9 @@ app = typer.Typer(help="Start, inspect and clean up sandboxes.", no_args_is_help
 @reports_errors
 def probe(
     provider: Annotated[str, typer.Option(help="Sandbox provider to check.")] = "local",
-    unisolated: Annotated[bool, typer.Option("--unisolated", help="Local provider without isolation (the checks will fail).")] = False,
+    unisolated: Annotated[
+        bool, typer.Option("--unisolated", help="Local provider without isolation (the checks will fail).")
+    ] = False,
 ) -> None:
     """Start a sandbox, report from inside it (network, routes, host loopback, user, limits), destroy it.
 
@@ -33,12 +35,14 @@ def probe(
     for check in result.checks:
         mark = "[green]PASS[/]" if check.ok else "[bold red]FAIL[/]"
         console.print(f"{mark}  {check.name:<38} {check.detail}")
-    console.print(f"sandbox {result.sandbox_id} on [bold]{result.provider}[/]: {'isolated' if result.ok else 'NOT ISOLATED'}")
+    console.print(
+        f"sandbox {result.sandbox_id} on [bold]{result.provider}[/]: {'isolated' if result.ok else 'NOT ISOLATED'}"
+    )
     raise typer.Exit(0 if result.ok else 1)
 
 
 ProviderOption = Annotated[str, typer.Option("--provider", "-p", help="Sandbox provider.")]
-RunOption = Annotated[Optional[str], typer.Option("--run-id", help="Only sandboxes of this run.")]
+RunOption = Annotated[str | None, typer.Option("--run-id", help="Only sandboxes of this run.")]
 
 
 def _selector(run_id: str | None) -> dict[str, str]:
@@ -63,8 +67,15 @@ def list_sandboxes(provider: ProviderOption = "local", run_id: RunOption = None)
     now = time.time()
     for sb in sandboxes:
         left = f"{sb.expires_at - now:.0f} s" if sb.expires_at else "-"
-        table.add_row(sb.id, sb.run_id or "-", sb.labels.get(LABEL_OWNER, "-"), sb.labels.get(LABEL_ENV, "-"),
-                      f"{now - sb.created_at.timestamp():.0f} s", left, sb.endpoint)
+        table.add_row(
+            sb.id,
+            sb.run_id or "-",
+            sb.labels.get(LABEL_OWNER, "-"),
+            sb.labels.get(LABEL_ENV, "-"),
+            f"{now - sb.created_at.timestamp():.0f} s",
+            left,
+            sb.endpoint,
+        )
     console.print(table)
     console.print(f"{len(sandboxes)} sandbox(es) on {provider}")
 
@@ -72,7 +83,7 @@ def list_sandboxes(provider: ProviderOption = "local", run_id: RunOption = None)
 @app.command("rm")
 @reports_errors
 def remove(
-    ids: Annotated[Optional[list[str]], typer.Argument(help="Sandbox ids to destroy.")] = None,
+    ids: Annotated[list[str] | None, typer.Argument(help="Sandbox ids to destroy.")] = None,
     provider: ProviderOption = "local",
     run_id: RunOption = None,
 ) -> None:
@@ -114,5 +125,7 @@ def reap(
         console.print(f"{verb} {sandbox_id} (its run is gone)")
     for sandbox_id, error in report.failed.items():
         console.print(f"[red]failed[/] {sandbox_id}: {error}")
-    console.print(f"examined {report.examined}, {verb} {len(report.expired) + len(report.orphaned) - len(report.failed)}")
+    console.print(
+        f"examined {report.examined}, {verb} {len(report.expired) + len(report.orphaned) - len(report.failed)}"
+    )
     raise typer.Exit(1 if report.failed else 0)

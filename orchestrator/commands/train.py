@@ -5,21 +5,30 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from orchestrator.commands.rollout import AddressOption, ConfigArg, DryRunOption, SetOption
 from orchestrator.console import console, reports_errors
 
-
-MetricsPortOption = Annotated[Optional[int], typer.Option(help="Serve Prometheus /metrics on this port (0: any free port).")]
-AblationOption = Annotated[int, typer.Option("--ablation", help="Instead: run ECHO on and off (λ = 0) over this many seeds; print a table.")]
+MetricsPortOption = Annotated[
+    int | None, typer.Option(help="Serve Prometheus /metrics on this port (0: any free port).")
+]
+AblationOption = Annotated[
+    int, typer.Option("--ablation", help="Instead: run ECHO on and off (λ = 0) over this many seeds; print a table.")
+]
 
 
 @reports_errors
-def train(config: ConfigArg, set_: SetOption = None, address: AddressOption = None, dry_run: DryRunOption = False,
-          metrics_port: MetricsPortOption = None, ablation: AblationOption = 0) -> None:
+def train(
+    config: ConfigArg,
+    set_: SetOption = None,
+    address: AddressOption = None,
+    dry_run: DryRunOption = False,
+    metrics_port: MetricsPortOption = None,
+    ablation: AblationOption = 0,
+) -> None:
     """Train: sandboxed rollouts, GRPO + ECHO learners, held-out evaluation; writes a run directory."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -45,17 +54,28 @@ def train(config: ConfigArg, set_: SetOption = None, address: AddressOption = No
         port = cfg.train.metrics_port or free_port()
         serve_metrics(port)
         console.print(f"metrics: http://127.0.0.1:{port}/metrics   run: {run_dir}")
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         warm = progress.add_task("warm-up", total=cfg.train.warmup_steps, info="")
         steps = progress.add_task("train", total=cfg.train.steps, info="")
 
         def report(kind: str, values: dict[str, Any]) -> None:
             if kind == "warmup":
-                progress.update(warm, completed=values["step"] + 1, info=f"action CE {values.get('bc/action_ce', 0):.3f}")
+                progress.update(
+                    warm, completed=values["step"] + 1, info=f"action CE {values.get('bc/action_ce', 0):.3f}"
+                )
             elif kind == "train":
-                progress.update(steps, completed=values["step"],
-                                info=f"reward {values['train_reward']:.2f}  env CE {values.get('echo/ce', float('nan')):.3f}")
+                progress.update(
+                    steps,
+                    completed=values["step"],
+                    info=f"reward {values['train_reward']:.2f}  env CE {values.get('echo/ce', float('nan')):.3f}",
+                )
             elif kind.startswith("eval"):
                 parts = [f"{k} {v:.3f}" for k, v in values.items() if k.endswith(("env_ce", "pass1"))]
                 progress.console.print(f"[dim]step {values['step']:>4}[/]  " + "  ".join(parts))
@@ -72,11 +92,22 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
 
     ce = summary["heldout_env_ce"]
     table = Table("figure", "value", title="run summary")
-    table.add_row("held-out env-token CE (nats/token)", f"{ce['initial']:.3f} → {ce['after_warmup']:.3f} (after warm-up) → {ce['final']:.3f}")
+    table.add_row(
+        "held-out env-token CE (nats/token)",
+        f"{ce['initial']:.3f} → {ce['after_warmup']:.3f} (after warm-up) → {ce['final']:.3f}",
+    )
     table.add_row("fall from initial / during RL", f"{ce['fall_from_initial']:.1%} / {ce['fall_during_rl']:.1%}")
-    table.add_row("held-out pass@1", f"{summary['heldout_pass1']['after_warmup']:.3f} → {summary['heldout_pass1']['final']:.3f}")
-    table.add_row("train reward (first → last 10 steps)", f"{summary['train_reward']['first_steps']:.3f} → {summary['train_reward']['last_steps']:.3f}")
-    table.add_row("steps (warm-up + RL), wall time", f"{summary['warmup_steps']} + {summary['rl_steps']}, {summary['wall_s']:.0f} s")
+    table.add_row(
+        "held-out pass@1", f"{summary['heldout_pass1']['after_warmup']:.3f} → {summary['heldout_pass1']['final']:.3f}"
+    )
+    table.add_row(
+        "train reward (first → last 10 steps)",
+        f"{summary['train_reward']['first_steps']:.3f} → {summary['train_reward']['last_steps']:.3f}",
+    )
+    table.add_row(
+        "steps (warm-up + RL), wall time",
+        f"{summary['warmup_steps']} + {summary['rl_steps']}, {summary['wall_s']:.0f} s",
+    )
     console.print(table)
     console.print(f"run directory: {run_dir}  (summary.json, metrics.jsonl, plots/, checkpoints/, ledger/)")
 
@@ -91,14 +122,29 @@ def _ablate(cfg: Any, seeds: int) -> None:
             if kind.startswith("eval"):
                 parts = [f"{k} {v:.3f}" for k, v in values.items() if k.endswith(("env_ce", "pass1"))]
                 console.print(f"[dim]{arm} seed {seed} step {values['step']:>4}[/]  " + "  ".join(parts))
+
         return report
 
     rows = asyncio.run(run_ablation(cfg, list(range(seeds)), reporter))
-    table = Table("arm", "seed", "train reward (last 10 steps)", "held-out pass@1", "held-out env-token CE", title="ECHO ablation")
+    table = Table(
+        "arm", "seed", "train reward (last 10 steps)", "held-out pass@1", "held-out env-token CE", title="ECHO ablation"
+    )
     for r in rows:
-        table.add_row(r["arm"], str(r["seed"]), f"{r['train_reward']:.3f}", f"{r['heldout_pass1']:.3f}", f"{r['heldout_env_ce']:.3f}")
+        table.add_row(
+            r["arm"],
+            str(r["seed"]),
+            f"{r['train_reward']:.3f}",
+            f"{r['heldout_pass1']:.3f}",
+            f"{r['heldout_env_ce']:.3f}",
+        )
     for arm, mean in averages(rows).items():
-        table.add_row(f"[bold]{arm}[/]", "mean", f"{mean['train_reward']:.3f}", f"{mean['heldout_pass1']:.3f}", f"{mean['heldout_env_ce']:.3f}")
+        table.add_row(
+            f"[bold]{arm}[/]",
+            "mean",
+            f"{mean['train_reward']:.3f}",
+            f"{mean['heldout_pass1']:.3f}",
+            f"{mean['heldout_env_ce']:.3f}",
+        )
     console.print(table)
     out = cfg.run.dir / f"{cfg.run.name}-ablation.json"
     out.write_text(json.dumps({"rows": rows, "means": averages(rows)}, indent=2) + "\n")

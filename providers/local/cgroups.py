@@ -12,6 +12,7 @@ Without either, the provider falls back to rlimits and says so.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -48,7 +49,11 @@ class Cgroups:
         if {"memory", "pids"} <= set(v1) and all(os.access(d.parent, os.W_OK) for d in v1.values()):
             return cls(1, v1)
         v2_own = base / own.get("", "/").lstrip("/")
-        delegated = (v2_own / "cgroup.subtree_control").read_text().split() if (v2_own / "cgroup.subtree_control").exists() else []
+        delegated = (
+            (v2_own / "cgroup.subtree_control").read_text().split()
+            if (v2_own / "cgroup.subtree_control").exists()
+            else []
+        )
         if {"memory", "pids"} <= set(delegated) and os.access(v2_own, os.W_OK):
             return cls(2, {"": v2_own / "hillclimb"})
         return None
@@ -70,7 +75,12 @@ class Cgroups:
                 "cpu": {"cpu.cfs_period_us": str(_CPU_PERIOD_US), "cpu.cfs_quota_us": quota},
             }
         else:
-            v2 = {"memory.max": memory, "memory.swap.max": "0", "pids.max": str(resources.pids), "cpu.max": f"{quota} {_CPU_PERIOD_US}"}
+            v2 = {
+                "memory.max": memory,
+                "memory.swap.max": "0",
+                "pids.max": str(resources.pids),
+                "cpu.max": f"{quota} {_CPU_PERIOD_US}",
+            }
             limits = {"": v2}
         created = []
         for controller, parent in self._parents.items():
@@ -92,10 +102,8 @@ class Cgroups:
 
     def kill_all(self, sandbox_id: str) -> None:
         for pid in self.pids(sandbox_id):
-            try:
+            with contextlib.suppress(ProcessLookupError):  # exited meanwhile
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def remove(self, sandbox_id: str) -> bool:
         """Remove the group(s); False while processes are still in them (the caller retries)."""

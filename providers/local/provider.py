@@ -149,17 +149,17 @@ class LocalProvider:
         if self._isolate is None:
             if self.isolation == "none":
                 log.warning(
-                    "LOCAL SANDBOXES ARE NOT ISOLATED (isolation='none'): environments run as plain processes with this "
-                    "user's rights and full network access. Only use this with environments you trust."
+                    "LOCAL SANDBOXES ARE NOT ISOLATED (isolation='none'): environments run as plain processes "
+                    "with this user's rights and full network access. Only use this with environments you trust."
                 )
                 self._isolate = False
             else:
                 reason = isolation.namespaces_usable(self._as_root)
                 if reason is not None:
                     raise IsolationUnavailable(
-                        f"cannot isolate local sandboxes on this machine: {reason}. Enable unprivileged user namespaces "
-                        "(sysctl kernel.unprivileged_userns_clone=1), run as root, or opt in to unisolated sandboxes "
-                        "with isolation='none' (CLI: --unisolated) for trusted environments only."
+                        f"cannot isolate local sandboxes on this machine: {reason}. Enable unprivileged user "
+                        "namespaces (sysctl kernel.unprivileged_userns_clone=1), run as root, or opt in to "
+                        "unisolated sandboxes with isolation='none' (CLI: --unisolated) for trusted environments only."
                     )
                 self._isolate = True
         return self._isolate
@@ -172,10 +172,13 @@ class LocalProvider:
 
     def _check_spec(self, spec: SandboxSpec) -> None:
         if spec.image is not None:
-            raise BadSpecError(f"the local provider runs no container images (got image={spec.image!r}); use the docker provider")
+            raise BadSpecError(
+                f"the local provider runs no container images (got image={spec.image!r}); use the docker provider"
+            )
         if spec.egress.mode != "deny_all":
             raise UnsupportedPolicy(
-                "local sandboxes have no network at all; an allow-list egress policy needs a provider that can enforce one"
+                "local sandboxes have no network at all; an allow-list egress policy needs a provider "
+                "that can enforce one"
             )
 
     def _create(self, spec: SandboxSpec) -> Sandbox:
@@ -201,18 +204,33 @@ class LocalProvider:
             dirs = self._make_dirs(home, uid)
             cgroups = self._cgroups.create(sandbox_id, spec.resources) if self._cgroups and isolate else []
             plan = LaunchPlan(
-                id=sandbox_id, env=spec.env, command=list(spec.command) if spec.command else None, token=token,
-                socket_path=str(dirs["run"] / "env.sock"), workdir=str(dirs["work"]), tmpdir=str(dirs["tmp"]),
+                id=sandbox_id,
+                env=spec.env,
+                command=list(spec.command) if spec.command else None,
+                token=token,
+                socket_path=str(dirs["run"] / "env.sock"),
+                workdir=str(dirs["work"]),
+                tmpdir=str(dirs["tmp"]),
                 tmp_size_mb=spec.resources.disk_mb,
-                log_path=str(dirs["run"] / "server.log"), uid=uid, gid=uid, isolate=isolate,
+                log_path=str(dirs["run"] / "server.log"),
+                uid=uid,
+                gid=uid,
+                isolate=isolate,
                 rlimits=self._rlimits(spec, unique_uid=uid is not None, cgroups=bool(cgroups)),
-                cgroups=cgroups, env_vars=spec.env_vars, max_sessions=spec.max_sessions,
+                cgroups=cgroups,
+                env_vars=spec.env_vars,
+                max_sessions=spec.max_sessions,
                 expires_at=created_at + spec.ttl_s,
             )
-            self._write_meta(home, {"labels": labels, "created_at": created_at, "slot": slot, "endpoint": f"unix://{plan.socket_path}"})
+            self._write_meta(
+                home,
+                {"labels": labels, "created_at": created_at, "slot": slot, "endpoint": f"unix://{plan.socket_path}"},
+            )
             reply = self._zygote.request({"op": "spawn", "plan": plan.model_dump()})
             if not reply.get("ok"):
-                raise SandboxDiedError(f"sandbox {sandbox_id} failed to start: {reply.get('error')}", log_tail=self._log_tail(home))
+                raise SandboxDiedError(
+                    f"sandbox {sandbox_id} failed to start: {reply.get('error')}", log_tail=self._log_tail(home)
+                )
             self._update_meta(home, pid=reply["pid"], pid_start=_start_time(reply["pid"]))
         except BaseException:
             self._remove(sandbox_id)
@@ -320,7 +338,7 @@ class LocalProvider:
                 status, _ = await http_request(sandbox.endpoint, "/health", timeout=1.0)
                 if status == 200:
                     return
-            except (OSError, asyncio.TimeoutError, ValueError):
+            except (TimeoutError, OSError, ValueError):
                 pass
             if await asyncio.to_thread(self._exited, sandbox.id):
                 tail = self._log_tail(self.root / sandbox.id)

@@ -202,10 +202,8 @@ class Zygote:
     def kill(self, sandbox_id: str) -> dict[str, Any]:
         child = self.children.get(sandbox_id)
         if child is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # exited meanwhile; reap() records it
                 os.kill(child[0], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         return {"ok": True}
 
     def status(self, sandbox_id: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
@@ -17,18 +18,35 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).parents[2]
-SHORT = ["train.warmup_steps=2", "train.eval_every=2", "train.eval_tasks=4", "train.groups_per_step=2",
-         "train.checkpoint_every=2", "train.time_budget_s=null"]
+SHORT = [
+    "train.warmup_steps=2",
+    "train.eval_every=2",
+    "train.eval_tasks=4",
+    "train.groups_per_step=2",
+    "train.checkpoint_every=2",
+    "train.time_budget_s=null",
+]
 
 
 def _train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
     sets = [arg for item in (*SHORT, f"run.dir={run_dir}", *overrides) for arg in ("--set", item)]
     command = [sys.executable, "-m", "orchestrator", "train", "configs/echo_toy.yaml", *sets, "--metrics-port", "0"]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+    return subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"}
+    )
 
 
 def _records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _consumed(run: Path) -> dict[int, int]:
+    """Groups each learner step consumed, after checking that no group was consumed twice."""
+    events = [json.loads(line) for line in (run / "ledger" / "events.jsonl").read_text().splitlines()]
+    consumed = [e for e in events if e["event"] == "consumed"]
+    assert len({e["group"] for e in consumed}) == len(consumed)
+    assert all(e["group"].startswith("train-") for e in consumed)
+    return dict(collections.Counter(e["step"] for e in consumed))
 
 
 def test_the_main_job_writes_a_complete_run_and_resumes_it(tmp_path: Path) -> None:
@@ -42,17 +60,24 @@ def test_the_main_job_writes_a_complete_run_and_resumes_it(tmp_path: Path) -> No
     assert [s for k, s in kinds if k == "train"] == [1, 2, 3]
     assert [s for k, s in kinds if k == "eval"] == [0, 2, 3]
     for step in ("step-000002", "step-000003"):
-        assert {p.name for p in (run / "checkpoints" / step).iterdir()} >= {"model.safetensors", "optimizer.safetensors", "trainer.json"}
-    assert sorted(p.name for p in (run / "plots").iterdir()) == ["env_token_ce.png", "heldout_success.png", "train_reward.png"]
+        assert {p.name for p in (run / "checkpoints" / step).iterdir()} >= {
+            "model.safetensors",
+            "optimizer.safetensors",
+            "trainer.json",
+        }
+    assert sorted(p.name for p in (run / "plots").iterdir()) == [
+        "env_token_ce.png",
+        "heldout_success.png",
+        "train_reward.png",
+    ]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rl_steps"] == 3 and summary["warmup_steps"] == 2
     assert set(summary["heldout_env_ce"]) == {"initial", "after_warmup", "final", "fall_from_initial", "fall_during_rl"}
-    groups = list((run / "ledger" / "groups").glob("*.parquet"))
-    assert sum(p.name.startswith("train-") for p in groups) == 6  # 3 steps × 2 groups, each once
+    assert _consumed(run) == {1: 2, 2: 2, 3: 2}  # 2 groups a step; rollouts run ahead (max_staleness 1)
 
     second = _train(tmp_path, "train.steps=5", "run.resume=true")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming from" in second.stdout and "step-000003" in second.stdout
     assert [r["step"] for r in _records(run) if r["kind"] == "train"] == [1, 2, 3, 4, 5]
     assert (run / "checkpoints" / "step-000005" / "model.safetensors").exists()
-    assert sum(p.name.startswith("train-") for p in (run / "ledger" / "groups").glob("*.parquet")) == 10
+    assert _consumed(run) == {step: 2 for step in range(1, 6)}  # steps 4 and 5 follow on, nothing used twice

@@ -52,8 +52,14 @@ async def start_server(calls: type) -> AsyncIterator[Callable[..., Awaitable[Run
     servers: list[EnvServer] = []
     with tempfile.TemporaryDirectory(prefix="hc-") as short_dir:  # Unix socket paths max out near 100 bytes
 
-        async def start(env_cls: type, *, factory: Callable[[], Any] | None = None, token: str | None = "test-token",
-                        unix: bool = False, **config: Any) -> Running:
+        async def start(
+            env_cls: type,
+            *,
+            factory: Callable[[], Any] | None = None,
+            token: str | None = "test-token",
+            unix: bool = False,
+            **config: Any,
+        ) -> Running:
             server = EnvServer(EnvRuntime(env_cls, factory=factory), ServerConfig(**config), token=token)
             servers.append(server)
             if unix:

@@ -80,8 +80,13 @@ class CounterEnv(Environment[CountAction, CountObservation, CountState]):
         self._state.total += amount
         self._state.step_count += 1
         done = self._state.total >= 10
-        return CountObservation(total=self._state.total, note=note, reward=float(amount), done=done,
-                                metadata={"step": self._state.step_count})
+        return CountObservation(
+            total=self._state.total,
+            note=note,
+            reward=float(amount),
+            done=done,
+            metadata={"step": self._state.step_count},
+        )
 
     @property
     def state(self) -> CountState:

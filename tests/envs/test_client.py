@@ -39,21 +39,26 @@ from envs.errors import (
 # -- URLs --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("url", "expected"), [
-    ("ws://10.0.0.5:8000/ws", ("10.0.0.5", 8000, None, False, "/ws", "10.0.0.5:8000")),
-    ("http://env:8000", ("env", 8000, None, False, "/ws", "env:8000")),
-    ("http://env:8000/ws/", ("env", 8000, None, False, "/ws", "env:8000")),
-    ("https://env.example", ("env.example", 443, None, True, "/ws", "env.example:443")),
-    ("wss://proxy/sandbox/7/", ("proxy", 443, None, True, "/sandbox/7/ws", "proxy:443")),
-    ("ws://[::1]:9000", ("::1", 9000, None, False, "/ws", "[::1]:9000")),
-    ("unix:///run/hillclimb/env.sock", (None, None, "/run/hillclimb/env.sock", False, "/ws", "localhost")),
-])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("ws://10.0.0.5:8000/ws", ("10.0.0.5", 8000, None, False, "/ws", "10.0.0.5:8000")),
+        ("http://env:8000", ("env", 8000, None, False, "/ws", "env:8000")),
+        ("http://env:8000/ws/", ("env", 8000, None, False, "/ws", "env:8000")),
+        ("https://env.example", ("env.example", 443, None, True, "/ws", "env.example:443")),
+        ("wss://proxy/sandbox/7/", ("proxy", 443, None, True, "/sandbox/7/ws", "proxy:443")),
+        ("ws://[::1]:9000", ("::1", 9000, None, False, "/ws", "[::1]:9000")),
+        ("unix:///run/hillclimb/env.sock", (None, None, "/run/hillclimb/env.sock", False, "/ws", "localhost")),
+    ],
+)
 def test_endpoint_parsing(url, expected):
     e = Endpoint.parse(url)
     assert (e.host, e.port, e.uds, e.tls, e.path, e.host_header) == expected
 
 
-@pytest.mark.parametrize("url", ["ftp://env/ws", "unix://", "unix://relative.sock", "ws:///ws", "env:8000", "", "ws://env:notaport"])
+@pytest.mark.parametrize(
+    "url", ["ftp://env/ws", "unix://", "unix://relative.sock", "ws:///ws", "env:8000", "", "ws://env:notaport"]
+)
 def test_bad_urls_are_value_errors(url):
     with pytest.raises(ValueError):
         EnvClient(url)
@@ -163,13 +168,16 @@ async def test_error_types_end_to_end(start_server, calls):
     await client.close()
 
 
-@pytest.mark.parametrize(("data", "expected"), [
-    ({"message": "m", "code": "EXECUTION_ERROR", "timeout": True}, StepTimeoutError),
-    ({"message": "m", "code": "TEAPOT"}, ExecutionError),
-    ({"message": "m"}, ExecutionError),
-    ({"message": "m", "code": "INVALID_JSON"}, InvalidJSONError),
-    ({"message": "m", "code": "UNKNOWN_TYPE"}, UnknownMessageTypeError),
-])
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"message": "m", "code": "EXECUTION_ERROR", "timeout": True}, StepTimeoutError),
+        ({"message": "m", "code": "TEAPOT"}, ExecutionError),
+        ({"message": "m"}, ExecutionError),
+        ({"message": "m", "code": "INVALID_JSON"}, InvalidJSONError),
+        ({"message": "m", "code": "UNKNOWN_TYPE"}, UnknownMessageTypeError),
+    ],
+)
 async def test_unusual_error_frames(data, expected):
     peer = FakePeer(functools.partial(reply_with, [{"type": "error", "data": data}]))
     client = EnvClient(await peer.start())
@@ -182,14 +190,17 @@ async def test_unusual_error_frames(data, expected):
         await peer.aclose()
 
 
-@pytest.mark.parametrize("error", [
-    StepTimeoutError("slow", timeout=True),
-    ValidationError("bad", errors=[{"loc": ["a"], "msg": "x"}]),
-    CapacityReachedError("full", active_sessions=1, max_sessions=1),
-    SessionError("reaped"),
-    ConnectionLostError("gone", close_code=1001),
-    AuthenticationError("refused"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        StepTimeoutError("slow", timeout=True),
+        ValidationError("bad", errors=[{"loc": ["a"], "msg": "x"}]),
+        CapacityReachedError("full", active_sessions=1, max_sessions=1),
+        SessionError("reaped"),
+        ConnectionLostError("gone", close_code=1001),
+        AuthenticationError("refused"),
+    ],
+)
 def test_errors_pickle_with_their_fields(error):
     # Ray re-raises exceptions in another process: type, message and fields must survive.
     copy = pickle.loads(pickle.dumps(error))
@@ -293,8 +304,11 @@ async def test_cancelled_request_never_pairs_a_stale_reply_with_the_next(start_s
 async def _ping_then_fragmented_reply(pongs: list[bytes], reader, writer) -> None:
     await read_frame(reader)
     text = json.dumps({"type": "observation", "data": {"observation": {"parts": 2}, "reward": 1.5}}).encode()
-    writer.write(frame(TEXT, text[:10], fin=False, mask=False) + frame(PING, b"are you there", mask=False)
-                 + frame(CONTINUATION, text[10:], mask=False))
+    writer.write(
+        frame(TEXT, text[:10], fin=False, mask=False)
+        + frame(PING, b"are you there", mask=False)
+        + frame(CONTINUATION, text[10:], mask=False)
+    )
     while True:
         _, opcode, payload = await read_frame(reader)
         if opcode == PONG:
@@ -323,11 +337,15 @@ async def _send_then_wait(data: bytes, reader, writer) -> None:
     await reader.read()
 
 
-@pytest.mark.parametrize(("data", "fragment"), [
-    (frame(TEXT, b"x" * 5000, mask=False), "over this client's limit of 1024"),
-    (frame(TEXT, b"{}", mask=True), "must not be masked"),
-    (frame(TEXT, b"{}", mask=False, rsv=0b010), "reserved bits"),
-], ids=["oversized reply", "masked server frame", "reserved bits"])
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (frame(TEXT, b"x" * 5000, mask=False), "over this client's limit of 1024"),
+        (frame(TEXT, b"{}", mask=True), "must not be masked"),
+        (frame(TEXT, b"{}", mask=False, rsv=0b010), "reserved bits"),
+    ],
+    ids=["oversized reply", "masked server frame", "reserved bits"],
+)
 async def test_server_breaking_the_protocol_is_a_lost_connection(data, fragment):
     peer = FakePeer(functools.partial(_send_then_wait, data))
     client = EnvClient(await peer.start(), max_message_bytes=1024)

@@ -55,8 +55,13 @@ async def test_tools_call_results_and_errors(start_server):
     async with served.client() as env:
         found = await env.call_tool("get_item", sku="MN-201")
         assert not found.is_error
-        assert found.structured == {"sku": "MN-201", "name": "27-inch monitor", "category": "displays",
-                                    "price": 219.99, "stock": 6}
+        assert found.structured == {
+            "sku": "MN-201",
+            "name": "27-inch monitor",
+            "category": "displays",
+            "price": 219.99,
+            "stock": 6,
+        }
         assert json.loads(found.text) == found.structured
         missing = await env.call_tool("get_item", sku="ZZ-999")
         assert missing.is_error and missing.text.startswith("UnknownSkuError: no item has SKU 'ZZ-999'")
@@ -70,7 +75,10 @@ async def test_tools_call_results_and_errors(start_server):
         assert bad.value.rpc_code == INVALID_PARAMS
     # POST /mcp is stateless: a throwaway instance with the initial stock, no reset needed.
     status, reply = await http_request(
-        served.url, "/mcp", method="POST", body=_rpc("tools/call", {"name": "search", "arguments": {"query": "cable"}}),
+        served.url,
+        "/mcp",
+        method="POST",
+        body=_rpc("tools/call", {"name": "search", "arguments": {"query": "cable"}}),
         token=served.token,
     )
     assert status == 200 and not reply["result"]["isError"]
@@ -118,8 +126,10 @@ async def test_wrong_submissions_fail_the_rubric(start_server, spec):
     served = await start_server(InventoryEnv)
     async with served.client() as env:
         if spec.answer is not None:  # right stock, wrong answer; then right answer, stray stock change
-            attempts = [["submit {\"answer\": \"12345\"}"],
-                        [call_text("adjust_stock", sku="DK-501", delta=1), spec.task.oracle[-1]]]
+            attempts = [
+                ['submit {"answer": "12345"}'],
+                [call_text("adjust_stock", sku="DK-501", delta=1), spec.task.oracle[-1]],
+            ]
         else:  # submitted without changing the stock
             attempts = [[spec.task.oracle[-1]]]
         for attempt in attempts:
@@ -140,7 +150,9 @@ async def test_step_reports_mistakes_as_observations(start_server):
         missing = await env.step({"tool": "get_item", "arguments": {"sku": "nope"}})
         assert missing.observation == {
             "result": "UnknownSkuError: no item has SKU 'nope'; list_items shows every SKU",
-            "error": True, "prompt": "", "metadata": {},
+            "error": True,
+            "prompt": "",
+            "metadata": {},
         }
         with pytest.raises(ValidationError):
             await env.step({"tool": "list_items", "args": {}})

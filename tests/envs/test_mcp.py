@@ -45,13 +45,16 @@ async def test_tool_that_raises_is_an_error_result_and_the_session_lives_on(star
         assert (await client.step({"amount": 1})).observation["total"] == 1
 
 
-@pytest.mark.parametrize(("name", "arguments", "fragment"), [
-    ("teleport", {}, "unknown tool 'teleport'"),
-    ("add", {"amount": "lots"}, "amount"),
-    ("add", {}, "amount: Field required"),
-    ("add", {"amount": 1, "extra": 2}, "extra"),
-    ("greet", {"name": "bob", "punctuation": "."}, "punctuation"),
-])
+@pytest.mark.parametrize(
+    ("name", "arguments", "fragment"),
+    [
+        ("teleport", {}, "unknown tool 'teleport'"),
+        ("add", {"amount": "lots"}, "amount"),
+        ("add", {}, "amount: Field required"),
+        ("add", {"amount": 1, "extra": 2}, "extra"),
+        ("greet", {"name": "bob", "punctuation": "."}, "punctuation"),
+    ],
+)
 async def test_bad_tool_calls_are_invalid_params(start_server, name, arguments, fragment):
     served = await start_server(CounterEnv)
     async with served.client() as client:
@@ -98,10 +101,14 @@ async def test_initialize_names_the_server(start_server):
         await raw.aclose()
 
 
-@pytest.mark.parametrize("notification", [
-    _rpc("notifications/initialized", request_id=None),
-    _rpc("tools/call", {"name": "add", "arguments": {"amount": 5}}, request_id=None),
-], ids=["notifications/initialized", "tools/call without an id"])
+@pytest.mark.parametrize(
+    "notification",
+    [
+        _rpc("notifications/initialized", request_id=None),
+        _rpc("tools/call", {"name": "add", "arguments": {"amount": 5}}, request_id=None),
+    ],
+    ids=["notifications/initialized", "tools/call without an id"],
+)
 async def test_notifications_get_no_reply(start_server, notification):
     served = await start_server(CounterEnv)
     raw = await RawWS.open(served.url)
@@ -149,7 +156,9 @@ async def test_post_mcp(start_server, calls):
 
 async def test_post_mcp_parse_error(start_server):
     served = await start_server(CounterEnv)
-    raw = (b"POST /mcp HTTP/1.1\r\nAuthorization: Bearer test-token\r\nConnection: close\r\n"
-           b"Content-Length: 9\r\n\r\n{not json")
+    raw = (
+        b"POST /mcp HTTP/1.1\r\nAuthorization: Bearer test-token\r\nConnection: close\r\n"
+        b"Content-Length: 9\r\n\r\n{not json"
+    )
     status, _, body = await http_exchange(served.url, raw)
     assert status == 200 and json.loads(body)["error"]["code"] == -32700

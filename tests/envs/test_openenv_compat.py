@@ -109,8 +109,9 @@ def _base_url(served) -> str:
 @pytest.mark.parametrize("env_cls", [ShoutEnv, AsyncShoutEnv], ids=["sync step", "async step"])
 async def test_openenv_generic_client_drives_our_server(start_server, env_cls):
     served = await start_server(env_cls)
-    client = GenericEnvClient(base_url=_base_url(served), headers={"Authorization": "Bearer test-token"},
-                              message_timeout_s=5.0)
+    client = GenericEnvClient(
+        base_url=_base_url(served), headers={"Authorization": "Bearer test-token"}, message_timeout_s=5.0
+    )
     async with client:
         first = await client.reset(seed=7, episode_id="ep-9")
         assert (first.observation["echoed"], first.reward, first.done) == ("", None, False)

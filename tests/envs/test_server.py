@@ -87,8 +87,9 @@ async def test_keep_alive_serves_pipelined_requests_in_order(start_server):
     served = await start_server(CounterEnv)
     reader, writer = await open_stream(served.url)
     try:
-        writer.write(b"GET /health HTTP/1.1\r\n\r\n" b"GET /nope HTTP/1.1\r\n\r\n"
-                     b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
+        writer.write(
+            b"GET /health HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\n\r\nGET /health HTTP/1.1\r\nConnection: close\r\n\r\n"
+        )
         data = await asyncio.wait_for(reader.read(), 2.0)
     finally:
         writer.close()
@@ -113,8 +114,14 @@ BAD_CREDENTIALS = {"missing": None, "wrong": "Bearer nope", "empty bearer": "Bea
 async def test_refused_before_any_environment_exists(start_server, calls, path, authorization):
     served = await start_server(CounterEnv)
     method = "POST" if path == "/mcp" else "GET"
-    lines = [f"{method} {path} HTTP/1.1", "Upgrade: websocket", "Connection: Upgrade",
-             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13", "Content-Length: 0"]
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        "Content-Length: 0",
+    ]
     if authorization:
         lines.append(f"Authorization: {authorization}")
     status, head, body = await http_exchange(served.url, ("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -259,10 +266,14 @@ async def test_max_sessions_caps_concurrent_envs(start_server):
         await c.close()
 
 
-@pytest.mark.parametrize(("env_cls", "factory", "message"), [
-    (CounterEnv, broken_factory, "no GPU today"),
-    (ReservedToolEnv, None, "reserved"),
-], ids=["factory raises", "bad tool set"])
+@pytest.mark.parametrize(
+    ("env_cls", "factory", "message"),
+    [
+        (CounterEnv, broken_factory, "no GPU today"),
+        (ReservedToolEnv, None, "reserved"),
+    ],
+    ids=["factory raises", "bad tool set"],
+)
 async def test_factory_error_closes_only_that_connection(start_server, calls, env_cls, factory, message):
     served = await start_server(env_cls, factory=factory)
     raw = await RawWS.open(served.url)

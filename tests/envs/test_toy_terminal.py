@@ -45,15 +45,17 @@ def _gnu_output(directory: str, command: str) -> str:
     # The toy's grep matches plain substrings: that is GNU grep with -F.
     real = "grep -F" + command[4:] if command.startswith("grep ") else command
     done = subprocess.run(
-        ["bash", "-c", real + " 2>&1"], cwd=directory, capture_output=True, text=True,
-        env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"}, check=False,
+        ["bash", "-c", real + " 2>&1"],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"},
+        check=False,
     )
     return done.stdout
 
 
-@pytest.mark.parametrize(
-    "command", sorted({c for t in ALL_TASKS for c in t.oracle[:-1]} | set(EXTRA_COMMANDS))
-)
+@pytest.mark.parametrize("command", sorted({c for t in ALL_TASKS for c in t.oracle[:-1]} | set(EXTRA_COMMANDS)))
 def test_outputs_match_gnu_coreutils(tmp_path, command):
     for name, content in fs.FILES.items():
         (tmp_path / name).write_text(content)

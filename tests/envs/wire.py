@@ -63,8 +63,14 @@ async def open_stream(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWri
 
 
 def upgrade_request(token: str | None, path: str = "/ws", key: str = "dGhlIHNhbXBsZSBub25jZQ==") -> bytes:
-    lines = [f"GET {path} HTTP/1.1", "Host: test", "Upgrade: websocket", "Connection: Upgrade",
-             f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+    lines = [
+        f"GET {path} HTTP/1.1",
+        "Host: test",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+    ]
     if token:
         lines.append(f"Authorization: Bearer {token}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
@@ -161,8 +167,10 @@ class FakePeer:
         lines = head.split(b"\r\n")
         key = next(line.split(b":", 1)[1].strip() for line in lines if line.lower().startswith(b"sec-websocket-key"))
         accept = base64.b64encode(hashlib.sha1(key + GUID).digest()).decode()
-        writer.write(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode())
+        writer.write(
+            f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+        )
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             await self._script(reader, writer)
 

@@ -25,10 +25,14 @@ class CrashOnStepEnv(Environment[CommandAction, OutputObservation, State]):
     def __init__(self) -> None:
         self._state = State()
 
-    async def reset_async(self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any) -> OutputObservation:
+    async def reset_async(
+        self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any
+    ) -> OutputObservation:
         return OutputObservation(prompt="doomed")
 
-    async def step_async(self, action: CommandAction, timeout_s: float | None = None, **kwargs: Any) -> OutputObservation:
+    async def step_async(
+        self, action: CommandAction, timeout_s: float | None = None, **kwargs: Any
+    ) -> OutputObservation:
         os._exit(1)
 
     @property

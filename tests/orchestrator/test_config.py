@@ -8,8 +8,10 @@ import pytest
 
 from envs.errors import ConfigError
 from orchestrator.config import load_config
+from trainers.losses.config import ConstantLambda
 
-CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+CONFIGS_DIR = Path(__file__).parents[2] / "configs"
+CONFIGS = sorted(CONFIGS_DIR.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -18,8 +20,27 @@ def test_every_shipped_config_validates(path: Path) -> None:
 
 
 def test_overrides_apply_with_yaml_values() -> None:
-    cfg = load_config(None, ["rollout.group_size=8", "env.eval_splits=[heldout]", "rollout.episode.max_turns=3", "policy.type=scripted"])
+    cfg = load_config(
+        None,
+        ["rollout.group_size=8", "env.eval_splits=[heldout]", "rollout.episode.max_turns=3", "policy.type=scripted"],
+    )
     assert cfg.rollout.group_size == 8 and cfg.env.eval_splits == ["heldout"] and cfg.rollout.episode.max_turns == 3
+
+
+def test_echo_lambda_shorthand_replaces_the_schedule() -> None:
+    shipped = load_config(CONFIGS_DIR / "echo_toy.yaml")
+    assert shipped.learner.loss.echo.schedule.value > 0
+    grpo = load_config(CONFIGS_DIR / "echo_toy.yaml", ["learner.echo_lambda=0"])
+    assert grpo.learner.loss.echo.schedule == ConstantLambda(value=0.0)
+    assert grpo.learner.loss.grpo == shipped.learner.loss.grpo  # nothing else changes
+
+
+def test_the_loss_temperature_follows_the_sampler() -> None:
+    cfg = load_config(CONFIGS_DIR / "echo_toy.yaml", ["rollout.episode.sampling.temperature=0.5"])
+    assert cfg.learner.loss.temperature == 0.5  # else every ratio would be exp(logp at T=1 - logp at T=0.5)
+    assert load_config(None, ["rollout.episode.sampling.temperature=0"]).learner.loss.temperature == 1.0
+    with pytest.raises(ConfigError, match="learner.loss.temperature"):
+        load_config(None, ["rollout.episode.sampling.temperature=0.5", "learner.loss.temperature=1.0"])
 
 
 def test_every_problem_is_reported_at_once_in_the_users_spelling(tmp_path: Path) -> None:

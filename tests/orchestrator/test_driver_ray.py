@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+
 import pytest
 
 from envs.tasks import load_suite
@@ -19,7 +20,13 @@ pytestmark = [
 
 
 def _config(tmp_path, **overrides):  # type: ignore[no-untyped-def]
-    items = {"run.dir": str(tmp_path), "ray.num_workers": 2, "rollout.group_size": 2, "rollout.concurrency": 8, **overrides}
+    items = {
+        "run.dir": str(tmp_path),
+        "ray.num_workers": 2,
+        "rollout.group_size": 2,
+        "rollout.concurrency": 8,
+        **overrides,
+    }
     return load_config(None, [f"{k}={v}" for k, v in items.items()])
 
 

@@ -28,7 +28,7 @@ def test_ledger_ignores_torn_writes(tmp_path: Path) -> None:
     with open(ledger.events_path, "a") as f:
         f.write('{"group": "a", "event": "dropp')  # a crash mid-append
     assert ledger.group_ids() == {"a"}
-    assert ledger.settled() == {"a"} and ledger.pending() == []
+    assert ledger.settled() == {"a"} and ledger.pending() == []  # and "a" was never queued either
 
 
 async def test_staleness_admission_and_exactly_once(tmp_path: Path) -> None:
@@ -72,6 +72,7 @@ async def test_resume_serves_exactly_what_no_kept_step_used(tmp_path: Path) -> N
         await first.put(group(name))
     await first.get(1, step=1)  # a: used by step 1, which the checkpoint kept
     await first.get(1, step=2)  # b: used by step 2, which the crash lost
+    Ledger(tmp_path).append(group("oracle-x"))  # recorded for another use: never a training group
     # The run restarts from its step-1 checkpoint.
     resumed = TrajectoryBuffer(str(tmp_path), BufferConfig(max_staleness=10), resume_step=1)
     served = [g.group_id for g in await resumed.get(3, step=2, timeout_s=1)]

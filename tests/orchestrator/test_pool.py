@@ -24,7 +24,9 @@ def _metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-async def _pool(provider: LocalProvider, env: str = "toy_terminal", *, shared: bool = True, **config: object) -> SandboxPool:
+async def _pool(
+    provider: LocalProvider, env: str = "toy_terminal", *, shared: bool = True, **config: object
+) -> SandboxPool:
     pool = SandboxPool(provider, SandboxSpec(env=env, run_id="pool-test"), PoolConfig(**config), shared=shared)  # type: ignore[arg-type]
     await pool.start()
     return pool

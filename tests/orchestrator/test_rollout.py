@@ -17,7 +17,7 @@ from orchestrator.render import PlainTextRenderer
 from orchestrator.rollout import EpisodeConfig, EpisodeRunner, EpisodeSpec
 from providers.base import SandboxSpec
 from providers.local import LocalProvider
-from trainers.policy.base import Generation, GenerateRequest, SamplingParams
+from trainers.policy.base import GenerateRequest, Generation, SamplingParams
 from trainers.policy.scripted import ScriptedPolicy
 from trainers.roles import Role
 from trainers.tokenizer import ByteTokenizer
@@ -29,14 +29,18 @@ TOKENIZER = ByteTokenizer()
 
 
 def _spec(task: Task, env: str = "toy_terminal", sample: int = 0) -> EpisodeSpec:
-    return EpisodeSpec(run_id="t", env=env, split=task.split, task=task, group_id=f"g-{task.id}", sample_index=sample, seed=7 + sample)
+    return EpisodeSpec(
+        run_id="t", env=env, split=task.split, task=task, group_id=f"g-{task.id}", sample_index=sample, seed=7 + sample
+    )
 
 
 async def _runner(provider: LocalProvider, env: str, policy: Any, **episode: Any) -> EpisodeRunner:
     shared = env != "terminal"
     pool = SandboxPool(provider, SandboxSpec(env=env, run_id="t"), PoolConfig(create_retry_delay_s=0.01), shared=shared)
     suite = load_suite("toy_terminal" if env.startswith("tests.") else env)
-    return EpisodeRunner(pool, policy, PlainTextRenderer(TOKENIZER, TOKENIZER.bos_token_id), suite, EpisodeConfig(**episode))
+    return EpisodeRunner(
+        pool, policy, PlainTextRenderer(TOKENIZER, TOKENIZER.bos_token_id), suite, EpisodeConfig(**episode)
+    )
 
 
 @pytest.fixture
@@ -49,7 +53,7 @@ async def toy(local_provider: LocalProvider) -> AsyncIterator[EpisodeRunner]:
 def _runs(t: Trajectory) -> list[tuple[Role, str]]:
     """The transcript as (role, text) runs."""
     runs: list[tuple[Role, list[int]]] = []
-    for token, role in zip(t.token_ids, t.roles):
+    for token, role in zip(t.token_ids, t.roles, strict=True):
         if runs and runs[-1][0] == role:
             runs[-1][1].append(token)
         else:
@@ -82,7 +86,14 @@ class _OddTokens(ScriptedPolicy):
         out = []
         for g in await super().generate(requests, sampling):
             ids = g.token_ids
-            out.append(Generation(token_ids=ids, logprobs=tuple(-0.5 - i / 100 for i in range(len(ids))), finish_reason="stop", version=3))
+            out.append(
+                Generation(
+                    token_ids=ids,
+                    logprobs=tuple(-0.5 - i / 100 for i in range(len(ids))),
+                    finish_reason="stop",
+                    version=3,
+                )
+            )
         return out
 
 
@@ -93,10 +104,10 @@ async def test_sampled_ids_and_logprobs_go_in_verbatim(local_provider: LocalProv
         trajectory = await runner.run(_spec(task))
     finally:
         await runner.pool.close()
-    action_logprobs = [lp for lp, r in zip(trajectory.logprobs, trajectory.roles) if r == Role.ACTION]
+    action_logprobs = [lp for lp, r in zip(trajectory.logprobs, trajectory.roles, strict=True) if r == Role.ACTION]
     expected = [lp for command in task.oracle for lp in (-0.5 - i / 100 for i in range(len(command) + 1))]
     assert action_logprobs == expected
-    assert all(lp == 0.0 for lp, r in zip(trajectory.logprobs, trajectory.roles) if r != Role.ACTION)
+    assert all(lp == 0.0 for lp, r in zip(trajectory.logprobs, trajectory.roles, strict=True) if r != Role.ACTION)
     assert trajectory.policy_version == 3
 
 
@@ -112,7 +123,11 @@ async def test_turn_limit_ends_with_step_limit(local_provider: LocalProvider) ->
 
 class _Garbage(ScriptedPolicy):
     async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
-        return [Generation(token_ids=tuple(TOKENIZER.encode("   \n")), logprobs=(-1.0,) * 4, finish_reason="stop", version=0)]
+        return [
+            Generation(
+                token_ids=tuple(TOKENIZER.encode("   \n")), logprobs=(-1.0,) * 4, finish_reason="stop", version=0
+            )
+        ]
 
 
 async def test_unparseable_actions_become_warnings(local_provider: LocalProvider) -> None:
@@ -122,7 +137,9 @@ async def test_unparseable_actions_become_warnings(local_provider: LocalProvider
     finally:
         await runner.pool.close()
     assert trajectory.done_reason is DoneReason.STEP_LIMIT and trajectory.parse_errors == 3
-    assert [text.startswith("[harness] invalid action") for role, text in _runs(trajectory) if role is Role.WARNING] == [True] * 3
+    assert [
+        text.startswith("[harness] invalid action") for role, text in _runs(trajectory) if role is Role.WARNING
+    ] == [True] * 3
 
 
 class _Broken(ScriptedPolicy):
@@ -148,7 +165,9 @@ class _Slow(ScriptedPolicy):
         (_Slow(0.3), {"episode_timeout_s": 0.5}, DoneReason.TIMEOUT),
     ],
 )
-async def test_policy_failures_are_recorded_with_their_reason(local_provider: LocalProvider, policy: Any, episode: dict[str, Any], reason: DoneReason) -> None:
+async def test_policy_failures_are_recorded_with_their_reason(
+    local_provider: LocalProvider, policy: Any, episode: dict[str, Any], reason: DoneReason
+) -> None:
     runner = await _runner(local_provider, "toy_terminal", policy, **episode)
     try:
         task = next(t for t in load_suite("toy_terminal").tasks("train") if len(t.oracle) >= 2)
@@ -156,7 +175,9 @@ async def test_policy_failures_are_recorded_with_their_reason(local_provider: Lo
     finally:
         await runner.pool.close()
     assert trajectory.done_reason is reason and trajectory.reward == 0.0
-    assert trajectory.trainable == (reason is DoneReason.TIMEOUT)  # a slow agent's zero is signal; a broken engine's is not
+    assert trajectory.trainable == (
+        reason is DoneReason.TIMEOUT
+    )  # a slow agent's zero is signal; a broken engine's is not
 
 
 class _KillsItsSandbox(ScriptedPolicy):
@@ -195,7 +216,9 @@ async def test_a_sandbox_killed_mid_episode_is_retried_on_a_fresh_one(local_prov
 
 
 async def test_a_sandbox_that_keeps_dying_is_recorded_as_sandbox_error(local_provider: LocalProvider) -> None:
-    runner = await _runner(local_provider, "tests.orchestrator.faulty_envs:CrashOnStepEnv", ScriptedPolicy(), sandbox_retries=2)
+    runner = await _runner(
+        local_provider, "tests.orchestrator.faulty_envs:CrashOnStepEnv", ScriptedPolicy(), sandbox_retries=2
+    )
     try:
         task = load_suite("toy_terminal").tasks("train")[0]
         trajectories = await asyncio.gather(*(runner.run(_spec(task, sample=i)) for i in range(3)))

@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import docker
 import pytest
 
+import docker
 from envs.client import EnvClient
 from providers.base import LABEL_RUN, EgressPolicy, Resources, SandboxSpec
 from providers.docker import NAME_PREFIX, DockerProvider
@@ -52,7 +52,9 @@ async def test_probe_checks_all_pass(docker_provider: DockerProvider) -> None:
 
 
 async def test_hardening_is_read_back_from_the_engine(docker_provider: DockerProvider) -> None:
-    sandbox = await docker_provider.create(SandboxSpec(env="probe", resources=Resources(cpu=0.5, memory_mb=256, pids=128)))
+    sandbox = await docker_provider.create(
+        SandboxSpec(env="probe", resources=Resources(cpu=0.5, memory_mb=256, pids=128))
+    )
     await docker_provider.wait_ready(sandbox)
     attrs = _container(sandbox.id).attrs
     host = attrs["HostConfig"]
@@ -93,7 +95,9 @@ async def test_fork_bomb_is_contained_and_neighbours_unaffected(docker_provider:
 
 async def test_memory_hog_is_killed_and_reported(docker_provider: DockerProvider) -> None:
     hog, neighbour = await _shell(docker_provider, resources=Resources(memory_mb=128)), await _shell(docker_provider)
-    observation = await _run(hog, "/opt/hillclimb/bin/python -c 'b = bytearray(512 * 2**20); b[::4096] = bytes(len(b) // 4096)'")
+    observation = await _run(
+        hog, "/opt/hillclimb/bin/python -c 'b = bytearray(512 * 2**20); b[::4096] = bytes(len(b) // 4096)'"
+    )
     assert observation["exit_code"] == 137  # SIGKILL from the OOM killer
     state = docker_provider.inspect_state(hog.id)
     assert state["status"] == "running"  # the server itself survived: the hog was the biggest process
@@ -163,12 +167,22 @@ async def test_one_reap_after_a_sigkilled_driver_leaves_nothing(docker_engine: N
     assert driver.stdout is not None and driver.stdout.readline().strip() == b"ready"
     provider = DockerProvider()
     assert len(await provider.list({LABEL_RUN: run_id})) == 3
-    alive = subprocess.run([sys.executable, "-m", "orchestrator", "sandbox", "reap", "-p", "docker"], env=env, capture_output=True, text=True)
+    alive = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "sandbox", "reap", "-p", "docker"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert alive.returncode == 0 and len(await provider.list({LABEL_RUN: run_id})) == 3  # its run is alive: kept
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     driver.stdout.close()
-    reaped = subprocess.run([sys.executable, "-m", "orchestrator", "sandbox", "reap", "-p", "docker"], env=env, capture_output=True, text=True)
+    reaped = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "sandbox", "reap", "-p", "docker"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert reaped.returncode == 0, reaped.stderr
     assert reaped.stdout.count("its run is gone") == 3
     assert await provider.list({LABEL_RUN: run_id}) == []

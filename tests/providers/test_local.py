@@ -22,7 +22,9 @@ from providers.probe import probe
 
 LIMITS_ENV = "tests.providers.limits_env:LimitsEnv"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="these tests run sandboxes as per-sandbox uids, which needs root")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="these tests run sandboxes as per-sandbox uids, which needs root"
+)
 
 
 def _uid_pids(uid: int) -> set[int]:
@@ -178,7 +180,9 @@ asyncio.run(main())
 
 
 async def test_sandboxes_die_with_a_sigkilled_driver(sandbox_root: Path) -> None:
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(sandbox_root), LIMITS_ENV], stdout=subprocess.PIPE, cwd=os.getcwd())
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(sandbox_root), LIMITS_ENV], stdout=subprocess.PIPE, cwd=os.getcwd()
+    )
     assert driver.stdout is not None
     info = json.loads(driver.stdout.readline())
     async with EnvClient(info["endpoint"], token=info["token"]) as env:

@@ -12,11 +12,27 @@ from trainers.trajectory import DoneReason, Trajectory, TrajectoryGroup
 A, E, P = int(Role.ACTION), int(Role.ENV), int(Role.PROMPT)
 
 
-def _t(sample: int, reward: float, *, n: int = 6, done: DoneReason = DoneReason.FINISHED, parse_errors: int = 0) -> Trajectory:
+def _t(
+    sample: int, reward: float, *, n: int = 6, done: DoneReason = DoneReason.FINISHED, parse_errors: int = 0
+) -> Trajectory:
     roles = ([P, A, A, E, E, E] * n)[:n]
-    return Trajectory(run_id="r", group_id="g", sample_index=sample, task_id="t", env="e", split="train", seed=sample,
-                      policy_version=0, token_ids=list(range(n)), roles=roles, logprobs=[-0.1] * n, reward=reward,
-                      done_reason=done, turns=2, parse_errors=parse_errors)
+    return Trajectory(
+        run_id="r",
+        group_id="g",
+        sample_index=sample,
+        task_id="t",
+        env="e",
+        split="train",
+        seed=sample,
+        policy_version=0,
+        token_ids=list(range(n)),
+        roles=roles,
+        logprobs=[-0.1] * n,
+        reward=reward,
+        done_reason=done,
+        turns=2,
+        parse_errors=parse_errors,
+    )
 
 
 def test_advantages_are_group_normalised_over_trainable_episodes_only() -> None:
@@ -41,7 +57,9 @@ def test_step_totals_count_targets_after_the_shift() -> None:
 
 def test_micro_batches_respect_the_padded_budget() -> None:
     lengths = [3, 9, 4, 10, 2, 8]
-    samples = samples_from_groups([TrajectoryGroup.of([_t(i, float(i % 2), n=n) for i, n in enumerate(lengths)])], LossConfig())
+    samples = samples_from_groups(
+        [TrajectoryGroup.of([_t(i, float(i % 2), n=n) for i, n in enumerate(lengths)])], LossConfig()
+    )
     batches = micro_batches(samples, max_tokens=20)
     # Sorted 2,3,4,8,9,10: [2,3,4] pads to 4×3 = 12; adding 8 would pad to 32 > 20; [8,9] = 18; [10].
     assert [[len(s) for s in b] for b in batches] == [[2, 3, 4], [8, 9], [10]]
@@ -50,7 +68,9 @@ def test_micro_batches_respect_the_padded_budget() -> None:
 
 def test_rank_shares_are_balanced_and_cover_everything() -> None:
     lengths = [10, 9, 8, 7, 6, 5, 4, 3]
-    samples = samples_from_groups([TrajectoryGroup.of([_t(i, float(i % 2), n=n) for i, n in enumerate(lengths)])], LossConfig())
+    samples = samples_from_groups(
+        [TrajectoryGroup.of([_t(i, float(i % 2), n=n) for i, n in enumerate(lengths)])], LossConfig()
+    )
     shares = split_for_ranks(samples, 2)
     assert sorted(len(s) for share in shares for s in share) == sorted(lengths)
     assert [sum(len(s) for s in share) for share in shares] == [26, 26]

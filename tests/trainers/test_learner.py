@@ -18,8 +18,11 @@ from trainers.roles import Role
 from trainers.trajectory import DoneReason, Trajectory, TrajectoryGroup
 
 MODEL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_positions=128)
-CONFIG = LearnerConfig(lr=1e-2, micro_batch_tokens=96,
-                       loss=LossConfig.model_validate({"echo": {"schedule": {"type": "constant", "value": 0.5}}}))
+CONFIG = LearnerConfig(
+    lr=1e-2,
+    micro_batch_tokens=96,
+    loss=LossConfig.model_validate({"echo": {"schedule": {"type": "constant", "value": 0.5}}}),
+)
 
 
 def _groups(seed: int, n_groups: int = 3, size: int = 4) -> list[TrajectoryGroup]:
@@ -29,13 +32,27 @@ def _groups(seed: int, n_groups: int = 3, size: int = 4) -> list[TrajectoryGroup
         members = []
         for i in range(size):
             n = rng.randint(12, 40)
-            roles = [int(Role.PROMPT)] * 4 + [rng.choice([int(Role.ACTION), int(Role.ENV), int(Role.SCAFFOLD)]) for _ in range(n - 4)]
-            members.append(Trajectory(
-                run_id="r", group_id=f"g{seed}-{g}", sample_index=i, task_id=f"t{g}", env="e", split="train", seed=i,
-                policy_version=0, token_ids=[rng.randrange(256) for _ in range(n)], roles=roles,
-                logprobs=[rng.uniform(-3, -0.1) if r == Role.ACTION else 0.0 for r in roles],
-                reward=float(rng.random() < 0.5), done_reason=DoneReason.FINISHED, turns=2,
-            ))
+            roles = [int(Role.PROMPT)] * 4 + [
+                rng.choice([int(Role.ACTION), int(Role.ENV), int(Role.SCAFFOLD)]) for _ in range(n - 4)
+            ]
+            members.append(
+                Trajectory(
+                    run_id="r",
+                    group_id=f"g{seed}-{g}",
+                    sample_index=i,
+                    task_id=f"t{g}",
+                    env="e",
+                    split="train",
+                    seed=i,
+                    policy_version=0,
+                    token_ids=[rng.randrange(256) for _ in range(n)],
+                    roles=roles,
+                    logprobs=[rng.uniform(-3, -0.1) if r == Role.ACTION else 0.0 for r in roles],
+                    reward=float(rng.random() < 0.5),
+                    done_reason=DoneReason.FINISHED,
+                    turns=2,
+                )
+            )
         groups.append(TrajectoryGroup.of(members))
     return groups
 
@@ -91,7 +108,12 @@ def test_metrics_merge_by_hand() -> None:
         {"loss": 1.0, "grpo/clip_frac": 0.5, "grpo/n_action_tokens": 10.0, "echo/lambda": 0.5},
         {"loss": 2.0, "grpo/clip_frac": 0.1, "grpo/n_action_tokens": 30.0, "echo/lambda": 0.5},
     ]
-    assert merge_metrics(parts) == {"loss": 3.0, "grpo/clip_frac": pytest.approx(0.2), "grpo/n_action_tokens": 40.0, "echo/lambda": 0.5}
+    assert merge_metrics(parts) == {
+        "loss": 3.0,
+        "grpo/clip_frac": pytest.approx(0.2),
+        "grpo/n_action_tokens": 40.0,
+        "echo/lambda": 0.5,
+    }
 
 
 @pytest.mark.ray
