@@ -2,11 +2,12 @@
 
 For each provider, sandboxes serving `toy_terminal` are started (`--per-sandbox` sessions each)
 and sessions are opened level by level (each connected, authenticated and reset to a task).
-At every level all live sessions step at once, `--rounds` times: a session that fails to
-connect, reset or step is a failure. Memory per session is the host's used memory
-(MemTotal - MemAvailable) grown since before the first sandbox, less this process's own
-growth (the clients), divided by the live sessions: servers, sandboxes and, for Docker, the
-engine's per-container shims.
+At every level all live sessions step at once, `--rounds` times (a session whose episode
+ended is reset): a session that fails to connect, reset or step is a failure. Memory per
+session is the growth, since before the first sandbox, of the proportional set size (PSS:
+shared pages split among their users) summed over every process on the host but this one —
+servers, sandboxes and, for Docker, the engine's per-container shims — divided by the live
+sessions; this process's own growth (the clients) is reported apart.
 
     python -m bench.concurrency [--providers local,docker] [--levels 256,512,1024,2048] [--per-sandbox 64]
 """
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import os
 import resource
 import shutil
 import tempfile
@@ -31,16 +33,17 @@ from providers.base import Sandbox, SandboxProvider, SandboxSpec
 OPEN_AT_ONCE = 64
 
 
-def _meminfo_kib(field: str) -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
+def _pss_kib(pid: str) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return sum(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+    except OSError:  # gone, or a kernel thread
+        return 0
 
 
-def _host_used_kib() -> int:
-    return _meminfo_kib("MemTotal") - _meminfo_kib("MemAvailable")
+def _others_pss_kib() -> int:
+    me = str(os.getpid())
+    return sum(_pss_kib(pid) for pid in os.listdir("/proc") if pid.isdigit() and pid != me)
 
 
 def _own_rss_kib() -> int:
@@ -103,7 +106,9 @@ class Fleet:
 
         async def one(client: EnvClient) -> None:
             try:
-                await client.step({"command": "wc -l app.log"})
+                result = await client.step({"command": "wc -l app.log"})
+                if result.done:  # the task's step limit: start the episode again
+                    await client.reset()
             except Exception as e:
                 self._failed("step", e)
 
@@ -119,7 +124,7 @@ class Fleet:
 
 
 async def measure(provider: SandboxProvider, levels: list[int], per_sandbox: int, rounds: int) -> list[dict[str, Any]]:
-    host_before, own_before = _host_used_kib(), _own_rss_kib()
+    others_before, own_before = _others_pss_kib(), _own_rss_kib()
     fleet = Fleet(provider, per_sandbox)
     rows = []
     try:
@@ -129,7 +134,7 @@ async def measure(provider: SandboxProvider, levels: list[int], per_sandbox: int
             open_s = time.perf_counter() - opened
             round_s = [await fleet.step_all() for _ in range(rounds)]
             live = len(fleet.clients)
-            server_side = (_host_used_kib() - host_before) - (_own_rss_kib() - own_before)
+            server_side = _others_pss_kib() - others_before
             rows.append(
                 {
                     "sessions": level,
@@ -198,7 +203,7 @@ def main() -> None:
         for r in levels
     ]
     headers = ["provider", "target", "live", "sandboxes", "failures", "open (s)", "all-step round p50 (ms)"]
-    print_table([*headers, "steps/s", "MiB/session (server side)", "MiB/session (client)"], rows)
+    print_table([*headers, "steps/s", "MiB/session (host PSS)", "MiB/session (clients)"], rows)
     config = {"levels": args.levels, "per_sandbox": args.per_sandbox, "rounds": args.rounds}
     print(f"wrote {write_result('concurrency', config, results)}")
 

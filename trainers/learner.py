@@ -160,6 +160,9 @@ class Learner:
         from trainers.losses import loss_from_hidden
 
         self.optimizer.zero_grad(set_to_none=True)
+        lr = self.config.warmup_lr if imitate and self.config.warmup_lr else self.config.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         batches = micro_batches(samples, self.config.micro_batch_tokens)
         head = self.model.get_output_embeddings()
         parts: list[dict[str, float]] = []

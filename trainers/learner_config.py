@@ -15,6 +15,9 @@ class LearnerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     lr: float = Field(default=3e-3, gt=0)
+    warmup_lr: float | None = Field(default=None, gt=0)
+    """Learning rate of the behaviour-cloning warm-up; None uses `lr`. Supervised steps tolerate
+    a larger one than policy-gradient steps do."""
     weight_decay: float = Field(default=0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float | None = Field(default=1.0, gt=0)

@@ -101,6 +101,21 @@ def test_behaviour_cloning_lowers_action_cross_entropy_only() -> None:
     assert learner.env_cross_entropy(samples) > 0.0 and env_before > 0.0
 
 
+def test_the_warm_up_steps_at_its_own_learning_rate() -> None:
+    config = CONFIG.model_copy(update={"lr": 1e-4, "warmup_lr": 1e-2})
+    learner = Learner(MODEL, config)
+    samples = _batch(0)
+
+    def largest_move(step: int, imitate: bool) -> float:
+        before = [p.detach().clone() for p in learner.model.parameters()]
+        learner.train_step(samples, StepTotals.of(samples), step, imitate=imitate)
+        return max((p.detach() - b).abs().max().item() for p, b in zip(learner.model.parameters(), before, strict=True))
+
+    # Adam's first step moves a parameter by about the learning rate, whatever the gradient's scale.
+    assert largest_move(0, imitate=True) == pytest.approx(1e-2, rel=0.2)
+    assert largest_move(0, imitate=False) < 3e-4
+
+
 def test_metrics_merge_by_hand() -> None:
     # Step-normalised losses add; clip fractions average weighted by action tokens (10 and 30):
     # (0.5 * 10 + 0.1 * 30) / 40 = 0.2.
