@@ -186,6 +186,22 @@ def test_loss_from_hidden_matches_naive_logits_path() -> None:
     assert m["echo/n_env_tokens"].item() == 8 and m["grpo/n_action_tokens"].item() == 8
 
 
+def test_temperature_scales_action_logits_only() -> None:
+    # The importance ratio needs ACTION log-probs at the sampling temperature; ENV CE is the world
+    # model's own distribution (temperature 1), which is what held-out env-token CE measures.
+    hidden, weight, batch = _hidden_case(seed=2)
+    cfg = _config(0.5).model_copy(update={"temperature": 0.5})
+    loss, _ = loss_from_hidden(hidden, weight, batch, cfg, step=0)
+    logits = hidden @ weight.T
+    at = {
+        t: torch.log_softmax(logits / t, dim=-1).gather(-1, batch.targets_BT[..., None]).squeeze(-1) for t in (0.5, 1)
+    }
+    mixed = torch.where(batch.roles_BT == Role.ACTION, at[0.5], at[1])
+    torch.testing.assert_close(loss, loss_from_logprobs(mixed, batch, cfg, step=0)[0], atol=1e-6, rtol=1e-5)
+    everywhere = loss_from_logprobs(at[0.5], batch, cfg, step=0)[0]
+    assert not torch.allclose(loss, everywhere, atol=1e-3)  # scaling ENV logits too would be caught
+
+
 def test_loss_from_hidden_rejects_unshifted_hidden() -> None:
     hidden, weight, batch = _hidden_case()
     with pytest.raises(ValueError, match=r"hidden\[:, :-1\]"):

@@ -123,7 +123,9 @@ class LossConfig(_Model):
     echo: EchoConfig = EchoConfig()
     """The world-model term."""
     temperature: float = Field(1.0, gt=0.0, allow_inf_nan=False)
-    """Logits are divided by this before the softmax; use the sampler's temperature so ratios compare like with like."""
+    """ACTION logits are divided by this before the softmax; use the sampler's temperature so ratios
+    compare like with like. ENV tokens always use 1: the world-model term trains the model's own
+    distribution."""
     chunk_tokens: int = Field(1024, ge=1)
     """Tokens per tile of LM-head logits. Larger reads the head fewer times; the tile is fp32."""
     chunk_vocab: int = Field(32768, ge=1)

@@ -96,23 +96,25 @@ def loss_from_hidden(
             "pass hidden[:, :-1] of the full sequence (position t predicts token t+1)"
         )
     lam = lambda_at(step, config.echo.schedule)
-    trained_BT = torch.zeros_like(batch.roles_BT, dtype=torch.bool)
-    if not config.echo.verifier_free:
-        trained_BT |= batch.roles_BT == Role.ACTION
-    if lam != 0.0:
-        trained_BT |= env_mask(batch.roles_BT, batch.env_keep_B)
-    logp_N = token_logprobs(
-        hidden_BTH[trained_BT],
-        lm_head_weight_VH,
-        batch.targets_BT[trained_BT],
-        lm_head_bias_V,
-        temperature=config.temperature,
-        chunk_tokens=config.chunk_tokens,
-        chunk_vocab=config.chunk_vocab,
-        impl=config.logprob_impl,
-    )
-    logprobs_BT = torch.zeros(trained_BT.shape, dtype=torch.float32, device=logp_N.device)
-    logprobs_BT = logprobs_BT.masked_scatter(trained_BT, logp_N)
+    none_BT = torch.zeros_like(batch.roles_BT, dtype=torch.bool)
+    action_BT = none_BT if config.echo.verifier_free else batch.roles_BT == Role.ACTION
+    env_BT = env_mask(batch.roles_BT, batch.env_keep_B) if lam != 0.0 else none_BT
+    # ACTION log-probs at the sampling temperature (the importance ratio's denominator was taken
+    # there); ENV log-probs at 1: the world model is the model's own distribution, as evaluated.
+    logprobs_BT = torch.zeros(batch.roles_BT.shape, dtype=torch.float32, device=hidden_BTH.device)
+    for trained_BT, temperature in ((action_BT, config.temperature), (env_BT, 1.0)):
+        if trained_BT is action_BT or trained_BT.any():  # the ACTION call always runs: the loss keeps a graph
+            logp_N = token_logprobs(
+                hidden_BTH[trained_BT],
+                lm_head_weight_VH,
+                batch.targets_BT[trained_BT],
+                lm_head_bias_V,
+                temperature=temperature,
+                chunk_tokens=config.chunk_tokens,
+                chunk_vocab=config.chunk_vocab,
+                impl=config.logprob_impl,
+            )
+            logprobs_BT = logprobs_BT.masked_scatter(trained_BT, logp_N)
     return loss_from_logprobs(logprobs_BT, batch, config, step=step)
 
 
