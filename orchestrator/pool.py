@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from envs.client import http_request
+from envs.client import EnvClient, http_request
 from envs.errors import HillclimbError
 from orchestrator import metrics
 from orchestrator.ratelimit import RateLimiter, TokenBucket
@@ -81,6 +81,9 @@ class _Slot:
     checked_at: float = 0.0
     retired: bool = False
     served: int = 0
+    connections: list[EnvClient] = field(default_factory=list)
+    """Open sessions that finished leases kept for the next lease here: a new lease takes one
+    before anyone opens another, so open sessions never outnumber `capacity`."""
 
 
 @dataclass(eq=False)
@@ -92,6 +95,11 @@ class Lease:
     _slot: _Slot = field(repr=False)
     _released: bool = False
     broken: bool = False
+    connection: EnvClient | None = None
+    """An open session on this sandbox kept from an earlier lease (shared pools), or None: reuse
+    it rather than connect again; `reset()` starts a fresh episode on it (and reconnects if the
+    server dropped it meanwhile)."""
+    _kept: EnvClient | None = field(default=None, repr=False)
 
     @property
     def endpoint(self) -> str:
@@ -100,6 +108,11 @@ class Lease:
     @property
     def token(self) -> str | None:
         return self.sandbox.secret()
+
+    def keep(self, connection: EnvClient) -> None:
+        """Hand the session back for the next lease on this sandbox, when this one is released.
+        A broken lease, a single-use pool or a retired sandbox closes it instead."""
+        self._kept = connection
 
     def mark_broken(self) -> None:
         """The sandbox misbehaved: retire it on release instead of reusing it."""
@@ -172,7 +185,8 @@ class SandboxPool:
                     self._update_gauges()
                     self._replenish()
                     metrics.LEASE_WAIT_SECONDS.labels(**self._labels).observe(time.monotonic() - started)
-                    return Lease(slot.sandbox, self, slot)
+                    reused = slot.connections.pop() if slot.connections else None
+                    return Lease(slot.sandbox, self, slot, connection=reused)
                 slot.leases -= 1
                 self._retire(slot, reason="failed its health check")
                 continue
@@ -202,7 +216,7 @@ class SandboxPool:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         slots, self._slots = self._slots, []
-        await asyncio.gather(*(self._destroy(s.sandbox) for s in slots), return_exceptions=True)
+        await asyncio.gather(*(self._destroy_slot(s) for s in slots), return_exceptions=True)
         self._update_gauges()
 
     @property
@@ -322,6 +336,11 @@ class SandboxPool:
     async def _release(self, lease: Lease) -> None:
         slot = lease._slot
         slot.leases -= 1
+        if lease._kept is not None:
+            if lease.broken or not self.shared or slot.retired:
+                self._spawn(lease._kept.close())
+            else:
+                slot.connections.append(lease._kept)
         if lease.broken or not self.shared:
             self._retire(slot, reason="broken" if lease.broken else "single-use")
         self._update_gauges()
@@ -334,8 +353,13 @@ class SandboxPool:
             log.debug("retiring sandbox %s: %s", slot.sandbox.id, reason)
         if slot.leases == 0 and slot in self._slots:
             self._slots.remove(slot)
-            self._spawn(self._destroy(slot.sandbox))
+            self._spawn(self._destroy_slot(slot))
         self._update_gauges()
+
+    async def _destroy_slot(self, slot: _Slot) -> None:
+        connections, slot.connections = slot.connections, []
+        await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
+        await self._destroy(slot.sandbox)
 
     async def _destroy(self, sandbox: Sandbox) -> None:
         self._destroying += 1

@@ -180,15 +180,23 @@ class EpisodeRunner:
         except (LeaseTimeoutError, ProviderError) as e:
             raise _SandboxFailed(f"no sandbox: {e}") from e
         async with lease:
+            # A session kept from an earlier episode on this sandbox saves a handshake and an
+            # environment instance; `reset()` starts the new episode on it.
+            env = lease.connection or EnvClient(
+                lease.endpoint, token=lease.token, message_timeout_s=self.config.episode_timeout_s
+            )
             try:
-                async with EnvClient(
-                    lease.endpoint, token=lease.token, message_timeout_s=self.config.episode_timeout_s
-                ) as env:
-                    await env.reset(seed=spec.seed, task_id=spec.task.id)
-                    return await self._turns(episode, env, timing, sampling)
+                await env.reset(seed=spec.seed, task_id=spec.task.id)
+                reason = await self._turns(episode, env, timing, sampling)
             except _SANDBOX_FAULTS as e:
                 lease.mark_broken()
+                await env.close()
                 raise _SandboxFailed(f"{type(e).__name__}: {e}") from e
+            except BaseException:
+                await env.close()
+                raise
+            lease.keep(env)
+            return reason
 
     async def _turns(
         self, episode: _Episode, env: EnvClient, timing: EpisodeTiming, sampling: SamplingParams

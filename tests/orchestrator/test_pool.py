@@ -65,25 +65,64 @@ async def test_shared_sandboxes_serve_up_to_capacity(local_provider: LocalProvid
         await pool.close()
 
 
+async def test_kept_sessions_go_to_the_next_lease_and_close_with_their_sandbox(local_provider: LocalProvider) -> None:
+    pool = await _pool(local_provider, sessions_per_sandbox=2, max_total=1)
+    try:
+        first = await pool.lease(timeout_s=30)
+        assert first.connection is None
+        env = EnvClient(first.endpoint, token=first.token)
+        await env.reset(seed=0, task_id="cat-app-order")
+        first.keep(env)
+        await first.release()
+        second, third = await pool.lease(timeout_s=5), await pool.lease(timeout_s=5)
+        assert second.connection is env and env.connected  # one kept session: the next lease takes it
+        assert third.connection is None  # ... and nobody else, so sessions never outnumber the capacity
+        result = await env.reset(seed=1, task_id="wc-app-lines")  # a fresh episode on the same session
+        assert "app.log" in result.observation["prompt"]
+        await third.release()
+        second.mark_broken()
+        second.keep(env)
+        await second.release()  # a broken sandbox's session is closed, not kept
+        await asyncio.sleep(0.1)
+        assert not env.connected
+    finally:
+        await pool.close()
+
+
+async def test_closing_the_pool_closes_kept_sessions(local_provider: LocalProvider) -> None:
+    pool = await _pool(local_provider, max_total=1)
+    lease = await pool.lease(timeout_s=30)
+    env = EnvClient(lease.endpoint, token=lease.token)
+    await env.reset(seed=0)
+    lease.keep(env)
+    await lease.release()
+    await pool.close()
+    assert not env.connected and await local_provider.list() == []
+
+
 async def test_single_use_sandboxes_are_fresh_per_lease_and_destroyed_after(local_provider: LocalProvider) -> None:
     pool = await _pool(local_provider, env="terminal", shared=False, min_ready=1)
     try:
         await pool.wait_warm(timeout_s=30)
         first = await pool.lease(timeout_s=30)
-        async with EnvClient(first.endpoint, token=first.token) as env:
-            await env.reset(seed=0)
-            await env.step({"command": "echo left-behind > marker"})
+        kept = EnvClient(first.endpoint, token=first.token)
+        await kept.reset(seed=0)
+        await kept.step({"command": "echo left-behind > marker"})
+        first.keep(kept)  # single-use: the session goes with its sandbox, never to the next lease
         await first.release()
         second = await pool.lease(timeout_s=30)
-        assert second.sandbox.id != first.sandbox.id
+        assert second.sandbox.id != first.sandbox.id and second.connection is None
         async with EnvClient(second.endpoint, token=second.token) as env:
             await env.reset(seed=0)
             result = await env.step({"command": "ls marker"})
         assert "No such file" in result.observation["output"]
         await second.release()
-        await asyncio.sleep(0.2)
-        ids = {s.id for s in await local_provider.list()}
-        assert first.sandbox.id not in ids and second.sandbox.id not in ids
+        used = {first.sandbox.id, second.sandbox.id}
+        deadline = time.monotonic() + 10
+        while used & {s.id for s in await local_provider.list()} and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # destroyed in the background after release
+        assert not used & {s.id for s in await local_provider.list()}
+        assert not kept.connected
     finally:
         await pool.close()
 
