@@ -35,6 +35,14 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[index]
 
 
+def status_kib(field: str) -> int:
+    """A kB field of this process's /proc/self/status (VmRSS, VmHWM, VmSize)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} missing from /proc/self/status")
+
+
 def commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)

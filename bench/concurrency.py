@@ -25,7 +25,7 @@ import tempfile
 import time
 from typing import Any
 
-from bench.common import percentile, print_table, write_result
+from bench.common import percentile, print_table, status_kib, write_result
 from envs.client import EnvClient
 from envs.toy_terminal.tasks import SUITE
 from providers.base import Sandbox, SandboxProvider, SandboxSpec
@@ -44,14 +44,6 @@ def _pss_kib(pid: str) -> int:
 def _others_pss_kib() -> int:
     me = str(os.getpid())
     return sum(_pss_kib(pid) for pid in os.listdir("/proc") if pid.isdigit() and pid != me)
-
-
-def _own_rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise KeyError("VmRSS")
 
 
 def _raise_fd_limit() -> None:
@@ -124,7 +116,7 @@ class Fleet:
 
 
 async def measure(provider: SandboxProvider, levels: list[int], per_sandbox: int, rounds: int) -> list[dict[str, Any]]:
-    others_before, own_before = _others_pss_kib(), _own_rss_kib()
+    others_before, own_before = _others_pss_kib(), status_kib("VmRSS")
     fleet = Fleet(provider, per_sandbox)
     rows = []
     try:
@@ -146,7 +138,7 @@ async def measure(provider: SandboxProvider, levels: list[int], per_sandbox: int
                     "step_round_p50_ms": percentile(round_s, 50) * 1000,
                     "steps_per_s": live / percentile(round_s, 50) if live else 0.0,
                     "kib_per_session": server_side / max(live, 1),
-                    "client_kib_per_session": (_own_rss_kib() - own_before) / max(live, 1),
+                    "client_kib_per_session": (status_kib("VmRSS") - own_before) / max(live, 1),
                     "errors": dict(fleet.errors),
                 }
             )

@@ -62,7 +62,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, commit, machine, print_table, summarize
+from bench.common import RESULTS, commit, machine, print_table, status_kib, summarize
 from trainers.losses.config import LossConfig  # pydantic only: the parent imports torch in main()
 
 LAMBDA = 0.05
@@ -107,13 +107,6 @@ def estimate_peak_bytes(impl: str, seq_len: int, hidden: int, args: argparse.Nam
 # ----------------------------------------------------------------------------------------- child
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} missing from /proc/self/status")
-
-
 class _Memory:
     """Peak extra memory of a region: CUDA allocator stats, or the RSS high-water mark on CPU."""
 
@@ -129,7 +122,7 @@ class _Memory:
             self.base = torch.cuda.memory_allocated()
         else:
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-            self.base = _status_kib("VmRSS") * 1024
+            self.base = status_kib("VmRSS") * 1024
 
     def peak(self) -> int:
         import torch
@@ -137,7 +130,7 @@ class _Memory:
         if self.cuda:
             torch.cuda.synchronize()
             return torch.cuda.max_memory_allocated() - self.base
-        return _status_kib("VmHWM") * 1024 - self.base
+        return status_kib("VmHWM") * 1024 - self.base
 
 
 def _loss_fn(impl: str, batch: Any, config: LossConfig) -> Any:
@@ -203,7 +196,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     del warm
     h, w, batch = _inputs(spec["seq_len"], spec["vocab"], spec["hidden"], spec["device"], dtype)
     if not cuda:  # a runaway allocation becomes a RuntimeError here instead of an OOM kill
-        cap = _status_kib("VmSize") * 1024 + int(spec["budget_bytes"])
+        cap = status_kib("VmSize") * 1024 + int(spec["budget_bytes"])
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     results: dict[str, dict[str, Any]] = {i: {"times_s": [], "cpu_s": [], "peaks_bytes": []} for i in spec["impls"]}
     for _ in range(spec["reps"]):

@@ -106,15 +106,7 @@ class Ledger:
 
     def settled(self, as_of_step: int | None = None) -> set[str]:
         """Groups dropped, or consumed by a learner step ≤ `as_of_step` (None: any step)."""
-        done = set()
-        for event in self.events():
-            if (
-                event["event"] == "dropped"
-                or event["event"] == "consumed"
-                and (as_of_step is None or event.get("step", 0) <= as_of_step)
-            ):
-                done.add(event["group"])
-        return done
+        return _settled(self.events(), as_of_step)
 
     def read_group(self, group_id: str) -> TrajectoryGroup:
         table = pq.read_table(self.groups_dir / _file_name(group_id), schema=SCHEMA)
@@ -123,11 +115,22 @@ class Ledger:
     def pending(self, as_of_step: int | None = None) -> list[TrajectoryGroup]:
         """Groups queued for a learner and not yet settled: what a resumed buffer must serve again.
         Groups recorded for other uses (oracle transcripts, evaluations) are never pending."""
-        queued = {e["group"] for e in self.events() if e["event"] == "queued"}
-        return [self.read_group(g) for g in sorted(queued - self.settled(as_of_step))]
+        events = self.events()
+        queued = {e["group"] for e in events if e["event"] == "queued"}
+        return [self.read_group(g) for g in sorted(queued - _settled(events, as_of_step))]
 
     def trajectories(self) -> list[Trajectory]:
         return [t for g in sorted(self.group_ids()) for t in self.read_group(g).trajectories]
+
+
+def _settled(events: list[dict[str, Any]], as_of_step: int | None) -> set[str]:
+    return {
+        e["group"]
+        for e in events
+        if e["event"] == "dropped"
+        or e["event"] == "consumed"
+        and (as_of_step is None or e.get("step", 0) <= as_of_step)
+    }
 
 
 def _group_id_of(path: Path) -> str:
