@@ -267,6 +267,8 @@ class EnvClient:
         self._heartbeat: asyncio.TimerHandle | None = None
         self._rpc_ids = 0
         self._episode_live = False
+        self._unread_reset = False
+        """A `send_reset()` was sent and its reply not yet read."""
 
     def __repr__(self) -> str:  # never show the token
         return f"EnvClient({self.url!r})"
@@ -374,6 +376,7 @@ class EnvClient:
         if self._conn is not None and self._conn.transport is not None:
             self._conn.transport.close()
         self._conn = None
+        self._unread_reset = False
 
     async def close(self) -> None:
         """Say goodbye to the server and wait (briefly) until it hangs up.
@@ -396,52 +399,91 @@ class EnvClient:
 
     async def _request(self, message: dict[str, Any], *, reconnect: bool) -> dict[str, Any]:
         async with self._lock:
-            if not self.connected:
-                if self._conn is not None and self._episode_live and not reconnect:
-                    raise self._episode_lost(self._conn) from self._conn.lost
-                await self.connect()
-            conn = self._conn
-            assert conn is not None
+            conn = await self._ready(reconnect=reconnect)
             conn.send(ws.OP_TEXT, orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS))
-            conn.pending_since = time.monotonic()
-            try:
-                raw = await conn.receive()
-            except MessageTimeoutError:
-                raise MessageTimeoutError(
-                    f"no reply to {message['type']!r} from {self.url} within {self.message_timeout_s:g} s;"
-                    " the connection was dropped"
-                ) from None
-            except asyncio.CancelledError:
-                # The reply may still come; left queued, it would answer the next request.
-                cancelled = f"a {message['type']!r} request was cancelled before its reply; the connection was dropped"
-                conn._fail(ConnectionLostError(cancelled))
-                raise
-            finally:
-                conn.pending_since = None
+            sent_at = time.monotonic()
+            if self._unread_reset:  # a pipelined reset's reply comes first
+                await self._settle(conn)
+            conn.pending_since = sent_at
+            raw = await self._reply(conn, message["type"])
         reply = orjson.loads(raw)
         if reply.get("type") == "error":
-            raise _error_from(reply.get("data") or {})
+            raise _error_from(reply.get("data") or {}, request=message["type"])
         return reply
+
+    async def _ready(self, *, reconnect: bool) -> _Protocol:
+        """The live connection; reconnects unless that would silently lose a live episode."""
+        if not self.connected:
+            if self._conn is not None and self._episode_live and not reconnect:
+                raise self._episode_lost(self._conn) from self._conn.lost
+            await self.connect()
+        assert self._conn is not None
+        return self._conn
+
+    async def _reply(self, conn: _Protocol, kind: str) -> bytes:
+        try:
+            return await conn.receive()
+        except MessageTimeoutError:
+            raise MessageTimeoutError(
+                f"no reply to {kind!r} from {self.url} within {self.message_timeout_s:g} s; the connection was dropped"
+            ) from None
+        except asyncio.CancelledError:
+            # The reply may still come; left queued, it would answer the next request.
+            cancelled = f"a {kind!r} request was cancelled before its reply; the connection was dropped"
+            conn._fail(ConnectionLostError(cancelled))
+            raise
+        finally:
+            conn.pending_since = None
+
+    async def _settle(self, conn: _Protocol) -> None:
+        """Read the pipelined reset's reply (the lock is held); raise its error if it failed."""
+        self._unread_reset = False
+        reply = orjson.loads(await self._reply(conn, "reset"))
+        if reply.get("type") == "error":
+            # Whatever was sent behind the reset ran on no fresh episode: its reply must never
+            # be read as an answer, so the connection goes.
+            self._drop()
+            self._episode_live = False
+            raise _error_from(reply.get("data") or {}, request="reset")
 
     @staticmethod
     def _episode_lost(conn: _Protocol) -> HillclimbError:
         hint = "the episode's server-side state is gone: call reset() to start a new one"
         notice = conn.session_notice()
         if notice is not None:  # the server said why (reaped idle, session failed): raise its SessionError
-            return _error_from({**notice, "message": f"{notice.get('message')}; {hint}"})
+            return _error_from({**notice, "message": f"{notice.get('message')}; {hint}"}, request=None)
         return ConnectionLostError(f"{conn.lost}; {hint}")
 
     async def reset(self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any) -> StepResult[Any]:
         """Start a new episode; reconnects first if the connection had dropped."""
-        data = dict(kwargs)
-        if seed is not None:
-            data["seed"] = seed
-        if episode_id is not None:
-            data["episode_id"] = episode_id
         self._episode_live = False
-        reply = await self._request({"type": "reset", "data": data}, reconnect=True)
+        reply = await self._request({"type": "reset", "data": _reset_data(seed, episode_id, kwargs)}, reconnect=True)
         self._episode_live = True
         return self._result(reply["data"])
+
+    async def send_reset(self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any) -> None:
+        """Start a new episode without waiting for the reply: the next request reads it first.
+
+        For callers that need nothing from the reset's observation (a rollout's prompt comes
+        from its task): the first step goes out right behind the reset, one round trip less
+        per episode. If the reset failed, the next request — or `settle()` — raises its error
+        (with `request="reset"`) and the connection is dropped."""
+        async with self._lock:
+            if self._unread_reset and self._conn is not None:
+                await self._settle(self._conn)
+            self._episode_live = False
+            conn = await self._ready(reconnect=True)
+            message = {"type": "reset", "data": _reset_data(seed, episode_id, kwargs)}
+            conn.send(ws.OP_TEXT, orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS))
+            conn.pending_since = time.monotonic()
+            self._unread_reset = True
+            self._episode_live = True  # a drop from here on loses the episode: steps must not reconnect
+
+    async def settle(self) -> None:
+        """Read a `send_reset()` reply that no request has read yet; raise its error if it failed."""
+        async with self._lock:
+            if self._unread_reset:
+                await self._settle(await self._ready(reconnect=False))
 
     async def step(self, action: dict[str, Any] | BaseModel) -> StepResult[Any]:
         payload = action.model_dump(mode="json") if isinstance(action, BaseModel) else action
@@ -480,13 +522,23 @@ class EnvClient:
         return StepResult(obs, data.get("reward"), bool(data.get("done", False)), data.get("metadata") or {})
 
 
-def _error_from(data: dict[str, Any]) -> EnvError:
+def _reset_data(seed: int | None, episode_id: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    data = dict(kwargs)
+    if seed is not None:
+        data["seed"] = seed
+    if episode_id is not None:
+        data["episode_id"] = episode_id
+    return data
+
+
+def _error_from(data: dict[str, Any], *, request: str | None) -> EnvError:
+    """The typed error for a server's error frame; `request` names the message it answered (None: unasked)."""
     message = str(data.get("message", "unknown server error"))
     try:
         code = ErrorCode(data.get("code"))
     except ValueError:
-        return ExecutionError(f"{message} (unrecognised code {data.get('code')!r})")
-    fields = {k: v for k, v in data.items() if k not in ("message", "code")}
+        return ExecutionError(f"{message} (unrecognised code {data.get('code')!r})", request=request)
+    fields = {k: v for k, v in data.items() if k not in ("message", "code")} | {"request": request}
     if code is ErrorCode.EXECUTION_ERROR and fields.get("timeout"):
         return StepTimeoutError(message, **fields)
     return ERROR_TYPES[code](message, **fields)

@@ -45,6 +45,8 @@ class EnvError(HillclimbError):
     """An error reported by an environment server; `code` is its wire code."""
 
     code: ErrorCode = ErrorCode.EXECUTION_ERROR
+    request: str | None = None
+    """On the client: the message type it answered (reset, step, ...); None if unasked."""
 
 
 class InvalidJSONError(EnvError, ValueError):

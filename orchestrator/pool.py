@@ -157,6 +157,13 @@ class SandboxPool:
         self._failures_in_a_row = 0
         self._closed = False
         self._labels = {"provider": provider.name, "env": spec.env}
+        # Labelled children resolved once: `labels()` on every lease and release costs more
+        # than the rest of the lease.
+        self._gauges = {
+            state: metrics.SANDBOXES.labels(state=state, **self._labels)
+            for state in ("starting", "ready", "leased", "destroying")
+        }
+        self._lease_wait = metrics.LEASE_WAIT_SECONDS.labels(**self._labels)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -184,7 +191,7 @@ class SandboxPool:
                     slot.served += 1
                     self._update_gauges()
                     self._replenish()
-                    metrics.LEASE_WAIT_SECONDS.labels(**self._labels).observe(time.monotonic() - started)
+                    self._lease_wait.observe(time.monotonic() - started)
                     reused = slot.connections.pop() if slot.connections else None
                     return Lease(slot.sandbox, self, slot, connection=reused)
                 slot.leases -= 1
@@ -403,11 +410,8 @@ class SandboxPool:
                 waiter.set_result(None)
 
     def _update_gauges(self) -> None:
-        counts = {
-            "starting": self._starting,
-            "ready": self.idle,
-            "leased": sum(1 for s in self._slots if s.leases),
-            "destroying": self._destroying,
-        }
-        for state, value in counts.items():
-            metrics.SANDBOXES.labels(state=state, **self._labels).set(value)
+        leased = sum(1 for s in self._slots if s.leases)
+        self._gauges["starting"].set(self._starting)
+        self._gauges["ready"].set(self.idle)
+        self._gauges["leased"].set(leased)
+        self._gauges["destroying"].set(self._destroying)

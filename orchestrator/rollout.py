@@ -186,8 +186,11 @@ class EpisodeRunner:
                 lease.endpoint, token=lease.token, message_timeout_s=self.config.episode_timeout_s
             )
             try:
-                await env.reset(seed=spec.seed, task_id=spec.task.id)
+                # The prompt comes from the task, not from the reset's observation, so the first
+                # step goes out right behind the reset: one round trip less per episode.
+                await env.send_reset(seed=spec.seed, task_id=spec.task.id)
                 reason = await self._turns(episode, env, timing, sampling)
+                await env.settle()  # an episode that never stepped still learns whether its reset worked
             except _SANDBOX_FAULTS as e:
                 lease.mark_broken()
                 await env.close()
@@ -220,6 +223,8 @@ class EpisodeRunner:
             try:
                 result = await env.step(action)
             except ActionRejected as e:  # the env's schema refused it: the policy's mistake, shown to it
+                if e.request == "reset":  # unless it refused the reset sent ahead: a misconfigured task
+                    raise
                 episode.parse_errors += 1
                 self.renderer.add_warning(transcript, f"invalid action: {e}")
                 continue

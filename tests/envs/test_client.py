@@ -98,6 +98,44 @@ async def test_close_is_idempotent_and_reset_reconnects(start_server, calls):
     assert calls.created == calls.closed == 2
 
 
+async def test_send_reset_pipelines_the_first_step(start_server, calls):
+    served = await start_server(CounterEnv)
+    async with served.client() as client:
+        await client.send_reset(seed=1, start=4)
+        # Sent before the reset's reply was read; each reply is paired with its own request.
+        assert (await client.step({"amount": 3})).observation["total"] == 7
+        await client.send_reset(start=1)
+        await client.settle()
+        await client.settle()  # nothing left to read: a no-op
+        assert await client.state() == {"episode_id": None, "step_count": 0, "total": 1}
+    assert calls.created == calls.closed == 1
+
+
+async def test_a_failed_pipelined_reset_fails_the_next_request_and_drops_the_connection(start_server, calls):
+    served = await start_server(CounterEnv)
+    client = served.client()
+    await client.send_reset(start=2, bogus=1)
+    with pytest.raises(ValidationError, match="bogus") as refused:
+        await client.step({"amount": 1})
+    assert refused.value.request == "reset"
+    assert not client.connected  # the step sent behind it ran on no episode: its reply is never read
+    assert (await client.reset(start=2)).observation["total"] == 2
+    await client.send_reset(bogus=2)
+    with pytest.raises(ValidationError) as settled:
+        await client.settle()
+    assert settled.value.request == "reset"
+    await client.close()
+
+
+async def test_errors_name_the_request_they_answer(start_server, calls):
+    served = await start_server(CounterEnv)
+    async with served.client() as client:
+        await client.reset()
+        with pytest.raises(ValidationError) as refused:
+            await client.step({"amount": "lots"})
+    assert refused.value.request == "step"
+
+
 # -- error codes -----------------------------------------------------------------------------
 
 

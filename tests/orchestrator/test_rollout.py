@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from envs.errors import ValidationError
 from envs.tasks import Task, load_suite
 from envs.toy_terminal.fs import execute
 from orchestrator.pool import PoolConfig, SandboxPool
@@ -121,17 +122,19 @@ async def test_turn_limit_ends_with_step_limit(local_provider: LocalProvider) ->
     assert trajectory.done_reason is DoneReason.STEP_LIMIT and trajectory.reward == 0.0 and trajectory.turns == 1
 
 
-class _Garbage(ScriptedPolicy):
+class _Says(ScriptedPolicy):
+    """Answers every request with the same text, whatever the task."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.ids = tuple(TOKENIZER.encode(text))
+
     async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
-        return [
-            Generation(
-                token_ids=tuple(TOKENIZER.encode("   \n")), logprobs=(-1.0,) * 4, finish_reason="stop", version=0
-            )
-        ]
+        return [Generation(token_ids=self.ids, logprobs=(-1.0,) * len(self.ids), finish_reason="stop", version=0)]
 
 
 async def test_unparseable_actions_become_warnings(local_provider: LocalProvider) -> None:
-    runner = await _runner(local_provider, "toy_terminal", _Garbage(), max_turns=3)
+    runner = await _runner(local_provider, "toy_terminal", _Says("   \n"), max_turns=3)
     try:
         trajectory = await runner.run(_spec(load_suite("toy_terminal").tasks("train")[0]))
     finally:
@@ -140,6 +143,22 @@ async def test_unparseable_actions_become_warnings(local_provider: LocalProvider
     assert [
         text.startswith("[harness] invalid action") for role, text in _runs(trajectory) if role is Role.WARNING
     ] == [True] * 3
+
+
+@pytest.mark.parametrize("policy", [_Says("ls\n"), _Says("   \n")], ids=["steps", "never-steps"])
+async def test_a_task_the_environment_does_not_know_surfaces(local_provider: LocalProvider, policy: Any) -> None:
+    """The reset goes out ahead of the first step; its refusal is a misconfigured task, not a
+    policy mistake (not a WARNING) nor a sandbox fault (not retried) — even with no step."""
+    known = load_suite("toy_terminal").tasks("train")[0]
+    unknown = Task(id="no-such-task", split="train", prompt=known.prompt, oracle=known.oracle)
+    runner = await _runner(local_provider, "toy_terminal", policy, max_turns=2)
+    try:
+        with pytest.raises(ValidationError, match="no-such-task") as refused:
+            await runner.run(_spec(unknown))
+        assert refused.value.request == "reset"
+        assert (await runner.run(_spec(known))).done_reason in (DoneReason.FINISHED, DoneReason.STEP_LIMIT)
+    finally:
+        await runner.pool.close()
 
 
 class _Broken(ScriptedPolicy):
