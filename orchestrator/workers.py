@@ -105,6 +105,7 @@ class RolloutWorker:
         self._pool: SandboxPool | None = None
         self._provider: Any = None
         self._start_lock = asyncio.Lock()
+        self._running: set[asyncio.Task[Any]] = set()
 
     async def _ensure_started(self) -> EpisodeRunner:
         async with self._start_lock:
@@ -154,16 +155,28 @@ class RolloutWorker:
         )
 
     async def run_group(self, group: GroupSpec, sampling: SamplingParams | None = None) -> TrajectoryGroup:
-        runner = await self._ensure_started()
-        episodes = group.episodes(self.config.run.name)
-        trajectories = await asyncio.gather(*(runner.run(spec, sampling=sampling) for spec in episodes))
-        return TrajectoryGroup.of(list(trajectories))
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
+        try:
+            runner = await self._ensure_started()
+            episodes = group.episodes(self.config.run.name)
+            trajectories = await asyncio.gather(*(runner.run(spec, sampling=sampling) for spec in episodes))
+            return TrajectoryGroup.of(list(trajectories))
+        finally:
+            self._running.discard(task)
 
     async def update_weights(self, version: int, weights: Mapping[str, Any]) -> None:
         runner = await self._ensure_started()
         await runner.policy.update_weights(version, weights)
 
     async def close(self) -> None:
+        """Cancel the groups still running, then destroy the sandboxes: an episode left running
+        would see its sandbox vanish and be recorded (and logged) as a sandbox failure."""
+        running = list(self._running)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         if self._pool is not None:
             await self._pool.close()
         if self._provider is not None:

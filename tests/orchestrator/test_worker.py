@@ -1,0 +1,38 @@
+"""A RolloutWorker in-process (no Ray) on real local sandboxes: closing it mid-group."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from envs.tasks import load_suite
+from orchestrator.config import load_config
+from orchestrator.schedule import round_of_groups
+from orchestrator.workers import RolloutWorker
+from tests.orchestrator.helpers import SlowScriptedPolicy
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="local sandboxes with per-sandbox uids need root")
+
+
+async def test_closing_a_worker_cancels_its_groups_before_their_sandboxes(
+    sandbox_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load_config(
+        None, [f"run.dir={tmp_path}", "rollout.group_size=2", f"provider.options={{root: {sandbox_root}}}"]
+    )
+    worker = RolloutWorker(config, worker_index=0, policy=SlowScriptedPolicy(0.2))
+    group = round_of_groups(load_suite("toy_terminal"), "train", run_seed=0, group_size=2, round_index=0)[0]
+    running = asyncio.ensure_future(worker.run_group(group))
+    async with asyncio.timeout(30):
+        while worker._pool is None or worker._pool.leased < 2:  # both episodes hold a sandbox session
+            await asyncio.sleep(0.01)
+    with caplog.at_level(logging.WARNING, logger="hillclimb"):
+        await worker.close()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert [r.getMessage() for r in caplog.records if "sandbox failed" in r.getMessage()] == []
+    assert worker._pool.leased == 0
