@@ -79,6 +79,9 @@ class _Slot:
     capacity: int
     leases: int = 0
     checked_at: float = 0.0
+    """When the sandbox last proved alive: a /health answer, or a session that finished a lease."""
+    checking: asyncio.Task[bool] | None = None
+    """The /health request in flight: leases arriving meanwhile wait for it, not send their own."""
     retired: bool = False
     served: int = 0
     connections: list[EnvClient] = field(default_factory=list)
@@ -263,6 +266,12 @@ class SandboxPool:
         now = time.monotonic()
         if self.shared and now - slot.checked_at < self.config.health_max_age_s:
             return True
+        if slot.checking is None:
+            slot.checking = asyncio.ensure_future(self._check_health(slot))
+            slot.checking.add_done_callback(lambda _: setattr(slot, "checking", None))
+        return await asyncio.shield(slot.checking)
+
+    async def _check_health(self, slot: _Slot) -> bool:
         try:
             status, _ = await http_request(slot.sandbox.endpoint, "/health", timeout=self.config.health_timeout_s)
         except (TimeoutError, OSError, ValueError) as e:
@@ -348,6 +357,7 @@ class SandboxPool:
                 self._spawn(lease._kept.close())
             else:
                 slot.connections.append(lease._kept)
+                slot.checked_at = time.monotonic()  # its server just answered a whole episode
         if lease.broken or not self.shared:
             self._retire(slot, reason="broken" if lease.broken else "single-use")
         self._update_gauges()

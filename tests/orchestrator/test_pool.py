@@ -146,6 +146,57 @@ async def test_dead_warm_sandbox_is_skipped_and_replaced(local_provider: LocalPr
         await pool.close()
 
 
+def _count_health_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The pool's /health requests, recorded on their way to the real sandbox."""
+    import orchestrator.pool
+
+    sent: list[str] = []
+    real = orchestrator.pool.http_request
+
+    async def recorded(url: str, path: str, **kwargs: object):  # type: ignore[no-untyped-def]
+        sent.append(path)
+        return await real(url, path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(orchestrator.pool, "http_request", recorded)
+    return sent
+
+
+async def test_leases_arriving_together_share_one_health_check(
+    local_provider: LocalProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = await _pool(local_provider, min_ready=1, max_total=1, sessions_per_sandbox=16, health_max_age_s=0)
+    try:
+        await pool.wait_warm(timeout_s=30)
+        sent = _count_health_checks(monkeypatch)
+        leases = await asyncio.gather(*(pool.lease(timeout_s=30) for _ in range(16)))
+        assert sent == ["/health"]  # not sixteen requests queued behind each other on one server
+        await asyncio.gather(*(lease.release() for lease in leases))
+    finally:
+        await pool.close()
+
+
+async def test_a_session_that_finished_its_episode_counts_as_a_health_check(
+    local_provider: LocalProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = await _pool(local_provider, min_ready=1, max_total=1, health_max_age_s=1.5)
+    try:
+        await pool.wait_warm(timeout_s=30)
+        sent = _count_health_checks(monkeypatch)
+        await asyncio.sleep(1.5)  # the check made at start-up is stale
+        lease = await pool.lease(timeout_s=30)
+        assert sent == ["/health"]
+        env = EnvClient(lease.endpoint, token=lease.token)
+        await env.reset(seed=0)
+        await asyncio.sleep(1.0)
+        lease.keep(env)
+        await lease.release()  # 1 s after the check: the episode's replies prove the server alive since
+        await asyncio.sleep(1.0)
+        await (await pool.lease(timeout_s=30)).release()
+        assert sent == ["/health"]  # 2 s after the last /health, 1 s after the episode
+    finally:
+        await pool.close()
+
+
 async def test_max_total_caps_and_lease_deadline_is_typed(local_provider: LocalProvider) -> None:
     pool = await _pool(local_provider, env="terminal", shared=False, max_total=1)
     try:
