@@ -3,12 +3,18 @@ head node started with `ray start --head` on this machine (loopback only)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,10 +44,15 @@ def head_node() -> Iterator[tuple[str, dict[str, str]]]:
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     dashboard = _free_port()
+    # Its own temp dir (short: Ray's Unix sockets live there) and its own session, so that the
+    # teardown stops this head and what it started, never another Ray on the machine.
+    temp_dir = tempfile.mkdtemp(prefix="hc-ray-", dir="/tmp")
     start = [
         f"{bin_dir}/ray",
         "start",
         "--head",
+        "--block",
+        f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
         "--num-cpus=2",
         "--node-ip-address=127.0.0.1",
@@ -49,12 +60,56 @@ def head_node() -> Iterator[tuple[str, dict[str, str]]]:
         "--include-dashboard=true",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard}",
+        # Ports of its own for the per-node agents too: the defaults would collide with another
+        # Ray on this machine, and the head would never get an agent to run jobs on.
+        *(
+            f"--{flag}={_free_port()}"
+            for flag in (
+                "dashboard-agent-listen-port",
+                "dashboard-agent-grpc-port",
+                "metrics-export-port",
+                "runtime-env-agent-port",
+                "ray-client-server-port",
+            )
+        ),
     ]
-    subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
+    log = open(Path(temp_dir) / "ray-start.log", "wb")  # noqa: SIM115 - closed in the teardown
+    head = subprocess.Popen(start, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        _wait_for_dashboard(f"http://127.0.0.1:{dashboard}", head, Path(temp_dir) / "ray-start.log")
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
-        subprocess.run([f"{bin_dir}/ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_session(head)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for_dashboard(address: str, head: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            raise RuntimeError(f"ray start exited with {head.returncode}: {log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2).close()
+            return
+        except urllib.error.HTTPError:  # it answers (401 without the cluster's token): it is up
+            return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the head's dashboard did not come up within 120 s: {log.read_text()[-3000:]}")
+
+
+def _stop_session(head: subprocess.Popen[bytes]) -> None:
+    """SIGTERM asks `ray start --block` to shut down what it started; what is still there
+    after a grace period is killed with its whole session. (`ray stop` would stop every Ray
+    on the machine, not just this one.)"""
+    head.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        head.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGKILL)
+    head.wait()
 
 
 def _submit_when_agent_is_up(submit: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
