@@ -28,5 +28,8 @@ ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 "$python" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$ctx/wheels" "$repo"
 echo "build_sandbox_image.sh: wheels: $(cd "$ctx/wheels" && echo *)"
-docker build --network none --build-arg BASE_IMAGE="$base" --tag "$tag" --file "$repo/docker/Dockerfile" "$ctx"
+# The label names the environment code inside; the Docker provider refuses an image whose label
+# differs from the code it runs beside (envs/digest.py).
+digest=$(cd "$repo" && "$python" -c 'from envs.digest import IMAGE_LABEL, envs_digest; print(f"{IMAGE_LABEL}={envs_digest()}")')
+docker build --network none --build-arg BASE_IMAGE="$base" --label "$digest" --tag "$tag" --file "$repo/docker/Dockerfile" "$ctx"
 docker image ls "$tag" --format 'build_sandbox_image.sh: built {{.Repository}}:{{.Tag}}, {{.Size}}'

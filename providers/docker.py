@@ -30,6 +30,7 @@ from pydantic import SecretStr
 
 import docker
 from envs.client import http_request
+from envs.digest import IMAGE_LABEL, envs_digest
 from providers.base import LABEL_CREATED, LABEL_RUN, InflightCalls, Sandbox, SandboxSpec, utc_from_timestamp
 from providers.errors import (
     BadSpecError,
@@ -77,8 +78,13 @@ class DockerProvider:
         root: str | Path | None = None,
         client: Any = None,
         runtime: str | None = None,
+        check_image: bool = True,
     ) -> None:
+        """`check_image`: refuse an image labelled as built from environment code other than
+        this process's (see `envs.digest`); images without the label are not checked."""
         self.image = image
+        self.check_image = check_image
+        self._images_checked: set[str] = set()
         self.root = Path(root) if root else default_root()
         self.runtime = runtime
         try:
@@ -113,6 +119,7 @@ class DockerProvider:
         sandbox_id = "dk-" + (spec.key_digest[:12] if spec.idempotency_key else secrets.token_hex(6))
         if sandbox_id in self._tokens:
             return self._existing(sandbox_id)
+        self._check_image(spec.image or self.image)
         created_at = time.time()
         token = secrets.token_urlsafe(32)
         home = self._make_home(sandbox_id, token)
@@ -135,6 +142,22 @@ class DockerProvider:
             self._remove(sandbox_id)
             raise _translate(e, f"starting sandbox {sandbox_id}") from e
         return self._sandbox(sandbox_id, container.labels)
+
+    def _check_image(self, image: str) -> None:
+        if not self.check_image or image in self._images_checked:
+            return
+        try:
+            labels = self._client.images.get(image).labels or {}
+        except docker.errors.DockerException as e:
+            raise _translate(e, f"image {image}") from e
+        built_from, ours = labels.get(IMAGE_LABEL), envs_digest()
+        if built_from is not None and built_from != ours:
+            raise BadSpecError(
+                f"image {image} was built from other environment code (envs digest {built_from}, this"
+                f" checkout {ours}): its task suites and server may not match this run. Rebuild it with"
+                " `hillclimb image build`, or set the provider option check_image: false to use it anyway"
+            )
+        self._images_checked.add(image)
 
     def _existing(self, sandbox_id: str) -> Sandbox:
         container = self._client.containers.get(NAME_PREFIX + sandbox_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -15,8 +16,9 @@ import pytest
 
 import docker
 from envs.client import EnvClient
+from envs.digest import IMAGE_LABEL, envs_digest
 from providers.base import LABEL_RUN, EgressPolicy, Resources, SandboxSpec
-from providers.docker import NAME_PREFIX, DockerProvider
+from providers.docker import DEFAULT_IMAGE, NAME_PREFIX, DockerProvider
 from providers.errors import BadSpecError, UnsupportedPolicy
 from providers.probe import probe
 
@@ -122,6 +124,34 @@ async def test_bad_specs_get_clear_errors(docker_provider: DockerProvider) -> No
     with pytest.raises(UnsupportedPolicy):
         await docker_provider.create(SandboxSpec(egress=EgressPolicy(mode="allow_list", allow=("10.0.0.1",))))
     assert await docker_provider.list() == []
+
+
+async def test_an_image_built_from_other_environment_code_is_refused(
+    docker_provider: DockerProvider, sandbox_root: Path
+) -> None:
+    client = docker.from_env()
+    stale = "hillclimb/sandbox:stale-test"
+    # The real image, relabelled as if built from older code (built offline from the local image).
+    client.images.build(
+        fileobj=io.BytesIO(f"FROM {DEFAULT_IMAGE}\n".encode()),
+        tag=stale,
+        labels={IMAGE_LABEL: "0123456789abcdef"},
+        network_mode="none",
+        rm=True,
+    )
+    try:
+        assert client.images.get(DEFAULT_IMAGE).labels.get(IMAGE_LABEL) == envs_digest()  # built from this checkout
+        with pytest.raises(BadSpecError, match=r"other environment code.*0123456789abcdef.*hillclimb image build"):
+            await docker_provider.create(SandboxSpec(env="probe", image=stale))
+        assert await docker_provider.list() == []
+        lenient = DockerProvider(root=sandbox_root / "lenient", check_image=False)
+        sandbox = await lenient.create(SandboxSpec(env="probe", image=stale))
+        await lenient.wait_ready(sandbox, timeout_s=60)
+        await lenient.destroy(sandbox.id)
+        await lenient.close()
+    finally:
+        client.images.remove(stale, force=True)
+        client.close()
 
 
 async def test_blocking_engine_calls_stay_off_the_event_loop(docker_provider: DockerProvider) -> None:
