@@ -22,6 +22,8 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
+SERVER_ERROR = -32000
+"""JSON-RPC's range for implementation-defined server errors: at capacity, past the step timeout."""
 
 PROTOCOL_VERSION = "2025-06-18"
 RESERVED_TOOL_NAMES = frozenset({"reset", "step", "state", "close"})

@@ -158,6 +158,9 @@ class EnvServer:
             )
         self._reserved += 1
 
+    def cancel_reservation(self) -> None:
+        self._reserved -= 1
+
     def open_session(self, conn: _Connection) -> _Session:
         self._reserved -= 1
         session = _Session(f"s{next(self._ids)}-{os.urandom(4).hex()}", conn)
@@ -371,9 +374,9 @@ class _Connection(asyncio.Protocol):
 
     async def _serve_mcp_post(self, req: http.Request) -> None:
         try:
-            reply = await self._stateless_mcp(req.body)
+            status, reply = await self._stateless_mcp(req.body)
             # A notification gets no JSON-RPC reply: 202 and no body, as MCP's HTTP transport has it.
-            self._respond(req, http.json_response(200, reply) if reply is not None else http.render_response(202))
+            self._respond(req, http.json_response(status, reply) if reply is not None else http.render_response(202))
         except Exception as e:  # a broken environment must not take the connection's server down
             log.exception("POST /mcp failed")
             error = mcp.rpc_error(None, mcp.INTERNAL_ERROR, f"{type(e).__name__}: {e}")
@@ -382,17 +385,30 @@ class _Connection(asyncio.Protocol):
             self._http_busy = False
         self._serve_http()
 
-    async def _stateless_mcp(self, body: bytes) -> dict[str, Any] | None:
+    async def _stateless_mcp(self, body: bytes) -> tuple[int, dict[str, Any] | None]:
+        """One call on a throwaway instance, as OpenEnv does. The instance holds a session slot
+        while it lives, and the call has the step deadline, as on a WebSocket session."""
         try:
             request = json.loads(body)
         except (ValueError, RecursionError) as e:
-            return mcp.rpc_error(None, mcp.PARSE_ERROR, f"invalid JSON: {e}")
-        runner = SessionRunner(self.server.runtime)  # one throwaway instance, as OpenEnv does
+            return 200, mcp.rpc_error(None, mcp.PARSE_ERROR, f"invalid JSON: {e}")
+        request_id = request.get("id") if isinstance(request, dict) else None
         try:
-            reply = await mcp.handle_jsonrpc(request, runner.tools, self.server.runtime.name)
+            self.server.reserve_session()
+        except CapacityReachedError as e:
+            return 503, mcp.rpc_error(request_id, mcp.SERVER_ERROR, str(e))
+        try:
+            runner = SessionRunner(self.server.runtime)
+            try:
+                async with asyncio.timeout(self.server.config.step_timeout_s):
+                    return 200, await mcp.handle_jsonrpc(request, runner.tools, self.server.runtime.name)
+            except TimeoutError:
+                late = f"the call ran past the step timeout of {self.server.config.step_timeout_s:g} s"
+                return 200, mcp.rpc_error(request_id, mcp.SERVER_ERROR, late)
+            finally:
+                runner.close()
         finally:
-            runner.close()
-        return reply
+            self.server.cancel_reservation()
 
     # -- WebSocket ---------------------------------------------------------------------
 

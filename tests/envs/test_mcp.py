@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from sample_envs import CounterEnv
+from sample_envs import CounterEnv, SoloEnv
 from wire import RawWS, http_exchange
 
 from envs.client import ToolResult, http_request
@@ -162,3 +162,28 @@ async def test_post_mcp_parse_error(start_server):
     )
     status, _, body = await http_exchange(served.url, raw)
     assert status == 200 and json.loads(body)["error"]["code"] == -32700
+
+
+async def test_post_mcp_counts_against_the_session_cap(start_server, calls):
+    served = await start_server(SoloEnv)  # one session at most
+    url = served.url.replace("ws://", "http://")
+    holder = served.client()
+    await holder.reset()
+    status, refused = await http_request(
+        url, "/mcp", method="POST", body=_rpc("tools/list", request_id=7), token="test-token"
+    )
+    assert status == 503 and refused["id"] == 7 and refused["error"]["code"] == -32000
+    assert "capacity" in refused["error"]["message"] and calls.created == 1  # no instance was built for it
+    await holder.close()
+    status, listed = await http_request(url, "/mcp", method="POST", body=_rpc("tools/list"), token="test-token")
+    assert status == 200 and listed["result"]["tools"]
+    assert calls.created == calls.closed == 2
+
+
+async def test_post_mcp_has_the_step_deadline(start_server, calls):
+    served = await start_server(CounterEnv, step_timeout_s=0.2)
+    url = served.url.replace("ws://", "http://")
+    call = _rpc("tools/call", {"name": "nap", "arguments": {"seconds": 5}})
+    status, late = await http_request(url, "/mcp", method="POST", body=call, token="test-token", timeout=2.0)
+    assert status == 200 and late["error"]["code"] == -32000 and "step timeout" in late["error"]["message"]
+    assert calls.created == calls.closed == 1
