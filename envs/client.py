@@ -469,8 +469,8 @@ class EnvClient:
         per episode. If the reset failed, the next request — or `settle()` — raises its error
         (with `request="reset"`) and the connection is dropped."""
         async with self._lock:
-            if self._unread_reset and self._conn is not None:
-                await self._settle(self._conn)
+            if self._unread_reset and self.connected:  # an earlier send_reset() still unread: it is read first
+                await self._settle(self._conn)  # type: ignore[arg-type]
             self._episode_live = False
             conn = await self._ready(reconnect=True)
             message = {"type": "reset", "data": _reset_data(seed, episode_id, kwargs)}
