@@ -40,6 +40,7 @@ from envs.errors import (
     HillclimbError,
     MessageTimeoutError,
     StepTimeoutError,
+    TLSError,
 )
 
 ObsT = TypeVar("ObsT")
@@ -305,6 +306,11 @@ class EnvClient:
                     raise ConnectTimeoutError(f"{failed}: {e}") from e
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.25)
+            except ssl_module.SSLError as e:  # a certificate does not fix itself: no retry
+                detail = getattr(e, "verify_message", None)  # what is wrong with the certificate
+                raise TLSError(
+                    f"TLS handshake with {self.url} failed: {e.reason or e}" + (f" ({detail})" if detail else "")
+                ) from e
             except TimeoutError as e:
                 raise ConnectTimeoutError(f"{failed}: {last}" if last else failed) from (last or e)
         self._schedule_heartbeat()

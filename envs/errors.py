@@ -112,6 +112,10 @@ class MessageTimeoutError(HillclimbError, TimeoutError):
     """The server did not answer a message in time; the connection was dropped."""
 
 
+class TLSError(HillclimbError, ConnectionError):
+    """The TLS handshake failed: the server's certificate is not trusted, or names another host."""
+
+
 class AuthenticationError(HillclimbError, PermissionError):
     """The server refused the bearer token (missing or wrong)."""
 

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -39,6 +40,13 @@ def read_token(token_file: str | None, *, consume: bool = False) -> str | None:
     return os.environ.pop(TOKEN_ENV_VAR, None)
 
 
+def server_tls(cert: str, key: str | None = None) -> ssl.SSLContext:
+    """A server-side TLS context from a PEM certificate chain and its key (default: the same file)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
 async def serve(
     target: str,
     *,
@@ -49,6 +57,7 @@ async def serve(
     config: ServerConfig | None = None,
     on_ready: Callable[[str], None] | None = None,
     ttl_s: float | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     """Serve `target` until cancelled, signalled, or `ttl_s` seconds have passed; `on_ready`
     gets the URL once listening. The TTL is the sandbox's own hard deadline: it holds even
@@ -58,8 +67,8 @@ async def serve(
         await server.start_unix(uds)
         url = f"unix://{uds}"
     else:
-        bound = await server.start_tcp(host, port)
-        url = f"ws://{host}:{bound}/ws"
+        bound = await server.start_tcp(host, port, ssl=tls)
+        url = f"{'wss' if tls else 'ws'}://{host}:{bound}/ws"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -102,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         "--token-file", help=f"file holding the bearer token (deleted after reading); else ${TOKEN_ENV_VAR}"
     )
     parser.add_argument("--no-auth", action="store_true", help="accept clients without a token")
+    parser.add_argument("--tls-cert", help="PEM certificate chain: serve TLS (wss://) on TCP")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert (default: in the same file)")
     parser.add_argument("--max-sessions", type=int, default=ServerConfig().max_sessions)
     parser.add_argument("--idle-timeout", type=float, default=ServerConfig().idle_timeout_s)
     parser.add_argument("--ttl", type=float, help="exit after this many seconds (the sandbox's hard time-to-live)")
@@ -110,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     token = None if args.no_auth else read_token(args.token_file, consume=True)
     if token is None and not args.no_auth:
         parser.error(f"no token: pass --token-file, set ${TOKEN_ENV_VAR}, or --no-auth")
+    if args.tls_cert and args.uds:
+        parser.error("--tls-cert is for TCP; a Unix socket is reached only from this machine")
+    tls = server_tls(args.tls_cert, args.tls_key) if args.tls_cert else None
     config = ServerConfig(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout)
     run_fast(
         serve(
@@ -121,5 +135,6 @@ def main(argv: list[str] | None = None) -> None:
             config=config,
             on_ready=lambda url: log.info("serving %s on %s", args.target, url),
             ttl_s=args.ttl,
+            tls=tls,
         )
     )

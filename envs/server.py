@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import os
+import ssl as ssl_module
 import time
 from typing import Any
 
@@ -104,9 +105,12 @@ class EnvServer:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def start_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
+    async def start_tcp(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl: ssl_module.SSLContext | None = None
+    ) -> int:
+        """Listen on TCP (TLS with `ssl`: clients then use wss:// or https://); returns the port."""
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _Connection(self), host, port)
+        server = await loop.create_server(lambda: _Connection(self), host, port, ssl=ssl)
         self._servers.append(server)
         self._start_reaper()
         return server.sockets[0].getsockname()[1]

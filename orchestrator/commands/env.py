@@ -44,12 +44,18 @@ def serve(
     token_file: Annotated[Path | None, typer.Option(help="File holding the bearer token.")] = None,
     max_sessions: Annotated[int, typer.Option(help="Concurrent WebSocket sessions.")] = 64,
     idle_timeout: Annotated[float, typer.Option(help="Close sessions idle this many seconds.")] = 300.0,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate chain: serve TLS (wss://) on TCP.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM key of --tls-cert (default: in the same file).")] = None,
 ) -> None:
     """Serve an environment over OpenEnv's protocol (WebSocket /ws, /health, /schema, /metadata, /mcp)."""
     from envs.serve import serve as run
+    from envs.serve import server_tls
     from envs.server import ServerConfig
 
     resolve_env_class(target)  # fail fast, before binding anything
+    if tls_cert and uds:
+        raise typer.BadParameter("--tls-cert is for TCP; a Unix socket is reached only from this machine")
+    tls = server_tls(str(tls_cert), str(tls_key) if tls_key else None) if tls_cert else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = None if no_auth else _token_for_serving(token_file)
     if no_auth:
@@ -57,7 +63,16 @@ def serve(
     config = ServerConfig(max_sessions=max_sessions, idle_timeout_s=idle_timeout)
     ready = lambda url: console.print(f"serving [bold]{target}[/] on {url}")  # noqa: E731
     asyncio.run(
-        run(target, token=token, host=host, port=port, uds=str(uds) if uds else None, config=config, on_ready=ready)
+        run(
+            target,
+            token=token,
+            host=host,
+            port=port,
+            uds=str(uds) if uds else None,
+            config=config,
+            on_ready=ready,
+            tls=tls,
+        )
     )
 
 
