@@ -245,3 +245,16 @@ async def test_a_sandbox_that_keeps_dying_is_recorded_as_sandbox_error(local_pro
         await runner.pool.close()
     assert [t.done_reason for t in trajectories] == [DoneReason.SANDBOX_ERROR] * 3
     assert all(t.metadata["sandbox_retries"] == 2 and not t.trainable for t in trajectories)
+
+
+@pytest.mark.docker
+async def test_terminal_episodes_in_docker_sandboxes(docker_provider: Any) -> None:
+    """The episode loop on the Docker provider: a real bash per episode, the reset sent ahead."""
+    runner = await _runner(docker_provider, "terminal", ScriptedPolicy())
+    tasks = load_suite("terminal").tasks("train")[:3]
+    try:
+        trajectories = await asyncio.gather(*(runner.run(_spec(task, env="terminal")) for task in tasks))
+    finally:
+        await runner.pool.close()
+    assert [(t.done_reason, t.reward) for t in trajectories] == [(DoneReason.FINISHED, 1.0)] * 3
+    assert all(t.turns == len(task.oracle) for t, task in zip(trajectories, tasks, strict=True))
