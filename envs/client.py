@@ -406,7 +406,7 @@ class EnvClient:
     async def _request(self, message: dict[str, Any], *, reconnect: bool) -> dict[str, Any]:
         async with self._lock:
             conn = await self._ready(reconnect=reconnect)
-            conn.send(ws.OP_TEXT, orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS))
+            _send_json(conn, message)
             sent_at = time.monotonic()
             if self._unread_reset:  # a pipelined reset's reply comes first
                 await self._settle(conn)
@@ -479,8 +479,7 @@ class EnvClient:
                 await self._settle(self._conn)  # type: ignore[arg-type]
             self._episode_live = False
             conn = await self._ready(reconnect=True)
-            message = {"type": "reset", "data": _reset_data(seed, episode_id, kwargs)}
-            conn.send(ws.OP_TEXT, orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS))
+            _send_json(conn, {"type": "reset", "data": _reset_data(seed, episode_id, kwargs)})
             conn.pending_since = time.monotonic()
             self._unread_reset = True
             self._episode_live = True  # a drop from here on loses the episode: steps must not reconnect
@@ -526,6 +525,10 @@ class EnvClient:
         if self.observation_type is not None:
             obs = self.observation_type.model_validate(obs)
         return StepResult(obs, data.get("reward"), bool(data.get("done", False)), data.get("metadata") or {})
+
+
+def _send_json(conn: _Protocol, message: dict[str, Any]) -> None:
+    conn.send(ws.OP_TEXT, orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS))
 
 
 def _reset_data(seed: int | None, episode_id: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:

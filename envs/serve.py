@@ -40,6 +40,9 @@ def read_token(token_file: str | None, *, consume: bool = False) -> str | None:
     return os.environ.pop(TOKEN_ENV_VAR, None)
 
 
+TLS_NEEDS_TCP = "--tls-cert is for TCP; a Unix socket is reached only from this machine"
+
+
 def server_tls(cert: str, key: str | None = None) -> ssl.SSLContext:
     """A server-side TLS context from a PEM certificate chain and its key (default: the same file)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     if token is None and not args.no_auth:
         parser.error(f"no token: pass --token-file, set ${TOKEN_ENV_VAR}, or --no-auth")
     if args.tls_cert and args.uds:
-        parser.error("--tls-cert is for TCP; a Unix socket is reached only from this machine")
+        parser.error(TLS_NEEDS_TCP)
     tls = server_tls(args.tls_cert, args.tls_key) if args.tls_cert else None
     config = ServerConfig(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout)
     run_fast(

@@ -162,11 +162,12 @@ class EnvServer:
             )
         self._reserved += 1
 
-    def cancel_reservation(self) -> None:
+    def release_reservation(self) -> None:
+        """Give back a slot taken by `reserve_session()` (a session opened, or a call finished)."""
         self._reserved -= 1
 
     def open_session(self, conn: _Connection) -> _Session:
-        self._reserved -= 1
+        self.release_reservation()
         session = _Session(f"s{next(self._ids)}-{os.urandom(4).hex()}", conn)
         session.runner = SessionRunner(self.runtime)  # may raise FactoryError: caller reports it
         self.sessions[session.id] = session
@@ -412,7 +413,7 @@ class _Connection(asyncio.Protocol):
             finally:
                 runner.close()
         finally:
-            self.server.cancel_reservation()
+            self.server.release_reservation()
 
     # -- WebSocket ---------------------------------------------------------------------
 

@@ -48,13 +48,13 @@ def serve(
     tls_key: Annotated[Path | None, typer.Option(help="PEM key of --tls-cert (default: in the same file).")] = None,
 ) -> None:
     """Serve an environment over OpenEnv's protocol (WebSocket /ws, /health, /schema, /metadata, /mcp)."""
+    from envs.serve import TLS_NEEDS_TCP, server_tls
     from envs.serve import serve as run
-    from envs.serve import server_tls
     from envs.server import ServerConfig
 
     resolve_env_class(target)  # fail fast, before binding anything
     if tls_cert and uds:
-        raise typer.BadParameter("--tls-cert is for TCP; a Unix socket is reached only from this machine")
+        raise typer.BadParameter(TLS_NEEDS_TCP)
     tls = server_tls(str(tls_cert), str(tls_key) if tls_key else None) if tls_cert else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = None if no_auth else _token_for_serving(token_file)
