@@ -88,6 +88,10 @@ class TrainSection(_Section):
     """Behaviour-cloning steps on TRAIN-split oracle transcripts before RL; they train ACTION tokens only."""
     warmup_batch: int = Field(default=32, ge=1)
     """Oracle transcripts per warm-up step."""
+    anchor_batch: int = Field(default=0, ge=0)
+    """TRAIN-split oracle transcripts per RL step whose ACTION tokens keep a behaviour-cloning
+    term in the loss (weighted by `learner.anchor_coef`; 0: none). ENV tokens of these transcripts
+    are never trained: the world model still learns only from the policy's own rollouts."""
     eval_every: int = Field(default=10, ge=1)
     """Evaluate (held-out pass@1, env-token CE) every this many RL steps, and at the start and the end."""
     eval_tasks: int | None = Field(default=None, ge=1)

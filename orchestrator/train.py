@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envs.errors import ConfigError
 from envs.tasks import load_suite
@@ -28,6 +28,9 @@ from orchestrator.driver import RolloutDriver, connect_ray
 from orchestrator.ledger import Ledger
 from orchestrator.schedule import GroupSpec, endless_groups, round_of_groups
 from trainers.trajectory import Trajectory, TrajectoryGroup
+
+if TYPE_CHECKING:
+    from trainers.batching import Sample
 
 Report = Callable[[str, dict[str, Any]], None]
 
@@ -174,15 +177,30 @@ class Trainer:
         )
         return (g for g in groups if g.group_id not in recorded)
 
-    async def _step(self, learners: Any, policy_server: Any, buffer: Any) -> dict[str, Any]:
+    def _anchor(self, oracle: dict[str, list[Trajectory]]) -> list[Sample]:
+        """This step's behaviour-cloning anchor: TRAIN oracle transcripts, drawn by (seed, step)
+        so that a resumed run draws the same ones."""
+        from trainers.batching import Sample
+
+        size = min(self.config.train.anchor_batch, len(oracle["train"]))
+        rng = random.Random(f"anchor/{self.config.run.seed}/{self.step}")
+        return [Sample.of(t) for t in rng.sample(oracle["train"], size)]
+
+    async def _step(
+        self, learners: Any, policy_server: Any, buffer: Any, oracle: dict[str, list[Trajectory]]
+    ) -> dict[str, Any]:
         from trainers.batching import samples_from_groups
 
         cfg = self.config
+        waited = time.monotonic()
         groups = await buffer.get.remote(
             cfg.train.groups_per_step, step=self.step + 1, timeout_s=cfg.rollout.episode.episode_timeout_s * 4
         )
+        trained = time.monotonic()
         samples = samples_from_groups(groups, cfg.learner.loss)
-        values = await learners.train_step(samples, self.step) if samples else {"skipped": 1.0}
+        anchor = self._anchor(oracle)
+        values = await learners.train_step(samples, self.step, anchor=anchor) if samples else {"skipped": 1.0}
+        published = time.monotonic()
         episodes = [t for g in groups for t in g.trajectories]
         for group in groups:
             prom.STALENESS.observe(self.version - group.policy_version)
@@ -198,6 +216,12 @@ class Trainer:
         }
         self.step += 1
         await self._publish(learners, policy_server, buffer)
+        # Where the step's wall time went: waiting for rollouts, training, handing out weights.
+        values |= {
+            "time/wait_rollouts_s": trained - waited,
+            "time/train_s": published - trained,
+            "time/publish_s": time.monotonic() - published,
+        }
         return self.log.write("train", self.step, values)
 
     async def _resume(self, learners: Any) -> bool:
@@ -254,7 +278,7 @@ class Trainer:
                     break
                 if not asynchronous:
                     await driver.run_groups(list(itertools.islice(groups, cfg.train.groups_per_step)), put)
-                self.report("train", await self._step(learners, policy_server, buffer))
+                self.report("train", await self._step(learners, policy_server, buffer, oracle))
                 if self.step % cfg.train.eval_every == 0:
                     await self._evaluate(learners, driver, oracle, "eval")
                 if self.step % cfg.train.checkpoint_every == 0:
@@ -321,6 +345,7 @@ def summarize_run(
         },
         "echo_lambda": train[-1].get("echo/lambda", 0.0) if train else None,
         "warmup_steps": config.train.warmup_steps,
+        "anchor_batch": config.train.anchor_batch,
         "rl_steps": len(train),
         "wall_s": round(wall_s, 1),
     }

@@ -42,7 +42,16 @@ def _as_imitation(batch: Any, totals: StepTotals) -> Any:
     return dataclasses.replace(batch, roles_BT=roles, env_keep_B=keep, n_env_tokens=totals.n_action)
 
 
-_ADDITIVE = {"loss", "grpo/loss", "echo/loss", "echo/ce", "grpo/n_action_tokens", "echo/n_env_tokens"}
+_ADDITIVE = {
+    "loss",
+    "grpo/loss",
+    "echo/loss",
+    "echo/ce",
+    "bc/action_ce",
+    "anchor/action_ce",
+    "grpo/n_action_tokens",
+    "echo/n_env_tokens",
+}
 
 
 def merge_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
@@ -149,47 +158,70 @@ class Learner:
         return self.module(input_ids, attention_mask)
 
     def train_step(
-        self, samples: list[Sample], totals: StepTotals, step: int, *, imitate: bool = False
+        self,
+        samples: list[Sample],
+        totals: StepTotals,
+        step: int,
+        *,
+        imitate: bool = False,
+        anchor: list[Sample] | None = None,
+        anchor_totals: StepTotals | None = None,
     ) -> dict[str, float]:
         """One optimizer step over this rank's share (`totals` are the whole step's, all ranks).
 
         `imitate=True` is behaviour cloning for the warm-up on oracle transcripts: plain
-        cross-entropy on ACTION tokens and nothing else (no ENV term, no advantages)."""
+        cross-entropy on ACTION tokens and nothing else (no ENV term, no advantages).
+        `anchor` adds that behaviour-cloning term, weighted by `anchor_coef`, to an RL step
+        (`anchor_totals` are its whole-step token counts): it keeps the commands the policy
+        learned while the ENV term moves the shared weights."""
         import torch
-
-        from trainers.losses import loss_from_hidden
 
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.config.warmup_lr if imitate and self.config.warmup_lr else self.config.lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batches = micro_batches(samples, self.config.micro_batch_tokens)
-        head = self.model.get_output_embeddings()
+        budget = self.config.micro_batch_tokens
         parts: list[dict[str, float]] = []
-        for i, micro in enumerate(batches):
-            ids, mask, batch = to_loss_batch(micro, totals, pad_id=self.tokenizer.pad_token_id, device=self.device)
-            if imitate:
-                batch = _as_imitation(batch, totals)
-            elif self.config.loss.grpo.kl_coef > 0:
-                batch = dataclasses.replace(batch, ref_logprobs_BT=self._reference_logprobs(ids, mask, batch))
-            last = i == len(batches) - 1
-            no_sync = (
-                self.module.no_sync() if not last and hasattr(self.module, "no_sync") else contextlib.nullcontext()
-            )
-            with no_sync, self._autocast():
-                hidden = self._hidden(ids, mask)
-                loss_config = _IMITATION if imitate else self.config.loss
-                loss, metrics = loss_from_hidden(hidden[:, :-1], head.weight, batch, loss_config, step=step)
-                (loss * self.world_size).backward()  # DDP averages over ranks; the step's loss is their sum
-            parts.append({k: float(v) for k, v in metrics.items()})
-        if not batches and self.world_size > 1:
-            self._join_allreduce_empty(head)
+        anchor_parts: list[dict[str, float]] = []
+        # (micro-batch, its step totals, behaviour cloning?, loss weight, where its metrics go)
+        jobs = [(micro, totals, imitate, 1.0, parts) for micro in micro_batches(samples, budget)]
+        if anchor:
+            assert anchor_totals is not None and not imitate, "an anchor rides on an RL step, with its step totals"
+            coef = self.config.anchor_coef
+            jobs += [(micro, anchor_totals, True, coef, anchor_parts) for micro in micro_batches(anchor, budget)]
+        for i, (micro, micro_totals, bc, weight, sink) in enumerate(jobs):
+            sink.append(self._accumulate(micro, micro_totals, step, imitate=bc, weight=weight, last=i == len(jobs) - 1))
+        if not jobs and self.world_size > 1:
+            self._join_allreduce_empty(self.model.get_output_embeddings())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or float("inf"))
         self.optimizer.step()
         merged = merge_metrics(parts)
         if imitate:  # the CE term measured ACTION tokens: say so
             merged = {"bc/action_ce": merged.pop("echo/ce", 0.0), "loss": merged["loss"]}
+        if anchor_parts:  # the step's objective includes the anchor's weighted term
+            merged["anchor/action_ce"] = merge_metrics(anchor_parts)["echo/ce"]
+            merged["loss"] = merged.get("loss", 0.0) + self.config.anchor_coef * merged["anchor/action_ce"]
         return {**merged, "grad_norm": float(grad_norm)}
+
+    def _accumulate(
+        self, micro: list[Sample], totals: StepTotals, step: int, *, imitate: bool, weight: float, last: bool
+    ) -> dict[str, float]:
+        """Forward and backward of one micro-batch; gradients add up until the optimizer step."""
+        from trainers.losses import loss_from_hidden
+
+        ids, mask, batch = to_loss_batch(micro, totals, pad_id=self.tokenizer.pad_token_id, device=self.device)
+        if imitate:
+            batch = _as_imitation(batch, totals)
+        elif self.config.loss.grpo.kl_coef > 0:
+            batch = dataclasses.replace(batch, ref_logprobs_BT=self._reference_logprobs(ids, mask, batch))
+        no_sync = self.module.no_sync() if not last and hasattr(self.module, "no_sync") else contextlib.nullcontext()
+        with no_sync, self._autocast():
+            hidden = self._hidden(ids, mask)
+            head = self.model.get_output_embeddings().weight
+            loss_config = _IMITATION if imitate else self.config.loss
+            loss, metrics = loss_from_hidden(hidden[:, :-1], head, batch, loss_config, step=step)
+            (loss * weight * self.world_size).backward()  # DDP averages over ranks; the step's loss is their sum
+        return {k: float(v) for k, v in metrics.items()}
 
     def _reference_logprobs(self, ids: Any, mask: Any, batch: Any) -> Any:
         """Log-probs of ACTION targets under the reference policy: the policy as RL began
@@ -289,14 +321,19 @@ class LearnerGroup:
             actor.remote(model_config, config, rank=r, world_size=world, init_method=init_method) for r in range(world)
         ]
 
-    async def train_step(self, samples: list[Sample], step: int, *, imitate: bool = False) -> dict[str, float]:
+    async def train_step(
+        self, samples: list[Sample], step: int, *, imitate: bool = False, anchor: list[Sample] | None = None
+    ) -> dict[str, float]:
         from trainers.batching import split_for_ranks
 
         totals = StepTotals.of(samples)
         shares = split_for_ranks(samples, len(self.ranks))
+        anchor = anchor or []
+        anchor_totals = StepTotals.of(anchor)
+        anchor_shares = split_for_ranks(anchor, len(self.ranks))
         results = [
-            rank.train_step.remote(share, totals, step, imitate=imitate)
-            for rank, share in zip(self.ranks, shares, strict=True)
+            rank.train_step.remote(share, totals, step, imitate=imitate, anchor=extra, anchor_totals=anchor_totals)
+            for rank, share, extra in zip(self.ranks, shares, anchor_shares, strict=True)
         ]
         return merge_metrics([await r for r in results])
 

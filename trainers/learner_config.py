@@ -22,6 +22,8 @@ class LearnerConfig(BaseModel):
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float | None = Field(default=1.0, gt=0)
     """Global gradient-norm clip; None disables it."""
+    anchor_coef: float = Field(default=1.0, ge=0)
+    """Weight of the behaviour-cloning anchor in RL steps (see `train.anchor_batch`)."""
     micro_batch_tokens: int = Field(default=16384, ge=1)
     """Padded tokens per forward/backward; a step accumulates gradients over as many as it needs."""
     loss: LossConfig = LossConfig()

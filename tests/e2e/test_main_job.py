@@ -70,12 +70,15 @@ def test_the_main_job_writes_a_complete_run_and_resumes_it(tmp_path: Path) -> No
         "heldout_success.png",
         "train_reward.png",
     ]
+    train = [r for r in _records(run) if r["kind"] == "train"]
+    assert all(r["anchor/action_ce"] > 0 and r["time/train_s"] > 0 for r in train)  # the shipped BC anchor rides along
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["rl_steps"] == 3 and summary["warmup_steps"] == 2
+    assert summary["rl_steps"] == 3 and summary["warmup_steps"] == 2 and summary["anchor_batch"] == 8
     assert set(summary["heldout_env_ce"]) == {"initial", "after_warmup", "final", "fall_from_initial", "fall_during_rl"}
-    assert _consumed(run) == {1: 2, 2: 2, 3: 2}  # 2 groups a step; rollouts run ahead (max_staleness 1)
+    assert _consumed(run) == {1: 2, 2: 2, 3: 2}  # 2 groups a step, rollouts and training in turn (max_staleness 0)
 
-    second = _train(tmp_path, "train.steps=5", "run.resume=true")
+    # Resumed in the asynchronous mode: rollouts for the next step run while this one trains.
+    second = _train(tmp_path, "train.steps=5", "run.resume=true", "buffer.max_staleness=1")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming from" in second.stdout and "step-000003" in second.stdout
     assert [r["step"] for r in _records(run) if r["kind"] == "train"] == [1, 2, 3, 4, 5]

@@ -116,6 +116,46 @@ def test_the_warm_up_steps_at_its_own_learning_rate() -> None:
     assert largest_move(0, imitate=False) < 3e-4
 
 
+def test_an_anchor_adds_the_behaviour_cloning_gradient_of_its_action_tokens() -> None:
+    config = CONFIG.model_copy(update={"grad_clip": None, "anchor_coef": 0.5})
+    samples, anchor = _batch(0), _batch(1)
+
+    def gradient(**kwargs: object) -> dict[str, torch.Tensor]:
+        learner = Learner(MODEL, config)  # same seed: the same initial weights every time
+        learner.train_step(**kwargs)  # type: ignore[arg-type]
+        return learner.gradients()
+
+    rl = gradient(samples=samples, totals=StepTotals.of(samples), step=0)
+    bc = gradient(samples=anchor, totals=StepTotals.of(anchor), step=0, imitate=True)
+    both = gradient(
+        samples=samples, totals=StepTotals.of(samples), step=0, anchor=anchor, anchor_totals=StepTotals.of(anchor)
+    )
+    for name in rl:
+        torch.testing.assert_close(both[name], rl[name] + 0.5 * bc[name], rtol=1e-4, atol=1e-7)
+    # The anchor's ENV tokens are context, never targets: relabelled as PROMPT, nothing changes.
+    muted = [
+        Sample(s.token_ids, [int(Role.PROMPT) if r == Role.ENV else r for r in s.roles], s.logprobs, 0.0, True)
+        for s in anchor
+    ]
+    again = gradient(
+        samples=samples, totals=StepTotals.of(samples), step=0, anchor=muted, anchor_totals=StepTotals.of(muted)
+    )
+    for name in rl:
+        torch.testing.assert_close(again[name], both[name])
+
+
+def test_an_anchor_reports_its_action_cross_entropy() -> None:
+    learner = Learner(MODEL, CONFIG)
+    samples, anchor = _batch(0), _batch(1)
+    plain = learner.train_step(samples, StepTotals.of(samples), 0)
+    anchored = learner.train_step(
+        samples, StepTotals.of(samples), 1, anchor=anchor, anchor_totals=StepTotals.of(anchor)
+    )
+    assert "anchor/action_ce" not in plain
+    assert anchored["anchor/action_ce"] > 0.0
+    assert anchored["echo/n_env_tokens"] == plain["echo/n_env_tokens"]  # the RL terms are the samples' alone
+
+
 def test_metrics_merge_by_hand() -> None:
     # Step-normalised losses add; clip fractions average weighted by action tokens (10 and 30):
     # (0.5 * 10 + 0.1 * 30) / 40 = 0.2.
@@ -139,8 +179,10 @@ async def test_two_ddp_ranks_make_the_same_update_as_one_rank_on_the_full_batch(
     try:
         for step in range(2):
             samples = _batch(step)
-            single = await one.train_step(samples, step)
-            double = await two.train_step(samples, step)
+            anchor = _batch(step + 10)  # a behaviour-cloning anchor rides along, split across ranks too
+            single = await one.train_step(samples, step, anchor=anchor)
+            double = await two.train_step(samples, step, anchor=anchor)
+            assert double["anchor/action_ce"] == pytest.approx(single["anchor/action_ce"], rel=1e-5)
             assert double["loss"] == pytest.approx(single["loss"], rel=1e-5)  # the ranks' shares add up
             # The all-reduced gradient is the full batch's gradient (up to float summation order) ...
             g1, g2 = await one.ranks[0].gradients.remote(), await two.ranks[0].gradients.remote()
@@ -153,6 +195,10 @@ async def test_two_ddp_ranks_make_the_same_update_as_one_rank_on_the_full_batch(
             torch.testing.assert_close(w2[name], w1[name], rtol=1e-3, atol=1e-4)
         rank1 = await two.ranks[1].weights.remote()
         assert all(torch.equal(rank1[name], w2[name]) for name in w2)  # replicas stay identical
+        # A warm-up (behaviour-cloning) step reports the whole batch's action CE, however split.
+        bc_single = await one.train_step(_batch(5), 2, imitate=True)
+        bc_double = await two.train_step(_batch(5), 2, imitate=True)
+        assert bc_double["bc/action_ce"] == pytest.approx(bc_single["bc/action_ce"], rel=1e-4)
     finally:
         one.shutdown()
         two.shutdown()
