@@ -3,6 +3,7 @@
 oracle transcripts (the scripted oracle in real sandboxes, both splits, recorded once)
 warm-up: behaviour cloning on TRAIN oracle transcripts (ACTION tokens only)
 loop:  policy server ─► rollout workers ─► TrajectoryBuffer + ledger ─► learners ─► weights ─► policy server
+       (each step may carry a BC anchor: TRAIN oracle transcripts, their ACTION tokens only)
        max_staleness 0: rollouts, then a step, in turn;  ≥ 1: rollouts run on while learners train
 every `eval_every` steps: held-out pass@1 (greedy episodes) and teacher-forced env-token CE
 run dir: config.json, metrics.jsonl, checkpoints/, ledger/, plots/, summary.json
@@ -187,20 +188,20 @@ class Trainer:
         return [Sample.of(t) for t in rng.sample(oracle["train"], size)]
 
     async def _step(
-        self, learners: Any, policy_server: Any, buffer: Any, oracle: dict[str, list[Trajectory]]
+        self, learners: Any, policy_server: Any, buffer: Any, oracle: dict[str, list[Trajectory]], *, began: float
     ) -> dict[str, Any]:
+        """One learner step; `began` is when its rollouts started (synchronous) or its wait did."""
         from trainers.batching import samples_from_groups
 
         cfg = self.config
-        waited = time.monotonic()
         groups = await buffer.get.remote(
             cfg.train.groups_per_step, step=self.step + 1, timeout_s=cfg.rollout.episode.episode_timeout_s * 4
         )
-        trained = time.monotonic()
+        rolled_out = time.monotonic()
         samples = samples_from_groups(groups, cfg.learner.loss)
         anchor = self._anchor(oracle)
         values = await learners.train_step(samples, self.step, anchor=anchor) if samples else {"skipped": 1.0}
-        published = time.monotonic()
+        trained = time.monotonic()
         episodes = [t for g in groups for t in g.trajectories]
         for group in groups:
             prom.STALENESS.observe(self.version - group.policy_version)
@@ -216,11 +217,11 @@ class Trainer:
         }
         self.step += 1
         await self._publish(learners, policy_server, buffer)
-        # Where the step's wall time went: waiting for rollouts, training, handing out weights.
+        # Where the step's wall time went: rollouts (or waiting for them), training, handing out weights.
         values |= {
-            "time/wait_rollouts_s": trained - waited,
-            "time/train_s": published - trained,
-            "time/publish_s": time.monotonic() - published,
+            "time/rollouts_s": rolled_out - began,
+            "time/train_s": trained - rolled_out,
+            "time/publish_s": time.monotonic() - trained,
         }
         return self.log.write("train", self.step, values)
 
@@ -276,9 +277,10 @@ class Trainer:
             while self.step < cfg.train.steps:
                 if cfg.train.time_budget_s is not None and time.monotonic() - started > cfg.train.time_budget_s:
                     break
+                began = time.monotonic()
                 if not asynchronous:
                     await driver.run_groups(list(itertools.islice(groups, cfg.train.groups_per_step)), put)
-                self.report("train", await self._step(learners, policy_server, buffer, oracle))
+                self.report("train", await self._step(learners, policy_server, buffer, oracle, began=began))
                 if self.step % cfg.train.eval_every == 0:
                     await self._evaluate(learners, driver, oracle, "eval")
                 if self.step % cfg.train.checkpoint_every == 0:
