@@ -18,6 +18,7 @@ from sample_envs import CounterEnv
 from envs.client import EnvClient
 from envs.errors import TLSError
 from envs.runtime import EnvRuntime
+from envs.serve import server_tls
 from envs.server import EnvServer
 
 x509 = pytest.importorskip("cryptography.x509")
@@ -52,10 +53,8 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
 
 async def test_wss_episode_with_a_trusted_certificate_and_a_typed_refusal_without(tmp_path: Path, calls) -> None:
     cert, key = _self_signed(tmp_path)
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(cert, key)
     server = EnvServer(EnvRuntime(CounterEnv), token="tls-token")
-    port = await server.start_tcp("127.0.0.1", 0, ssl=server_tls)
+    port = await server.start_tcp("127.0.0.1", 0, ssl=server_tls(str(cert), str(key)))
     try:
         trusting = ssl.create_default_context(cafile=str(cert))
         async with EnvClient(f"wss://127.0.0.1:{port}", token="tls-token", ssl=trusting) as client:
