@@ -77,6 +77,7 @@ class Trainer:
         self.model_config = config.policy.model  # type: ignore[union-attr]
         self.version = 0
         self.step = 0
+        self.started = time.monotonic()
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -200,7 +201,12 @@ class Trainer:
         rolled_out = time.monotonic()
         samples = samples_from_groups(groups, cfg.learner.loss)
         anchor = self._anchor(oracle)
-        values = await learners.train_step(samples, self.step, anchor=anchor) if samples else {"skipped": 1.0}
+        lr_scale = cfg.learner.lr_scale(self._progress())
+        values = (
+            await learners.train_step(samples, self.step, anchor=anchor, lr_scale=lr_scale)
+            if samples
+            else {"skipped": 1.0}
+        )
         trained = time.monotonic()
         episodes = [t for g in groups for t in g.trajectories]
         for group in groups:
@@ -225,6 +231,12 @@ class Trainer:
         }
         return self.log.write("train", self.step, values)
 
+    def _progress(self) -> float:
+        """How far the run has come, 0 to 1: by steps, or by the time budget if that ends it first."""
+        cfg = self.config.train
+        by_time = (time.monotonic() - self.started) / cfg.time_budget_s if cfg.time_budget_s is not None else 0.0
+        return min(1.0, max(self.step / cfg.steps, by_time))
+
     async def _resume(self, learners: Any) -> bool:
         """Continue from the newest checkpoint, if the run has one and may resume."""
         from trainers.checkpoint import latest_checkpoint
@@ -245,7 +257,7 @@ class Trainer:
         from trainers.learner import LearnerGroup
 
         cfg = self.config
-        started = time.monotonic()
+        self.started = started = time.monotonic()
         connect_ray(cfg.ray.address)
         oracle = await self._oracle_transcripts()
         learners = LearnerGroup(self.model_config, cfg.learner)

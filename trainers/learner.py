@@ -166,6 +166,7 @@ class Learner:
         imitate: bool = False,
         anchor: list[Sample] | None = None,
         anchor_totals: StepTotals | None = None,
+        lr_scale: float = 1.0,
     ) -> dict[str, float]:
         """One optimizer step over this rank's share (`totals` are the whole step's, all ranks).
 
@@ -173,11 +174,12 @@ class Learner:
         cross-entropy on ACTION tokens and nothing else (no ENV term, no advantages).
         `anchor` adds that behaviour-cloning term, weighted by `anchor_coef`, to an RL step
         (`anchor_totals` are its whole-step token counts): it keeps the commands the policy
-        learned while the ENV term moves the shared weights."""
+        learned while the ENV term moves the shared weights. `lr_scale` multiplies the learning
+        rate for this step (the trainer's decay schedule)."""
         import torch
 
         self.optimizer.zero_grad(set_to_none=True)
-        lr = self.config.warmup_lr if imitate and self.config.warmup_lr else self.config.lr
+        lr = (self.config.warmup_lr if imitate and self.config.warmup_lr else self.config.lr) * lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         budget = self.config.micro_batch_tokens
@@ -201,7 +203,7 @@ class Learner:
         if anchor_parts:  # the step's objective includes the anchor's weighted term
             merged["anchor/action_ce"] = merge_metrics(anchor_parts)["echo/ce"]
             merged["loss"] = merged.get("loss", 0.0) + self.config.anchor_coef * merged["anchor/action_ce"]
-        return {**merged, "grad_norm": float(grad_norm)}
+        return {**merged, "grad_norm": float(grad_norm), "lr": lr}
 
     def _accumulate(
         self, micro: list[Sample], totals: StepTotals, step: int, *, imitate: bool, weight: float, last: bool
@@ -322,7 +324,13 @@ class LearnerGroup:
         ]
 
     async def train_step(
-        self, samples: list[Sample], step: int, *, imitate: bool = False, anchor: list[Sample] | None = None
+        self,
+        samples: list[Sample],
+        step: int,
+        *,
+        imitate: bool = False,
+        anchor: list[Sample] | None = None,
+        lr_scale: float = 1.0,
     ) -> dict[str, float]:
         from trainers.batching import split_for_ranks
 
@@ -332,7 +340,9 @@ class LearnerGroup:
         anchor_totals = StepTotals.of(anchor)
         anchor_shares = split_for_ranks(anchor, len(self.ranks))
         results = [
-            rank.train_step.remote(share, totals, step, imitate=imitate, anchor=extra, anchor_totals=anchor_totals)
+            rank.train_step.remote(
+                share, totals, step, imitate=imitate, anchor=extra, anchor_totals=anchor_totals, lr_scale=lr_scale
+            )
             for rank, share, extra in zip(self.ranks, shares, anchor_shares, strict=True)
         ]
         return merge_metrics([await r for r in results])

@@ -18,6 +18,10 @@ class LearnerConfig(BaseModel):
     warmup_lr: float | None = Field(default=None, gt=0)
     """Learning rate of the behaviour-cloning warm-up; None uses `lr`. Supervised steps tolerate
     a larger one than policy-gradient steps do."""
+    lr_decay_fraction: float = Field(default=0.0, ge=0, le=1)
+    """The last fraction of the run over which the RL learning rate falls linearly to zero
+    (warmup-stable-decay); 0 keeps it constant. The trainer measures the run by steps, or by
+    its time budget when that ends it first."""
     weight_decay: float = Field(default=0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float | None = Field(default=1.0, gt=0)
@@ -39,6 +43,12 @@ class LearnerConfig(BaseModel):
     cpu_threads: int | None = Field(default=None, ge=1)
     """torch threads per learner on CPU; None keeps torch's default."""
     seed: int = 0
+
+    def lr_scale(self, progress: float) -> float:
+        """The RL learning rate's factor at `progress` (0 at the start of the run, 1 at its end)."""
+        if self.lr_decay_fraction == 0:
+            return 1.0
+        return min(1.0, max(0.0, (1.0 - progress) / self.lr_decay_fraction))
 
     @model_validator(mode="after")
     def _apply_echo_lambda(self) -> LearnerConfig:

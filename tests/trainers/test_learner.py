@@ -116,6 +116,31 @@ def test_the_warm_up_steps_at_its_own_learning_rate() -> None:
     assert largest_move(0, imitate=False) < 3e-4
 
 
+def test_lr_scale_scales_the_step_exactly() -> None:
+    samples = _batch(0)
+
+    def move(scale: float) -> tuple[list[torch.Tensor], float]:
+        learner = Learner(MODEL, CONFIG)  # same seed: the same initial weights every time
+        before = [p.detach().clone() for p in learner.model.parameters()]
+        values = learner.train_step(samples, StepTotals.of(samples), 0, lr_scale=scale)
+        return [p.detach() - b for p, b in zip(learner.model.parameters(), before, strict=True)], values["lr"]
+
+    full, full_lr = move(1.0)
+    quarter, quarter_lr = move(0.25)
+    assert (full_lr, quarter_lr) == (pytest.approx(1e-2), pytest.approx(2.5e-3))
+    for a, b in zip(full, quarter, strict=True):  # Adam's first update is linear in the learning rate
+        torch.testing.assert_close(b, 0.25 * a, rtol=1e-4, atol=1e-9)
+    still, _ = move(0.0)
+    assert all(torch.count_nonzero(d) == 0 for d in still)
+
+
+def test_the_learning_rate_decays_linearly_over_the_last_fraction_of_the_run() -> None:
+    assert [CONFIG.lr_scale(p) for p in (0.0, 0.9, 1.0)] == [1.0, 1.0, 1.0]  # no decay by default
+    decaying = CONFIG.model_copy(update={"lr_decay_fraction": 0.25})
+    scales = [decaying.lr_scale(p) for p in (0.0, 0.75, 0.875, 1.0, 1.2)]
+    assert scales == [1.0, 1.0, pytest.approx(0.5), 0.0, 0.0]
+
+
 def test_an_anchor_adds_the_behaviour_cloning_gradient_of_its_action_tokens() -> None:
     config = CONFIG.model_copy(update={"grad_clip": None, "anchor_coef": 0.5})
     samples, anchor = _batch(0), _batch(1)
