@@ -86,4 +86,4 @@ def test_the_main_job_writes_a_complete_run_and_resumes_it(tmp_path: Path) -> No
     assert _consumed(run) == {step: 2 for step in range(1, 6)}  # steps 4 and 5 follow on, nothing used twice
     # The shipped decay anneals the last 30% of the (resumed, 5-step) run: step 5 starts at 80%.
     lrs = [r["lr"] for r in _records(run) if r["kind"] == "train"]
-    assert lrs == [pytest.approx(2e-3)] * 4 + [pytest.approx(2e-3 * (1 - 0.8) / 0.3)]
+    assert lrs == [pytest.approx(3e-3)] * 4 + [pytest.approx(3e-3 * (1 - 0.8) / 0.3)]
