@@ -83,6 +83,8 @@ class _Slot:
     checking: asyncio.Task[bool] | None = None
     """The /health request in flight: leases arriving meanwhile wait for it, not send their own."""
     retired: bool = False
+    broken_by: list[str] = field(default_factory=list)
+    """Why leases on it failed (`Lease.mark_broken`): logged with its server's log tail before it goes."""
     served: int = 0
     connections: list[EnvClient] = field(default_factory=list)
     """Open sessions that finished leases kept for the next lease here: a new lease takes one
@@ -117,9 +119,11 @@ class Lease:
         A broken lease, a single-use pool or a retired sandbox closes it instead."""
         self._kept = connection
 
-    def mark_broken(self) -> None:
-        """The sandbox misbehaved: retire it on release instead of reusing it."""
+    def mark_broken(self, reason: str) -> None:
+        """The sandbox misbehaved (`reason` says how): retire it on release instead of reusing it.
+        Before it is destroyed, the pool logs the reasons with the end of its server's log."""
         self.broken = True
+        self._slot.broken_by.append(reason)
 
     async def release(self) -> None:
         if not self._released:
@@ -376,7 +380,25 @@ class SandboxPool:
     async def _destroy_slot(self, slot: _Slot) -> None:
         connections, slot.connections = slot.connections, []
         await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
+        if slot.broken_by:
+            await self._report_broken(slot)
         await self._destroy(slot.sandbox)
+
+    async def _report_broken(self, slot: _Slot) -> None:
+        """Say why a sandbox is going, with the end of its server's log: after `destroy` both are gone."""
+        try:
+            tail = await self.provider.log_tail(slot.sandbox.id)
+        except ProviderError as e:
+            tail = f"(unreadable: {e})"
+        reasons = collections.Counter(slot.broken_by)
+        said = "; ".join(f"{n} × {reason}" if n > 1 else reason for reason, n in reasons.items())
+        log.warning(
+            "retiring sandbox %s: %d lease(s) failed: %s; its server log ends:\n%s",
+            slot.sandbox.id,
+            len(slot.broken_by),
+            said,
+            tail.rstrip() or "(empty)",
+        )
 
     async def _destroy(self, sandbox: Sandbox) -> None:
         self._destroying += 1

@@ -192,9 +192,10 @@ class EpisodeRunner:
                 reason = await self._turns(episode, env, timing, sampling)
                 await env.settle()  # an episode that never stepped still learns whether its reset worked
             except _SANDBOX_FAULTS as e:
-                lease.mark_broken()
+                fault = f"{type(e).__name__}: {e}"
+                lease.mark_broken(fault)
                 await env.close()
-                raise _SandboxFailed(f"{type(e).__name__}: {e}") from e
+                raise _SandboxFailed(fault) from e
             except BaseException:
                 await env.close()
                 raise

@@ -225,6 +225,11 @@ class SandboxProvider(Protocol):
         """Stop and remove the sandbox and everything it holds; a no-op if it is already gone."""
         ...
 
+    async def log_tail(self, sandbox_id: str) -> str:
+        """The last lines of the sandbox's server log, '' when there are none (or it is gone).
+        Read before a failed sandbox is destroyed, so that its end is not lost with it."""
+        ...
+
     async def list(self, selector: dict[str, str] | None = None) -> list[Sandbox]:
         """Sandboxes of this provider whose labels include every `selector` item."""
         ...

@@ -258,7 +258,7 @@ class DockerProvider:
                 next_state_check = now + 0.25
                 state = await asyncio.to_thread(self.inspect_state, sandbox.id)
                 if state.get("status") in ("exited", "dead", "missing"):
-                    tail = await asyncio.to_thread(self.logs_tail, sandbox.id)
+                    tail = await self.log_tail(sandbox.id)
                     await self.destroy(sandbox.id)
                     raise SandboxDiedError(
                         f"sandbox {sandbox.id} exited while starting ({state}); log tail:\n{tail}", log_tail=tail
@@ -278,7 +278,10 @@ class DockerProvider:
         state = container.attrs["State"]
         return {"status": state["Status"], "exit_code": state["ExitCode"], "oom_killed": state["OOMKilled"]}
 
-    def logs_tail(self, sandbox_id: str, lines: int = 40) -> str:
+    async def log_tail(self, sandbox_id: str) -> str:
+        return await asyncio.to_thread(self._logs_tail, sandbox_id)
+
+    def _logs_tail(self, sandbox_id: str, lines: int = 40) -> str:
         try:
             return self._client.containers.get(NAME_PREFIX + sandbox_id).logs(tail=lines).decode(errors="replace")
         except docker.errors.DockerException:

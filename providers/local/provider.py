@@ -322,6 +322,9 @@ class LocalProvider:
             labels=meta.get("labels", {}),
         )
 
+    async def log_tail(self, sandbox_id: str) -> str:
+        return await asyncio.to_thread(self._log_tail, self.root / sandbox_id)
+
     def _log_tail(self, home: Path, limit: int = 2000) -> str:
         try:
             return (home / "run" / "server.log").read_bytes()[-limit:].decode(errors="replace")

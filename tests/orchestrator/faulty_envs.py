@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from envs.base import Action, Environment, Observation, State
@@ -33,6 +34,7 @@ class CrashOnStepEnv(Environment[CommandAction, OutputObservation, State]):
     async def step_async(
         self, action: CommandAction, timeout_s: float | None = None, **kwargs: Any
     ) -> OutputObservation:
+        print("CrashOnStepEnv: exiting on purpose", file=sys.stderr, flush=True)
         os._exit(1)
 
     @property

@@ -80,11 +80,39 @@ async def test_kept_sessions_go_to_the_next_lease_and_close_with_their_sandbox(l
         result = await env.reset(seed=1, task_id="wc-app-lines")  # a fresh episode on the same session
         assert "app.log" in result.observation["prompt"]
         await third.release()
-        second.mark_broken()
+        second.mark_broken("test: misbehaved")
         second.keep(env)
         await second.release()  # a broken sandbox's session is closed, not kept
         await asyncio.sleep(0.1)
         assert not env.connected
+    finally:
+        await pool.close()
+
+
+async def test_a_broken_sandbox_is_reported_with_its_server_log_before_it_goes(
+    local_provider: LocalProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = await _pool(local_provider, sessions_per_sandbox=2, max_total=1)
+    try:
+        first, second = await pool.lease(timeout_s=30), await pool.lease(timeout_s=5)
+        victim = first.sandbox.id
+        with open(local_provider.root / victim / "run" / "server.log", "a") as log_file:
+            log_file.write("a line the server wrote\n")
+        first.mark_broken("ConnectionLostError: connection lost")
+        second.mark_broken("ConnectionLostError: connection lost")
+        with caplog.at_level("WARNING", logger="hillclimb.orchestrator.pool"):
+            await first.release()
+            assert await local_provider.list() != []  # one lease still holds it: nothing reported yet
+            await second.release()
+            for _ in range(100):
+                if not await local_provider.list():
+                    break
+                await asyncio.sleep(0.05)
+        (record,) = [r for r in caplog.records if victim in r.getMessage()]
+        message = record.getMessage()
+        assert "2 lease(s) failed: 2 × ConnectionLostError: connection lost" in message
+        assert message.endswith("a line the server wrote")  # the log's end, read before the sandbox went
+        assert await local_provider.list() == []
     finally:
         await pool.close()
 

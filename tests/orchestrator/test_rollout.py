@@ -234,17 +234,23 @@ async def test_a_sandbox_killed_mid_episode_is_retried_on_a_fresh_one(local_prov
     assert trajectory.count(Role.PROMPT) == len(TOKENIZER.encode(task.prompt.rstrip("\n") + "\n"))
 
 
-async def test_a_sandbox_that_keeps_dying_is_recorded_as_sandbox_error(local_provider: LocalProvider) -> None:
+async def test_a_sandbox_that_keeps_dying_is_recorded_as_sandbox_error(
+    local_provider: LocalProvider, caplog: pytest.LogCaptureFixture
+) -> None:
     runner = await _runner(
         local_provider, "tests.orchestrator.faulty_envs:CrashOnStepEnv", ScriptedPolicy(), sandbox_retries=2
     )
     try:
         task = load_suite("toy_terminal").tasks("train")[0]
-        trajectories = await asyncio.gather(*(runner.run(_spec(task, sample=i)) for i in range(3)))
+        with caplog.at_level("WARNING", logger="hillclimb.orchestrator.pool"):
+            trajectories = await asyncio.gather(*(runner.run(_spec(task, sample=i)) for i in range(3)))
     finally:
         await runner.pool.close()
     assert [t.done_reason for t in trajectories] == [DoneReason.SANDBOX_ERROR] * 3
     assert all(t.metadata["sandbox_retries"] == 2 and not t.trainable for t in trajectories)
+    # Each dead sandbox is reported with why its leases failed and how its server's log ended.
+    reports = [r.getMessage() for r in caplog.records if "its server log ends" in r.getMessage()]
+    assert reports and all("ConnectionLostError" in m and "exiting on purpose" in m for m in reports)
 
 
 @pytest.mark.docker

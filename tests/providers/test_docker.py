@@ -217,3 +217,12 @@ async def test_one_reap_after_a_sigkilled_driver_leaves_nothing(docker_engine: N
     assert reaped.stdout.count("its run is gone") == 3
     assert await provider.list({LABEL_RUN: run_id}) == []
     await provider.close()
+
+
+async def test_the_log_tail_is_the_end_of_the_containers_output(docker_provider: DockerProvider) -> None:
+    sandbox = await _shell(docker_provider)
+    # The server is PID 1: what reaches its stderr is the container's log.
+    await _run(sandbox, "echo a line for the log > /proc/1/fd/2")
+    assert (await docker_provider.log_tail(sandbox.id)).rstrip().endswith("a line for the log")
+    await docker_provider.destroy(sandbox.id)
+    assert await docker_provider.log_tail(sandbox.id) == ""  # gone: nothing, not an error
