@@ -257,7 +257,7 @@ class Trainer:
         from trainers.learner import LearnerGroup
 
         cfg = self.config
-        self.started = started = time.monotonic()
+        self.started = time.monotonic()
         connect_ray(cfg.ray.address)
         oracle = await self._oracle_transcripts()
         learners = LearnerGroup(self.model_config, cfg.learner)
@@ -287,7 +287,7 @@ class Trainer:
             if asynchronous:  # rollouts run on while the learners train
                 producer = asyncio.ensure_future(driver.run_groups(groups, put))
             while self.step < cfg.train.steps:
-                if cfg.train.time_budget_s is not None and time.monotonic() - started > cfg.train.time_budget_s:
+                if cfg.train.time_budget_s is not None and time.monotonic() - self.started > cfg.train.time_budget_s:
                     break
                 began = time.monotonic()
                 if not asynchronous:
@@ -312,7 +312,7 @@ class Trainer:
             ray.kill(policy_server)
             if buffer is not None:
                 ray.kill(buffer)
-        return self._finish(time.monotonic() - started)
+        return self._finish(time.monotonic() - self.started)
 
     async def _checkpoint(self, learners: Any) -> None:
         directory = self.run_dir / "checkpoints" / f"step-{self.step:06d}"
