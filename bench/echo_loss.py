@@ -4,9 +4,12 @@ Every contender computes the same loss (GRPO on ACTION targets + λ · CE on ENV
 on-policy, token-normalised) from final hidden states [1, T, H] and an LM head [V, H], forward and
 backward (gradients for hidden states and head):
 
-- `chunked`: `trainers.losses.loss_from_hidden` with `logprob_impl="chunked"`: only the positions
-  a term trains go through the LM head, in tiles of `chunk_tokens` × `chunk_vocab` logits
-  (`LossConfig`'s defaults unless overridden), logits recomputed in backward.
+- `fused` (the learner's default off CUDA): `trainers.losses.loss_from_hidden` with
+  `logprob_impl="fused"`: only the positions a term trains go through the LM head, in chunks of
+  `chunk_tokens · chunk_vocab / V` tokens × the whole vocabulary (`LossConfig`'s defaults unless
+  overridden), the gradients computed during the forward pass.
+- `chunked` (with `--impls`): the same positions in tiles of `chunk_tokens` × `chunk_vocab`
+  logits, log-probs first, each tile's logits recomputed in backward.
 - `liger` (CUDA, when a liger-kernel with the reduction="none" fix is installed): the same
   through Liger's fused kernel.
 - `naive`: logits for every position → log_softmax → gather → the same loss, as OpenEnv's
@@ -17,7 +20,7 @@ tokens (13.5 % / 4.5 % / 72 % overall), so 85.5 % of positions are trained.
 
 Method. Each sequence length runs in a fresh subprocess, so no size's allocations hide in
 another's numbers. The child warms every contender up once at min(T, 1024) tokens (threads,
-kernels), then times `--reps` passes per contender, interleaved (naive, chunked, naive, ...) so
+kernels), then times `--reps` passes per contender, interleaved (naive, fused, naive, ...) so
 a drifting machine load hits all of them alike; the median is reported, with min/max/mean/std
 in the JSON, plus process CPU time on CPU (this machine is shared, so wall time is noisy).
 Memory is the peak *extra* memory of one forward+backward, gradients included:
@@ -42,11 +45,11 @@ Throughput section (`mfu`): the Qwen2.5-0.5B head shape (H = 896, V = 151,936). 
 sequence tokens per second of the loss's forward+backward. FLOPs counted are the LM-head matmuls
 only — 2·N·H·V forward, 4·N·H·V backward, N = trained positions — so MFU = 6·N·H·V / time / peak;
 softmax, gather and loss arithmetic (O(N·V)) and the model trunk are excluded. HFU counts what
-each contender really multiplies: ours recompute logits in backward (8·N·H·V), the naive one
-multiplies every position (6·T·H·V). Peak is the GPU's bf16 dense tensor-core peak when
-recognised, or `--peak-tflops`; on CPU MFU is left out unless given.
+each contender really multiplies: `fused` and `liger` 6·N·H·V, `chunked` recomputes logits in
+backward (8·N·H·V), the naive one multiplies every position (6·T·H·V). Peak is the GPU's bf16
+dense tensor-core peak when recognised, or `--peak-tflops`; on CPU MFU is left out unless given.
 
-    python -m bench.echo_loss [--device cpu|cuda] [--quick] [--out PATH]
+    python -m bench.echo_loss [--device cpu|cuda] [--quick] [--impls naive fused chunked] [--out PATH]
 """
 
 from __future__ import annotations
@@ -99,7 +102,10 @@ def estimate_peak_bytes(impl: str, seq_len: int, hidden: int, args: argparse.Nam
         # Inside log_softmax's backward: its saved output, gather's gradient, its own gradient;
         # or, for short T, the last [T, V] gradient next to the V×H weight gradient.
         return int(1.1 * (max(3 * logits, logits + vocab * hidden * 4) + activations))
-    tile = min(args.chunk_tokens, seq_len) * min(args.chunk_vocab, vocab)  # fp32 (+ bf16 copies on CUDA)
+    if impl == "chunked":
+        tile = min(args.chunk_tokens, seq_len) * min(args.chunk_vocab, vocab)  # fp32 (+ bf16 copies on CUDA)
+    else:  # fused (and liger): chunks of whole-vocabulary rows
+        tile = min(max(1, args.chunk_tokens * args.chunk_vocab // vocab), seq_len) * vocab
     weight_grad = vocab * hidden * (6 if cuda else 4)  # fp32 accumulator (+ bf16 result on CUDA)
     return int(1.1 * (tile * (8 if cuda else 4) + weight_grad + activations))
 
@@ -143,7 +149,7 @@ def _loss_fn(impl: str, batch: Any, config: LossConfig) -> Any:
         return loss_from_logprobs(logprobs_BT, batch, config, step=0)[0]
 
     def ours(hidden_BTH: torch.Tensor, weight_VH: torch.Tensor) -> torch.Tensor:
-        cfg = config.model_copy(update={"logprob_impl": impl})  # "chunked" or "liger", never "auto"
+        cfg = config.model_copy(update={"logprob_impl": impl})  # never "auto"
         return loss_from_hidden(hidden_BTH, weight_VH, batch, cfg, step=0)[0]
 
     return naive if impl == "naive" else ours
@@ -281,7 +287,7 @@ def add_throughput(case: dict, peak_tflops: float | None) -> None:
     n, t, h, v = case["trained_tokens"], case["seq_len"], case["hidden"], case["vocab"]
     sec = case["time_s"]["median"]
     model_flops = 6 * n * h * v
-    hw_flops = 6 * t * h * v if case["impl"] == "naive" else 8 * n * h * v  # ours recompute logits in backward
+    hw_flops = {"naive": 6 * t * h * v, "chunked": 8 * n * h * v}.get(case["impl"], model_flops)
     case["tokens_per_s"] = t / sec
     case["model_tflops_per_s"] = model_flops / sec / 1e12
     case["hardware_tflops_per_s"] = hw_flops / sec / 1e12
@@ -368,6 +374,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vocab", type=int, default=151_936)
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--reps", type=int, default=3, help="timed passes per contender (median reported)")
+    p.add_argument(
+        "--impls",
+        nargs="+",
+        choices=["naive", "fused", "chunked"],
+        default=["naive", "fused"],
+        help="contenders (liger is added on CUDA when installed)",
+    )
     p.add_argument("--chunk-tokens", type=int, default=None, help="tile rows; default LossConfig's")
     p.add_argument("--chunk-vocab", type=int, default=None, help="tile columns; default LossConfig's")
     p.add_argument("--memory-budget-gb", type=float, default=None, help="skip naive cases estimated above this")
@@ -402,14 +415,14 @@ def main(argv: list[str] | None = None) -> None:
     args.budget_bytes = int(args.memory_budget_gb * GIB) if args.memory_budget_gb else _default_budget(args.device)
     facts = device_facts(args.device)
     peak = _peak_tflops(args, facts)
-    impls = ["naive", "chunked"] + (["liger"] if args.device == "cuda" and liger_available() else [])
+    impls = args.impls + (["liger"] if args.device == "cuda" and liger_available() else [])
     cases = [c for t in args.seq_lens for c in measure("scaling", t, args.hidden, impls, args)]
     mfu = [] if args.skip_mfu else measure("mfu", args.mfu_seq_len, args.mfu_hidden, impls, args)
     add_ratios(cases + mfu)
     for c in mfu:
         add_throughput(c, peak)
     _print(cases, mfu)
-    config = {k: getattr(args, k) for k in ("quick", "seq_lens", "vocab", "hidden", "reps", "chunk_tokens")}
+    config = {k: getattr(args, k) for k in ("quick", "seq_lens", "vocab", "hidden", "reps", "impls", "chunk_tokens")}
     config |= {"chunk_vocab": args.chunk_vocab, "mfu_hidden": args.mfu_hidden, "mfu_seq_len": args.mfu_seq_len}
     config |= {
         "dtype": "bfloat16" if args.device == "cuda" else "float32",

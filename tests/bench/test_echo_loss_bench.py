@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_quick_run_writes_expected_json(tmp_path: Path) -> None:
     out = tmp_path / "echo_loss.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.echo_loss", "--quick", "--device", "cpu", "--out", str(out)],
+        [sys.executable, "-m", "bench.echo_loss", "--quick", "--device", "cpu", "--out", str(out)]
+        + ["--impls", "naive", "fused", "chunked"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -32,15 +33,17 @@ def test_quick_run_writes_expected_json(tmp_path: Path) -> None:
     assert config_keys <= data["config"].keys()
 
     cases = {(c["seq_len"], c["impl"]): c for c in data["cases"]}
-    assert set(cases) == {(s, i) for s in data["config"]["seq_lens"] for i in ("naive", "chunked")}
+    assert set(cases) == {(s, i) for s in data["config"]["seq_lens"] for i in ("naive", "fused", "chunked")}
     for case in cases.values():
         assert case["status"] == "ok", case
         assert {"median", "min", "max", "mean", "std"} <= case["time_s"].keys() and case["time_s"]["n"] == 3
         assert case["cpu_time_s"]["n"] == 3 and case["peak_mib"]["n"] == 3
         assert case["time_s"]["min"] > 0 and case["peak_mib"]["max"] > 0
-    assert all("time_vs_naive" in c and "mem_vs_naive" in c for c in data["cases"] if c["impl"] == "chunked")
+    assert all("time_vs_naive" in c and "mem_vs_naive" in c for c in data["cases"] if c["impl"] != "naive")
 
-    assert [c["impl"] for c in data["mfu"]] == ["naive", "chunked"]
+    assert [c["impl"] for c in data["mfu"]] == ["naive", "fused", "chunked"]
     for case in data["mfu"]:
         assert case["hidden"] == data["config"]["mfu_hidden"] and case["tokens_per_s"] > 0
         assert case["mfu"] is None  # no peak is known for a CPU unless --peak-tflops is given
+    flops = {c["impl"]: c["hardware_tflops_per_s"] / c["model_tflops_per_s"] for c in data["mfu"]}
+    assert flops["fused"] == 1.0 and flops["chunked"] == pytest.approx(8 / 6)  # the recompute fused saves

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from trainers.losses import (
     LossBatch,
     LossConfig,
     StepDecayLambda,
+    fused_token_loss,
     grpo_loss,
     importance_sampling_loss,
     loss_from_hidden,
@@ -31,11 +33,14 @@ F64 = torch.float64
 LN2 = math.log(2)
 
 
-def _config(lam: float = 0.0, **echo: object) -> LossConfig:
+def _config(lam: float = 0.0, impl: str = "auto", **echo: object) -> LossConfig:
+    # Tiles of 3 tokens × 23 vocabulary rows: every case below (V = 23) spans several chunks.
     return LossConfig(
         grpo=GRPOConfig(clip_eps_low=0.2, clip_eps_high=0.2),
         echo=EchoConfig(schedule=ConstantLambda(value=lam), **echo),
         chunk_tokens=3,
+        chunk_vocab=23,
+        logprob_impl=impl,
     )
 
 
@@ -138,26 +143,45 @@ def _hidden_case(seed: int = 0):
     return hidden, torch.randn(v, h, generator=gen), batch
 
 
-def test_lambda_zero_is_bit_identical_to_grpo_from_hidden_states() -> None:
-    hidden, weight, batch = _hidden_case()
-    # Poison the hidden states of ENV positions: with λ = 0 they must never reach the LM head.
-    hidden = torch.where((batch.roles_BT == Role.ENV)[..., None], torch.tensor(float("nan")), hidden)
+def _plain_grpo(impl: str, batch: LossBatch):
+    """GRPO alone on ACTION targets, built by hand from the LM-head primitive `impl` uses."""
+    action = batch.roles_BT == Role.ACTION
 
-    def plain_grpo(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        action = batch.roles_BT == Role.ACTION
+    def unfused(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         lp = token_logprobs(h[action], w, batch.targets_BT[action], chunk_tokens=3, impl="chunked")
         lp_BT = torch.zeros(action.shape).masked_scatter(action, lp)
         return grpo_loss(lp_BT, batch.sampling_logprobs_BT, batch.advantages_B, action)[0]
 
+    def fused(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        adv_N, old_N = batch.advantages_B[action.nonzero()[:, 0]], batch.sampling_logprobs_BT[action]
+        n = float(action.sum())
+
+        def chunk_loss(lp_C: torch.Tensor, c: slice) -> torch.Tensor:
+            everything = torch.ones(lp_C.shape[0], 1, dtype=torch.bool)
+            return grpo_loss(lp_C[:, None], old_N[c, None], adv_N[c], everything, n_action_tokens=n)[0]
+
+        scale = torch.ones(int(n))  # the objective passes ACTION's 1/temperature per token
+        return fused_token_loss(
+            h[action], w, batch.targets_BT[action], chunk_loss, inv_temperature_N=scale, max_tile_logits=3 * 23
+        )[0]
+
+    return fused if impl == "fused" else unfused
+
+
+@pytest.mark.parametrize("impl", ["fused", "chunked"])
+def test_lambda_zero_is_bit_identical_to_grpo_from_hidden_states(impl: str) -> None:
+    hidden, weight, batch = _hidden_case()
+    # Poison the hidden states of ENV positions: with λ = 0 they must never reach the LM head.
+    hidden = torch.where((batch.roles_BT == Role.ENV)[..., None], torch.tensor(float("nan")), hidden)
     # A schedule that has decayed to exactly 0 by step 7 is the same thing as λ = 0.
-    decayed = LossConfig(
-        echo=EchoConfig(schedule=StepDecayLambda(start=0.05, milestones=(5,), factor=0.0)), chunk_tokens=3
+    decayed = _config(0.0).model_copy(
+        update={"echo": EchoConfig(schedule=StepDecayLambda(start=0.05, milestones=(5,), factor=0.0))}
     )
     results = []
     for fn in (
-        plain_grpo,
-        lambda h, w: loss_from_hidden(h, w, batch, _config(0.0), step=0)[0],
-        lambda h, w: loss_from_hidden(h, w, batch, decayed, step=7)[0],
+        _plain_grpo(impl, batch),
+        lambda h, w: loss_from_hidden(h, w, batch, _config(0.0, impl=impl), step=0)[0],
+        lambda h, w: loss_from_hidden(h, w, batch, decayed.model_copy(update={"logprob_impl": impl}), step=7)[0],
     ):
         h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
         loss = fn(h, w)
@@ -184,6 +208,48 @@ def test_loss_from_hidden_matches_naive_logits_path() -> None:
         torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5)
     # Row 0 [P,P,A,A,E,E,E,S,A,A,E]: 4 A, 4 E; row 1 [P,A,E,E,W,A,A,A,E,E,S]: 4 A, 4 E.
     assert m["echo/n_env_tokens"].item() == 8 and m["grpo/n_action_tokens"].item() == 8
+
+
+@pytest.mark.parametrize(
+    "variant", ["kl", "verifier_free", "filtered", "accumulating", "bias_and_temperature", "off_policy_clipped"]
+)
+def test_fused_path_equals_the_naive_logits_path(variant: str) -> None:
+    # Every option of the objective through the fused head (tiles of 3 tokens) against full logits.
+    hidden, weight, batch = _hidden_case(seed=4)
+    cfg, bias = _config(0.2), None
+    if variant == "kl":
+        cfg = cfg.model_copy(update={"grpo": GRPOConfig(kl_coef=0.1)})
+        batch = replace(batch, ref_logprobs_BT=batch.sampling_logprobs_BT + 0.5)
+    elif variant == "verifier_free":
+        cfg = _config(0.2, verifier_free=True)
+        batch = replace(batch, advantages_B=None)
+    elif variant == "filtered":
+        batch = replace(batch, env_keep_B=torch.tensor([False, True]))
+    elif variant == "accumulating":  # normalisers of the whole optimizer step, not of this micro-batch
+        batch = replace(batch, n_action_tokens=21.0, n_env_tokens=13.0)
+    elif variant == "bias_and_temperature":
+        cfg, bias = cfg.model_copy(update={"temperature": 0.7}), torch.randn(weight.shape[0]).requires_grad_()
+    else:  # sampled long ago: ratios far from 1, so clipping removes some tokens' gradient
+        batch = replace(batch, sampling_logprobs_BT=batch.sampling_logprobs_BT - 2.0)
+    params, got = [], []
+    for impl in ("fused", "naive"):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        b = None if bias is None else bias.detach().clone().requires_grad_()
+        loss, metrics = loss_from_hidden(
+            h, w, batch, cfg.model_copy(update={"logprob_impl": impl}), step=0, lm_head_bias_V=b
+        )
+        params.append([p for p in (h, w, b) if p is not None])
+        got.append((loss, torch.autograd.grad(loss, params[-1]), metrics))
+    (loss, grads, metrics), (ref, ref_grads, ref_metrics) = got
+    torch.testing.assert_close(loss, ref, atol=1e-6, rtol=1e-5)
+    for g, want in zip(grads, ref_grads, strict=True):
+        assert want.abs().max() > 1e-4
+        torch.testing.assert_close(g, want, atol=1e-6, rtol=1e-5)
+    assert metrics.keys() == ref_metrics.keys()
+    for key, value in metrics.items():
+        torch.testing.assert_close(value, ref_metrics[key], atol=1e-6, rtol=1e-5, msg=key)
+    if variant == "off_policy_clipped":
+        assert metrics["grpo/clip_frac"] > 0
 
 
 def test_temperature_scales_action_logits_only() -> None:
@@ -254,12 +320,12 @@ def test_one_vector_gradient_equals_two_term_gradient_on_policy(lam: float, keep
 def test_public_api_is_pinned() -> None:
     assert sorted(losses.__all__) == sorted(
         [
-            "ChunkedTargetLogprobs", "ConstantLambda", "EchoConfig", "GRPOConfig", "LambdaSchedule",
-            "LinearDecayLambda", "LossBatch", "LossConfig", "RolloutFilterConfig", "StepDecayLambda",
-            "env_cross_entropy", "env_mask", "group_advantages", "grpo_loss", "importance_sampling_loss", "k3_kl",
-            "keep_by_parse_failures", "keep_not_errored", "lambda_at", "liger_available", "loss_from_hidden",
-            "loss_from_logprobs", "naive_token_logprobs", "one_vector_advantages", "rollout_keep_mask",
-            "token_logprobs",
+            "ChunkedTargetLogprobs", "ConstantLambda", "EchoConfig", "FusedLinearTokenLoss", "GRPOConfig",
+            "LambdaSchedule", "LinearDecayLambda", "LossBatch", "LossConfig", "RolloutFilterConfig",
+            "StepDecayLambda", "env_cross_entropy", "env_mask", "fused_token_loss", "group_advantages", "grpo_loss",
+            "importance_sampling_loss", "k3_kl", "keep_by_parse_failures", "keep_not_errored", "lambda_at",
+            "liger_available", "loss_from_hidden", "loss_from_logprobs", "naive_token_logprobs",
+            "one_vector_advantages", "rollout_keep_mask", "token_logprobs",
         ]
     )  # fmt: skip
     for name in losses.__all__:

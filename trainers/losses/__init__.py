@@ -6,8 +6,9 @@ Data flow, as the learner uses it:
     episode stats ─► rollout_keep_mask ─► env_keep_B        (which episodes' ENV tokens ECHO may train)
     input_ids, roles, sampling logprobs ─► LossBatch.from_tokens ─► batch   (one-position shift)
     model trunk ─► hidden[:, :-1] ─► loss_from_hidden(hidden, lm_head.weight, batch, config, step=step)
-                                      ├─ token_logprobs: chunked LM head, never [B,T,V] logits
-                                      └─ loss_from_logprobs: grpo_loss + lambda_at(step) · env_cross_entropy
+                                      └─ fused_token_loss: the LM head in chunks of tokens (never [B,T,V]
+                                         logits); per chunk, loss_from_logprobs (grpo_loss + lambda_at(step)
+                                         · env_cross_entropy) and its gradient, in the same pass
                                    ─► (loss, metrics) ─► loss.backward()
 
 `loss_from_logprobs` is the same objective for callers that already have per-target log-probs;
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
         keep_not_errored,
         rollout_keep_mask,
     )
+    from trainers.losses.fused import FusedLinearTokenLoss, fused_token_loss
     from trainers.losses.grpo import group_advantages, grpo_loss, k3_kl
     from trainers.losses.logprobs import (
         ChunkedTargetLogprobs,
@@ -60,6 +62,8 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
+    "FusedLinearTokenLoss": "fused",
+    "fused_token_loss": "fused",
     "ChunkedTargetLogprobs": "logprobs",
     "liger_available": "logprobs",
     "naive_token_logprobs": "logprobs",
@@ -83,6 +87,7 @@ __all__ = [
     "ChunkedTargetLogprobs",
     "ConstantLambda",
     "EchoConfig",
+    "FusedLinearTokenLoss",
     "GRPOConfig",
     "LambdaSchedule",
     "LinearDecayLambda",
@@ -92,6 +97,7 @@ __all__ = [
     "StepDecayLambda",
     "env_cross_entropy",
     "env_mask",
+    "fused_token_loss",
     "group_advantages",
     "grpo_loss",
     "importance_sampling_loss",

@@ -129,9 +129,13 @@ class LossConfig(_Model):
     chunk_tokens: int = Field(1024, ge=1)
     """Tokens per tile of LM-head logits. Larger reads the head fewer times; the tile is fp32."""
     chunk_vocab: int = Field(32768, ge=1)
-    """Vocabulary rows per tile; the tile takes chunk_tokens · chunk_vocab · 4 bytes (128 MiB at the defaults)."""
-    logprob_impl: Literal["auto", "chunked", "liger", "naive"] = "auto"
-    """`auto` uses Liger's fused kernel on CUDA when a correct version is installed, else `chunked`."""
+    """Vocabulary rows per tile; the tile takes chunk_tokens · chunk_vocab · 4 bytes (128 MiB at the defaults).
+    `fused` keeps that tile size but spans the whole vocabulary: chunk_tokens · chunk_vocab / V tokens a chunk."""
+    logprob_impl: Literal["auto", "fused", "chunked", "liger", "naive"] = "auto"
+    """How the LM head meets the loss. `fused`: one pass, gradients computed in the forward (three
+    head matmuls a token); `chunked`: log-probs, then every tile recomputed in backward (four);
+    `liger`: Liger's fused kernel (CUDA); `naive`: full logits, the reference. `auto` uses Liger
+    on CUDA when a correct version is installed, else `fused`."""
 
 
 def lambda_at(step: int, schedule: ConstantLambda | LinearDecayLambda | StepDecayLambda) -> float:

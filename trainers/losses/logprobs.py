@@ -180,9 +180,11 @@ class _Tile:
         self.flat = torch.empty(rows * cols, dtype=torch.float32, device=device)
 
     def logits(
-        self, h_CH: torch.Tensor, w_KH: torch.Tensor, bias_K: torch.Tensor | None, inv_temperature: float
+        self, h_CH: torch.Tensor, w_KH: torch.Tensor, bias_K: torch.Tensor | None, inv_temperature: float | torch.Tensor
     ) -> torch.Tensor:
-        """(h · wᵀ + b) · inv_temperature as a contiguous fp32 [C, K] view of the buffer; h and w share a dtype."""
+        """(h · wᵀ + b) · inv_temperature as a contiguous fp32 [C, K] view of the buffer; h and w share a dtype.
+
+        `inv_temperature` is one number, or a [C, 1] column with one per token."""
         out_CK = self.flat[: h_CH.shape[0] * w_KH.shape[0]].view(h_CH.shape[0], w_KH.shape[0])
         if h_CH.dtype == torch.float32:
             torch.mm(h_CH, w_KH.t(), out=out_CK)
@@ -191,7 +193,7 @@ class _Tile:
             out_CK.copy_(torch.mm(h_CH, w_KH.t()))
         if bias_K is not None:
             out_CK.add_(bias_K.float())
-        if inv_temperature != 1.0:
+        if isinstance(inv_temperature, torch.Tensor) or inv_temperature != 1.0:
             out_CK.mul_(inv_temperature)
         return out_CK
 

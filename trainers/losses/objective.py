@@ -15,14 +15,15 @@ services take; on-policy its gradient equals the two-term gradient.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from trainers.losses.config import LossConfig, lambda_at
 from trainers.losses.echo import env_cross_entropy, env_mask
+from trainers.losses.fused import fused_token_loss
 from trainers.losses.grpo import grpo_loss
-from trainers.losses.logprobs import token_logprobs
+from trainers.losses.logprobs import liger_available, token_logprobs
 from trainers.roles import Role
 
 __all__ = ["LossBatch", "importance_sampling_loss", "loss_from_hidden", "loss_from_logprobs", "one_vector_advantages"]
@@ -48,6 +49,22 @@ class LossBatch:
     """GRPO normaliser. None: ACTION tokens in this batch; set it to the optimizer step's total when accumulating."""
     n_env_tokens: float | None = None
     """ECHO normaliser. None: kept ENV tokens in this batch; set it to the optimizer step's total when accumulating."""
+
+    def rows(self, episodes: slice) -> LossBatch:
+        """These episodes of the batch (per-episode tensors sliced), with the normalisers unchanged."""
+
+        def take(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x[episodes]
+
+        return replace(
+            self,
+            targets_BT=self.targets_BT[episodes],
+            roles_BT=self.roles_BT[episodes],
+            advantages_B=take(self.advantages_B),
+            sampling_logprobs_BT=take(self.sampling_logprobs_BT),
+            ref_logprobs_BT=take(self.ref_logprobs_BT),
+            env_keep_B=take(self.env_keep_B),
+        )
 
     @classmethod
     def from_tokens(
@@ -87,8 +104,9 @@ def loss_from_hidden(
     """The learner's entry point: final hidden states of the predicting positions → (loss, metrics).
 
     `hidden_BTH` must line up with `batch.targets_BT` (pass `hidden[:, :-1]` of the full sequence:
-    the last position predicts nothing). Log-probs are computed only where a term trains, chunked
-    so no [B,T,V] logits exist. Metrics as in `loss_from_logprobs`.
+    the last position predicts nothing). Only positions where a term trains go through the LM
+    head, in chunks, so no [B,T,V] logits exist: by default (`fused`) in one pass that computes the
+    gradients on the way (see `fused_token_loss`). Metrics as in `loss_from_logprobs`.
     """
     if hidden_BTH.shape[:2] != batch.targets_BT.shape:
         raise ValueError(
@@ -99,6 +117,9 @@ def loss_from_hidden(
     none_BT = torch.zeros_like(batch.roles_BT, dtype=torch.bool)
     action_BT = none_BT if config.echo.verifier_free else batch.roles_BT == Role.ACTION
     env_BT = env_mask(batch.roles_BT, batch.env_keep_B) if lam != 0.0 else none_BT
+    head = (lm_head_weight_VH, lm_head_bias_V)
+    if _loss_impl(config.logprob_impl, hidden_BTH) == "fused":
+        return _fused_loss(hidden_BTH, head, batch, config, step, action_BT, env_BT)
     # ACTION log-probs at the sampling temperature (the importance ratio's denominator was taken
     # there); ENV log-probs at 1: the world model is the model's own distribution, as evaluated.
     logprobs_BT = torch.zeros(batch.roles_BT.shape, dtype=torch.float32, device=hidden_BTH.device)
@@ -116,6 +137,62 @@ def loss_from_hidden(
             )
             logprobs_BT = logprobs_BT.masked_scatter(trained_BT, logp_N)
     return loss_from_logprobs(logprobs_BT, batch, config, step=step)
+
+
+def _loss_impl(impl: str, hidden_BTH: torch.Tensor) -> str:
+    if impl == "auto":
+        return "liger" if hidden_BTH.is_cuda and liger_available() else "fused"
+    return impl
+
+
+def _fused_loss(
+    hidden_BTH: torch.Tensor,
+    head: tuple[torch.Tensor, torch.Tensor | None],
+    batch: LossBatch,
+    config: LossConfig,
+    step: int,
+    action_BT: torch.Tensor,
+    env_BT: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The same objective through `fused_token_loss`: every trained token becomes a one-token
+    episode of a flat batch, so each chunk's loss is `loss_from_logprobs` on that chunk's rows,
+    with the normalisers of the whole batch. Metrics come from the whole batch's log-probs."""
+    trained_BT = action_BT | env_BT
+    episode_N = trained_BT.nonzero()[:, 0]
+
+    def rows(x_BT: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x_BT is None else x_BT[trained_BT][:, None]
+
+    flat = LossBatch(
+        targets_BT=rows(batch.targets_BT),
+        roles_BT=rows(batch.roles_BT),
+        advantages_B=None if batch.advantages_B is None else batch.advantages_B[episode_N],
+        sampling_logprobs_BT=rows(batch.sampling_logprobs_BT),
+        ref_logprobs_BT=rows(batch.ref_logprobs_BT),
+        n_action_tokens=float(action_BT.sum()) if batch.n_action_tokens is None else batch.n_action_tokens,
+        n_env_tokens=float(env_BT.sum()) if batch.n_env_tokens is None else batch.n_env_tokens,
+    )
+
+    def chunk_loss(logp_C: torch.Tensor, chunk: slice) -> torch.Tensor:
+        return loss_from_logprobs(logp_C[:, None], flat.rows(chunk), config, step=step)[0]
+
+    # ACTION logits at the sampling temperature, ENV at 1 (see the unfused path above).
+    inv_temperature_N = torch.where(flat.roles_BT[:, 0] == Role.ACTION, 1.0 / config.temperature, 1.0)
+    weight_VH, bias_V = head
+    loss, logp_N = fused_token_loss(
+        hidden_BTH[trained_BT],
+        weight_VH,
+        flat.targets_BT[:, 0],
+        chunk_loss,
+        bias_V,
+        inv_temperature_N=inv_temperature_N,
+        max_tile_logits=config.chunk_tokens * config.chunk_vocab,
+    )
+    logprobs_BT = torch.zeros(trained_BT.shape, dtype=torch.float32, device=logp_N.device)
+    with torch.no_grad():
+        _, metrics = loss_from_logprobs(logprobs_BT.masked_scatter(trained_BT, logp_N), batch, config, step=step)
+    metrics["loss"] = loss.detach()
+    return loss, metrics
 
 
 def loss_from_logprobs(
