@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,13 +166,9 @@ class SandboxPool:
         self._failures_in_a_row = 0
         self._closed = False
         self._labels = {"provider": provider.name, "env": spec.env}
-        # Labelled children resolved once: `labels()` on every lease and release costs more
-        # than the rest of the lease.
-        self._gauges = {
-            state: metrics.SANDBOXES.labels(state=state, **self._labels)
-            for state in ("starting", "ready", "leased", "destroying")
-        }
+        # Resolved once: `labels()` on every lease costs more than the rest of the lease.
         self._lease_wait = metrics.LEASE_WAIT_SECONDS.labels(**self._labels)
+        _SandboxGauges.of(provider.name, spec.env).watch(self)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -196,7 +194,6 @@ class SandboxPool:
                 slot.leases += 1  # reserve before awaiting the health check
                 if await self._healthy(slot):
                     slot.served += 1
-                    self._update_gauges()
                     self._replenish()
                     self._lease_wait.observe(time.monotonic() - started)
                     reused = slot.connections.pop() if slot.connections else None
@@ -231,11 +228,10 @@ class SandboxPool:
             await asyncio.gather(*pending, return_exceptions=True)
         slots, self._slots = self._slots, []
         await asyncio.gather(*(self._destroy_slot(s) for s in slots), return_exceptions=True)
-        self._update_gauges()
 
     @property
     def idle(self) -> int:
-        return sum(1 for s in self._slots if not s.retired and s.leases == 0)
+        return self.count("ready")
 
     @property
     def leased(self) -> int:
@@ -309,7 +305,6 @@ class SandboxPool:
 
     def _start_one(self) -> None:
         self._starting += 1  # counted now, so callers looping on it see it at once
-        self._update_gauges()
         self._spawn(self._add_sandbox())
 
     async def _add_sandbox(self) -> None:
@@ -334,7 +329,6 @@ class SandboxPool:
                 await asyncio.sleep(self.config.create_retry_delay_s)
         finally:
             self._starting -= 1
-            self._update_gauges()
             self._wake_all()
         self._replenish()
 
@@ -364,7 +358,6 @@ class SandboxPool:
                 slot.checked_at = time.monotonic()  # its server just answered a whole episode
         if lease.broken or not self.shared:
             self._retire(slot, reason="broken" if lease.broken else "single-use")
-        self._update_gauges()
         self._wake_all()
         self._replenish()
 
@@ -375,7 +368,6 @@ class SandboxPool:
         if slot.leases == 0 and slot in self._slots:
             self._slots.remove(slot)
             self._spawn(self._destroy_slot(slot))
-        self._update_gauges()
 
     async def _destroy_slot(self, slot: _Slot) -> None:
         connections, slot.connections = slot.connections, []
@@ -402,7 +394,6 @@ class SandboxPool:
 
     async def _destroy(self, sandbox: Sandbox) -> None:
         self._destroying += 1
-        self._update_gauges()
         start = time.monotonic()
         try:
             await self.provider.destroy(sandbox.id)
@@ -412,7 +403,6 @@ class SandboxPool:
             log.warning("destroying sandbox %s failed (the reaper will retry): %s", sandbox.id, e)
         finally:
             self._destroying -= 1
-            self._update_gauges()
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -441,9 +431,42 @@ class SandboxPool:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _update_gauges(self) -> None:
-        leased = sum(1 for s in self._slots if s.leases)
-        self._gauges["starting"].set(self._starting)
-        self._gauges["ready"].set(self.idle)
-        self._gauges["leased"].set(leased)
-        self._gauges["destroying"].set(self._destroying)
+    def count(self, state: str) -> int:
+        """Sandboxes in `state`: starting, ready (idle), leased (serving a lease) or destroying."""
+        if state == "starting":
+            return self._starting
+        if state == "destroying":
+            return self._destroying
+        slots = tuple(self._slots)  # read from the metrics server's thread too: iterate a snapshot
+        if state == "ready":
+            return sum(1 for s in slots if not s.retired and s.leases == 0)
+        if state == "leased":
+            return sum(1 for s in slots if s.leases)
+        raise ValueError(f"unknown sandbox state {state!r}")
+
+
+class _SandboxGauges:
+    """`hillclimb_sandboxes{provider, env, state}`, computed when scraped: the sum over the pools
+    of that provider and env. Nothing is updated per lease, and pools sharing labels add up
+    instead of overwriting each other; a closed pool counts 0 once its sandboxes are destroyed."""
+
+    _by_labels: dict[tuple[str, str], _SandboxGauges] = {}
+
+    def __init__(self, provider: str, env: str) -> None:
+        self._pools: weakref.WeakSet[SandboxPool] = weakref.WeakSet()
+        for state in ("starting", "ready", "leased", "destroying"):
+            gauge = metrics.SANDBOXES.labels(provider=provider, env=env, state=state)
+            gauge.set_function(functools.partial(self._total, state))
+
+    @classmethod
+    def of(cls, provider: str, env: str) -> _SandboxGauges:
+        key = (provider, env)
+        if key not in cls._by_labels:
+            cls._by_labels[key] = cls(provider, env)
+        return cls._by_labels[key]
+
+    def watch(self, pool: SandboxPool) -> None:
+        self._pools.add(pool)
+
+    def _total(self, state: str) -> int:
+        return sum(pool.count(state) for pool in list(self._pools))

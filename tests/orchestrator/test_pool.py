@@ -50,6 +50,31 @@ async def test_min_ready_sandboxes_are_warm_and_leases_are_fast(local_provider: 
     assert await local_provider.list() == []
 
 
+async def test_sandbox_gauges_are_read_when_scraped_and_pools_add_up(local_provider: LocalProvider) -> None:
+    # Two pools of one provider and env (say, train and eval rollouts in one process): the gauge
+    # is their sum, read from their state at scrape time, never one pool overwriting the other.
+    def gauge(state: str) -> float:
+        return _metric("hillclimb_sandboxes", provider="local", env="toy_terminal", state=state)
+
+    first, second = await _pool(local_provider, min_ready=1), await _pool(local_provider, min_ready=2)
+    states = ("starting", "ready", "leased", "destroying")
+    try:
+        await first.wait_warm(timeout_s=30)
+        await second.wait_warm(timeout_s=30)
+        assert gauge("ready") == first.idle + second.idle >= 3 and gauge("leased") == 0
+        lease = await second.lease(timeout_s=5)
+        assert gauge("leased") == 1  # no update call in between: the lease itself is what is read
+        await lease.release()
+        assert gauge("leased") == 0
+        await first.close()
+        assert all(first.count(s) == 0 for s in states)
+        assert [gauge(s) for s in states] == [second.count(s) for s in states]
+    finally:
+        await first.close()
+        await second.close()
+    assert gauge("ready") == 0
+
+
 async def test_shared_sandboxes_serve_up_to_capacity(local_provider: LocalProvider) -> None:
     pool = await _pool(local_provider, sessions_per_sandbox=3, max_total=4)
     try:
