@@ -117,9 +117,9 @@ def loss_from_hidden(
     none_BT = torch.zeros_like(batch.roles_BT, dtype=torch.bool)
     action_BT = none_BT if config.echo.verifier_free else batch.roles_BT == Role.ACTION
     env_BT = env_mask(batch.roles_BT, batch.env_keep_B) if lam != 0.0 else none_BT
-    head = (lm_head_weight_VH, lm_head_bias_V)
     if _loss_impl(config.logprob_impl, hidden_BTH) == "fused":
-        return _fused_loss(hidden_BTH, head, batch, config, step, action_BT, env_BT)
+        head = (lm_head_weight_VH, lm_head_bias_V)
+        return _fused_loss(hidden_BTH, head, batch, config, step=step, action_BT=action_BT, env_BT=env_BT)
     # ACTION log-probs at the sampling temperature (the importance ratio's denominator was taken
     # there); ENV log-probs at 1: the world model is the model's own distribution, as evaluated.
     logprobs_BT = torch.zeros(batch.roles_BT.shape, dtype=torch.float32, device=hidden_BTH.device)
@@ -150,6 +150,7 @@ def _fused_loss(
     head: tuple[torch.Tensor, torch.Tensor | None],
     batch: LossBatch,
     config: LossConfig,
+    *,
     step: int,
     action_BT: torch.Tensor,
     env_BT: torch.Tensor,
@@ -160,15 +161,15 @@ def _fused_loss(
     trained_BT = action_BT | env_BT
     episode_N = trained_BT.nonzero()[:, 0]
 
-    def rows(x_BT: torch.Tensor | None) -> torch.Tensor | None:
+    def one_per_row(x_BT: torch.Tensor | None) -> torch.Tensor | None:
         return None if x_BT is None else x_BT[trained_BT][:, None]
 
     flat = LossBatch(
-        targets_BT=rows(batch.targets_BT),
-        roles_BT=rows(batch.roles_BT),
+        targets_BT=one_per_row(batch.targets_BT),
+        roles_BT=one_per_row(batch.roles_BT),
         advantages_B=None if batch.advantages_B is None else batch.advantages_B[episode_N],
-        sampling_logprobs_BT=rows(batch.sampling_logprobs_BT),
-        ref_logprobs_BT=rows(batch.ref_logprobs_BT),
+        sampling_logprobs_BT=one_per_row(batch.sampling_logprobs_BT),
+        ref_logprobs_BT=one_per_row(batch.ref_logprobs_BT),
         n_action_tokens=float(action_BT.sum()) if batch.n_action_tokens is None else batch.n_action_tokens,
         n_env_tokens=float(env_BT.sum()) if batch.n_env_tokens is None else batch.n_env_tokens,
     )
