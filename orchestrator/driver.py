@@ -92,6 +92,7 @@ class RolloutDriver:
     ) -> None:
         """Run the groups (drawn lazily: an endless iterator is fine) and call `on_group` as each
         completes, in completion order. `sampling` overrides the episodes' sampling (evaluation)."""
+        import ray
         from ray.exceptions import RayActorError
 
         limit = in_flight or max(1, self.config.rollout.concurrency // self.config.rollout.group_size)
@@ -99,7 +100,7 @@ class RolloutDriver:
         retry: list[GroupSpec] = []
         attempts: dict[str, int] = {}
         busy = [0] * len(self.workers)
-        running: dict[asyncio.Future[TrajectoryGroup], tuple[GroupSpec, int]] = {}
+        running: dict[asyncio.Future[TrajectoryGroup], tuple[GroupSpec, int, Any]] = {}
         try:
             while True:
                 while len(running) < limit:
@@ -109,12 +110,12 @@ class RolloutDriver:
                     index = min(range(len(busy)), key=busy.__getitem__)
                     busy[index] += 1
                     call = self.workers[index].run_group.remote(group, sampling)
-                    running[asyncio.ensure_future(_await(call))] = (group, index)
+                    running[asyncio.ensure_future(_await(call))] = (group, index, call)
                 if not running:
                     return
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for future in done:
-                    group, index = running.pop(future)
+                    group, index, _ = running.pop(future)
                     busy[index] -= 1
                     try:
                         result = future.result()
@@ -129,9 +130,10 @@ class RolloutDriver:
                     outcome = on_group(result)
                     if asyncio.iscoroutine(outcome):
                         await outcome
-        finally:  # cancelled (an async producer being stopped) or failed: stop waiting for the rest
-            for future in running:
+        finally:  # cancelled (an async producer being stopped) or failed: stop the rest, here and on the workers
+            for future, (_, _, call) in running.items():
                 future.cancel()
+                ray.cancel(call)  # else the group runs on, holding sandboxes, until its worker closes
 
     async def _replace_worker(self, index: int) -> None:
         try:

@@ -28,6 +28,10 @@ from trainers.tokenizer import Tokenizer
 from trainers.trajectory import TrajectoryGroup
 
 
+class WorkerClosedError(RuntimeError):
+    """A group reached a worker that is closing; it was not started."""
+
+
 class CreateRateLimiter:
     """A token bucket as a Ray actor: one creation rate for the whole cluster."""
 
@@ -106,6 +110,7 @@ class RolloutWorker:
         self._provider: Any = None
         self._start_lock = asyncio.Lock()
         self._running: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
     async def _ensure_started(self) -> EpisodeRunner:
         async with self._start_lock:
@@ -155,6 +160,9 @@ class RolloutWorker:
         )
 
     async def run_group(self, group: GroupSpec, sampling: SamplingParams | None = None) -> TrajectoryGroup:
+        if self._closing:  # a call queued before close(): its episodes would lose their sandboxes mid-run
+            closing = f"rollout worker {self.worker_index} is closing; group {group.group_id} not started"
+            raise WorkerClosedError(closing)
         task = asyncio.current_task()
         assert task is not None
         self._running.add(task)
@@ -170,9 +178,15 @@ class RolloutWorker:
         runner = await self._ensure_started()
         await runner.policy.update_weights(version, weights)
 
+    def running(self) -> int:
+        """Groups running on this worker now."""
+        return len(self._running)
+
     async def close(self) -> None:
-        """Cancel the groups still running, then destroy the sandboxes: an episode left running
-        would see its sandbox vanish and be recorded (and logged) as a sandbox failure."""
+        """Refuse new groups, cancel the ones still running, then destroy the sandboxes: an
+        episode left running would see its sandbox vanish and be recorded (and logged) as a
+        sandbox failure."""
+        self._closing = True
         running = list(self._running)
         for task in running:
             task.cancel()

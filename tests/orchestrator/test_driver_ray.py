@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from envs.tasks import load_suite
 from orchestrator.config import load_config
 from orchestrator.driver import RolloutDriver
-from orchestrator.schedule import round_of_groups
+from orchestrator.schedule import endless_groups, round_of_groups
 from tests.orchestrator.helpers import SlowScriptedPolicy
 from trainers.trajectory import DoneReason, TrajectoryGroup
 
@@ -67,3 +68,28 @@ async def test_a_killed_worker_is_replaced_and_no_group_is_lost(ray_local: None,
     assert driver.worker_restarts == 1
     assert sorted(g.group_id for g in results) == sorted(g.group_id for g in groups)  # none lost, none twice
     assert all(t.done_reason is DoneReason.FINISHED for g in results for t in g.trajectories)
+
+
+async def test_stopping_a_run_cancels_its_groups_on_the_workers(ray_local: None, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Stopping the driver's loop (a time budget, Ctrl-C) must stop the groups on the workers too,
+    # not leave them running on to completion, holding sandboxes, until the workers close.
+    config = _config(tmp_path)
+    groups = endless_groups(load_suite("toy_terminal"), "train", run_seed=0, group_size=2)
+    driver = RolloutDriver(config, policy=SlowScriptedPolicy(30.0))  # a group would take a minute
+    await driver.start()
+    try:
+        runner = asyncio.ensure_future(driver.run_groups(groups, lambda g: None))
+
+        async def running() -> list[int]:
+            return list(await asyncio.gather(*(w.running.remote() for w in driver.workers)))
+
+        async with asyncio.timeout(60):
+            while sum(await running()) < 4:  # concurrency 8 / group size 2: 4 groups in flight
+                await asyncio.sleep(0.05)
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        async with asyncio.timeout(5):
+            while sum(await running()) > 0:
+                await asyncio.sleep(0.05)
+    finally:
+        await driver.close()

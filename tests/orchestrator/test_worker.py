@@ -12,7 +12,7 @@ import pytest
 from envs.tasks import load_suite
 from orchestrator.config import load_config
 from orchestrator.schedule import round_of_groups
-from orchestrator.workers import RolloutWorker
+from orchestrator.workers import RolloutWorker, WorkerClosedError
 from tests.orchestrator.helpers import SlowScriptedPolicy
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="local sandboxes with per-sandbox uids need root")
@@ -36,3 +36,16 @@ async def test_closing_a_worker_cancels_its_groups_before_their_sandboxes(
         await running
     assert [r.getMessage() for r in caplog.records if "sandbox failed" in r.getMessage()] == []
     assert worker._pool.leased == 0
+
+
+async def test_a_group_that_arrives_while_closing_is_refused_before_it_takes_a_sandbox(
+    sandbox_root: Path, tmp_path: Path
+) -> None:
+    # A Ray call queued before close() runs after it: starting it would lose its sandboxes mid-episode.
+    config = load_config(None, [f"run.dir={tmp_path}", f"provider.options={{root: {sandbox_root}}}"])
+    worker = RolloutWorker(config, worker_index=3, policy=SlowScriptedPolicy(0.0))
+    group = round_of_groups(load_suite("toy_terminal"), "train", run_seed=0, group_size=2, round_index=0)[0]
+    await worker.close()
+    with pytest.raises(WorkerClosedError, match=f"rollout worker 3 is closing; group {group.group_id} not started"):
+        await worker.run_group(group)
+    assert worker._pool is None and worker.running() == 0  # no pool was built, no sandbox started
