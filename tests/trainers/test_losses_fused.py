@@ -55,6 +55,17 @@ def test_values_and_gradients_match_full_logits(chunk: int) -> None:
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
 
 
+def test_strided_hidden_states_get_their_gradient() -> None:
+    # States read through a transpose (strides (1, N)): the gradient must still land row by row.
+    _, weight, bias, targets, inv_t, coef = _case(seed=2)
+    base = torch.randn(H, N, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    loss, _ = fused_token_loss(base.t(), weight, targets, _token_loss(coef), bias, max_tile_logits=4 * V)
+    ref, _ = _reference(base.t(), weight, bias, targets, torch.ones(N), coef)
+    torch.testing.assert_close(
+        torch.autograd.grad(loss, base)[0], torch.autograd.grad(ref, base)[0], atol=1e-5, rtol=1e-4
+    )
+
+
 def test_tile_budget_smaller_than_one_row_still_takes_one_token_a_chunk() -> None:
     hidden, weight, bias, targets, inv_t, coef = _case(seed=1)
     loss, _ = fused_token_loss(hidden, weight, targets, _token_loss(coef), bias, max_tile_logits=1)
