@@ -165,9 +165,8 @@ class SandboxPool:
         self._fatal: ProviderError | None = None
         self._failures_in_a_row = 0
         self._closed = False
-        self._labels = {"provider": provider.name, "env": spec.env}
         # Resolved once: `labels()` on every lease costs more than the rest of the lease.
-        self._lease_wait = metrics.LEASE_WAIT_SECONDS.labels(**self._labels)
+        self._lease_wait = metrics.LEASE_WAIT_SECONDS.labels(provider=provider.name, env=spec.env)
         _SandboxGauges.of(provider.name, spec.env).watch(self)
 
     # -- public API -----------------------------------------------------------------------
