@@ -556,7 +556,9 @@ def _error_from(data: dict[str, Any], *, request: str | None) -> EnvError:
 async def http_request(
     url: str, path: str, *, method: str = "GET", body: Any = None, token: str | None = None, timeout: float = 5.0
 ) -> tuple[int, Any]:
-    """One HTTP request to an env server (`/health`, `/schema`, `/metadata`, `/mcp`); returns (status, JSON)."""
+    """One HTTP request to an env server (`/health`, `/schema`, `/metadata`, `/metrics`, `/mcp`).
+
+    Returns (status, body): the body parsed when it is JSON, else its text (`/metrics`)."""
     endpoint = Endpoint.parse(url)
     payload = json.dumps(body).encode() if body is not None else b""
     headers = {"Host": endpoint.host_header, "Connection": "close", "Content-Length": str(len(payload))}
@@ -578,7 +580,9 @@ async def http_request(
         finally:
             writer.close()
         head_bytes, _, rest = raw.partition(b"\r\n\r\n")
-        status, _ = http.parse_response_head(head_bytes)
-        return status, json.loads(rest) if rest else None
+        status, headers = http.parse_response_head(head_bytes)
+        if not rest:
+            return status, None
+        return status, json.loads(rest) if "json" in headers.get("content-type", "") else rest.decode()
 
     return await asyncio.wait_for(exchange(), timeout)

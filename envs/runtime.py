@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 import typing
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ import pydantic
 from envs import base
 from envs.errors import FactoryError, ValidationError
 from envs.mcp import ToolSet
+from envs.metrics import EnvCallStats
 
 # The two base classes whose default *_async methods merely call the sync ones.
 _BASE_CLASSES = {("envs.base", "Environment"), ("openenv.core.env_server.interfaces", "Environment")}
@@ -160,10 +162,13 @@ def serialize_observation(obs: Any) -> dict[str, Any]:
 
 
 class SessionRunner:
-    """One environment instance and the thread its sync methods run on."""
+    """One environment instance and the thread its sync methods run on.
 
-    def __init__(self, runtime: EnvRuntime) -> None:
+    Each reset and step is timed around the environment's own method into `stats`."""
+
+    def __init__(self, runtime: EnvRuntime, stats: EnvCallStats | None = None) -> None:
         self.runtime = runtime
+        self.stats = stats or EnvCallStats()
         self.env = runtime.new_instance()
         self._executor: ThreadPoolExecutor | None = None
         try:
@@ -177,20 +182,32 @@ class SessionRunner:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="env-session")
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args, **kwargs))
 
+    async def _call_env(self, call: str, is_async: bool, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if not is_async:  # timed in the session thread: the hop to it is the server's cost, not the env's
+            return await self._call_sync(self._timed, call, fn, *args, **kwargs)
+        start = time.perf_counter()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            self.stats.add(call, time.perf_counter() - start)
+
+    def _timed(self, call: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.stats.add(call, time.perf_counter() - start)
+
     async def reset(self, data: dict[str, Any]) -> dict[str, Any]:
         kwargs = self.runtime.check_reset_kwargs(data)
-        if self.runtime.async_reset:
-            obs = await self.env.reset_async(**kwargs)
-        else:
-            obs = await self._call_sync(self.env.reset, **kwargs)
+        is_async = self.runtime.async_reset
+        obs = await self._call_env("reset", is_async, self.env.reset_async if is_async else self.env.reset, **kwargs)
         return serialize_observation(obs)
 
     async def step(self, data: Any) -> dict[str, Any]:
         action = self.runtime.parse_action(data)
-        if self.runtime.async_step:
-            obs = await self.env.step_async(action)
-        else:
-            obs = await self._call_sync(self.env.step, action)
+        is_async = self.runtime.async_step
+        obs = await self._call_env("step", is_async, self.env.step_async if is_async else self.env.step, action)
         return serialize_observation(obs)
 
     def state(self) -> dict[str, Any]:

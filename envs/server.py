@@ -1,6 +1,6 @@
 """The environment server: OpenEnv's wire protocol on asyncio, over TCP or a Unix socket.
 
-    connection ──HTTP──► /health /schema /metadata /mcp        (one request at a time)
+    connection ──HTTP──► /health /schema /metadata /metrics /mcp   (one request at a time)
               └─upgrade /ws──► Session: one environment instance, messages in order
                                 reset / step / state / mcp / close ──► replies
 
@@ -38,6 +38,8 @@ from envs.errors import (
     UnknownMessageTypeError,
     ValidationError,
 )
+from envs.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from envs.metrics import EnvCallStats
 from envs.runtime import EnvRuntime, SessionRunner
 
 log = logging.getLogger("hillclimb.envs.server")
@@ -95,6 +97,7 @@ class EnvServer:
         if self.max_sessions < self.config.max_sessions:
             log.info("%s does not support concurrent sessions: capacity is 1", runtime.name)
         self.sessions: dict[str, _Session] = {}
+        self.env_stats = EnvCallStats()
         self._reserved = 0  # sessions accepted whose environment is still being created
         self._connections: set[_Connection] = set()
         self._servers: list[asyncio.base_events.Server] = []
@@ -169,7 +172,7 @@ class EnvServer:
     def open_session(self, conn: _Connection) -> _Session:
         self.release_reservation()
         session = _Session(f"s{next(self._ids)}-{os.urandom(4).hex()}", conn)
-        session.runner = SessionRunner(self.runtime)  # may raise FactoryError: caller reports it
+        session.runner = SessionRunner(self.runtime, self.env_stats)  # may raise FactoryError: caller reports it
         self.sessions[session.id] = session
         return session
 
@@ -342,7 +345,7 @@ class _Connection(asyncio.Protocol):
     def _route(self, req: http.Request) -> None:
         if req.path == "/health":
             return self._respond(req, http.json_response(200, {"status": "healthy"}))
-        if req.path not in ("/ws", "/schema", "/metadata", "/mcp"):
+        if req.path not in ("/ws", "/schema", "/metadata", "/metrics", "/mcp"):
             return self._respond(req, http.json_response(404, {"error": f"no route {req.path}"}))
         if not self.server.authorized(req.headers):
             body = {"error": "missing or wrong bearer token"}
@@ -358,6 +361,9 @@ class _Connection(asyncio.Protocol):
             return self._respond(req, http.render_response(200, schema, {"Content-Type": "application/json"}))
         if req.path == "/metadata":
             return self._respond(req, http.json_response(200, self.server.runtime.metadata))
+        if req.path == "/metrics":
+            body = self.server.env_stats.render(len(self.server.sessions), self.server.max_sessions)
+            return self._respond(req, http.render_response(200, body, {"Content-Type": METRICS_CONTENT_TYPE}))
         self._http_busy = True
         self.server.spawn(self._serve_mcp_post(req))
 

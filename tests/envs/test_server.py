@@ -22,7 +22,9 @@ from envs.errors import (
     ExecutionError,
     SessionError,
     StepTimeoutError,
+    ValidationError,
 )
+from envs.metrics import parse_metrics
 from envs.runtime import EnvRuntime
 from envs.server import EnvServer
 
@@ -47,6 +49,54 @@ async def test_health_schema_metadata(start_server, calls):
     status, meta = await http_request(url, "/metadata", token="test-token")
     assert status == 200 and meta["name"] == "CounterEnv"
     assert meta["description"].startswith("Adds numbers")
+
+
+@pytest.mark.parametrize("env_cls", [CounterEnv, AsyncCounterEnv], ids=["sync", "async"])
+async def test_metrics_time_the_environments_own_calls(start_server, env_cls):
+    """Each reset and step is counted and timed around the environment's method alone: a
+    50 ms sleep in it shows, a step that raised counts, an action the schema refused never
+    reached the environment and does not."""
+    served = await start_server(env_cls)
+    url = _http_url(served)
+
+    async def metrics() -> dict[str, float]:
+        status, text = await http_request(url, "/metrics", token="test-token")
+        assert status == 200 and isinstance(text, str)
+        return parse_metrics(text)
+
+    assert await metrics() == {
+        "calls_total{reset}": 0,
+        "calls_total{step}": 0,
+        "call_seconds_total{reset}": 0,
+        "call_seconds_total{step}": 0,
+        "sessions": 0,
+        "max_sessions": 64,
+    }
+    async with served.client() as client:
+        await client.reset()
+        await client.step({"op": "sleep", "seconds": 0.05})
+        await client.step({"amount": 1})
+        with pytest.raises(ExecutionError, match="boom"):
+            await client.step({"op": "raise"})
+        with pytest.raises(ValidationError):
+            await client.step({"op": "no such op"})
+        during = await metrics()
+    assert during["sessions"] == 1
+    assert during["calls_total{reset}"] == 1 and during["calls_total{step}"] == 3
+    assert 0.05 <= during["call_seconds_total{step}"] < 0.05 + 0.5
+    assert 0 < during["call_seconds_total{reset}"] < 0.5
+    await eventually(lambda: served.server.sessions == {})
+    assert (await metrics())["sessions"] == 0
+
+
+def test_parse_metrics_ignores_comments_and_foreign_samples():
+    text = (
+        "# HELP hillclimb_env_calls_total Calls.\n"
+        'hillclimb_env_calls_total{call="step"} 12\n'
+        "process_cpu_seconds_total 3.5\n"
+        "hillclimb_env_sessions 2\n"
+    )
+    assert parse_metrics(text) == {"calls_total{step}": 12.0, "sessions": 2.0}
 
 
 def _request(line: bytes, *headers: bytes) -> bytes:
@@ -110,7 +160,7 @@ BAD_CREDENTIALS = {"missing": None, "wrong": "Bearer nope", "empty bearer": "Bea
 
 
 @pytest.mark.parametrize("authorization", BAD_CREDENTIALS.values(), ids=BAD_CREDENTIALS.keys())
-@pytest.mark.parametrize("path", ["/ws", "/schema", "/metadata", "/mcp"])
+@pytest.mark.parametrize("path", ["/ws", "/schema", "/metadata", "/metrics", "/mcp"])
 async def test_refused_before_any_environment_exists(start_server, calls, path, authorization):
     served = await start_server(CounterEnv)
     method = "POST" if path == "/mcp" else "GET"
