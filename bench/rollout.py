@@ -8,9 +8,13 @@ counted and reported.
 Overhead: one episode at a time in-process, its wall time split into the policy's time,
 the `env.step` round trips and the rest (leasing, rendering, tokenizing, parsing: the
 harness). "Platform per step" is everything but the policy and the environment's own
-work, which is measured separately by calling the environment in-process. It runs on the
-event loop rollout workers run on (uvloop: Ray runs async actors on it when installed),
-before Ray starts, and reports the median of `--overhead-reps` repetitions.
+work: its resets and steps as the sandbox timed them around the environment's methods
+(`GET /metrics`), where they run after each message wakes the sandbox. The same steps
+timed on a warm loop in this process are shown too, and the platform's share against
+them: on a VM whose idle vCPUs halt, the environment's code runs slower in its sandbox
+than warm. It runs on the event loop rollout workers run on (uvloop: Ray runs async
+actors on it when installed), before Ray starts, and reports the median of
+`--overhead-reps` repetitions.
 
     python -m bench.rollout [--seconds 20]
 """
@@ -26,6 +30,8 @@ import time
 from typing import Any
 
 from bench.common import print_table, summarize, write_result
+from envs.client import http_request
+from envs.metrics import parse_metrics
 from envs.serve import run_fast
 from envs.tasks import load_suite
 from orchestrator.config import load_config
@@ -98,7 +104,8 @@ async def _overhead_once(episodes: int) -> dict[str, Any]:
 
     root = tempfile.mkdtemp(prefix="hc-bench-")
     provider = LocalProvider(root=root)
-    pool = SandboxPool(provider, SandboxSpec(env="toy_terminal", run_id="bench"), PoolConfig(min_ready=1), shared=True)
+    spec = SandboxSpec(env="toy_terminal", run_id="bench")
+    pool = SandboxPool(provider, spec, PoolConfig(min_ready=1, max_total=1), shared=True)  # one sandbox to ask
     tokenizer = ByteTokenizer()
     suite = load_suite("toy_terminal")
     runner = EpisodeRunner(
@@ -109,17 +116,25 @@ async def _overhead_once(episodes: int) -> dict[str, Any]:
     try:
         await pool.start()
         await pool.wait_warm(60)
+        async with await pool.lease(60) as lease:
+            endpoint, token = lease.endpoint, lease.token
+        before = await _env_metrics(endpoint, token)
         for i in range(episodes):
             task = tasks[i % len(tasks)]
             spec = EpisodeSpec(
                 run_id="bench", env="toy_terminal", split="train", task=task, group_id=f"g{i}", sample_index=0, seed=i
             )
             await runner.run(spec, timing)
+        after = await _env_metrics(endpoint, token)
     finally:
         await pool.close()
         await provider.close()
         shutil.rmtree(root, ignore_errors=True)
-    # The environment's own work per step, in-process (no sandbox, no socket).
+    ran = {key: after[key] - before[key] for key in after}
+    if ran["calls_total{reset}"] != episodes or ran["calls_total{step}"] != timing.steps:
+        raise RuntimeError(f"the sandbox ran {ran}, not the {episodes} episodes and {timing.steps} steps sent")
+    in_sandbox = ran["call_seconds_total{reset}"] + ran["call_seconds_total{step}"]
+    # The same steps on a warm loop in this process (no sandbox, no socket).
     env = ToyTerminalEnv()
     own: list[float] = []
     for i in range(episodes):
@@ -131,7 +146,7 @@ async def _overhead_once(episodes: int) -> dict[str, Any]:
             own.append(time.perf_counter() - start)
     steps = timing.steps
     harness = timing.total_s - timing.policy_s - timing.env_s
-    env_own = summarize(own)["mean"]
+    beyond_policy = 1000 * (timing.total_s - timing.policy_s) / steps
     return {
         "episodes": episodes,
         "steps": steps,
@@ -139,12 +154,20 @@ async def _overhead_once(episodes: int) -> dict[str, Any]:
             "total": 1000 * timing.total_s / steps,
             "policy (scripted)": 1000 * timing.policy_s / steps,
             "env.step round trip": 1000 * timing.env_s / steps,
-            "env's own step (in-process)": 1000 * env_own,
             "harness (lease, reset, render, tokenize, parse)": 1000 * harness / steps,
-            "platform (all but policy and env's own step)": 1000 * (timing.total_s - timing.policy_s) / steps
-            - 1000 * env_own,
+            "env's own reset + step, in the sandbox": 1000 * in_sandbox / steps,
+            "env's own step, in-process (warm)": 1000 * summarize(own)["mean"],
+            "platform (all but policy and env's own work)": beyond_policy - 1000 * in_sandbox / steps,
+            "platform, against the warm in-process step": beyond_policy - 1000 * summarize(own)["mean"],
         },
     }
+
+
+async def _env_metrics(endpoint: str, token: str | None) -> dict[str, float]:
+    status, text = await http_request(endpoint, "/metrics", token=token)
+    if status != 200:
+        raise RuntimeError(f"GET /metrics on the sandbox answered {status}: {text}")
+    return parse_metrics(text)
 
 
 def main() -> None:
