@@ -261,7 +261,10 @@ class EpisodeRunner:
 
     def _trajectory(self, episode: _Episode, reason: DoneReason, retries: int) -> Trajectory:
         spec, transcript = episode.spec, episode.transcript
-        return Trajectory(
+        return Trajectory.from_transcript(
+            transcript.ids,
+            transcript.roles,
+            transcript.logprobs,
             run_id=spec.run_id,
             group_id=spec.group_id,
             sample_index=spec.sample_index,
@@ -270,9 +273,6 @@ class EpisodeRunner:
             split=spec.split,
             seed=spec.seed,
             policy_version=min(episode.versions, default=self.policy.version),
-            token_ids=transcript.ids,
-            roles=transcript.roles,
-            logprobs=transcript.logprobs,
             reward=episode.reward if reason is DoneReason.FINISHED else 0.0,
             done_reason=reason,
             turns=episode.turns,
