@@ -9,7 +9,9 @@ Overhead: one episode at a time in-process, its wall time split into the policy'
 the `env.step` round trips and the rest (leasing, rendering, tokenizing, parsing: the
 harness). "Platform per step" is everything but the policy and the environment's own
 work: its resets and steps as the sandbox timed them around the environment's methods
-(`GET /metrics`), where they run after each message wakes the sandbox. The same steps
+(`GET /metrics`), where they run after each message wakes the sandbox. Each repetition
+is followed by a bare ping-pong between two processes (`bench.pingpong`): the floor under
+any round trip into a sandbox, and a gauge of how busy the host was. The same steps
 timed on a warm loop in this process are shown too, and the platform's share against
 them: on a VM whose idle vCPUs halt, the environment's code runs slower in its sandbox
 than warm. It runs on the event loop rollout workers run on (uvloop: Ray runs async
@@ -30,6 +32,7 @@ import time
 from typing import Any
 
 from bench.common import print_table, summarize, write_result
+from bench.pingpong import round_trip_ms
 from envs.client import http_request
 from envs.metrics import parse_metrics
 from envs.serve import run_fast
@@ -81,8 +84,12 @@ async def throughput(in_flight: int, seconds: float) -> dict[str, Any]:
 
 
 def overhead(episodes: int, reps: int) -> dict[str, Any]:
-    """The median over `reps` of each per-step figure."""
-    runs = [run_fast(_overhead_once(episodes)) for _ in range(reps)]
+    """The median over `reps` of each per-step figure, each rep followed by the bare round trip."""
+    runs = []
+    for _ in range(reps):
+        run = run_fast(_overhead_once(episodes))
+        run["per_step_ms"]["bare two-process round trip (the floor)"] = round_trip_ms(2000)
+        runs.append(run)
     return {
         "episodes": episodes,
         "reps": reps,
@@ -174,7 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window per concurrency level")
     parser.add_argument("--overhead-episodes", type=int, default=300)
-    parser.add_argument("--overhead-reps", type=int, default=5)
+    parser.add_argument("--overhead-reps", type=int, default=9)
     args = parser.parse_args()
     split = overhead(args.overhead_episodes, args.overhead_reps)
     connect_ray(None)
