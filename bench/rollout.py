@@ -111,8 +111,8 @@ async def _overhead_once(episodes: int) -> dict[str, Any]:
 
     root = tempfile.mkdtemp(prefix="hc-bench-")
     provider = LocalProvider(root=root)
-    spec = SandboxSpec(env="toy_terminal", run_id="bench")
-    pool = SandboxPool(provider, spec, PoolConfig(min_ready=1, max_total=1), shared=True)  # one sandbox to ask
+    sandbox = SandboxSpec(env="toy_terminal", run_id="bench")
+    pool = SandboxPool(provider, sandbox, PoolConfig(min_ready=1, max_total=1), shared=True)  # one sandbox to ask
     tokenizer = ByteTokenizer()
     suite = load_suite("toy_terminal")
     runner = EpisodeRunner(
@@ -154,6 +154,7 @@ async def _overhead_once(episodes: int) -> dict[str, Any]:
     steps = timing.steps
     harness = timing.total_s - timing.policy_s - timing.env_s
     beyond_policy = 1000 * (timing.total_s - timing.policy_s) / steps
+    warm_step = 1000 * summarize(own)["mean"]
     return {
         "episodes": episodes,
         "steps": steps,
@@ -163,9 +164,9 @@ async def _overhead_once(episodes: int) -> dict[str, Any]:
             "env.step round trip": 1000 * timing.env_s / steps,
             "harness (lease, reset, render, tokenize, parse)": 1000 * harness / steps,
             "env's own reset + step, in the sandbox": 1000 * in_sandbox / steps,
-            "env's own step, in-process (warm)": 1000 * summarize(own)["mean"],
+            "env's own step, in-process (warm)": warm_step,
             "platform (all but policy and env's own work)": beyond_policy - 1000 * in_sandbox / steps,
-            "platform, against the warm in-process step": beyond_policy - 1000 * summarize(own)["mean"],
+            "platform, against the warm in-process step": beyond_policy - warm_step,
         },
     }
 
