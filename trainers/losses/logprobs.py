@@ -26,7 +26,14 @@ from typing import Any, Literal
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["ChunkedTargetLogprobs", "LogprobImpl", "liger_available", "naive_token_logprobs", "token_logprobs"]
+__all__ = [
+    "ChunkedTargetLogprobs",
+    "LogprobImpl",
+    "liger_available",
+    "liger_usable",
+    "naive_token_logprobs",
+    "token_logprobs",
+]
 
 LogprobImpl = Literal["auto", "chunked", "liger", "naive"]
 
@@ -226,8 +233,8 @@ def _cuda_addmm_out_dtype(device: torch.device) -> bool:
 
 def _resolve_impl(impl: LogprobImpl, hidden_NH: torch.Tensor) -> str:
     if impl == "auto":
-        return "liger" if hidden_NH.is_cuda and liger_available() else "chunked"
-    if impl == "liger" and not (hidden_NH.is_cuda and liger_available()):
+        return "liger" if liger_usable(hidden_NH) else "chunked"
+    if impl == "liger" and not liger_usable(hidden_NH):
         raise RuntimeError(
             "impl='liger' needs a CUDA tensor and liger-kernel with the reduction='none' gradient fix "
             "(linkedin/Liger-Kernel#1298); install `hillclimb[gpu]` with a recent liger-kernel or use impl='chunked'"
@@ -253,6 +260,11 @@ def _liger_function() -> Any | None:
 def liger_available() -> bool:
     """True if the fused Liger path can be used (installed, and new enough to be correct)."""
     return _liger_function() is not None
+
+
+def liger_usable(hidden: torch.Tensor) -> bool:
+    """True if Liger's kernel can take these states: on CUDA, with a correct Liger installed."""
+    return hidden.is_cuda and liger_available()
 
 
 def _liger_token_logprobs(

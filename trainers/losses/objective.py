@@ -23,7 +23,7 @@ from trainers.losses.config import LossConfig, lambda_at
 from trainers.losses.echo import env_cross_entropy, env_mask
 from trainers.losses.fused import fused_token_loss
 from trainers.losses.grpo import grpo_loss
-from trainers.losses.logprobs import liger_available, token_logprobs
+from trainers.losses.logprobs import liger_usable, token_logprobs
 from trainers.roles import Role
 
 __all__ = ["LossBatch", "importance_sampling_loss", "loss_from_hidden", "loss_from_logprobs", "one_vector_advantages"]
@@ -141,7 +141,7 @@ def loss_from_hidden(
 
 def _loss_impl(impl: str, hidden_BTH: torch.Tensor) -> str:
     if impl == "auto":
-        return "liger" if hidden_BTH.is_cuda and liger_available() else "fused"
+        return "liger" if liger_usable(hidden_BTH) else "fused"
     return impl
 
 
