@@ -90,9 +90,8 @@ class FusedLinearTokenLoss(torch.autograd.Function):
         logprobs_N = torch.empty(n, **f32)
         loss = torch.zeros((), **f32)
         need_h, need_w, need_b = (want_grads and ctx.needs_input_grad[i] for i in range(3))
-        grad_h = (
-            torch.empty(hidden_NH.shape, dtype=dtype, device=device) if need_h else None
-        )  # contiguous: mm writes rows
+        # Contiguous whatever the states' strides: mm writes its rows.
+        grad_h = torch.empty(hidden_NH.shape, dtype=dtype, device=device) if need_h else None
         grad_w = torch.zeros(weight_VH.shape, **f32) if need_w else None
         grad_b = torch.zeros(v, **f32) if need_b else None
         w_VH = weight_VH.to(dtype)  # once, not per chunk, if an fp32 head meets bf16 states
