@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import inspect
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class HFPolicy:
         if not limit:
             raise ValueError(f"{type(model).__name__} does not declare max_position_embeddings; pass max_context")
         self.max_context: int = limit
+        self._cache_kwarg = _cache_kwarg(model)
         self._version = 0
         # torch.set_num_threads applies to the calling thread's OpenMP pool: run it on the worker.
         init = functools.partial(torch.set_num_threads, threads) if threads else None
@@ -158,11 +160,17 @@ class HFPolicy:
             input_ids=ids_BL,
             attention_mask=mask_BL,
             position_ids=positions_BL,
-            past_key_values=cache,
             use_cache=True,
+            **{self._cache_kwarg: cache},
             logits_to_keep=1,
         )
         return out.logits[:, -1, :].float()
+
+
+def _cache_kwarg(model: PreTrainedModel) -> str:
+    """What the model's forward calls its KV cache: `cache` from transformers 5.24 on (where
+    `past_key_values` is deprecated), `past_key_values` before, and in models that kept it."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @dataclass(slots=True)
