@@ -1,4 +1,5 @@
-"""Fixtures shared across test packages: local sandboxes under a short root path."""
+"""Fixtures shared across test packages: local sandboxes under a short root path, and what a test
+needs of the machine (root, a Docker engine): skipped on a laptop without it, a failure in CI."""
 
 from __future__ import annotations
 
@@ -44,18 +45,28 @@ def _docker_unavailable() -> str | None:
     return None
 
 
+def _unavailable(requirement: str, message: str) -> None:
+    """Skip on a laptop; fail where HILLCLIMB_REQUIRE_<REQUIREMENT>=1 says it must run (CI)."""
+    if os.environ.get(f"HILLCLIMB_REQUIRE_{requirement.upper()}") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("root") is not None and os.geteuid() != 0:
+        _unavailable("root", "local sandboxes with per-sandbox uids need root")
+
+
 @pytest.fixture(scope="session")
 def docker_engine() -> None:
     """Docker tests run for real; CI (HILLCLIMB_REQUIRE_DOCKER=1) fails without an engine, a laptop skips."""
     why = _docker_unavailable()
-    if why is None:
-        return
-    message = (
-        f"no Docker engine with the hillclimb/sandbox:dev image ({why}); start dockerd and run `hillclimb image build`"
-    )
-    if os.environ.get("HILLCLIMB_REQUIRE_DOCKER") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+    if why is not None:
+        _unavailable(
+            "docker",
+            f"no Docker engine with the hillclimb/sandbox:dev image ({why}); start dockerd and run "
+            "`hillclimb image build`",
+        )
 
 
 @pytest.fixture

@@ -120,6 +120,9 @@ def private_view(keep: list[str], *, tmp_size_mb: int, open_private_homes: bool)
             ancestor = hidden_ancestor(path)
             if ancestor is not None:
                 covers[ancestor] = "mode=0755"
+    # A private directory inside a covered one (a 0700 `mktemp -d` under /tmp) is hidden by the
+    # outer tmpfs already, and no longer exists to be mounted on once that is in place.
+    covers = {d: mode for d, mode in covers.items() if not any(d.startswith(c + os.sep) for c in covers)}
     held = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in kept if any(p.startswith(c + os.sep) for c in covers)]
     for directory, mode in sorted(covers.items()):
         mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, f"{mode},size={tmp_size_mb}m")

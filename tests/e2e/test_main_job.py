@@ -14,7 +14,7 @@ import pytest
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.ray,
-    pytest.mark.skipif(os.geteuid() != 0, reason="local sandboxes with per-sandbox uids need root"),
+    pytest.mark.root,
 ]
 
 REPO = Path(__file__).parents[2]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 
@@ -16,7 +15,7 @@ from trainers.trajectory import DoneReason, TrajectoryGroup
 
 pytestmark = [
     pytest.mark.ray,
-    pytest.mark.skipif(os.geteuid() != 0, reason="local sandboxes with per-sandbox uids need root"),
+    pytest.mark.root,
 ]
 
 

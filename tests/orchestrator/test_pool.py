@@ -17,7 +17,7 @@ from providers.base import SandboxSpec
 from providers.errors import SandboxDiedError
 from providers.local import LocalProvider
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="local sandboxes with per-sandbox uids need root")
+pytestmark = pytest.mark.root
 
 
 def _metric(name: str, **labels: str) -> float:

@@ -25,7 +25,7 @@ from envs.toy_terminal.tasks import SUITE
 pytestmark = [
     pytest.mark.ray,
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="local sandboxes with per-sandbox uids need root"),
+    pytest.mark.root,
 ]
 
 REPO = Path(__file__).parents[2]

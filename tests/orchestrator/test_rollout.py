@@ -24,7 +24,7 @@ from trainers.roles import Role
 from trainers.tokenizer import ByteTokenizer
 from trainers.trajectory import DoneReason, Trajectory
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="local sandboxes with per-sandbox uids need root")
+pytestmark = pytest.mark.root
 
 TOKENIZER = ByteTokenizer()
 

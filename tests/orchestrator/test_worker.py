@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from orchestrator.schedule import round_of_groups
 from orchestrator.workers import RolloutWorker, WorkerClosedError
 from tests.orchestrator.helpers import SlowScriptedPolicy
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="local sandboxes with per-sandbox uids need root")
+pytestmark = pytest.mark.root
 
 
 async def test_closing_a_worker_cancels_its_groups_before_their_sandboxes(

@@ -22,9 +22,7 @@ from providers.probe import probe
 
 LIMITS_ENV = "tests.providers.limits_env:LimitsEnv"
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="these tests run sandboxes as per-sandbox uids, which needs root"
-)
+pytestmark = pytest.mark.root
 
 
 def _uid_pids(uid: int) -> set[int]:
@@ -200,3 +198,55 @@ async def test_sandboxes_die_with_a_sigkilled_driver(sandbox_root: Path) -> None
     await leftover.destroy(info["id"])
     assert await leftover.list() == []
     await leftover.close()
+
+
+FROM_A_CHECKOUT = """
+import asyncio, json, sys
+import providers.local
+from envs.client import EnvClient
+from providers.base import SandboxSpec
+from providers.local import LocalProvider
+
+async def main():
+    provider = LocalProvider(root=sys.argv[1])
+    try:
+        sandbox = await provider.create(SandboxSpec(env="toy_terminal"))
+        await provider.wait_ready(sandbox, timeout_s=20)
+        async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as env:
+            result = await env.reset(seed=0)
+        print(json.dumps({"code": providers.local.__file__, "observation": result.observation}))
+    finally:
+        await provider.close()
+
+asyncio.run(main())
+"""
+
+
+def test_sandboxes_start_from_a_checkout_anywhere(sandbox_root: Path, tmp_path: Path) -> None:
+    """A clone in a private `mktemp -d` under /tmp (which the sandbox covers with its own tmpfs),
+    run from an unrelated working directory: the sandbox still sees the code it was forked from."""
+    import shutil
+    import tempfile
+
+    repo = Path(__file__).resolve().parents[2]
+    private = Path(tempfile.mkdtemp())  # 0700, like `mktemp -d`
+    try:
+        checkout = private / "clone"
+        for package in ("envs", "providers"):
+            shutil.copytree(repo / package, checkout / package, ignore=shutil.ignore_patterns("__pycache__"))
+        elsewhere = tmp_path / "cwd"
+        elsewhere.mkdir(mode=0o700)
+        done = subprocess.run(
+            [sys.executable, "-c", FROM_A_CHECKOUT, str(sandbox_root)],
+            cwd=elsewhere,
+            env={**os.environ, "PYTHONPATH": str(checkout)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        reply = json.loads(done.stdout)
+        assert reply["code"] == str(checkout / "providers" / "local" / "__init__.py")
+        assert reply["observation"]["prompt"], reply
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
