@@ -6,13 +6,17 @@ BIN := $(VENV)/bin
 # install their own torch; the project's range stays open.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv images run test lint bench clean
+.PHONY: venv images run test test-latest lint lock bench clean
 
-$(BIN)/hillclimb: pyproject.toml
+# The dev/CI/main-job install comes from requirements.lock (every package pinned, with hashes);
+# the package itself goes in on top, editable and without dependencies of its own.
+$(BIN)/hillclimb: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/pip install --quiet -e ".[train,docker,dev]"
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
 	touch $@
 
 venv: $(BIN)/hillclimb
@@ -30,14 +34,32 @@ images: venv
 		PYTHON=$(BIN)/python bash docker/build_sandbox_image.sh; \
 	else echo "no Docker engine here: Docker tests will skip"; fi
 
-test: venv images
-	$(BIN)/ruff check .
-	$(BIN)/lint-imports
+test: lint images
 	$(BIN)/python -m pytest
 
 lint: venv
+	$(BIN)/python .ci/lockfile.py check "$(TORCH_PIN)"
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+
+# Re-resolve requirements.lock to the newest versions pyproject.toml's ranges allow (uv).
+# uv comes in a venv of its own: the lock must be makeable before the main venv exists.
+LOCKER := .venv-lock
+lock:
+	test -x $(LOCKER)/bin/uv || { $(PYTHON) -m venv $(LOCKER) && $(LOCKER)/bin/pip install --quiet uv; }
+	PATH="$(abspath $(LOCKER)/bin):$$PATH" $(LOCKER)/bin/python .ci/lockfile.py make "$(TORCH_PIN)"
+
+# The suite against the newest releases the ranges allow, not the lock: run it on demand to see
+# what the next `make lock` would bring. Its own venv, rebuilt each time.
+LATEST := .venv-latest
+test-latest: images
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	$(LATEST)/bin/pip install --quiet "$(TORCH_PIN)"
+	$(LATEST)/bin/pip install --quiet --upgrade -e ".[train,docker,dev]"
+	$(LATEST)/bin/pip list --format=freeze > $(LATEST)/versions.txt
+	$(LATEST)/bin/python -m pytest
 
 bench: venv images
 	$(BIN)/python -m bench.env_step
@@ -47,4 +69,4 @@ bench: venv images
 	$(BIN)/python -m bench.echo_loss
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LATEST) $(LOCKER) *.egg-info .pytest_cache

@@ -6,7 +6,8 @@
 #               python:3.11-slim where a registry is reachable)
 #       --tag   image tag (default hillclimb/sandbox:dev)
 #
-# The wheels are the project's base install only (pydantic, typer, rich, pyyaml and their deps), never
+# The wheels are the project's base install only (pydantic, typer, rich, pyyaml and their deps, at the
+# versions requirements.lock pins), never
 # the `train` extra, so no torch or Ray reaches the image. $PYTHON (default .venv/bin/python) builds
 # them and must be the base image's Python minor version, 3.11, for pydantic-core's binary wheel to fit.
 set -euo pipefail
@@ -26,7 +27,10 @@ python=${PYTHON:-$repo/.venv/bin/python}
 
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
-"$python" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$ctx/wheels" "$repo"
+# The versions of requirements.lock, so the image serves with what the tests ran.
+grep -oE '^[A-Za-z0-9][A-Za-z0-9._-]*==[^ \\;]+' "$repo/requirements.lock" >"$ctx/constraints.txt"
+"$python" -m pip wheel --quiet --disable-pip-version-check --constraint "$ctx/constraints.txt" \
+    --wheel-dir "$ctx/wheels" "$repo"
 echo "build_sandbox_image.sh: wheels: $(cd "$ctx/wheels" && echo *)"
 # The label names the environment code inside; the Docker provider refuses an image whose label
 # differs from the code it runs beside (envs/digest.py).
