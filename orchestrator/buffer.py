@@ -16,9 +16,12 @@ import asyncio
 import collections
 from typing import Any
 
+from prometheus_client.metrics_core import Metric
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator import metrics
 from orchestrator.ledger import Ledger
+from orchestrator.metrics_hub import local_families
 from trainers.trajectory import TrajectoryGroup
 
 
@@ -55,6 +58,8 @@ class TrajectoryBuffer:
         return self.version - group.policy_version <= self.config.max_staleness
 
     def _notify(self) -> None:
+        """The queue changed: wake whoever waits on it, and the depth gauge follows."""
+        metrics.BUFFER_DEPTH.set(len(self._queue))
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -103,6 +108,10 @@ class TrajectoryBuffer:
     def _drop(self, groups: list[TrajectoryGroup]) -> None:
         self.ledger.record([g.group_id for g in groups], "dropped", reason="stale", version=self.version)
         self.counts["dropped_stale"] += len(groups)
+
+    def metrics(self) -> list[Metric]:
+        """The buffer process's figures (depth), for the driver's /metrics."""
+        return local_families()
 
     def stats(self) -> dict[str, Any]:
         return {"depth": len(self._queue), "version": self.version, **self.counts, "staleness": dict(self.staleness)}

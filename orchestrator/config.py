@@ -34,6 +34,9 @@ class RunSection(_Section):
     """Seeds task order, episode seeds and sampling: the same config repeats the same run."""
     resume: bool = True
     """Continue the run in `<dir>/<name>` if it exists (its ledger and checkpoints), instead of failing."""
+    metrics_port: int | None = Field(default=0, ge=0)
+    """Prometheus /metrics of the whole run (driver and every Ray actor's figures), on 127.0.0.1:
+    0 picks a free port, None serves none."""
 
 
 class EnvSection(_Section):
@@ -67,8 +70,6 @@ class RaySection(_Section):
     """Cluster to join (also $RAY_ADDRESS); None starts a local Ray."""
     num_workers: int = Field(default=2, ge=1)
     """RolloutWorker actors."""
-    create_rate_per_s: float = Field(default=20.0, gt=0)
-    """Sandbox creations per second across the whole cluster."""
 
 
 class EvalSection(_Section):
@@ -99,8 +100,6 @@ class TrainSection(_Section):
     checkpoint_every: int = Field(default=50, ge=1)
     time_budget_s: float | None = Field(default=None, gt=0)
     """Stop RL early once the run has taken this long (the final evaluation still runs)."""
-    metrics_port: int | None = Field(default=0, ge=0)
-    """Prometheus /metrics port: 0 picks a free one, None serves none."""
 
 
 class RunConfig(_Section):

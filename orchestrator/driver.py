@@ -5,7 +5,9 @@
                  └─ worker died ──► a new worker takes its index; its groups run again
 
 A group is re-run whole, with the same seeds, so a re-run is the same episodes again;
-the ledger keys groups by id, so a group recorded twice is still one group.
+the ledger keys groups by id, so a group recorded twice is still one group. A group that
+raises a hillclimb error (a refused token, a provider that cannot make sandboxes) stops the
+run with that error. Every worker reports its metrics through the driver's `/metrics`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from envs.errors import HillclimbError
 from orchestrator.config import RunConfig
+from orchestrator.metrics_hub import HUB
 from orchestrator.schedule import GroupSpec
 from orchestrator.workers import CreateRateLimiter, RemoteRateLimiter, RolloutWorker
 from trainers.policy.base import SamplingParams
@@ -66,7 +70,7 @@ class RolloutDriver:
 
         connect_ray(self.config.ray.address)
         self._limiter = ray.remote(num_cpus=0)(CreateRateLimiter).remote(
-            self.config.ray.create_rate_per_s, burst=max(1, self.config.pool.max_starting)
+            self.config.pool.create_rate_per_s, burst=max(1, self.config.pool.max_starting)
         )
         self.workers = [self._new_worker(i) for i in range(self.config.ray.num_workers)]
 
@@ -74,13 +78,15 @@ class RolloutDriver:
         import ray
 
         actor = ray.remote(num_cpus=0, max_concurrency=4096, max_restarts=0)(RolloutWorker)
-        return actor.remote(
+        worker = actor.remote(
             self.config,
             worker_index=index,
             policy=self.policy,
             policy_server=self.policy_server,
             rate_limiter=RemoteRateLimiter(self._limiter),
         )
+        HUB.watch(f"worker-{index}", worker)
+        return worker
 
     async def run_groups(
         self,
@@ -93,7 +99,7 @@ class RolloutDriver:
         """Run the groups (drawn lazily: an endless iterator is fine) and call `on_group` as each
         completes, in completion order. `sampling` overrides the episodes' sampling (evaluation)."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, RayTaskError
 
         limit = in_flight or max(1, self.config.rollout.concurrency // self.config.rollout.group_size)
         pending = iter(groups)
@@ -119,6 +125,10 @@ class RolloutDriver:
                     busy[index] -= 1
                     try:
                         result = future.result()
+                    except RayTaskError as e:  # the group raised: a run-stopping error, say what to fix
+                        if isinstance(e.cause, HillclimbError):
+                            raise e.cause from None
+                        raise
                     except RayActorError as e:
                         attempts[group.group_id] = attempts.get(group.group_id, 0) + 1
                         if attempts[group.group_id] >= self.max_group_attempts:
@@ -145,10 +155,6 @@ class RolloutDriver:
         self.workers[index] = self._new_worker(index)
         self.worker_restarts += 1
 
-    async def broadcast_weights(self, version: int, weights: Any) -> None:
-        """Send new weights to every worker's in-process policy (unused with a policy server)."""
-        await asyncio.gather(*(_await(w.update_weights.remote(version, weights)) for w in self.workers))
-
     async def close(self) -> None:
         import ray
 
@@ -158,6 +164,8 @@ class RolloutDriver:
             except Exception as e:  # a dead worker's sandboxes died with it
                 log.warning("closing a worker failed: %s", e)
             ray.kill(worker)
+        for index in range(len(self.workers)):
+            HUB.forget(f"worker-{index}")
         if self._limiter is not None:
             ray.kill(self._limiter)
 

@@ -58,10 +58,12 @@ async def evaluate(
 
     if todo:
         driver = RolloutDriver(config)
+        lag_monitor = metrics.start_loop_lag_monitor()
         await driver.start()
         try:
             await driver.run_groups(todo, on_group)
         finally:
             await driver.close()
+            lag_monitor.cancel()
     trajectories = [t for g in groups for t in ledger.read_group(g.group_id).trajectories]
     return summarize(trajectories, config.eval.k)

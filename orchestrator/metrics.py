@@ -1,17 +1,18 @@
-"""Prometheus metrics of the driver: sandboxes, leases, failures, event-loop lag.
+"""Prometheus metrics of a run: sandboxes, leases, failures, episodes, the buffer, event-loop lag.
 
-Metrics live in prometheus_client's default registry, labelled by provider and
-environment, so several pools in one process share one `/metrics` endpoint
-(`serve_metrics(port)`).
+Metrics live in each process's default registry, labelled by provider and environment, so
+several pools in one process add up; the driver's `/metrics` gathers every process's figures
+(`orchestrator.metrics_hub`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 from trainers.roles import Role
 from trainers.trajectory import TrajectoryGroup
@@ -58,14 +59,23 @@ def record_group(group: TrajectoryGroup) -> None:
             TOKENS.labels(env=t.env, role=Role(role).name).inc(count)
 
 
-def serve_metrics(port: int, addr: str = "127.0.0.1") -> None:
-    """Expose `/metrics` over HTTP (a daemon thread)."""
-    start_http_server(port, addr=addr)
+def start_loop_lag_monitor(interval_s: float = 0.5) -> asyncio.Task[None]:
+    """Measure the running event loop's lag until the task is cancelled: a blocked loop shows
+    up here before anywhere else."""
+    task = asyncio.get_running_loop().create_task(_monitor_loop_lag(interval_s), name="loop-lag-monitor")
+    task.add_done_callback(_report_unexpected_end)
+    return task
 
 
-async def monitor_loop_lag(interval_s: float = 0.5) -> None:
-    """Measure event-loop lag forever: a blocked loop shows up here before anywhere else."""
+async def _monitor_loop_lag(interval_s: float) -> None:
     while True:
         start = time.perf_counter()
         await asyncio.sleep(interval_s)
         LOOP_LAG.set(max(0.0, time.perf_counter() - start - interval_s))
+
+
+def _report_unexpected_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        logging.getLogger("hillclimb.orchestrator.metrics").error(
+            "the event-loop lag monitor stopped", exc_info=task.exception()
+        )

@@ -46,7 +46,8 @@ class PoolConfig(BaseModel):
     max_starting: int = Field(default=8, ge=1)
     """Sandboxes being created at once (separate from max_total: avoids creation storms)."""
     create_rate_per_s: float = Field(default=20.0, gt=0)
-    """Sustained sandbox creations per second (token bucket; bursts up to max_starting)."""
+    """Sustained sandbox creations per second (token bucket; bursts up to max_starting). Under Ray,
+    one bucket for the whole run, shared by every worker."""
     sessions_per_sandbox: int = Field(default=16, ge=1)
     """Leases one sandbox serves at once, when its environment allows concurrent sessions."""
     max_waiters: int = Field(default=4096, ge=1)
@@ -59,8 +60,12 @@ class PoolConfig(BaseModel):
     min_remaining_ttl_s: float = Field(default=120.0, ge=0)
     """A sandbox this close to its time-to-live is retired instead of leased."""
     create_retry_delay_s: float = Field(default=1.0, ge=0)
+    """Wait after a create failed with a retryable error, doubling with each failure in a row (at
+    least the error's own `delay_s`, e.g. a provider's Retry-After), up to `create_retry_max_delay_s`."""
+    create_retry_max_delay_s: float = Field(default=30.0, ge=0)
     max_consecutive_failures: int = Field(default=3, ge=1)
-    """Creates failing in a row before the pool gives up and fails every lease with the last error."""
+    """Retryable create failures in a row after which leases fail at once with the last error instead
+    of waiting; creates go on at the backoff's pace, and the first success ends it."""
 
 
 class PoolClosedError(HillclimbError, RuntimeError):
@@ -162,7 +167,10 @@ class SandboxPool:
         self._destroying = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._fatal: ProviderError | None = None
+        self._fatal: FatalProviderError | None = None
+        """Set for good: retrying cannot help (a bad spec or image)."""
+        self._failing: RetryableProviderError | None = None
+        """Set after `max_consecutive_failures` retryable failures in a row, until a create succeeds."""
         self._failures_in_a_row = 0
         self._closed = False
         # Resolved once: `labels()` on every lease costs more than the rest of the lease.
@@ -285,6 +293,10 @@ class SandboxPool:
             raise PoolClosedError("the sandbox pool is closed")
         if self._fatal is not None:
             raise self._fatal
+        if self._failing is not None:
+            if self._starting == 0 and self._can_start():  # keep trying, at the backoff's pace
+                self._start_one()
+            raise self._failing
 
     # -- growing --------------------------------------------------------------------------
 
@@ -316,20 +328,32 @@ class SandboxPool:
                 await self._destroy(sandbox)
                 return
             self._slots.append(_Slot(sandbox, self.capacity, checked_at=time.monotonic()))
-            self._failures_in_a_row = 0
+            n_failed = self._failures_in_a_row
+            if self._failing is not None:
+                log.warning("creating %s sandboxes works again after %d failures", self.spec.env, n_failed)
+            self._failures_in_a_row, self._failing = 0, None
         except FatalProviderError as e:
+            log.error("creating a %s sandbox failed, and retrying cannot help: %s", self.spec.env, e)
             self._fatal = e
         except RetryableProviderError as e:
-            self._failures_in_a_row += 1
-            if self._failures_in_a_row >= self.config.max_consecutive_failures:
-                self._fatal = e  # deterministic after all (a bad env target, say): stop retrying
-            else:
-                log.warning("creating a %s sandbox failed (will retry): %s", self.spec.env, e)
-                await asyncio.sleep(self.config.create_retry_delay_s)
+            await self._back_off(e)
         finally:
             self._starting -= 1
             self._wake_all()
         self._replenish()
+
+    async def _back_off(self, error: RetryableProviderError) -> None:
+        """After a retryable failure: wait (holding the starting slot, so no storm of creates
+        follows), exponentially longer with each failure in a row, and at least as long as the
+        error asks. Past `max_consecutive_failures` leases fail fast until a create succeeds."""
+        self._failures_in_a_row += 1
+        n, cfg = self._failures_in_a_row, self.config
+        delay = min(max(cfg.create_retry_delay_s * 2 ** (n - 1), error.delay_s), cfg.create_retry_max_delay_s)
+        if n >= cfg.max_consecutive_failures:
+            self._failing = error
+            self._wake_all()  # waiting leases fail now rather than at their deadlines
+        log.warning("creating a %s sandbox failed (%d in a row; retry in %.3g s): %s", self.spec.env, n, delay, error)
+        await asyncio.sleep(delay)
 
     async def _create_ready(self) -> Sandbox:
         labels = {"provider": self.provider.name}

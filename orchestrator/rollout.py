@@ -6,9 +6,15 @@
             env.step(action) ─► observation text tokenized once ─► ENV
       until done, the turn limit, the context budget or the deadline
 
-Every episode ends with a `DoneReason`. A sandbox that dies mid-episode is retried
-on a fresh one (the lease is marked broken); after the retries, or when the policy
-fails, the episode is still recorded, with its reason, so the counts always add up.
+Every episode ends with a `DoneReason`. What went wrong decides what happens next:
+- the sandbox or its connection failed (transport faults): the lease is marked broken and
+  the episode re-run on a fresh sandbox, up to `sandbox_retries` times (`sandbox_error`);
+- the environment raised while its server lived on: the episode ends (`env_error`), and the
+  sandbox goes back to the pool;
+- the policy failed: the episode ends (`policy_error`);
+- the token or the TLS setup was refused, or the provider cannot make sandboxes at all: no
+  retry can mend that, so the error propagates and stops the run, saying what to fix.
+Each recorded episode carries its reason, so the counts always add up.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from envs.client import EnvClient
 from envs.errors import (
+    AuthenticationError,
     CapacityReachedError,
     ConnectionLostError,
     ConnectTimeoutError,
@@ -30,29 +37,33 @@ from envs.errors import (
     FactoryError,
     MessageTimeoutError,
     SessionError,
+    TLSError,
 )
 from envs.errors import ValidationError as ActionRejected
 from envs.tasks import ActionParseError, Task, TaskSuite
 from orchestrator.pool import LeaseTimeoutError, SandboxPool
 from orchestrator.render import Renderer, Transcript
-from providers.errors import ProviderError
+from providers.errors import RetryableProviderError
 from trainers.policy.base import EpisodeInfo, GenerateRequest, Generation, Policy, SamplingParams
 from trainers.trajectory import DoneReason, Trajectory
 
 log = logging.getLogger("hillclimb.orchestrator.rollout")
 
-# What a sandbox (or its connection) failing looks like from here: retried on a fresh one.
-# Validation errors on reset are not among them: they mean a misconfigured task, and surface.
+# Misconfiguration that no fresh sandbox mends: stops the run. Listed apart because both are
+# OSErrors, which the transport faults below would otherwise take in.
+_RUN_STOPPERS = (AuthenticationError, TLSError)
+# The sandbox or its connection failed: the episode is retried on a fresh one. Validation
+# errors on reset are not among them: they mean a misconfigured task, and surface.
 _SANDBOX_FAULTS = (
     ConnectionLostError,
     ConnectTimeoutError,
     MessageTimeoutError,
-    ExecutionError,
     SessionError,
     CapacityReachedError,
-    FactoryError,
     OSError,
 )
+# The environment itself raised (in a step, a reset or its constructor) and its server lives on.
+_ENV_FAULTS = (ExecutionError, FactoryError)
 
 
 class EpisodeConfig(BaseModel):
@@ -102,6 +113,10 @@ class _SandboxFailed(Exception):
 
 
 class _PolicyFailed(Exception):
+    pass
+
+
+class _EnvFailed(Exception):
     pass
 
 
@@ -157,6 +172,9 @@ class EpisodeRunner:
             except _PolicyFailed as e:
                 log.warning("episode %s/%d: policy failed: %s", spec.group_id, spec.sample_index, e)
                 reason = DoneReason.POLICY_ERROR
+            except _EnvFailed as e:
+                log.warning("episode %s/%d: the environment failed: %s", spec.group_id, spec.sample_index, e)
+                reason = DoneReason.ENV_ERROR
             except _SandboxFailed as e:
                 log.warning(
                     "episode %s/%d: sandbox failed (attempt %d of %d): %s",
@@ -177,7 +195,7 @@ class EpisodeRunner:
         spec = episode.spec
         try:
             lease = await self.pool.lease(self.config.lease_timeout_s)
-        except (LeaseTimeoutError, ProviderError) as e:
+        except (LeaseTimeoutError, RetryableProviderError) as e:  # a fatal one stops the run
             raise _SandboxFailed(f"no sandbox: {e}") from e
         async with lease:
             # A session kept from an earlier episode on this sandbox saves a handshake and an
@@ -191,11 +209,17 @@ class EpisodeRunner:
                 await env.send_reset(seed=spec.seed, task_id=spec.task.id)
                 reason = await self._turns(episode, env, timing, sampling)
                 await env.settle()  # an episode that never stepped still learns whether its reset worked
+            except _RUN_STOPPERS:
+                await env.close()
+                raise
             except _SANDBOX_FAULTS as e:
                 fault = f"{type(e).__name__}: {e}"
                 lease.mark_broken(fault)
                 await env.close()
                 raise _SandboxFailed(fault) from e
+            except _ENV_FAULTS as e:  # the sandbox is sound: it goes back to the pool, the session does not
+                await env.close()
+                raise _EnvFailed(f"{type(e).__name__}: {e}") from e
             except BaseException:
                 await env.close()
                 raise

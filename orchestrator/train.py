@@ -27,6 +27,7 @@ from orchestrator import metrics as prom
 from orchestrator.config import RunConfig
 from orchestrator.driver import RolloutDriver, connect_ray
 from orchestrator.ledger import Ledger
+from orchestrator.metrics_hub import HUB
 from orchestrator.schedule import GroupSpec, endless_groups, round_of_groups
 from trainers.trajectory import Trajectory, TrajectoryGroup
 
@@ -258,6 +259,7 @@ class Trainer:
 
         cfg = self.config
         self.started = time.monotonic()
+        lag_monitor = prom.start_loop_lag_monitor()
         connect_ray(cfg.ray.address)
         oracle = await self._oracle_transcripts()
         learners = LearnerGroup(self.model_config, cfg.learner)
@@ -280,6 +282,7 @@ class Trainer:
             buffer = ray.remote(num_cpus=0, max_concurrency=64)(TrajectoryBuffer).remote(
                 str(self.run_dir), cfg.buffer, version=self.version, resume_step=self.step if resumed else None
             )
+            HUB.watch("buffer", buffer)
             if not resumed:
                 await self._evaluate(learners, driver, oracle, "eval")
             groups = self._train_groups()
@@ -311,7 +314,9 @@ class Trainer:
             learners.shutdown()
             ray.kill(policy_server)
             if buffer is not None:
+                HUB.forget("buffer")
                 ray.kill(buffer)
+            lag_monitor.cancel()
         return self._finish(time.monotonic() - self.started)
 
     async def _checkpoint(self, learners: Any) -> None:

@@ -17,15 +17,22 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from prometheus_client.metrics_core import Metric
+
 from orchestrator.config import RunConfig
+from orchestrator.metrics import start_loop_lag_monitor
+from orchestrator.metrics_hub import local_families
 from orchestrator.pool import PoolConfig, SandboxPool
 from orchestrator.ratelimit import RateLimiter, TokenBucket
 from orchestrator.render import PlainTextRenderer, Renderer
 from orchestrator.rollout import EpisodeRunner
 from orchestrator.schedule import GroupSpec
 from trainers.policy.base import GenerateRequest, Generation, Policy, SamplingParams
+from trainers.policy.batching import MicroBatcher
 from trainers.tokenizer import Tokenizer
 from trainers.trajectory import TrajectoryGroup
+
+_Item = tuple[GenerateRequest, SamplingParams]
 
 
 class WorkerClosedError(RuntimeError):
@@ -53,12 +60,24 @@ class RemoteRateLimiter:
 
 
 class RemotePolicy:
-    """`Policy` backed by a policy-server actor handle; the tokenizer stays local."""
+    """`Policy` backed by a policy-server actor handle; the tokenizer stays local.
 
-    def __init__(self, handle: Any, tokenizer: Tokenizer) -> None:
+    The worker's episodes ask one turn at a time, each on its own; their requests go to the
+    server together, one Ray call per batch (per sampling setting). Sent one by one, they
+    reached the server spread over ~10 ms by the Ray calls themselves (measured on 2 cores),
+    and its batcher decoded one turn of 8 episodes in two or three passes instead of one.
+    The batch window is wider than the server's: groups the driver sends a few ms apart
+    start their episodes that far apart, and would otherwise stay out of step all run."""
+
+    def __init__(
+        self, handle: Any, tokenizer: Tokenizer, *, max_wait_s: float = 0.005, max_window_s: float = 0.025
+    ) -> None:
         self._handle = handle
         self._tokenizer = tokenizer
         self._version = 0
+        self._batcher: MicroBatcher[_Item, Generation | Exception] = MicroBatcher(
+            self._call, max_batch=4096, max_wait_s=max_wait_s, max_window_s=max_window_s, thread_name="remote-policy"
+        )
 
     @property
     def version(self) -> int:
@@ -69,9 +88,37 @@ class RemotePolicy:
         return self._tokenizer
 
     async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
-        generations = await self._handle.generate.remote(requests, sampling)
+        outcomes = await self._batcher.submit([(request, sampling) for request in requests])
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
+        generations: list[Generation] = outcomes  # type: ignore[assignment]
         self._version = max([self._version, *(g.version for g in generations)])
         return generations
+
+    async def _call(self, items: list[_Item]) -> list[Generation | Exception]:
+        """One batch: a server call per distinct sampling setting, all in flight at once. A call
+        that fails is retried request by request, so only the requests at fault get its error."""
+        by_sampling: dict[SamplingParams, list[int]] = {}
+        for i, (_, sampling) in enumerate(items):
+            by_sampling.setdefault(sampling, []).append(i)
+        groups = [[items[i] for i in rows] for rows in by_sampling.values()]
+        answers = await asyncio.gather(*(self._send(group) for group in groups))
+        outcomes: list[Generation | Exception] = [RuntimeError("unanswered")] * len(items)
+        for rows, group, answer in zip(by_sampling.values(), groups, answers, strict=True):
+            if isinstance(answer, Exception):
+                alone = await asyncio.gather(*(self._send([item]) for item in group)) if len(group) > 1 else [answer]
+                answer = [a if isinstance(a, Exception) else a[0] for a in alone]
+            for i, outcome in zip(rows, answer, strict=True):
+                outcomes[i] = outcome
+        return outcomes
+
+    async def _send(self, items: list[_Item]) -> list[Generation] | Exception:
+        """One server call for requests sharing a sampling setting: its generations, or its error."""
+        try:
+            return await self._handle.generate.remote([request for request, _ in items], items[0][1])
+        except Exception as e:
+            return e
 
     async def update_weights(self, version: int, weights: Mapping[str, Any]) -> None:
         await self._handle.update_weights.remote(version, weights)
@@ -111,6 +158,7 @@ class RolloutWorker:
         self._start_lock = asyncio.Lock()
         self._running: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._lag_monitor: asyncio.Task[None] | None = None
 
     async def _ensure_started(self) -> EpisodeRunner:
         async with self._start_lock:
@@ -126,6 +174,7 @@ class RolloutWorker:
         from trainers.policy.config import load_tokenizer, make_policy
 
         cfg = self.config
+        self._lag_monitor = start_loop_lag_monitor()
         env_cls = resolve_env_class(cfg.env.name)
         shared = bool(getattr(env_cls, "SUPPORTS_CONCURRENT_SESSIONS", False))
         spec = SandboxSpec(
@@ -182,6 +231,11 @@ class RolloutWorker:
         """Groups running on this worker now."""
         return len(self._running)
 
+    def metrics(self) -> list[Metric]:
+        """This worker's figures (its pool's sandboxes, leases, failures; its event loop's lag),
+        for the driver's /metrics."""
+        return local_families()
+
     async def close(self) -> None:
         """Refuse new groups, cancel the ones still running, then destroy the sandboxes: an
         episode left running would see its sandbox vanish and be recorded (and logged) as a
@@ -195,6 +249,8 @@ class RolloutWorker:
             await self._pool.close()
         if self._provider is not None:
             await self._provider.close()
+        if self._lag_monitor is not None:
+            self._lag_monitor.cancel()
 
     def ping(self) -> int:
         return self.worker_index

@@ -34,6 +34,7 @@ from envs.digest import IMAGE_LABEL, envs_digest
 from providers.base import LABEL_CREATED, LABEL_RUN, InflightCalls, Sandbox, SandboxSpec, utc_from_timestamp
 from providers.errors import (
     BadSpecError,
+    CapacityError,
     FatalProviderError,
     ProviderError,
     ReadyTimeoutError,
@@ -55,15 +56,33 @@ def default_root() -> Path:
 
 
 def _translate(e: Exception, what: str) -> ProviderError:
-    """Docker SDK errors → typed provider errors (messages truncated, never with secrets)."""
+    """Docker SDK errors → typed provider errors (messages truncated, never with secrets).
+
+    429 (too many requests) and 409 (a conflict, e.g. a container still being removed) pass
+    with time: retryable, after the engine's Retry-After when it sends one. Other 4xx refuse
+    the spec itself."""
     detail = str(getattr(e, "explanation", None) or e)[:500]
     if isinstance(e, docker.errors.ImageNotFound):
         return BadSpecError(f"{what}: image not found ({detail}); build it with `hillclimb image build`")
-    if isinstance(e, docker.errors.APIError) and e.status_code is not None and 400 <= e.status_code < 500:
+    status = e.status_code if isinstance(e, docker.errors.APIError) else None
+    if status == 429:
+        return CapacityError(f"{what}: the Docker engine is at capacity: {detail}", delay_s=_retry_after(e))
+    if status == 409:
+        return RetryableProviderError(f"{what}: conflict in the Docker engine: {detail}", delay_s=_retry_after(e))
+    if status is not None and 400 <= status < 500:
         return BadSpecError(f"{what}: the engine refused the spec: {detail}")
     if isinstance(e, (docker.errors.APIError, requests.exceptions.ConnectionError, docker.errors.DockerException)):
         return RetryableProviderError(f"{what}: Docker engine error: {detail}", delay_s=1.0)
     return FatalProviderError(f"{what}: {type(e).__name__}: {detail}")
+
+
+def _retry_after(e: docker.errors.APIError, default_s: float = 1.0) -> float:
+    """The response's Retry-After in seconds (the delta form), else `default_s`."""
+    raw = e.response.headers.get("Retry-After") if e.response is not None else None
+    try:
+        return max(0.0, float(raw)) if raw is not None else default_s
+    except ValueError:  # an HTTP date: rare from an engine, and the backoff covers it
+        return default_s
 
 
 class DockerProvider:

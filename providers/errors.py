@@ -1,8 +1,8 @@
 """Typed provider errors: retryable (capacity, transient API trouble) versus fatal (bad spec).
 
 Providers translate their SDK's errors into these at the boundary, chained with `from e`.
-Callers decide by type: a pool retries `RetryableProviderError` after `delay_s` and gives
-up at once on `FatalProviderError`.
+Callers decide by type: a pool retries `RetryableProviderError` with backoff (never sooner
+than its `delay_s`) and gives up for good at once on `FatalProviderError`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ class ProviderError(HillclimbError):
 
 
 class RetryableProviderError(ProviderError):
-    """Worth retrying after `delay_s` seconds: capacity, rate limits, a transient API error."""
+    """Worth retrying: capacity, rate limits, a transient API error. Pass `delay_s` when the
+    provider says how long to wait (a Retry-After); a pool never retries sooner."""
 
-    delay_s: float = 1.0
+    delay_s: float = 0.0
+    """The least wait before a retry (0: the caller's own backoff decides)."""
 
 
 class FatalProviderError(ProviderError):

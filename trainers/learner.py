@@ -110,6 +110,7 @@ class Learner:
     ) -> None:
         import torch
 
+        from trainers.models.head import check_lm_head
         from trainers.models.load import load_model
 
         self.config = config
@@ -119,6 +120,7 @@ class Learner:
         torch.manual_seed(config.seed)
         self.device = torch.device(config.device)
         model, self.tokenizer = load_model(model_config, self.device)
+        check_lm_head(model)  # the losses apply the head themselves: its logits must be hidden · Wᵀ + b
         model.train()
         self.model = model  # the unwrapped module: what checkpoints and policy engines see
         self.module = self._distribute(_TrunkAndHead.build(model), init_method)
@@ -210,6 +212,7 @@ class Learner:
     ) -> dict[str, float]:
         """Forward and backward of one micro-batch; gradients add up until the optimizer step."""
         from trainers.losses import loss_from_hidden
+        from trainers.models.head import lm_head
 
         ids, mask, batch = to_loss_batch(micro, totals, pad_id=self.tokenizer.pad_token_id, device=self.device)
         if imitate:
@@ -219,9 +222,11 @@ class Learner:
         no_sync = self.module.no_sync() if not last and hasattr(self.module, "no_sync") else contextlib.nullcontext()
         with no_sync, self._autocast():
             hidden = self._hidden(ids, mask)
-            head = self.model.get_output_embeddings().weight
+            head_weight, head_bias = lm_head(self.model)
             loss_config = _IMITATION if imitate else self.config.loss
-            loss, metrics = loss_from_hidden(hidden[:, :-1], head, batch, loss_config, step=step)
+            loss, metrics = loss_from_hidden(
+                hidden[:, :-1], head_weight, batch, loss_config, step=step, lm_head_bias_V=head_bias
+            )
             (loss * weight * self.world_size).backward()  # DDP averages over ranks; the step's loss is their sum
         return {k: float(v) for k, v in metrics.items()}
 
@@ -233,6 +238,7 @@ class Learner:
         import torch
 
         from trainers.losses import token_logprobs
+        from trainers.models.head import lm_head
         from trainers.roles import Role
 
         if self.reference is None:
@@ -240,9 +246,9 @@ class Learner:
         action = batch.roles_BT == Role.ACTION
         with torch.no_grad(), self._autocast():
             hidden = self.reference.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
-            head = self.reference.get_output_embeddings().weight
+            weight, bias = lm_head(self.reference)
             logp = token_logprobs(
-                hidden[action], head, batch.targets_BT[action], temperature=self.config.loss.temperature
+                hidden[action], weight, batch.targets_BT[action], bias, temperature=self.config.loss.temperature
             )
         return torch.zeros(action.shape, dtype=torch.float32, device=self.device).masked_scatter(action, logp)
 
@@ -251,7 +257,7 @@ class Learner:
         with self._autocast():
             ids = self.device_tensor([[self.tokenizer.pad_token_id]])
             hidden = self._hidden(ids, self.device_tensor([[1]]))
-            (hidden.sum() * 0.0 + head.weight.sum() * 0.0).backward()
+            (hidden.sum() * 0.0 + sum(p.sum() for p in head.parameters()) * 0.0).backward()  # bias too, if any
 
     def device_tensor(self, rows: list[list[int]]) -> Any:
         import torch
@@ -271,10 +277,11 @@ class Learner:
         import torch
 
         from trainers.losses import token_logprobs
+        from trainers.models.head import lm_head
         from trainers.roles import Role
 
         total, count = 0.0, 0
-        head = self.model.get_output_embeddings()
+        weight, bias = lm_head(self.model)
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad(), self._autocast():
@@ -284,7 +291,7 @@ class Learner:
                 )
                 hidden = self._hidden(ids, mask)[:, :-1]
                 env = batch.roles_BT == Role.ENV
-                logp = token_logprobs(hidden[env], head.weight, batch.targets_BT[env])
+                logp = token_logprobs(hidden[env], weight, batch.targets_BT[env], bias)
                 total -= float(logp.sum())
                 count += int(env.sum())
         self.model.train(was_training)

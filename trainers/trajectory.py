@@ -27,6 +27,8 @@ class DoneReason(StrEnum):
     """The episode's deadline passed."""
     SANDBOX_ERROR = "sandbox_error"
     """The sandbox or its connection failed (after retries)."""
+    ENV_ERROR = "env_error"
+    """The environment raised (its server reported an execution or factory error); not retried."""
     POLICY_ERROR = "policy_error"
     """The policy failed or timed out."""
 
@@ -87,8 +89,8 @@ class Trajectory(BaseModel):
 
     @property
     def trainable(self) -> bool:
-        """Failed episodes (sandbox or policy errors) carry no learning signal."""
-        return self.done_reason not in (DoneReason.SANDBOX_ERROR, DoneReason.POLICY_ERROR)
+        """Failed episodes (sandbox, environment or policy errors) carry no learning signal."""
+        return self.done_reason not in (DoneReason.SANDBOX_ERROR, DoneReason.ENV_ERROR, DoneReason.POLICY_ERROR)
 
     def count(self, role: Role) -> int:
         return sum(1 for r in self.roles if r == role)

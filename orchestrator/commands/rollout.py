@@ -19,24 +19,52 @@ AddressOption = Annotated[
     str | None, typer.Option("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray).")
 ]
 DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")]
+MetricsPortOption = Annotated[
+    int | None,
+    typer.Option(help="Serve the run's Prometheus /metrics (driver and every worker) on this port (0: any free one)."),
+]
+
+
+def resolved_config(config: Path, set_: list[str] | None, address: str | None, metrics_port: int | None):  # type: ignore[no-untyped-def]
+    """The run config with the command line's overrides on top (`--set`, `--address`, `--metrics-port`)."""
+    from orchestrator.config import load_config
+
+    overrides = list(set_ or [])
+    if address:
+        overrides.append(f"ray.address={address}")
+    if metrics_port is not None:
+        overrides.append(f"run.metrics_port={metrics_port}")
+    return load_config(config, overrides)
+
+
+def serve_run_metrics(port: int | None) -> None:
+    """Start the run's /metrics (unless `run.metrics_port` is null) and say where it is."""
+    if port is not None:
+        from orchestrator.metrics_hub import serve_metrics
+
+        console.print(f"metrics: {serve_metrics(port)}")
 
 
 @reports_errors
 def rollout(
-    config: ConfigArg, set_: SetOption = None, address: AddressOption = None, dry_run: DryRunOption = False
+    config: ConfigArg,
+    set_: SetOption = None,
+    address: AddressOption = None,
+    dry_run: DryRunOption = False,
+    metrics_port: MetricsPortOption = None,
 ) -> None:
     """Run every task of the evaluation splits G times with the configured policy; print pass@k per split."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from orchestrator.config import load_config
     from orchestrator.evaluate import eval_groups, evaluate, prepare_run_dir
 
-    cfg = load_config(config, list(set_ or []) + ([f"ray.address={address}"] if address else []))
+    cfg = resolved_config(config, set_, address, metrics_port)
     if dry_run:
         console.print_json(json.dumps(cfg.model_dump(mode="json")))
         return
     run_dir = prepare_run_dir(cfg)
+    serve_run_metrics(cfg.run.metrics_port)
     total = len(eval_groups(cfg)) * cfg.rollout.group_size
     columns = (
         TextColumn("[bold]rollout"),

@@ -9,12 +9,17 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.commands.rollout import AddressOption, ConfigArg, DryRunOption, SetOption
+from orchestrator.commands.rollout import (
+    AddressOption,
+    ConfigArg,
+    DryRunOption,
+    MetricsPortOption,
+    SetOption,
+    resolved_config,
+    serve_run_metrics,
+)
 from orchestrator.console import console, reports_errors
 
-MetricsPortOption = Annotated[
-    int | None, typer.Option(help="Serve Prometheus /metrics on this port (0: any free port).")
-]
 AblationOption = Annotated[
     int, typer.Option("--ablation", help="Instead: run ECHO on and off (λ = 0) over this many seeds; print a table.")
 ]
@@ -32,15 +37,10 @@ def train(
     """Train: sandboxed rollouts, GRPO + ECHO learners, held-out evaluation; writes a run directory."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from orchestrator.config import load_config
     from orchestrator.evaluate import prepare_run_dir
-    from orchestrator.metrics import serve_metrics
     from orchestrator.train import Trainer
 
-    overrides = list(set_ or []) + ([f"ray.address={address}"] if address else [])
-    if metrics_port is not None:
-        overrides.append(f"train.metrics_port={metrics_port}")
-    cfg = load_config(config, overrides)
+    cfg = resolved_config(config, set_, address, metrics_port)
     if dry_run:
         console.print_json(json.dumps(cfg.model_dump(mode="json")))
         return
@@ -48,12 +48,8 @@ def train(
         _ablate(cfg, ablation)
         return
     run_dir = prepare_run_dir(cfg)
-    if cfg.train.metrics_port is not None:
-        from trainers.learner import free_port
-
-        port = cfg.train.metrics_port or free_port()
-        serve_metrics(port)
-        console.print(f"metrics: http://127.0.0.1:{port}/metrics   run: {run_dir}")
+    serve_run_metrics(cfg.run.metrics_port)
+    console.print(f"run: {run_dir}")
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),

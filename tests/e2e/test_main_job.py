@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import collections
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.scrape import ScrapedRun, lease_counts, run_and_scrape
 
 pytestmark = [
     pytest.mark.slow,
@@ -28,12 +28,11 @@ SHORT = [
 ]
 
 
-def _train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+def _train(run_dir: Path, *overrides: str) -> ScrapedRun:
+    """The main job, its /metrics scraped while it runs."""
     sets = [arg for item in (*SHORT, f"run.dir={run_dir}", *overrides) for arg in ("--set", item)]
     command = [sys.executable, "-m", "orchestrator", "train", "configs/echo_toy.yaml", *sets, "--metrics-port", "0"]
-    return subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"}
-    )
+    return run_and_scrape(command, cwd=REPO, timeout_s=900)
 
 
 def _records(run: Path) -> list[dict]:
@@ -53,6 +52,9 @@ def test_the_main_job_writes_a_complete_run_and_resumes_it(tmp_path: Path) -> No
     first = _train(tmp_path, "train.steps=3")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "run summary" in first.stdout and "metrics: http://127.0.0.1:" in first.stdout
+    # One endpoint for the run: the rollout worker's leases and the buffer's depth came through it.
+    assert max(lease_counts(samples).get("worker-0", 0) for samples in first.scrapes) > 0
+    assert any(("hillclimb_buffer_depth_groups", frozenset({("source", "buffer")})) in s for s in first.scrapes)
     run = tmp_path / "echo-toy"
     assert json.loads((run / "config.json").read_text())["env"]["name"] == "toy_terminal"
     kinds = [(r["kind"], r["step"]) for r in _records(run)]

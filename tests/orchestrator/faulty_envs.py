@@ -40,3 +40,12 @@ class CrashOnStepEnv(Environment[CommandAction, OutputObservation, State]):
     @property
     def state(self) -> State:
         return self._state
+
+
+class RaiseOnStepEnv(CrashOnStepEnv):
+    """Resets fine, then raises in every step: the server reports EXECUTION_ERROR and lives on."""
+
+    async def step_async(
+        self, action: CommandAction, timeout_s: float | None = None, **kwargs: Any
+    ) -> OutputObservation:
+        raise RuntimeError("the verifier's disk is full (on purpose)")

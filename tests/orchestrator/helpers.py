@@ -56,3 +56,31 @@ class SlowScriptedPolicy(ScriptedPolicy):
     async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
         await asyncio.sleep(self.delay_s)
         return await super().generate(requests, sampling)
+
+
+class PolicyServerStandIn:
+    """A policy server that echoes each prompt's last token, records its calls, and refuses any
+    call holding a prompt that starts with 13 (as an engine refuses a prompt it cannot take)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, float]] = []
+
+    async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
+        self.calls.append((len(requests), sampling.temperature))
+        if any(r.prompt_ids[0] == 13 for r in requests):
+            raise ValueError("prompt 13 is refused on purpose")
+        return [
+            Generation(token_ids=(r.prompt_ids[-1],), logprobs=(0.0,), finish_reason="stop", version=3)
+            for r in requests
+        ]
+
+    def seen(self) -> list[tuple[int, float]]:
+        return self.calls
+
+
+class StuckMetrics:
+    """An actor whose metrics never come in time (a worker whose loop is blocked)."""
+
+    async def metrics(self) -> list[object]:
+        await asyncio.sleep(30)
+        return []

@@ -13,8 +13,8 @@ from prometheus_client import REGISTRY
 from envs.client import EnvClient
 from orchestrator.pool import LeaseTimeoutError, PoolConfig, PoolExhaustedError, SandboxPool
 from orchestrator.ratelimit import TokenBucket
-from providers.base import SandboxSpec
-from providers.errors import SandboxDiedError
+from providers.base import Sandbox, SandboxSpec
+from providers.errors import BadSpecError, CapacityError, SandboxDiedError
 from providers.local import LocalProvider
 
 pytestmark = pytest.mark.root
@@ -298,3 +298,51 @@ async def test_create_rate_is_limited() -> None:
         await bucket.acquire()
     # Two from the burst, then three more at 10/s: about 0.3 s.
     assert 0.25 < time.monotonic() - start < 1.0
+
+
+class _FailsFirst(LocalProvider):
+    """Real local sandboxes, after the first `failures` creates fail with `error`."""
+
+    def __init__(self, error: Exception, failures: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.error, self.failures, self.attempts = error, failures, []
+
+    async def create(self, spec: SandboxSpec) -> Sandbox:
+        self.attempts.append(time.monotonic())
+        if len(self.attempts) <= self.failures:
+            raise self.error
+        return await super().create(spec)
+
+
+async def test_a_provider_at_capacity_is_backed_off_and_the_pool_recovers(sandbox_root) -> None:  # type: ignore[no-untyped-def]
+    provider = _FailsFirst(CapacityError("the engine answered 429", delay_s=0.2), failures=3, root=sandbox_root)
+    pool = await _pool(provider, create_retry_delay_s=0.01, max_consecutive_failures=2)
+    try:
+        with pytest.raises(CapacityError):  # two failures in a row: leases fail fast instead of waiting
+            await pool.lease(timeout_s=30)
+        lease = None
+        deadline = time.monotonic() + 20
+        while lease is None and time.monotonic() < deadline:
+            try:
+                lease = await pool.lease(timeout_s=30)
+            except CapacityError:
+                await asyncio.sleep(0.02)
+        assert lease is not None, "the pool never recovered"
+        await lease.release()
+    finally:
+        await pool.close()
+        await provider.close()
+    assert len(provider.attempts) == 4
+    gaps = [b - a for a, b in zip(provider.attempts, provider.attempts[1:], strict=False)]
+    assert min(gaps) >= 0.2, gaps  # never sooner than the provider asked, though the pool's own delay is 0.01
+
+
+async def test_a_fatal_provider_error_poisons_the_pool_for_good(local_provider: LocalProvider) -> None:
+    pool = SandboxPool(local_provider, SandboxSpec(image="python:3.11-slim"), PoolConfig(), shared=True)
+    try:
+        for _ in range(3):
+            with pytest.raises(BadSpecError, match="no container images"):
+                await pool.lease(timeout_s=5)
+        assert pool._starting == 0 and pool.count("ready") == 0
+    finally:
+        await pool.close()

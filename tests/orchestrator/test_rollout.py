@@ -6,17 +6,20 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
-from envs.errors import ValidationError
+from envs.errors import AuthenticationError, ValidationError
 from envs.tasks import Task, load_suite
 from envs.toy_terminal.fs import execute
 from orchestrator.pool import PoolConfig, SandboxPool
 from orchestrator.render import PlainTextRenderer
 from orchestrator.rollout import EpisodeConfig, EpisodeRunner, EpisodeSpec
 from providers.base import SandboxSpec
+from providers.errors import BadSpecError
 from providers.local import LocalProvider
 from trainers.policy.base import GenerateRequest, Generation, SamplingParams
 from trainers.policy.scripted import ScriptedPolicy
@@ -251,6 +254,59 @@ async def test_a_sandbox_that_keeps_dying_is_recorded_as_sandbox_error(
     # Each dead sandbox is reported with why its leases failed and how its server's log ended.
     reports = [r.getMessage() for r in caplog.records if "its server log ends" in r.getMessage()]
     assert reports and all("ConnectionLostError" in m and "exiting on purpose" in m for m in reports)
+
+
+async def test_an_environment_error_ends_the_episode_and_keeps_the_sandbox(
+    local_provider: LocalProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    runner = await _runner(
+        local_provider, "tests.orchestrator.faulty_envs:RaiseOnStepEnv", ScriptedPolicy(), sandbox_retries=2
+    )
+    try:
+        task = load_suite("toy_terminal").tasks("train")[0]
+        with caplog.at_level("WARNING"):
+            first = await runner.run(_spec(task, sample=0))
+            second = await runner.run(_spec(task, sample=1))
+        sandboxes = [s.sandbox.id for s in runner.pool._slots]
+    finally:
+        await runner.pool.close()
+    for trajectory in (first, second):
+        assert trajectory.done_reason is DoneReason.ENV_ERROR and trajectory.reward == 0.0
+        assert trajectory.metadata["sandbox_retries"] == 0 and not trajectory.trainable
+    assert len(sandboxes) == 1  # both episodes ran on the one sandbox: nothing was retired or re-created
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("the environment failed: ExecutionError" in m and "disk is full" in m for m in warnings), warnings
+    assert not any("sandbox failed" in m or "its server log ends" in m for m in warnings), warnings
+
+
+class _WrongTokenProvider(LocalProvider):
+    """Real sandboxes, handed out with a token their servers never issued."""
+
+    async def create(self, spec: SandboxSpec) -> Any:
+        sandbox = await super().create(spec)
+        return sandbox.model_copy(update={"token": SecretStr("not-the-token")})
+
+
+async def test_a_refused_token_stops_the_run_instead_of_retrying(sandbox_root: Path) -> None:
+    provider = _WrongTokenProvider(root=sandbox_root)
+    runner = await _runner(provider, "toy_terminal", ScriptedPolicy(), sandbox_retries=3)
+    try:
+        with pytest.raises(AuthenticationError):
+            await runner.run(_spec(load_suite("toy_terminal").tasks("train")[0]))
+        assert len(runner.pool._slots) == 1  # the sandbox was not blamed, retired or replaced
+    finally:
+        await runner.pool.close()
+        await provider.close()
+
+
+async def test_a_provider_that_cannot_make_the_sandbox_stops_the_run(local_provider: LocalProvider) -> None:
+    runner = await _runner(local_provider, "toy_terminal", ScriptedPolicy())
+    runner.pool.spec = runner.pool.spec.model_copy(update={"image": "python:3.11-slim"})  # local runs no images
+    try:
+        with pytest.raises(BadSpecError, match="no container images"):
+            await runner.run(_spec(load_suite("toy_terminal").tasks("train")[0]))
+    finally:
+        await runner.pool.close()
 
 
 @pytest.mark.docker

@@ -117,3 +117,37 @@ def test_serves_successive_event_loops_and_blocking_callers() -> None:
     assert asyncio.run(batcher.submit([3])) == [6]
     assert batcher.run_now([4, 5]) == [8, 10]
     assert fn.log == ["init", "batch [1, 2]", "batch [3]", "batch [4, 5]"]
+
+
+async def _trickle(batcher: MicroBatcher[int, int], count: int, every_s: float) -> list[list[int]]:
+    """`count` single-item calls, one every `every_s` (episodes resuming one after another)."""
+
+    async def later(i: int) -> list[int]:
+        await asyncio.sleep(i * every_s)
+        return await batcher.submit([i])
+
+    return await asyncio.gather(*(later(i) for i in range(count)))
+
+
+async def test_a_trickle_of_calls_stays_one_batch_while_it_keeps_coming() -> None:
+    # Calls 10 ms apart for 50 ms: each arrival holds the batch open 30 ms more, so one batch,
+    # though a window of 30 ms from the first call alone would have split it in two.
+    fn = Doubler()
+    batcher = MicroBatcher(fn, max_batch=64, max_wait_s=0.03, max_window_s=0.5, thread_name="t")
+    started = time.monotonic()
+    assert await _trickle(batcher, 6, 0.01) == [[2 * i] for i in range(6)]
+    assert fn.batches == [list(range(6))]
+    assert time.monotonic() - started < 0.4  # closed by the quiet gap, long before the window's end
+
+
+async def test_the_window_caps_how_long_the_first_call_waits() -> None:
+    fn = Doubler()
+    batcher = MicroBatcher(fn, max_batch=64, max_wait_s=0.03, max_window_s=0.1, thread_name="t")
+    await _trickle(batcher, 20, 0.01)  # a steady stream for 200 ms: never quiet for 30 ms
+    assert len(fn.batches) >= 2 and sum(map(len, fn.batches)) == 20
+    assert all(len(batch) <= 12 for batch in fn.batches), fn.batches  # ~100 ms of arrivals at most
+
+
+def test_the_window_cannot_be_shorter_than_the_quiet_gap() -> None:
+    with pytest.raises(ValueError, match="max_wait_s <= max_window_s"):
+        MicroBatcher(Doubler(), max_batch=4, max_wait_s=0.05, max_window_s=0.01, thread_name="t")

@@ -1,7 +1,7 @@
 """`MicroBatcher`: many concurrent single-request calls in, batched engine calls out.
 
-    episode tasks ─ submit([item]) ─► queue ─► wait until max_batch items, or max_wait_s
-                                                after the oldest one arrived
+    episode tasks ─ submit([item]) ─► queue ─► wait until max_batch items, or no new item for
+                                                max_wait_s, or max_window_s after the oldest
                                               ─► run_batch(items) on one worker thread
                                               ─► each caller's future gets its own result
 
@@ -12,6 +12,11 @@ runs on a dedicated thread (torch releases the GIL inside its kernels, so the lo
 serving I/O). The thread is the only one that touches the engine: `call` queues other work
 (a weight swap) behind the batch in flight, so engine state never changes mid-batch.
 
+The window stays open while requests keep coming (each arrival extends it by `max_wait_s`, up to
+`max_window_s` after the first): episodes that a batch's results set going return over several
+milliseconds (an environment step, a Ray call each), and a fixed short window split them into
+two or three decode passes where one would do.
+
 The queue is drained by a task that exists only while work is queued, so an idle batcher
 leaves nothing running on the loop, and a later call may come from another event loop.
 """
@@ -20,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -43,26 +49,34 @@ class _Pending(Generic[ItemT, ResultT]):
 
 
 class MicroBatcher(Generic[ItemT, ResultT]):
-    """Runs `run_batch(items) -> results` (one result per item, in order) on one worker thread."""
+    """Runs `run_batch(items) -> results` (one result per item, in order) on one worker thread, or,
+    when `run_batch` is a coroutine function (it waits on I/O rather than computes), on the event
+    loop; either way one batch at a time."""
 
     def __init__(
         self,
-        run_batch: Callable[[list[ItemT]], list[ResultT]],
+        run_batch: Callable[[list[ItemT]], list[ResultT]] | Callable[[list[ItemT]], Awaitable[list[ResultT]]],
         *,
         max_batch: int,
         max_wait_s: float,
         thread_name: str,
+        max_window_s: float | None = None,
         thread_init: Callable[[], object] | None = None,
     ) -> None:
-        """`thread_init` runs once on the worker thread before its first job (per-thread settings)."""
+        """`max_wait_s`: the quiet gap that closes a batch; `max_window_s` (default `max_wait_s`):
+        the longest its first item waits. `thread_init` runs once on the worker thread before its
+        first job (per-thread settings)."""
+        max_window_s = max_wait_s if max_window_s is None else max_window_s
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        if max_wait_s < 0:
-            raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
+        if max_wait_s < 0 or max_window_s < max_wait_s:
+            raise ValueError(f"need 0 <= max_wait_s <= max_window_s, got {max_wait_s} and {max_window_s}")
         self._run_batch = run_batch
         self._name = thread_name
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.max_window_s = max_window_s
+        self._last_arrival = 0.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name, initializer=thread_init)
         self._queue: collections.deque[_Pending[ItemT, ResultT]] = collections.deque()
         self._in_flight: list[_Pending[ItemT, ResultT]] = []
@@ -78,6 +92,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self._ensure_drainer(loop)  # first: it refuses a second event loop before anything is queued
         pending = [_Pending(item, loop.create_future(), now) for item in items]
         self._queue.extend(pending)
+        self._last_arrival = now
         self._arrived.set()
         # Wait for all of them even if one fails, so no future's exception goes unretrieved.
         outcomes = await asyncio.gather(*(p.future for p in pending), return_exceptions=True)
@@ -119,10 +134,13 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             self._fail_all(e)
 
     async def _gather_window(self) -> None:
-        """Wait until a full batch is queued or the oldest item has waited `max_wait_s`."""
+        """Wait until a full batch is queued, nothing new arrived for `max_wait_s`, or the oldest
+        item has waited `max_window_s`."""
         loop = asyncio.get_running_loop()
-        deadline = self._queue[0].enqueued_at + self.max_wait_s
-        while len(self._queue) < self.max_batch and (remaining := deadline - loop.time()) > 0:
+        while len(self._queue) < self.max_batch:
+            deadline = min(self._queue[0].enqueued_at + self.max_window_s, self._last_arrival + self.max_wait_s)
+            if (remaining := deadline - loop.time()) <= 0:
+                return
             self._arrived.clear()
             try:
                 async with asyncio.timeout(remaining):
@@ -142,8 +160,12 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self.batch_sizes[len(batch)] += 1
         self._in_flight = batch
         loop = asyncio.get_running_loop()
+        items = [p.item for p in batch]
         try:
-            results = await loop.run_in_executor(self._executor, self._run_checked, [p.item for p in batch])
+            if inspect.iscoroutinefunction(self._run_batch):  # I/O, not compute: it runs on the loop
+                results = _checked(items, await self._run_batch(items))
+            else:
+                results = await loop.run_in_executor(self._executor, self._run_checked, items)
         except Exception as e:  # the engine failed this batch: its callers get the error, later batches still run
             self._in_flight = []
             for pending in batch:
@@ -157,10 +179,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                 pending.future.set_result(result)
 
     def _run_checked(self, items: list[ItemT]) -> list[ResultT]:
-        results = self._run_batch(items)
-        if len(results) != len(items):
-            raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
-        return results
+        return _checked(items, self._run_batch(items))  # type: ignore[arg-type]
 
     def _fail_all(self, error: Exception | None) -> None:
         for pending in [*self._in_flight, *self._queue]:
@@ -172,3 +191,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                 pending.future.set_exception(error)
         self._queue.clear()
         self._in_flight = []
+
+
+def _checked(items: list[Any], results: list[ResultT]) -> list[ResultT]:
+    if len(results) != len(items):
+        raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
+    return results

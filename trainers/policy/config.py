@@ -51,7 +51,9 @@ class HFPolicyConfig(_Config):
     max_batch: int = Field(default=32, ge=1)
     """Most requests decoded together."""
     max_wait_ms: float = Field(default=2.0, ge=0)
-    """How long the first request of a batch waits for others; 0 runs whatever is queued at once."""
+    """A batch closes once no new request has come for this long; 0 runs whatever is queued at once."""
+    max_window_ms: float = Field(default=20.0, ge=0)
+    """...or once its first request has waited this long (raised to `max_wait_ms` if lower)."""
     max_context: int | None = Field(default=None, ge=2)
     """Prompt + generation limit in tokens; None means the model's max_position_embeddings."""
     cpu_threads: int | None = Field(default=1, ge=1)
@@ -113,12 +115,12 @@ def make_policy(config: PolicyConfig) -> Policy:
         from trainers.policy.hf import HFPolicy
 
         model, tokenizer = load_model(config.model, config.device)
-        wait_s = config.max_wait_ms / 1000
         return HFPolicy(
             model,
             tokenizer,
             max_batch=config.max_batch,
-            max_wait_s=wait_s,
+            max_wait_s=config.max_wait_ms / 1000,
+            max_window_s=max(config.max_window_ms, config.max_wait_ms) / 1000,
             max_context=config.max_context,
             threads=config.cpu_threads,
         )

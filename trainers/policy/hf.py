@@ -61,11 +61,14 @@ class HFPolicy:
         *,
         max_batch: int = 32,
         max_wait_s: float = 0.002,
+        max_window_s: float = 0.02,
         max_context: int | None = None,
         threads: int | None = None,
     ) -> None:
-        """`max_context` defaults to the model's `max_position_embeddings`. `threads` sets torch's
-        intra-op threads for this policy's forward passes only (None keeps torch's setting)."""
+        """Batches close `max_wait_s` after their last request, or `max_window_s` after their first
+        (see `MicroBatcher`). `max_context` defaults to the model's `max_position_embeddings`.
+        `threads` sets torch's intra-op threads for this policy's forward passes only (None keeps
+        torch's setting)."""
         self._model = model.eval()
         self._tokenizer = tokenizer
         self._device = next(model.parameters()).device
@@ -79,7 +82,12 @@ class HFPolicy:
         # torch.set_num_threads applies to the calling thread's OpenMP pool: run it on the worker.
         init = functools.partial(torch.set_num_threads, threads) if threads else None
         self._batcher: MicroBatcher[_Item, Generation] = MicroBatcher(
-            self._decode, max_batch=max_batch, max_wait_s=max_wait_s, thread_name="hf-policy", thread_init=init
+            self._decode,
+            max_batch=max_batch,
+            max_wait_s=max_wait_s,
+            max_window_s=max_window_s,
+            thread_name="hf-policy",
+            thread_init=init,
         )
 
     @property

@@ -1,0 +1,86 @@
+"""One /metrics for a run: the driver's own figures and every Ray actor's, gathered at scrape time."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from envs.tasks import load_suite
+from orchestrator.config import load_config
+from orchestrator.driver import RolloutDriver
+from orchestrator.metrics_hub import MetricsHub, serve_metrics
+from orchestrator.schedule import round_of_groups
+from tests.orchestrator.helpers import SlowScriptedPolicy, StuckMetrics
+from tests.scrape import lease_counts, run_and_scrape, scrape
+
+REPO = Path(__file__).parents[2]
+
+
+@pytest.mark.ray
+@pytest.mark.root
+async def test_a_scrape_during_a_run_sees_each_workers_sandboxes_and_leases(ray_local: None, tmp_path: Path) -> None:
+    config = load_config(
+        None, [f"run.dir={tmp_path}", "ray.num_workers=2", "rollout.group_size=2", "rollout.concurrency=4"]
+    )
+    groups = round_of_groups(load_suite("toy_terminal"), "train", run_seed=0, group_size=2, round_index=0)[:8]
+    url = serve_metrics(0)
+    driver = RolloutDriver(config, policy=SlowScriptedPolicy(0.05))
+    await driver.start()
+    try:
+        run = asyncio.ensure_future(driver.run_groups(groups, lambda g: None))
+        seen: dict[str, float] = {}
+        while not run.done():
+            samples = await asyncio.to_thread(scrape, url)
+            seen = lease_counts(samples)
+            if all(seen.get(f"worker-{i}", 0) > 0 for i in range(2)):
+                break
+            await asyncio.sleep(0.05)
+        assert not run.done(), "the run ended before a scrape saw both workers' leases"
+        assert all(seen[f"worker-{i}"] > 0 for i in range(2)), seen
+        assert seen.get("driver", 0) == 0  # pools live in the workers, not here
+        names = {(name, dict(labels).get("source")) for name, labels in samples}
+        for worker in ("worker-0", "worker-1"):
+            assert ("hillclimb_sandboxes", worker) in names
+            assert ("hillclimb_event_loop_lag_seconds", worker) in names  # each worker's loop is watched
+        await run
+    finally:
+        await driver.close()
+    assert not any(name[1] and dict(name[1]).get("source", "").startswith("worker") for name in scrape(url))
+
+
+@pytest.mark.ray
+def test_an_actor_that_does_not_answer_is_left_out_not_waited_for(
+    ray_local: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    import ray
+
+    stuck = ray.remote(num_cpus=0)(StuckMetrics).remote()
+    hub = MetricsHub(timeout_s=0.3)
+    hub.watch("worker-7", stuck)
+    try:
+        started = time.monotonic()
+        with caplog.at_level("WARNING", logger="hillclimb.orchestrator.metrics"):
+            families = list(hub.collect())
+        assert time.monotonic() - started < 5
+        assert families and {s.labels["source"] for f in families for s in f.samples} == {"driver"}
+        assert any("worker-7 did not answer within 0.3 s" in r.getMessage() for r in caplog.records)
+    finally:
+        ray.kill(stuck)
+
+
+@pytest.mark.ray
+@pytest.mark.root
+@pytest.mark.slow
+def test_hillclimb_rollout_serves_its_workers_metrics(tmp_path: Path) -> None:
+    command = [
+        sys.executable, "-m", "orchestrator", "rollout", "configs/rollout_toy.yaml", "--metrics-port", "0",
+        "--set", f"run.dir={tmp_path}", "--set", "rollout.group_size=8",
+    ]  # fmt: skip
+    run = run_and_scrape(command, cwd=REPO, timeout_s=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    during = [lease_counts(samples).get("worker-0", 0) for samples in run.scrapes]
+    assert max(during, default=0) > 0, f"{len(run.scrapes)} scrapes, none with a worker's leases"
