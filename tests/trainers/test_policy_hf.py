@@ -233,3 +233,43 @@ async def test_threads_apply_to_the_policy_worker_only(llama: PreTrainedModel) -
     await policy.generate(_requests()[:1], SamplingParams(max_new_tokens=2))
     assert await policy._batcher.call(torch.get_num_threads) == 1
     assert torch.get_num_threads() == before
+
+
+def _llama_gqa() -> PreTrainedModel:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=259,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # grouped-query attention: two query heads share each key/value head
+        max_position_embeddings=256,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+        pad_token_id=256,
+        bos_token_id=257,
+        eos_token_id=258,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("build", [lambda: build_tiny_model(TINY), _llama_gqa], ids=["tiny", "gqa"])
+@pytest.mark.parametrize("sampling", sorted(SAMPLINGS))
+def test_the_lean_llama_path_decodes_what_transformers_does(build, sampling: str) -> None:  # type: ignore[no-untyped-def]
+    model = build()
+    lean, reference = _hf(model, TOKENIZER), _hf(model, TOKENIZER, lean=False)
+    assert lean._lean and not reference._lean
+    # Ragged prompts and lengths: left padding, and rows leaving the batch (and the cache) early.
+    base = SAMPLINGS[sampling]
+    calls = [(r, base.model_copy(update={"max_new_tokens": 6 + 6 * i})) for i, r in enumerate(_requests())]
+    for request, params in calls:
+        _assert_same(lean.generate_sync([request], params), reference.generate_sync([request], params))
+    requests = _requests(seed0=7)
+    _assert_same(lean.generate_sync(requests, base), reference.generate_sync(requests, base))
+
+
+def test_models_the_lean_path_does_not_know_take_transformers_path() -> None:
+    assert not _hf(_gpt2(), TOKENIZER)._lean

@@ -2,6 +2,8 @@
 
     generate([request]) × many episodes ─► MicroBatcher (a few ms, ≤ max_batch)
       ─► worker thread: left-padded prefill ─► KV-cached decode loop ─► Generation per request
+         (Llama models: `LeanLlamaForward`, the same modules without transformers' per-call
+          overhead; any other model: transformers' forward with a `DynamicCache`)
 
 The decode loop is ours, not `model.generate`, because a policy needs what `generate` does
 not give together: a seed per request, log-probs under the tempered distribution for each
@@ -35,7 +37,7 @@ import inspect
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -43,6 +45,7 @@ from transformers import DynamicCache, PreTrainedModel
 from trainers.policy.base import GenerateRequest, Generation, SamplingParams
 from trainers.policy.batching import MicroBatcher
 from trainers.policy.errors import ContextOverflowError, PolicyRequestError
+from trainers.policy.lean_llama import LeanLlamaForward, unsupported_reason
 from trainers.policy.sampling import sample_next
 from trainers.tokenizer import Tokenizer
 
@@ -64,11 +67,12 @@ class HFPolicy:
         max_window_s: float = 0.02,
         max_context: int | None = None,
         threads: int | None = None,
+        lean: bool = True,
     ) -> None:
         """Batches close `max_wait_s` after their last request, or `max_window_s` after their first
         (see `MicroBatcher`). `max_context` defaults to the model's `max_position_embeddings`.
         `threads` sets torch's intra-op threads for this policy's forward passes only (None keeps
-        torch's setting)."""
+        torch's setting). `lean=False` runs Llama models through transformers' forward too."""
         self._model = model.eval()
         self._tokenizer = tokenizer
         self._device = next(model.parameters()).device
@@ -78,6 +82,9 @@ class HFPolicy:
             raise ValueError(f"{type(model).__name__} does not declare max_position_embeddings; pass max_context")
         self.max_context: int = limit
         self._cache_kwarg = _cache_kwarg(model)
+        # Llama models decode through the lean path (half the time a token on a CPU); the rest,
+        # and Llama too when `lean=False`, through transformers' forward.
+        self._lean = lean and unsupported_reason(model) is None
         self._version = 0
         # torch.set_num_threads applies to the calling thread's OpenMP pool: run it on the worker.
         init = functools.partial(torch.set_num_threads, threads) if threads else None
@@ -150,29 +157,58 @@ class HFPolicy:
         """One batch, start to finish, on the worker thread."""
         version = self._version  # only this thread changes it, and only between batches
         rows = [_Row.start(request, sampling, self._tokenizer.eos_token_id) for request, sampling in items]
-        live = _LiveBatch.prefill(rows, self._tokenizer.pad_token_id, self._model, self._device)
-        logits_BV = self._last_logits(live.input_ids, live.mask, live.positions, live.cache)
+        live = _LiveBatch.prefill(rows, self._tokenizer.pad_token_id, self._device)
+        longest = max(len(row.prompt) + row.sampling.max_new_tokens for row in rows)
+        forward = self._cached_forward(len(rows), capacity=live.input_ids.shape[1] + longest)
+        logits_BV = forward(live.input_ids, live.mask, live.positions)
         while True:
             tokens_B, logprobs_B = sample_next(logits_BV, live.temperature, live.top_p, live.generators(rows))
             sampled = zip(live.rows, tokens_B.tolist(), logprobs_B.tolist(), strict=True)
             keep = [k for k, (i, token, logprob) in enumerate(sampled) if not rows[i].append(token, logprob)]
             if not keep:
                 return [row.generation(version) for row in rows]
+            if len(keep) < len(live.rows):
+                forward.select(torch.tensor(keep, device=self._device))
             live.step(tokens_B, keep)
-            logits_BV = self._last_logits(live.input_ids, live.mask, live.positions, live.cache)
+            logits_BV = forward(live.input_ids, live.mask, live.positions)
 
-    def _last_logits(
-        self, ids_BL: torch.Tensor, mask_BL: torch.Tensor, positions_BL: torch.Tensor, cache: DynamicCache
-    ) -> torch.Tensor:
+    def _cached_forward(self, batch: int, capacity: int) -> _CachedForward:
+        if self._lean:
+            return LeanLlamaForward(self._model, batch, capacity)
+        return _TransformersForward(self._model, self._cache_kwarg)
+
+
+class _CachedForward(Protocol):
+    """A decode batch's forward passes over a KV cache it keeps: the prompt block first, then a
+    token a step; logits (float32) at the last new position of each row."""
+
+    def __call__(self, ids_BN: torch.Tensor, mask_BL: torch.Tensor, positions_BN: torch.Tensor) -> torch.Tensor: ...
+
+    def select(self, index_K: torch.Tensor) -> None:
+        """Keep only these rows of the cache."""
+
+
+class _TransformersForward:
+    """Any causal LM, through transformers' own forward and `DynamicCache`."""
+
+    def __init__(self, model: PreTrainedModel, cache_kwarg: str) -> None:
+        self._model = model
+        self._cache_kwarg = cache_kwarg
+        self._cache = DynamicCache(config=model.config)  # the config tells it which layers use sliding windows
+
+    def __call__(self, ids_BN: torch.Tensor, mask_BL: torch.Tensor, positions_BN: torch.Tensor) -> torch.Tensor:
         out = self._model(
-            input_ids=ids_BL,
+            input_ids=ids_BN,
             attention_mask=mask_BL,
-            position_ids=positions_BL,
+            position_ids=positions_BN,
             use_cache=True,
-            **{self._cache_kwarg: cache},
+            **{self._cache_kwarg: self._cache},
             logits_to_keep=1,
         )
         return out.logits[:, -1, :].float()
+
+    def select(self, index_K: torch.Tensor) -> None:
+        self._cache.batch_select_indices(index_K)
 
 
 def _cache_kwarg(model: PreTrainedModel) -> str:
@@ -219,19 +255,18 @@ class _Row:
 
 @dataclass(slots=True)
 class _LiveBatch:
-    """The rows still generating and their tensors; finished rows are dropped from the KV cache."""
+    """The rows still generating and their tensors (the KV cache drops finished rows too)."""
 
     rows: list[int]
     """Index into the batch's `_Row` list of each tensor row."""
     input_ids: torch.Tensor
     mask: torch.Tensor
     positions: torch.Tensor
-    cache: DynamicCache
     temperature: torch.Tensor
     top_p: torch.Tensor
 
     @classmethod
-    def prefill(cls, rows: list[_Row], pad_id: int, model: PreTrainedModel, device: torch.device) -> _LiveBatch:
+    def prefill(cls, rows: list[_Row], pad_id: int, device: torch.device) -> _LiveBatch:
         """Prompts right-aligned (left-padded), positions counted over real tokens only."""
         width = max(len(row.prompt) for row in rows)
         ids_BL = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -245,7 +280,6 @@ class _LiveBatch:
             input_ids=ids_BL,
             mask=mask_BL,
             positions=(mask_BL.cumsum(dim=-1) - 1).clamp_(min=0),
-            cache=DynamicCache(config=model.config),  # the config tells it which layers use sliding windows
             temperature=torch.tensor([r.sampling.temperature for r in rows], dtype=torch.float32, device=device),
             top_p=torch.tensor([r.sampling.top_p for r in rows], dtype=torch.float32, device=device),
         )
@@ -258,7 +292,6 @@ class _LiveBatch:
         next_positions_B = self.positions[:, -1] + 1
         if len(keep) < len(self.rows):
             index = torch.tensor(keep, device=tokens_B.device)
-            self.cache.batch_select_indices(index)
             self.rows = [self.rows[k] for k in keep]
             tokens_B, next_positions_B = tokens_B[index], next_positions_B[index]
             self.mask, self.temperature, self.top_p = self.mask[index], self.temperature[index], self.top_p[index]
