@@ -13,7 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from envs.errors import HillclimbError
 from trainers.models import TinyModelConfig, build_tiny_model
-from trainers.policy.base import GenerateRequest, Policy, SamplingParams
+from trainers.policy.base import EpisodeInfo, GenerateRequest, Policy, SamplingParams
 from trainers.policy.errors import ContextOverflowError, PolicyRequestError
 from trainers.policy.hf import HFPolicy
 from trainers.tokenizer import ByteTokenizer
@@ -273,3 +273,52 @@ def test_the_lean_llama_path_decodes_what_transformers_does(build, sampling: str
 
 def test_models_the_lean_path_does_not_know_take_transformers_path() -> None:
     assert not _hf(_gpt2(), TOKENIZER)._lean
+
+
+def _episode_turns(policy: HFPolicy, params: SamplingParams, observations: list[str]) -> list[list]:
+    """Four episodes played turn by turn, each turn's prompt its last prompt + generation +
+    an observation: the shape of a rollout's transcripts."""
+    prompts = [tuple(TOKENIZER.encode(t)) for t in TEXTS]
+    turns = []
+    for turn, observation in enumerate(observations):
+        requests = [
+            GenerateRequest(prompt_ids=p, seed=10 * i + turn, episode=EpisodeInfo("toy", f"t{i}", turn, seed=i))
+            for i, p in enumerate(prompts)
+        ]
+        generations = policy.generate_sync(requests, params)
+        turns.append(generations)
+        reply = tuple(TOKENIZER.encode(observation))
+        prompts = [p + g.token_ids + reply for p, g in zip(prompts, generations, strict=True)]
+    return turns
+
+
+@pytest.mark.parametrize("sampling", sorted(SAMPLINGS))
+def test_an_episodes_next_turn_reuses_its_cache_and_decodes_the_same(llama: PreTrainedModel, sampling: str) -> None:
+    observations = ["\nnotes.txt app.log\n$ ", "\nport 8080\n$ ", "\nok\n$ "]
+    cached, fresh = _hf(llama, TOKENIZER), _hf(llama, TOKENIZER, lean=False)
+    for with_cache, without in zip(
+        _episode_turns(cached, SAMPLINGS[sampling], observations),
+        _episode_turns(fresh, SAMPLINGS[sampling], observations),
+        strict=True,
+    ):
+        _assert_same(with_cache, without)
+    # Every episode's second and third turns found their cache: only the new tokens were prefilled.
+    assert cached._prefixes.hits == 4 * (len(observations) - 1)
+
+
+def test_a_cache_is_used_only_for_its_own_tokens_and_weights(llama: PreTrainedModel) -> None:
+    policy = _hf(llama, TOKENIZER)
+    params = SAMPLINGS["greedy"]
+    episode = EpisodeInfo("toy", "t", 0, seed=1)
+    first = policy.generate_sync([GenerateRequest(prompt_ids=(70, 71, 72), episode=episode)], params)[0]
+    edited = (70, 99, 72, *first.token_ids, 65)  # the same episode key, another history
+    policy.generate_sync([GenerateRequest(prompt_ids=edited, episode=episode)], params)
+    assert policy._prefixes.hits == 0
+    again = policy.generate_sync([GenerateRequest(prompt_ids=edited, episode=episode)], params)[0]
+    continued = (*edited, *again.token_ids)
+    asyncio.run(policy.update_weights(1, build_tiny_model(TINY.model_copy(update={"seed": 2})).state_dict()))
+    assert len(policy._prefixes) == 0  # keys and values of the old weights are gone with them
+    reference = _hf(build_tiny_model(TINY.model_copy(update={"seed": 2})), TOKENIZER, lean=False)
+    request = GenerateRequest(prompt_ids=(*continued, 66), episode=episode)
+    expected = [g.model_copy(update={"version": 1}) for g in reference.generate_sync([request], params)]
+    _assert_same(policy.generate_sync([request], params), expected)

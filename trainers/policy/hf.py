@@ -46,6 +46,7 @@ from trainers.policy.base import GenerateRequest, Generation, SamplingParams
 from trainers.policy.batching import MicroBatcher
 from trainers.policy.errors import ContextOverflowError, PolicyRequestError
 from trainers.policy.lean_llama import LeanLlamaForward, unsupported_reason
+from trainers.policy.prefix_cache import PrefixCache
 from trainers.policy.sampling import sample_next
 from trainers.tokenizer import Tokenizer
 
@@ -85,6 +86,8 @@ class HFPolicy:
         # Llama models decode through the lean path (half the time a token on a CPU); the rest,
         # and Llama too when `lean=False`, through transformers' forward.
         self._lean = lean and unsupported_reason(model) is None
+        self._prefixes = PrefixCache(max_entries=2 * max_batch)
+        """The lean path's caches of finished turns, for each episode's next turn."""
         self._version = 0
         # torch.set_num_threads applies to the calling thread's OpenMP pool: run it on the worker.
         init = functools.partial(torch.set_num_threads, threads) if threads else None
@@ -123,6 +126,7 @@ class HFPolicy:
 
     def _load_weights(self, version: int, weights: dict[str, Any]) -> None:
         self._model.load_state_dict(weights, strict=True)
+        self._prefixes.clear()  # keys and values computed with the old weights
         self._version = version
 
     def _items(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[_Item]:
@@ -158,13 +162,20 @@ class HFPolicy:
         version = self._version  # only this thread changes it, and only between batches
         rows = [_Row.start(request, sampling, self._tokenizer.eos_token_id) for request, sampling in items]
         live = _LiveBatch.prefill(rows, self._tokenizer.pad_token_id, self._device)
-        longest = max(len(row.prompt) + row.sampling.max_new_tokens for row in rows)
-        forward = self._cached_forward(len(rows), capacity=live.input_ids.shape[1] + longest)
-        logits_BV = forward(live.input_ids, live.mask, live.positions)
+        width = live.input_ids.shape[1]
+        longest = max(row.sampling.max_new_tokens for row in rows)
+        if self._lean:
+            forward: _CachedForward = LeanLlamaForward(self._model, len(rows), capacity=width + longest)
+            start = self._load_prefixes(forward, [request for request, _ in items], width)
+        else:
+            forward, start = _TransformersForward(self._model, self._cache_kwarg), 0
+        logits_BV = forward(live.input_ids[:, start:], live.mask, live.positions[:, start:])
         while True:
             tokens_B, logprobs_B = sample_next(logits_BV, live.temperature, live.top_p, live.generators(rows))
             sampled = zip(live.rows, tokens_B.tolist(), logprobs_B.tolist(), strict=True)
             keep = [k for k, (i, token, logprob) in enumerate(sampled) if not rows[i].append(token, logprob)]
+            if self._lean:  # the finished rows' caches, for their episodes' next turns
+                self._store_prefixes(forward, items, rows, live.rows, keep, width)
             if not keep:
                 return [row.generation(version) for row in rows]
             if len(keep) < len(live.rows):
@@ -172,10 +183,35 @@ class HFPolicy:
             live.step(tokens_B, keep)
             logits_BV = forward(live.input_ids, live.mask, live.positions)
 
-    def _cached_forward(self, batch: int, capacity: int) -> _CachedForward:
-        if self._lean:
-            return LeanLlamaForward(self._model, batch, capacity)
-        return _TransformersForward(self._model, self._cache_kwarg)
+    def _load_prefixes(self, forward: LeanLlamaForward, requests: list[GenerateRequest], width: int) -> int:
+        """Load each row's stored prefix (rows are right-aligned at `width`); the first slot the
+        prefill must compute: where the longest uncached remainder of any row begins."""
+        uncached = 0
+        for b, request in enumerate(requests):
+            prefix = self._prefixes.take(request)
+            first = width - len(request.prompt_ids)
+            if prefix is not None:
+                forward.load(b, first, prefix)
+            uncached = max(uncached, len(request.prompt_ids) - (len(prefix.tokens) if prefix else 0))
+        start = width - uncached
+        forward.skip_to(start)
+        return start
+
+    def _store_prefixes(
+        self,
+        forward: LeanLlamaForward,
+        items: list[_Item],
+        rows: list[_Row],
+        live_rows: list[int],
+        keep: list[int],
+        width: int,
+    ) -> None:
+        kept = set(keep)
+        for k, i in enumerate(live_rows):
+            if k not in kept:
+                row, request = rows[i], items[i][0]
+                fed = row.prompt + tuple(row.tokens[:-1])  # the last sampled token was never fed back
+                self._prefixes.store(request, forward.prefix(k, width - len(row.prompt), fed))
 
 
 class _CachedForward(Protocol):

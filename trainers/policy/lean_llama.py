@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch.nn import functional
 
+from trainers.policy.prefix_cache import CachedPrefix
+
 __all__ = ["LeanLlamaForward", "unsupported_reason"]
 
 
@@ -99,6 +101,26 @@ class LeanLlamaForward:
         """Keep only these rows (finished rows leave the batch)."""
         self._keys = [k[index_K] for k in self._keys]
         self._values = [v[index_K] for v in self._values]
+
+    def load(self, row: int, at: int, prefix: CachedPrefix) -> None:
+        """Put a stored prefix's keys and values in `row`'s cache from slot `at` on."""
+        end = at + len(prefix.tokens)
+        for keys, values, k, v in zip(self._keys, self._values, prefix.keys, prefix.values, strict=True):
+            keys[row, :, at:end] = k
+            values[row, :, at:end] = v
+
+    def skip_to(self, slot: int) -> None:
+        """The next call's first token goes to `slot`: the slots before it are loaded already."""
+        self._length = slot
+
+    def prefix(self, row: int, first: int, tokens: tuple[int, ...]) -> CachedPrefix:
+        """`row`'s keys and values from slot `first` to the last one written, as `tokens`'."""
+        assert self._length - first == len(tokens), "the tokens must be the ones fed from `first` on"
+        return CachedPrefix(
+            tokens,
+            [k[row, :, first : self._length].clone() for k in self._keys],
+            [v[row, :, first : self._length].clone() for v in self._values],
+        )
 
     def _split(self, x_BNX: torch.Tensor, heads: int) -> torch.Tensor:
         return x_BNX.view(*x_BNX.shape[:2], heads, self._head_dim).transpose(1, 2)
