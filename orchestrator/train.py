@@ -274,15 +274,16 @@ class Trainer:
 
         try:
             resumed = await self._resume(learners)
-            if not resumed:
-                await self._evaluate(learners, None, oracle, "eval_initial")
-                await self._warm_up(learners, oracle)
-            await self._publish(learners, policy_server, None, bump=not resumed)
+            # The rollout workers' and the buffer's processes start while the learner warms up.
             await driver.start()
             buffer = ray.remote(num_cpus=0, max_concurrency=64)(TrajectoryBuffer).remote(
                 str(self.run_dir), cfg.buffer, version=self.version, resume_step=self.step if resumed else None
             )
             HUB.watch("buffer", buffer)
+            if not resumed:
+                await self._evaluate(learners, None, oracle, "eval_initial")
+                await self._warm_up(learners, oracle)
+            await self._publish(learners, policy_server, buffer, bump=not resumed)
             if not resumed:
                 await self._evaluate(learners, driver, oracle, "eval")
             groups = self._train_groups()

@@ -88,6 +88,7 @@ def remove(
     run_id: RunOption = None,
 ) -> None:
     """Destroy sandboxes by id, or every sandbox of a run."""
+    from providers.errors import SandboxNotFound
     from providers.registry import make_provider
 
     if not ids and not run_id:
@@ -95,6 +96,14 @@ def remove(
 
     async def run() -> list[str]:
         prov = make_provider(provider)
+        existing = {sb.id for sb in await prov.list()}
+        unknown = [sandbox_id for sandbox_id in ids or [] if sandbox_id not in existing]
+        if unknown:  # destroy() is a no-op on them: saying "destroyed" would hide a typo
+            raise SandboxNotFound(
+                f"no sandbox {', '.join(unknown)} on provider {provider!r}; "
+                f"`hillclimb sandbox ls --provider {provider}` lists the ones there are",
+                ids=unknown,
+            )
         targets = list(ids or [])
         if run_id:
             targets += [sb.id for sb in await prov.list(_selector(run_id))]

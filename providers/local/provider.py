@@ -40,6 +40,7 @@ from envs.client import http_request
 from providers.base import InflightCalls, Sandbox, SandboxSpec, utc_from_timestamp
 from providers.errors import (
     BadSpecError,
+    CapacityError,
     FatalProviderError,
     IsolationUnavailable,
     ReadyTimeoutError,
@@ -271,7 +272,10 @@ class LocalProvider:
                 return slot
             except FileExistsError:
                 continue
-        raise FatalProviderError(f"all {self.uid_slots} sandbox uid slots are taken; run `hillclimb sandbox reap`")
+        raise CapacityError(
+            f"all {self.uid_slots} sandbox uid slots are taken: destroyed sandboxes free them "
+            "(`hillclimb sandbox reap` removes those whose driver died)"
+        )
 
     def _make_dirs(self, home: Path, uid: int | None) -> dict[str, Path]:
         dirs = {name: home / name for name in ("run", "work", "tmp")}

@@ -250,3 +250,29 @@ def test_sandboxes_start_from_a_checkout_anywhere(sandbox_root: Path, tmp_path: 
         assert reply["observation"]["prompt"], reply
     finally:
         shutil.rmtree(private, ignore_errors=True)
+
+
+async def test_a_provider_out_of_uid_slots_says_so_as_a_capacity_error(sandbox_root: Path) -> None:
+    from providers.errors import CapacityError
+
+    provider = LocalProvider(root=sandbox_root, uid_slots=1)
+    try:
+        await provider.create(SandboxSpec(env="probe"))
+        with pytest.raises(CapacityError, match="all 1 sandbox uid slots are taken"):
+            await provider.create(SandboxSpec(env="probe"))
+        assert len(await provider.list()) == 1  # the refused create left nothing behind
+    finally:
+        await provider.close()
+
+
+def test_removing_a_sandbox_that_does_not_exist_is_an_error_not_a_success() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "sandbox", "rm", "lc-000000000000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "SandboxNotFound: no sandbox lc-000000000000 on provider 'local'" in done.stderr
+    assert "destroyed" not in done.stdout
