@@ -60,8 +60,8 @@ class PoolConfig(BaseModel):
     min_remaining_ttl_s: float = Field(default=120.0, ge=0)
     """A sandbox this close to its time-to-live is retired instead of leased."""
     create_retry_delay_s: float = Field(default=1.0, ge=0)
-    """Wait after a create failed with a retryable error, doubling with each failure in a row (at
-    least the error's own `delay_s`, e.g. a provider's Retry-After), up to `create_retry_max_delay_s`."""
+    """Wait after a create failed with a retryable error, doubling with each failure in a row up to
+    `create_retry_max_delay_s`; never shorter than the error's own `delay_s` (a provider's Retry-After)."""
     create_retry_max_delay_s: float = Field(default=30.0, ge=0)
     max_consecutive_failures: int = Field(default=3, ge=1)
     """Retryable create failures in a row after which leases fail at once with the last error instead
@@ -348,7 +348,7 @@ class SandboxPool:
         error asks. Past `max_consecutive_failures` leases fail fast until a create succeeds."""
         self._failures_in_a_row += 1
         n, cfg = self._failures_in_a_row, self.config
-        delay = min(max(cfg.create_retry_delay_s * 2 ** (n - 1), error.delay_s), cfg.create_retry_max_delay_s)
+        delay = max(min(cfg.create_retry_delay_s * 2 ** (n - 1), cfg.create_retry_max_delay_s), error.delay_s)
         if n >= cfg.max_consecutive_failures:
             self._failing = error
             self._wake_all()  # waiting leases fail now rather than at their deadlines

@@ -261,9 +261,11 @@ class Trainer:
         self.started = time.monotonic()
         lag_monitor = prom.start_loop_lag_monitor()
         connect_ray(cfg.ray.address)
-        oracle = await self._oracle_transcripts()
+        # Actors start in processes of their own: the learners and the policy engine load while
+        # the oracle plays its episodes.
         learners = LearnerGroup(self.model_config, cfg.learner)
         policy_server = start_policy_server(cfg.policy)
+        oracle = await self._oracle_transcripts()
         driver = RolloutDriver(cfg, policy_server=policy_server)
         buffer: Any = None
         producer: asyncio.Task[None] | None = None

@@ -93,19 +93,38 @@ def split_for_ranks(samples: list[Sample], world_size: int) -> list[list[Sample]
     return shares
 
 
+MICRO_BATCH_COST_TOKENS = 256
+"""What one more micro-batch costs, in padded tokens' worth of compute (its forward and backward
+calls): measured on the main job's CPU learner, where 1,024-token micro-batches were slower than
+2,048-token ones although they padded less."""
+
+
 def micro_batches(samples: list[Sample], max_tokens: int) -> list[list[Sample]]:
-    """Consecutive runs of the length-sorted samples whose padded size stays under `max_tokens`
-    (a sample longer than the budget gets a micro-batch of its own)."""
+    """The length-sorted samples cut into consecutive runs, each padded to its longest sample and
+    at most `max_tokens` in all (a longer sample alone), so that padded tokens plus a fixed cost
+    per run (`MICRO_BATCH_COST_TOKENS`) are fewest: one pass of dynamic programming over the cuts.
+
+    Greedy filling up to the budget padded 21% of the main job's tokens; this pads fewer, and
+    pays for an extra micro-batch only where it saves more padding than it costs."""
+    ordered = sorted(samples, key=len)
+    # best[j]: the least cost of the first j samples; cut[j]: where its last run begins.
+    best = [0] + [float("inf")] * len(ordered)
+    cut = [0] * (len(ordered) + 1)
+    for j in range(1, len(ordered) + 1):
+        longest = len(ordered[j - 1])
+        for i in range(j - 1, -1, -1):
+            rows = j - i
+            if rows > 1 and rows * longest > max_tokens:
+                break
+            cost = best[i] + rows * longest + MICRO_BATCH_COST_TOKENS
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
     batches: list[list[Sample]] = []
-    current: list[Sample] = []
-    for sample in sorted(samples, key=len):
-        if current and len(sample) * (len(current) + 1) > max_tokens:
-            batches.append(current)
-            current = []
-        current.append(sample)
-    if current:
-        batches.append(current)
-    return batches
+    j = len(ordered)
+    while j > 0:
+        batches.append(ordered[cut[j] : j])
+        j = cut[j]
+    return batches[::-1]
 
 
 def to_loss_batch(

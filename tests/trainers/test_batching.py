@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from trainers.batching import StepTotals, micro_batches, samples_from_groups, split_for_ranks, to_loss_batch
+from trainers.batching import (
+    MICRO_BATCH_COST_TOKENS,
+    StepTotals,
+    micro_batches,
+    samples_from_groups,
+    split_for_ranks,
+    to_loss_batch,
+)
 from trainers.losses import LossConfig
 from trainers.roles import Role
 from trainers.trajectory import DoneReason, Trajectory, TrajectoryGroup
@@ -61,9 +68,28 @@ def test_micro_batches_respect_the_padded_budget() -> None:
         [TrajectoryGroup.of([_t(i, float(i % 2), n=n) for i, n in enumerate(lengths)])], LossConfig()
     )
     batches = micro_batches(samples, max_tokens=20)
-    # Sorted 2,3,4,8,9,10: [2,3,4] pads to 4×3 = 12; adding 8 would pad to 32 > 20; [8,9] = 18; [10].
+    # Sorted 2,3,4,8,9,10: [2,3,4] pads to 4×3 = 12; adding 8 would pad to 32 > 20. Three runs are
+    # the fewest; [8,9], [10] and [8], [9,10] both pad the rest to 28: the longer run first stays.
     assert [[len(s) for s in b] for b in batches] == [[2, 3, 4], [8, 9], [10]]
     assert all(max(len(s) for s in b) * len(b) <= 20 or len(b) == 1 for b in batches)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "expected"),
+    [
+        # One run pads to 4 × 300 = 1,200 tokens; [10,10,10] + [300] pads to 330 and costs one more
+        # micro-batch (256): 330 + 2 × 256 < 1,200 + 256, so it splits.
+        ([300, 10, 10, 10], [[10, 10, 10], [300]]),
+        # Near-equal lengths: splitting saves 2 tokens of padding and costs 256: one run.
+        ([100, 101, 99], [[99, 100, 101]]),
+    ],
+)
+def test_micro_batches_trade_padding_against_their_own_cost(lengths: list[int], expected: list[list[int]]) -> None:
+    assert MICRO_BATCH_COST_TOKENS == 256  # the figures above are worked out with it
+    samples = samples_from_groups(
+        [TrajectoryGroup.of([_t(i, float(i % 2), n=n) for i, n in enumerate(lengths)])], LossConfig()
+    )
+    assert [[len(s) for s in b] for b in micro_batches(samples, max_tokens=100_000)] == expected
 
 
 def test_rank_shares_are_balanced_and_cover_everything() -> None:
