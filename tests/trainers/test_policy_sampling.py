@@ -9,7 +9,8 @@ import torch
 
 from trainers.policy.sampling import sample_next
 
-# probs [.1, .2, .3, .4]; sorted descending: tokens [3, 2, 1, 0], CDF [.4, .7, .9, 1.0]
+# probs [.1, .2, .3, .4]: in vocabulary order, CDF [.1, .3, .6, 1.0] (no nucleus cut);
+# sorted descending for a cut: tokens [3, 2, 1, 0], CDF [.4, .7, .9, 1.0]
 LOGITS = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]]))
 
 
@@ -27,7 +28,7 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, seed: int) -
 @pytest.mark.parametrize("seed", range(40))
 def test_inverse_cdf_full_distribution(seed: int) -> None:
     u = _uniform(seed)
-    expected = 3 if u < 0.4 else 2 if u < 0.7 else 1 if u < 0.9 else 0
+    expected = 0 if u < 0.1 else 1 if u < 0.3 else 2 if u < 0.6 else 3
     token, logprob = _sample(LOGITS, 1.0, 1.0, seed)
     assert token == expected
     assert logprob == pytest.approx(math.log([0.1, 0.2, 0.3, 0.4][expected]), abs=1e-6)
@@ -62,14 +63,16 @@ def test_greedy_takes_the_argmax_reports_t1_and_draws_nothing() -> None:
     assert torch.equal(generator.get_state(), state)
 
 
-def test_a_row_does_not_depend_on_its_batch_mates() -> None:
+@pytest.mark.parametrize(("top_p", "mates_top_p"), [(0.9, (1.0, 0.5)), (1.0, (1.0, 0.5)), (1.0, (1.0, 1.0))])
+def test_a_row_does_not_depend_on_its_batch_mates(top_p: float, mates_top_p: tuple[float, float]) -> None:
+    # Whether its mates take the nucleus path or not, a row samples what it samples alone.
     other = torch.log(torch.tensor([[0.7, 0.1, 0.1, 0.1]]))
-    alone = [_sample(LOGITS, 0.8, 0.9, seed) for seed in range(20)]
+    alone = [_sample(LOGITS, 0.8, top_p, seed) for seed in range(20)]
     for seed in range(20):
         tokens, logprobs = sample_next(
             torch.cat([other, LOGITS, other]),
-            torch.tensor([0.0, 0.8, 1.3]),
-            torch.tensor([1.0, 0.9, 0.5]),
+            torch.tensor([0.6, 0.8, 1.3]),
+            torch.tensor([mates_top_p[0], top_p, mates_top_p[1]]),
             [torch.Generator().manual_seed(99), torch.Generator().manual_seed(seed), torch.Generator().manual_seed(5)],
         )
         assert (tokens[1].item(), pytest.approx(logprobs[1].item(), abs=1e-6)) == alone[seed]
