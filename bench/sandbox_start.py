@@ -203,7 +203,8 @@ def main() -> None:
     for name, r in results.items():
         cold = "cold" in name and r is not openenv
         versus = f"{openenv['p50_s'] / r['p50_s']:.1f}x faster" if openenv and cold else ""
-        over_floor = f"{r['p50_s'] / floor['p50_s']:.2f}x" if floor and name.startswith(("docker", "openenv")) else ""
+        docker_cold = cold and name.startswith("docker") or r is openenv
+        over_floor = f"{r['p50_s'] / floor['p50_s']:.2f}x" if floor and docker_cold else ""
         rows.append([name, f"{r['p50_s'] * 1000:.2f}", f"{r['p99_s'] * 1000:.2f}", r["n"], versus, over_floor])
     print_table(["measure", "p50 (ms)", "p99 (ms)", "n", "vs OpenEnv (p50)", "vs bare docker run (p50)"], rows)
     if "local cold" in results:
