@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import os
 import signal
 import ssl
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -37,7 +39,29 @@ def read_token(token_file: str | None, *, consume: bool = False) -> str | None:
         if not token:
             raise ValueError(f"token file {token_file} is empty")
         return token
-    return os.environ.pop(TOKEN_ENV_VAR, None)
+    token = os.environ.get(TOKEN_ENV_VAR)
+    _scrub_initial_environment(TOKEN_ENV_VAR)  # first: unsetenv drops libc's pointer to those bytes
+    os.environ.pop(TOKEN_ENV_VAR, None)
+    return token
+
+
+def _scrub_initial_environment(name: str) -> None:
+    """Zero `name`'s value where the kernel keeps this process's initial environment.
+
+    `os.environ.pop` forgets the variable, but /proc/<pid>/environ shows the environment the
+    process was started with, and anything running as the same user can read it. The bytes
+    live in our own memory, where libc's `environ` still points (on glibc, until unsetenv)."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None)
+    environ = ctypes.POINTER(ctypes.c_void_p).in_dll(libc, "environ")
+    prefix = name.encode() + b"="
+    index = 0
+    while (address := environ[index]) is not None:
+        entry = ctypes.string_at(address)
+        if entry.startswith(prefix):
+            ctypes.memset(address + len(prefix), 0, len(entry) - len(prefix))
+        index += 1
 
 
 TLS_NEEDS_TCP = "--tls-cert is for TCP; a Unix socket is reached only from this machine"
@@ -118,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert (default: in the same file)")
     parser.add_argument("--max-sessions", type=int, default=ServerConfig().max_sessions)
     parser.add_argument("--idle-timeout", type=float, default=ServerConfig().idle_timeout_s)
+    parser.add_argument("--header-timeout", type=float, default=ServerConfig().header_timeout_s)
+    parser.add_argument("--max-connections", type=int, default=ServerConfig().max_connections)
     parser.add_argument("--ttl", type=float, help="exit after this many seconds (the sandbox's hard time-to-live)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -127,7 +153,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.tls_cert and args.uds:
         parser.error(TLS_NEEDS_TCP)
     tls = server_tls(args.tls_cert, args.tls_key) if args.tls_cert else None
-    config = ServerConfig(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout)
+    config = ServerConfig(
+        max_sessions=args.max_sessions,
+        idle_timeout_s=args.idle_timeout,
+        header_timeout_s=args.header_timeout,
+        max_connections=args.max_connections,
+    )
     run_fast(
         serve(
             args.target,

@@ -10,6 +10,13 @@ bad message gets an error reply while the session lives on. The bearer token is 
 before the upgrade, so a refused client never costs an environment instance. A reaper
 closes sessions and connections idle past `idle_timeout_s` (OpenEnv issue #1000: leaked
 half-open sessions must not fill every slot).
+
+Before authentication a client costs little and holds nothing long: a route and its token
+are judged from the request head, before any body is read; a connection must finish each
+request within `header_timeout_s`; connections are capped, and at the cap the oldest one
+still without a session makes room. A client that does not read its replies stops being
+read (write-side back-pressure), so neither pipelined requests nor a ping flood grow the
+server's memory.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import itertools
 import json
 import logging
 import os
+import resource
 import ssl as ssl_module
 import time
 from typing import Any
@@ -45,6 +53,7 @@ from envs.runtime import EnvRuntime, SessionRunner
 log = logging.getLogger("hillclimb.envs.server")
 
 _MAX_INBOX = 32  # queued messages per session before the server stops reading from it
+_LINGER_S = 2.0  # how long a refused connection's remaining input is read and dropped
 
 
 class ServerConfig(BaseModel):
@@ -60,6 +69,21 @@ class ServerConfig(BaseModel):
     """Seconds one reset, step or MCP request may run; past it the session is closed. None means no limit."""
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest accepted message; a larger one is answered with VALIDATION_ERROR and skipped."""
+    max_connections: int = Field(default=512, ge=2)
+    """Open connections at once (at most the open-file limit leaves room for); past it, the oldest
+    connection without a session is closed to make room, else the new one is refused."""
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """Seconds an HTTP connection may take to send a complete request (and to send the next
+    one, on keep-alive); past it the connection is closed."""
+
+
+_ROUTES = frozenset({"/health", "/ws", "/schema", "/metadata", "/metrics", "/mcp"})
+
+
+def _open_file_room(reserve: int = 32) -> int:
+    """Connections the open-file limit leaves room for, after the server's own descriptors."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(soft - reserve, 2) if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 class _StepDeadline(Exception):
@@ -99,7 +123,8 @@ class EnvServer:
         self.sessions: dict[str, _Session] = {}
         self.env_stats = EnvCallStats()
         self._reserved = 0  # sessions accepted whose environment is still being created
-        self._connections: set[_Connection] = set()
+        self._connections: dict[_Connection, None] = {}  # in arrival order: the oldest first
+        self.max_connections = min(self.config.max_connections, _open_file_room())
         self._servers: list[asyncio.base_events.Server] = []
         self._reaper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # sessions and POST /mcp requests still running
@@ -192,8 +217,9 @@ class EnvServer:
 
     def _start_reaper(self) -> None:
         limits = [t for t in (self.config.idle_timeout_s, self.config.step_timeout_s) if t is not None]
-        if self._reaper is None and limits:
-            self._reaper = asyncio.get_running_loop().create_task(self._watch_forever(min(limits)))
+        if self._reaper is None:
+            shortest = min([*limits, self.config.header_timeout_s])
+            self._reaper = asyncio.get_running_loop().create_task(self._watch_forever(shortest))
 
     async def _watch_forever(self, shortest_limit: float) -> None:
         """Reap idle connections and end late steps. One timer for the whole server, rather
@@ -206,6 +232,7 @@ class EnvServer:
                 now = time.monotonic()
                 if idle is not None:
                     self.reap_idle(now - idle)
+                self.close_slow_requests(now - self.config.header_timeout_s)
                 self.expire_late_steps(now)
             except Exception:  # the watchdog must outlive any one bad connection
                 log.exception("idle reaping failed")
@@ -223,8 +250,23 @@ class EnvServer:
                 reaped += 1
         return reaped
 
-    def track(self, conn: _Connection, alive: bool) -> None:
-        (self._connections.add if alive else self._connections.discard)(conn)
+    def close_slow_requests(self, cutoff: float) -> None:
+        for conn in list(self._connections):
+            if conn.waiting_for_request_since(cutoff):
+                conn.abort()
+
+    def admit(self, conn: _Connection) -> bool:
+        """Track a new connection; at the cap, close the oldest without a session for it, or refuse it."""
+        if len(self._connections) >= self.max_connections:
+            victim = next((c for c in self._connections if c.session is None and c is not conn), None)
+            if victim is None:
+                return False
+            victim.abort()
+        self._connections[conn] = None
+        return True
+
+    def forget(self, conn: _Connection) -> None:
+        self._connections.pop(conn, None)
 
     def spawn(self, work: Any) -> asyncio.Task[None]:
         """Run a connection's coroutine as a task the server holds until it ends (the loop only keeps weak refs)."""
@@ -251,30 +293,52 @@ class _Connection(asyncio.Protocol):
         self._inbox: collections.deque[tuple[int, bytes] | None] = collections.deque()
         self._inbox_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
-        self._reading_paused = False
+        self._inbox_full = False  # reading paused: the session has not taken its messages
+        self._writes_blocked = False  # reading paused: the client has not read its replies
+        self._discarding = False  # refused: what still arrives is dropped unread
+        self._request_since = time.monotonic()  # since when an HTTP connection awaits its next request
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.server.track(self, True)
+        if not self.server.admit(self):
+            self._closing = True
+            transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self.server.track(self, False)
+        self.server.forget(self)
         self._push(None)
         if self._drain_waiter and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
 
     def pause_writing(self) -> None:
         self._drain_waiter = asyncio.get_running_loop().create_future()
+        self._writes_blocked = True
+        self._update_reading()
 
     def resume_writing(self) -> None:
         if self._drain_waiter and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
         self._drain_waiter = None
+        self._writes_blocked = False
+        self._update_reading()
+        if self._frames is None:
+            self._serve_http()  # requests already read wait for room to answer them
+
+    def _update_reading(self) -> None:
+        """Read from the client only while it reads our replies and its session keeps up."""
+        if self.transport is None or self._closing:
+            return
+        if self._writes_blocked or self._inbox_full:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
         self._last_active = time.monotonic()
         if self._frames is not None:
             self._on_ws_data(data)
@@ -288,6 +352,16 @@ class _Connection(asyncio.Protocol):
         if self.session is not None and self.session.busy:
             return False
         return self._last_active < cutoff and not self._closing
+
+    def waiting_for_request_since(self, cutoff: float) -> bool:
+        """An HTTP connection that has waited since before `cutoff` for a complete request."""
+        waiting = self._frames is None and not self._http_busy and not self._closing
+        return waiting and self._request_since < cutoff
+
+    def abort(self) -> None:
+        if self.transport is not None and not self._closing:
+            self._closing = True
+            self.transport.abort()
 
     def reap(self, timeout: float) -> None:
         if self.session is not None:
@@ -310,14 +384,15 @@ class _Connection(asyncio.Protocol):
     # -- HTTP --------------------------------------------------------------------------
 
     def _serve_http(self) -> None:
-        while not self._http_busy and not self._closing and self._frames is None:
+        while not self._http_busy and not self._closing and self._frames is None and not self._writes_blocked:
             try:
                 request = self._next_request()
                 if request is None:
                     return
                 self._route(request)
             except http.HTTPError as e:
-                self._respond_and_close(http.json_response(e.status, {"error": e.message}))
+                challenge = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+                self._refuse(http.json_response(e.status, {"error": e.message}, challenge))
                 return
             except Exception as e:  # e.g. /metadata with a failing factory: answer, never drop the connection
                 log.exception("HTTP request failed")
@@ -331,8 +406,7 @@ class _Connection(asyncio.Protocol):
             if head is None:
                 return None
             pending = http.parse_request_head(head)
-            if pending.content_length > self.server.config.max_message_bytes:
-                raise http.HTTPError(413, f"body exceeds {self.server.config.max_message_bytes} bytes")
+            self._refuse_early(pending)
         need = pending.content_length
         if len(self._buf) < need:
             self._pending_request = pending
@@ -340,16 +414,28 @@ class _Connection(asyncio.Protocol):
         pending.body = bytes(self._buf[:need])
         del self._buf[:need]
         self._pending_request = None
+        self._request_since = time.monotonic()  # the next one's time starts now
         return pending
 
+    def _refuse_early(self, req: http.Request) -> None:
+        """Judge a request by its head, before reading (or buffering) any of its body."""
+        if req.path not in _ROUTES:
+            if req.content_length:  # without one, the connection can stay open for the next request
+                raise http.HTTPError(404, f"no route {req.path}")
+            return
+        if req.path != "/health" and not self.server.authorized(req.headers):
+            raise http.HTTPError(401, "missing or wrong bearer token")
+        if req.content_length and req.path != "/mcp":
+            raise http.HTTPError(400, f"{req.path} takes no request body")
+        if req.content_length > self.server.config.max_message_bytes:
+            raise http.HTTPError(413, f"body exceeds {self.server.config.max_message_bytes} bytes")
+
     def _route(self, req: http.Request) -> None:
+        """Answer a complete request; `_refuse_early` has checked its route and token."""
         if req.path == "/health":
             return self._respond(req, http.json_response(200, {"status": "healthy"}))
-        if req.path not in ("/ws", "/schema", "/metadata", "/metrics", "/mcp"):
+        if req.path not in _ROUTES:
             return self._respond(req, http.json_response(404, {"error": f"no route {req.path}"}))
-        if not self.server.authorized(req.headers):
-            body = {"error": "missing or wrong bearer token"}
-            return self._respond_and_close(http.json_response(401, body, {"WWW-Authenticate": "Bearer"}))
         if req.path == "/ws":
             return self._upgrade(req)
         expected = "POST" if req.path == "/mcp" else "GET"
@@ -373,6 +459,18 @@ class _Connection(asyncio.Protocol):
         else:
             self._respond_and_close(payload)
 
+    def _refuse(self, payload: bytes) -> None:
+        """Answer, then close without reading what the client still sends (a body we refused):
+        the rest is discarded as it arrives, for at most `_LINGER_S`, so that the reply is not
+        lost to a connection reset over unread data."""
+        self._write(payload)
+        self._closing = self._discarding = True
+        self._buf.clear()
+        if self.transport is not None:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            asyncio.get_running_loop().call_later(_LINGER_S, self.transport.abort)
+
     def _respond_and_close(self, payload: bytes) -> None:
         self._write(payload)
         self._closing = True
@@ -394,6 +492,7 @@ class _Connection(asyncio.Protocol):
             self._respond(req, http.json_response(200, error))
         finally:
             self._http_busy = False
+            self._request_since = time.monotonic()
         self._serve_http()
 
     async def _stateless_mcp(self, body: bytes) -> tuple[int, dict[str, Any] | None]:
@@ -458,7 +557,7 @@ class _Connection(asyncio.Protocol):
                 self._write(ws.encode_frame(ws.OP_PONG, payload, mask=False))
             elif opcode == ws.OP_CLOSE:
                 code, _ = ws.parse_close_payload(payload)
-                self.shutdown(ws.CLOSE_NORMAL if code in (1005, ws.CLOSE_NORMAL) else code, "")
+                self.shutdown(ws.close_reply_code(code), "")
             elif opcode != ws.OP_PONG:
                 self._push((opcode, payload))
 
@@ -467,9 +566,9 @@ class _Connection(asyncio.Protocol):
         waiter = self._inbox_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if len(self._inbox) > _MAX_INBOX and not self._reading_paused and self.transport and not self._closing:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        if len(self._inbox) > _MAX_INBOX and not self._inbox_full:
+            self._inbox_full = True
+            self._update_reading()
 
     async def _next_message(self) -> tuple[int, bytes] | None:
         if self._closing:  # nobody can read a reply; and after a step timeout the state is unknown
@@ -478,10 +577,9 @@ class _Connection(asyncio.Protocol):
             self._inbox_waiter = asyncio.get_running_loop().create_future()
             await self._inbox_waiter
             self._inbox_waiter = None
-        if self._reading_paused and len(self._inbox) <= _MAX_INBOX // 2 and not self._closing:
-            self._reading_paused = False
-            assert self.transport is not None
-            self.transport.resume_reading()
+        if self._inbox_full and len(self._inbox) <= _MAX_INBOX // 2:
+            self._inbox_full = False
+            self._update_reading()
         return self._inbox.popleft()
 
     def _send_json(self, payload: dict[str, Any]) -> None:

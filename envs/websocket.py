@@ -106,6 +106,15 @@ def close_payload(code: int, reason: str = "") -> bytes:
     return struct.pack("!H", code) + cut.encode("utf-8")
 
 
+def close_reply_code(code: int) -> int:
+    """The code to answer a peer's close frame with: its own when that may be sent on the wire
+    (RFC 6455 7.4: 1000-1003, 1007-1014, 3000-4999), 1000 when it sent none, else 1002."""
+    if code == 1005:
+        return CLOSE_NORMAL
+    sendable = 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+    return code if sendable else CLOSE_PROTOCOL_ERROR
+
+
 def parse_close_payload(payload: bytes) -> tuple[int, str]:
     if len(payload) < 2:
         return 1005, ""

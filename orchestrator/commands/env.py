@@ -44,6 +44,8 @@ def serve(
     token_file: Annotated[Path | None, typer.Option(help="File holding the bearer token.")] = None,
     max_sessions: Annotated[int, typer.Option(help="Concurrent WebSocket sessions.")] = 64,
     idle_timeout: Annotated[float, typer.Option(help="Close sessions idle this many seconds.")] = 300.0,
+    header_timeout: Annotated[float, typer.Option(help="Close connections slower to send a request.")] = 10.0,
+    max_connections: Annotated[int, typer.Option(help="Open connections at once.")] = 512,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate chain: serve TLS (wss://) on TCP.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM key of --tls-cert (default: in the same file).")] = None,
 ) -> None:
@@ -60,7 +62,12 @@ def serve(
     token = None if no_auth else _token_for_serving(token_file)
     if no_auth:
         errors.print("[yellow]warning:[/] --no-auth: any local client can drive this environment")
-    config = ServerConfig(max_sessions=max_sessions, idle_timeout_s=idle_timeout)
+    config = ServerConfig(
+        max_sessions=max_sessions,
+        idle_timeout_s=idle_timeout,
+        header_timeout_s=header_timeout,
+        max_connections=max_connections,
+    )
     ready = lambda url: console.print(f"serving [bold]{target}[/] on {url}")  # noqa: E731
     asyncio.run(
         run(
