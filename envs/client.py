@@ -42,6 +42,7 @@ from envs.errors import (
     StepTimeoutError,
     TLSError,
 )
+from envs.unix_socket import connect_unix
 
 ObsT = TypeVar("ObsT")
 
@@ -105,7 +106,8 @@ class Endpoint:
     async def open(self, factory: Any, timeout: float, ssl: ssl_module.SSLContext | None) -> asyncio.BaseTransport:
         loop = asyncio.get_running_loop()
         if self.uds:
-            transport, _ = await asyncio.wait_for(loop.create_unix_connection(factory, self.uds), timeout)
+            connected = await asyncio.wait_for(connect_unix(self.uds), timeout)
+            transport, _ = await loop.create_unix_connection(factory, sock=connected)
         else:
             ctx = (ssl or ssl_module.create_default_context()) if self.tls else None
             connecting = loop.create_connection(factory, self.host, self.port, ssl=ctx)
@@ -570,7 +572,7 @@ async def http_request(
 
     async def exchange() -> tuple[int, Any]:
         if endpoint.uds:
-            reader, writer = await asyncio.open_unix_connection(endpoint.uds)
+            reader, writer = await asyncio.open_unix_connection(sock=await connect_unix(endpoint.uds))
         else:
             ctx = ssl_module.create_default_context() if endpoint.tls else None
             reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port, ssl=ctx)

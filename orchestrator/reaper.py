@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, Field
 
-from orchestrator.runs import RunState, run_state
-from providers.base import LABEL_HOST, Sandbox, SandboxProvider, host_label
+from orchestrator.runs import RunState, forget_gone, run_state
+from providers.base import Sandbox, SandboxProvider
 from providers.errors import ProviderError
 
 log = logging.getLogger("hillclimb.orchestrator.reaper")
@@ -30,12 +30,12 @@ class ReapReport(BaseModel):
         return len(self.expired) + len(self.orphaned) - len(self.failed)
 
 
-def verdict(sandbox: Sandbox, now: float, host: str, state_of: Callable[[str], RunState]) -> str | None:
+def verdict(sandbox: Sandbox, now: float, state_of: Callable[[str], RunState]) -> str | None:
     """'expired', 'orphaned', or None to keep it."""
     if sandbox.expired(now):
         return "expired"
     run = sandbox.run_id
-    if run is not None and sandbox.labels.get(LABEL_HOST) == host and state_of(run) is RunState.GONE:
+    if run is not None and state_of(run) is RunState.GONE:
         return "orphaned"
     return None
 
@@ -45,15 +45,21 @@ async def reap(
     *,
     selector: dict[str, str] | None = None,
     dry_run: bool = False,
-    host: str | None = None,
     state_of: Callable[[str], RunState] = run_state,
 ) -> ReapReport:
     """One pass over the provider's sandboxes (optionally only those matching `selector`)."""
     report = ReapReport()
-    now, host = time.time(), host or host_label()
+    now = time.time()
+    states: dict[str, RunState] = {}
+
+    def state_once(run: str) -> RunState:  # one look per run and pass
+        if run not in states:
+            states[run] = state_of(run)
+        return states[run]
+
     for sandbox in await provider.list(selector):
         report.examined += 1
-        why = verdict(sandbox, now, host, state_of)
+        why = verdict(sandbox, now, state_once)
         if why is None:
             continue
         (report.expired if why == "expired" else report.orphaned).append(sandbox.id)
@@ -63,6 +69,10 @@ async def reap(
             await provider.destroy(sandbox.id)
         except ProviderError as e:
             report.failed[sandbox.id] = str(e)
+    if not dry_run and not report.failed:
+        for run, state in states.items():
+            if state is RunState.GONE:
+                forget_gone(run)
     return report
 
 

@@ -1,19 +1,30 @@
-"""Which runs are alive: each driver holds an exclusive lock on its run's lock file.
+"""Which runs are alive: every process that holds a run's sandboxes beats a heartbeat.
 
-The kernel drops an flock when its process dies, SIGKILL included, so "the file
-exists and nobody holds its lock" means the run is gone, and its sandboxes are
-orphans a reaper may destroy. A run with no lock file on this host is unknown here
-(another machine's, or never started): only its time-to-live applies.
+    <home>/runs/<run id>/<host>.<pid>.<n>.beat     flocked while held, touched every interval
+
+A reaper on the same host asks the kernel: it drops a process's flock when the process
+dies, SIGKILL included, so a beat file nobody holds is a dead process's. A reaper on
+another host (the directory shared between them) cannot see that lock and reads the
+file's age instead. A run is alive while any of its beats is; gone when it has beats
+and none is alive; unknown when it has none here (another machine's, or never started),
+and then only its sandboxes' time-to-live applies.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import secrets
+import threading
+import time
 from enum import StrEnum
 from pathlib import Path
 
-from envs.errors import HillclimbError
+from providers.base import host_label
+
+STALE_AFTER_BEATS = 3
+"""A beat from another host older than this many intervals is a dead process's."""
 
 
 class RunState(StrEnum):
@@ -22,67 +33,88 @@ class RunState(StrEnum):
     UNKNOWN = "unknown"
 
 
-class RunActiveError(HillclimbError, RuntimeError):
-    """Another live process already holds this run id."""
-
-
 def hillclimb_home() -> Path:
     return Path(os.environ.get("HILLCLIMB_HOME") or Path.home() / ".cache" / "hillclimb")
 
 
 def runs_dir() -> Path:
-    path = hillclimb_home() / "runs"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return hillclimb_home() / "runs"
 
 
-class RunLock:
-    """Held for a driver's whole life: `with RunLock(run_id): ...`."""
+class Heartbeat:
+    """Held while a process owns sandboxes of `run_id`: `with Heartbeat(run_id): ...`."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, interval_s: float = 10.0) -> None:
         self.run_id = run_id
-        self.path = runs_dir() / f"{run_id}.lock"
+        self.interval_s = interval_s
+        self.path = runs_dir() / run_id / f"{host_label()}.{os.getpid()}.{secrets.token_hex(4)}.beat"
         self._fd: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def acquire(self) -> RunLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunActiveError(
-                f"run {self.run_id!r} is already running on this host (lock {self.path}); pick another run id"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+    def start(self) -> Heartbeat:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a name of its own: nobody else takes it
+        os.write(fd, json.dumps({"host": host_label(), "pid": os.getpid(), "interval_s": self.interval_s}).encode())
         self._fd = fd
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.run_id}", daemon=True)
+        self._thread.start()
         return self
 
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            assert self._fd is not None
+            os.utime(self._fd)
 
-    def __enter__(self) -> RunLock:
-        return self.acquire()
+    def stop(self) -> None:
+        if self._fd is None:
+            return
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+        self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> Heartbeat:
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.release()
+        self.stop()
 
 
-def run_state(run_id: str) -> RunState:
-    path = runs_dir() / f"{run_id}.lock"
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+def run_state(run_id: str, now: float | None = None) -> RunState:
+    beats = sorted((runs_dir() / run_id).glob("*.beat"))
+    if not beats:
         return RunState.UNKNOWN
+    now = time.time() if now is None else now
+    return RunState.ALIVE if any(_beating(path, now) for path in beats) else RunState.GONE
+
+
+def _beating(path: Path, now: float) -> bool:
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return RunState.ALIVE
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return RunState.GONE
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:  # its process stopped cleanly just now
+        return False
+    try:
+        info = json.loads(os.read(fd, 4096) or b"{}")
+        if info.get("host") == host_label():
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        return now - os.fstat(fd).st_mtime <= STALE_AFTER_BEATS * float(info.get("interval_s", 10.0))
+    except ValueError:  # written but not yet filled in: a process starting
+        return True
     finally:
         os.close(fd)
+
+
+def forget_gone(run_id: str) -> None:
+    """Remove the beat files of this host's dead processes of `run_id` (after reaping)."""
+    for path in (runs_dir() / run_id).glob(f"{host_label()}.*.beat"):
+        if not _beating(path, time.time()):
+            path.unlink(missing_ok=True)

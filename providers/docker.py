@@ -6,6 +6,12 @@ directory bind-mounted at /run/hillclimb. The token travels as a file in that di
 (mode 0400, read once and deleted by the server), so it shows in no label, no
 environment variable, no command line and no `docker inspect` output.
 
+On the host, under the provider's root (0711):
+
+    <root>/<id>/meta.json    the sandbox's labels, 0600: a reaper finds the directory's run
+                             even when its container is gone
+    <root>/<id>/sock/        bind-mounted at /run/hillclimb, owned by the container's uid
+
 Hardening by default: a non-root user, a read-only root filesystem with size-limited
 tmpfs for /work and /tmp, every capability dropped, no-new-privileges, an init process,
 and the memory / CPU / pids limits of the spec. Every container carries its run id,
@@ -16,6 +22,7 @@ derived from the key, so the engine itself guarantees one container per key.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -31,7 +38,15 @@ from pydantic import SecretStr
 import docker
 from envs.client import http_request
 from envs.digest import IMAGE_LABEL, envs_digest
-from providers.base import LABEL_CREATED, LABEL_RUN, InflightCalls, Sandbox, SandboxSpec, utc_from_timestamp
+from providers.base import (
+    LABEL_CREATED,
+    LABEL_EXPIRES,
+    LABEL_RUN,
+    InflightCalls,
+    Sandbox,
+    SandboxSpec,
+    utc_from_timestamp,
+)
 from providers.errors import (
     BadSpecError,
     CapacityError,
@@ -49,6 +64,7 @@ DEFAULT_IMAGE = "hillclimb/sandbox:dev"
 CONTAINER_UID = 10001
 SOCKET_DIR = "/run/hillclimb"
 NAME_PREFIX = "hillclimb-"
+ORPHAN_DIR_TTL_S = 3600
 
 
 def default_root() -> Path:
@@ -141,7 +157,7 @@ class DockerProvider:
         self._check_image(spec.image or self.image)
         created_at = time.time()
         token = secrets.token_urlsafe(32)
-        home = self._make_home(sandbox_id, token)
+        home = self._make_home(sandbox_id, token, spec.all_labels(created_at))
         try:
             container = self._client.containers.create(**self._container_args(spec, sandbox_id, home, created_at))
         except docker.errors.APIError as e:
@@ -182,14 +198,19 @@ class DockerProvider:
         container = self._client.containers.get(NAME_PREFIX + sandbox_id)
         return self._sandbox(sandbox_id, container.labels)
 
-    def _make_home(self, sandbox_id: str, token: str) -> Path:
+    def _make_home(self, sandbox_id: str, token: str, labels: dict[str, str]) -> Path:
         home = self.root / sandbox_id
-        home.mkdir(mode=0o700)
-        token_file = home / "token"
+        home.mkdir(mode=0o711)
+        fd = os.open(home / "meta.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"labels": labels}, f)
+        sock_dir = home / "sock"
+        sock_dir.mkdir(mode=0o700)
+        token_file = sock_dir / "token"
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
         with os.fdopen(fd, "w") as f:
             f.write(token)
-        for path in (home, token_file):
+        for path in (sock_dir, token_file):
             os.chown(path, self.container_uid, self.container_gid)
         return home
 
@@ -233,7 +254,7 @@ class DockerProvider:
                 "/work": f"rw,exec,nosuid,nodev,size={res.disk_mb}m,uid={uid_gid[0]},gid={uid_gid[1]},mode=0700",
                 "/tmp": "rw,nosuid,nodev,size=64m,mode=1777",
             },
-            "volumes": {str(home): {"bind": SOCKET_DIR, "mode": "rw"}},
+            "volumes": {str(home / "sock"): {"bind": SOCKET_DIR, "mode": "rw"}},
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges:true"],
             "ipc_mode": "private",
@@ -253,7 +274,7 @@ class DockerProvider:
         created = labels.get(LABEL_CREATED)
         return Sandbox(
             id=sandbox_id,
-            endpoint=f"unix://{self.root / sandbox_id / 'env.sock'}",
+            endpoint=f"unix://{self.root / sandbox_id / 'sock' / 'env.sock'}",
             token=self._tokens.get(sandbox_id),
             provider=self.name,
             created_at=utc_from_timestamp(float(created) if created else 0.0),
@@ -316,6 +337,9 @@ class DockerProvider:
             self._client.containers.get(NAME_PREFIX + sandbox_id).remove(force=True)
         except docker.errors.NotFound:
             pass
+        except docker.errors.APIError as e:
+            if e.status_code != 409:  # 409: another destroy is removing it already
+                raise _translate(e, f"removing sandbox {sandbox_id}") from e
         except docker.errors.DockerException as e:
             raise _translate(e, f"removing sandbox {sandbox_id}") from e
         shutil.rmtree(self.root / sandbox_id, ignore_errors=True)
@@ -330,11 +354,35 @@ class DockerProvider:
             containers = self._client.containers.list(all=True, filters=filters)
         except docker.errors.DockerException as e:
             raise _translate(e, "listing sandboxes") from e
-        return [
-            self._sandbox(c.name.removeprefix(NAME_PREFIX), c.labels)
+        found = {
+            c.name.removeprefix(NAME_PREFIX): self._sandbox(c.name.removeprefix(NAME_PREFIX), c.labels)
             for c in containers
             if c.name.startswith(NAME_PREFIX)
-        ]
+        }
+        # A directory without its container (removed by hand, or its driver killed mid-create):
+        # still a sandbox to list, so that a reaper can remove what is left of it.
+        for home in self.root.glob("dk-*"):
+            if home.name not in found and not self._container_exists(home.name):
+                labels = self._home_labels(home)
+                if all(labels.get(k) == v for k, v in selector.items()):
+                    found[home.name] = self._sandbox(home.name, labels)
+        return [found[sandbox_id] for sandbox_id in sorted(found)]
+
+    def _container_exists(self, sandbox_id: str) -> bool:
+        try:
+            self._client.containers.get(NAME_PREFIX + sandbox_id)
+            return True
+        except docker.errors.NotFound:
+            return False
+
+    def _home_labels(self, home: Path) -> dict[str, str]:
+        try:
+            fd = os.open(home / "meta.json", os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd) as f:
+                return dict(json.load(f).get("labels", {}))
+        except (OSError, ValueError):  # no labels to judge it by: it expires an hour after it was made
+            made = int(home.stat().st_mtime) if home.exists() else 0
+            return {LABEL_CREATED: str(made), LABEL_EXPIRES: str(made + ORPHAN_DIR_TTL_S)}
 
     async def close(self) -> None:
         await asyncio.to_thread(self._inflight.wait_idle, 120.0)

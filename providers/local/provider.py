@@ -9,10 +9,11 @@ time-to-live, and when the process that created it dies.
 On disk, under the provider's root (mode 0711, owned by us):
 
     <root>/<id>/meta.json     labels, pids and uid slot (no token), 0600
-    <root>/<id>/run/          env.sock and server.log, owned by the sandbox uid, 0700
+    <root>/<id>/server.log    the server's stdout and stderr, 0600: the server holds only a descriptor
+    <root>/<id>/run/          env.sock, owned by the sandbox uid, 0700
     <root>/<id>/work/         the sandbox's working directory
     <root>/<id>/tmp/          its /tmp
-    <root>/.slots/<n>         uid slot claims (uid = uid_base + n)
+    <root>/.slots/<n>         uid slot claims (uid = uid_base + n): a symlink naming the sandbox
 
 Another process (`hillclimb sandbox ls|rm|reap`) reads the same layout.
 """
@@ -20,6 +21,8 @@ Another process (`hillclimb sandbox ls|rm|reap`) reads the same layout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -27,6 +30,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -200,7 +204,7 @@ class LocalProvider:
         token = secrets.token_urlsafe(32)
         labels = spec.all_labels(created_at)
         try:
-            slot = self._claim_slot() if isolate and self._as_root else None
+            slot = self._claim_slot(sandbox_id) if isolate and self._as_root else None
             uid = None if slot is None else self.uid_base + slot
             dirs = self._make_dirs(home, uid)
             cgroups = self._cgroups.create(sandbox_id, spec.resources) if self._cgroups and isolate else []
@@ -213,7 +217,7 @@ class LocalProvider:
                 workdir=str(dirs["work"]),
                 tmpdir=str(dirs["tmp"]),
                 tmp_size_mb=spec.resources.disk_mb,
-                log_path=str(dirs["run"] / "server.log"),
+                log_path=str(home / "server.log"),
                 uid=uid,
                 gid=uid,
                 isolate=isolate,
@@ -262,13 +266,13 @@ class LocalProvider:
             )
         return self._sandbox(sandbox_id, meta)
 
-    def _claim_slot(self) -> int:
+    def _claim_slot(self, sandbox_id: str) -> int:
         slots = self.root / ".slots"
         start = secrets.randbelow(self.uid_slots)
         for offset in range(self.uid_slots):
             slot = (start + offset) % self.uid_slots
-            try:
-                (slots / str(slot)).mkdir()
+            try:  # atomic, and says whose it is: only that sandbox's destroy may free it
+                os.symlink(sandbox_id, slots / str(slot))
                 return slot
             except FileExistsError:
                 continue
@@ -330,10 +334,15 @@ class LocalProvider:
         return await asyncio.to_thread(self._log_tail, self.root / sandbox_id)
 
     def _log_tail(self, home: Path, limit: int = 2000) -> str:
-        try:
-            return (home / "run" / "server.log").read_bytes()[-limit:].decode(errors="replace")
+        try:  # no link is followed: without a uid of its own, a sandbox can write its home
+            fd = os.open(home / "server.log", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return ""
+        with os.fdopen(fd, "rb") as log_file:
+            info = os.fstat(fd)
+            size = info.st_size if stat.S_ISREG(info.st_mode) else 0  # never wait on a planted FIFO
+            log_file.seek(max(size - limit, 0))
+            return log_file.read(min(size, limit)).decode(errors="replace")
 
     # -- readiness ----------------------------------------------------------------------
 
@@ -369,6 +378,24 @@ class LocalProvider:
 
     def _remove(self, sandbox_id: str) -> None:
         home = self.root / sandbox_id
+        try:
+            home_fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            home_fd = None
+        try:
+            # One destroyer at a time, in any process; the next finds the directory gone (or a
+            # new sandbox under the same key, another inode) and does nothing.
+            if home_fd is not None:
+                fcntl.flock(home_fd, fcntl.LOCK_EX)
+                if _same_inode(home_fd, home):
+                    self._kill_and_free(sandbox_id, home)
+        finally:
+            if home_fd is not None:
+                os.close(home_fd)
+            with self._lock:
+                self._tokens.pop(sandbox_id, None)
+
+    def _kill_and_free(self, sandbox_id: str, home: Path) -> None:
         meta = self._read_meta(home)
         if sandbox_id in self._tokens:
             self._zygote.request({"op": "kill", "id": sandbox_id})
@@ -378,11 +405,15 @@ class LocalProvider:
             self._kill_group(sandbox_id)
         else:
             self._wait_gone(meta)
-        shutil.rmtree(home, ignore_errors=True)
         if meta.get("slot") is not None:
-            (self.root / ".slots" / str(meta["slot"])).rmdir()
-        with self._lock:
-            self._tokens.pop(sandbox_id, None)
+            self._free_slot(meta["slot"], sandbox_id)
+        shutil.rmtree(home, ignore_errors=True)  # last: while it exists, a destroyer can read the slot
+
+    def _free_slot(self, slot: int, sandbox_id: str) -> None:
+        claim = self.root / ".slots" / str(slot)
+        with contextlib.suppress(OSError):  # already freed, or not a claim of this layout
+            if os.readlink(claim) == sandbox_id:
+                claim.unlink()
 
     def _kill_group(self, sandbox_id: str) -> None:
         assert self._cgroups is not None
@@ -424,6 +455,13 @@ class LocalProvider:
         for sandbox_id in list(self._tokens):
             await self.destroy(sandbox_id)
         await asyncio.to_thread(self._zygote.close)
+
+
+def _same_inode(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _task_count(uid: int) -> int:

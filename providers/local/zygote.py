@@ -95,7 +95,7 @@ def _prepare_init(plan: LaunchPlan) -> None:
     isolation.loopback_up()
 
 
-def _become_server(plan: LaunchPlan, report_fd: int) -> None:
+def _become_server(plan: LaunchPlan, report_fd: int, log_fd: int) -> None:
     """In the server process: drop everything, then serve (or exec the custom command)."""
     if plan.uid is not None and plan.gid is not None:
         isolation.drop_privileges(plan.uid, plan.gid)
@@ -106,10 +106,9 @@ def _become_server(plan: LaunchPlan, report_fd: int) -> None:
     os.environ.clear()
     os.environ.update(environ)
     null = os.open(os.devnull, os.O_RDONLY)
-    log = os.open(plan.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(null, 0)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
     os.closerange(3, report_fd)
     os.closerange(report_fd + 1, 65536)
     if plan.command:
@@ -149,13 +148,16 @@ def _run_sandbox(plan: LaunchPlan, report_fd: int) -> None:
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     _join_cgroups(plan)
+    # Opened here, before any privilege is dropped, in a directory the sandbox cannot write:
+    # the server only ever holds the descriptor, so it cannot swap the file the host reads.
+    log_fd = os.open(plan.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     if plan.isolate:
         _isolate_init(plan)
     _descend()  # the child is PID 1 of the new namespaces
     if plan.isolate:
         _prepare_init(plan)
     _descend()  # the child is the env server, under that init
-    _become_server(plan, report_fd)
+    _become_server(plan, report_fd, log_fd)
     os._exit(0)
 
 

@@ -121,7 +121,7 @@ async def test_a_broken_sandbox_is_reported_with_its_server_log_before_it_goes(
     try:
         first, second = await pool.lease(timeout_s=30), await pool.lease(timeout_s=5)
         victim = first.sandbox.id
-        with open(local_provider.root / victim / "run" / "server.log", "a") as log_file:
+        with open(local_provider.root / victim / "server.log", "a") as log_file:
             log_file.write("a line the server wrote\n")
         first.mark_broken("ConnectionLostError: connection lost")
         second.mark_broken("ConnectionLostError: connection lost")

@@ -276,3 +276,14 @@ def test_removing_a_sandbox_that_does_not_exist_is_an_error_not_a_success() -> N
     assert done.returncode == 2, done.stdout + done.stderr
     assert "SandboxNotFound: no sandbox lc-000000000000 on provider 'local'" in done.stderr
     assert "destroyed" not in done.stdout
+
+
+async def test_concurrent_destroys_of_one_sandbox_remove_it_once(local_provider: LocalProvider) -> None:
+    sandbox = await _start(local_provider, env=LIMITS_ENV)
+    reaper = LocalProvider(root=local_provider.root)  # another process's view of the same root
+    meta = json.loads((local_provider.root / sandbox.id / "meta.json").read_text())
+    await asyncio.gather(*(p.destroy(sandbox.id) for p in (local_provider, reaper, local_provider, reaper)))
+    assert not (local_provider.root / sandbox.id).exists()
+    assert not (local_provider.root / ".slots" / str(meta["slot"])).is_symlink()
+    assert not _uid_pids(local_provider.uid_base + meta["slot"])
+    await reaper.close()

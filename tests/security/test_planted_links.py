@@ -1,0 +1,130 @@
+"""An agent plants links where the orchestrator looks: the host must not follow them.
+
+The agent runs arbitrary commands (the `terminal` environment) and can write its
+sandbox's socket directory. Swapping `env.sock` for a symlink to a host socket must not
+send the orchestrator's health check or WebSocket upgrade, bearer token included, to
+that socket; swapping the server log for a symlink to a host file must not make the
+provider read that file back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from envs.client import EnvClient, http_request
+from envs.unix_socket import UnsafeSocketError, _checked_socket
+from providers.base import Sandbox, SandboxSpec
+
+
+async def _agent(sandbox: Sandbox, command: str) -> str:
+    """Run `command` as the agent would: a step of the terminal environment."""
+    async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as env:
+        await env.reset(seed=0)
+        observation = (await env.step({"command": command})).observation
+    return observation["output"]
+
+
+class HostListener:
+    """A Unix socket on the host that records every byte anyone sends it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.received = bytearray()
+        self.connections = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    async def __aenter__(self) -> HostListener:
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        self.path.chmod(0o777)  # as careless a socket as a host may have
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.received += await reader.read(65536)
+        writer.close()
+
+
+async def _socket_swap_is_refused(sandbox: Sandbox, run_dir: str, tmp_path: Path) -> None:
+    async with HostListener(tmp_path / "host.sock") as host:
+        listing = await _agent(sandbox, f"cd {run_dir} && rm env.sock && ln -s {host.path} env.sock && ls -l env.sock")
+        assert f"env.sock -> {host.path}" in listing  # the attack itself worked
+        with pytest.raises(UnsafeSocketError, match="symbolic link"):
+            await http_request(sandbox.endpoint, "/health", token=sandbox.secret())
+        with pytest.raises(UnsafeSocketError, match="symbolic link"):
+            await EnvClient(sandbox.endpoint, token=sandbox.secret(), connect_timeout_s=2).connect()
+        await asyncio.sleep(0.05)
+    assert host.connections == 0 and not host.received
+
+
+def _socket_dir(sandbox: Sandbox) -> str:
+    return str(Path(urlsplit(sandbox.endpoint).path).parent)
+
+
+@pytest.mark.root
+async def test_local_socket_swapped_for_a_host_socket_link_is_refused(local_provider: Any, tmp_path: Path) -> None:
+    sandbox = await local_provider.create(SandboxSpec(env="terminal"))
+    await local_provider.wait_ready(sandbox)
+    await _socket_swap_is_refused(sandbox, _socket_dir(sandbox), tmp_path)
+
+
+@pytest.mark.docker
+async def test_docker_socket_swapped_for_a_host_socket_link_is_refused(docker_provider: Any, tmp_path: Path) -> None:
+    sandbox = await docker_provider.create(SandboxSpec(env="terminal"))
+    await docker_provider.wait_ready(sandbox, timeout_s=60)
+    await _socket_swap_is_refused(sandbox, "/run/hillclimb", tmp_path)
+
+
+@pytest.mark.root
+async def test_local_server_log_swapped_for_a_host_file_link_is_not_read(local_provider: Any, tmp_path: Path) -> None:
+    secret = tmp_path / "host-secret"
+    secret.write_text("HOST-SECRET-7f3a\n")
+    secret.chmod(0o600)
+    sandbox = await local_provider.create(SandboxSpec(env="terminal"))
+    await local_provider.wait_ready(sandbox)
+    home = Path(_socket_dir(sandbox)).parent
+    # Every place a log could be: the socket dir (writable), and the sandbox's home (it must not be).
+    planted = await _agent(
+        sandbox,
+        f"for d in {home}/run {home}; do rm -f $d/server.log; ln -s {secret} $d/server.log; done; "
+        f"ls -l {home}/run/server.log",
+    )
+    assert f"server.log -> {secret}" in planted
+    assert not (home / "server.log").is_symlink()
+    assert "HOST-SECRET" not in await local_provider.log_tail(sandbox.id)
+
+
+def test_hard_links_and_other_files_are_refused(tmp_path: Path) -> None:
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "real.sock"))
+    target, fd = _checked_socket(str(tmp_path / "real.sock"))
+    assert target == f"/proc/self/fd/{fd}"
+    os.close(fd)  # type: ignore[arg-type]
+    os.link(tmp_path / "real.sock", tmp_path / "linked.sock")
+    with pytest.raises(UnsafeSocketError, match="hard link"):
+        _checked_socket(str(tmp_path / "linked.sock"))
+    (tmp_path / "plain").write_text("")
+    with pytest.raises(UnsafeSocketError, match="not a socket"):
+        _checked_socket(str(tmp_path / "plain"))
+    listener.close()
+
+
+@pytest.mark.root
+def test_a_socket_owned_by_a_stranger_is_refused(tmp_path: Path) -> None:
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "theirs.sock"))
+    os.chown(tmp_path / "theirs.sock", 4242, 4242)  # neither us (root) nor the directory's owner
+    with pytest.raises(UnsafeSocketError, match="owned by uid 4242"):
+        _checked_socket(str(tmp_path / "theirs.sock"))
+    listener.close()
