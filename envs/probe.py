@@ -8,6 +8,7 @@ connection attempted is to the host-loopback port the caller names (it must fail
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import resource
@@ -115,6 +116,30 @@ def _writable(path: str) -> bool:
     return True
 
 
+def _filesystem(path: str) -> dict[str, Any]:
+    """The type and size of the filesystem holding `path` (from this namespace's mount table)."""
+    best, kind = "", "unknown"
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        point = fields[4]
+        if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, kind = point, fields[fields.index("-") + 1]
+    stats = os.statvfs(path)
+    return {"type": kind, "size_mb": stats.f_blocks * stats.f_frsize // (1024 * 1024)}
+
+
+def _new_user_namespace() -> str:
+    """'allowed', or the errno name a child got for unshare(CLONE_NEWUSER)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pid = os.fork()
+    if pid == 0:
+        code = 0 if libc.unshare(0x10000000) == 0 else ctypes.get_errno()
+        os._exit(min(code, 255))
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return "allowed" if code == 0 else errno.errorcode.get(code, str(code))
+
+
 def isolation_report(host_port: int | None) -> dict[str, Any]:
     return {
         "interfaces": sorted(name for _, name in socket.if_nameindex()),
@@ -134,6 +159,8 @@ def isolation_report(host_port: int | None) -> dict[str, Any]:
         "rlimits": {name: resource.getrlimit(res)[0] for name, res in _RLIMITS.items()},
         "cgroup_limits": _cgroup_limits(),
         "memory_total_bytes": _memory_total(),
+        "new_user_namespace": _new_user_namespace(),
+        "filesystems": {"cwd": _filesystem(os.getcwd()), "tmp": _filesystem("/tmp")},
         **_status_fields(),
     }
 

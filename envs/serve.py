@@ -18,6 +18,8 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from envs import seccomp
+from envs.agent_processes import adopt_orphans, keep_memory_private
 from envs.registry import resolve_env_class
 from envs.runtime import EnvRuntime
 from envs.server import EnvServer, ServerConfig
@@ -89,6 +91,8 @@ async def serve(
     """Serve `target` until cancelled, signalled, or `ttl_s` seconds have passed; `on_ready`
     gets the URL once listening. The TTL is the sandbox's own hard deadline: it holds even
     when the orchestrator that should have destroyed the sandbox is gone."""
+    adopt_orphans()  # what an agent's command leaves behind comes back to us, to be killed
+    keep_memory_private()  # where the reward is computed: not for the agent's commands to read
     server = EnvServer(EnvRuntime(resolve_env_class(target)), config, token=token)
     if uds:
         await server.start_unix(uds)
@@ -145,7 +149,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--header-timeout", type=float, default=ServerConfig().header_timeout_s)
     parser.add_argument("--max-connections", type=int, default=ServerConfig().max_connections)
     parser.add_argument("--ttl", type=float, help="exit after this many seconds (the sandbox's hard time-to-live)")
+    parser.add_argument(
+        "--harden", action="store_true", help="install the sandbox's system call filter first (see envs.seccomp)"
+    )
     args = parser.parse_args(argv)
+    if args.harden:
+        seccomp.install()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = None if args.no_auth else read_token(args.token_file, consume=True)
     if token is None and not args.no_auth:

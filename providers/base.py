@@ -60,7 +60,8 @@ class Resources(BaseModel):
     pids: int = Field(default=256, ge=8, le=65536)
     """Maximum number of processes and threads inside the sandbox."""
     disk_mb: int = Field(default=1024, ge=16)
-    """Size of the writable work directory, and the largest file a process may write."""
+    """Size of each writable mount (the work directory, /tmp): tmpfs, so in memory, never on the
+    host's disk; and the largest file a process may write."""
 
 
 class EgressPolicy(BaseModel):

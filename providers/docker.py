@@ -10,7 +10,8 @@ On the host, under the provider's root (0711):
 
     <root>/<id>/meta.json    the sandbox's labels, 0600: a reaper finds the directory's run
                              even when its container is gone
-    <root>/<id>/sock/        bind-mounted at /run/hillclimb, owned by the container's uid
+    <root>/<id>/sock/        bind-mounted at /run/hillclimb, owned by the container's uid; as
+                             root, a 256 KiB tmpfs, so the container cannot fill the host's disk
 
 Hardening by default: a non-root user, a read-only root filesystem with size-limited
 tmpfs for /work and /tmp, every capability dropped, no-new-privileges, an init process,
@@ -57,6 +58,7 @@ from providers.errors import (
     SandboxDiedError,
     UnsupportedPolicy,
 )
+from providers.local.isolation import mount_tmpfs, unmount
 
 log = logging.getLogger("hillclimb.providers.docker")
 
@@ -65,6 +67,7 @@ CONTAINER_UID = 10001
 SOCKET_DIR = "/run/hillclimb"
 NAME_PREFIX = "hillclimb-"
 ORPHAN_DIR_TTL_S = 3600
+SOCK_DIR_KB = 256
 
 
 def default_root() -> Path:
@@ -165,10 +168,10 @@ class DockerProvider:
                 raise FatalProviderError(
                     f"sandbox {sandbox_id} for this idempotency key exists in another process"
                 ) from e
-            shutil.rmtree(home, ignore_errors=True)
+            self._remove_home(home)
             raise _translate(e, f"creating sandbox {sandbox_id}") from e
         except docker.errors.DockerException as e:
-            shutil.rmtree(home, ignore_errors=True)
+            self._remove_home(home)
             raise _translate(e, f"creating sandbox {sandbox_id}") from e
         self._tokens[sandbox_id] = SecretStr(token)
         try:
@@ -206,6 +209,8 @@ class DockerProvider:
             json.dump({"labels": labels}, f)
         sock_dir = home / "sock"
         sock_dir.mkdir(mode=0o700)
+        if os.geteuid() == 0:  # bound in total, off the host's disk (without root it stays a plain dir)
+            mount_tmpfs(str(sock_dir), size_kb=SOCK_DIR_KB, uid=self.container_uid, gid=self.container_gid)
         token_file = sock_dir / "token"
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
         with os.fdopen(fd, "w") as f:
@@ -231,6 +236,7 @@ class DockerProvider:
                 str(spec.max_sessions),
                 "--ttl",
                 str(spec.ttl_s),
+                "--harden",
             ]
         )
         uid_gid = (self.container_uid, self.container_gid)
@@ -342,8 +348,12 @@ class DockerProvider:
                 raise _translate(e, f"removing sandbox {sandbox_id}") from e
         except docker.errors.DockerException as e:
             raise _translate(e, f"removing sandbox {sandbox_id}") from e
-        shutil.rmtree(self.root / sandbox_id, ignore_errors=True)
+        self._remove_home(self.root / sandbox_id)
         self._tokens.pop(sandbox_id, None)
+
+    def _remove_home(self, home: Path) -> None:
+        unmount(str(home / "sock"))
+        shutil.rmtree(home, ignore_errors=True)
 
     async def list(self, selector: dict[str, str] | None = None) -> list[Sandbox]:
         return await asyncio.to_thread(self._list, selector or {})

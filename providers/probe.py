@@ -99,6 +99,18 @@ def evaluate(report: dict[str, Any]) -> list[Check]:
             ok=writable["cwd"] and writable["tmp"],
             detail=f"cwd {report['cwd']}",
         ),
+        Check(
+            name="system call filter",
+            ok=report.get("Seccomp") == "2" and report.get("new_user_namespace") != "allowed",
+            detail=f"Seccomp={report.get('Seccomp')}, new user namespace: {report.get('new_user_namespace')}",
+        ),
+        Check(
+            name="writes bounded, off the host's disk",
+            ok=all(fs["type"] == "tmpfs" for fs in report["filesystems"].values()),
+            detail=", ".join(
+                f"{name}: {fs['type']} of {fs['size_mb']} MiB" for name, fs in report["filesystems"].items()
+            ),
+        ),
         Check(name="memory limited", ok=mem_ok, detail=mem_detail),
         Check(name="process count limited", ok=pids_ok, detail=pids_detail),
         Check(name="cpu limited", ok=cpu_ok, detail=cpu_detail),

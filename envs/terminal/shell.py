@@ -5,9 +5,10 @@
 Each command gets its own process group (`start_new_session=True`). When the command
 ends or times out, the whole group is killed: a timed-out pipeline dies with all its
 children, and a background job (`sleep 100 &`) can neither outlive its command nor hold
-the output pipe open. stdout and stderr share one pipe, so the output interleaves as a
-terminal would show it. Output past the limit is read and dropped (so the command never
-blocks on a full pipe) and a note says how much was cut.
+the output pipe open. A process that left the group (`setsid`) is killed too, in a
+server that adopts orphans (see `envs.agent_processes`). stdout and stderr share one pipe, so the
+output interleaves as a terminal would show it. Output past the limit is read and dropped
+(so the command never blocks on a full pipe) and a note says how much was cut.
 
 The child gets a small fixed environment, not the server's: nothing of the orchestrator
 leaks into the agent's shell, and `LC_ALL=C` makes sort orders and tool messages the same
@@ -21,6 +22,11 @@ import contextlib
 import os
 import signal
 from dataclasses import dataclass, field
+
+from envs import agent_processes
+
+_running: set[int] = set()
+"""The shells of commands running now in this process: never taken for strays."""
 
 _DRAIN_GRACE_S = 1.0
 """How long to keep reading after the group is killed; only a process that left the group
@@ -87,7 +93,13 @@ async def run_command(command: str, cwd: str, *, timeout_s: float, output_limit:
             return CommandResult(f"bash: cannot start in {cwd}: {e.strerror}\n", 126)
         finally:
             os.close(write_fd)
-        return await _supervise(proc, stream, timeout_s, output_limit)
+        started = agent_processes.start_ticks(proc.pid) or 0
+        _running.add(proc.pid)
+        try:
+            return await _supervise(proc, stream, timeout_s, output_limit)
+        finally:
+            _running.discard(proc.pid)
+            agent_processes.kill_adopted(started, keep=_running)
     finally:
         transport.close()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import fcntl
 import os
 import resource
@@ -53,6 +54,24 @@ def unshare(flags: int) -> None:
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     enc = lambda s: s.encode() if s is not None else None  # noqa: E731
     _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
+
+
+MNT_DETACH = 0x2
+
+
+def mount_tmpfs(path: str, *, size_kb: int, uid: int, gid: int, flags: int = 0) -> None:
+    """A size-limited tmpfs at `path`, owned by uid:gid, mode 0700: what a sandbox writes there
+    is bounded in total, and lives in memory (charged to the writer's cgroup), not on a disk."""
+    data = f"size={size_kb}k,mode=0700,uid={uid},gid={gid}"
+    mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | flags, data)
+
+
+def unmount(path: str) -> None:
+    """Detach whatever is mounted at `path`; nothing when it is not a mount point (or is gone)."""
+    if _libc.umount2(os.fsencode(path), ctypes.c_int(MNT_DETACH)) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):
+            raise OSError(err, f"umount {path}: {os.strerror(err)}")
 
 
 def die_with_parent() -> None:

@@ -10,9 +10,10 @@ On disk, under the provider's root (mode 0711, owned by us):
 
     <root>/<id>/meta.json     labels, pids and uid slot (no token), 0600
     <root>/<id>/server.log    the server's stdout and stderr, 0600: the server holds only a descriptor
-    <root>/<id>/run/          env.sock, owned by the sandbox uid, 0700
-    <root>/<id>/work/         the sandbox's working directory
-    <root>/<id>/tmp/          its /tmp
+    <root>/<id>/run/          env.sock, owned by the sandbox uid, 0700; as root, a 256 KiB tmpfs
+    <root>/<id>/work/         where the sandbox's working directory is mounted: inside, a tmpfs of
+                              its disk limit, so nothing it writes reaches this disk
+    <root>/<id>/tmp/          its $TMPDIR when unisolated (isolated ones get a tmpfs /tmp)
     <root>/.slots/<n>         uid slot claims (uid = uid_base + n): a symlink naming the sandbox
 
 Another process (`hillclimb sandbox ls|rm|reap`) reads the same layout.
@@ -58,6 +59,9 @@ from providers.local.zygote import LaunchPlan
 log = logging.getLogger("hillclimb.providers.local")
 
 Isolation = Literal["auto", "namespaces", "none"]
+
+RUN_DIR_KB = 256
+"""Size of the tmpfs behind a sandbox's socket directory: a socket and a token file fit."""
 
 
 def default_root() -> Path:
@@ -287,6 +291,8 @@ class LocalProvider:
             path.mkdir(mode=0o700)
             if uid is not None:
                 os.chown(path, uid, uid)
+        if uid is not None:  # the socket dir stays on the host (we connect there), but bounded
+            isolation.mount_tmpfs(str(dirs["run"]), size_kb=RUN_DIR_KB, uid=uid, gid=uid, flags=isolation.MS_NOEXEC)
         return dirs
 
     def _rlimits(self, spec: SandboxSpec, *, unique_uid: bool, cgroups: bool) -> dict[str, int]:
@@ -405,6 +411,7 @@ class LocalProvider:
             self._kill_group(sandbox_id)
         else:
             self._wait_gone(meta)
+        isolation.unmount(str(home / "run"))
         if meta.get("slot") is not None:
             self._free_slot(meta["slot"], sandbox_id)
         shutil.rmtree(home, ignore_errors=True)  # last: while it exists, a destroyer can read the slot

@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from envs import seccomp
 from providers.local import isolation
 
 PRELOAD = ("uvloop", "envs.server", "envs.serve", "envs.toy_terminal", "envs.inventory", "envs.probe")
@@ -92,6 +93,9 @@ def _prepare_init(plan: LaunchPlan) -> None:
     # The sandbox must still reach its own directories and the interpreter we forked from.
     keep = [os.path.dirname(plan.socket_path), plan.workdir, sys.base_prefix, sys.prefix, *(p for p in sys.path if p)]
     isolation.private_view(keep, tmp_size_mb=plan.tmp_size_mb, open_private_homes=plan.uid is not None)
+    # The work dir becomes a tmpfs of the disk limit: what the agent writes never reaches the host's disk.
+    owner = plan.uid if plan.uid is not None else 0  # 0: ourselves, inside a user namespace
+    isolation.mount_tmpfs(plan.workdir, size_kb=plan.tmp_size_mb * 1024, uid=owner, gid=owner)
     isolation.loopback_up()
 
 
@@ -100,6 +104,8 @@ def _become_server(plan: LaunchPlan, report_fd: int, log_fd: int) -> None:
     if plan.uid is not None and plan.gid is not None:
         isolation.drop_privileges(plan.uid, plan.gid)
     isolation.no_new_privileges()
+    if plan.isolate:
+        seccomp.install()
     isolation.apply_rlimits(plan.rlimits)
     os.chdir(plan.workdir)
     environ = _sandbox_environ(plan)

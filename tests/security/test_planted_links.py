@@ -21,14 +21,7 @@ import pytest
 from envs.client import EnvClient, http_request
 from envs.unix_socket import UnsafeSocketError, _checked_socket
 from providers.base import Sandbox, SandboxSpec
-
-
-async def _agent(sandbox: Sandbox, command: str) -> str:
-    """Run `command` as the agent would: a step of the terminal environment."""
-    async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as env:
-        await env.reset(seed=0)
-        observation = (await env.step({"command": command})).observation
-    return observation["output"]
+from tests.security.agent import run_as_agent
 
 
 class HostListener:
@@ -58,7 +51,9 @@ class HostListener:
 
 async def _socket_swap_is_refused(sandbox: Sandbox, run_dir: str, tmp_path: Path) -> None:
     async with HostListener(tmp_path / "host.sock") as host:
-        listing = await _agent(sandbox, f"cd {run_dir} && rm env.sock && ln -s {host.path} env.sock && ls -l env.sock")
+        listing = await run_as_agent(
+            sandbox, f"cd {run_dir} && rm env.sock && ln -s {host.path} env.sock && ls -l env.sock"
+        )
         assert f"env.sock -> {host.path}" in listing  # the attack itself worked
         with pytest.raises(UnsafeSocketError, match="symbolic link"):
             await http_request(sandbox.endpoint, "/health", token=sandbox.secret())
@@ -95,7 +90,7 @@ async def test_local_server_log_swapped_for_a_host_file_link_is_not_read(local_p
     await local_provider.wait_ready(sandbox)
     home = Path(_socket_dir(sandbox)).parent
     # Every place a log could be: the socket dir (writable), and the sandbox's home (it must not be).
-    planted = await _agent(
+    planted = await run_as_agent(
         sandbox,
         f"for d in {home}/run {home}; do rm -f $d/server.log; ln -s {secret} $d/server.log; done; "
         f"ls -l {home}/run/server.log",

@@ -1,0 +1,14 @@
+"""The adversary of these tests: an agent running arbitrary commands in its sandbox."""
+
+from __future__ import annotations
+
+from envs.client import EnvClient
+from providers.base import Sandbox
+
+
+async def run_as_agent(sandbox: Sandbox, command: str) -> str:
+    """Run `command` as the agent would (a step of the `terminal` environment); its output."""
+    async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as env:
+        await env.reset(seed=0)
+        observation = (await env.step({"command": command})).observation
+    return observation["output"]
