@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -225,8 +227,6 @@ asyncio.run(main())
 def test_sandboxes_start_from_a_checkout_anywhere(sandbox_root: Path, tmp_path: Path) -> None:
     """A clone in a private `mktemp -d` under /tmp (which the sandbox covers with its own tmpfs),
     run from an unrelated working directory: the sandbox still sees the code it was forked from."""
-    import shutil
-    import tempfile
 
     repo = Path(__file__).resolve().parents[2]
     private = Path(tempfile.mkdtemp())  # 0700, like `mktemp -d`
@@ -287,3 +287,20 @@ async def test_concurrent_destroys_of_one_sandbox_remove_it_once(local_provider:
     assert not (local_provider.root / ".slots" / str(meta["slot"])).is_symlink()
     assert not _uid_pids(local_provider.uid_base + meta["slot"])
     await reaper.close()
+
+
+def test_cleaning_up_as_a_user_without_root_unmounts_nothing_and_does_not_fail() -> None:
+    # Without root nothing of ours is mounted on the host, and umount2 would only say EPERM.
+    # The uid is dropped after the import: the checkout may sit where that uid cannot read.
+    check = (
+        "import os; from providers.local.isolation import unmount; os.setgroups([]); "
+        "os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534); unmount('/tmp'); print('fine')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "fine", done.stderr[-2000:]
