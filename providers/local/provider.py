@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
+from envs.agent_processes import start_ticks
 from envs.client import http_request
 from providers.base import InflightCalls, Sandbox, SandboxSpec, utc_from_timestamp
 from providers.errors import (
@@ -240,7 +241,7 @@ class LocalProvider:
                 raise SandboxDiedError(
                     f"sandbox {sandbox_id} failed to start: {reply.get('error')}", log_tail=self._log_tail(home)
                 )
-            self._update_meta(home, pid=reply["pid"], pid_start=_start_time(reply["pid"]))
+            self._update_meta(home, pid=reply["pid"], pid_start=start_ticks(reply["pid"]))
         except BaseException:
             self._remove(sandbox_id)
             raise
@@ -455,7 +456,7 @@ class LocalProvider:
 
     def _alive(self, meta: dict[str, Any]) -> bool:
         pid = meta.get("pid")
-        return pid is not None and _start_time(pid) == meta.get("pid_start")
+        return pid is not None and start_ticks(pid) == meta.get("pid_start")
 
     async def close(self) -> None:
         await asyncio.to_thread(self._inflight.wait_idle, 60.0)
@@ -482,12 +483,3 @@ def _task_count(uid: int) -> int:
         if int(fields["Uid"].split()[1]) == uid:
             count += int(fields["Threads"])
     return count
-
-
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks: with the pid, it names a process uniquely."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])

@@ -78,6 +78,18 @@ def _connect(port: int) -> socket.socket:
     return sock
 
 
+def _upgraded(port: int) -> socket.socket:
+    """A raw socket with an authenticated WebSocket session open on it."""
+    sock = _connect(port)
+    sock.sendall(
+        f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {ws.new_client_key()}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Authorization: Bearer {TOKEN}\r\n\r\n".encode()
+    )
+    assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
+    return sock
+
+
 async def _flood(sock: socket.socket, unit: bytes, limit: int, seconds: float = 10.0) -> int:
     """Send `unit` over and over, never reading, for `seconds` or until `limit` bytes are out;
     returns how many were sent. A server that stops reading makes the sends block."""
@@ -124,13 +136,7 @@ async def test_pipelined_requests_from_a_client_that_never_reads_are_not_buffere
 
 
 async def test_a_ping_flood_that_never_reads_pongs_is_not_buffered(server: ServerProcess) -> None:
-    sock = _connect(server.port)
-    sock.sendall(
-        f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {ws.new_client_key()}\r\nSec-WebSocket-Version: 13\r\n"
-        f"Authorization: Bearer {TOKEN}\r\n\r\n".encode()
-    )
-    assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
+    sock = _upgraded(server.port)
     before = server.rss_mib()
     sent = await _flood(sock, ws.encode_frame(ws.OP_PING, b"p" * 125, mask=True) * 512, 32 * MIB)
     grown = server.rss_mib() - before
@@ -163,13 +169,7 @@ async def test_slowloris_connections_cannot_lock_out_a_real_client(server: Serve
 
 
 async def test_a_close_code_that_must_not_be_sent_is_not_echoed(server: ServerProcess) -> None:
-    sock = _connect(server.port)
-    sock.sendall(
-        f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {ws.new_client_key()}\r\nSec-WebSocket-Version: 13\r\n"
-        f"Authorization: Bearer {TOKEN}\r\n\r\n".encode()
-    )
-    assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
+    sock = _upgraded(server.port)
     sock.sendall(ws.encode_frame(ws.OP_CLOSE, struct.pack("!H", 1015), mask=True))
     reply = b""
     while chunk := sock.recv(4096):
