@@ -1,16 +1,16 @@
-"""The env server and the processes of the agent's commands it runs.
+"""The agent's commands' processes, seen from the process that starts them (the warden).
 
 Orphans: a command killed with its process group can still leave a process behind: one
 that called `setsid` (or daemonized) is in a group of its own. When its parent dies, the
-kernel hands such an orphan to the nearest ancestor marked as a child subreaper, so an
-env server that runs agents' commands marks itself (`adopt_orphans`, in `serve`) and,
-after each command, kills what it adopted since that command began (`kill_adopted`).
-Without the mark (e.g. an environment driven in-process by tests), orphans go to init
-and nothing here touches this process's other children.
+kernel hands such an orphan to the nearest ancestor marked as a child subreaper (or to
+PID 1), so the warden marks itself (`adopt_orphans`) and, after each command, kills what
+it adopted since that command began (`kill_adopted`).
 
-Memory: the agent's commands run as the server's own uid, so by default they could
-ptrace the server or read its /proc files; `keep_memory_private` (also in `serve`) stops
-that, the reward being computed in the server's memory.
+Memory: where the agent's commands share the env server's uid (an ordinary user's local
+sandbox, or a server outside any sandbox), they could ptrace the server or read its /proc
+files; `keep_memory_private`, applied before the first command starts
+(`envs.agent_commands`), stops that, the reward being computed in the server's memory.
+With a uid of their own they cannot, and the server stays dumpable.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import ctypes
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 _PR_SET_DUMPABLE = 4
@@ -64,6 +65,18 @@ def start_ticks(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def exited_children() -> Iterator[tuple[int, int]]:
+    """Reap, without blocking, every child that has exited: (pid, wait status) of each."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status
 
 
 def _children_since(ticks: int) -> list[int]:

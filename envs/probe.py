@@ -2,21 +2,30 @@
 
 `hillclimb sandbox probe` starts a sandbox serving this environment and calls its
 `report` tool; the host side (`providers.probe`) turns the report into pass/fail checks.
-Everything is read from /proc, /sys and the socket API: no external tools, and the only
-connection attempted is to the host-loopback port the caller names (it must fail).
+The server's view is read from /proc, /sys and the socket API; the agent's view comes from
+a short bash script run as the agent would run a command (through the sandbox's warden),
+which tries what an adversarial agent would: write outside its work dir, read the task
+suites and the server's memory, plant a file where the server keeps its socket, see a
+socket the host made. The only connection attempted is to the host-loopback port the
+caller names (it must fail).
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import resource
+import shlex
 import socket
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from envs.base import Action, Environment, Observation, State, tool
+from envs.terminal.env import WORKDIR_ENV_VAR
+from envs.terminal.shell import run_command
 
 _RLIMITS = {
     "address_space_bytes": resource.RLIMIT_AS,
@@ -29,6 +38,9 @@ _RLIMITS = {
 
 class ProbeAction(Action):
     host_port: int | None = None
+    """A port listening on the host's loopback, to try to reach."""
+    host_socket: str | None = None
+    """The path of a Unix socket the host made (world-connectable), to look for."""
 
 
 class ProbeObservation(Observation):
@@ -105,15 +117,38 @@ def _memory_total() -> int:
     return 0
 
 
-def _writable(path: str) -> bool:
-    probe = os.path.join(path, f".probe-{os.getpid()}")
+_AGENT_SCRIPT = r"""
+writable() { f="$1/.probe-$$"; if (: > "$f") 2>/dev/null; then rm -f -- "$f"; echo true; else echo false; fi; }
+readable() { if cat -- "$1" > /dev/null 2>&1; then echo true; else echo false; fi; }
+printf '{"uid": %s, "writable": {"workdir": %s, "tmp": %s, "root_fs": %s, "etc": %s, "socket_dir": %s},' \
+  "$(id -u)" "$(writable "$PROBE_WORKDIR")" "$(writable /tmp)" "$(writable /)" "$(writable /etc)" \
+  "$(writable "$PROBE_SOCKET_DIR")"
+printf ' "reads_task_material": %s, "reads_server_memory": %s, "sees_host_socket": %s}\n' \
+  "$(readable "$PROBE_TASKS")" "$(readable "/proc/$PROBE_SERVER_PID/environ")" \
+  "$(if [ -n "$PROBE_HOST_SOCKET" ] && [ -e "$PROBE_HOST_SOCKET" ]; then echo true; else echo false; fi)"
+"""
+
+
+async def agent_report(host_socket: str | None) -> dict[str, Any]:
+    """What a command of the agent can do, run the way the terminal environment runs one."""
+    workdir = os.environ.get(WORKDIR_ENV_VAR) or os.getcwd()
+    tasks = resources.files("envs.terminal").joinpath("tasks.yaml")
+    socket_path = os.environ.get("HILLCLIMB_ENV_SOCKET", "")
+    variables = {
+        "PROBE_WORKDIR": workdir,
+        "PROBE_SOCKET_DIR": os.path.dirname(socket_path) if socket_path else "/nonexistent",
+        "PROBE_TASKS": str(tasks),
+        "PROBE_SERVER_PID": str(os.getpid()),
+        "PROBE_HOST_SOCKET": host_socket or "",
+    }
+    assignments = "".join(f"{name}={shlex.quote(value)} " for name, value in variables.items())
+    result = await run_command(
+        f"{assignments}bash -c {shlex.quote(_AGENT_SCRIPT)}", workdir, timeout_s=10, output_limit=4096
+    )
     try:
-        with open(probe, "w"):
-            pass
-    except OSError:
-        return False
-    os.unlink(probe)
-    return True
+        return dict(json.loads(result.output))
+    except ValueError:
+        return {"error": f"the agent's probe failed (exit {result.exit_code}): {result.output.strip()}"}
 
 
 def _filesystem(path: str) -> dict[str, Any]:
@@ -141,6 +176,8 @@ def _new_user_namespace() -> str:
 
 
 def isolation_report(host_port: int | None) -> dict[str, Any]:
+    """The server's own view: network, uid, processes, limits, filesystems, filter."""
+    workdir = os.environ.get(WORKDIR_ENV_VAR) or os.getcwd()
     return {
         "interfaces": sorted(name for _, name in socket.if_nameindex()),
         "routes": _routes(),
@@ -149,18 +186,12 @@ def isolation_report(host_port: int | None) -> dict[str, Any]:
         "host_uid": _host_uid(),
         "visible_pids": sum(1 for p in os.listdir("/proc") if p.isdigit()),
         "hostname": socket.gethostname(),
-        "cwd": os.getcwd(),
-        "writable": {
-            "cwd": _writable(os.getcwd()),
-            "tmp": _writable("/tmp"),
-            "root_fs": _writable("/"),
-            "etc": _writable("/etc"),
-        },
+        "workdir": workdir,
         "rlimits": {name: resource.getrlimit(res)[0] for name, res in _RLIMITS.items()},
         "cgroup_limits": _cgroup_limits(),
         "memory_total_bytes": _memory_total(),
         "new_user_namespace": _new_user_namespace(),
-        "filesystems": {"cwd": _filesystem(os.getcwd()), "tmp": _filesystem("/tmp")},
+        "filesystems": {"workdir": _filesystem(workdir), "tmp": _filesystem("/tmp")},
         **_status_fields(),
     }
 
@@ -181,13 +212,14 @@ class ProbeEnv(Environment[ProbeAction, ProbeObservation, State]):
 
     async def step_async(self, action: ProbeAction, timeout_s: float | None = None, **kwargs: Any) -> ProbeObservation:
         self._state.step_count += 1
-        return ProbeObservation(report=isolation_report(action.host_port), done=True)
+        return ProbeObservation(report=await self.report(action.host_port, action.host_socket), done=True)
 
     @property
     def state(self) -> State:
         return self._state
 
     @tool
-    def report(self, host_port: int | None = None) -> dict[str, Any]:
-        """The isolation report; `host_port` is a port listening on the host's loopback, to try to reach."""
-        return isolation_report(host_port)
+    async def report(self, host_port: int | None = None, host_socket: str | None = None) -> dict[str, Any]:
+        """The isolation report: the server's view, and the agent's under "agent". `host_port`: a port
+        listening on the host's loopback, to try to reach; `host_socket`: a host Unix socket's path, to look for."""
+        return {**isolation_report(host_port), "agent": await agent_report(host_socket)}

@@ -19,10 +19,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from envs import seccomp
-from envs.agent_processes import adopt_orphans, keep_memory_private
 from envs.registry import resolve_env_class
 from envs.runtime import EnvRuntime
 from envs.server import EnvServer, ServerConfig
+from envs.warden import Identity, start_sandbox
 
 TOKEN_ENV_VAR = "HILLCLIMB_ENV_TOKEN"
 
@@ -91,8 +91,6 @@ async def serve(
     """Serve `target` until cancelled, signalled, or `ttl_s` seconds have passed; `on_ready`
     gets the URL once listening. The TTL is the sandbox's own hard deadline: it holds even
     when the orchestrator that should have destroyed the sandbox is gone."""
-    adopt_orphans()  # what an agent's command leaves behind comes back to us, to be killed
-    keep_memory_private()  # where the reward is computed: not for the agent's commands to read
     server = EnvServer(EnvRuntime(resolve_env_class(target)), config, token=token)
     if uds:
         await server.start_unix(uds)
@@ -152,9 +150,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--harden", action="store_true", help="install the sandbox's system call filter first (see envs.seccomp)"
     )
+    parser.add_argument(
+        "--server-user",
+        type=Identity.parse,
+        metavar="UID:GID[:GROUPS]",
+        help="started as root: serve as this user, and be the warden of the agent's commands (needs --agent-user)",
+    )
+    parser.add_argument("--agent-user", type=Identity.parse, metavar="UID:GID", help="run the agent's commands as")
     args = parser.parse_args(argv)
+    if (args.server_user is None) != (args.agent_user is None):
+        parser.error("--server-user and --agent-user go together")
+    if args.server_user is not None and os.geteuid() != 0:
+        parser.error("--server-user needs to start as root (with CAP_SETUID, CAP_SETGID and CAP_KILL)")
     if args.harden:
         seccomp.install()
+    if args.server_user is not None:
+        start_sandbox(lambda: _serve_from_args(parser, args), server_user=args.server_user, agent=args.agent_user)
+    _serve_from_args(parser, args)
+
+
+def _serve_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = None if args.no_auth else read_token(args.token_file, consume=True)
     if token is None and not args.no_auth:

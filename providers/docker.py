@@ -13,8 +13,10 @@ On the host, under the provider's root (0711):
     <root>/<id>/sock/        bind-mounted at /run/hillclimb, owned by the container's uid; as
                              root, a 256 KiB tmpfs, so the container cannot fill the host's disk
 
-Hardening by default: a non-root user, a read-only root filesystem with size-limited
-tmpfs for /work and /tmp, every capability dropped, no-new-privileges, an init process,
+Hardening by default: the server and the agent's commands under two non-root uids (the
+container's first process keeps only the capabilities to start them: see `envs.warden`),
+a read-only root filesystem with size-limited tmpfs for /work (the agent's) and /tmp,
+every other capability dropped, no-new-privileges, an init process,
 and the memory / CPU / pids limits of the spec. Every container carries its run id,
 owner and expiry as labels; a create with an idempotency key uses a container name
 derived from the key, so the engine itself guarantees one container per key.
@@ -64,6 +66,11 @@ log = logging.getLogger("hillclimb.providers.docker")
 
 DEFAULT_IMAGE = "hillclimb/sandbox:dev"
 CONTAINER_UID = 10001
+SERVER_GID = 10001
+"""The image's group that may read the server's code and task suites (/opt/hillclimb)."""
+AGENT_UID = 10002
+WARDEN_CAPABILITIES = ["SETUID", "SETGID", "KILL"]
+"""All the container's first process keeps: to start the server and the agent's commands under their uids."""
 SOCKET_DIR = "/run/hillclimb"
 NAME_PREFIX = "hillclimb-"
 ORPHAN_DIR_TTL_S = 3600
@@ -133,10 +140,11 @@ class DockerProvider:
             ) from e
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
-        # Root runs containers as a dedicated uid; a user's containers run as that user so
-        # that the socket directory it owns stays writable for the server inside.
+        # As root the server runs under a dedicated uid; a user's under that user's own, so that
+        # the socket directory it owns stays writable for the server inside.
         self.container_uid = CONTAINER_UID if os.geteuid() == 0 else os.getuid()
         self.container_gid = CONTAINER_UID if os.geteuid() == 0 else os.getgid()
+        self.agent_uid = AGENT_UID if self.container_uid != AGENT_UID else AGENT_UID + 1
         self._tokens: dict[str, SecretStr] = {}
         self._inflight = InflightCalls()
 
@@ -237,10 +245,13 @@ class DockerProvider:
                 "--ttl",
                 str(spec.ttl_s),
                 "--harden",
+                "--server-user",
+                f"{self.container_uid}:{self.container_gid}:{SERVER_GID}",
+                "--agent-user",
+                f"{self.agent_uid}:{self.agent_uid}",
             ]
         )
-        uid_gid = (self.container_uid, self.container_gid)
-        uid = f"{self.container_uid}:{self.container_gid}"
+        agent = self.agent_uid
         args: dict[str, Any] = {
             "image": spec.image or self.image,
             "command": command,
@@ -252,16 +263,17 @@ class DockerProvider:
                 "HILLCLIMB_ENV_SOCKET": socket,
                 "HILLCLIMB_TOKEN_FILE": token_file,
             },
-            "user": uid,
+            "user": "0:0",  # the warden; the server and the agent's commands each get their own uid
             "working_dir": "/work",
             "network_mode": "none",
             "read_only": True,
             "tmpfs": {
-                "/work": f"rw,exec,nosuid,nodev,size={res.disk_mb}m,uid={uid_gid[0]},gid={uid_gid[1]},mode=0700",
+                "/work": f"rw,exec,nosuid,nodev,size={res.disk_mb}m,uid={agent},gid={agent},mode=0700",
                 "/tmp": "rw,nosuid,nodev,size=64m,mode=1777",
             },
             "volumes": {str(home / "sock"): {"bind": SOCKET_DIR, "mode": "rw"}},
             "cap_drop": ["ALL"],
+            "cap_add": WARDEN_CAPABILITIES,
             "security_opt": ["no-new-privileges:true"],
             "ipc_mode": "private",
             "init": True,

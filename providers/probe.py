@@ -2,13 +2,15 @@
 
 Works for every provider the same way: the sandbox serves the `probe` environment
 (`envs/probe.py`), the host opens a listener on its own loopback and asks the sandbox
-to connect to it. Egress is judged from interfaces and routes, never by contacting an
-outside address.
+to connect to it, and makes a Unix socket the sandbox must not see. Egress is judged from
+interfaces and routes, never by contacting an outside address.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from typing import Any
 
 from pydantic import BaseModel
@@ -47,11 +49,18 @@ def _limited(cgroup: dict[str, str], names: tuple[str, ...], rlimit: int, below:
     return False, f"no cgroup limit; rlimit {rlimit}"
 
 
+def _refused(name: str, agent_can: bool, what: str) -> Check:
+    return Check(name=name, ok=not agent_can, detail=f"the agent {'CAN' if agent_can else 'cannot'} {what}")
+
+
 def evaluate(report: dict[str, Any]) -> list[Check]:
     """Pass/fail checks for an isolation report from `envs.probe.isolation_report`."""
     cg, rl = report["cgroup_limits"], report["rlimits"]
     loop = report["host_loopback"]
-    writable = report["writable"]
+    agent = report["agent"]
+    if "error" in agent:
+        return [Check(name="the agent's view", ok=False, detail=agent["error"])]
+    writable = agent["writable"]
     mem_ok, mem_detail = _limited(
         cg, ("memory.limit_in_bytes", "memory.max"), rl["address_space_bytes"], report["memory_total_bytes"]
     )
@@ -92,13 +101,22 @@ def evaluate(report: dict[str, Any]) -> list[Check]:
         Check(
             name="host filesystem read-only",
             ok=not writable["root_fs"] and not writable["etc"],
-            detail=f"writable: {writable}",
+            detail=f"the agent can write: {sorted(k for k, v in writable.items() if v)}",
         ),
         Check(
             name="private writable workdir and /tmp",
-            ok=writable["cwd"] and writable["tmp"],
-            detail=f"cwd {report['cwd']}",
+            ok=writable["workdir"] and writable["tmp"],
+            detail=f"workdir {report['workdir']}",
         ),
+        Check(
+            name="the agent's commands under a uid of their own",
+            ok=agent["uid"] != report["uid"],
+            detail=f"server uid {report['uid']}, agent uid {agent['uid']}",
+        ),
+        _refused("task material unreadable", agent["reads_task_material"], "read the task suites"),
+        _refused("server memory unreadable", agent["reads_server_memory"], "read /proc/<server>/"),
+        _refused("symlink planting refused", writable["socket_dir"], "write the server's socket dir"),
+        _refused("no host sockets", agent["sees_host_socket"], "see a Unix socket the host made"),
         Check(
             name="system call filter",
             ok=report.get("Seccomp") == "2" and report.get("new_user_namespace") != "allowed",
@@ -122,15 +140,22 @@ async def probe(provider: SandboxProvider, spec: SandboxSpec | None = None, time
     spec = spec or SandboxSpec(env="probe", run_id="probe", ttl_s=600, max_sessions=1)
     listener = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
-    sandbox = await provider.create(spec)
-    try:
-        await provider.wait_ready(sandbox, timeout_s)
-        async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as env:
-            await env.reset()
-            result = await env.step({"host_port": port})
-        report = result.observation["report"]
-    finally:
-        await provider.destroy(sandbox.id)
-        listener.close()
-        await listener.wait_closed()
+    with tempfile.TemporaryDirectory(prefix="hillclimb-probe-") as host_dir:
+        # A socket anyone on the host could connect to: a sandbox must not even see it.
+        os.chmod(host_dir, 0o755)
+        host_socket = os.path.join(host_dir, "host.sock")
+        unix_listener = await asyncio.start_unix_server(lambda _r, w: w.close(), host_socket)
+        os.chmod(host_socket, 0o777)
+        sandbox = await provider.create(spec)
+        try:
+            await provider.wait_ready(sandbox, timeout_s)
+            async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as env:
+                await env.reset()
+                result = await env.step({"host_port": port, "host_socket": host_socket})
+            report = result.observation["report"]
+        finally:
+            await provider.destroy(sandbox.id)
+            for server in (listener, unix_listener):
+                server.close()
+                await server.wait_closed()
     return ProbeResult(provider=provider.name, sandbox_id=sandbox.id, checks=evaluate(report), report=report)

@@ -1,7 +1,7 @@
 """`TerminalEnv`: a real bash in a fresh per-episode directory, scored by the task's verifier.
 
     reset(task_id=...)  -> a new work dir under $HILLCLIMB_WORKDIR (else the current
-                           directory), the task's files written into it, the prompt
+                           directory), made by the agent's uid with the task's files, the prompt
     step({"command": c}) -> `bash -c c` there (see `shell`): output, exit code
     step({"command": "submit"}) -> the verifier runs; reward 1.0 if it exits 0, else 0.0
 
@@ -10,26 +10,39 @@ independent and robust: no prompt parsing, no sentinel echoes, no shell left in 
 half-read state after a timeout. The cost is that `cd` and variables do not persist
 between commands, which the prompt says. One world per sandbox: the work dir and the
 processes it spawns belong to the sandbox, so sessions are not concurrent.
+
+Everything that touches the work dir runs as the agent (see `envs.warden`), the verifier
+included: it can read nothing the agent could not, so a link the agent planted cannot
+lead it to an answer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import shutil
+import secrets
 import tempfile
 import uuid
-from pathlib import Path
 
 from pydantic import Field
 
+from envs.agent_commands import agent_commands
 from envs.base import Action, Environment, Observation, State
 from envs.errors import ExecutionError
-from envs.terminal.shell import CommandResult, run_command
+from envs.terminal.shell import CommandResult, run_as_agent, run_command
 from envs.terminal.tasks import SUBMIT, SUITE, TerminalTask
 
 WORKDIR_ENV_VAR = "HILLCLIMB_WORKDIR"
 _VERIFIER_TIMEOUT_S = 30.0
+_SETUP_TIMEOUT_S = 30.0
+_PATH = "/usr/local/bin:/usr/bin:/bin"
+_UNPACK = (
+    "sh",
+    "-c",
+    'mkdir -p -- "${1%/*}" && mkdir -m 0700 -- "$1" && exec tar -x --no-same-owner -p -C "$1" -f -',
+    "sh",
+)
+# A directory the agent made unreadable must still go: as its owner, make it readable first.
+_REMOVE = ("sh", "-c", 'chmod -R u+rwx -- "$1" 2>/dev/null; exec rm -rf -- "$1"', "sh")
 
 
 class TerminalAction(Action):
@@ -79,8 +92,10 @@ class TerminalEnv(Environment[TerminalAction, TerminalObservation, TerminalState
         """Start an episode on `task_id`, or on a train task drawn by `seed` when none is named."""
         task = SUITE.pick(task_id, seed)
         self._task = None
-        await asyncio.to_thread(self._remove_workdir)
-        workdir = await asyncio.to_thread(_make_workdir, task)
+        if self._state.workdir is not None:
+            await run_as_agent([*_REMOVE, self._state.workdir], "/", timeout_s=_SETUP_TIMEOUT_S, output_limit=4096)
+            self._state.workdir = None
+        workdir = await _make_workdir(task)
         self._task = task
         self._state = TerminalState(
             episode_id=episode_id or uuid.uuid4().hex, task_id=task.id, workdir=str(workdir), max_steps=self.max_steps
@@ -122,17 +137,21 @@ class TerminalEnv(Environment[TerminalAction, TerminalObservation, TerminalState
         return self._state
 
     def close(self) -> None:
-        self._remove_workdir()
-
-    def _remove_workdir(self) -> None:
         if self._state.workdir is not None:
-            shutil.rmtree(self._state.workdir, ignore_errors=True)
+            agent_commands().detach([*_REMOVE, self._state.workdir], cwd="/", env={"PATH": _PATH})
             self._state.workdir = None
 
 
-def _make_workdir(task: TerminalTask) -> Path:
-    base = Path(os.environ.get(WORKDIR_ENV_VAR) or os.getcwd())
-    base.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"episode-{task.id}-", dir=base))
-    task.materialize(workdir)
+async def _make_workdir(task: TerminalTask) -> str:
+    """A fresh directory holding the task's files, made and owned by the agent's uid."""
+    base = os.environ.get(WORKDIR_ENV_VAR) or os.getcwd()
+    workdir = os.path.join(base, f"episode-{task.id}-{secrets.token_hex(4)}")
+    with tempfile.TemporaryFile() as archive:  # a descriptor the agent's tar reads, whatever it may open
+        archive.write(task.archive())
+        archive.seek(0)
+        result = await run_as_agent(
+            [*_UNPACK, workdir], "/", timeout_s=_SETUP_TIMEOUT_S, output_limit=4096, stdin_fd=archive.fileno()
+        )
+    if result.exit_code != 0:
+        raise ExecutionError(f"could not set up task {task.id} in {workdir}: {result.output.strip()}")
     return workdir

@@ -8,11 +8,13 @@ exit 0 means solved) and an oracle. This module also maps a policy's text to an 
 
 from __future__ import annotations
 
-import os
+import io
 import re
+import tarfile
+import time
 from functools import cached_property
 from importlib import resources
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 import yaml
@@ -81,16 +83,28 @@ class TerminalTask(BaseModel):
     def verifier_script(self) -> str:
         return f"set -euo pipefail\n{self.verify}"
 
-    def materialize(self, root: Path) -> None:
-        """Create the task's initial files under `root` (an empty directory)."""
-        for rel in self.dirs:
-            (root / rel).mkdir(parents=True, exist_ok=True)
-        for rel, content in self.files.items():
-            path = root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(content)
-        for rel, mode in self.modes.items():
-            os.chmod(root / rel, mode)
+    def archive(self) -> bytes:
+        """The task's initial files as a tar archive, to be unpacked by the agent's own uid
+        (the server cannot write into the agent's directories, and should not)."""
+        modes = dict(self.modes)
+        dirs = {str(parent) for rel in self.files for parent in PurePosixPath(rel).parents if str(parent) != "."}
+        dirs |= set(self.dirs) | {rel for rel in modes if rel not in self.files}
+        buffer, now = io.BytesIO(), time.time()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for rel in sorted(dirs, key=lambda d: d.count("/")):
+                tar.addfile(_entry(rel, tarfile.DIRTYPE, modes.get(rel, 0o755), now))
+            for rel, content in self.files.items():
+                data = content.encode()
+                info = _entry(rel, tarfile.REGTYPE, modes.get(rel, 0o644), now)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return buffer.getvalue()
+
+
+def _entry(name: str, kind: bytes, mode: int, mtime: float) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime = kind, mode, mtime
+    return info
 
 
 def _check_relative(path: str) -> None:

@@ -15,6 +15,7 @@ import resource
 import signal
 import socket
 import struct
+from dataclasses import dataclass
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -101,57 +102,131 @@ def map_current_user() -> None:
         f.write(f"0 {gid} 1")
 
 
-SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+"""What of the host a sandbox sees, read-only: programs, libraries and their configuration."""
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+SANDBOX_RUN_DIR = "/run/hillclimb"
+SANDBOX_WORKDIR = "/sandbox"
+
+MS_RDONLY = 0x1
+MS_REMOUNT = 0x20
+_ST_LOCKED = {os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV, os.ST_NOEXEC: MS_NOEXEC}
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 
 
-def hidden_ancestor(path: str) -> str | None:
-    """The topmost ancestor of `path` that other users cannot traverse (e.g. a 0700 /root)."""
-    current = ""
-    for part in os.path.abspath(path).split(os.sep)[1:-1]:
-        current += os.sep + part
-        try:
-            if not os.stat(current).st_mode & 0o001:
-                return current
-        except FileNotFoundError:
-            return None
-    return None
+@dataclass(frozen=True, slots=True)
+class RootPlan:
+    """The filesystem a sandbox sees: nothing of the host but what is listed here."""
+
+    mount_point: str
+    """An empty host directory to build the new root on (covered in the sandbox's namespace only)."""
+    code: list[str]
+    """Host paths the server needs (its interpreter and packages): read-only, at the same paths."""
+    code_owner: int | None
+    """The only uid that may enter the code's top directories (the server's); None: anyone."""
+    run_dir: str
+    """Host directory of the server's socket, seen at `SANDBOX_RUN_DIR`."""
+    work_kb: int
+    work_owner: int
+    """`SANDBOX_WORKDIR` is a tmpfs of this size, owned by this uid (the agent's)."""
+    tmp_mb: int
+    cgroups: list[str]
+    """The sandbox's own cgroup directories: read-only at the same paths, so it can read its limits."""
 
 
-def _outermost(paths: list[str]) -> list[str]:
+def outermost(paths: list[str]) -> list[str]:
+    """The existing `paths` that are not inside another of them."""
     absolute = sorted({os.path.abspath(p) for p in paths if os.path.exists(p)})
     return [p for p in absolute if not any(p.startswith(q + os.sep) for q in absolute if q != p)]
 
 
-def private_view(keep: list[str], *, tmp_size_mb: int, open_private_homes: bool) -> None:
-    """Give the sandbox its own view of the filesystem, in its new mount namespace.
+def _under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory + os.sep)
 
-    Mounts this PID namespace's /proc, covers the shared scratch directories (/tmp,
-    /var/tmp, /dev/shm) with fresh size-limited tmpfs, and, for an unprivileged sandbox
-    user, covers private ancestors (say a 0700 /root holding a pyenv Python) with an
-    empty tmpfs too. The `keep` paths under anything covered (the sandbox's own run
-    and work directories, the interpreter) are bound back at their original paths, so
-    nothing else of those directories is visible. Sources are held open with O_PATH
-    file descriptors, because once a directory is covered its old contents have no path.
-    """
+
+def _bind(source: str, target: str, *, writable: bool = False) -> None:
+    mount(source, target, None, MS_BIND | MS_REC)
+    if writable:
+        return
+    # A remount must repeat the flags the source mount has locked (in a user namespace it may not drop them).
+    locked = os.statvfs(target).f_flag
+    flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+    flags |= sum(ms for st, ms in _ST_LOCKED.items() if locked & st)
+    mount(None, target, None, flags)
+
+
+def _pivot_root(new_root: str) -> None:
+    """Make `new_root` this mount namespace's root and detach the old one entirely."""
+    number = _SYS_PIVOT_ROOT[os.uname().machine]
+    os.chdir(new_root)
+    os.mkdir(".old")
+    _check(_libc.syscall(ctypes.c_long(number), b".", b".old"), "pivot_root")
+    os.chdir("/")
+    _check(_libc.umount2(b"/.old", ctypes.c_int(MNT_DETACH)), "umount /.old")
+    os.rmdir("/.old")
+
+
+def _bind_code(root: str, path: str, plan: RootPlan) -> None:
+    """Bind `path` read-only at its own path; the first directory that had to be made for it
+    becomes `code_owner`'s alone. Paths the new root already has (system directories, its
+    own /tmp, `/`) or that hold the new root itself (a driver started in /tmp) are not bound."""
+    if os.path.exists(root + path) or (plan.mount_point + os.sep).startswith(path.rstrip(os.sep) + os.sep):
+        return
+    made = root + path
+    while not os.path.exists(os.path.dirname(made)):
+        made = os.path.dirname(made)
+    os.makedirs(root + path)
+    _bind(path, root + path)
+    if plan.code_owner is not None:
+        os.chown(made, plan.code_owner, -1)
+        os.chmod(made, 0o700)
+
+
+def enter_minimal_root(plan: RootPlan) -> None:
+    """In a new mount namespace: replace the host's tree with a root of our own.
+
+    The new root is a tmpfs holding the system directories (read-only binds), a few device
+    nodes, this PID namespace's /proc, fresh /tmp, /var/tmp and /dev/shm, the server's
+    socket dir at `SANDBOX_RUN_DIR`, the agent's work dir at `SANDBOX_WORKDIR`, and the
+    server's code at its own paths, under top directories only `code_owner` may enter.
+    Host sockets, home directories, run ledgers and everything else have no path here."""
+    for target in (SANDBOX_RUN_DIR, SANDBOX_WORKDIR):
+        if any(_under(p, target) for p in plan.code):
+            raise OSError(errno.EINVAL, f"the server's code at {plan.code} overlaps the sandbox's {target}")
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    covers = {d: "mode=1777" for d in SHARED_DIRS if os.path.isdir(d)}
-    kept = _outermost(keep)
-    if open_private_homes:
-        for path in kept:
-            ancestor = hidden_ancestor(path)
-            if ancestor is not None:
-                covers[ancestor] = "mode=0755"
-    # A private directory inside a covered one (a 0700 `mktemp -d` under /tmp) is hidden by the
-    # outer tmpfs already, and no longer exists to be mounted on once that is in place.
-    covers = {d: mode for d, mode in covers.items() if not any(d.startswith(c + os.sep) for c in covers)}
-    held = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in kept if any(p.startswith(c + os.sep) for c in covers)]
-    for directory, mode in sorted(covers.items()):
-        mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, f"{mode},size={tmp_size_mb}m")
-    for path, fd in held:
-        os.makedirs(path, exist_ok=True)
-        mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-        os.close(fd)
+    root = plan.mount_point
+    mount("tmpfs", root, "tmpfs", MS_NOSUID, "mode=0755,size=1m")
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):
+            os.symlink(os.readlink(path), root + path)
+        elif os.path.isdir(path):
+            os.mkdir(root + path)
+            _bind(path, root + path)
+    os.makedirs(root + "/dev")
+    for name in DEVICES:
+        if os.path.exists(f"/dev/{name}"):
+            open(f"{root}/dev/{name}", "w").close()
+            mount(f"/dev/{name}", f"{root}/dev/{name}", None, MS_BIND)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1")):
+        os.symlink(target, f"{root}/dev/{name}")
+    os.symlink("/proc/self/fd/2", f"{root}/dev/stderr")
+    os.makedirs(root + "/proc")
+    mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for path in ("/tmp", "/var/tmp", "/dev/shm"):
+        os.makedirs(root + path, exist_ok=True)
+        mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={plan.tmp_mb}m")
+    for group in plan.cgroups:
+        os.makedirs(root + group)
+        _bind(group, root + group)
+    os.makedirs(root + SANDBOX_RUN_DIR)
+    _bind(plan.run_dir, root + SANDBOX_RUN_DIR, writable=True)
+    os.makedirs(root + SANDBOX_WORKDIR)
+    owner = plan.work_owner
+    mount_tmpfs(root + SANDBOX_WORKDIR, size_kb=plan.work_kb, uid=owner, gid=owner, flags=0)
+    for path in outermost(plan.code):
+        _bind_code(root, path, plan)
+    _pivot_root(root)
+    mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID, "mode=0755,size=1m")
 
 
 def loopback_up() -> None:
@@ -176,10 +251,26 @@ def apply_rlimits(limits: dict[str, int]) -> None:
         resource.setrlimit(RLIMITS[name], (value, value))
 
 
-def drop_privileges(uid: int, gid: int) -> None:
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
+CAP_KILL, CAP_SETGID, CAP_SETUID = 5, 6, 7
+WARDEN_CAPABILITIES = (CAP_KILL, CAP_SETGID, CAP_SETUID)
+"""All a sandbox's PID 1 keeps: to start the server and the agent's commands under their uids, and kill them."""
+_PR_CAPBSET_DROP = 24
+_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def keep_only_capabilities(keep: tuple[int, ...]) -> None:
+    """Drop every other capability, from the bounding set too (so no exec can regain it)."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        if cap not in keep:
+            _check(_libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0), f"prctl(CAPBSET_DROP, {cap})")
+    _check(_libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(CAP_AMBIENT_CLEAR_ALL)")
+    mask = sum(1 << cap for cap in keep)
+    header = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)(mask, mask, 0, 0, 0, 0)  # effective, permitted, inheritable; x2 words
+    _check(_libc.capset(header, data), "capset")
 
 
 def namespaces_usable(as_root: bool) -> str | None:

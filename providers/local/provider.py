@@ -1,20 +1,24 @@
 """`LocalProvider`: each sandbox is a process tree in its own namespaces on this machine.
 
 A sandbox gets new network, PID, mount, IPC and UTS namespaces (only a loopback
-interface, no route out), its own working directory and /tmp, an unprivileged uid of its
-own when we run as root (a user namespace otherwise), cgroup or rlimit limits, and a
-Unix socket as its only door. It is killed with its whole tree on destroy, at its
+interface, no route out), a root filesystem of its own (the system's programs and
+libraries read-only, a work dir, /tmp), two unprivileged uids of its own when we run as
+root, one for its server and one for the agent's commands (a user namespace otherwise),
+cgroup or rlimit limits, and a Unix socket as its only door. It is killed with its whole tree on destroy, at its
 time-to-live, and when the process that created it dies.
 
 On disk, under the provider's root (mode 0711, owned by us):
 
     <root>/<id>/meta.json     labels, pids and uid slot (no token), 0600
     <root>/<id>/server.log    the server's stdout and stderr, 0600: the server holds only a descriptor
-    <root>/<id>/run/          env.sock, owned by the sandbox uid, 0700; as root, a 256 KiB tmpfs
-    <root>/<id>/work/         where the sandbox's working directory is mounted: inside, a tmpfs of
-                              its disk limit, so nothing it writes reaches this disk
-    <root>/<id>/tmp/          its $TMPDIR when unisolated (isolated ones get a tmpfs /tmp)
-    <root>/.slots/<n>         uid slot claims (uid = uid_base + n): a symlink naming the sandbox
+    <root>/<id>/run/          env.sock, owned by the server's uid, 0700; as root, a 256 KiB tmpfs;
+                              the sandbox sees it at /run/hillclimb
+    <root>/<id>/root/         where an isolated sandbox's own root filesystem is mounted, inside
+                              its mount namespace (see `isolation.enter_minimal_root`); its work
+                              dir is /sandbox there, a tmpfs of its disk limit, owned by the agent
+    <root>/<id>/work/, tmp/   its work dir and $TMPDIR when unisolated
+    <root>/.slots/<n>         uid slot claims: a symlink naming the sandbox; its server runs as
+                              uid_base + n, its agent's commands as uid_base + uid_slots + n
 
 Another process (`hillclimb sandbox ls|rm|reap`) reads the same layout.
 """
@@ -211,6 +215,7 @@ class LocalProvider:
         try:
             slot = self._claim_slot(sandbox_id) if isolate and self._as_root else None
             uid = None if slot is None else self.uid_base + slot
+            agent_uid = None if slot is None else self.uid_base + self.uid_slots + slot
             dirs = self._make_dirs(home, uid)
             cgroups = self._cgroups.create(sandbox_id, spec.resources) if self._cgroups and isolate else []
             plan = LaunchPlan(
@@ -221,10 +226,12 @@ class LocalProvider:
                 socket_path=str(dirs["run"] / "env.sock"),
                 workdir=str(dirs["work"]),
                 tmpdir=str(dirs["tmp"]),
+                root_dir=str(dirs["root"]),
                 tmp_size_mb=spec.resources.disk_mb,
                 log_path=str(home / "server.log"),
                 uid=uid,
                 gid=uid,
+                agent_uid=agent_uid,
                 isolate=isolate,
                 rlimits=self._rlimits(spec, unique_uid=uid is not None, cgroups=bool(cgroups)),
                 cgroups=cgroups,
@@ -287,7 +294,7 @@ class LocalProvider:
         )
 
     def _make_dirs(self, home: Path, uid: int | None) -> dict[str, Path]:
-        dirs = {name: home / name for name in ("run", "work", "tmp")}
+        dirs = {name: home / name for name in ("run", "work", "tmp", "root")}
         for path in dirs.values():
             path.mkdir(mode=0o700)
             if uid is not None:

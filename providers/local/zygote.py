@@ -5,8 +5,13 @@ Starting a sandbox is a fork (about a millisecond) instead of a fresh interprete
 (about 150 ms), which is what keeps local create-to-ready in the tens of milliseconds.
 
     provider ──JSON lines on stdin──► zygote ──fork──► supervisor (host PID namespace)
-                                                           └─fork─► init, PID 1 of new namespaces
-                                                                      └─fork─► env server (sandbox uid)
+                                                           └─fork─► warden, PID 1 of new namespaces
+                                                                      ├─fork─► env server (server uid)
+                                                                      └─fork─► agent commands (agent uid)
+
+PID 1 builds the sandbox's own root filesystem (`isolation.enter_minimal_root`), installs
+the system call filter, keeps only the capabilities to change uid and kill, and becomes
+the warden (`envs.warden`) of the server it starts.
 
 Each process dies with its parent (PDEATHSIG), and the zygote kills every sandbox when
 its stdin closes, i.e. when the provider's process exits for any reason, SIGKILL
@@ -29,10 +34,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from envs import seccomp
+from envs import seccomp, warden
+from envs.agent_processes import exited_children
 from providers.local import isolation
 
-PRELOAD = ("uvloop", "envs.server", "envs.serve", "envs.toy_terminal", "envs.inventory", "envs.probe")
+PRELOAD = (
+    "uvloop", "envs.server", "envs.serve", "envs.toy_terminal", "envs.inventory", "envs.probe", "envs.terminal",
+)  # fmt: skip
 
 
 class LaunchPlan(BaseModel):
@@ -45,12 +53,14 @@ class LaunchPlan(BaseModel):
     command: list[str] | None
     token: str
     socket_path: str
-    workdir: str
+    workdir: str  # the work dir when unisolated; isolated sandboxes get `isolation.SANDBOX_WORKDIR`
     tmpdir: str  # TMPDIR when unisolated; isolated sandboxes get a tmpfs /tmp instead
+    root_dir: str  # an empty directory an isolated sandbox's own root is mounted on
     tmp_size_mb: int
     log_path: str
-    uid: int | None  # None: a user namespace maps the caller to root inside instead
+    uid: int | None  # the server's; None: a user namespace maps the caller to root inside instead
     gid: int | None
+    agent_uid: int | None  # the agent's commands' uid (and gid); None: the server's
     isolate: bool
     rlimits: dict[str, int]
     cgroups: list[str]
@@ -60,13 +70,14 @@ class LaunchPlan(BaseModel):
 
 
 def _sandbox_environ(plan: LaunchPlan) -> dict[str, str]:
+    run_dir = isolation.SANDBOX_RUN_DIR if plan.isolate else os.path.dirname(plan.socket_path)
     environ = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": plan.workdir,
+        "HOME": run_dir,
         "TMPDIR": "/tmp" if plan.isolate else plan.tmpdir,
         "LANG": "C.UTF-8",
-        "HILLCLIMB_WORKDIR": plan.workdir,
-        "HILLCLIMB_ENV_SOCKET": plan.socket_path,
+        "HILLCLIMB_WORKDIR": isolation.SANDBOX_WORKDIR if plan.isolate else plan.workdir,
+        "HILLCLIMB_ENV_SOCKET": os.path.join(run_dir, os.path.basename(plan.socket_path)),
         "MALLOC_ARENA_MAX": "2",  # keeps virtual size, which RLIMIT_AS counts, close to real use
         "PYTHONDONTWRITEBYTECODE": "1",
     }
@@ -89,40 +100,55 @@ def _isolate_init(plan: LaunchPlan) -> None:
 
 
 def _prepare_init(plan: LaunchPlan) -> None:
-    """In PID 1: a private filesystem view and a live loopback, while still privileged."""
-    # The sandbox must still reach its own directories and the interpreter we forked from.
-    keep = [os.path.dirname(plan.socket_path), plan.workdir, sys.base_prefix, sys.prefix, *(p for p in sys.path if p)]
-    isolation.private_view(keep, tmp_size_mb=plan.tmp_size_mb, open_private_homes=plan.uid is not None)
-    # The work dir becomes a tmpfs of the disk limit: what the agent writes never reaches the host's disk.
-    owner = plan.uid if plan.uid is not None else 0  # 0: ourselves, inside a user namespace
-    isolation.mount_tmpfs(plan.workdir, size_kb=plan.tmp_size_mb * 1024, uid=owner, gid=owner)
+    """In PID 1, while still privileged: a root filesystem of the sandbox's own and a live loopback."""
+    code = [sys.base_prefix, sys.prefix, *(p for p in sys.path if p)]  # what the server imports from
+    agent = plan.agent_uid if plan.agent_uid is not None else 0  # 0: ourselves, inside a user namespace
+    isolation.enter_minimal_root(
+        isolation.RootPlan(
+            mount_point=plan.root_dir,
+            code=code,
+            code_owner=plan.uid if plan.agent_uid is not None else None,
+            run_dir=os.path.dirname(plan.socket_path),
+            work_kb=plan.tmp_size_mb * 1024,
+            work_owner=agent,
+            tmp_mb=plan.tmp_size_mb,
+            cgroups=plan.cgroups,
+        )
+    )
     isolation.loopback_up()
 
 
-def _become_server(plan: LaunchPlan, report_fd: int, log_fd: int) -> None:
-    """In the server process: drop everything, then serve (or exec the custom command)."""
-    if plan.uid is not None and plan.gid is not None:
-        isolation.drop_privileges(plan.uid, plan.gid)
-    isolation.no_new_privileges()
-    if plan.isolate:
-        seccomp.install()
-    isolation.apply_rlimits(plan.rlimits)
-    os.chdir(plan.workdir)
-    environ = _sandbox_environ(plan)
-    os.environ.clear()
-    os.environ.update(environ)
+def _redirect_output(log_fd: int) -> None:
+    """stdin from /dev/null, stdout and stderr to the sandbox's log (never the zygote's pipes)."""
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
+    os.close(null)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
-    os.closerange(3, report_fd)
-    os.closerange(report_fd + 1, 65536)
+
+
+def _become_server(plan: LaunchPlan, report_fd: int) -> None:
+    """In the server process (under its own uid already): serve, or exec the custom command."""
+    environ = _sandbox_environ(plan)
+    os.chdir(os.path.dirname(environ["HILLCLIMB_ENV_SOCKET"]))
+    warden_fd = os.environ.get(warden.FD_ENV_VAR)
+    keep = sorted({report_fd, *([int(warden_fd)] if warden_fd else [])})
+    for low, high in zip([2, *keep], [*keep, 65536], strict=True):
+        os.closerange(low + 1, high)
+    for name in (warden.FD_ENV_VAR, warden.AGENT_UID_ENV_VAR):
+        if name in os.environ:
+            environ[name] = os.environ[name]
+    os.environ.clear()
+    os.environ.update(environ)
+    socket_path = environ["HILLCLIMB_ENV_SOCKET"]
     if plan.command:
-        token_file = os.path.join(os.path.dirname(plan.socket_path), "token")
+        token_file = os.path.join(os.path.dirname(socket_path), "token")
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, plan.token.encode())
         os.close(fd)
         os.environ["HILLCLIMB_TOKEN_FILE"] = token_file
+        if warden_fd:  # an environment server of its own may use the warden too
+            os.set_inheritable(int(warden_fd), True)
         os.write(report_fd, b"ok")
         os.close(report_fd)
         os.execvpe(plan.command[0], plan.command, os.environ)
@@ -132,7 +158,7 @@ def _become_server(plan: LaunchPlan, report_fd: int, log_fd: int) -> None:
     os.write(report_fd, b"ok")
     os.close(report_fd)
     config = ServerConfig(max_sessions=plan.max_sessions)
-    run_fast(serve(plan.env, token=plan.token, uds=plan.socket_path, config=config))
+    run_fast(serve(plan.env, token=plan.token, uds=socket_path, config=config))
 
 
 def _wait_and_exit(pid: int) -> None:
@@ -159,12 +185,21 @@ def _run_sandbox(plan: LaunchPlan, report_fd: int) -> None:
     log_fd = os.open(plan.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     if plan.isolate:
         _isolate_init(plan)
-    _descend()  # the child is PID 1 of the new namespaces
-    if plan.isolate:
-        _prepare_init(plan)
-    _descend()  # the child is the env server, under that init
-    _become_server(plan, report_fd, log_fd)
-    os._exit(0)
+    _descend()  # the child is PID 1 of the new namespaces (unisolated: the server itself)
+    _redirect_output(log_fd)
+    os.close(log_fd)
+    isolation.no_new_privileges()
+    isolation.apply_rlimits(plan.rlimits)  # before the fork: the server and the agent's commands inherit them
+    if not plan.isolate:
+        _become_server(plan, report_fd)
+        os._exit(0)
+    _prepare_init(plan)
+    seccomp.install()
+    isolation.keep_only_capabilities(isolation.WARDEN_CAPABILITIES)
+    server_user = agent = None
+    if plan.uid is not None and plan.gid is not None and plan.agent_uid is not None:
+        server_user, agent = warden.Identity(plan.uid, plan.gid), warden.Identity(plan.agent_uid, plan.agent_uid)
+    warden.start_sandbox(lambda: _become_server(plan, report_fd), server_user=server_user, agent=agent)
 
 
 def _descend() -> None:
@@ -220,13 +255,7 @@ class Zygote:
         return {"ok": True, "state": "running" if sandbox_id in self.children else "unknown"}
 
     def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in exited_children():
             sandbox_id = self._by_pid.pop(pid, None)
             if sandbox_id is not None:
                 self.children.pop(sandbox_id, None)

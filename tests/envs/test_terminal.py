@@ -5,6 +5,7 @@ stderr is shown, and each episode lives in its own directory."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import os
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from envs import terminal
+from envs.agent_commands import agent_commands
 from envs.client import EnvClient
 from envs.errors import ExecutionError, ValidationError
 from envs.registry import resolve_env_class
@@ -148,6 +150,22 @@ async def test_each_episode_gets_its_own_directory(start_server, workdir_root, m
             break
         await asyncio.sleep(0.01)
     assert not os.path.exists(second)
+
+
+async def test_a_work_dir_the_agent_locked_still_goes(start_server):
+    served = await start_server(TerminalEnv)
+    async with served.client() as env:
+        await env.reset(task_id="rename-draft")
+        first = (await env.state())["workdir"]
+        lock = "mkdir -p a/b && touch a/b/f && chmod 000 a/b && chmod 500 a && chmod 500 . && echo locked"
+        assert (await env.step({"command": lock})).observation["output"] == "locked\n"
+        await env.reset(task_id="sort-names")
+        assert not os.path.exists(first)
+
+
+def test_a_server_whose_agent_shares_its_uid_is_not_dumpable():
+    agent_commands()  # here, outside any sandbox: a warden of our own, under our uid
+    assert ctypes.CDLL(None).prctl(3, 0, 0, 0, 0) == 0  # PR_GET_DUMPABLE: no ptrace, /proc files root's
 
 
 async def test_an_agent_that_deletes_its_work_dir_sees_why_and_fails(start_server):

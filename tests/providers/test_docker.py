@@ -60,13 +60,14 @@ async def test_hardening_is_read_back_from_the_engine(docker_provider: DockerPro
     host = attrs["HostConfig"]
     assert host["NetworkMode"] == "none"
     assert host["ReadonlyRootfs"] is True
-    assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+    assert host["CapDrop"] == ["ALL"] and sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETUID"]  # the warden's
     assert any(opt.startswith("no-new-privileges") for opt in host["SecurityOpt"])
     assert host["Privileged"] is False and host["Init"] is True and host["IpcMode"] == "private"
     assert host["Memory"] == 256 * 2**20 and host["MemorySwap"] == 256 * 2**20
     assert host["NanoCpus"] == 500_000_000 and host["PidsLimit"] == 128
     assert set(host["Tmpfs"]) == {"/work", "/tmp"} and "size=1024m" in host["Tmpfs"]["/work"]
-    assert attrs["Config"]["User"] == "10001:10001"
+    assert attrs["Config"]["User"] == "0:0"  # the warden, which starts the server and the agent under their uids
+    assert attrs["Config"]["Cmd"][-4:] == ["--server-user", "10001:10001:10001", "--agent-user", "10002:10002"]
     labels = attrs["Config"]["Labels"]
     assert labels[LABEL_RUN] == "adhoc" and "hillclimb.dev/owner" in labels and "hillclimb.dev/expires-at" in labels
 
@@ -95,9 +96,7 @@ async def test_fork_bomb_is_contained_and_neighbours_unaffected(docker_provider:
 
 async def test_memory_hog_is_killed_and_reported(docker_provider: DockerProvider) -> None:
     hog, neighbour = await _shell(docker_provider, resources=Resources(memory_mb=128)), await _shell(docker_provider)
-    observation = await _run(
-        hog, "/opt/hillclimb/bin/python -c 'b = bytearray(512 * 2**20); b[::4096] = bytes(len(b) // 4096)'"
-    )
+    observation = await _run(hog, "python3 -c 'b = bytearray(512 * 2**20); b[::4096] = bytes(len(b) // 4096)'")
     assert observation["exit_code"] == 137  # SIGKILL from the OOM killer
     state = docker_provider.inspect_state(hog.id)
     assert state["status"] == "running"  # the server itself survived: the hog was the biggest process
@@ -193,8 +192,10 @@ async def test_a_directory_without_labels_expires_an_hour_after_it_was_made(dock
 
 async def test_the_log_tail_is_the_end_of_the_containers_output(docker_provider: DockerProvider) -> None:
     sandbox = await _shell(docker_provider)
-    # The server is PID 1: what reaches its stderr is the container's log.
-    await _run(sandbox, "echo a line for the log > /proc/1/fd/2")
-    assert (await docker_provider.log_tail(sandbox.id)).rstrip().endswith("a line for the log")
+    # The server's stderr is the container's log (the agent's commands cannot write there):
+    # its last line so far says where it serves.
+    await _run(sandbox, "echo hello")
+    tail = await docker_provider.log_tail(sandbox.id)
+    assert tail.rstrip().endswith("serving terminal on unix:///run/hillclimb/env.sock"), tail
     await docker_provider.destroy(sandbox.id)
     assert await docker_provider.log_tail(sandbox.id) == ""  # gone: nothing, not an error

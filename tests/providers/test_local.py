@@ -224,9 +224,11 @@ asyncio.run(main())
 """
 
 
-def test_sandboxes_start_from_a_checkout_anywhere(sandbox_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("cwd", ["unrelated", "/tmp", "/"])
+def test_sandboxes_start_from_a_checkout_anywhere(sandbox_root: Path, tmp_path: Path, cwd: str) -> None:
     """A clone in a private `mktemp -d` under /tmp (which the sandbox covers with its own tmpfs),
-    run from an unrelated working directory: the sandbox still sees the code it was forked from."""
+    run from an unrelated working directory, or from one the sandbox's own root has (/tmp, /):
+    the sandbox still sees the code it was forked from."""
 
     repo = Path(__file__).resolve().parents[2]
     private = Path(tempfile.mkdtemp())  # 0700, like `mktemp -d`
@@ -234,8 +236,8 @@ def test_sandboxes_start_from_a_checkout_anywhere(sandbox_root: Path, tmp_path: 
         checkout = private / "clone"
         for package in ("envs", "providers"):
             shutil.copytree(repo / package, checkout / package, ignore=shutil.ignore_patterns("__pycache__"))
-        elsewhere = tmp_path / "cwd"
-        elsewhere.mkdir(mode=0o700)
+        elsewhere = tmp_path / "cwd" if cwd == "unrelated" else Path(cwd)
+        elsewhere.mkdir(mode=0o700, exist_ok=True)
         done = subprocess.run(
             [sys.executable, "-c", FROM_A_CHECKOUT, str(sandbox_root)],
             cwd=elsewhere,

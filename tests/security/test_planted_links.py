@@ -1,10 +1,12 @@
-"""An agent plants links where the orchestrator looks: the host must not follow them.
+"""Links planted where the orchestrator looks: the host must not follow them.
 
-The agent runs arbitrary commands (the `terminal` environment) and can write its
-sandbox's socket directory. Swapping `env.sock` for a symlink to a host socket must not
-send the orchestrator's health check or WebSocket upgrade, bearer token included, to
-that socket; swapping the server log for a symlink to a host file must not make the
-provider read that file back.
+Two layers. The agent (arbitrary commands through the `terminal` environment) cannot
+write its sandbox's socket directory at all: it belongs to the server's uid. And should
+that uid plant links anyway (a compromised server, or an ordinary user's sandbox where
+the agent shares the server's uid), swapping `env.sock` for a symlink to a host socket
+must not send the orchestrator's health check or WebSocket upgrade, bearer token
+included, to that socket, and swapping the server log for a symlink to a host file must
+not make the provider read that file back.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,12 +52,38 @@ class HostListener:
         writer.close()
 
 
-async def _socket_swap_is_refused(sandbox: Sandbox, run_dir: str, tmp_path: Path) -> None:
+def _as_owner_of(path: Path, action: Callable[[], None]) -> bool:
+    """Do `action` in a child running as the uid that owns `path` (the sandbox's server); did it work?"""
+    owner = path.stat()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setresgid(owner.st_gid, owner.st_gid, owner.st_gid)
+            os.setresuid(owner.st_uid, owner.st_uid, owner.st_uid)
+            action()
+            code = 0
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def _swap_for_link(path: Path, target: Path) -> Callable[[], None]:
+    def swap() -> None:
+        path.unlink(missing_ok=True)
+        path.symlink_to(target)
+
+    return swap
+
+
+async def _socket_swap_is_refused(sandbox: Sandbox, tmp_path: Path) -> None:
+    socket_path = Path(urlsplit(sandbox.endpoint).path)
     async with HostListener(tmp_path / "host.sock") as host:
-        listing = await run_as_agent(
-            sandbox, f"cd {run_dir} && rm env.sock && ln -s {host.path} env.sock && ls -l env.sock"
-        )
-        assert f"env.sock -> {host.path}" in listing  # the attack itself worked
+        tried = await run_as_agent(sandbox, f"cd /run/hillclimb && rm env.sock && ln -s {host.path} env.sock")
+        assert "Permission denied" in tried  # the agent cannot even enter the socket dir
+        assert (await http_request(sandbox.endpoint, "/health", token=sandbox.secret()))[0] == 200
+        assert _as_owner_of(socket_path, _swap_for_link(socket_path, host.path))  # as the server's uid could
+        assert socket_path.is_symlink()
         with pytest.raises(UnsafeSocketError, match="symbolic link"):
             await http_request(sandbox.endpoint, "/health", token=sandbox.secret())
         with pytest.raises(UnsafeSocketError, match="symbolic link"):
@@ -71,14 +100,14 @@ def _socket_dir(sandbox: Sandbox) -> str:
 async def test_local_socket_swapped_for_a_host_socket_link_is_refused(local_provider: Any, tmp_path: Path) -> None:
     sandbox = await local_provider.create(SandboxSpec(env="terminal"))
     await local_provider.wait_ready(sandbox)
-    await _socket_swap_is_refused(sandbox, _socket_dir(sandbox), tmp_path)
+    await _socket_swap_is_refused(sandbox, tmp_path)
 
 
 @pytest.mark.docker
 async def test_docker_socket_swapped_for_a_host_socket_link_is_refused(docker_provider: Any, tmp_path: Path) -> None:
     sandbox = await docker_provider.create(SandboxSpec(env="terminal"))
     await docker_provider.wait_ready(sandbox, timeout_s=60)
-    await _socket_swap_is_refused(sandbox, "/run/hillclimb", tmp_path)
+    await _socket_swap_is_refused(sandbox, tmp_path)
 
 
 @pytest.mark.root
@@ -88,15 +117,17 @@ async def test_local_server_log_swapped_for_a_host_file_link_is_not_read(local_p
     secret.chmod(0o600)
     sandbox = await local_provider.create(SandboxSpec(env="terminal"))
     await local_provider.wait_ready(sandbox)
-    home = Path(_socket_dir(sandbox)).parent
-    # Every place a log could be: the socket dir (writable), and the sandbox's home (it must not be).
-    planted = await run_as_agent(
-        sandbox,
-        f"for d in {home}/run {home}; do rm -f $d/server.log; ln -s {secret} $d/server.log; done; "
-        f"ls -l {home}/run/server.log",
+    run_dir = Path(_socket_dir(sandbox))
+    home = run_dir.parent
+    # The host's paths do not exist inside; the sandbox's own socket dir is the server's alone.
+    tried = await run_as_agent(
+        sandbox, f"for d in {home} /run/hillclimb; do rm -f $d/server.log; ln -s {secret} $d/server.log; done"
     )
-    assert f"server.log -> {secret}" in planted
-    assert not (home / "server.log").is_symlink()
+    assert "No such file or directory" in tried and "Permission denied" in tried
+    # Every place a log could be, as the server's uid: the socket dir (writable), the home (it is not).
+    assert _as_owner_of(run_dir, _swap_for_link(run_dir / "server.log", secret))
+    assert not _as_owner_of(run_dir, _swap_for_link(home / "server.log", secret))
+    assert (run_dir / "server.log").is_symlink() and not (home / "server.log").is_symlink()
     assert "HOST-SECRET" not in await local_provider.log_tail(sandbox.id)
 
 

@@ -8,21 +8,23 @@ from typing import Any
 import pytest
 
 from providers.base import SandboxSpec
-from tests.security.agent import run_as_agent
+from tests.security.agent import SERVER_PIDS, run_as_agent
 
-# $PPID of the agent's shell is the env server, where the reward is computed.
-ATTEMPTS = """
+# SERVER is the env server, where the reward is computed.
+ATTEMPTS = f"""
+SERVER=$({SERVER_PIDS} | head -1); echo server:$SERVER
 unshare -U true; echo user-namespace:$?
 unshare -m true; echo mount-namespace:$?
 python3 -c 'import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True)
-print("ptrace:", libc.ptrace(16, int(sys.argv[1]), 0, 0), ctypes.get_errno())' $PPID
-cat /proc/$PPID/environ > /dev/null && echo server-environ:readable
-python3 -c 'import sys; open(f"/proc/{sys.argv[1]}/mem", "rb")' $PPID 2>/dev/null && echo server-mem:open
+print("ptrace:", libc.ptrace(16, int(sys.argv[1]), 0, 0), ctypes.get_errno())' $SERVER
+cat /proc/$SERVER/environ > /dev/null && echo server-environ:readable
+python3 -c 'import sys; open(f"/proc/{{sys.argv[1]}}/mem", "rb")' $SERVER 2>/dev/null && echo server-mem:open
 grep Seccomp: /proc/self/status
 """
 
 
 def _assert_refused(out: str) -> None:
+    assert "server:" in out and "server:\n" not in out, out
     assert "user-namespace:0" not in out and "mount-namespace:0" not in out, out
     assert "ptrace: -1 1" in out, out  # EPERM
     assert "server-environ:readable" not in out and "server-mem:open" not in out, out
