@@ -18,6 +18,7 @@ lead it to an answer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import tempfile
@@ -25,7 +26,7 @@ import uuid
 
 from pydantic import Field
 
-from envs.agent_commands import agent_commands
+from envs.agent_commands import WardenGoneError, agent_commands
 from envs.base import Action, Environment, Observation, State
 from envs.errors import ExecutionError
 from envs.terminal.shell import CommandResult, run_as_agent, run_command
@@ -138,7 +139,8 @@ class TerminalEnv(Environment[TerminalAction, TerminalObservation, TerminalState
 
     def close(self) -> None:
         if self._state.workdir is not None:
-            agent_commands().detach([*_REMOVE, self._state.workdir], cwd="/", env={"PATH": _PATH})
+            with contextlib.suppress(WardenGoneError):  # the sandbox is going: so is its work dir
+                agent_commands().detach([*_REMOVE, self._state.workdir], cwd="/", env={"PATH": _PATH})
             self._state.workdir = None
 
 
