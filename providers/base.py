@@ -219,7 +219,8 @@ class SandboxProvider(Protocol):
         ...
 
     async def wait_ready(self, sandbox: Sandbox, timeout_s: float = 60.0) -> None:
-        """Return once the sandbox's server answers its health check; raise `ReadyTimeoutError` otherwise."""
+        """Return once the sandbox's server answers its health check; raise `ReadyTimeoutError` otherwise
+        (`providers.readiness.wait_healthy` is the poll every built-in provider uses)."""
         ...
 
     async def destroy(self, sandbox_id: str) -> None:

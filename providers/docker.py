@@ -39,7 +39,6 @@ import requests.exceptions
 from pydantic import SecretStr
 
 import docker
-from envs.client import http_request
 from envs.digest import IMAGE_LABEL, envs_digest
 from providers.base import (
     LABEL_CREATED,
@@ -55,12 +54,11 @@ from providers.errors import (
     CapacityError,
     FatalProviderError,
     ProviderError,
-    ReadyTimeoutError,
     RetryableProviderError,
-    SandboxDiedError,
     UnsupportedPolicy,
 )
 from providers.local.isolation import mount_tmpfs, unmount
+from providers.readiness import READY_TIMEOUT_S, wait_healthy
 
 log = logging.getLogger("hillclimb.providers.docker")
 
@@ -301,31 +299,14 @@ class DockerProvider:
 
     # -- readiness ----------------------------------------------------------------------
 
-    async def wait_ready(self, sandbox: Sandbox, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        next_state_check = time.monotonic() + 0.25
-        delay = 0.002
-        while True:
-            try:
-                if (await http_request(sandbox.endpoint, "/health", timeout=1.0))[0] == 200:
-                    return
-            except (TimeoutError, OSError, ValueError):
-                pass
-            now = time.monotonic()
-            if now >= next_state_check:
-                next_state_check = now + 0.25
-                state = await asyncio.to_thread(self.inspect_state, sandbox.id)
-                if state.get("status") in ("exited", "dead", "missing"):
-                    tail = await self.log_tail(sandbox.id)
-                    await self.destroy(sandbox.id)
-                    raise SandboxDiedError(
-                        f"sandbox {sandbox.id} exited while starting ({state}); log tail:\n{tail}", log_tail=tail
-                    )
-            if now + delay > deadline:
-                await self.destroy(sandbox.id)
-                raise ReadyTimeoutError(f"sandbox {sandbox.id} was not ready within {timeout_s:g} s (destroyed)")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+    async def wait_ready(self, sandbox: Sandbox, timeout_s: float = READY_TIMEOUT_S) -> None:
+        async def died() -> str | None:
+            state = await asyncio.to_thread(self.inspect_state, sandbox.id)
+            return f"exited ({state})" if state.get("status") in ("exited", "dead", "missing") else None
+
+        await wait_healthy(
+            sandbox, timeout_s, died=died, destroy=self.destroy, log_tail=self.log_tail, death_check_s=0.25
+        )
 
     def inspect_state(self, sandbox_id: str) -> dict[str, Any]:
         """Status, exit code and whether the kernel's OOM killer struck."""

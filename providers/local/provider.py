@@ -46,20 +46,19 @@ from typing import Any, Literal
 from pydantic import SecretStr
 
 from envs.agent_processes import start_ticks
-from envs.client import http_request
 from providers.base import InflightCalls, Sandbox, SandboxSpec, utc_from_timestamp
 from providers.errors import (
     BadSpecError,
     CapacityError,
     FatalProviderError,
     IsolationUnavailable,
-    ReadyTimeoutError,
     SandboxDiedError,
     UnsupportedPolicy,
 )
 from providers.local import isolation
 from providers.local.cgroups import Cgroups
 from providers.local.zygote import LaunchPlan
+from providers.readiness import READY_TIMEOUT_S, wait_healthy
 
 log = logging.getLogger("hillclimb.providers.local")
 
@@ -360,25 +359,11 @@ class LocalProvider:
 
     # -- readiness ----------------------------------------------------------------------
 
-    async def wait_ready(self, sandbox: Sandbox, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        delay = 0.001
-        while True:
-            try:
-                status, _ = await http_request(sandbox.endpoint, "/health", timeout=1.0)
-                if status == 200:
-                    return
-            except (TimeoutError, OSError, ValueError):
-                pass
-            if await asyncio.to_thread(self._exited, sandbox.id):
-                tail = self._log_tail(self.root / sandbox.id)
-                await self.destroy(sandbox.id)
-                raise SandboxDiedError(f"sandbox {sandbox.id} exited while starting; log tail:\n{tail}", log_tail=tail)
-            if time.monotonic() + delay > deadline:
-                await self.destroy(sandbox.id)
-                raise ReadyTimeoutError(f"sandbox {sandbox.id} was not ready within {timeout_s:g} s (destroyed)")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+    async def wait_ready(self, sandbox: Sandbox, timeout_s: float = READY_TIMEOUT_S) -> None:
+        async def died() -> str | None:
+            return "exited" if await asyncio.to_thread(self._exited, sandbox.id) else None
+
+        await wait_healthy(sandbox, timeout_s, died=died, destroy=self.destroy, log_tail=self.log_tail)
 
     def _exited(self, sandbox_id: str) -> bool:
         if sandbox_id not in self._tokens:
