@@ -70,13 +70,17 @@ class ToolResult:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where a server listens: a TCP host and port, or a Unix socket path."""
+    """Where a server listens: a TCP host and port, or a Unix socket path; behind a proxy, the
+    path prefix it routes by and a query string it needs (e.g. `?identifier=` of a session pool)."""
 
     host: str | None
     port: int | None
     uds: str | None
     tls: bool
-    path: str
+    prefix: str = ""
+    """The path before the server's own routes ("" when it is served at the root)."""
+    query: str = ""
+    """Sent with every request, WebSocket upgrade included ("" for none)."""
 
     @classmethod
     def parse(cls, url: str) -> Endpoint:
@@ -85,16 +89,25 @@ class Endpoint:
         if scheme == "unix":
             if not parts.path:
                 raise ValueError(f"unix URL {url!r} has no socket path (expected unix:///path/to.sock)")
-            return cls(None, None, parts.path, False, "/ws")
+            return cls(None, None, parts.path, False, "", parts.query)
         if scheme not in ("ws", "wss", "http", "https"):
             raise ValueError(f"unsupported URL scheme in {url!r}: use ws://, wss://, http(s):// or unix://")
         tls = scheme in ("wss", "https")
-        path = parts.path.rstrip("/")
-        if not path.endswith("/ws"):
-            path += "/ws"
+        prefix = parts.path.rstrip("/")
+        if prefix.endswith("/ws"):
+            prefix = prefix[: -len("/ws")]
         if not parts.hostname:
             raise ValueError(f"URL {url!r} has no host")
-        return cls(parts.hostname, parts.port or (443 if tls else 80), None, tls, path)
+        return cls(parts.hostname, parts.port or (443 if tls else 80), None, tls, prefix, parts.query)
+
+    def target(self, route: str) -> str:
+        """The request target for one of the server's routes (`/ws`, `/health`, ...)."""
+        return f"{self.prefix}{route}?{self.query}" if self.query else f"{self.prefix}{route}"
+
+    @property
+    def path(self) -> str:
+        """The WebSocket route's request target."""
+        return self.target("/ws")
 
     @property
     def host_header(self) -> str:
@@ -556,9 +569,17 @@ def _error_from(data: dict[str, Any], *, request: str | None) -> EnvError:
 
 
 async def http_request(
-    url: str, path: str, *, method: str = "GET", body: Any = None, token: str | None = None, timeout: float = 5.0
+    url: str,
+    path: str,
+    *,
+    method: str = "GET",
+    body: Any = None,
+    token: str | None = None,
+    timeout: float = 5.0,
+    ssl: ssl_module.SSLContext | None = None,
 ) -> tuple[int, Any]:
-    """One HTTP request to an env server (`/health`, `/schema`, `/metadata`, `/metrics`, `/mcp`).
+    """One HTTP request to an env server (`/health`, `/schema`, `/metadata`, `/metrics`, `/mcp`),
+    through the URL's path prefix and with its query string; `ssl` for a private CA over TLS.
 
     Returns (status, body): the body parsed when it is JSON, else its text (`/metrics`)."""
     endpoint = Endpoint.parse(url)
@@ -568,13 +589,14 @@ async def http_request(
         headers["Content-Type"] = "application/json"
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    fields = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    head = f"{method} {endpoint.target(path)} HTTP/1.1\r\n{fields}\r\n"
 
     async def exchange() -> tuple[int, Any]:
         if endpoint.uds:
             reader, writer = await asyncio.open_unix_connection(sock=await connect_unix(endpoint.uds))
         else:
-            ctx = ssl_module.create_default_context() if endpoint.tls else None
+            ctx = (ssl or ssl_module.create_default_context()) if endpoint.tls else None
             reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port, ssl=ctx)
         try:
             writer.write(head.encode("latin-1") + payload)

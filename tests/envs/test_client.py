@@ -16,7 +16,7 @@ import pytest
 from sample_envs import AsyncCounterEnv, CountAction, CounterEnv, CountObservation, SoloEnv, broken_factory
 from wire import CLOSE, CONTINUATION, PING, PONG, TEXT, FakePeer, RawWS, frame, read_frame, reply_with
 
-from envs.client import Endpoint, EnvClient
+from envs.client import Endpoint, EnvClient, http_request
 from envs.errors import (
     ERROR_TYPES,
     AuthenticationError,
@@ -49,6 +49,10 @@ from envs.errors import (
         ("wss://proxy/sandbox/7/", ("proxy", 443, None, True, "/sandbox/7/ws", "proxy:443")),
         ("ws://[::1]:9000", ("::1", 9000, None, False, "/ws", "[::1]:9000")),
         ("unix:///run/hillclimb/env.sock", (None, None, "/run/hillclimb/env.sock", False, "/ws", "localhost")),
+        (
+            "https://pool.example/p1?identifier=s-9",
+            ("pool.example", 443, None, True, "/p1/ws?identifier=s-9", "pool.example:443"),
+        ),
     ],
 )
 def test_endpoint_parsing(url, expected):
@@ -485,3 +489,47 @@ async def test_refused_upgrade_names_the_status(start_server):
     client = EnvClient(served.url.replace("/ws", "/elsewhere"), token=served.token, connect_timeout_s=0.3)
     with pytest.raises(ConnectTimeoutError, match="HTTP 404"):
         await client.reset()
+
+
+class PrefixIngress:
+    """A reverse proxy as an ingress or a session pool is: it serves the env server under a path
+    prefix, routes only requests naming a session (`?identifier=`), and strips the prefix."""
+
+    def __init__(self, backend_port: int, prefix: str) -> None:
+        self.backend_port, self.prefix = backend_port, prefix
+        self.seen: list[str] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        method, target, rest = head.decode("latin-1").split(" ", 2)
+        self.seen.append(target)
+        if not target.startswith(self.prefix + "/") or "identifier=" not in target:
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.backend_port)
+        up_writer.write(f"{method} {target[len(self.prefix) :]} {rest}".encode("latin-1"))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+
+async def test_an_episode_runs_through_an_ingress_with_a_path_prefix_and_a_query(start_server):
+    served = await start_server(CounterEnv)
+    backend_port = int(served.url.split(":")[2].split("/")[0])
+    ingress = PrefixIngress(backend_port, "/pools/p1")
+    listener = await asyncio.start_server(ingress.handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}/pools/p1?identifier=s-42"
+    try:
+        assert (await http_request(url, "/health"))[0] == 200
+        async with EnvClient(url, token=served.token) as env:
+            await env.reset()
+            assert (await env.step({"amount": 3})).observation["total"] == 3
+    finally:
+        listener.close()
+    assert ingress.seen[:2] == ["/pools/p1/health?identifier=s-42", "/pools/p1/ws?identifier=s-42"]
