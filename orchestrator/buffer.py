@@ -17,21 +17,12 @@ import collections
 from typing import Any
 
 from prometheus_client.metrics_core import Metric
-from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator import metrics
+from orchestrator.buffer_config import BufferConfig
 from orchestrator.ledger import Ledger
 from orchestrator.metrics_hub import local_families
 from trainers.trajectory import TrajectoryGroup
-
-
-class BufferConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    capacity_groups: int = Field(default=64, ge=1)
-    """Groups queued before `put` blocks (back-pressure on rollouts)."""
-    max_staleness: int = Field(default=0, ge=0)
-    """A group sampled by policy version v is usable at learner version ≤ v + max_staleness (0: synchronous)."""
 
 
 class TrajectoryBuffer:

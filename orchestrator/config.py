@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from envs.errors import ConfigError
 from envs.tasks import Split
-from orchestrator.buffer import BufferConfig
+from orchestrator.buffer_config import BufferConfig
 from orchestrator.pool import PoolConfig
 from orchestrator.rollout import EpisodeConfig
 from trainers.learner_config import LearnerConfig
