@@ -12,12 +12,13 @@ process can find and remove what a crashed driver left behind.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Literal, Protocol, runtime_checkable
@@ -206,6 +207,52 @@ class InflightCalls:
     def wait_idle(self, timeout_s: float) -> bool:
         with self._idle:
             return self._idle.wait_for(lambda: self._count == 0, timeout_s)
+
+
+class KeyLocks:
+    """One lock per idempotency key: concurrent creates with one key in one process run one
+    after the other, so the second finds the first's sandbox instead of racing it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    @contextmanager
+    def hold(self, key: str | None) -> Iterator[None]:
+        if key is None:
+            yield
+            return
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            yield
+
+
+_undoing: set[asyncio.Future[None]] = set()
+
+
+async def create_in_thread(
+    create: Callable[[], Sandbox], destroy: Callable[[str], Awaitable[None]], *, undo_if_cancelled: bool
+) -> Sandbox:
+    """Run a blocking create in a thread. If the caller is cancelled meanwhile the thread runs
+    on; with `undo_if_cancelled`, what it makes is destroyed as soon as it is done, so a
+    cancelled create leaks nothing. (Not for a keyed create: another caller may hold that
+    sandbox under the same key, and a retry with the key will find it.)"""
+    making = asyncio.ensure_future(asyncio.to_thread(create))
+    try:
+        return await asyncio.shield(making)
+    except asyncio.CancelledError:
+        if undo_if_cancelled:
+            making.add_done_callback(lambda done: _undo(done, destroy))
+        raise
+
+
+def _undo(done: asyncio.Future[Sandbox], destroy: Callable[[str], Awaitable[None]]) -> None:
+    if done.cancelled() or done.exception() is not None:
+        return
+    undoing = asyncio.ensure_future(destroy(done.result().id))
+    _undoing.add(undoing)
+    undoing.add_done_callback(_undoing.discard)
 
 
 @runtime_checkable

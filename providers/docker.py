@@ -45,8 +45,10 @@ from providers.base import (
     LABEL_EXPIRES,
     LABEL_RUN,
     InflightCalls,
+    KeyLocks,
     Sandbox,
     SandboxSpec,
+    create_in_thread,
     utc_from_timestamp,
 )
 from providers.errors import (
@@ -145,6 +147,7 @@ class DockerProvider:
         self.agent_uid = AGENT_UID if self.container_uid != AGENT_UID else AGENT_UID + 1
         self._tokens: dict[str, SecretStr] = {}
         self._inflight = InflightCalls()
+        self._key_locks = KeyLocks()
 
     # -- create -------------------------------------------------------------------------
 
@@ -153,10 +156,12 @@ class DockerProvider:
             raise UnsupportedPolicy(
                 "the docker provider runs sandboxes without any network; it cannot enforce an egress allow-list"
             )
-        return await asyncio.to_thread(self._create, spec)
+        return await create_in_thread(
+            lambda: self._create(spec), self.destroy, undo_if_cancelled=spec.idempotency_key is None
+        )
 
     def _create(self, spec: SandboxSpec) -> Sandbox:
-        with self._inflight.track():
+        with self._inflight.track(), self._key_locks.hold(spec.key_digest if spec.idempotency_key else None):
             return self._create_container(spec)
 
     def _create_container(self, spec: SandboxSpec) -> Sandbox:

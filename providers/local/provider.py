@@ -46,7 +46,7 @@ from typing import Any, Literal
 from pydantic import SecretStr
 
 from envs.agent_processes import start_ticks
-from providers.base import InflightCalls, Sandbox, SandboxSpec, utc_from_timestamp
+from providers.base import InflightCalls, KeyLocks, Sandbox, SandboxSpec, create_in_thread, utc_from_timestamp
 from providers.errors import (
     BadSpecError,
     CapacityError,
@@ -140,7 +140,7 @@ class LocalProvider:
         self._isolate: bool | None = None  # decided on first create
         self._zygote = _ZygoteClient(self._prepare_root() / ".zygote.log")
         self._tokens: dict[str, SecretStr] = {}
-        self._key_locks: dict[str, threading.Lock] = {}
+        self._key_locks = KeyLocks()
         self._inflight = InflightCalls()
         self._lock = threading.Lock()
 
@@ -181,7 +181,9 @@ class LocalProvider:
 
     async def create(self, spec: SandboxSpec) -> Sandbox:
         self._check_spec(spec)
-        return await asyncio.to_thread(self._create, spec)
+        return await create_in_thread(
+            lambda: self._create(spec), self.destroy, undo_if_cancelled=spec.idempotency_key is None
+        )
 
     def _check_spec(self, spec: SandboxSpec) -> None:
         if spec.image is not None:
@@ -195,13 +197,8 @@ class LocalProvider:
             )
 
     def _create(self, spec: SandboxSpec) -> Sandbox:
-        with self._inflight.track():
-            if spec.idempotency_key is None:
-                return self._create_new(spec)
-            with self._lock:  # a concurrent create with the same key waits for the first
-                key_lock = self._key_locks.setdefault(spec.key_digest, threading.Lock())
-            with key_lock:
-                return self._create_new(spec)
+        with self._inflight.track(), self._key_locks.hold(spec.key_digest if spec.idempotency_key else None):
+            return self._create_new(spec)
 
     def _create_new(self, spec: SandboxSpec) -> Sandbox:
         isolate = self._isolated()
