@@ -13,11 +13,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from envs.errors import ConfigError
+from envs.errors import ConfigError, TargetNotFoundError
 from envs.tasks import Split
 from orchestrator.buffer_config import BufferConfig
 from orchestrator.pool import PoolConfig
 from orchestrator.rollout import EpisodeConfig
+from providers.registry import options_model
 from trainers.learner_config import LearnerConfig
 from trainers.policy.config import PolicyConfig, ScriptedPolicyConfig
 
@@ -54,6 +55,17 @@ class ProviderSection(_Section):
     resources: dict[str, Any] = Field(default_factory=dict)
     """Per-sandbox limits: cpu, memory_mb, pids, disk_mb."""
     ttl_s: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _known_options(self) -> ProviderSection:
+        try:
+            options_model(self.type).model_validate(self.options)
+        except TargetNotFoundError as e:
+            raise ValueError(str(e)) from None
+        except ValidationError as e:
+            problems = "; ".join(f"options.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            raise ValueError(f"provider {self.type!r}: {problems}") from None
+        return self
 
 
 class RolloutSection(_Section):

@@ -9,10 +9,13 @@ A separate package adds a provider with, in its pyproject.toml:
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, create_model
 
 from envs.errors import TargetNotFoundError
 from providers.base import SandboxProvider
@@ -43,6 +46,21 @@ def provider_class(name: str) -> type:
         raise TargetNotFoundError(
             f"provider {name!r} needs a package that is not installed: {e} (try pip install 'hillclimb[{name}]')"
         ) from e
+
+
+def options_model(name: str) -> type[BaseModel]:
+    """The provider's constructor options as a pydantic model (from its keyword parameters and
+    their annotations): a bad option is reported at config load, by name, not inside an actor."""
+    cls = provider_class(name)
+    hints = get_type_hints(cls.__init__)
+    fields: dict[str, Any] = {}
+    for param in inspect.signature(cls.__init__).parameters.values():
+        if param.name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (hints.get(param.name, Any), default)
+    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    return create_model(f"{cls.__name__}Options", __config__=config, **fields)
 
 
 def make_provider(name: str, **options: Any) -> SandboxProvider:

@@ -63,3 +63,16 @@ def test_cross_field_checks_and_malformed_overrides() -> None:
         load_config(None, ["policy.type=telepathy"])
     with pytest.raises(ConfigError, match=r"\n  policy\.max_batch: Input should be greater than or equal to 1"):
         load_config(None, ["policy.type=hf", "policy.max_batch=0"])
+
+
+def test_provider_options_are_checked_at_load_by_name() -> None:
+    with pytest.raises(ConfigError, match="provider 'local': options.imag: Extra inputs are not permitted"):
+        load_config(None, ["provider.options.imag=x"])
+    with pytest.raises(ConfigError, match="provider 'docker': options.check_image: Input should be a valid boolean"):
+        load_config(None, ["provider.type=docker", "provider.options.check_image=maybe"])
+    with pytest.raises(ConfigError, match="unknown sandbox provider 'nope'"):
+        load_config(None, ["provider.type=nope"])
+    config = load_config(
+        None, ["provider.type=docker", "provider.options.image=mine:1", "provider.options.check_image=false"]
+    )
+    assert config.provider.options == {"image": "mine:1", "check_image": False}
