@@ -218,12 +218,13 @@ class KeyLocks:
         self._locks: dict[str, threading.Lock] = {}
 
     @contextmanager
-    def hold(self, key: str | None) -> Iterator[None]:
-        if key is None:
+    def hold(self, spec: SandboxSpec) -> Iterator[None]:
+        """Held around a create of `spec`; nothing to wait for when it has no key."""
+        if spec.idempotency_key is None:
             yield
             return
         with self._guard:
-            lock = self._locks.setdefault(key, threading.Lock())
+            lock = self._locks.setdefault(spec.key_digest, threading.Lock())
         with lock:
             yield
 
@@ -232,17 +233,17 @@ _undoing: set[asyncio.Future[None]] = set()
 
 
 async def create_in_thread(
-    create: Callable[[], Sandbox], destroy: Callable[[str], Awaitable[None]], *, undo_if_cancelled: bool
+    spec: SandboxSpec, create: Callable[[SandboxSpec], Sandbox], destroy: Callable[[str], Awaitable[None]]
 ) -> Sandbox:
-    """Run a blocking create in a thread. If the caller is cancelled meanwhile the thread runs
-    on; with `undo_if_cancelled`, what it makes is destroyed as soon as it is done, so a
-    cancelled create leaks nothing. (Not for a keyed create: another caller may hold that
-    sandbox under the same key, and a retry with the key will find it.)"""
-    making = asyncio.ensure_future(asyncio.to_thread(create))
+    """Run a blocking `create(spec)` in a thread. If the caller is cancelled meanwhile the thread
+    runs on; what it makes is destroyed as soon as it is done, so a cancelled create leaks
+    nothing. (Not for a keyed create: another caller may hold that sandbox under the same key,
+    and a retry with the key will find it.)"""
+    making = asyncio.ensure_future(asyncio.to_thread(create, spec))
     try:
         return await asyncio.shield(making)
     except asyncio.CancelledError:
-        if undo_if_cancelled:
+        if spec.idempotency_key is None:
             making.add_done_callback(lambda done: _undo(done, destroy))
         raise
 

@@ -156,12 +156,10 @@ class DockerProvider:
             raise UnsupportedPolicy(
                 "the docker provider runs sandboxes without any network; it cannot enforce an egress allow-list"
             )
-        return await create_in_thread(
-            lambda: self._create(spec), self.destroy, undo_if_cancelled=spec.idempotency_key is None
-        )
+        return await create_in_thread(spec, self._create, self.destroy)
 
     def _create(self, spec: SandboxSpec) -> Sandbox:
-        with self._inflight.track(), self._key_locks.hold(spec.key_digest if spec.idempotency_key else None):
+        with self._inflight.track(), self._key_locks.hold(spec):
             return self._create_container(spec)
 
     def _create_container(self, spec: SandboxSpec) -> Sandbox:

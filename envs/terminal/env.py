@@ -29,13 +29,12 @@ from pydantic import Field
 from envs.agent_commands import WardenGoneError, agent_commands
 from envs.base import Action, Environment, Observation, State
 from envs.errors import ExecutionError
-from envs.terminal.shell import CommandResult, run_as_agent, run_command
+from envs.terminal.shell import CommandResult, agent_environment, run_as_agent, run_command
 from envs.terminal.tasks import SUBMIT, SUITE, TerminalTask
 
 WORKDIR_ENV_VAR = "HILLCLIMB_WORKDIR"
 _VERIFIER_TIMEOUT_S = 30.0
 _SETUP_TIMEOUT_S = 30.0
-_PATH = "/usr/local/bin:/usr/bin:/bin"
 _UNPACK = (
     "sh",
     "-c",
@@ -140,7 +139,7 @@ class TerminalEnv(Environment[TerminalAction, TerminalObservation, TerminalState
     def close(self) -> None:
         if self._state.workdir is not None:
             with contextlib.suppress(WardenGoneError):  # the sandbox is going: so is its work dir
-                agent_commands().detach([*_REMOVE, self._state.workdir], cwd="/", env={"PATH": _PATH})
+                agent_commands().detach([*_REMOVE, self._state.workdir], cwd="/", env=agent_environment("/"))
             self._state.workdir = None
 
 

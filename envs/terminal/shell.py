@@ -53,7 +53,8 @@ class _Capture:
                 self.kept += chunk[:room]
 
 
-def _child_environment(home: str) -> dict[str, str]:
+def agent_environment(home: str) -> dict[str, str]:
+    """The whole environment of an agent's command: nothing of the server's but PATH."""
     return {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
         "HOME": home,
@@ -81,7 +82,7 @@ async def run_as_agent(
     try:
         try:
             done = await agent_commands().run(
-                argv, cwd=cwd, env=_child_environment(cwd), out_fd=write_fd, timeout_s=timeout_s, stdin_fd=stdin_fd
+                argv, cwd=cwd, env=agent_environment(cwd), out_fd=write_fd, timeout_s=timeout_s, stdin_fd=stdin_fd
             )
         finally:
             os.close(write_fd)

@@ -181,9 +181,7 @@ class LocalProvider:
 
     async def create(self, spec: SandboxSpec) -> Sandbox:
         self._check_spec(spec)
-        return await create_in_thread(
-            lambda: self._create(spec), self.destroy, undo_if_cancelled=spec.idempotency_key is None
-        )
+        return await create_in_thread(spec, self._create, self.destroy)
 
     def _check_spec(self, spec: SandboxSpec) -> None:
         if spec.image is not None:
@@ -197,7 +195,7 @@ class LocalProvider:
             )
 
     def _create(self, spec: SandboxSpec) -> Sandbox:
-        with self._inflight.track(), self._key_locks.hold(spec.key_digest if spec.idempotency_key else None):
+        with self._inflight.track(), self._key_locks.hold(spec):
             return self._create_new(spec)
 
     def _create_new(self, spec: SandboxSpec) -> Sandbox:
