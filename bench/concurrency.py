@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from bench.common import percentile, print_table, status_kib, write_result
-from envs.client import EnvClient
+from envs.client import BaseEnvClient
 from envs.toy_terminal.tasks import SUITE
 from providers.base import Sandbox, SandboxProvider, SandboxSpec
 
@@ -59,7 +59,7 @@ class Fleet:
         self.spec = SandboxSpec(env="toy_terminal", run_id="bench-concurrency", max_sessions=per_sandbox)
         self.per_sandbox = per_sandbox
         self.sandboxes: list[Sandbox] = []
-        self.clients: list[EnvClient] = []
+        self.clients: list[BaseEnvClient] = []
         self.failures = {"open": 0, "step": 0}
         self.errors: collections.Counter[str] = collections.Counter()
         self._tasks = [t.id for t in SUITE.tasks("train")]
@@ -72,7 +72,7 @@ class Fleet:
         return self.sandboxes[index // self.per_sandbox]
 
     async def _open(self, index: int, sandbox: Sandbox) -> None:
-        client = EnvClient(sandbox.endpoint, token=sandbox.token.get_secret_value() if sandbox.token else None)
+        client = sandbox.handle.client()
         try:
             await client.connect()
             await client.reset(seed=index, task_id=self._tasks[index % len(self._tasks)])
@@ -96,7 +96,7 @@ class Fleet:
     async def step_all(self) -> float:
         """One step on every live session at once; the round's wall time in seconds."""
 
-        async def one(client: EnvClient) -> None:
+        async def one(client: BaseEnvClient) -> None:
             try:
                 result = await client.step({"command": "wc -l app.log"})
                 if result.done:  # the task's step limit: start the episode again

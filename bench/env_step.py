@@ -3,7 +3,8 @@
 Each server runs in its own process (as in a sandbox) and serves the same `PingEnv`;
 the clients run in a measuring process: OpenEnv's `GenericEnvClient` against OpenEnv's
 `create_app` server, our `EnvClient` against our server (over TCP like the reference,
-and over the Unix socket sandboxes use). One session steps back to back; then 16
+and over the Unix socket sandboxes use; there also over the HTTP session binding, what an
+HTTP-only ingress leaves). One session steps back to back; then 16
 sessions step concurrently and the total rate is taken. A bare asyncio Unix-socket JSON
 ping-pong is the floor any Python runtime pays.
 
@@ -31,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import print_table, summarize, write_result
-from envs.client import EnvClient, http_request
+from envs.handle import EnvHandle
+from envs.http_client import http_request
 from envs.serve import LOOP_ENV_VAR, run_fast
 
 TOKEN = "bench-token"
@@ -124,7 +126,15 @@ run_fast(main())
 
 
 async def _ours(url: str) -> tuple[Stepper, Callable[[], Awaitable[None]]]:
-    client = EnvClient(url, token=TOKEN)
+    return await _session(EnvHandle.with_token(url, TOKEN))
+
+
+async def _ours_http(url: str) -> tuple[Stepper, Callable[[], Awaitable[None]]]:
+    return await _session(EnvHandle.with_token(url, TOKEN, transport="http"))
+
+
+async def _session(handle: EnvHandle) -> tuple[Stepper, Callable[[], Awaitable[None]]]:
+    client = handle.client()
     await client.reset()
     return (lambda: client.step({"n": 1})), client.close
 
@@ -178,9 +188,16 @@ CONTENDERS = (
     ("openenv (create_app + GenericEnvClient, TCP)", "openenv"),
     ("hillclimb (EnvServer + EnvClient, TCP)", "ours-tcp"),
     ("hillclimb (EnvServer + EnvClient, Unix socket)", "ours-uds"),
+    ("hillclimb (EnvServer + HttpEnvClient, HTTP session binding, Unix socket)", "ours-uds-http"),
     ("bare asyncio Unix-socket JSON ping-pong", "pingpong"),
 )
-OPENERS = {"openenv": _openenv, "ours-tcp": _ours, "ours-uds": _ours, "pingpong": _pingpong}
+OPENERS = {
+    "openenv": _openenv,
+    "ours-tcp": _ours,
+    "ours-uds": _ours,
+    "ours-uds-http": _ours_http,
+    "pingpong": _pingpong,
+}
 
 
 async def measure_once(seconds: float) -> dict[str, dict[str, float]]:
@@ -189,7 +206,11 @@ async def measure_once(seconds: float) -> dict[str, dict[str, float]]:
         servers = Servers(Path(tmp))
         try:
             await servers.start()
-            urls = {**servers.urls, "pingpong": str(Path(tmp) / "pingpong.sock")}
+            urls = {
+                **servers.urls,
+                "ours-uds-http": servers.urls["ours-uds"],
+                "pingpong": str(Path(tmp) / "pingpong.sock"),
+            }
             return {
                 name: {f"{n}_sessions": await _rate(OPENERS[key], urls[key], n, seconds) for n in (1, 16)}
                 for name, key in CONTENDERS

@@ -33,7 +33,7 @@ from typing import Any
 
 from bench.common import print_table, summarize, write_result
 from bench.pingpong import round_trip_ms
-from envs.client import http_request
+from envs.handle import EnvHandle
 from envs.metrics import parse_metrics
 from envs.serve import run_fast
 from envs.tasks import load_suite
@@ -124,15 +124,15 @@ async def _overhead_once(episodes: int) -> dict[str, Any]:
         await pool.start()
         await pool.wait_warm(60)
         async with await pool.lease(60) as lease:
-            endpoint, token = lease.endpoint, lease.token
-        before = await _env_metrics(endpoint, token)
+            handle = lease.handle
+        before = await _env_metrics(handle)
         for i in range(episodes):
             task = tasks[i % len(tasks)]
             spec = EpisodeSpec(
                 run_id="bench", env="toy_terminal", split="train", task=task, group_id=f"g{i}", sample_index=0, seed=i
             )
             await runner.run(spec, timing)
-        after = await _env_metrics(endpoint, token)
+        after = await _env_metrics(handle)
     finally:
         await pool.close()
         await provider.close()
@@ -171,8 +171,8 @@ async def _overhead_once(episodes: int) -> dict[str, Any]:
     }
 
 
-async def _env_metrics(endpoint: str, token: str | None) -> dict[str, float]:
-    status, text = await http_request(endpoint, "/metrics", token=token)
+async def _env_metrics(handle: EnvHandle) -> dict[str, float]:
+    status, text = await handle.request("/metrics")
     if status != 200:
         raise RuntimeError(f"GET /metrics on the sandbox answered {status}: {text}")
     return parse_metrics(text)

@@ -4,6 +4,11 @@
         result = await env.reset(seed=0)
         result = await env.step({"command": "ls"})
 
+`token=` is the env server's bearer token; `credentials=` carries any others (a platform's
+`Authorization`, the env token in its own header: see `envs.handle`). `HttpEnvClient`
+offers the same API over the HTTP session binding; `EnvHandle.client()` picks the one a
+sandbox's transport needs.
+
 URLs: `ws://`, `wss://`, `http(s)://` (rewritten to the `/ws` socket) and `unix:///path`.
 A dropped connection never hangs a caller: a request in flight fails at once with
 `ConnectionLostError`, keepalive pings detect a silent peer, and every reply has a
@@ -20,6 +25,7 @@ import contextlib
 import json
 import ssl as ssl_module
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
@@ -42,9 +48,11 @@ from envs.errors import (
     StepTimeoutError,
     TLSError,
 )
+from envs.handle import Credential, render_headers
 from envs.unix_socket import connect_unix
 
 ObsT = TypeVar("ObsT")
+T = TypeVar("T")
 
 _CLOSE_WAIT_S = 2.0  # how long close() waits for the server to hang up
 
@@ -190,8 +198,10 @@ class _Protocol(asyncio.Protocol):
         if status == 401:
             refused = "the server refused the bearer token (HTTP 401): pass token= the sandbox's token"
             return self._fail(AuthenticationError(refused))
-        if status != 101 or headers.get("sec-websocket-accept") != self._accept:
-            return self._fail(ConnectionLostError(f"WebSocket upgrade refused: HTTP {status}"))
+        if status != 101:
+            return self._fail(ConnectionLostError(f"WebSocket upgrade refused: HTTP {status}", status=status))
+        if headers.get("sec-websocket-accept") != self._accept:
+            return self._fail(ConnectionLostError("WebSocket upgrade answered with a wrong Sec-WebSocket-Accept"))
         self._frames = ws.FrameReader(max_message_bytes=self._max, expect_masked=False)
         self.handshake.set_result(None)
         if self._buf:
@@ -252,70 +262,49 @@ class _Protocol(asyncio.Protocol):
         return self._inbox.popleft()
 
 
-class EnvClient:
-    """An async OpenEnv client with bearer-token auth, typed results and safe reconnects."""
+class BaseEnvClient:
+    """What every client offers, whatever its transport: reset, step, state, MCP tools, close.
+
+    A subclass supplies the transport (`connect`, `close`, `_request`, `reset`, `step`, ...);
+    MCP calls and result parsing are the same on every one."""
+
+    _rpc_ids = 0
 
     def __init__(
         self,
         url: str,
         *,
-        token: str | None = None,
-        connect_timeout_s: float = 10.0,
-        message_timeout_s: float | None = 300.0,
-        max_message_bytes: int = 64 * 1024 * 1024,
-        ping_interval_s: float | None = 20.0,
-        ping_timeout_s: float = 20.0,
-        observation_type: type[BaseModel] | None = None,
-        ssl: ssl_module.SSLContext | None = None,
+        token: str | None,
+        credentials: tuple[Credential, ...],
+        connect_timeout_s: float,
+        message_timeout_s: float | None,
+        max_message_bytes: int,
+        observation_type: type[BaseModel] | None,
+        ssl: ssl_module.SSLContext | None,
     ) -> None:
         self.url = url
         self.endpoint = Endpoint.parse(url)
-        self._token = token
+        self._credentials = credentials + ((Credential.env_token(token),) if token else ())
         self.connect_timeout_s = connect_timeout_s
         self.message_timeout_s = message_timeout_s
         self.max_message_bytes = max_message_bytes
-        self.ping_interval_s = ping_interval_s
-        self.ping_timeout_s = ping_timeout_s
         self.observation_type = observation_type
         self._ssl = ssl
-        self._conn: _Protocol | None = None
         self._lock = asyncio.Lock()
-        self._heartbeat: asyncio.TimerHandle | None = None
-        self._rpc_ids = 0
-        self._episode_live = False
-        self._unread_reset = False
-        """A `send_reset()` was sent and its reply not yet read."""
 
-    def __repr__(self) -> str:  # never show the token
-        return f"EnvClient({self.url!r})"
-
-    async def __aenter__(self) -> EnvClient:
-        await self.connect()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def connected(self) -> bool:
-        return self._conn is not None and self._conn.lost is None
-
-    # -- connection ----------------------------------------------------------------------
-
-    async def connect(self) -> None:
-        """Open the WebSocket, retrying refused or missing sockets until `connect_timeout_s`."""
-        if self.connected:
-            return
-        self._drop()
+    async def _connect_retrying(self, open_once: Callable[[float], Awaitable[T]]) -> T:
+        """`open_once(time_left)`, retried while the server is not there yet (refused, no socket
+        file, a 5xx) until `connect_timeout_s`; an HTTP refusal or a bad certificate is final."""
         deadline = time.monotonic() + self.connect_timeout_s
         delay = 0.002
         last: Exception | None = None  # the previous attempt's error: a timeout alone says nothing
         failed = f"could not connect to {self.url} within {self.connect_timeout_s:g} s"
         while True:
             try:
-                self._conn = await self._open(max(deadline - time.monotonic(), 0.001))
-                break
+                return await open_once(max(deadline - time.monotonic(), 0.001))
             except (ConnectionRefusedError, FileNotFoundError, ConnectionResetError, ConnectionLostError) as e:
+                if getattr(e, "status", 500) < 500:  # refused by HTTP (no WebSocket here): waiting will not help
+                    raise
                 last = e
                 if time.monotonic() + delay > deadline:
                     raise ConnectTimeoutError(f"{failed}: {e}") from e
@@ -328,6 +317,122 @@ class EnvClient:
                 ) from e
             except TimeoutError as e:
                 raise ConnectTimeoutError(f"{failed}: {last}" if last else failed) from (last or e)
+
+    def __repr__(self) -> str:  # never show a credential
+        return f"{type(self).__name__}({self.url!r})"
+
+    async def __aenter__(self) -> Any:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        raise NotImplementedError
+
+    async def connect(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """End the session on the server, then the connection."""
+        raise NotImplementedError
+
+    async def reset(self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any) -> StepResult[Any]:
+        """Start a new episode."""
+        raise NotImplementedError
+
+    async def send_reset(self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any) -> None:
+        """Start a new episode; the reply may be read by the next request (`settle()` reads it)."""
+        raise NotImplementedError
+
+    async def settle(self) -> None:
+        raise NotImplementedError
+
+    async def step(self, action: dict[str, Any] | BaseModel) -> StepResult[Any]:
+        raise NotImplementedError
+
+    async def state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _request(self, message: dict[str, Any], *, reconnect: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _rpc(self, method: str, params: dict[str, Any]) -> Any:
+        self._rpc_ids += 1
+        request = {"jsonrpc": "2.0", "id": self._rpc_ids, "method": method, "params": params}
+        reply = (await self._request({"type": "mcp", "data": request}, reconnect=False))["data"]
+        if "error" in reply:
+            err = reply["error"]
+            failed = f"MCP {method} failed ({err.get('code')}): {err.get('message')}"
+            raise ExecutionError(failed, rpc_code=err.get("code"))
+        return reply["result"]
+
+    async def list_tools(self) -> list[dict[str, Any]]:
+        """The environment's MCP tools: name, description and JSON input schema of each."""
+        return (await self._rpc("tools/list", {}))["tools"]
+
+    async def call_tool(self, name: str, /, **arguments: Any) -> ToolResult:
+        """Call one MCP tool; `name` is positional-only so a tool may take an argument called `name`."""
+        result = await self._rpc("tools/call", {"name": name, "arguments": arguments})
+        text = "".join(c.get("text", "") for c in result.get("content", []) if c.get("type") == "text")
+        return ToolResult(text=text, is_error=bool(result.get("isError")), structured=result.get("structuredContent"))
+
+    def _result(self, data: dict[str, Any]) -> StepResult[Any]:
+        obs = data.get("observation", {})
+        if self.observation_type is not None:
+            obs = self.observation_type.model_validate(obs)
+        return StepResult(obs, data.get("reward"), bool(data.get("done", False)), data.get("metadata") or {})
+
+
+class EnvClient(BaseEnvClient):
+    """An async OpenEnv client over WebSocket: credentials, typed results and safe reconnects."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        credentials: tuple[Credential, ...] = (),
+        connect_timeout_s: float = 10.0,
+        message_timeout_s: float | None = 300.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        ping_interval_s: float | None = 20.0,
+        ping_timeout_s: float = 20.0,
+        observation_type: type[BaseModel] | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> None:
+        super().__init__(
+            url,
+            token=token,
+            credentials=credentials,
+            connect_timeout_s=connect_timeout_s,
+            message_timeout_s=message_timeout_s,
+            max_message_bytes=max_message_bytes,
+            observation_type=observation_type,
+            ssl=ssl,
+        )
+        self.ping_interval_s = ping_interval_s
+        self.ping_timeout_s = ping_timeout_s
+        self._conn: _Protocol | None = None
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self._episode_live = False
+        self._unread_reset = False
+        """A `send_reset()` was sent and its reply not yet read."""
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._conn.lost is None
+
+    # -- connection ----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the WebSocket, retrying refused or missing sockets until `connect_timeout_s`."""
+        if self.connected:
+            return
+        self._drop()
+        self._conn = await self._connect_retrying(self._open)
         self._schedule_heartbeat()
 
     async def _open(self, timeout: float) -> _Protocol:
@@ -340,8 +445,7 @@ class EnvClient:
             f"Sec-WebSocket-Key: {key}",
             "Sec-WebSocket-Version: 13",
         ]
-        if self._token:
-            lines.append(f"Authorization: Bearer {self._token}")
+        lines += [f"{name}: {value}" for name, value in await render_headers(self._credentials)]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         protocol = _Protocol(request, key, self.max_message_bytes)
         transport = await self.endpoint.open(lambda: protocol, timeout, self._ssl)
@@ -429,7 +533,7 @@ class EnvClient:
             raw = await self._reply(conn, message["type"])
         reply = orjson.loads(raw)
         if reply.get("type") == "error":
-            raise _error_from(reply.get("data") or {}, request=message["type"])
+            raise error_from_frame(reply.get("data") or {}, request=message["type"])
         return reply
 
     async def _ready(self, *, reconnect: bool) -> _Protocol:
@@ -465,14 +569,14 @@ class EnvClient:
             # be read as an answer, so the connection goes.
             self._drop()
             self._episode_live = False
-            raise _error_from(reply.get("data") or {}, request="reset")
+            raise error_from_frame(reply.get("data") or {}, request="reset")
 
     @staticmethod
     def _episode_lost(conn: _Protocol) -> HillclimbError:
         hint = "the episode's server-side state is gone: call reset() to start a new one"
         notice = conn.session_notice()
         if notice is not None:  # the server said why (reaped idle, session failed): raise its SessionError
-            return _error_from({**notice, "message": f"{notice.get('message')}; {hint}"}, request=None)
+            return error_from_frame({**notice, "message": f"{notice.get('message')}; {hint}"}, request=None)
         return ConnectionLostError(f"{conn.lost}; {hint}")
 
     async def reset(self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any) -> StepResult[Any]:
@@ -515,32 +619,6 @@ class EnvClient:
         reply = await self._request({"type": "state"}, reconnect=False)
         return reply["data"]
 
-    async def _rpc(self, method: str, params: dict[str, Any]) -> Any:
-        self._rpc_ids += 1
-        request = {"jsonrpc": "2.0", "id": self._rpc_ids, "method": method, "params": params}
-        reply = (await self._request({"type": "mcp", "data": request}, reconnect=False))["data"]
-        if "error" in reply:
-            err = reply["error"]
-            failed = f"MCP {method} failed ({err.get('code')}): {err.get('message')}"
-            raise ExecutionError(failed, rpc_code=err.get("code"))
-        return reply["result"]
-
-    async def list_tools(self) -> list[dict[str, Any]]:
-        """The environment's MCP tools: name, description and JSON input schema of each."""
-        return (await self._rpc("tools/list", {}))["tools"]
-
-    async def call_tool(self, name: str, /, **arguments: Any) -> ToolResult:
-        """Call one MCP tool; `name` is positional-only so a tool may take an argument called `name`."""
-        result = await self._rpc("tools/call", {"name": name, "arguments": arguments})
-        text = "".join(c.get("text", "") for c in result.get("content", []) if c.get("type") == "text")
-        return ToolResult(text=text, is_error=bool(result.get("isError")), structured=result.get("structuredContent"))
-
-    def _result(self, data: dict[str, Any]) -> StepResult[Any]:
-        obs = data.get("observation", {})
-        if self.observation_type is not None:
-            obs = self.observation_type.model_validate(obs)
-        return StepResult(obs, data.get("reward"), bool(data.get("done", False)), data.get("metadata") or {})
-
 
 def _send_json(conn: _Protocol, message: dict[str, Any]) -> None:
     conn.send(ws.OP_TEXT, orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS))
@@ -555,7 +633,7 @@ def _reset_data(seed: int | None, episode_id: str | None, kwargs: dict[str, Any]
     return data
 
 
-def _error_from(data: dict[str, Any], *, request: str | None) -> EnvError:
+def error_from_frame(data: dict[str, Any], *, request: str | None) -> EnvError:
     """The typed error for a server's error frame; `request` names the message it answered (None: unasked)."""
     message = str(data.get("message", "unknown server error"))
     try:
@@ -566,47 +644,3 @@ def _error_from(data: dict[str, Any], *, request: str | None) -> EnvError:
     if code is ErrorCode.EXECUTION_ERROR and fields.get("timeout"):
         return StepTimeoutError(message, **fields)
     return ERROR_TYPES[code](message, **fields)
-
-
-async def http_request(
-    url: str,
-    path: str,
-    *,
-    method: str = "GET",
-    body: Any = None,
-    token: str | None = None,
-    timeout: float = 5.0,
-    ssl: ssl_module.SSLContext | None = None,
-) -> tuple[int, Any]:
-    """One HTTP request to an env server (`/health`, `/schema`, `/metadata`, `/metrics`, `/mcp`),
-    through the URL's path prefix and with its query string; `ssl` for a private CA over TLS.
-
-    Returns (status, body): the body parsed when it is JSON, else its text (`/metrics`)."""
-    endpoint = Endpoint.parse(url)
-    payload = json.dumps(body).encode() if body is not None else b""
-    headers = {"Host": endpoint.host_header, "Connection": "close", "Content-Length": str(len(payload))}
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    fields = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    head = f"{method} {endpoint.target(path)} HTTP/1.1\r\n{fields}\r\n"
-
-    async def exchange() -> tuple[int, Any]:
-        if endpoint.uds:
-            reader, writer = await asyncio.open_unix_connection(sock=await connect_unix(endpoint.uds))
-        else:
-            ctx = (ssl or ssl_module.create_default_context()) if endpoint.tls else None
-            reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port, ssl=ctx)
-        try:
-            writer.write(head.encode("latin-1") + payload)
-            raw = await reader.read()
-        finally:
-            writer.close()
-        head_bytes, _, rest = raw.partition(b"\r\n\r\n")
-        status, headers = http.parse_response_head(head_bytes)
-        if not rest:
-            return status, None
-        return status, json.loads(rest) if "json" in headers.get("content-type", "") else rest.decode()
-
-    return await asyncio.wait_for(exchange(), timeout)

@@ -45,7 +45,7 @@ class EnvCallStats:
             "# HELP hillclimb_env_call_seconds_total Seconds inside the environment's reset and step.",
             "# TYPE hillclimb_env_call_seconds_total counter",
             *(f'hillclimb_env_call_seconds_total{{call="{c}"}} {seconds[c]!r}' for c in CALLS),
-            "# HELP hillclimb_env_sessions WebSocket sessions open now.",
+            "# HELP hillclimb_env_sessions Sessions open now (WebSocket and HTTP binding).",
             "# TYPE hillclimb_env_sessions gauge",
             f"hillclimb_env_sessions {active_sessions}",
             "# HELP hillclimb_env_max_sessions Sessions this server takes at once.",

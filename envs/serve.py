@@ -146,6 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--idle-timeout", type=float, default=ServerConfig().idle_timeout_s)
     parser.add_argument("--header-timeout", type=float, default=ServerConfig().header_timeout_s)
     parser.add_argument("--max-connections", type=int, default=ServerConfig().max_connections)
+    parser.add_argument(
+        "--http-sessions",
+        choices=["keyed", "single"],
+        default=ServerConfig().http_sessions,
+        help="the HTTP binding's sessions: named by the Hillclimb-Session header, or one per server",
+    )
     parser.add_argument("--ttl", type=float, help="exit after this many seconds (the sandbox's hard time-to-live)")
     parser.add_argument(
         "--harden", action="store_true", help="install the sandbox's system call filter first (see envs.seccomp)"
@@ -182,6 +188,7 @@ def _serve_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         idle_timeout_s=args.idle_timeout,
         header_timeout_s=args.header_timeout,
         max_connections=args.max_connections,
+        http_sessions=args.http_sessions,
     )
     run_fast(
         serve(

@@ -1,6 +1,8 @@
 """The environment server: OpenEnv's wire protocol on asyncio, over TCP or a Unix socket.
 
     connection ──HTTP──► /health /schema /metadata /metrics /mcp   (one request at a time)
+              ├─HTTP──► /reset /step /state /close (/mcp) on a session named by a header
+              │         (the HTTP session binding, `envs.http_sessions`)
               └─upgrade /ws──► Session: one environment instance, messages in order
                                 reset / step / state / mcp / close ──► replies
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hmac
 import itertools
 import json
@@ -31,21 +34,17 @@ import os
 import resource
 import ssl as ssl_module
 import time
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from envs import http, mcp
 from envs import websocket as ws
-from envs.errors import (
-    CapacityReachedError,
-    EnvError,
-    ErrorCode,
-    FactoryError,
-    UnknownMessageTypeError,
-    ValidationError,
-)
+from envs.errors import CapacityReachedError, EnvError, ErrorCode, FactoryError
+from envs.handle import ENV_TOKEN_HEADER
+from envs.http_sessions import HttpBinding
+from envs.messages import StepDeadline, env_error_frame, error_frame, run_message
 from envs.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from envs.metrics import EnvCallStats
 from envs.runtime import EnvRuntime, SessionRunner
@@ -75,9 +74,15 @@ class ServerConfig(BaseModel):
     header_timeout_s: float = Field(default=10.0, gt=0)
     """Seconds an HTTP connection may take to send a complete request (and to send the next
     one, on keep-alive); past it the connection is closed."""
+    http_sessions: Literal["keyed", "single"] = "keyed"
+    """How the HTTP session binding finds a request's session: by its `Hillclimb-Session` header
+    (`keyed`), or, where the ingress routes each session to its own sandbox, the server's one
+    session whatever the request carries (`single`, e.g. an Azure Container Apps session pool)."""
 
 
-_ROUTES = frozenset({"/health", "/ws", "/schema", "/metadata", "/metrics", "/mcp"})
+_METHODS = {"/mcp": "POST", "/reset": "POST", "/step": "POST", "/close": "POST"}
+"""The routes that take a body, and so POST; the others take GET (/ws, the upgrade, says so itself)."""
+_ROUTES = frozenset({"/health", "/ws", "/schema", "/metadata", "/metrics", "/state", *_METHODS})
 
 
 def _open_file_room(reserve: int = 32) -> int:
@@ -86,26 +91,20 @@ def _open_file_room(reserve: int = 32) -> int:
     return max(soft - reserve, 2) if soft != resource.RLIM_INFINITY else 1 << 20
 
 
-class _StepDeadline(Exception):
-    """A reset or step ran past `step_timeout_s` (as opposed to the environment raising TimeoutError)."""
-
-
-def _error_frame(code: ErrorCode, message: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "error", "data": {"message": message, "code": code.value, **extra}}
-
-
 class _Session:
-    __slots__ = ("id", "conn", "runner", "last_active", "busy", "steps", "deadline", "timed_out")
+    __slots__ = ("id", "conn", "runner", "last_active", "busy", "deadline", "timed_out", "turn")
 
-    def __init__(self, session_id: str, conn: _Connection) -> None:
+    def __init__(self, session_id: str, conn: _Connection | None) -> None:
         self.id = session_id
         self.conn = conn
+        """The WebSocket connection it lives on; None for a session of the HTTP binding."""
         self.runner: SessionRunner | None = None
         self.last_active = time.monotonic()
         self.busy = False
-        self.steps = 0
         self.deadline: float | None = None  # monotonic time the running reset/step must end by
         self.timed_out = False
+        self.turn = asyncio.Lock()
+        """Over HTTP, requests on one session may arrive on several connections: one at a time."""
 
 
 class EnvServer:
@@ -130,6 +129,7 @@ class EnvServer:
         self._tasks: set[asyncio.Task[None]] = set()  # sessions and POST /mcp requests still running
         self._ids = itertools.count(1)
         self._schema_body: bytes | None = None
+        self.http = HttpBinding(self)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -169,16 +169,24 @@ class EnvServer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for session in [s for s in self.sessions.values() if s.conn is None]:  # the HTTP binding's
+            self.release_session(session)
         for server in self._servers:
             await server.wait_closed()
 
     # -- sessions ----------------------------------------------------------------
 
     def authorized(self, headers: dict[str, str]) -> bool:
+        """The token in its own header when the client sent one there (a platform in front
+        holds `Authorization`), else as the `Authorization` bearer token."""
         if self._token is None:
             return True
-        scheme, _, presented = headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), self._token)
+        presented = headers.get(ENV_TOKEN_HEADER.lower())
+        if presented is None:
+            scheme, _, presented = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer":
+                return False
+        return hmac.compare_digest(presented.strip().encode(), self._token)
 
     def reserve_session(self) -> None:
         active = len(self.sessions) + self._reserved
@@ -194,7 +202,7 @@ class EnvServer:
         """Give back a slot taken by `reserve_session()` (a session opened, or a call finished)."""
         self._reserved -= 1
 
-    def open_session(self, conn: _Connection) -> _Session:
+    def open_session(self, conn: _Connection | None) -> _Session:
         self.release_reservation()
         session = _Session(f"s{next(self._ids)}-{os.urandom(4).hex()}", conn)
         session.runner = SessionRunner(self.runtime, self.env_stats)  # may raise FactoryError: caller reports it
@@ -232,6 +240,7 @@ class EnvServer:
                 now = time.monotonic()
                 if idle is not None:
                     self.reap_idle(now - idle)
+                    self.http.reap_idle(now - idle)
                 self.close_slow_requests(now - self.config.header_timeout_s)
                 self.expire_late_steps(now)
             except Exception:  # the watchdog must outlive any one bad connection
@@ -239,7 +248,7 @@ class EnvServer:
 
     def expire_late_steps(self, now: float) -> None:
         for session in list(self.sessions.values()):
-            if session.deadline is not None and now >= session.deadline:
+            if session.conn is not None and session.deadline is not None and now >= session.deadline:
                 session.conn.expire_step()
 
     def reap_idle(self, cutoff: float) -> int:
@@ -367,7 +376,7 @@ class _Connection(asyncio.Protocol):
         if self.session is not None:
             log.info("reaping session %s after %.0f s idle", self.session.id, timeout)
             notice = f"session closed after {timeout:g} s without a message"
-            self._send_json(_error_frame(ErrorCode.SESSION_ERROR, notice))
+            self._send_json(error_frame(ErrorCode.SESSION_ERROR, notice))
         self.shutdown(ws.CLOSE_GOING_AWAY, "idle timeout")
 
     def shutdown(self, code: int, reason: str) -> None:
@@ -425,7 +434,7 @@ class _Connection(asyncio.Protocol):
             return
         if req.path != "/health" and not self.server.authorized(req.headers):
             raise http.HTTPError(401, "missing or wrong bearer token")
-        if req.content_length and req.path != "/mcp":
+        if req.content_length and req.path not in _METHODS:
             raise http.HTTPError(400, f"{req.path} takes no request body")
         if req.content_length > self.server.config.max_message_bytes:
             raise http.HTTPError(413, f"body exceeds {self.server.config.max_message_bytes} bytes")
@@ -438,7 +447,7 @@ class _Connection(asyncio.Protocol):
             return self._respond(req, http.json_response(404, {"error": f"no route {req.path}"}))
         if req.path == "/ws":
             return self._upgrade(req)
-        expected = "POST" if req.path == "/mcp" else "GET"
+        expected = _METHODS.get(req.path, "GET")
         if req.method != expected:
             body = {"error": f"{req.path} takes {expected}"}
             return self._respond(req, http.json_response(405, body, {"Allow": expected}))
@@ -451,7 +460,8 @@ class _Connection(asyncio.Protocol):
             body = self.server.env_stats.render(len(self.server.sessions), self.server.max_sessions)
             return self._respond(req, http.render_response(200, body, {"Content-Type": METRICS_CONTENT_TYPE}))
         self._http_busy = True
-        self.server.spawn(self._serve_mcp_post(req))
+        binding = self.server.http.addresses_session(req)
+        self.server.spawn(self._answer_later(req, self.server.http.serve(req) if binding else self._mcp_post(req)))
 
     def _respond(self, req: http.Request, payload: bytes) -> None:
         if req.keep_alive:
@@ -481,19 +491,23 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(payload)
 
-    async def _serve_mcp_post(self, req: http.Request) -> None:
+    async def _answer_later(self, req: http.Request, reply: Any) -> None:
+        """Send the reply an async route computes, then go on with the connection's next request."""
         try:
-            status, reply = await self._stateless_mcp(req.body)
-            # A notification gets no JSON-RPC reply: 202 and no body, as MCP's HTTP transport has it.
-            self._respond(req, http.json_response(status, reply) if reply is not None else http.render_response(202))
-        except Exception as e:  # a broken environment must not take the connection's server down
-            log.exception("POST /mcp failed")
-            error = mcp.rpc_error(None, mcp.INTERNAL_ERROR, f"{type(e).__name__}: {e}")
-            self._respond(req, http.json_response(200, error))
+            self._respond(req, await reply)
         finally:
             self._http_busy = False
             self._request_since = time.monotonic()
         self._serve_http()
+
+    async def _mcp_post(self, req: http.Request) -> bytes:
+        try:
+            status, reply = await self._stateless_mcp(req.body)
+        except Exception as e:  # a broken environment must not take the connection's server down
+            log.exception("POST /mcp failed")
+            return http.json_response(200, mcp.rpc_error(None, mcp.INTERNAL_ERROR, f"{type(e).__name__}: {e}"))
+        # A notification gets no JSON-RPC reply: 202 and no body, as MCP's HTTP transport has it.
+        return http.json_response(status, reply) if reply is not None else http.render_response(202)
 
     async def _stateless_mcp(self, body: bytes) -> tuple[int, dict[str, Any] | None]:
         """One call on a throwaway instance, as OpenEnv does. The instance holds a session slot
@@ -537,7 +551,7 @@ class _Connection(asyncio.Protocol):
             self.server.reserve_session()
         except CapacityReachedError as e:
             usage = {"active_sessions": e.active_sessions, "max_sessions": e.max_sessions}
-            self._send_json(_error_frame(ErrorCode.CAPACITY_REACHED, str(e), **usage))
+            self._send_json(error_frame(ErrorCode.CAPACITY_REACHED, str(e), **usage))
             return self.shutdown(ws.CLOSE_POLICY_VIOLATION, "capacity reached")
         self._session_task = self.server.spawn(self._run_session())
         leftover = bytes(self._buf)
@@ -589,7 +603,7 @@ class _Connection(asyncio.Protocol):
         try:
             self.session = self.server.open_session(self)
         except FactoryError as e:
-            self._send_json(_error_frame(ErrorCode.FACTORY_ERROR, str(e), factory_name=self.server.runtime.name))
+            self._send_json(error_frame(ErrorCode.FACTORY_ERROR, str(e), factory_name=self.server.runtime.name))
             return self.shutdown(ws.CLOSE_INTERNAL_ERROR, "environment factory failed")
         session = self.session
         try:
@@ -604,7 +618,7 @@ class _Connection(asyncio.Protocol):
                     await self._drain_waiter
         except Exception as e:
             log.exception("session %s failed", session.id)
-            self._send_json(_error_frame(ErrorCode.SESSION_ERROR, f"session failed: {type(e).__name__}: {e}"))
+            self._send_json(error_frame(ErrorCode.SESSION_ERROR, f"session failed: {type(e).__name__}: {e}"))
             self.shutdown(ws.CLOSE_INTERNAL_ERROR, "session failed")
         finally:
             self.server.release_session(session)
@@ -614,29 +628,32 @@ class _Connection(asyncio.Protocol):
         if opcode == ws.OVERSIZED:
             limit = self.server.config.max_message_bytes
             skipped = f"message of {payload.decode()} bytes exceeds the limit of {limit} bytes; it was skipped"
-            return _error_frame(ErrorCode.VALIDATION_ERROR, skipped)
+            return error_frame(ErrorCode.VALIDATION_ERROR, skipped)
         try:
             parsed = orjson.loads(payload)
         except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the parser's stack
-            return _error_frame(ErrorCode.INVALID_JSON, f"invalid JSON: {type(e).__name__}: {e}")
+            return error_frame(ErrorCode.INVALID_JSON, f"invalid JSON: {type(e).__name__}: {e}")
         if not isinstance(parsed, dict):
             got = type(parsed).__name__
-            return _error_frame(ErrorCode.VALIDATION_ERROR, f"a message must be a JSON object, got {got}")
+            return error_frame(ErrorCode.VALIDATION_ERROR, f"a message must be a JSON object, got {got}")
         kind = parsed.get("type")
         session.busy = True
         try:
-            return await self._dispatch(session, kind, parsed.get("data", {}))
+            if kind == "close":
+                self.shutdown(ws.CLOSE_NORMAL, "closed by client")
+                return None
+            bounded = functools.partial(self._bounded, session)
+            return await run_message(session.runner, self.server.runtime.name, kind, parsed.get("data", {}), bounded)
         except EnvError as e:
-            extra = {"errors": getattr(e, "errors", [])} if isinstance(e, ValidationError) else {}
-            return _error_frame(e.code, str(e), **extra)
-        except _StepDeadline:
+            return env_error_frame(e)
+        except StepDeadline:
             limit = self.server.config.step_timeout_s
             late = f"{kind} ran past the step timeout of {limit:g} s; the session is closed: its state is unknown"
-            self._send_json(_error_frame(ErrorCode.EXECUTION_ERROR, late, timeout=True))
+            self._send_json(error_frame(ErrorCode.EXECUTION_ERROR, late, timeout=True))
             self.shutdown(ws.CLOSE_INTERNAL_ERROR, "step timeout")
             return None
         except Exception as e:
-            return _error_frame(ErrorCode.EXECUTION_ERROR, f"{kind} failed: {type(e).__name__}: {e}")
+            return error_frame(ErrorCode.EXECUTION_ERROR, f"{kind} failed: {type(e).__name__}: {e}")
         finally:
             session.busy = False
             session.last_active = self._last_active = time.monotonic()
@@ -660,28 +677,6 @@ class _Connection(asyncio.Protocol):
             task = asyncio.current_task()
             assert task is not None
             task.uncancel()  # this cancellation was ours, and is answered with a timeout error
-            raise _StepDeadline from None
+            raise StepDeadline from None
         finally:
             session.deadline = None
-
-    async def _dispatch(self, session: _Session, kind: Any, data: Any) -> dict[str, Any] | None:
-        runner = session.runner
-        assert runner is not None
-        if kind == "step":
-            result = await self._bounded(session, runner.step(data))
-            session.steps += 1
-            return {"type": "observation", "data": result}
-        if kind == "reset":
-            if not isinstance(data, dict):
-                raise ValidationError(f"reset data must be a JSON object, got {type(data).__name__}", errors=[])
-            result = await self._bounded(session, runner.reset(data))
-            return {"type": "observation", "data": result}
-        if kind == "state":
-            return {"type": "state", "data": runner.state()}
-        if kind == "mcp":
-            reply = await self._bounded(session, mcp.handle_jsonrpc(data, runner.tools, self.server.runtime.name))
-            return {"type": "mcp", "data": reply} if reply is not None else None
-        if kind == "close":
-            self.shutdown(ws.CLOSE_NORMAL, "closed by client")
-            return None
-        raise UnknownMessageTypeError(f"unknown message type {kind!r}; expected one of reset, step, state, mcp, close")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from envs.client import EnvClient
 from envs.errors import TargetNotFoundError
 from envs.tasks import Split, load_suite
 from providers.base import SandboxProvider, SandboxSpec
@@ -28,7 +27,7 @@ async def oracle_episode(
     try:
         await provider.wait_ready(sandbox)
         show("sandbox", f"{sandbox.id} ({provider.name}) at {sandbox.endpoint}")
-        async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as client:
+        async with sandbox.handle.client() as client:
             result = await client.reset(seed=0, task_id=task.id)
             show("task", f"[{task.id}] {task.prompt}")
             for text in task.oracle:

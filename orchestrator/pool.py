@@ -24,8 +24,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from envs.client import EnvClient, http_request
+from envs.client import BaseEnvClient
 from envs.errors import HillclimbError
+from envs.handle import EnvHandle
 from orchestrator import metrics
 from orchestrator.ratelimit import RateLimiter, TokenBucket
 from providers.base import Sandbox, SandboxProvider, SandboxSpec
@@ -93,7 +94,7 @@ class _Slot:
     broken_by: list[str] = field(default_factory=list)
     """Why leases on it failed (`Lease.mark_broken`): logged with its server's log tail before it goes."""
     served: int = 0
-    connections: list[EnvClient] = field(default_factory=list)
+    connections: list[BaseEnvClient] = field(default_factory=list)
     """Open sessions that finished leases kept for the next lease here: a new lease takes one
     before anyone opens another, so open sessions never outnumber `capacity`."""
 
@@ -107,21 +108,18 @@ class Lease:
     _slot: _Slot = field(repr=False)
     _released: bool = False
     broken: bool = False
-    connection: EnvClient | None = None
+    connection: BaseEnvClient | None = None
     """An open session on this sandbox kept from an earlier lease (shared pools), or None: reuse
     it rather than connect again; `reset()` starts a fresh episode on it (and reconnects if the
     server dropped it meanwhile)."""
-    _kept: EnvClient | None = field(default=None, repr=False)
+    _kept: BaseEnvClient | None = field(default=None, repr=False)
 
     @property
-    def endpoint(self) -> str:
-        return self.sandbox.endpoint
+    def handle(self) -> EnvHandle:
+        """How to reach the sandbox's server: `lease.handle.client()` opens a session on it."""
+        return self.sandbox.handle
 
-    @property
-    def token(self) -> str | None:
-        return self.sandbox.secret()
-
-    def keep(self, connection: EnvClient) -> None:
+    def keep(self, connection: BaseEnvClient) -> None:
         """Hand the session back for the next lease on this sandbox, when this one is released.
         A broken lease, a single-use pool or a retired sandbox closes it instead."""
         self._kept = connection
@@ -280,7 +278,7 @@ class SandboxPool:
 
     async def _check_health(self, slot: _Slot) -> bool:
         try:
-            status, _ = await http_request(slot.sandbox.endpoint, "/health", timeout=self.config.health_timeout_s)
+            status, _ = await slot.sandbox.handle.request("/health", timeout=self.config.health_timeout_s)
         except (TimeoutError, OSError, ValueError) as e:
             metrics.FAILURES.labels(provider=self.provider.name, type="health_check").inc()
             log.warning("sandbox %s failed its health check: %s", slot.sandbox.id, e)

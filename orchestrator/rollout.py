@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from envs.client import EnvClient
+from envs.client import BaseEnvClient
 from envs.errors import (
     AuthenticationError,
     CapacityReachedError,
@@ -200,9 +200,7 @@ class EpisodeRunner:
         async with lease:
             # A session kept from an earlier episode on this sandbox saves a handshake and an
             # environment instance; `reset()` starts the new episode on it.
-            env = lease.connection or EnvClient(
-                lease.endpoint, token=lease.token, message_timeout_s=self.config.episode_timeout_s
-            )
+            env = lease.connection or lease.handle.client(message_timeout_s=self.config.episode_timeout_s)
             try:
                 # The prompt comes from the task, not from the reset's observation, so the first
                 # step goes out right behind the reset: one round trip less per episode.
@@ -227,7 +225,7 @@ class EpisodeRunner:
             return reason
 
     async def _turns(
-        self, episode: _Episode, env: EnvClient, timing: EpisodeTiming, sampling: SamplingParams
+        self, episode: _Episode, env: BaseEnvClient, timing: EpisodeTiming, sampling: SamplingParams
     ) -> DoneReason:
         transcript = episode.transcript
         for turn in range(self.config.max_turns):

@@ -1,10 +1,11 @@
 """The sandbox-provider contract: specs in, isolated environment servers out.
 
-    SandboxSpec ─create─► Sandbox (endpoint URL + bearer token) ─wait_ready─► serving
-                                                                 ─destroy──► gone
+    SandboxSpec ─create─► Sandbox ─.handle─► EnvHandle (URL, transport, TLS, credentials)
+                             └─wait_ready─► serving ─destroy─► gone
 
-A provider starts one environment server per sandbox, reachable only through
-`Sandbox.endpoint` with `Sandbox.token`. Egress is deny-all unless the spec asks for an
+A provider starts one environment server per sandbox, reachable only through its
+`Sandbox.handle`: everything outside `providers/` connects through it, never by building
+its own URL or headers. Egress is deny-all unless the spec asks for an
 allow-list, and a provider that cannot enforce what is asked raises `UnsupportedPolicy`.
 Every sandbox carries its run id, owner and expiry as labels so that a reaper in another
 process can find and remove what a crashed driver left behind.
@@ -16,6 +17,7 @@ import asyncio
 import hashlib
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -24,6 +26,8 @@ from datetime import UTC, datetime
 from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from envs.handle import AUTHORIZATION, Credential, EnvHandle, Transport
 
 LABEL_PREFIX = "hillclimb.dev/"
 LABEL_RUN = LABEL_PREFIX + "run-id"
@@ -149,16 +153,35 @@ class SandboxSpec(BaseModel):
 class Sandbox(BaseModel):
     """A started sandbox. `token` is a secret: it never shows in repr, logs or labels."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     id: str
     endpoint: str
-    """URL of the environment server, e.g. `unix:///.../env.sock` or `ws://host:port/ws`."""
+    """URL of the environment server, path prefix and query string included, e.g.
+    `unix:///.../env.sock`, `wss://ingress/pool/s1` or `https://pool/env?identifier=s1`."""
     token: SecretStr | None
-    """Bearer token for the server; None when listed from another process that never held it."""
+    """The env server's own token; None when listed from another process that never held it."""
     provider: str
     created_at: datetime
     labels: dict[str, str] = Field(default_factory=dict)
+    transport: Transport = "websocket"
+    """How an episode reaches the server: a WebSocket, or the HTTP session binding where the
+    path to it carries no WebSocket."""
+    token_header: str = AUTHORIZATION
+    """Where the env server's token goes: `Authorization`, or `Hillclimb-Env-Token` when the
+    platform in front takes `Authorization` for its own credential."""
+    tls: ssl.SSLContext | None = Field(default=None, exclude=True, repr=False)
+    """Trusts the server's (or its ingress's) certificate, e.g. a cluster's private CA."""
+    platform_credentials: tuple[Credential, ...] = Field(default=(), exclude=True, repr=False)
+    """What the platform in front asks for (an ingress's or a session pool's `Authorization`),
+    fixed or refreshing."""
+
+    @property
+    def handle(self) -> EnvHandle:
+        """What a caller connects through: the endpoint with its transport, TLS and credentials."""
+        secret = self.secret()
+        env_token = (Credential.env_token(secret, header=self.token_header),) if secret else ()
+        return EnvHandle(self.endpoint, self.transport, self.tls, self.platform_credentials + env_token)
 
     @property
     def expires_at(self) -> float | None:

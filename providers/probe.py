@@ -15,7 +15,6 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from envs.client import EnvClient
 from providers.base import SandboxProvider, SandboxSpec
 
 _UNLIMITED = {"max", "-1"}
@@ -149,7 +148,7 @@ async def probe(provider: SandboxProvider, spec: SandboxSpec | None = None, time
         sandbox = await provider.create(spec)
         try:
             await provider.wait_ready(sandbox, timeout_s)
-            async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as env:
+            async with sandbox.handle.client() as env:
                 await env.reset()
                 result = await env.step({"host_port": port, "host_socket": host_socket})
             report = result.observation["report"]

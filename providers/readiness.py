@@ -14,7 +14,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from envs.client import http_request
 from providers.base import Sandbox
 from providers.errors import ReadyTimeoutError, SandboxDiedError
 
@@ -39,11 +38,8 @@ async def wait_healthy(
     next_death_check = time.monotonic() + death_check_s
     delay = _FIRST_DELAY_S
     while True:
-        try:
-            if (await http_request(sandbox.endpoint, "/health", timeout=1.0))[0] == 200:
-                return
-        except (TimeoutError, OSError, ValueError):
-            pass
+        if await sandbox.handle.healthy(timeout=1.0):
+            return
         now = time.monotonic()
         if now >= next_death_check:
             next_death_check = now + death_check_s

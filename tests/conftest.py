@@ -30,6 +30,21 @@ async def local_provider(sandbox_root: Path) -> AsyncIterator[LocalProvider]:
     await provider.close()
 
 
+@pytest.fixture
+async def ingress_provider(sandbox_root: Path) -> AsyncIterator[Any]:
+    """Local sandboxes reached only through a session-pool-like ingress (tests/ingress.py)."""
+    from tests.ingress import IngressProvider, SessionPoolIngress
+    from tests.private_ca import PrivateCA
+
+    ca = PrivateCA(sandbox_root)
+    ingress = SessionPoolIngress(tls=ca.server_context())
+    await ingress.start()
+    provider = IngressProvider(LocalProvider(root=sandbox_root / "sandboxes"), ingress, ca.client_context())
+    yield provider
+    await provider.close()
+    await ingress.close()
+
+
 def _docker_unavailable() -> str | None:
     try:
         import docker

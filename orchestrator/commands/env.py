@@ -42,14 +42,18 @@ def serve(
     uds: Annotated[Path | None, typer.Option(help="Listen on this Unix socket instead of TCP.")] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Accept clients without a bearer token.")] = False,
     token_file: Annotated[Path | None, typer.Option(help="File holding the bearer token.")] = None,
-    max_sessions: Annotated[int, typer.Option(help="Concurrent WebSocket sessions.")] = 64,
+    max_sessions: Annotated[int, typer.Option(help="Concurrent sessions (WebSocket and HTTP).")] = 64,
     idle_timeout: Annotated[float, typer.Option(help="Close sessions idle this many seconds.")] = 300.0,
     header_timeout: Annotated[float, typer.Option(help="Close connections slower to send a request.")] = 10.0,
     max_connections: Annotated[int, typer.Option(help="Open connections at once.")] = 512,
+    http_sessions: Annotated[
+        str, typer.Option(help="HTTP binding: 'keyed' (Hillclimb-Session header) or 'single' (one per server).")
+    ] = "keyed",
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate chain: serve TLS (wss://) on TCP.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM key of --tls-cert (default: in the same file).")] = None,
 ) -> None:
-    """Serve an environment over OpenEnv's protocol (WebSocket /ws, /health, /schema, /metadata, /mcp)."""
+    """Serve an environment over OpenEnv's protocol (WebSocket /ws, /health, /schema, /metadata, /mcp) and the
+    HTTP session binding (/reset, /step, /state, /close)."""
     from envs.serve import TLS_NEEDS_TCP, server_tls
     from envs.serve import serve as run
     from envs.server import ServerConfig
@@ -67,6 +71,7 @@ def serve(
         idle_timeout_s=idle_timeout,
         header_timeout_s=header_timeout,
         max_connections=max_connections,
+        http_sessions=http_sessions,
     )
     ready = lambda url: console.print(f"serving [bold]{target}[/] on {url}")  # noqa: E731
     asyncio.run(

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from envs.client import EnvClient
+from envs.http_client import HttpEnvClient
 from envs.runtime import EnvRuntime
 from envs.server import EnvServer, ServerConfig
 
@@ -25,10 +26,14 @@ class Running:
     token: str | None
 
     def client(self, **kwargs: Any) -> EnvClient:
-        kwargs.setdefault("token", self.token)
-        kwargs.setdefault("connect_timeout_s", 2.0)
-        kwargs.setdefault("message_timeout_s", 5.0)
-        return EnvClient(self.url, **kwargs)
+        return EnvClient(self.url, **self._defaults(kwargs))
+
+    def http_client(self, **kwargs: Any) -> HttpEnvClient:
+        """A client of the HTTP session binding on the same server."""
+        return HttpEnvClient(self.url, **self._defaults(kwargs))
+
+    def _defaults(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {"token": self.token, "connect_timeout_s": 2.0, "message_timeout_s": 5.0, **kwargs}
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from sample_envs import AsyncCounterEnv, CountAction, CounterEnv, CountObservation, SoloEnv, broken_factory
 from wire import CLOSE, CONTINUATION, PING, PONG, TEXT, FakePeer, RawWS, frame, read_frame, reply_with
 
-from envs.client import Endpoint, EnvClient, http_request
+from envs.client import Endpoint, EnvClient
 from envs.errors import (
     ERROR_TYPES,
     AuthenticationError,
@@ -35,6 +35,7 @@ from envs.errors import (
     UnknownMessageTypeError,
     ValidationError,
 )
+from envs.http_client import http_request
 
 # -- URLs --------------------------------------------------------------------------------
 
@@ -429,7 +430,7 @@ async def _answer_pings_then_reply_late(reader, writer) -> None:
         if opcode == PING:  # a 10 ms round trip: well inside the ping timeout
             loop.call_later(0.01, writer.write, frame(PONG, payload, mask=False))
         elif opcode == TEXT:
-            loop.call_later(0.5, writer.write, reply)
+            loop.call_later(1.0, writer.write, reply)
         elif opcode == CLOSE:
             writer.close()
             return
@@ -439,7 +440,8 @@ async def test_keepalive_keeps_a_peer_that_answers_pings():
     # Silence between pings is normal: only an unanswered ping may end the connection, even
     # with a ping timeout much shorter than the interval.
     peer = FakePeer(_answer_pings_then_reply_late)
-    client = EnvClient(await peer.start(), ping_interval_s=0.05, ping_timeout_s=0.02)
+    # A 10 ms pong against a 100 ms timeout: margin for a loaded machine, still a third of the interval.
+    client = EnvClient(await peer.start(), ping_interval_s=0.3, ping_timeout_s=0.1)
     try:
         assert (await client.reset()).observation == {"late": True}
     finally:
@@ -486,9 +488,11 @@ async def test_connect_timeout_when_no_server_ever_comes(url):
 
 async def test_refused_upgrade_names_the_status(start_server):
     served = await start_server(CounterEnv)
-    client = EnvClient(served.url.replace("/ws", "/elsewhere"), token=served.token, connect_timeout_s=0.3)
-    with pytest.raises(ConnectTimeoutError, match="HTTP 404"):
+    client = EnvClient(served.url.replace("/ws", "/elsewhere"), token=served.token, connect_timeout_s=10)
+    started = time.monotonic()
+    with pytest.raises(ConnectionLostError, match="upgrade refused: HTTP 404") as refused:
         await client.reset()
+    assert refused.value.status == 404 and time.monotonic() - started < 2  # an answer, not retried to the deadline
 
 
 class PrefixIngress:

@@ -10,8 +10,8 @@ import json
 import pytest
 
 from envs import inventory
-from envs.client import http_request
 from envs.errors import ExecutionError, ValidationError
+from envs.http_client import http_request
 from envs.inventory import InventoryEnv
 from envs.inventory.tasks import SUITE, TASKS, call_text
 from envs.inventory.warehouse import INITIAL_STOCK

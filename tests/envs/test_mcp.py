@@ -10,8 +10,9 @@ import pytest
 from sample_envs import CounterEnv, SoloEnv
 from wire import RawWS, http_exchange
 
-from envs.client import ToolResult, http_request
+from envs.client import ToolResult
 from envs.errors import ExecutionError, StepTimeoutError
+from envs.http_client import http_request
 
 
 def _rpc(method: str, params: dict | None = None, request_id: int | None = 1) -> dict:

@@ -26,8 +26,9 @@ from openenv.core.env_server.types import State as OpenEnvState
 from openenv.core.generic_client import GenericEnvClient
 from wire import eventually
 
-from envs.client import EnvClient, http_request
+from envs.client import EnvClient
 from envs.errors import ExecutionError, ValidationError
+from envs.http_client import HttpEnvClient, http_request
 
 
 class ShoutAction(OpenEnvAction):
@@ -207,3 +208,15 @@ async def test_our_client_drives_an_openenv_server(openenv_server):
         assert status == 200, path
     # OpenEnv's server makes throwaway instances too (for /metadata): every one must be closed.
     await eventually(lambda: ShoutEnv.closed == ShoutEnv.created >= 2)
+
+
+async def test_our_http_client_drives_openenvs_http_routes(openenv_server) -> None:
+    """OpenEnv's /reset and /step take our client's requests (its routes are stateless: each a fresh instance)."""
+    async with HttpEnvClient(openenv_server, connect_timeout_s=5.0) as env:
+        first = await env.reset(seed=3)
+        assert (first.observation["echoed"], first.metadata, env.session_id) == ("", {"seed": 3}, None)
+        shouted = await env.step({"message": "hi", "loud": True})
+        assert (shouted.observation["echoed"], shouted.reward) == ("HI", 2.0)
+        with pytest.raises(ValidationError) as bad:  # OpenEnv's own 422 body, read as ours
+            await env.step({"mesage": "typo"})
+        assert {tuple(err["loc"]) for err in bad.value.errors} >= {("message",), ("mesage",)}

@@ -14,7 +14,6 @@ from sample_envs import AsyncCounterEnv, CounterEnv, ReservedToolEnv, SoloEnv, b
 from wire import RawWS, eventually, http_exchange, open_stream
 
 from envs import websocket as ws
-from envs.client import http_request
 from envs.errors import (
     AuthenticationError,
     CapacityReachedError,
@@ -24,6 +23,7 @@ from envs.errors import (
     StepTimeoutError,
     ValidationError,
 )
+from envs.http_client import http_request
 from envs.metrics import parse_metrics
 from envs.runtime import EnvRuntime
 from envs.server import EnvServer

@@ -10,7 +10,7 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from envs.client import EnvClient
+from envs.handle import EnvHandle
 from orchestrator.pool import LeaseTimeoutError, PoolConfig, PoolExhaustedError, SandboxPool
 from orchestrator.ratelimit import TokenBucket
 from providers.base import Sandbox, SandboxSpec
@@ -40,7 +40,7 @@ async def test_min_ready_sandboxes_are_warm_and_leases_are_fast(local_provider: 
         start = time.perf_counter()
         lease = await pool.lease(timeout_s=1)
         assert time.perf_counter() - start < 0.5
-        async with EnvClient(lease.endpoint, token=lease.token) as env:
+        async with lease.handle.client() as env:
             result = await env.reset(seed=0)
         assert result.observation["prompt"]
         await lease.release()
@@ -95,7 +95,7 @@ async def test_kept_sessions_go_to_the_next_lease_and_close_with_their_sandbox(l
     try:
         first = await pool.lease(timeout_s=30)
         assert first.connection is None
-        env = EnvClient(first.endpoint, token=first.token)
+        env = first.handle.client()
         await env.reset(seed=0, task_id="cat-app-order")
         first.keep(env)
         await first.release()
@@ -145,7 +145,7 @@ async def test_a_broken_sandbox_is_reported_with_its_server_log_before_it_goes(
 async def test_closing_the_pool_closes_kept_sessions(local_provider: LocalProvider) -> None:
     pool = await _pool(local_provider, max_total=1)
     lease = await pool.lease(timeout_s=30)
-    env = EnvClient(lease.endpoint, token=lease.token)
+    env = lease.handle.client()
     await env.reset(seed=0)
     lease.keep(env)
     await lease.release()
@@ -158,14 +158,14 @@ async def test_single_use_sandboxes_are_fresh_per_lease_and_destroyed_after(loca
     try:
         await pool.wait_warm(timeout_s=30)
         first = await pool.lease(timeout_s=30)
-        kept = EnvClient(first.endpoint, token=first.token)
+        kept = first.handle.client()
         await kept.reset(seed=0)
         await kept.step({"command": "echo left-behind > marker"})
         first.keep(kept)  # single-use: the session goes with its sandbox, never to the next lease
         await first.release()
         second = await pool.lease(timeout_s=30)
         assert second.sandbox.id != first.sandbox.id and second.connection is None
-        async with EnvClient(second.endpoint, token=second.token) as env:
+        async with second.handle.client() as env:
             await env.reset(seed=0)
             result = await env.step({"command": "ls marker"})
         assert "No such file" in result.observation["output"]
@@ -192,7 +192,7 @@ async def test_dead_warm_sandbox_is_skipped_and_replaced(local_provider: LocalPr
         lease = await pool.lease(timeout_s=30)
         assert lease.sandbox.id != victim.id
         assert _metric("hillclimb_sandbox_failures_total", provider="local", type="health_check") == failures + 1
-        async with EnvClient(lease.endpoint, token=lease.token) as env:
+        async with lease.handle.client() as env:
             await env.reset(seed=0)
         await lease.release()
     finally:
@@ -200,17 +200,15 @@ async def test_dead_warm_sandbox_is_skipped_and_replaced(local_provider: LocalPr
 
 
 def _count_health_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The pool's /health requests, recorded on their way to the real sandbox."""
-    import orchestrator.pool
-
+    """The requests sandbox handles send (the pool's /health), recorded on their way to the real sandbox."""
     sent: list[str] = []
-    real = orchestrator.pool.http_request
+    real = EnvHandle.request
 
-    async def recorded(url: str, path: str, **kwargs: object):  # type: ignore[no-untyped-def]
+    async def recorded(handle: EnvHandle, path: str, **kwargs: object):  # type: ignore[no-untyped-def]
         sent.append(path)
-        return await real(url, path, **kwargs)  # type: ignore[arg-type]
+        return await real(handle, path, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(orchestrator.pool, "http_request", recorded)
+    monkeypatch.setattr(EnvHandle, "request", recorded)
     return sent
 
 
@@ -238,7 +236,7 @@ async def test_a_session_that_finished_its_episode_counts_as_a_health_check(
         await asyncio.sleep(1.5)  # the check made at start-up is stale
         lease = await pool.lease(timeout_s=30)
         assert sent == ["/health"]
-        env = EnvClient(lease.endpoint, token=lease.token)
+        env = lease.handle.client()
         await env.reset(seed=0)
         await asyncio.sleep(1.0)
         lease.keep(env)

@@ -309,6 +309,22 @@ async def test_a_provider_that_cannot_make_the_sandbox_stops_the_run(local_provi
         await runner.pool.close()
 
 
+async def test_episodes_run_through_an_http_only_ingress(ingress_provider: Any) -> None:
+    """The episode loop on sandboxes reached only by their handle: the HTTP session binding,
+    TLS from a private CA, the ingress's own token (rotated mid-run) and the env token apart."""
+    runner = await _runner(ingress_provider, "toy_terminal", ScriptedPolicy())
+    tasks = load_suite("toy_terminal").tasks("train")[:4]
+    try:
+        first = await runner.run(_spec(tasks[0]))
+        ingress_provider.ingress.rotate()
+        rest = await asyncio.gather(*(runner.run(_spec(task)) for task in tasks[1:]))
+    finally:
+        await runner.pool.close()
+    assert [(t.done_reason, t.reward) for t in (first, *rest)] == [(DoneReason.FINISHED, 1.0)] * 4
+    routes = {route for route, _ in ingress_provider.ingress.forwarded}
+    assert {"/health", "/reset", "/step"} <= routes and 401 not in ingress_provider.ingress.refused
+
+
 @pytest.mark.docker
 async def test_terminal_episodes_in_docker_sandboxes(docker_provider: Any) -> None:
     """The episode loop on the Docker provider: a real bash per episode, the reset sent ahead."""

@@ -21,7 +21,6 @@ import asyncio
 import time
 from typing import Any
 
-from envs.client import EnvClient
 from providers.base import LABEL_EXPIRES, LABEL_RUN, SandboxProvider, SandboxSpec
 from providers.probe import probe
 
@@ -36,7 +35,7 @@ async def check_create_ready_serve_destroy(provider: SandboxProvider) -> None:
     sandbox = await provider.create(_spec())
     try:
         await provider.wait_ready(sandbox, READY_S)
-        async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as env:
+        async with sandbox.handle.client() as env:
             await env.reset()
             report = (await env.step({})).observation.get("report")
         assert report, f"{provider.name}: the probe environment answered a step without its report"
@@ -106,6 +105,7 @@ async def check_token_secrecy(provider: SandboxProvider) -> None:
         await provider.wait_ready(sandbox, READY_S)
         places = {
             "repr": repr(sandbox),
+            "handle": repr(sandbox.handle),
             "labels": str(sandbox.labels),
             "listed labels": str([s.labels for s in await provider.list()]),
             "log tail": await provider.log_tail(sandbox.id),

@@ -28,6 +28,15 @@ class TestLocalConformance(ProviderContract):
         await provider.close()
 
 
+@pytest.mark.root
+class TestIngressConformance(ProviderContract):
+    """Sandboxes reached only by their handle: the HTTP binding through a TLS ingress with its own auth."""
+
+    @pytest.fixture
+    async def provider(self, ingress_provider: Any) -> Any:
+        return ingress_provider
+
+
 @pytest.mark.docker
 class TestDockerConformance(ProviderContract):
     @pytest.fixture

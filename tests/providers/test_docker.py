@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 import docker
-from envs.client import EnvClient
 from envs.digest import IMAGE_LABEL, envs_digest
 from providers.base import LABEL_RUN, EgressPolicy, Resources, SandboxSpec
 from providers.docker import DEFAULT_IMAGE, NAME_PREFIX, DockerProvider
@@ -38,7 +37,7 @@ async def _shell(provider: DockerProvider, **spec: object):  # type: ignore[no-u
 
 
 async def _run(sandbox, command: str) -> dict:  # type: ignore[no-untyped-def]
-    async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as env:
+    async with sandbox.handle.client() as env:
         await env.reset(seed=0)
         return (await env.step({"command": command})).observation
 

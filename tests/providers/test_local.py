@@ -69,7 +69,7 @@ async def test_probe_checks_all_pass(local_provider: LocalProvider) -> None:
 
 async def test_sandboxes_get_distinct_uids_and_private_dirs(local_provider: LocalProvider) -> None:
     a, b = await _start(local_provider, env=LIMITS_ENV), await _start(local_provider, env=LIMITS_ENV)
-    async with EnvClient(a.endpoint, token=a.secret()) as ca, EnvClient(b.endpoint, token=b.secret()) as cb:
+    async with a.handle.client() as ca, b.handle.client() as cb:
         ua, ub = (await ca.call_tool("whoami")).structured, (await cb.call_tool("whoami")).structured
     assert ua is not None and ub is not None
     assert ua["uid"] != ub["uid"] and min(ua["uid"], ub["uid"]) >= local_provider.uid_base
@@ -91,7 +91,7 @@ async def test_wrong_token_is_refused(local_provider: LocalProvider) -> None:
 
 async def test_destroy_kills_the_whole_tree(local_provider: LocalProvider) -> None:
     sandbox = await _start(local_provider, env=LIMITS_ENV)
-    async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as env:
+    async with sandbox.handle.client() as env:
         uid = (await env.call_tool("whoami")).structured["uid"]  # type: ignore[index]
         forked = (await env.call_tool("fork_bomb", seconds=60)).structured
     assert forked is not None and forked["started"] > 0
@@ -105,11 +105,11 @@ async def test_destroy_kills_the_whole_tree(local_provider: LocalProvider) -> No
 async def test_fork_bomb_is_contained_and_neighbours_unaffected(local_provider: LocalProvider) -> None:
     bomb = await _start(local_provider, env=LIMITS_ENV, resources=Resources(pids=64))
     neighbour = await _start(local_provider, env=LIMITS_ENV)
-    async with EnvClient(bomb.endpoint, token=bomb.secret()) as env:
+    async with bomb.handle.client() as env:
         result = (await env.call_tool("fork_bomb", seconds=30)).structured
     assert result is not None
     assert result["refused"] == "EAGAIN" and result["started"] < 64
-    async with EnvClient(neighbour.endpoint, token=neighbour.secret()) as env:
+    async with neighbour.handle.client() as env:
         assert (await env.call_tool("whoami")).structured is not None
     assert subprocess.run(["true"]).returncode == 0  # the host can still fork
 
@@ -117,14 +117,14 @@ async def test_fork_bomb_is_contained_and_neighbours_unaffected(local_provider: 
 async def test_memory_hog_is_killed_and_reported(local_provider: LocalProvider) -> None:
     hog = await _start(local_provider, env=LIMITS_ENV, resources=Resources(memory_mb=128))
     neighbour = await _start(local_provider, env=LIMITS_ENV)
-    async with EnvClient(hog.endpoint, token=hog.secret()) as env:
+    async with hog.handle.client() as env:
         assert (await env.call_tool("allocate", mb=16)).text == "allocated 16 MiB"
         with pytest.raises(ConnectionLostError):
             await env.call_tool("allocate", mb=512)
     report = local_provider.memory_report(hog.id)
     if local_provider.describe()["limits"] != "rlimits only":
         assert report["oom_kills"] >= 1, report
-    async with EnvClient(neighbour.endpoint, token=neighbour.secret()) as env:
+    async with neighbour.handle.client() as env:
         assert (await env.call_tool("allocate", mb=64)).text == "allocated 64 MiB"
 
 
@@ -147,7 +147,7 @@ async def test_list_filters_by_labels(local_provider: LocalProvider) -> None:
 
 async def test_time_to_live_is_enforced(local_provider: LocalProvider) -> None:
     sandbox = await _start(local_provider, env=LIMITS_ENV, ttl_s=1.5)
-    async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as env:
+    async with sandbox.handle.client() as env:
         uid = (await env.call_tool("whoami")).structured["uid"]  # type: ignore[index]
     assert _wait_until(lambda: not _uid_pids(uid), timeout_s=6.0)
 
@@ -214,7 +214,7 @@ async def main():
     try:
         sandbox = await provider.create(SandboxSpec(env="toy_terminal"))
         await provider.wait_ready(sandbox, timeout_s=20)
-        async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as env:
+        async with sandbox.handle.client() as env:
             result = await env.reset(seed=0)
         print(json.dumps({"code": providers.local.__file__, "observation": result.observation}))
     finally:

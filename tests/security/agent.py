@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from envs.client import EnvClient
 from providers.base import Sandbox
 
 SERVER_PIDS = (
@@ -14,7 +13,7 @@ SERVER_PIDS = (
 
 async def run_as_agent(sandbox: Sandbox, command: str) -> str:
     """Run `command` as the agent would (a step of the `terminal` environment); its output."""
-    async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as env:
+    async with sandbox.handle.client() as env:
         await env.reset(seed=0)
         observation = (await env.step({"command": command})).observation
     return observation["output"]

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from envs.client import EnvClient
 from providers.base import Sandbox, SandboxSpec
 
 ESCAPE = "setsid -f sh -c 'echo $$ > escapee.pid; exec sleep 600'; sleep 0.2; cat escapee.pid"
@@ -19,7 +18,7 @@ CHECK = "if kill -0 $(cat escapee.pid) 2>/dev/null; then echo alive; else echo g
 
 
 async def _escape_then_check(sandbox: Sandbox) -> tuple[str, str]:
-    async with EnvClient(sandbox.endpoint, token=sandbox.secret()) as env:
+    async with sandbox.handle.client() as env:
         await env.reset(seed=0)
         started = (await env.step({"command": ESCAPE})).observation["output"]
         after = (await env.step({"command": CHECK})).observation["output"]

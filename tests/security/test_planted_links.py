@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from envs.client import EnvClient, http_request
+from envs.http_client import http_request
 from envs.unix_socket import UnsafeSocketError, _checked_socket
 from providers.base import Sandbox, SandboxSpec
 from tests.security.agent import run_as_agent
@@ -87,7 +87,7 @@ async def _socket_swap_is_refused(sandbox: Sandbox, tmp_path: Path) -> None:
         with pytest.raises(UnsafeSocketError, match="symbolic link"):
             await http_request(sandbox.endpoint, "/health", token=sandbox.secret())
         with pytest.raises(UnsafeSocketError, match="symbolic link"):
-            await EnvClient(sandbox.endpoint, token=sandbox.secret(), connect_timeout_s=2).connect()
+            await sandbox.handle.client(connect_timeout_s=2).connect()
         await asyncio.sleep(0.05)
     assert host.connections == 0 and not host.received
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from envs import websocket as ws
-from envs.client import EnvClient, http_request
+from envs.client import EnvClient
+from envs.http_client import http_request
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "exhaustion-test-token-5b1e"
