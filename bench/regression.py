@@ -1,8 +1,8 @@
 """Before and after: the platform's per-step cost and warm-lease latency at two commits, one run.
 
 Each repetition measures the base commit (a `git worktree` of it) and this tree one after
-the other, each in a fresh process started in its own tree, so machine noise hits both
-alike; medians over repetitions are compared.
+the other (in alternating order), each in a fresh process started in its own tree, so
+machine noise hits both alike; medians over repetitions are compared.
 
 - per step: `bench.env_step`'s own measurement (uvloop), our server and client over the
   Unix socket sandboxes use, 1 session stepping back to back and 16 concurrently: steps/s.
@@ -84,8 +84,9 @@ def main() -> None:
         base = Path(tmp) / "tree"
         subprocess.run(["git", "worktree", "add", "--detach", str(base), base_commit], cwd=HERE, check=True)
         try:
-            for _ in range(args.reps):
-                for side, tree in (("base", base), ("head", HERE)):
+            for rep in range(args.reps):
+                sides = [("base", base), ("head", HERE)]
+                for side, tree in sides if rep % 2 == 0 else sides[::-1]:  # neither always goes first
                     for name, value in measure(tree, args.seconds, args.leases).items():
                         samples[side].setdefault(name, []).append(value)
         finally:
