@@ -166,6 +166,17 @@ def _pivot_root(new_root: str) -> None:
     os.rmdir("/.old")
 
 
+def _behind_owner(root: str, path: str, owner: int) -> bool:
+    """Whether a directory above `path` in the new root is `owner`'s alone (made for code bound before)."""
+    parent = os.path.dirname(path)
+    while parent != "/":
+        st = os.stat(root + parent)
+        if st.st_uid == owner and not st.st_mode & 0o077:
+            return True
+        parent = os.path.dirname(parent)
+    return False
+
+
 def _bind_code(root: str, path: str, plan: RootPlan) -> None:
     """Bind `path` read-only at its own path; the first directory that had to be made for it
     becomes `code_owner`'s alone. Paths the new root already has (system directories, its
@@ -176,10 +187,16 @@ def _bind_code(root: str, path: str, plan: RootPlan) -> None:
     while not os.path.exists(os.path.dirname(made)):
         made = os.path.dirname(made)
     os.makedirs(root + path)
-    _bind(path, root + path)
     if plan.code_owner is not None:
-        os.chown(made, plan.code_owner, -1)
-        os.chmod(made, 0o700)
+        if made != root + path:
+            os.chown(made, plan.code_owner, -1)
+            os.chmod(made, 0o700)
+        elif not _behind_owner(root, path, plan.code_owner):  # e.g. code right under the sandbox's /tmp
+            raise OSError(
+                errno.EPERM,
+                f"the server's code at {path} would be open to the agent: move it under a directory of its own",
+            )
+    _bind(path, root + path)
 
 
 def enter_minimal_root(plan: RootPlan) -> None:

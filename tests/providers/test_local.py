@@ -306,3 +306,40 @@ def test_cleaning_up_as_a_user_without_root_unmounts_nothing_and_does_not_fail()
         timeout=60,
     )
     assert done.stdout.strip() == "fine", done.stderr[-2000:]
+
+
+SERVE_ONE = """
+import asyncio, sys
+from providers.local import LocalProvider
+from providers.base import SandboxSpec
+
+async def main():
+    provider = LocalProvider(root=sys.argv[1])
+    try:
+        sandbox = await provider.create(SandboxSpec(env="toy_terminal"))
+        await provider.wait_ready(sandbox, timeout_s=30)
+        async with sandbox.handle.client() as env:
+            print((await env.reset(task_id="cat-app-order")).observation["prompt"], flush=True)
+    finally:
+        await provider.close()
+
+asyncio.run(main())
+"""
+
+
+def test_import_paths_side_by_side_reach_the_server(sandbox_root: Path, tmp_path: Path) -> None:
+    """PYTHONPATH=a:b with a and b siblings under a directory the sandbox's root lacks: both are
+    bound behind the one top directory made for the first (this once failed on the second)."""
+    siblings = [tmp_path / "libs" / name for name in ("a", "b")]
+    for path in siblings:
+        path.mkdir(parents=True)
+    python_path = os.pathsep.join([os.getcwd(), *map(str, siblings)])
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE_ONE, str(sandbox_root)],
+        env={**os.environ, "PYTHONPATH": python_path},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "app.log" in done.stdout
