@@ -3,6 +3,8 @@
     exit = await agent_commands().run(["bash", "-c", "--", "ls"], cwd=workdir, env=env, out_fd=w, timeout_s=10)
 
 In a sandbox the warden is the server's parent and its socket is inherited (`$HILLCLIMB_WARDEN_FD`).
+Where it runs apart, under the agent's uid (a pod's second container: no capability may switch
+uids there), the server connects to the path in `$HILLCLIMB_WARDEN_SOCKET` once, at start.
 Anywhere else (tests, `hillclimb env serve` on a laptop) the first call starts one as a child
 process running under the server's own uid, so that there is one way to run an agent's command.
 """
@@ -19,8 +21,10 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +34,7 @@ from envs.agent_processes import keep_memory_private
 from envs.errors import ExecutionError
 
 _SEND_WAIT_S = 1.0
+_WARDEN_WAIT_S = 30.0  # a warden in another container may start after the server
 
 
 class WardenGoneError(ExecutionError):
@@ -169,12 +174,39 @@ def agent_commands() -> AgentCommands:
         if agent_shares_our_uid():  # before any command of the agent exists: our memory is not its to read
             keep_memory_private()
         inherited = os.environ.pop(warden.FD_ENV_VAR, None)
+        apart = os.environ.get(warden.SOCKET_ENV_VAR)
         agent_uid = int(os.environ.get(warden.AGENT_UID_ENV_VAR, os.getuid()))
-        sock, process = (socket.socket(fileno=int(inherited)), None) if inherited else _start_warden()
+        if inherited:
+            sock, process = socket.socket(fileno=int(inherited)), None
+        elif apart:
+            sock, process = _connect_warden(apart, agent_uid), None
+        else:
+            sock, process = _start_warden()
         sock.setblocking(False)
         _commands = (os.getpid(), AgentCommands(sock, agent_uid, process))
         atexit.register(_commands[1].close)
     return _commands[1]
+
+
+def _connect_warden(path: str, agent_uid: int, wait_s: float = _WARDEN_WAIT_S) -> socket.socket:
+    """Connect to a warden listening apart (another container of the pod), waiting for it to
+    start. It must run as the agent's uid: a socket found there under any other is refused."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.connect(path)
+            break
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise WardenGoneError(f"no warden at {path} within {wait_s:g} s: {e}") from e
+            time.sleep(0.05)
+    _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    if uid != agent_uid:
+        sock.close()
+        raise WardenGoneError(f"the socket at {path} is served by uid {uid}, not the agent's {agent_uid}")
+    return sock
 
 
 def _start_warden() -> tuple[socket.socket, subprocess.Popen[bytes]]:

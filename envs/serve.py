@@ -18,7 +18,8 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from envs import seccomp
+from envs import seccomp, warden
+from envs.agent_commands import agent_commands
 from envs.registry import resolve_env_class
 from envs.runtime import EnvRuntime
 from envs.server import EnvServer, ServerConfig
@@ -92,6 +93,8 @@ async def serve(
     gets the URL once listening. The TTL is the sandbox's own hard deadline: it holds even
     when the orchestrator that should have destroyed the sandbox is gone."""
     server = EnvServer(EnvRuntime(resolve_env_class(target)), config, token=token)
+    if os.environ.get(warden.SOCKET_ENV_VAR):  # a warden apart: connected before serving, so ready means it is there
+        await asyncio.to_thread(agent_commands)
     if uds:
         await server.start_unix(uds)
         url = f"unix://{uds}"

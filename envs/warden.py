@@ -32,6 +32,7 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +43,9 @@ from envs import agent_processes
 
 FD_ENV_VAR = "HILLCLIMB_WARDEN_FD"
 """Set in the server's environment: the descriptor of its end of the warden's socket."""
+SOCKET_ENV_VAR = "HILLCLIMB_WARDEN_SOCKET"
+"""Set in the server's environment instead, where the warden runs apart (a container of its
+own, under the agent's uid): the path the warden listens on."""
 AGENT_UID_ENV_VAR = "HILLCLIMB_AGENT_UID"
 """Set in the server's environment: the uid the agent's commands run under."""
 
@@ -266,9 +270,39 @@ def start_sandbox(server: Callable[[], None], *, server_user: Identity | None, a
     os._exit(status)
 
 
+def accept_server(path: str, server_uid: int) -> socket.socket:
+    """Listen at `path` for the server and return its connection: the first one whose peer
+    runs as `server_uid` (checked by the kernel's SO_PEERCRED, not by the socket's mode, which
+    lets any uid connect). Others are closed unanswered. The path is removed once the server is
+    in, so nothing else can connect, and whatever later appears there is never used."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    listener.bind(path)
+    os.chmod(path, 0o777)  # the server's uid is not ours; the peer check decides who gets in
+    listener.listen(4)
+    with listener:
+        while True:
+            conn, _ = listener.accept()
+            _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            if uid == server_uid:
+                os.unlink(path)
+                return conn
+            conn.close()
+
+
 def main() -> None:
-    """`python -m envs.warden FD`: the warden of a server outside any sandbox (same uid)."""
-    sock = socket.socket(fileno=int(sys.argv[1]))
+    """`python -m envs.warden FD`: the warden of a server outside any sandbox (same uid).
+
+    `python -m envs.warden --listen PATH --server-uid UID`: a warden apart from its server (a pod's
+    second container, started as the agent's uid, with no capability): it waits at PATH for the
+    server, runs the agent's commands under its own uid, and exits when the server's end closes."""
+    if sys.argv[1:2] != ["--listen"]:
+        sys.exit(Warden(socket.socket(fileno=int(sys.argv[1])), agent=None).serve())
+    if len(sys.argv) != 5 or sys.argv[3] != "--server-uid" or not sys.argv[4].isdigit():
+        sys.exit("usage: python -m envs.warden --listen PATH --server-uid UID")
+    agent_processes.keep_memory_private()  # the agent's commands share our uid: they must not read or trace us
+    sock = accept_server(sys.argv[2], int(sys.argv[4]))
     sys.exit(Warden(sock, agent=None).serve())
 
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
-from envs.agent_commands import AgentCommands, WardenGoneError, _start_warden
-from envs.warden import Identity
+from envs.agent_commands import AgentCommands, WardenGoneError, _connect_warden, _start_warden
+from envs.agent_processes import keep_memory_private
+from envs.warden import Identity, Warden, accept_server
 
 ENV = {"PATH": "/usr/bin:/bin"}
 
@@ -126,3 +129,99 @@ def test_a_socket_pair_is_what_the_warden_speaks() -> None:
     assert sock.type == socket.SOCK_SEQPACKET
     sock.close()
     assert process.wait(5) == 0
+
+
+# -- a warden apart from its server (a pod's second container) ---------------------------------
+
+AGENT, SERVER, STRANGER = 61001, 61002, 61003
+
+
+def _as(uid: int, work: Callable[[], int]) -> int:
+    """Run `work` in a child process under `uid` (no exec: this interpreter's files are root's
+    alone); its return value is the child's exit status."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            Identity(uid, uid).assume()
+            code = work()
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _wait(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _until_exists(path: str) -> None:
+    deadline = time.monotonic() + 10
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+@pytest.mark.root
+def test_a_warden_apart_takes_only_the_server_and_runs_commands_as_the_agent() -> None:
+    directory = tempfile.mkdtemp(prefix="hc-warden-")  # a pod's shared emptyDir: both uids write it
+    os.chmod(directory, 0o777)
+    path = os.path.join(directory, "warden.sock")
+
+    def warden_apart() -> int:
+        keep_memory_private()
+        return Warden(accept_server(path, SERVER), agent=None).serve()
+
+    def stranger() -> int:  # connects first: the warden must not take it
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            sock.connect(path)
+            sock.settimeout(5)
+            return 0 if sock.recv(16) == b"" else 1  # closed unanswered
+
+    def server() -> int:
+        commands = AgentCommands(_connect_warden(path, AGENT), AGENT)
+        read_fd, write_fd = os.pipe()
+        done = asyncio.run(commands.run(["sh", "-c", "id -u"], cwd="/", env=ENV, out_fd=write_fd, timeout_s=10))
+        os.close(write_fd)
+        ran_as = os.read(read_fd, 64).decode().strip()
+        commands.close()
+        gone = not os.path.exists(path)  # removed once the server was in: nothing else can connect
+        return 0 if (done.exit_code, ran_as, gone) == (0, str(AGENT), True) else 1
+
+    try:
+        warden = _as(AGENT, warden_apart)
+        _until_exists(path)
+        assert _wait(_as(STRANGER, stranger)) == 0
+        assert _wait(_as(SERVER, server)) == 0
+        assert _wait(warden) == 0  # the server's end closed: the warden is done
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.root
+def test_a_server_refuses_a_warden_socket_served_by_another_uid() -> None:
+    directory = tempfile.mkdtemp(prefix="hc-warden-")
+    os.chmod(directory, 0o777)
+    path = os.path.join(directory, "warden.sock")
+
+    def impostor() -> int:  # listens where the warden should, under a uid not the agent's
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as listener:
+            listener.bind(path)
+            os.chmod(path, 0o777)
+            listener.listen(1)
+            listener.accept()[0].close()
+        return 0
+
+    def server() -> int:
+        try:
+            _connect_warden(path, AGENT)
+        except WardenGoneError as e:
+            return 0 if f"served by uid {STRANGER}, not the agent's {AGENT}" in str(e) else 1
+        return 1
+
+    try:
+        impostor_pid = _as(STRANGER, impostor)
+        _until_exists(path)
+        assert _wait(_as(SERVER, server)) == 0
+        _wait(impostor_pid)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
