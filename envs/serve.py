@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -38,7 +39,13 @@ def read_token(token_file: str | None, *, consume: bool = False) -> str | None:
         with open(token_file) as f:
             token = f.read().strip()
         if consume:
-            os.unlink(token_file)
+            try:
+                os.unlink(token_file)
+            except OSError as e:
+                # A read-only mount (a Kubernetes Secret volume) keeps it: there it sits in a
+                # container the agent's commands do not run in.
+                if e.errno != errno.EROFS:
+                    raise
         if not token:
             raise ValueError(f"token file {token_file} is empty")
         return token

@@ -1,0 +1,181 @@
+"""One sandbox as Kubernetes objects: a pod of two containers, and the Secret holding its token.
+
+    pod hc-<name>                          (Pod Security Standards: restricted)
+      ├─ server  uid 10001   python -m envs <env> --port 8000 --token-file /run/hillclimb-token/token
+      │                      the token Secret (this container only), a /tmp of its own
+      └─ agent   uid 10002   python3 -m envs.warden --listen /run/warden/warden.sock --server-uid 10001
+                             the agent's work dir /work, a /tmp of its own; the warden's socket dir, shared
+
+The restricted profile lets no container keep a capability, so no process of the pod may
+switch uids: the agent's commands get a uid of their own by running in a second container,
+under the warden (`envs.warden`'s listen mode), which the server reaches over a socket in a
+directory the two share. The server's code and task suites (`/opt/hillclimb`, group 10001)
+stay out of the agent's reach, and the token is mounted only where the server runs. Every
+writable mount is memory-backed and size-limited; the pod dies at the sandbox's TTL
+(`activeDeadlineSeconds`) even if nobody destroys it. No service-account token, no service
+links, seccomp `RuntimeDefault`, and an optional runtime class (gVisor, Kata) for a kernel
+boundary. The Secret is owned by the pod, so Kubernetes removes it with the pod.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any
+
+from providers.base import SandboxSpec
+from providers.errors import BadSpecError
+from providers.kubernetes.egress import SANDBOX_NAME, SANDBOX_ROLE, SERVER_PORT
+
+SERVER_UID = 10001
+AGENT_UID = 10002
+TOKEN_GROUP = 10003
+"""The pod's fsGroup: the token file's group. It owns nothing else in the image, so that the
+agent's container, which the kubelet gives this group too, gains no file by it."""
+TOKEN_DIR = "/run/hillclimb-token"
+WARDEN_DIR = "/run/warden"
+WORKDIR = "/work"
+WARDEN_CODE = "/opt/hillclimb-warden"
+"""The warden's own modules, readable by every uid (the image copies them there): the agent's
+container cannot read /opt/hillclimb."""
+SERVER_RESOURCES = {"cpu": "500m", "memory": "512Mi", "ephemeral-storage": "64Mi"}
+"""The env server's own share; the sandbox's `Resources` bound the agent's container, where its commands run."""
+_SERVER_TMP = "64Mi"
+
+
+def pod_name(spec: SandboxSpec) -> str:
+    """`hc-` and the idempotency key's digest (one pod per key: a second create finds the first),
+    else random."""
+    return "hc-" + (spec.key_digest if spec.idempotency_key is not None else os.urandom(10).hex())
+
+
+def _hardened(uid: int) -> dict[str, Any]:
+    return {
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _memory_dir(name: str, size: str) -> dict[str, Any]:
+    return {"name": name, "emptyDir": {"medium": "Memory", "sizeLimit": size}}
+
+
+def sandbox_pod(
+    spec: SandboxSpec,
+    name: str,
+    *,
+    namespace: str,
+    image: str,
+    labels: dict[str, str],
+    runtime_class: str | None = None,
+) -> dict[str, Any]:
+    """The pod serving `spec` (its labels already include the run's, from `SandboxSpec.all_labels`)."""
+    if spec.command is not None:
+        raise BadSpecError("the Kubernetes provider runs the image's env server; a custom command is not supported")
+    limits = spec.resources
+    agent_limits = {
+        "cpu": f"{limits.cpu:g}",
+        "memory": f"{limits.memory_mb}Mi",
+        "ephemeral-storage": f"{limits.disk_mb}Mi",
+    }
+    env = [{"name": key, "value": value} for key, value in sorted(spec.env_vars.items())]
+    server = {
+        "name": "server",
+        "image": image,
+        "command": ["/opt/hillclimb/bin/python", "-P", "-m", "envs", spec.env],
+        "args": [
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(SERVER_PORT),
+            "--token-file",
+            f"{TOKEN_DIR}/token",
+            "--max-sessions",
+            str(spec.max_sessions),
+            "--ttl",
+            f"{spec.ttl_s:g}",
+        ],  # fmt: skip
+        "env": [
+            *env,
+            {"name": "HILLCLIMB_WARDEN_SOCKET", "value": f"{WARDEN_DIR}/warden.sock"},
+            {"name": "HILLCLIMB_AGENT_UID", "value": str(AGENT_UID)},
+            {"name": "HILLCLIMB_WORKDIR", "value": WORKDIR},
+        ],
+        "ports": [{"name": "env", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/health", "port": SERVER_PORT}, "periodSeconds": 1},
+        "resources": {"limits": SERVER_RESOURCES, "requests": SERVER_RESOURCES},
+        "securityContext": _hardened(SERVER_UID),
+        "volumeMounts": [
+            {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True},
+            {"name": "warden", "mountPath": WARDEN_DIR},
+            {"name": "server-tmp", "mountPath": "/tmp"},
+        ],
+    }
+    agent = {
+        "name": "agent",
+        "image": image,
+        "command": ["python3", "-P", "-m", "envs.warden"],
+        "args": ["--listen", f"{WARDEN_DIR}/warden.sock", "--server-uid", str(SERVER_UID)],
+        "env": [*env, {"name": "PYTHONPATH", "value": WARDEN_CODE}],
+        "workingDir": WORKDIR,
+        "resources": {"limits": agent_limits, "requests": agent_limits},
+        "securityContext": _hardened(AGENT_UID),
+        "volumeMounts": [
+            {"name": "warden", "mountPath": WARDEN_DIR},
+            {"name": "work", "mountPath": WORKDIR},
+            {"name": "agent-tmp", "mountPath": "/tmp"},
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [server, agent],
+        "restartPolicy": "Never",
+        "activeDeadlineSeconds": max(int(spec.ttl_s), 1),
+        "terminationGracePeriodSeconds": 5,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "fsGroup": TOKEN_GROUP,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumes": [
+            {"name": "token", "secret": {"secretName": f"{name}-token", "defaultMode": 0o440}},
+            _memory_dir("warden", "1Mi"),
+            _memory_dir("work", f"{limits.disk_mb}Mi"),
+            _memory_dir("agent-tmp", f"{limits.disk_mb}Mi"),
+            _memory_dir("server-tmp", _SERVER_TMP),
+        ],
+    }
+    if runtime_class is not None:
+        pod_spec["runtimeClassName"] = runtime_class
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**labels, SANDBOX_ROLE: "sandbox", SANDBOX_NAME: name},
+        },
+        "spec": pod_spec,
+    }
+
+
+def token_secret(name: str, token: str, *, namespace: str, labels: dict[str, str], pod_uid: str) -> dict[str, Any]:
+    """The pod's token as a Secret it owns (removed with it); mounted as a file, never an env var."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": f"{name}-token",
+            "namespace": namespace,
+            "labels": {**labels, SANDBOX_NAME: name},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": name, "uid": pod_uid}],
+        },
+        "data": {"token": base64.b64encode(token.encode()).decode()},
+    }

@@ -1,0 +1,119 @@
+"""The sandbox pod's two containers, started on this machine's Docker engine with the pod's own
+settings (image, command, uid, read-only root, no capability, memory-backed mounts, the token
+file mounted into the server only, one network namespace), serve a terminal episode: the pod
+spec works, not only validates. No kubelet here: Docker stands in for the container runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from providers.base import SandboxSpec
+from providers.kubernetes.pod import TOKEN_GROUP, pod_name, sandbox_pod
+
+pytestmark = [pytest.mark.docker, pytest.mark.root]
+
+IMAGE = "hillclimb/sandbox:dev"
+REPO = Path(__file__).resolve().parents[2]
+
+CLIENT = """
+import asyncio, json, sys
+from envs.client import EnvClient
+
+async def main():
+    async with EnvClient("ws://127.0.0.1:8000/ws", token=sys.argv[1], connect_timeout_s=60) as env:
+        prompt = (await env.reset(task_id="create-hello")).observation["prompt"]
+        probe = "id -u; cat /opt/hillclimb/pyvenv.cfg; ls /run/hillclimb-token; echo hi > /work/mine && cat /work/mine"
+        seen = (await env.step({"command": probe})).observation["output"]
+        await env.step({"command": "echo 'hello world' > hello.txt"})
+        done = await env.step({"command": "submit"})
+    print(json.dumps({"prompt": prompt, "seen": seen, "reward": done.reward}))
+
+asyncio.run(main())
+"""
+
+
+def _docker_options(container: dict[str, Any], host_dirs: dict[str, str]) -> dict[str, Any]:
+    """The pod's container as `docker run` options. Each volume is a host directory bind-mounted
+    where the pod mounts it: an emptyDir's is world-writable (0777, as the kubelet makes one;
+    a Docker tmpfs over an image directory would keep that directory's mode instead), the
+    Secret's holds the token file as the kubelet writes it under the pod's fsGroup."""
+    context = container["securityContext"]
+    binds = {
+        host_dirs[m["name"]]: {"bind": m["mountPath"], "mode": "ro" if m.get("readOnly") else "rw"}
+        for m in container["volumeMounts"]
+    }
+    return {
+        "entrypoint": container["command"],
+        "command": container["args"],
+        "user": f"{context['runAsUser']}:{context['runAsGroup']}",
+        "group_add": [str(TOKEN_GROUP)],  # the pod's fsGroup, which the kubelet gives every container
+        "read_only": context["readOnlyRootFilesystem"],
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "environment": {e["name"]: e["value"] for e in container.get("env", [])},
+        "working_dir": container.get("workingDir"),
+        "volumes": binds,
+        "mem_limit": container["resources"]["limits"]["memory"].replace("Mi", "m"),
+        "labels": {"hillclimb.dev/test": "kubernetes-pod"},
+        "detach": True,
+    }
+
+
+@pytest.fixture
+def pod_on_docker(docker_engine: None) -> Iterator[tuple[Any, str]]:
+    import docker
+
+    client = docker.from_env()
+    spec = SandboxSpec(env="terminal", run_id="k8s-pod")
+    name = pod_name(spec)
+    pod = sandbox_pod(spec, name, namespace="sandboxes", image=IMAGE, labels={})
+    token = secrets.token_urlsafe(24)
+    started: list[Any] = []
+    with tempfile.TemporaryDirectory(prefix="hc-pod-") as home:
+        host_dirs = {}
+        for volume in pod["spec"]["volumes"]:
+            host_dirs[volume["name"]] = path = os.path.join(home, volume["name"])
+            os.mkdir(path)
+            os.chmod(path, 0o755 if "secret" in volume else 0o777)
+        token_file = os.path.join(host_dirs["token"], "token")
+        with open(token_file, "w") as f:
+            f.write(token)
+        os.chown(token_file, 0, TOKEN_GROUP)  # as the kubelet writes a Secret under the pod's fsGroup
+        os.chmod(token_file, 0o440)
+        try:
+            for container in pod["spec"]["containers"]:  # the server first: the agent joins its network namespace
+                network = "none" if not started else f"container:{started[0].id}"
+                options = _docker_options(container, host_dirs)
+                started.append(client.containers.run(IMAGE, network_mode=network, **options))
+            yield started[0], token
+        finally:
+            for container in reversed(started):
+                container.remove(force=True)
+
+
+def test_the_pods_containers_serve_a_terminal_episode(pod_on_docker: tuple[Any, str]) -> None:
+    server, token = pod_on_docker
+    server.reload()
+    in_pod_network = ["nsenter", "-t", str(server.attrs["State"]["Pid"]), "-n"]
+    done = subprocess.run(
+        [*in_pod_network, sys.executable, "-c", CLIENT, token], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    logs = server.logs(tail=30).decode(errors="replace")
+    assert done.returncode == 0, f"{done.stderr[-1500:]}\nserver log:\n{logs}"
+    result = json.loads(done.stdout.splitlines()[-1])
+    seen = result["seen"]
+    assert seen.splitlines()[0] == "10002", seen  # the agent's commands: the agent container's uid
+    assert "/opt/hillclimb/pyvenv.cfg: Permission denied" in seen  # the server's code and task suites
+    assert "/run/hillclimb-token" in seen and "No such file" in seen  # the token is not in its container
+    assert seen.rstrip().endswith("hi")  # its work dir is its own to write
+    assert result["reward"] == 1.0  # the verifier ran (as the agent) and the episode scored
