@@ -25,6 +25,8 @@ BUILTIN_PROVIDERS: dict[str, str] = {
     "local": "providers.local:LocalProvider",
     "docker": "providers.docker:DockerProvider",
 }
+_EXTRAS = {"kubernetes": "k8s"}
+"""The extra that installs a provider's packages, where it is not named like the provider."""
 
 
 def available_providers() -> dict[str, str]:
@@ -44,7 +46,8 @@ def provider_class(name: str) -> type:
         return getattr(importlib.import_module(module_name), attr)
     except ImportError as e:
         raise TargetNotFoundError(
-            f"provider {name!r} needs a package that is not installed: {e} (try pip install 'hillclimb[{name}]')"
+            f"provider {name!r} needs a package that is not installed: {e} "
+            f"(try pip install 'hillclimb[{_EXTRAS.get(name, name)}]')"
         ) from e
 
 

@@ -1,0 +1,33 @@
+"""A Kubernetes API server for tests: kmock's emulator (real HTTP, objects kept in memory, the
+real `kubernetes` client talking to it), plus what a real API server fills in on create."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import kmock
+from kmock._internal.apps import Server
+
+
+class ClusterEmulator(kmock.KubernetesEmulator):
+    """Assigns `metadata.uid` and `creationTimestamp` on create, as the API server does (owner
+    references name a uid)."""
+
+    async def _handle(self, request: Any) -> Any:
+        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+            metadata = request.data.setdefault("metadata", {})
+            metadata.setdefault("uid", str(uuid.uuid4()))
+            metadata.setdefault("creationTimestamp", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        return await super()._handle(request)
+
+
+@asynccontextmanager
+async def cluster() -> AsyncIterator[ClusterEmulator]:
+    async with ClusterEmulator() as emulator, Server(emulator):
+        for resource in ("v1/pods", "v1/secrets", "networking.k8s.io/v1/networkpolicies"):
+            emulator.resources[resource] = {}
+        yield emulator
