@@ -31,6 +31,7 @@ from providers.errors import (
     RetryableProviderError,
     UnsupportedPolicy,
 )
+from providers.kubernetes.chart_values import SandboxValues
 from providers.kubernetes.egress import SANDBOX_NAME, SANDBOX_ROLE, SERVER_PORT, allow_list, egress_findings
 from providers.kubernetes.pod import pod_name, sandbox_pod, token_secret
 from providers.readiness import READY_TIMEOUT_S, wait_healthy
@@ -46,7 +47,7 @@ class KubernetesProvider:
 
     def __init__(
         self,
-        namespace: str = "hillclimb-sandboxes",
+        namespace: str = SandboxValues().namespace,
         image: str = "hillclimb/sandbox:dev",
         runtime_class: str | None = None,
         kubeconfig: str | None = None,
