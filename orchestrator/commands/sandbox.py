@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from orchestrator.console import console, reports_errors
+
+if TYPE_CHECKING:
+    from providers.base import SandboxProvider
 
 app = typer.Typer(help="Start, inspect and clean up sandboxes.", no_args_is_help=True)
 
@@ -19,17 +22,20 @@ def probe(
     unisolated: Annotated[
         bool, typer.Option("--unisolated", help="Local provider without isolation (the checks will fail).")
     ] = False,
+    option: OptionsOption = None,
 ) -> None:
     """Start a sandbox, report from inside it (network, routes, host loopback, user, limits), destroy it.
 
     Exits non-zero if any check fails.
     """
     from providers.probe import probe as run_probe
-    from providers.registry import open_provider
 
     async def run():  # type: ignore[no-untyped-def]
-        async with open_provider(provider, **({"isolation": "none"} if unisolated else {})) as prov:
+        prov = _provider(provider, option, **({"isolation": "none"} if unisolated else {}))
+        try:
             return await run_probe(prov)
+        finally:
+            await prov.close()
 
     result = asyncio.run(run())
     for check in result.checks:
@@ -43,6 +49,33 @@ def probe(
 
 ProviderOption = Annotated[str, typer.Option("--provider", "-p", help="Sandbox provider.")]
 RunOption = Annotated[str | None, typer.Option("--run-id", help="Only sandboxes of this run.")]
+OptionsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--option", "-o", help="A provider option as KEY=VALUE, checked like a run config's (e.g. -o namespace=agents)."
+    ),
+]
+
+
+def _provider(name: str, options: list[str] | None, **fixed: Any) -> SandboxProvider:
+    """The provider `name` with its options from the command line, checked against its model."""
+    from pydantic import ValidationError
+
+    from envs.errors import ConfigError
+    from providers.registry import make_provider, options_model
+
+    given: dict[str, Any] = {}
+    for item in options or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--option {item!r}: expected KEY=VALUE")
+        given[key] = value
+    try:
+        checked = options_model(name).model_validate({**given, **fixed})
+    except ValidationError as e:
+        wrong = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"bad option for provider {name!r}: {wrong}") from None
+    return make_provider(name, **checked.model_dump(exclude_unset=True))
 
 
 def _selector(run_id: str | None) -> dict[str, str]:
@@ -53,16 +86,15 @@ def _selector(run_id: str | None) -> dict[str, str]:
 
 @app.command("ls")
 @reports_errors
-def list_sandboxes(provider: ProviderOption = "local", run_id: RunOption = None) -> None:
+def list_sandboxes(provider: ProviderOption = "local", run_id: RunOption = None, option: OptionsOption = None) -> None:
     """List sandboxes with their run, environment, age and time left."""
     import time
 
     from rich.table import Table
 
     from providers.base import LABEL_ENV, LABEL_OWNER
-    from providers.registry import make_provider
 
-    sandboxes = asyncio.run(make_provider(provider).list(_selector(run_id)))
+    sandboxes = asyncio.run(_provider(provider, option).list(_selector(run_id)))
     table = Table("id", "run", "owner", "env", "age", "expires in", "endpoint")
     now = time.time()
     for sb in sandboxes:
@@ -86,16 +118,16 @@ def remove(
     ids: Annotated[list[str] | None, typer.Argument(help="Sandbox ids to destroy.")] = None,
     provider: ProviderOption = "local",
     run_id: RunOption = None,
+    option: OptionsOption = None,
 ) -> None:
     """Destroy sandboxes by id, or every sandbox of a run."""
     from providers.errors import SandboxNotFound
-    from providers.registry import make_provider
 
     if not ids and not run_id:
         raise typer.BadParameter("name sandbox ids or --run-id")
 
     async def run() -> list[str]:
-        prov = make_provider(provider)
+        prov = _provider(provider, option)
         existing = {sb.id for sb in await prov.list()}
         unknown = [sandbox_id for sandbox_id in ids or [] if sandbox_id not in existing]
         if unknown:  # destroy() is a no-op on them: saying "destroyed" would hide a typo
@@ -121,12 +153,12 @@ def reap(
     provider: ProviderOption = "local",
     run_id: RunOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would be destroyed.")] = False,
+    option: OptionsOption = None,
 ) -> None:
     """Destroy sandboxes past their time-to-live or whose run is gone (its driver died)."""
     from orchestrator.reaper import reap as run_reap
-    from providers.registry import make_provider
 
-    report = asyncio.run(run_reap(make_provider(provider), selector=_selector(run_id), dry_run=dry_run))
+    report = asyncio.run(run_reap(_provider(provider, option), selector=_selector(run_id), dry_run=dry_run))
     verb = "would destroy" if dry_run else "destroyed"
     for sandbox_id in report.expired:
         console.print(f"{verb} {sandbox_id} (expired)")

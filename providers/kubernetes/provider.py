@@ -64,10 +64,15 @@ class KubernetesProvider:
             configuration.host = api_url
         else:
             configuration = kubernetes.client.Configuration()
-            if kubeconfig is not None or context is not None:
-                kubernetes.config.load_kube_config(kubeconfig, context, client_configuration=configuration)
-            else:
-                kubernetes.config.load_incluster_config(client_configuration=configuration)
+            try:
+                if kubeconfig is not None or context is not None:
+                    kubernetes.config.load_kube_config(kubeconfig, context, client_configuration=configuration)
+                else:
+                    kubernetes.config.load_incluster_config(client_configuration=configuration)
+            except kubernetes.config.ConfigException as e:
+                raise FatalProviderError(
+                    f"no Kubernetes credentials: {e} (outside a cluster, pass the kubeconfig and context options)"
+                ) from e
         self._api = kubernetes.client.ApiClient(configuration)
         self._core = kubernetes.client.CoreV1Api(self._api)
         self._networking = kubernetes.client.NetworkingV1Api(self._api)

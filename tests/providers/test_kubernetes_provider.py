@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +20,13 @@ from providers.errors import BadSpecError, FatalProviderError, RetryableProvider
 from providers.kubernetes.egress import default_deny
 from providers.kubernetes.provider import KubernetesProvider
 from tests.kube_emulator import ClusterEmulator, cluster
+from tests.providers.conformance import (
+    check_a_cancelled_create_leaks_nothing,
+    check_destroy_twice,
+    check_idempotent_create,
+    check_labels_and_ttl,
+    check_list_by_selector,
+)
 
 NAMESPACE = "sandboxes"
 KUBERNETES_VERSION = "1.33.0"
@@ -132,3 +141,46 @@ async def test_api_errors_become_the_contracts(
         await provider.create(SandboxSpec())
     if status == 429:
         assert raised.value.delay_s == 7.0
+
+
+async def _cli(*args: str) -> tuple[int, str]:
+    """`hillclimb sandbox ...` in a child process (the emulated API server keeps serving meanwhile)."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator", "sandbox", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    out, _ = await child.communicate()
+    return child.returncode or 0, out.decode()
+
+
+async def test_the_sandbox_commands_reach_the_cluster_with_provider_options(provider: KubernetesProvider, api) -> None:
+    sandbox = await provider.create(SandboxSpec(run_id="cli-run"))
+    options = ["-p", "kubernetes", "-o", f"api_url={str(api.url).rstrip('/')}", "-o", f"namespace={NAMESPACE}"]
+    code, out = await _cli("ls", *options)
+    assert code == 0 and sandbox.id in out and "cli-run" in out and "1 sandbox(es) on kubernetes" in out
+    code, out = await _cli("rm", sandbox.id, *options)
+    assert code == 0 and f"destroyed {sandbox.id}" in out
+    assert await provider.list() == []
+
+
+async def test_the_sandbox_commands_name_a_bad_option_or_missing_credentials() -> None:
+    code, out = await _cli("ls", "-p", "kubernetes", "-o", "namspace=agents")
+    assert code == 2 and "bad option for provider 'kubernetes': namspace: Extra inputs are not permitted" in out
+    code, out = await _cli("ls", "-p", "kubernetes", "-o", "kubeconfig=/nonexistent/config")
+    assert code == 2 and "no Kubernetes credentials" in out
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        check_idempotent_create,
+        check_destroy_twice,
+        check_list_by_selector,
+        check_labels_and_ttl,
+        check_a_cancelled_create_leaks_nothing,
+    ],
+    ids=lambda check: check.__name__.removeprefix("check_"),
+)
+async def test_the_conformance_checks_that_need_no_kubelet(provider: KubernetesProvider, check: Any) -> None:
+    """The kit's checks that do not wait for a pod to run (no kubelet here)."""
+    await check(provider)
