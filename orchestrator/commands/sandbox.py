@@ -95,7 +95,7 @@ def list_sandboxes(provider: ProviderOption = "local", run_id: RunOption = None,
     from providers.base import LABEL_ENV, LABEL_OWNER
 
     sandboxes = asyncio.run(_provider(provider, option).list(_selector(run_id)))
-    table = Table("id", "run", "owner", "env", "age", "expires in", "endpoint")
+    table = Table("id", "run", "owner", "env", "age", "expires in", "endpoint", "transport")
     now = time.time()
     for sb in sandboxes:
         left = f"{sb.expires_at - now:.0f} s" if sb.expires_at else "-"
@@ -107,6 +107,7 @@ def list_sandboxes(provider: ProviderOption = "local", run_id: RunOption = None,
             f"{now - sb.created_at.timestamp():.0f} s",
             left,
             sb.endpoint,
+            sb.transport,
         )
     console.print(table)
     console.print(f"{len(sandboxes)} sandbox(es) on {provider}")

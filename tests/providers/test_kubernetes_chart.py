@@ -42,17 +42,18 @@ def docs() -> list[dict[str, Any]]:
     return render()
 
 
-def test_every_document_is_a_valid_kubernetes_object(docs: list[dict[str, Any]]) -> None:
-    assert {d["kind"] for d in docs} == {
-        "Namespace",
-        "NetworkPolicy",
-        "Service",
-        "ServiceAccount",
-        "Role",
-        "RoleBinding",
-    }
+VALUES_FILES = sorted((CHART / "ci").glob("*.yaml"))
+KINDS = {"Namespace", "NetworkPolicy", "Service", "ServiceAccount", "Role", "RoleBinding"}
+
+
+@pytest.mark.parametrize("values_file", [None, *VALUES_FILES], ids=lambda p: p.name if p else "defaults")
+def test_every_document_is_a_valid_kubernetes_object(values_file: Path | None) -> None:
+    """For the default values and every values file under helm/hillclimb/ci/."""
+    docs = render(yaml.safe_load(values_file.read_text()) if values_file else None)
+    assert {d["kind"] for d in docs} == KINDS
     for doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    assert _one(docs, "NetworkPolicy") == default_deny(_one(docs, "Namespace")["metadata"]["name"])
 
 
 def test_the_sandbox_namespace_is_restricted_and_denies_egress_as_the_provider_checks(docs) -> None:

@@ -158,6 +158,7 @@ async def test_the_sandbox_commands_reach_the_cluster_with_provider_options(prov
     options = ["-p", "kubernetes", "-o", f"api_url={str(api.url).rstrip('/')}", "-o", f"namespace={NAMESPACE}"]
     code, out = await _cli("ls", *options)
     assert code == 0 and sandbox.id in out and "cli-run" in out and "1 sandbox(es) on kubernetes" in out
+    assert "websocket" in out  # the transport column
     code, out = await _cli("rm", sandbox.id, *options)
     assert code == 0 and f"destroyed {sandbox.id}" in out
     assert await provider.list() == []
