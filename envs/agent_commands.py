@@ -21,7 +21,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -202,7 +201,7 @@ def _connect_warden(path: str, agent_uid: int, wait_s: float = _WARDEN_WAIT_S) -
             if time.monotonic() > deadline:
                 raise WardenGoneError(f"no warden at {path} within {wait_s:g} s: {e}") from e
             time.sleep(0.05)
-    _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    uid = warden.peer_uid(sock)
     if uid != agent_uid:
         sock.close()
         raise WardenGoneError(f"the socket at {path} is served by uid {uid}, not the agent's {agent_uid}")

@@ -270,6 +270,12 @@ def start_sandbox(server: Callable[[], None], *, server_user: Identity | None, a
     os._exit(status)
 
 
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a connected Unix socket, as the kernel saw it connect."""
+    _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return uid
+
+
 def accept_server(path: str, server_uid: int) -> socket.socket:
     """Listen at `path` for the server and return its connection: the first one whose peer
     runs as `server_uid` (checked by the kernel's SO_PEERCRED, not by the socket's mode, which
@@ -284,8 +290,7 @@ def accept_server(path: str, server_uid: int) -> socket.socket:
     with listener:
         while True:
             conn, _ = listener.accept()
-            _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-            if uid == server_uid:
+            if peer_uid(conn) == server_uid:
                 os.unlink(path)
                 return conn
             conn.close()
