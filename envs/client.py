@@ -582,7 +582,7 @@ class EnvClient(BaseEnvClient):
     async def reset(self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any) -> StepResult[Any]:
         """Start a new episode; reconnects first if the connection had dropped."""
         self._episode_live = False
-        reply = await self._request({"type": "reset", "data": _reset_data(seed, episode_id, kwargs)}, reconnect=True)
+        reply = await self._request({"type": "reset", "data": reset_data(seed, episode_id, kwargs)}, reconnect=True)
         self._episode_live = True
         return self._result(reply["data"])
 
@@ -598,7 +598,7 @@ class EnvClient(BaseEnvClient):
                 await self._settle(self._conn)  # type: ignore[arg-type]
             self._episode_live = False
             conn = await self._ready(reconnect=True)
-            _send_json(conn, {"type": "reset", "data": _reset_data(seed, episode_id, kwargs)})
+            _send_json(conn, {"type": "reset", "data": reset_data(seed, episode_id, kwargs)})
             conn.pending_since = time.monotonic()
             self._unread_reset = True
             self._episode_live = True  # a drop from here on loses the episode: steps must not reconnect
@@ -610,8 +610,7 @@ class EnvClient(BaseEnvClient):
                 await self._settle(await self._ready(reconnect=False))
 
     async def step(self, action: dict[str, Any] | BaseModel) -> StepResult[Any]:
-        payload = action.model_dump(mode="json") if isinstance(action, BaseModel) else action
-        reply = await self._request({"type": "step", "data": payload}, reconnect=False)
+        reply = await self._request({"type": "step", "data": action_data(action)}, reconnect=False)
         self._episode_live = True  # even without reset(): the server now holds state a drop would lose
         return self._result(reply["data"])
 
@@ -624,7 +623,12 @@ def _send_json(conn: _Protocol, message: dict[str, Any]) -> None:
     conn.send(ws.OP_TEXT, orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS))
 
 
-def _reset_data(seed: int | None, episode_id: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+def action_data(action: dict[str, Any] | BaseModel) -> dict[str, Any]:
+    """An action as the wire carries it."""
+    return action.model_dump(mode="json") if isinstance(action, BaseModel) else action
+
+
+def reset_data(seed: int | None, episode_id: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
     data = dict(kwargs)
     if seed is not None:
         data["seed"] = seed

@@ -23,7 +23,7 @@ import orjson
 from pydantic import BaseModel
 
 from envs import http
-from envs.client import BaseEnvClient, Endpoint, StepResult, error_from_frame
+from envs.client import BaseEnvClient, Endpoint, StepResult, action_data, error_from_frame, reset_data
 from envs.errors import (
     AuthenticationError,
     ConnectionLostError,
@@ -85,6 +85,26 @@ class _Channel:
     def close(self) -> None:
         self.open = False
         self.writer.close()
+
+
+async def _compose(
+    endpoint: Endpoint,
+    method: str,
+    route: str,
+    body: bytes,
+    credentials: tuple[Credential, ...],
+    headers: list[tuple[str, str]],
+) -> bytes:
+    """One request, head and body; the credentials rendered now (a refreshing source is asked each time)."""
+    lines = [
+        f"{method} {endpoint.target(route)} HTTP/1.1",
+        f"Host: {endpoint.host_header}",
+        f"Content-Length: {len(body)}",
+    ]
+    if body:
+        lines.append("Content-Type: application/json")
+    lines += [f"{name}: {value}" for name, value in [*headers, *await render_headers(credentials)]]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 async def _open_channel(endpoint: Endpoint, ssl: ssl_module.SSLContext | None) -> _Channel:
@@ -178,17 +198,8 @@ class HttpEnvClient(BaseEnvClient):
         raise self._failure(status, raw, kind)
 
     async def _exchange(self, method: str, route: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        lines = [
-            f"{method} {self.endpoint.target(route)} HTTP/1.1",
-            f"Host: {self.endpoint.host_header}",
-            f"Content-Length: {len(body)}",
-        ]
-        if body:
-            lines.append("Content-Type: application/json")
-        if self.session_id is not None:
-            lines.append(f"{SESSION_HEADER}: {self.session_id}")
-        lines += [f"{name}: {value}" for name, value in await render_headers(self._credentials)]
-        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        session = [(SESSION_HEADER, self.session_id)] if self.session_id is not None else []
+        request = await _compose(self.endpoint, method, route, body, self._credentials, session)
         for attempt in range(2):
             reused = self.connected
             if not reused:
@@ -233,11 +244,7 @@ class HttpEnvClient(BaseEnvClient):
     async def reset(self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any) -> StepResult[Any]:
         """Start a new episode: on this client's session, or on a new one the server names (also
         when the old one was reaped or closed meanwhile: a reset loses nothing)."""
-        data = dict(kwargs)
-        if seed is not None:
-            data["seed"] = seed
-        if episode_id is not None:
-            data["episode_id"] = episode_id
+        data = reset_data(seed, episode_id, kwargs)
         had_session = self.session_id is not None
         try:
             return self._result(await self._call("POST", "/reset", data, "reset"))
@@ -254,8 +261,7 @@ class HttpEnvClient(BaseEnvClient):
         """Nothing is ever left unread over HTTP."""
 
     async def step(self, action: dict[str, Any] | BaseModel) -> StepResult[Any]:
-        payload = action.model_dump(mode="json") if isinstance(action, BaseModel) else action
-        return self._result(await self._call("POST", "/step", {"action": payload}, "step"))
+        return self._result(await self._call("POST", "/step", {"action": action_data(action)}, "step"))
 
     async def state(self) -> dict[str, Any]:
         return await self._call("GET", "/state", None, "state")
@@ -282,18 +288,9 @@ async def http_request(
     credentials += (Credential.env_token(token),) if token else ()
 
     async def exchange() -> tuple[int, Any]:
-        lines = [
-            f"{method} {endpoint.target(path)} HTTP/1.1",
-            f"Host: {endpoint.host_header}",
-            "Connection: close",
-            f"Content-Length: {len(payload)}",
-        ]
-        if body is not None:
-            lines.append("Content-Type: application/json")
-        lines += [f"{name}: {value}" for name, value in await render_headers(credentials)]
+        request = await _compose(endpoint, method, path, payload, credentials, [("Connection", "close")])
         channel = await _open_channel(endpoint, ssl)
         try:
-            request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
             try:
                 status, headers, raw = await channel.exchange(request, max_bytes)
             except _Stale:
