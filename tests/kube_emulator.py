@@ -15,7 +15,18 @@ from kmock._internal.apps import Server
 
 class ClusterEmulator(kmock.KubernetesEmulator):
     """Assigns `metadata.uid` and `creationTimestamp` on create, as the API server does (owner
-    references name a uid)."""
+    references name a uid), and applies a list's `labelSelector` (equality terms, what the
+    provider sends), which kmock's emulator ignores."""
+
+    async def _serve_list(self, request: Any) -> Any:
+        listing = await super()._serve_list(request)
+        selector = request.params.get("labelSelector", "")
+        wanted = dict(term.split("=", 1) for term in selector.split(",") if term)  # a set-based term has no "="
+        if any(key.endswith("!") for key in wanted):
+            raise ValueError(f"the emulator understands equality selectors only: {selector}")
+        labels_of = lambda item: item.get("metadata", {}).get("labels") or {}  # noqa: E731
+        listing["items"] = [item for item in listing["items"] if wanted.items() <= labels_of(item).items()]
+        return listing
 
     async def _handle(self, request: Any) -> Any:
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):

@@ -200,8 +200,7 @@ class KubernetesProvider:
         listing = self._call(
             "list", "pods", self._core.list_namespaced_pod, self.namespace, label_selector=label_selector
         )
-        pods = [p for p in listing.items if wanted.items() <= (p.metadata.labels or {}).items()]
-        return [self._sandbox(p) for p in pods if not p.metadata.deletion_timestamp]
+        return [self._sandbox(p) for p in listing.items if not p.metadata.deletion_timestamp]
 
     def _sandbox(self, pod: Any) -> Sandbox:
         name = pod.metadata.name
@@ -230,8 +229,8 @@ class KubernetesProvider:
         said = f"{verb} {resource} in namespace {self.namespace}: HTTP {error.status} {error.reason}"
         body = (error.body or "")[:500] if isinstance(error.body, str) else ""
         if error.status == 403:
-            return FatalProviderError(f"forbidden: the service account may not {verb} {resource} in {self.namespace} "
-                                      f"(the chart's Role grants what the provider uses): {body}")  # fmt: skip
+            forbidden = f"forbidden: the service account may not {verb} {resource} in {self.namespace}"
+            return FatalProviderError(f"{forbidden} (the chart's Role grants what the provider uses): {body}")
         if error.status == 422:
             return BadSpecError(f"the API server refused the {resource} object: {body}")
         if error.status in (409, 429) or error.status >= 500:
