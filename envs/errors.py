@@ -126,3 +126,8 @@ class TargetNotFoundError(HillclimbError, LookupError):
 
 class ConfigError(HillclimbError, ValueError):
     """A configuration value is invalid; the message names the key in the user's spelling."""
+
+
+def validation_problems(error: Any, prefix: str = "") -> str:
+    """A pydantic `ValidationError`'s problems as `where.it.was: what; ...`, each place after `prefix`."""
+    return "; ".join(f"{prefix}{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in error.errors())

@@ -16,6 +16,7 @@ from typing import Any
 import pydantic
 
 from envs.base import tool_methods
+from envs.errors import validation_problems
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -143,5 +144,4 @@ async def _call(request_id: Any, params: dict[str, Any], tools: ToolSet) -> dict
     try:
         return _rpc_result(request_id, await tools.call(name, arguments))
     except pydantic.ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        return rpc_error(request_id, INVALID_PARAMS, f"bad arguments for {name!r}: {problems}")
+        return rpc_error(request_id, INVALID_PARAMS, f"bad arguments for {name!r}: {validation_problems(e)}")

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from envs.errors import ConfigError, TargetNotFoundError
+from envs.errors import ConfigError, TargetNotFoundError, validation_problems
 from envs.tasks import Split
 from orchestrator.buffer_config import BufferConfig
 from orchestrator.pool import PoolConfig
@@ -63,8 +63,7 @@ class ProviderSection(_Section):
         except TargetNotFoundError as e:
             raise ValueError(str(e)) from None
         except ValidationError as e:
-            problems = "; ".join(f"options.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-            raise ValueError(f"provider {self.type!r}: {problems}") from None
+            raise ValueError(f"provider {self.type!r}: {validation_problems(e, 'options.')}") from None
         return self
 
 

@@ -18,7 +18,7 @@ import pydantic
 from pydantic import Field
 
 from envs.base import Action, Environment, Observation, State, tool, tool_methods
-from envs.errors import ExecutionError
+from envs.errors import ExecutionError, validation_problems
 from envs.inventory.tasks import SUITE, InventoryTask
 from envs.inventory.warehouse import InventoryError, Warehouse
 
@@ -97,8 +97,7 @@ class InventoryEnv(Environment[InventoryAction, InventoryObservation, InventoryS
         try:
             value = tools[name](**arguments)
         except pydantic.ValidationError as e:
-            problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-            return f"bad arguments for {name!r}: {problems}", True
+            return f"bad arguments for {name!r}: {validation_problems(e)}", True
         except InventoryError as e:
             # The same text an MCP client sees for a failed tools/call.
             return f"{type(e).__name__}: {e}", True

@@ -61,7 +61,7 @@ def _provider(name: str, options: list[str] | None, **fixed: Any) -> SandboxProv
     """The provider `name` with its options from the command line, checked against its model."""
     from pydantic import ValidationError
 
-    from envs.errors import ConfigError
+    from envs.errors import ConfigError, validation_problems
     from providers.registry import make_provider, options_model
 
     given: dict[str, Any] = {}
@@ -73,8 +73,7 @@ def _provider(name: str, options: list[str] | None, **fixed: Any) -> SandboxProv
     try:
         checked = options_model(name).model_validate({**given, **fixed})
     except ValidationError as e:
-        wrong = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise ConfigError(f"bad option for provider {name!r}: {wrong}") from None
+        raise ConfigError(f"bad option for provider {name!r}: {validation_problems(e)}") from None
     return make_provider(name, **checked.model_dump(exclude_unset=True))
 
 
