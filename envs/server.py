@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import hmac
 import itertools
 import json
@@ -642,8 +641,8 @@ class _Connection(asyncio.Protocol):
             if kind == "close":
                 self.shutdown(ws.CLOSE_NORMAL, "closed by client")
                 return None
-            bounded = functools.partial(self._bounded, session)
-            return await run_message(session.runner, self.server.runtime.name, kind, parsed.get("data", {}), bounded)
+            data = parsed.get("data", {})
+            return await run_message(session.runner, self.server.runtime.name, kind, data, self._bounded)
         except EnvError as e:
             return env_error_frame(e)
         except StepDeadline:
@@ -664,9 +663,11 @@ class _Connection(asyncio.Protocol):
             self.session.timed_out = True
             self._session_task.cancel()
 
-    async def _bounded(self, session: _Session, work: Any) -> Any:
+    async def _bounded(self, work: Any) -> Any:
+        """`work` held to the step deadline of this connection's session (the watchdog cancels it)."""
         limit = self.server.config.step_timeout_s
-        if limit is None:
+        session = self.session
+        if limit is None or session is None:
             return await work
         session.deadline = time.monotonic() + limit
         try:
