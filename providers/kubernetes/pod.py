@@ -35,9 +35,11 @@ agent's container, which the kubelet gives this group too, gains no file by it."
 TOKEN_DIR = "/run/hillclimb-token"
 WARDEN_DIR = "/run/warden"
 WORKDIR = "/work"
+SERVER_CODE = "/opt/hillclimb"
+"""The image's env server and task suites (group 10001 only)."""
 WARDEN_CODE = "/opt/hillclimb-warden"
 """The warden's own modules, readable by every uid (the image copies them there): the agent's
-container cannot read /opt/hillclimb."""
+container cannot read `SERVER_CODE`."""
 SERVER_RESOURCES = {"cpu": "500m", "memory": "512Mi", "ephemeral-storage": "64Mi"}
 """The env server's own share; the sandbox's `Resources` bound the agent's container, where its commands run."""
 _SERVER_TMP = "64Mi"
@@ -87,7 +89,7 @@ def sandbox_pod(
     server = {
         "name": "server",
         "image": image,
-        "command": ["/opt/hillclimb/bin/python", "-P", "-m", "envs", spec.env],
+        "command": [f"{SERVER_CODE}/bin/python", "-P", "-m", "envs", spec.env],
         "args": [
             "--host",
             "0.0.0.0",

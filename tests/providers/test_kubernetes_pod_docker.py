@@ -18,13 +18,14 @@ from typing import Any
 import pytest
 
 from providers.base import SandboxSpec
-from providers.kubernetes.pod import TOKEN_GROUP, pod_name, sandbox_pod
+from providers.kubernetes.pod import SERVER_CODE, TOKEN_DIR, TOKEN_GROUP, WORKDIR, pod_name, sandbox_pod
 
 pytestmark = [pytest.mark.docker, pytest.mark.root]
 
 IMAGE = "hillclimb/sandbox:dev"
 REPO = Path(__file__).resolve().parents[2]
 
+PROBE = f"id -u; cat {SERVER_CODE}/pyvenv.cfg; ls {TOKEN_DIR}; echo hi > {WORKDIR}/mine && cat {WORKDIR}/mine"
 CLIENT = """
 import asyncio, json, sys
 from envs.client import EnvClient
@@ -32,8 +33,7 @@ from envs.client import EnvClient
 async def main():
     async with EnvClient("ws://127.0.0.1:8000/ws", token=sys.argv[1], connect_timeout_s=60) as env:
         prompt = (await env.reset(task_id="create-hello")).observation["prompt"]
-        probe = "id -u; cat /opt/hillclimb/pyvenv.cfg; ls /run/hillclimb-token; echo hi > /work/mine && cat /work/mine"
-        seen = (await env.step({"command": probe})).observation["output"]
+        seen = (await env.step({"command": sys.argv[2]})).observation["output"]
         await env.step({"command": "echo 'hello world' > hello.txt"})
         done = await env.step({"command": "submit"})
     print(json.dumps({"prompt": prompt, "seen": seen, "reward": done.reward}))
@@ -106,14 +106,18 @@ def test_the_pods_containers_serve_a_terminal_episode(pod_on_docker: tuple[Any, 
     server.reload()
     in_pod_network = ["nsenter", "-t", str(server.attrs["State"]["Pid"]), "-n"]
     done = subprocess.run(
-        [*in_pod_network, sys.executable, "-c", CLIENT, token], capture_output=True, text=True, timeout=120, cwd=REPO
+        [*in_pod_network, sys.executable, "-c", CLIENT, token, PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
     logs = server.logs(tail=30).decode(errors="replace")
     assert done.returncode == 0, f"{done.stderr[-1500:]}\nserver log:\n{logs}"
     result = json.loads(done.stdout.splitlines()[-1])
     seen = result["seen"]
     assert seen.splitlines()[0] == "10002", seen  # the agent's commands: the agent container's uid
-    assert "/opt/hillclimb/pyvenv.cfg: Permission denied" in seen  # the server's code and task suites
-    assert "/run/hillclimb-token" in seen and "No such file" in seen  # the token is not in its container
+    assert f"{SERVER_CODE}/pyvenv.cfg: Permission denied" in seen  # the server's code and task suites
+    assert TOKEN_DIR in seen and "No such file" in seen  # the token is not in its container
     assert seen.rstrip().endswith("hi")  # its work dir is its own to write
     assert result["reward"] == 1.0  # the verifier ran (as the agent) and the episode scored
