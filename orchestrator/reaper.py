@@ -1,22 +1,20 @@
 """Destroy sandboxes that outlived their purpose: past their time-to-live, or owned by a
-run that is gone (its driver crashed or was killed). `hillclimb sandbox reap` runs one
-pass; drivers run `reap_forever` in the background for their provider.
+run that is gone (its driver crashed or was killed; see providers.liveness).
+`hillclimb sandbox reap` runs one pass.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 
 from pydantic import BaseModel, Field
 
-from orchestrator.runs import RunState, forget_gone, run_state
+from orchestrator.runs import liveness_for
 from providers.base import Sandbox, SandboxProvider
 from providers.errors import ProviderError
-
-log = logging.getLogger("hillclimb.orchestrator.reaper")
+from providers.liveness import RunLiveness, RunState
 
 
 class ReapReport(BaseModel):
@@ -45,21 +43,23 @@ async def reap(
     *,
     selector: dict[str, str] | None = None,
     dry_run: bool = False,
-    state_of: Callable[[str], RunState] = run_state,
+    liveness: RunLiveness | None = None,
 ) -> ReapReport:
-    """One pass over the provider's sandboxes (optionally only those matching `selector`)."""
+    """One pass over the provider's sandboxes (optionally only those matching `selector`),
+    judging runs by `liveness` (default: where the provider's runs beat)."""
+    liveness = liveness_for(provider) if liveness is None else liveness
     report = ReapReport()
     now = time.time()
     states: dict[str, RunState] = {}
 
     def state_once(run: str) -> RunState:  # one look per run and pass
         if run not in states:
-            states[run] = state_of(run)
+            states[run] = liveness.state(run)
         return states[run]
 
     for sandbox in await provider.list(selector):
         report.examined += 1
-        why = verdict(sandbox, now, state_once)
+        why = await asyncio.to_thread(verdict, sandbox, now, state_once)  # a state may be an API call
         if why is None:
             continue
         (report.expired if why == "expired" else report.orphaned).append(sandbox.id)
@@ -72,17 +72,5 @@ async def reap(
     if not dry_run and not report.failed:
         for run, state in states.items():
             if state is RunState.GONE:
-                forget_gone(run)
+                await asyncio.to_thread(liveness.forget_gone, run)
     return report
-
-
-async def reap_forever(provider: SandboxProvider, interval_s: float = 60.0) -> None:
-    """The driver's background reaper; survives provider errors, stops on cancellation."""
-    while True:
-        try:
-            report = await reap(provider)
-            if report.expired or report.orphaned:
-                log.info("reaped %d expired and %d orphaned sandboxes", len(report.expired), len(report.orphaned))
-        except ProviderError as e:
-            log.warning("reaping failed (will retry): %s", e)
-        await asyncio.sleep(interval_s)

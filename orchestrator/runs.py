@@ -1,13 +1,12 @@
-"""Which runs are alive: every process that holds a run's sandboxes beats a heartbeat.
+"""Which runs are alive, on hosts that share a directory: every process that holds a run's
+sandboxes beats a heartbeat file (the rules: providers.liveness).
 
     <home>/runs/<run id>/<host>.<pid>.<n>.beat     flocked while held, touched every interval
 
 A reaper on the same host asks the kernel: it drops a process's flock when the process
 dies, SIGKILL included, so a beat file nobody holds is a dead process's. A reaper on
 another host (the directory shared between them) cannot see that lock and reads the
-file's age instead. A run is alive while any of its beats is; gone when it has beats
-and none is alive; unknown when it has none here (another machine's, or never started),
-and then only its sandboxes' time-to-live applies.
+file's age instead. A run with no beat here is another machine's, or never started.
 """
 
 from __future__ import annotations
@@ -18,19 +17,14 @@ import os
 import secrets
 import threading
 import time
-from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from providers.base import host_label
+from providers.liveness import RunLiveness, RunState
 
 STALE_AFTER_BEATS = 3
 """A beat from another host older than this many intervals is a dead process's."""
-
-
-class RunState(StrEnum):
-    ALIVE = "alive"
-    GONE = "gone"
-    UNKNOWN = "unknown"
 
 
 def hillclimb_home() -> Path:
@@ -118,3 +112,22 @@ def forget_gone(run_id: str) -> None:
     for path in (runs_dir() / run_id).glob(f"{host_label()}.*.beat"):
         if not _beating(path, time.time()):
             path.unlink(missing_ok=True)
+
+
+class HostRunLiveness:
+    """The beat files as a `RunLiveness`: what local and Docker sandboxes are reaped by."""
+
+    def beat(self, run_id: str) -> Heartbeat:
+        return Heartbeat(run_id).start()
+
+    def state(self, run_id: str) -> RunState:
+        return run_state(run_id)
+
+    def forget_gone(self, run_id: str) -> None:
+        forget_gone(run_id)
+
+
+def liveness_for(provider: Any) -> RunLiveness:
+    """Where `provider`'s runs beat: its own `run_liveness` if it has one, else this host's files."""
+    own: RunLiveness | None = getattr(provider, "run_liveness", None)
+    return own if own is not None else HostRunLiveness()

@@ -26,8 +26,9 @@ from orchestrator.pool import PoolConfig, SandboxPool
 from orchestrator.ratelimit import RateLimiter, TokenBucket
 from orchestrator.render import PlainTextRenderer, Renderer
 from orchestrator.rollout import EpisodeRunner
-from orchestrator.runs import Heartbeat
+from orchestrator.runs import liveness_for
 from orchestrator.schedule import GroupSpec
+from providers.liveness import Beat
 from trainers.policy.base import GenerateRequest, Generation, Policy, SamplingParams
 from trainers.policy.batching import MicroBatcher
 from trainers.tokenizer import Tokenizer
@@ -156,7 +157,7 @@ class RolloutWorker:
         self._runner: EpisodeRunner | None = None
         self._pool: SandboxPool | None = None
         self._provider: Any = None
-        self._heartbeat: Heartbeat | None = None
+        self._beat: Beat | None = None
         self._start_lock = asyncio.Lock()
         self._running: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -186,10 +187,10 @@ class RolloutWorker:
             resources=Resources(**cfg.provider.resources),
             max_sessions=cfg.pool.sessions_per_sandbox if shared else 1,
         )
-        # Beats while this process holds the run's sandboxes: after a crash, `hillclimb sandbox
-        # reap` sees the run gone and removes what it left (see orchestrator.runs).
-        self._heartbeat = Heartbeat(cfg.run.name).start()
         self._provider = make_provider(cfg.provider.type, **cfg.provider.options)
+        # Beats while this process holds the run's sandboxes: after a crash, `hillclimb sandbox
+        # reap` sees the run gone and removes what it left (see providers.liveness).
+        self._beat = await asyncio.to_thread(liveness_for(self._provider).beat, cfg.run.name)
         self._pool = SandboxPool(
             self._provider, spec, self._worker_pool_config(), shared=shared, rate_limiter=self._limiter
         )
@@ -252,10 +253,10 @@ class RolloutWorker:
         await asyncio.gather(*running, return_exceptions=True)
         if self._pool is not None:
             await self._pool.close()
+        if self._beat is not None:  # before the provider closes: a Lease is deleted through it
+            await asyncio.to_thread(self._beat.stop)
         if self._provider is not None:
             await self._provider.close()
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
         if self._lag_monitor is not None:
             self._lag_monitor.cancel()
 

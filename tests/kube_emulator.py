@@ -12,6 +12,9 @@ from typing import Any
 import kmock
 from kmock._internal.apps import Server
 
+RESOURCES = ("v1/pods", "v1/secrets", "networking.k8s.io/v1/networkpolicies", "coordination.k8s.io/v1/leases")
+"""What the provider makes; the emulator answers 404 for any other."""
+
 
 class ClusterEmulator(kmock.KubernetesEmulator):
     """Assigns `metadata.uid` and `creationTimestamp` on create, as the API server does (owner
@@ -39,6 +42,6 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 @asynccontextmanager
 async def cluster() -> AsyncIterator[ClusterEmulator]:
     async with ClusterEmulator() as emulator, Server(emulator):
-        for resource in ("v1/pods", "v1/secrets", "networking.k8s.io/v1/networkpolicies"):
+        for resource in RESOURCES:
             emulator.resources[resource] = {}
         yield emulator

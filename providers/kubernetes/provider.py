@@ -4,6 +4,7 @@
            ─► Pod (providers.kubernetes.pod) ─► its token Secret, owned by the pod
            ─► its allow-list NetworkPolicy, if the spec has one, owned by the pod
     endpoint: ws://<pod>.<service>.<namespace>.svc:8000/ws   (the chart's headless Service)
+    run_liveness: a Lease per process holding a run's sandboxes (providers.kubernetes.leases)
 
 Blocking client calls run in threads. The endpoint is a DNS name known before the pod is
 scheduled: the pod sets `hostname` and `subdomain`, and the chart's headless Service
@@ -33,6 +34,7 @@ from providers.errors import (
 )
 from providers.kubernetes.chart_values import SandboxValues
 from providers.kubernetes.egress import SANDBOX_NAME, SANDBOX_ROLE, SERVER_PORT, allow_list, egress_findings
+from providers.kubernetes.leases import LeaseLiveness
 from providers.kubernetes.pod import pod_name, sandbox_pod, token_secret
 from providers.readiness import READY_TIMEOUT_S, wait_healthy
 
@@ -81,6 +83,8 @@ class KubernetesProvider:
         self._key_locks = KeyLocks()
         self._policy_checked_at = -_POLICY_RECHECK_S
         self._policy_lock = threading.Lock()
+        self.run_liveness = LeaseLiveness(self._api, namespace, self._translate)
+        """Where this provider's runs beat and its reapers look: Leases beside the sandboxes."""
 
     # -- the contract -------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from orchestrator.reaper import reap
 from providers.base import EgressPolicy, SandboxSpec
 from providers.kubernetes.chart_values import values_schema
 from providers.kubernetes.egress import default_deny, egress_findings
@@ -121,10 +122,14 @@ async def test_rbac_grants_exactly_what_the_provider_uses(docs: list[dict[str, A
             spec = SandboxSpec(
                 egress=allow, idempotency_key="run/task/0"
             )  # every call it makes: a keyed create reads first
+            beat = await asyncio.to_thread(provider.run_liveness.beat, "run")
             sandbox = await provider.create(spec)
             await provider.list()
             await provider.log_tail(sandbox.id)
+            await asyncio.to_thread(beat.renew)
+            await reap(provider)  # reads the run's liveness
             await provider.destroy(sandbox.id)
+            await asyncio.to_thread(beat.stop)
         finally:
             await provider.close()
         used = {_used(request) for request in list(api)[before:] if request.resource is not None}
