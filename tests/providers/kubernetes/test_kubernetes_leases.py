@@ -10,11 +10,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import kmock
-import kubernetes_validate
 import pytest
 
 from orchestrator.runs import HostRunLiveness, liveness_for
@@ -23,24 +21,9 @@ from providers.errors import FatalProviderError
 from providers.kubernetes.leases import RUN_LEASE, LeaseLiveness
 from providers.kubernetes.provider import KubernetesProvider
 from providers.liveness import RunState
-from tests.kube_emulator import ClusterEmulator, cluster
-from tests.providers.test_kubernetes_provider import KUBERNETES_VERSION, NAMESPACE, _cli, _install_default_deny
+from tests.providers.kubernetes.emulator import NAMESPACE, ClusterEmulator, sandbox_cli, validate
 
 LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[ClusterEmulator]:
-    async with cluster() as emulator:
-        yield emulator
-
-
-@pytest.fixture
-async def provider(api: ClusterEmulator) -> AsyncIterator[KubernetesProvider]:
-    made = KubernetesProvider(namespace=NAMESPACE, api_url=str(api.url).rstrip("/"))
-    await _install_default_deny(made)
-    yield made
-    await made.close()
 
 
 def _leases(api: ClusterEmulator) -> dict[str, dict[str, Any]]:
@@ -56,8 +39,7 @@ async def test_a_beat_is_a_valid_lease_of_its_run_deleted_on_stop(provider: Kube
     assert await asyncio.to_thread(liveness.state, "r1") is RunState.UNKNOWN
     beat = await asyncio.to_thread(liveness.beat, "r1")
     (lease,) = _leases(api).values()
-    stripped = {**lease, "metadata": {k: v for k, v in lease["metadata"].items() if k != "creationTimestamp"}}
-    kubernetes_validate.validate(stripped, KUBERNETES_VERSION, strict=True)
+    validate(lease)
     assert lease["metadata"]["labels"] == {LABEL_RUN: "r1", "hillclimb.dev/role": RUN_LEASE}
     assert lease["spec"]["holderIdentity"].endswith(f".{os.getpid()}")
     assert lease["spec"]["leaseDurationSeconds"] == 30  # three renewals of 10 s
@@ -131,7 +113,9 @@ async def test_one_reap_removes_a_sigkilled_holders_sandboxes_and_nothing_else(p
         holder.send_signal(signal.SIGKILL)
         await holder.wait()
         await asyncio.sleep(1.2)  # past the holder's lease duration (ceil(3 × 0.2 s) = 1 s)
-        code, out = await _cli("reap", "-p", "kubernetes", "-o", f"api_url={url}", "-o", f"namespace={NAMESPACE}")
+        code, out = await sandbox_cli(
+            "reap", "-p", "kubernetes", "-o", f"api_url={url}", "-o", f"namespace={NAMESPACE}"
+        )
         assert code == 0, out
         assert all(f"destroyed {s.id} (its run is gone)" in out for s in dead), out
         assert {s.id for s in await provider.list()} == {live.id, unknown.id}

@@ -4,22 +4,15 @@ listing by selector, the egress check, and the API's errors as the contract's.""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import os
-import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import kmock
-import kubernetes_validate
 import pytest
 
 from providers.base import EgressPolicy, SandboxSpec
 from providers.errors import BadSpecError, FatalProviderError, RetryableProviderError, UnsupportedPolicy
-from providers.kubernetes.egress import default_deny
 from providers.kubernetes.provider import KubernetesProvider
-from tests.kube_emulator import ClusterEmulator, cluster
 from tests.providers.conformance import (
     check_a_cancelled_create_leaks_nothing,
     check_destroy_twice,
@@ -27,28 +20,7 @@ from tests.providers.conformance import (
     check_labels_and_ttl,
     check_list_by_selector,
 )
-
-NAMESPACE = "sandboxes"
-KUBERNETES_VERSION = "1.33.0"
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[ClusterEmulator]:
-    async with cluster() as emulator:
-        yield emulator
-
-
-@pytest.fixture
-async def provider(api: ClusterEmulator) -> AsyncIterator[KubernetesProvider]:
-    made = KubernetesProvider(namespace=NAMESPACE, api_url=str(api.url).rstrip("/"))
-    await _install_default_deny(made)
-    yield made
-    await made.close()
-
-
-async def _install_default_deny(provider: KubernetesProvider) -> None:
-    create = provider._networking.create_namespaced_network_policy
-    await asyncio.to_thread(create, NAMESPACE, default_deny(NAMESPACE))
+from tests.providers.kubernetes.emulator import NAMESPACE, ClusterEmulator, sandbox_cli, validate
 
 
 def _stored(api: ClusterEmulator, plural: str, name: str) -> dict[str, Any] | None:
@@ -66,8 +38,7 @@ async def test_a_sandbox_is_a_valid_pod_and_secret_owned_by_it(provider: Kuberne
     secret = _stored(api, "secrets", f"{sandbox.id}-token")
     assert pod is not None and secret is not None
     for manifest in (pod, secret):
-        stripped = {**manifest, "metadata": {k: v for k, v in manifest["metadata"].items() if k != "creationTimestamp"}}
-        kubernetes_validate.validate(stripped, KUBERNETES_VERSION, strict=True)
+        validate(manifest)
     assert secret["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"]
     assert base64.b64decode(secret["data"]["token"]).decode() == sandbox.secret()
     assert pod["spec"]["hostname"] == sandbox.id and pod["spec"]["subdomain"] == "hillclimb-sandboxes"
@@ -143,31 +114,21 @@ async def test_api_errors_become_the_contracts(
         assert raised.value.delay_s == 7.0
 
 
-async def _cli(*args: str) -> tuple[int, str]:
-    """`hillclimb sandbox ...` in a child process (the emulated API server keeps serving meanwhile)."""
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "orchestrator", "sandbox", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
-    out, _ = await child.communicate()
-    return child.returncode or 0, out.decode()
-
-
 async def test_the_sandbox_commands_reach_the_cluster_with_provider_options(provider: KubernetesProvider, api) -> None:
     sandbox = await provider.create(SandboxSpec(run_id="cli-run"))
     options = ["-p", "kubernetes", "-o", f"api_url={str(api.url).rstrip('/')}", "-o", f"namespace={NAMESPACE}"]
-    code, out = await _cli("ls", *options)
+    code, out = await sandbox_cli("ls", *options)
     assert code == 0 and sandbox.id in out and "cli-run" in out and "1 sandbox(es) on kubernetes" in out
     assert "websocket" in out  # the transport column
-    code, out = await _cli("rm", sandbox.id, *options)
+    code, out = await sandbox_cli("rm", sandbox.id, *options)
     assert code == 0 and f"destroyed {sandbox.id}" in out
     assert await provider.list() == []
 
 
 async def test_the_sandbox_commands_name_a_bad_option_or_missing_credentials() -> None:
-    code, out = await _cli("ls", "-p", "kubernetes", "-o", "namspace=agents")
+    code, out = await sandbox_cli("ls", "-p", "kubernetes", "-o", "namspace=agents")
     assert code == 2 and "bad option for provider 'kubernetes': namspace: Extra inputs are not permitted" in out
-    code, out = await _cli("ls", "-p", "kubernetes", "-o", "kubeconfig=/nonexistent/config")
+    code, out = await sandbox_cli("ls", "-p", "kubernetes", "-o", "kubeconfig=/nonexistent/config")
     assert code == 2 and "no Kubernetes credentials" in out
 
 

@@ -1,16 +1,25 @@
 """A Kubernetes API server for tests: kmock's emulator (real HTTP, objects kept in memory, the
-real `kubernetes` client talking to it), plus what a real API server fills in on create."""
+real `kubernetes` client talking to it), plus what a real API server fills in on create; the
+Kubernetes version every manifest is validated against; the sandbox commands run against it."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import kmock
+import kubernetes_validate
 from kmock._internal.apps import Server
+
+KUBERNETES_VERSION = "1.33.0"
+"""Every manifest is validated (strictly: no unknown field) against this version's schemas."""
+NAMESPACE = "sandboxes"
 
 RESOURCES = ("v1/pods", "v1/secrets", "networking.k8s.io/v1/networkpolicies", "coordination.k8s.io/v1/leases")
 """What the provider makes; the emulator answers 404 for any other."""
@@ -45,3 +54,19 @@ async def cluster() -> AsyncIterator[ClusterEmulator]:
         for resource in RESOURCES:
             emulator.resources[resource] = {}
         yield emulator
+
+
+def validate(manifest: dict[str, Any]) -> None:
+    """`manifest` as stored: what the API server added on create is not the client's to send."""
+    metadata = {k: v for k, v in manifest.get("metadata", {}).items() if k != "creationTimestamp"}
+    kubernetes_validate.validate({**manifest, "metadata": metadata}, KUBERNETES_VERSION, strict=True)
+
+
+async def sandbox_cli(*args: str) -> tuple[int, str]:
+    """`hillclimb sandbox ...` in a child process (the emulated API server keeps serving meanwhile)."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator", "sandbox", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    out, _ = await child.communicate()
+    return child.returncode or 0, out.decode()

@@ -7,18 +7,16 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import kubernetes_validate
 import pytest
 
 from providers.base import EgressPolicy, SandboxSpec
 from providers.errors import UnsupportedPolicy
 from providers.kubernetes.egress import SANDBOX_ROLE, allow_list, default_deny, egress_findings
-
-KUBERNETES_VERSION = "1.33.0"
+from tests.providers.kubernetes.emulator import validate
 
 
 def valid(manifest: dict[str, Any]) -> dict[str, Any]:
-    kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+    validate(manifest)
     return manifest
 
 

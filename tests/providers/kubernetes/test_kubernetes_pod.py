@@ -8,14 +8,13 @@ import base64
 import json
 from typing import Any
 
-import kubernetes_validate
 import pytest
 
 from providers.base import Resources, SandboxSpec
 from providers.errors import BadSpecError
 from providers.kubernetes.pod import AGENT_UID, SERVER_UID, pod_name, sandbox_pod, token_secret
+from tests.providers.kubernetes.emulator import validate
 
-KUBERNETES_VERSION = "1.33.0"
 RESTRICTED_VOLUMES = {
     "configMap",
     "csi",
@@ -34,7 +33,7 @@ def _pod(spec: SandboxSpec | None = None, **options: Any) -> dict[str, Any]:
     pod = sandbox_pod(
         spec, pod_name(spec), namespace="sandboxes", image="hillclimb/sandbox:dev", labels=labels, **options
     )
-    kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+    validate(pod)
     return pod
 
 
@@ -130,7 +129,7 @@ def test_the_token_is_in_the_secret_only() -> None:
     token = "s3cret-token-value"
     pod = _pod()
     secret = token_secret(pod["metadata"]["name"], token, namespace="sandboxes", labels={}, pod_uid="u-1")
-    kubernetes_validate.validate(secret, KUBERNETES_VERSION, strict=True)
+    validate(secret)
     assert token not in json.dumps(pod) and token not in json.dumps(secret["metadata"])
     assert base64.b64decode(secret["data"]["token"]).decode() == token
     assert secret["metadata"]["ownerReferences"] == [

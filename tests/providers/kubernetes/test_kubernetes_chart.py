@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
-import kubernetes_validate
 import pytest
 import yaml
 
@@ -20,10 +19,9 @@ from providers.base import EgressPolicy, SandboxSpec
 from providers.kubernetes.chart_values import values_schema
 from providers.kubernetes.egress import default_deny, egress_findings
 from providers.kubernetes.provider import SERVICE, KubernetesProvider
-from tests.kube_emulator import cluster
+from tests.providers.kubernetes.emulator import cluster, validate
 
-CHART = Path(__file__).resolve().parents[2] / "helm" / "hillclimb"
-KUBERNETES_VERSION = "1.33.0"
+CHART = Path(__file__).resolve().parents[3] / "helm" / "hillclimb"
 RELEASE_NAMESPACE = "hillclimb"
 
 
@@ -53,7 +51,7 @@ def test_every_document_is_a_valid_kubernetes_object(values_file: Path | None) -
     docs = render(yaml.safe_load(values_file.read_text()) if values_file else None)
     assert {d["kind"] for d in docs} == KINDS
     for doc in docs:
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        validate(doc)
     assert _one(docs, "NetworkPolicy") == default_deny(_one(docs, "Namespace")["metadata"]["name"])
 
 

@@ -23,7 +23,7 @@ from providers.kubernetes.pod import SERVER_CODE, TOKEN_DIR, TOKEN_GROUP, WORKDI
 pytestmark = [pytest.mark.docker, pytest.mark.root]
 
 IMAGE = "hillclimb/sandbox:dev"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 PROBE = f"id -u; cat {SERVER_CODE}/pyvenv.cfg; ls {TOKEN_DIR}; echo hi > {WORKDIR}/mine && cat {WORKDIR}/mine"
 CLIENT = """
