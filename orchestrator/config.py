@@ -36,8 +36,11 @@ class RunSection(_Section):
     resume: bool = True
     """Continue the run in `<dir>/<name>` if it exists (its ledger and checkpoints), instead of failing."""
     metrics_port: int | None = Field(default=0, ge=0)
-    """Prometheus /metrics of the whole run (driver and every Ray actor's figures), on 127.0.0.1:
-    0 picks a free port, None serves none."""
+    """Prometheus /metrics of the whole run (driver and every Ray actor's figures): 0 picks a free
+    port, None serves none."""
+    metrics_host: str = "127.0.0.1"
+    """The address /metrics listens on: this machine only by default; 0.0.0.0 in a pod that
+    Prometheus scrapes (the chart sets it)."""
 
 
 class EnvSection(_Section):
@@ -81,6 +84,9 @@ class RaySection(_Section):
     """Cluster to join (also $RAY_ADDRESS); None starts a local Ray."""
     num_workers: int = Field(default=2, ge=1)
     """RolloutWorker actors."""
+    worker_resources: dict[str, float] = Field(default_factory=dict)
+    """Ray custom resources each RolloutWorker asks for, to land only on nodes that offer them: on
+    the chart's cluster `{rollout_worker: 1}`, the pods allowed to reach sandboxes."""
 
 
 class EvalSection(_Section):

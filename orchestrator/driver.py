@@ -77,7 +77,8 @@ class RolloutDriver:
     def _new_worker(self, index: int) -> Any:
         import ray
 
-        actor = ray.remote(num_cpus=0, max_concurrency=4096, max_restarts=0)(RolloutWorker)
+        resources = self.config.ray.worker_resources
+        actor = ray.remote(num_cpus=0, resources=resources, max_concurrency=4096, max_restarts=0)(RolloutWorker)
         worker = actor.remote(
             self.config,
             worker_index=index,

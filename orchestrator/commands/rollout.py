@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from orchestrator.console import console, reports_errors
+
+if TYPE_CHECKING:
+    from orchestrator.config import RunSection
 
 ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).", exists=True, dir_okay=False)]
 SetOption = Annotated[
@@ -37,12 +40,12 @@ def resolved_config(config: Path, set_: list[str] | None, address: str | None, m
     return load_config(config, overrides)
 
 
-def serve_run_metrics(port: int | None) -> None:
+def serve_run_metrics(run: RunSection) -> None:
     """Start the run's /metrics (unless `run.metrics_port` is null) and say where it is."""
-    if port is not None:
+    if run.metrics_port is not None:
         from orchestrator.metrics_hub import serve_metrics
 
-        console.print(f"metrics: {serve_metrics(port)}")
+        console.print(f"metrics: {serve_metrics(run.metrics_port, run.metrics_host)}")
 
 
 @reports_errors
@@ -64,7 +67,7 @@ def rollout(
         console.print_json(json.dumps(cfg.model_dump(mode="json")))
         return
     run_dir = prepare_run_dir(cfg)
-    serve_run_metrics(cfg.run.metrics_port)
+    serve_run_metrics(cfg.run)
     total = len(eval_groups(cfg)) * cfg.rollout.group_size
     columns = (
         TextColumn("[bold]rollout"),

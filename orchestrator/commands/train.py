@@ -48,7 +48,7 @@ def train(
         _ablate(cfg, ablation)
         return
     run_dir = prepare_run_dir(cfg)
-    serve_run_metrics(cfg.run.metrics_port)
+    serve_run_metrics(cfg.run)
     console.print(f"run: {run_dir}")
     columns = (
         TextColumn("[bold]{task.description}"),

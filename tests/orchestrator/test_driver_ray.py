@@ -92,3 +92,20 @@ async def test_stopping_a_run_cancels_its_groups_on_the_workers(ray_local: None,
                 await asyncio.sleep(0.05)
     finally:
         await driver.close()
+
+
+async def test_workers_ask_ray_for_the_configured_resources(ray_local: None, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """On the chart's cluster, `{rollout_worker: 1}` keeps workers on the pods sandboxes admit;
+    here the head node's own resource stands in for it."""
+    import ray
+
+    config = _config(tmp_path, **{"ray.num_workers": 1, "ray.worker_resources": "{'node:__internal_head__': 0.01}"})
+    driver = RolloutDriver(config)
+    await driver.start()
+    try:
+        assigned = await driver.workers[0].__ray_call__.remote(
+            lambda _: ray.get_runtime_context().get_assigned_resources()
+        )
+    finally:
+        await driver.close()
+    assert assigned == {"node:__internal_head__": 0.01}

@@ -84,3 +84,13 @@ def test_hillclimb_rollout_serves_its_workers_metrics(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     during = [lease_counts(samples).get("worker-0", 0) for samples in run.scrapes]
     assert max(during, default=0) > 0, f"{len(run.scrapes)} scrapes, none with a worker's leases"
+
+
+def test_the_run_serves_metrics_on_its_configured_address(capsys: pytest.CaptureFixture[str]) -> None:
+    """run.metrics_host: 127.0.0.1 by default; a pod sets 0.0.0.0 to be scraped (here another loopback address)."""
+    from orchestrator.commands.rollout import serve_run_metrics
+
+    serve_run_metrics(load_config(None, ["run.metrics_host=127.0.0.2", "run.metrics_port=0"]).run)
+    url = capsys.readouterr().out.split("metrics: ", 1)[1].split()[0]
+    assert url.startswith("http://127.0.0.2:")
+    assert scrape(url)  # served there

@@ -1,12 +1,16 @@
 """The Helm chart, rendered by Helm's own engine (helm-python-sdk: Helm's Go library, no binary):
 every document a valid Kubernetes object, the sandbox namespace restricted and egress-denied by
 the very policy the provider checks for, RBAC exactly what the provider calls (measured against
-the emulated API server), and values held to a schema generated from the pydantic models."""
+the emulated API server), rollout workers placed only where sandboxes admit them, the run config
+a job runs one `hillclimb train` accepts, and values held to a schema generated from the
+pydantic models."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +18,22 @@ import helm_python as helm
 import pytest
 import yaml
 
+from orchestrator.chart_values import ChartValues, values_schema
+from orchestrator.config import load_config
 from orchestrator.reaper import reap
 from providers.base import EgressPolicy, SandboxSpec
-from providers.kubernetes.chart_values import values_schema
-from providers.kubernetes.egress import default_deny, egress_findings
+from providers.kubernetes.chart_values import ChartSection
+from providers.kubernetes.egress import SANDBOX_ROLE, default_deny, egress_findings
 from providers.kubernetes.provider import SERVICE, KubernetesProvider
+from tests.providers.kubernetes.custom_resources import CUSTOM_KINDS, ray_groups, validate_custom
 from tests.providers.kubernetes.emulator import cluster, validate
 
 CHART = Path(__file__).resolve().parents[3] / "helm" / "hillclimb"
 RELEASE_NAMESPACE = "hillclimb"
+
+
+IMAGE = {"image": {"repository": "registry.example/hillclimb-ray"}}
+"""The one value without a default (unless ray.mode is none)."""
 
 
 def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -36,23 +47,44 @@ def _one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found
 
 
+def _service(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    (found,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == name]
+    return found
+
+
 @pytest.fixture(scope="module")
 def docs() -> list[dict[str, Any]]:
-    return render()
+    return render(IMAGE)
 
 
 VALUES_FILES = sorted((CHART / "ci").glob("*.yaml"))
-KINDS = {"Namespace", "NetworkPolicy", "Service", "ServiceAccount", "Role", "RoleBinding"}
+SANDBOX_SIDE = {"Namespace", "NetworkPolicy", "Service", "ServiceAccount", "Role", "RoleBinding"}
+KINDS = {
+    "cluster": SANDBOX_SIDE | {"RayCluster", "CronJob"},
+    "job": SANDBOX_SIDE | {"RayJob", "ConfigMap", "CronJob"},
+    "none": SANDBOX_SIDE,
+}
 
 
 @pytest.mark.parametrize("values_file", [None, *VALUES_FILES], ids=lambda p: p.name if p else "defaults")
 def test_every_document_is_a_valid_kubernetes_object(values_file: Path | None) -> None:
-    """For the default values and every values file under helm/hillclimb/ci/."""
-    docs = render(yaml.safe_load(values_file.read_text()) if values_file else None)
-    assert {d["kind"] for d in docs} == KINDS
+    """For the default values (and an image) and every values file under helm/hillclimb/ci/."""
+    values = yaml.safe_load(values_file.read_text()) if values_file else IMAGE
+    docs = render(values)
+    wanted = KINDS[values.get("ray", {}).get("mode", "cluster")]
+    if values.get("metrics", {}).get("serviceMonitor") == "always":
+        wanted = wanted | {"ServiceMonitor"}
+    assert {d["kind"] for d in docs} == wanted
     for doc in docs:
-        validate(doc)
-    assert _one(docs, "NetworkPolicy") == default_deny(_one(docs, "Namespace")["metadata"]["name"])
+        validate_custom(doc) if (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS else validate(doc)
+    namespace = next(d for d in docs if d["kind"] == "Namespace")["metadata"]["name"]
+    assert _one(docs, "NetworkPolicy") == default_deny(namespace)
+
+
+def test_without_an_image_the_install_says_what_to_set() -> None:
+    with pytest.raises(helm.HelmRenderError, match="image.repository: name an image with Ray and hillclimb"):
+        render()
+    assert {d["kind"] for d in render({"ray": {"mode": "none"}})} == SANDBOX_SIDE
 
 
 def test_the_sandbox_namespace_is_restricted_and_denies_egress_as_the_provider_checks(docs) -> None:
@@ -61,12 +93,14 @@ def test_the_sandbox_namespace_is_restricted_and_denies_egress_as_the_provider_c
     policy = _one(docs, "NetworkPolicy")
     assert policy == default_deny(namespace["metadata"]["name"])  # one policy, two places
     assert egress_findings([policy]) == []
-    service = _one(docs, "Service")
-    assert (service["metadata"]["name"], service["spec"]["clusterIP"]) == (SERVICE, "None")
+    service = _service(docs, SERVICE)
+    assert service["metadata"]["namespace"] == namespace["metadata"]["name"] and service["spec"]["clusterIP"] == "None"
 
 
 def test_values_move_everything_to_the_named_namespace() -> None:
-    docs = render({"sandboxes": {"namespace": "agents"}, "serviceAccount": {"name": "rollouts"}})
+    docs = render(
+        {"sandboxes": {"namespace": "agents"}, "serviceAccount": {"name": "rollouts"}, "ray": {"mode": "none"}}
+    )
     sandbox_side = [d for d in docs if d["kind"] in ("NetworkPolicy", "Service", "Role", "RoleBinding")]
     assert {d["metadata"]["namespace"] for d in sandbox_side} == {"agents"}
     assert _one(docs, "RoleBinding")["subjects"] == [
@@ -79,18 +113,146 @@ def test_values_move_everything_to_the_named_namespace() -> None:
     [
         ({"sandboxes": {"namespace": "Not_A_Label"}}, "/sandboxes/namespace"),
         ({"sandbox": {"namespace": "x"}}, "additional properties 'sandbox' not allowed"),
+        ({"ray": {"learners": {"memory": "lots"}}}, "/ray/learners/memory"),
+        ({"job": {"config": {"rollout": {"group_size": 0}}}}, "/job/config/rollout/group_size"),  # hillclimb's own
+        ({"job": {"config": {"rollout": {"group_sise": 2}}}}, "additional properties 'group_sise' not allowed"),
     ],
 )
 def test_a_bad_value_is_rejected_by_the_schema(values: dict[str, Any], words: str) -> None:
     with pytest.raises(helm.HelmValuesError, match=words):
-        render(values)
+        render({**IMAGE, **values})
 
 
-def test_the_schema_file_is_the_models(tmp_path: Path) -> None:
+def test_the_schema_file_is_the_models() -> None:
     on_disk = json.loads((CHART / "values.schema.json").read_text())
     assert on_disk == values_schema(), (
-        "regenerate: python -m providers.kubernetes.chart_values > helm/hillclimb/values.schema.json"
+        "regenerate: python -m orchestrator.chart_values > helm/hillclimb/values.schema.json"
     )
+
+
+def _leaves(model: type[Any], prefix: str = "") -> dict[str, Any]:
+    """Every value's dotted name and default, as values.yaml spells them (a run config is one)."""
+    leaves: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, ChartSection):
+            leaves |= _leaves(sub, key + ".")
+        else:
+            leaves[key] = field.get_default(call_default_factory=False)
+    return leaves
+
+
+def test_values_yaml_and_the_values_table_list_every_value_with_its_default() -> None:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    table = (CHART.parent / "README.md").read_text()
+    for key, default in _leaves(ChartValues).items():
+        node = defaults
+        for part in key.split("."):
+            node = node[part]
+        if key != "job.config":
+            assert node == default, f"values.yaml has {key}: {node!r}, the models {default!r}"
+        assert re.search(rf"^\| `{re.escape(key)}` \|", table, re.M), f"helm/README.md's table lacks {key}"
+
+
+def _pod(group: dict[str, Any]) -> dict[str, Any]:
+    return group["template"]["spec"]
+
+
+def _offered(group: dict[str, Any]) -> dict[str, float]:
+    """The custom resources a Ray group offers, read as `ray start --resources` gets them (a shell word)."""
+    raw = group["rayStartParams"].get("resources")
+    return json.loads(shlex.split(raw)[0]) if raw else {}
+
+
+def _run_config(docs: list[dict[str, Any]], tmp_path: Path) -> Any:
+    (path := tmp_path / "run.yaml").write_text(_one(docs, "ConfigMap")["data"]["run.yaml"])
+    return load_config(path)
+
+
+@pytest.mark.parametrize("values_file", ["ray-job.yaml", "other-names.yaml"])
+def test_rollout_workers_land_only_where_sandboxes_admit_them(values_file: str, tmp_path: Path) -> None:
+    """The run's workers ask Ray for a resource only the rollout-worker group offers, and that
+    group's pods alone carry the label the sandboxes' policy admits and the bound account."""
+    values = yaml.safe_load((CHART / "ci" / values_file).read_text())
+    docs = render({**values, "ray": {**values.get("ray", {}), "mode": "job"}})
+    wanted = _run_config(docs, tmp_path).ray.worker_resources
+    groups = ray_groups(_one(docs, "RayJob"))
+    admitted = _one(docs, "NetworkPolicy")["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    (subject,) = _one(docs, "RoleBinding")["subjects"]
+    hosts = [name for name, group in groups.items() if set(wanted) <= set(_offered(group))]
+    assert hosts == ["rollout-workers"]
+    for name, group in groups.items():
+        labels, pod = group["template"]["metadata"]["labels"], _pod(group)
+        reaches_sandboxes = admitted.items() <= labels.items()
+        assert reaches_sandboxes == (name == "rollout-workers"), name
+        assert (pod.get("serviceAccountName") == subject["name"]) == (name == "rollout-workers"), name
+        if name != "rollout-workers":
+            assert pod["automountServiceAccountToken"] is False, name
+
+
+def test_a_job_runs_the_config_map_as_a_run_config_of_the_charts_cluster(tmp_path: Path) -> None:
+    values = yaml.safe_load((CHART / "ci" / "ray-job.yaml").read_text())
+    docs = render(values)
+    config = _run_config(docs, tmp_path)
+    assert config.rollout.group_size == 2 and config.ray.num_workers == 4  # the user's, kept
+    assert (config.provider.type, config.provider.options) == (
+        "kubernetes",
+        {"namespace": "hillclimb-sandboxes", "image": values["sandboxes"]["image"]},
+    )
+    job, head = _one(docs, "RayJob"), ray_groups(_one(docs, "RayJob"))["head"]
+    container = _pod(head)["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert job["spec"]["entrypoint"] == f"python -m orchestrator train {mounts['run-config']}/run.yaml"
+    assert mounts["runs"] == str(config.run.dir)
+    volumes = {v["name"]: v for v in _pod(head)["volumes"]}
+    assert volumes["runs"]["persistentVolumeClaim"]["claimName"] == values["job"]["runsClaim"]
+    assert volumes["run-config"]["configMap"]["name"] == _one(docs, "ConfigMap")["metadata"]["name"]
+    assert "learners" not in ray_groups(job)  # learners.replicas: 0
+    # /metrics: the driver listens on the pod's address, at the port the head exposes and the Service targets
+    service = _service(docs, "hc-run-metrics")
+    assert config.run.metrics_host == "0.0.0.0"
+    assert {"name": "run-metrics", "containerPort": config.run.metrics_port} in container["ports"]
+    assert service["spec"]["ports"][0]["targetPort"] == "run-metrics"
+    assert service["spec"]["selector"].items() <= head["template"]["metadata"]["labels"].items()
+    assert service["metadata"]["annotations"]["prometheus.io/port"] == str(config.run.metrics_port)
+
+
+def test_learners_ask_for_gpus_and_tolerate_gpu_nodes(docs: list[dict[str, Any]]) -> None:
+    values = yaml.safe_load((CHART / "ci" / "other-names.yaml").read_text())
+    learners = ray_groups(_one(render(values), "RayCluster"))["learners"]
+    assert learners["replicas"] == learners["minReplicas"] == learners["maxReplicas"] == 2
+    limits = _pod(learners)["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == 8
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in _pod(learners)["tolerations"]
+    rollout = ray_groups(_one(docs, "RayCluster"))["rollout-workers"]
+    assert "nvidia.com/gpu" not in _pod(rollout)["containers"][0]["resources"]["limits"]
+
+
+@pytest.mark.parametrize(("setting", "made"), [("always", True), ("never", False), ("auto", False)])
+def test_a_service_monitor_scrapes_the_run_metrics_service(setting: str, made: bool) -> None:
+    """auto: none here, where the Prometheus Operator's CRD is not installed."""
+    docs = render({**IMAGE, "metrics": {"serviceMonitor": setting}})
+    monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    assert len(monitors) == made
+    if made:
+        service = _service(docs, "hc-run-metrics")
+        assert monitors[0]["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        assert monitors[0]["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+
+
+def test_the_reaper_reaps_the_sandbox_namespace_as_the_rollout_workers_account(docs) -> None:
+    cron = _one(docs, "CronJob")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (subject,) = _one(docs, "RoleBinding")["subjects"]
+    assert pod["serviceAccountName"] == subject["name"]
+    command = pod["containers"][0]["command"]
+    assert command[:5] == ["python", "-m", "orchestrator", "sandbox", "reap"]
+    assert command[5:] == ["--provider", "kubernetes", "-o", f"namespace={_one(docs, 'Namespace')['metadata']['name']}"]
+    assert SANDBOX_ROLE not in cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"] or (
+        cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"][SANDBOX_ROLE] == "reaper"
+    )  # not a rollout worker: the sandboxes do not admit it
+    assert render({**IMAGE, "reaper": {"schedule": ""}}) == [d for d in docs if d["kind"] != "CronJob"]
 
 
 def _granted(role: dict[str, Any]) -> set[tuple[str, str]]:
