@@ -57,7 +57,7 @@ test-latest: images
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet --upgrade pip
 	$(LATEST)/bin/pip install --quiet "$(TORCH_PIN)"
-	$(LATEST)/bin/pip install --quiet --upgrade -e ".[train,docker,k8s,dev]"
+	$(LATEST)/bin/pip install --quiet --upgrade -e ".[train,docker,k8s,aca,dev]"
 	$(LATEST)/bin/pip list --format=freeze > $(LATEST)/versions.txt
 	$(LATEST)/bin/python -m pytest
 

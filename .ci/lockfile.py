@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "requirements.lock"
-EXTRAS = ("train", "docker", "k8s", "dev")
+EXTRAS = ("train", "docker", "k8s", "aca", "dev")
 UNLOCKED = ("torch",)
 LOCAL_WHEELS = Path("/opt/wheels")  # where this machine kind keeps the CPU torch wheel
 DIGEST_LINE = re.compile(r"^# pyproject dependencies: sha256=([0-9a-f]{64}) ", re.M)

@@ -95,11 +95,12 @@ async def serve(
     on_ready: Callable[[str], None] | None = None,
     ttl_s: float | None = None,
     tls: ssl.SSLContext | None = None,
+    claimable: bool = False,
 ) -> None:
     """Serve `target` until cancelled, signalled, or `ttl_s` seconds have passed; `on_ready`
     gets the URL once listening. The TTL is the sandbox's own hard deadline: it holds even
     when the orchestrator that should have destroyed the sandbox is gone."""
-    server = EnvServer(EnvRuntime(resolve_env_class(target)), config, token=token)
+    server = EnvServer(EnvRuntime(resolve_env_class(target)), config, token=token, claimable=claimable)
     if os.environ.get(warden.SOCKET_ENV_VAR):  # a warden apart: connected before serving, so ready means it is there
         await asyncio.to_thread(agent_commands)
     if uds:
@@ -150,6 +151,11 @@ def main(argv: list[str] | None = None) -> None:
         "--token-file", help=f"file holding the bearer token (deleted after reading); else ${TOKEN_ENV_VAR}"
     )
     parser.add_argument("--no-auth", action="store_true", help="accept clients without a token")
+    parser.add_argument(
+        "--claim-token",
+        action="store_true",
+        help="take the token from the first POST /claim (servers started before any sandbox is asked for: a pool)",
+    )
     parser.add_argument("--tls-cert", help="PEM certificate chain: serve TLS (wss://) on TCP")
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert (default: in the same file)")
     parser.add_argument("--max-sessions", type=int, default=ServerConfig().max_sessions)
@@ -187,9 +193,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def _serve_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    token = None if args.no_auth else read_token(args.token_file, consume=True)
-    if token is None and not args.no_auth:
-        parser.error(f"no token: pass --token-file, set ${TOKEN_ENV_VAR}, or --no-auth")
+    if args.claim_token and (args.no_auth or args.token_file):
+        parser.error("--claim-token takes the token from the claim: not with --token-file or --no-auth")
+    token = None if args.no_auth or args.claim_token else read_token(args.token_file, consume=True)
+    if token is None and not (args.no_auth or args.claim_token):
+        parser.error(f"no token: pass --token-file, set ${TOKEN_ENV_VAR}, --claim-token, or --no-auth")
     if args.tls_cert and args.uds:
         parser.error(TLS_NEEDS_TCP)
     tls = server_tls(args.tls_cert, args.tls_key) if args.tls_cert else None
@@ -211,5 +219,6 @@ def _serve_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             on_ready=lambda url: log.info("serving %s on %s", args.target, url),
             ttl_s=args.ttl,
             tls=tls,
+            claimable=args.claim_token,
         )
     )

@@ -1,6 +1,7 @@
 """The environment server: OpenEnv's wire protocol on asyncio, over TCP or a Unix socket.
 
     connection ──HTTP──► /health /schema /metadata /metrics /mcp   (one request at a time)
+              ├─HTTP──► /claim: a claimable server's token, set once by its first caller
               ├─HTTP──► /reset /step /state /close (/mcp) on a session named by a header
               │         (the HTTP session binding, `envs.http_sessions`)
               └─upgrade /ws──► Session: one environment instance, messages in order
@@ -79,9 +80,23 @@ class ServerConfig(BaseModel):
     session whatever the request carries (`single`, e.g. an Azure Container Apps session pool)."""
 
 
-_METHODS = {"/mcp": "POST", "/reset": "POST", "/step": "POST", "/close": "POST"}
-"""The routes that take a body, and so POST; the others take GET (/ws, the upgrade, says so itself)."""
+_METHODS = {"/mcp": "POST", "/reset": "POST", "/step": "POST", "/close": "POST", "/claim": "POST"}
+"""The routes that take a body or change state, and so POST; the others take GET (/ws, the
+upgrade, says so itself)."""
 _ROUTES = frozenset({"/health", "/ws", "/schema", "/metadata", "/metrics", "/state", *_METHODS})
+_OPEN_ROUTES = frozenset({"/health", "/claim"})
+"""Answered without the token: /claim checks its own."""
+
+
+def _presented_token(headers: dict[str, str]) -> bytes | None:
+    """The token in its own header when the client sent one there (a platform in front holds
+    `Authorization`), else as the `Authorization` bearer token."""
+    presented = headers.get(ENV_TOKEN_HEADER.lower())
+    if presented is None:
+        scheme, _, presented = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+    return presented.strip().encode() or None
 
 
 def _open_file_room(reserve: int = 32) -> int:
@@ -109,12 +124,21 @@ class _Session:
 class EnvServer:
     """Serves one environment class; `start_tcp` or `start_unix`, then `serve_forever`."""
 
-    def __init__(self, runtime: EnvRuntime, config: ServerConfig | None = None, *, token: str | None) -> None:
+    def __init__(
+        self, runtime: EnvRuntime, config: ServerConfig | None = None, *, token: str | None, claimable: bool = False
+    ) -> None:
+        """`token=None` turns auth off, unless `claimable`: then the first `POST /claim` sets the
+        token (a platform that starts servers before any sandbox is asked for, as a session pool
+        does, cannot hand each one a token; the claim comes before any agent command can run)."""
         self.runtime = runtime
         self.config = config or ServerConfig()
         if token == "":  # an unset variable read as "" must not switch auth off
             raise ValueError("the bearer token is empty: pass a real token, or token=None to turn auth off")
+        if claimable and token is not None:
+            raise ValueError("a claimable server takes its token from the claim, not from its start")
         self._token = token.encode() if token is not None else None
+        self.claimable = claimable
+        self._unclaimed = claimable
         self.max_sessions = self.config.max_sessions if runtime.concurrent else 1
         if self.max_sessions < self.config.max_sessions:
             log.info("%s does not support concurrent sessions: capacity is 1", runtime.name)
@@ -176,16 +200,25 @@ class EnvServer:
     # -- sessions ----------------------------------------------------------------
 
     def authorized(self, headers: dict[str, str]) -> bool:
-        """The token in its own header when the client sent one there (a platform in front
-        holds `Authorization`), else as the `Authorization` bearer token."""
+        if self._unclaimed:
+            return False
         if self._token is None:
             return True
-        presented = headers.get(ENV_TOKEN_HEADER.lower())
+        presented = _presented_token(headers)
+        return presented is not None and hmac.compare_digest(presented, self._token)
+
+    def claim(self, headers: dict[str, str]) -> None:
+        """Take the presented token as this server's, once; the same token again is a retried claim."""
+        if not self.claimable:
+            raise http.HTTPError(404, "this server was started with its token: it takes no claim")
+        presented = _presented_token(headers)
         if presented is None:
-            scheme, _, presented = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer":
-                return False
-        return hmac.compare_digest(presented.strip().encode(), self._token)
+            raise http.HTTPError(401, "a claim presents the token to take")
+        if self._unclaimed:
+            self._token, self._unclaimed = presented, False
+            log.info("claimed: serving the claimant's token from now on")
+        elif not hmac.compare_digest(presented, self._token or b""):
+            raise http.HTTPError(409, "already claimed")
 
     def reserve_session(self) -> None:
         active = len(self.sessions) + self._reserved
@@ -431,7 +464,7 @@ class _Connection(asyncio.Protocol):
             if req.content_length:  # without one, the connection can stay open for the next request
                 raise http.HTTPError(404, f"no route {req.path}")
             return
-        if req.path != "/health" and not self.server.authorized(req.headers):
+        if req.path not in _OPEN_ROUTES and not self.server.authorized(req.headers):
             raise http.HTTPError(401, "missing or wrong bearer token")
         if req.content_length and req.path not in _METHODS:
             raise http.HTTPError(400, f"{req.path} takes no request body")
@@ -450,6 +483,11 @@ class _Connection(asyncio.Protocol):
         if req.method != expected:
             body = {"error": f"{req.path} takes {expected}"}
             return self._respond(req, http.json_response(405, body, {"Allow": expected}))
+        if req.path == "/claim":
+            self.server.claim(req.headers)
+            served = self.server.runtime.env_cls
+            body = {"claimed": True, "env": f"{served.__module__}:{served.__qualname__}"}  # the claimant checks it
+            return self._respond(req, http.json_response(200, body))
         if req.path == "/schema":
             schema = self.server.schema_body()
             return self._respond(req, http.render_response(200, schema, {"Content-Type": "application/json"}))

@@ -55,7 +55,7 @@ def options_model(name: str) -> type[BaseModel]:
     """The provider's constructor options as a pydantic model (from its keyword parameters and
     their annotations): a bad option is reported at config load, by name, not inside an actor."""
     cls = provider_class(name)
-    hints = get_type_hints(cls.__init__)
+    hints = get_type_hints(cls.__init__, include_extras=True)  # Annotated constraints (Field(ge=...)) kept
     fields: dict[str, Any] = {}
     for param in inspect.signature(cls.__init__).parameters.values():
         if param.name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):

@@ -39,6 +39,7 @@ class SessionPoolIngress:
         self._generations = itertools.count(1)
         self.token = "platform-0"
         self._server: asyncio.Server | None = None
+        self._handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self.port = 0
 
     def rotate(self) -> None:
@@ -60,9 +61,18 @@ class SessionPoolIngress:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            # Kept-alive connections and requests in flight end too, at once: a TLS close would wait
+            # for the peer's close_notify, past the end of the test's event loop.
+            for handler, writer in list(self._handlers.items()):
+                writer.transport.abort()
+                handler.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers[handler] = writer
         try:
             while True:
                 try:
@@ -79,6 +89,7 @@ class SessionPoolIngress:
         except (ConnectionError, ssl.SSLError):
             return
         finally:
+            self._handlers.pop(handler, None)
             writer.close()
 
     async def _answer(self, request: http.Request, target: str) -> bytes:
@@ -93,23 +104,24 @@ class SessionPoolIngress:
         route = parts.path.removeprefix(self.prefix)
         passed = {k: v for k, v in request.headers.items() if k not in ("authorization", "host", "connection")}
         self.forwarded.append((route, passed))
-        return await self._forward(self.routes[identifier], request.method, route, passed, request.body)
+        return await forward(self.routes[identifier], request.method, route, passed, request.body)
 
     def _refuse(self, status: int, why: str) -> bytes:
         self.refused.append(status)
         return http.render_response(status, why.encode(), {"Content-Type": "text/plain"})
 
-    @staticmethod
-    async def _forward(socket_path: str, method: str, route: str, headers: dict[str, str], body: bytes) -> bytes:
-        reader, writer = await asyncio.open_unix_connection(sock=await connect_unix(socket_path))
-        try:
-            lines = [f"{method} {route} HTTP/1.1", "Host: upstream", "Connection: close"]
-            lines += [f"{name}: {value}" for name, value in headers.items()]
-            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-            reply = await reader.read()
-        finally:
-            writer.close()
-        return reply or http.render_response(502, b"ingress: the sandbox hung up")
+
+async def forward(socket_path: str, method: str, route: str, headers: dict[str, str], body: bytes) -> bytes:
+    """One request to the server on `socket_path`, its whole reply (a 502 if it hung up)."""
+    reader, writer = await asyncio.open_unix_connection(sock=await connect_unix(socket_path))
+    try:
+        lines = [f"{method} {route} HTTP/1.1", "Host: upstream", "Connection: close"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        reply = await reader.read()
+    finally:
+        writer.close()
+    return reply or http.render_response(502, b"ingress: the sandbox hung up")
 
 
 class IngressProvider:

@@ -18,7 +18,7 @@ app = typer.Typer(help="Start, inspect and clean up sandboxes.", no_args_is_help
 @app.command()
 @reports_errors
 def probe(
-    provider: Annotated[str, typer.Option(help="Sandbox provider to check.")] = "local",
+    provider: Annotated[str, typer.Option("--provider", "-p", help="Sandbox provider to check.")] = "local",
     unisolated: Annotated[
         bool, typer.Option("--unisolated", help="Local provider without isolation (the checks will fail).")
     ] = False,

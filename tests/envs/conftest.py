@@ -63,9 +63,11 @@ async def start_server(calls: type) -> AsyncIterator[Callable[..., Awaitable[Run
             factory: Callable[[], Any] | None = None,
             token: str | None = "test-token",
             unix: bool = False,
+            claimable: bool = False,
             **config: Any,
         ) -> Running:
-            server = EnvServer(EnvRuntime(env_cls, factory=factory), ServerConfig(**config), token=token)
+            runtime = EnvRuntime(env_cls, factory=factory)
+            server = EnvServer(runtime, ServerConfig(**config), token=token, claimable=claimable)
             servers.append(server)
             if unix:
                 path = os.path.join(short_dir, f"env{len(servers)}.sock")

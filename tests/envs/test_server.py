@@ -211,6 +211,38 @@ async def test_no_auth_server_accepts_anyone(start_server, calls):
 def test_empty_token_is_refused_rather_than_disabling_auth():
     with pytest.raises(ValueError, match="empty"):
         EnvServer(EnvRuntime(CounterEnv), token="")
+    with pytest.raises(ValueError, match="from the claim"):
+        EnvServer(EnvRuntime(CounterEnv), token="t", claimable=True)
+
+
+async def test_a_claimable_server_serves_nobody_until_claimed_then_only_its_claimant(start_server, calls):
+    """A session pool starts servers before any sandbox is asked for: the first claim sets the token."""
+    served = await start_server(CounterEnv, token=None, claimable=True)
+    url = _http_url(served)
+    assert (await http_request(url, "/health"))[0] == 200
+    for token in (None, "anything"):
+        assert (await http_request(url, "/schema", token=token))[0] == 401
+        with pytest.raises(AuthenticationError, match="401"):
+            async with served.client(token=token) as client:
+                await client.reset()
+    assert (await http_request(url, "/claim", method="POST"))[0] == 401  # a claim presents a token
+    assert await http_request(url, "/claim", method="POST", token="mine") == (
+        200,
+        {"claimed": True, "env": f"{CounterEnv.__module__}:{CounterEnv.__qualname__}"},  # what it serves
+    )
+    assert (await http_request(url, "/claim", method="POST", token="mine"))[0] == 200  # a retried claim
+    assert (await http_request(url, "/claim", method="POST", token="theirs"))[0] == 409
+    async with served.client(token="mine") as client:
+        assert (await client.reset(start=3)).observation["total"] == 3
+    assert (await http_request(url, "/schema", token="theirs"))[0] == 401
+    assert calls.created == 1
+
+
+@pytest.mark.parametrize("token", ["test-token", None])
+async def test_a_server_started_with_its_token_or_none_takes_no_claim(start_server, token):
+    served = await start_server(CounterEnv, token=token)
+    assert (await http_request(_http_url(served), "/claim", method="POST", token="mine"))[0] == 404
+    assert (await http_request(_http_url(served), "/schema", token=token))[0] == 200  # its token unchanged
 
 
 # -- wire errors: the server answers and the session lives on --------------------------

@@ -1,13 +1,10 @@
 """A Kubernetes API server for tests: kmock's emulator (real HTTP, objects kept in memory, the
 real `kubernetes` client talking to it), plus what a real API server fills in on create; the
-Kubernetes version every manifest is validated against; the sandbox commands run against it."""
+Kubernetes version every manifest is validated against."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime
-import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -61,12 +58,3 @@ def validate(manifest: dict[str, Any]) -> None:
     metadata = {k: v for k, v in manifest.get("metadata", {}).items() if k != "creationTimestamp"}
     kubernetes_validate.validate({**manifest, "metadata": metadata}, KUBERNETES_VERSION, strict=True)
 
-
-async def sandbox_cli(*args: str) -> tuple[int, str]:
-    """`hillclimb sandbox ...` in a child process (the emulated API server keeps serving meanwhile)."""
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "orchestrator", "sandbox", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
-    out, _ = await child.communicate()
-    return child.returncode or 0, out.decode()

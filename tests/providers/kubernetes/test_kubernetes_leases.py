@@ -21,7 +21,8 @@ from providers.errors import FatalProviderError
 from providers.kubernetes.leases import RUN_LEASE, LeaseLiveness
 from providers.kubernetes.provider import KubernetesProvider
 from providers.liveness import RunState
-from tests.providers.kubernetes.emulator import NAMESPACE, ClusterEmulator, sandbox_cli, validate
+from tests.providers.cli import sandbox_cli
+from tests.providers.kubernetes.emulator import NAMESPACE, ClusterEmulator, validate
 
 LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
 

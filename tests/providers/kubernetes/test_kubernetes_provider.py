@@ -13,6 +13,7 @@ import pytest
 from providers.base import EgressPolicy, SandboxSpec
 from providers.errors import BadSpecError, FatalProviderError, RetryableProviderError, UnsupportedPolicy
 from providers.kubernetes.provider import KubernetesProvider
+from tests.providers.cli import sandbox_cli
 from tests.providers.conformance import (
     check_a_cancelled_create_leaks_nothing,
     check_destroy_twice,
@@ -20,7 +21,7 @@ from tests.providers.conformance import (
     check_labels_and_ttl,
     check_list_by_selector,
 )
-from tests.providers.kubernetes.emulator import NAMESPACE, ClusterEmulator, sandbox_cli, validate
+from tests.providers.kubernetes.emulator import NAMESPACE, ClusterEmulator, validate
 
 
 def _stored(api: ClusterEmulator, plural: str, name: str) -> dict[str, Any] | None:

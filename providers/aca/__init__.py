@@ -1,0 +1,1 @@
+"""Azure Container Apps dynamic sessions as sandboxes: a provider plugin (`pip install "hillclimb[aca]"`)."""
