@@ -129,5 +129,9 @@ class ConfigError(HillclimbError, ValueError):
 
 
 def validation_problems(error: Any, prefix: str = "") -> str:
-    """A pydantic `ValidationError`'s problems as `where.it.was: what; ...`, each place after `prefix`."""
-    return "; ".join(f"{prefix}{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in error.errors())
+    """A pydantic `ValidationError`'s problems as `where.it.was: what; ...`, each place after `prefix`
+    (a problem of the whole model is placed at `prefix` itself)."""
+    return "; ".join(
+        f"{(prefix + '.'.join(map(str, err['loc']))).rstrip('.')}: {err['msg'].removeprefix('Value error, ')}"
+        for err in error.errors()
+    )

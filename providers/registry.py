@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import entry_points
 from typing import Any, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, ConfigDict, create_model, model_validator
 
 from envs.errors import TargetNotFoundError
 from providers.base import SandboxProvider
@@ -53,7 +53,9 @@ def provider_class(name: str) -> type:
 
 def options_model(name: str) -> type[BaseModel]:
     """The provider's constructor options as a pydantic model (from its keyword parameters and
-    their annotations): a bad option is reported at config load, by name, not inside an actor."""
+    their annotations): a bad option is reported at config load, by name, not inside an actor.
+    A provider whose options depend on each other says how in a static `check_options(options)`
+    that raises ValueError; it runs on the validated options."""
     cls = provider_class(name)
     hints = get_type_hints(cls.__init__, include_extras=True)  # Annotated constraints (Field(ge=...)) kept
     fields: dict[str, Any] = {}
@@ -63,7 +65,17 @@ def options_model(name: str) -> type[BaseModel]:
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[param.name] = (hints.get(param.name, Any), default)
     config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    return create_model(f"{cls.__name__}Options", __config__=config, **fields)
+    check = getattr(cls, "check_options", None)
+    validators = {"_check_options": model_validator(mode="after")(_runs(check))} if check else {}
+    return create_model(f"{cls.__name__}Options", __config__=config, __validators__=validators, **fields)
+
+
+def _runs(check: Any) -> Any:
+    def validate(options: BaseModel) -> BaseModel:
+        check(dict(options))
+        return options
+
+    return validate
 
 
 def make_provider(name: str, **options: Any) -> SandboxProvider:

@@ -54,6 +54,8 @@ from providers.base import (
 from providers.errors import BadSpecError
 from providers.readiness import READY_TIMEOUT_S, wait_healthy
 
+MAKES_POOLS = ("subscription_id", "resource_group", "environment_id", "location", "image")
+"""The options a provider that makes its own pools needs."""
 HAND_MADE = "pool"
 """The name a pool made by hand (`pool_endpoint`) goes by in sandbox ids."""
 
@@ -91,13 +93,12 @@ class AcaProvider:
         TokenCredential, or 'module:attr' naming a callable that returns one (default:
         DefaultAzureCredential). `arm_polling_s`: how often a pool being made is polled when
         Resource Manager does not say. `ca_file` and the transports: a private CA, and tests."""
-        arm = {"subscription_id": subscription_id, "resource_group": resource_group}
         pool = {"environment_id": environment_id, "location": location, "image": image}
-        if pool_endpoint is None and (missing := [k for k, v in (arm | pool).items() if not v]):
-            raise BadSpecError(
-                f"the aca provider needs {', '.join(missing)} to make its session pools "
-                "(or pool_endpoint, the management endpoint of a pool made by hand)"
-            )
+        try:
+            arm = {"subscription_id": subscription_id, "resource_group": resource_group, "pool_endpoint": pool_endpoint}
+            self.check_options(arm | pool)
+        except ValueError as e:
+            raise BadSpecError(str(e)) from None
         self._credential = _credential(credential)
         self._pool_options = {
             **pool,
@@ -132,6 +133,17 @@ class AcaProvider:
         self._sandboxes: dict[str, Sandbox] = {}
         self._key_locks = KeyLocks()
         self._inflight = InflightCalls()
+
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        """What a config must give: everything a pool is made from, unless a pool made by hand."""
+        if options.get("pool_endpoint"):
+            return
+        if missing := [key for key in MAKES_POOLS if not options.get(key)]:
+            raise ValueError(
+                f"the aca provider needs {', '.join(missing)} to make its session pools "
+                "(or pool_endpoint, the management endpoint of a pool made by hand)"
+            )
 
     # -- the contract -------------------------------------------------------------------
 

@@ -132,6 +132,8 @@ def test_options_are_checked_at_config_load_and_named_when_missing() -> None:
         model.model_validate({"pool_endpoint": "https://p", "cooldown_s": 10})
     with pytest.raises(ValueError, match="pool_prefix"):
         model.model_validate({"pool_endpoint": "https://p", "pool_prefix": "Has-Dashes"})
+    with pytest.raises(ValueError, match="needs environment_id, location, image to make its session pools"):
+        model.model_validate({"subscription_id": "s", "resource_group": "g"})  # at config load, not in a worker
     with pytest.raises(BadSpecError, match="needs resource_group, environment_id, location, image"):
         AcaProvider(subscription_id="s", credential=FakeCredential())
     with pytest.raises(BadSpecError, match="credential 'nope': name a callable"):
