@@ -27,6 +27,9 @@ class SandboxValues(ChartSection):
     run the chart starts gets it)."""
     runtime_class: str | None = Field(default=None, pattern=DNS_LABEL)
     """A RuntimeClass for sandbox pods (gVisor, Kata): the provider's `runtime_class` option."""
+    agent_sandbox: bool = False
+    """Grant the rights the provider's `warm_pool` option uses: sandboxes claimed from a warm
+    pool of the agent-sandbox CRDs (their controller must run in the cluster)."""
 
 
 class ServiceAccountValues(ChartSection):

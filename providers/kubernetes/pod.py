@@ -75,8 +75,12 @@ def sandbox_pod(
     image: str,
     labels: dict[str, str],
     runtime_class: str | None = None,
+    claimable: bool = False,
 ) -> dict[str, Any]:
-    """The pod serving `spec` (its labels already include the run's, from `SandboxSpec.all_labels`)."""
+    """The pod serving `spec` (its labels already include the run's, from `SandboxSpec.all_labels`).
+    `claimable`: a warm pool's pod, made before any sandbox is asked for: no token Secret (its
+    server takes the token of the first `POST /claim`) and no deadline of its own (the claim's
+    shutdown time is the sandbox's TTL)."""
     if spec.command is not None:
         raise BadSpecError("the Kubernetes provider runs the image's env server; a custom command is not supported")
     limits = spec.resources
@@ -95,12 +99,9 @@ def sandbox_pod(
             "0.0.0.0",
             "--port",
             str(SERVER_PORT),
-            "--token-file",
-            f"{TOKEN_DIR}/token",
             "--max-sessions",
             str(spec.max_sessions),
-            "--ttl",
-            f"{spec.ttl_s:g}",
+            *(["--claim-token"] if claimable else ["--token-file", f"{TOKEN_DIR}/token", "--ttl", f"{spec.ttl_s:g}"]),
         ],  # fmt: skip
         "env": [
             *env,
@@ -113,7 +114,7 @@ def sandbox_pod(
         "resources": {"limits": SERVER_RESOURCES, "requests": SERVER_RESOURCES},
         "securityContext": _hardened(SERVER_UID),
         "volumeMounts": [
-            {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True},
+            *([] if claimable else [{"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}]),
             {"name": "warden", "mountPath": WARDEN_DIR},
             {"name": "server-tmp", "mountPath": "/tmp"},
         ],
@@ -136,7 +137,6 @@ def sandbox_pod(
     pod_spec: dict[str, Any] = {
         "containers": [server, agent],
         "restartPolicy": "Never",
-        "activeDeadlineSeconds": max(int(spec.ttl_s), 1),
         "terminationGracePeriodSeconds": 5,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -146,13 +146,19 @@ def sandbox_pod(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumes": [
-            {"name": "token", "secret": {"secretName": f"{name}-token", "defaultMode": 0o440}},
+            *(
+                []
+                if claimable
+                else [{"name": "token", "secret": {"secretName": f"{name}-token", "defaultMode": 0o440}}]
+            ),
             _memory_dir("warden", "1Mi"),
             _memory_dir("work", f"{limits.disk_mb}Mi"),
             _memory_dir("agent-tmp", f"{limits.disk_mb}Mi"),
             _memory_dir("server-tmp", _SERVER_TMP),
         ],
     }
+    if not claimable:
+        pod_spec["activeDeadlineSeconds"] = max(int(spec.ttl_s), 1)
     if runtime_class is not None:
         pod_spec["runtimeClassName"] = runtime_class
     return {

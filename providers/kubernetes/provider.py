@@ -6,6 +6,10 @@
     endpoint: ws://<pod>.<service>.<namespace>.svc:8000/ws   (the chart's headless Service)
     run_liveness: a Lease per process holding a run's sandboxes (providers.kubernetes.leases)
 
+With `warm_pool=N`, sandboxes are claimed from a server-side warm pool of N pods instead
+(providers.kubernetes.warm_pool: the agent-sandbox CRDs; their controller must run): create is
+a SandboxClaim, the bound pod's server claimed with the sandbox's token, destroy deletes the claim.
+
 Blocking client calls run in threads. The endpoint is a DNS name known before the pod is
 scheduled: the pod sets `hostname` and `subdomain`, and the chart's headless Service
 publishes it once the pod is ready. API errors become the contract's: 409 on a keyed create
@@ -19,11 +23,12 @@ import asyncio
 import secrets
 import threading
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 import kubernetes
+from envs.registry import resolve_env_class
 from providers.base import LABEL_PREFIX, KeyLocks, Sandbox, SandboxSpec, create_in_thread, utc_from_timestamp
 from providers.errors import (
     BadSpecError,
@@ -36,6 +41,9 @@ from providers.kubernetes.chart_values import SandboxValues
 from providers.kubernetes.egress import SANDBOX_NAME, SANDBOX_ROLE, SERVER_PORT, allow_list, egress_findings
 from providers.kubernetes.leases import LeaseLiveness
 from providers.kubernetes.pod import pod_name, sandbox_pod, token_secret
+from providers.kubernetes.warm_pool import GROUP as WARM_GROUP
+from providers.kubernetes.warm_pool import VERSION as WARM_VERSION
+from providers.kubernetes.warm_pool import bound_address, claim_server, sandbox_claim, warm_pool_objects
 from providers.readiness import READY_TIMEOUT_S, wait_healthy
 
 SERVICE = "hillclimb-sandboxes"
@@ -55,12 +63,16 @@ class KubernetesProvider:
         kubeconfig: str | None = None,
         context: str | None = None,
         api_url: str | None = None,
+        warm_pool: Annotated[int, Field(ge=1)] | None = None,
     ) -> None:
         """In-cluster credentials by default; `kubeconfig` (and `context`) from outside a cluster;
-        `api_url` for an API server that takes no credentials (a local proxy, an emulator)."""
+        `api_url` for an API server that takes no credentials (a local proxy, an emulator).
+        `warm_pool`: claim sandboxes from a warm pool of this many pods (the agent-sandbox
+        controller's), instead of starting a pod per sandbox."""
         self.namespace = namespace
         self.image = image
         self.runtime_class = runtime_class
+        self.warm_pool = warm_pool
         if api_url is not None:
             configuration = kubernetes.client.Configuration()
             configuration.host = api_url
@@ -78,6 +90,8 @@ class KubernetesProvider:
         self._api = kubernetes.client.ApiClient(configuration)
         self._core = kubernetes.client.CoreV1Api(self._api)
         self._networking = kubernetes.client.NetworkingV1Api(self._api)
+        self._custom = kubernetes.client.CustomObjectsApi(self._api)
+        self._pools_made: set[str] = set()
         self._errors = kubernetes.client.ApiException
         self._tokens: dict[str, SecretStr] = {}
         self._key_locks = KeyLocks()
@@ -116,6 +130,8 @@ class KubernetesProvider:
 
     def _create(self, spec: SandboxSpec) -> Sandbox:
         self._check_egress()
+        if self.warm_pool is not None:
+            return self._claim(spec)
         name = pod_name(spec)
         with self._key_locks.hold(spec):
             if spec.idempotency_key is not None and (existing := self._read_pod(name)) is not None:
@@ -145,6 +161,84 @@ class KubernetesProvider:
             self._tokens[name] = SecretStr(token)
             return self._sandbox(made)
 
+    def _claim(self, spec: SandboxSpec) -> Sandbox:
+        """A sandbox from the warm pool: claimed, bound, and its server given the sandbox's token."""
+        template, pool = warm_pool_objects(
+            spec,
+            namespace=self.namespace,
+            image=spec.image or self.image,
+            runtime_class=self.runtime_class,
+            replicas=int(self.warm_pool or 1),
+        )
+        self._ensure_warm_pool(template, pool)
+        name = pod_name(spec)
+        with self._key_locks.hold(spec):
+            if spec.idempotency_key is not None and (existing := self._read_claim(name)) is not None:
+                return self._claimed_sandbox(existing)
+            labels = spec.all_labels(time.time())
+            claim = sandbox_claim(
+                name, namespace=self.namespace, warm_pool=pool["metadata"]["name"], labels=labels, ttl_s=spec.ttl_s
+            )
+            self._custom_call("create", "sandboxclaims", "create_namespaced_custom_object", claim)
+            try:
+                address = self._wait_bound(name)
+                token = secrets.token_urlsafe(32)
+                served = claim_server(f"http://{address}:{SERVER_PORT}", token)
+                wanted = resolve_env_class(spec.env)
+                if served != f"{wanted.__module__}:{wanted.__qualname__}":
+                    raise BadSpecError(f"warm pool {pool['metadata']['name']} serves {served}, not {spec.env!r}")
+            except BaseException:
+                self._destroy(name)
+                raise
+            self._tokens[name] = SecretStr(token)
+            made = self._read_claim(name)
+            return self._claimed_sandbox(made or claim)
+
+    def _ensure_warm_pool(self, template: dict[str, Any], pool: dict[str, Any]) -> None:
+        """The template and its pool, made once (named by the pod's digest: one that exists is the same)."""
+        name = template["metadata"]["name"]
+        with self._policy_lock:
+            if name in self._pools_made:
+                return
+            for plural, body in (("sandboxtemplates", template), ("sandboxwarmpools", pool)):
+                try:
+                    self._custom_call("create", plural, "create_namespaced_custom_object", body)
+                except RetryableProviderError:
+                    if self._custom_call("get", plural, "get_namespaced_custom_object", name=name) is None:
+                        raise  # not a conflict with one already there
+            self._pools_made.add(name)
+
+    def _wait_bound(self, name: str, timeout_s: float = READY_TIMEOUT_S) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            claim = self._read_claim(name)
+            if claim is None:
+                raise RetryableProviderError(f"sandbox claim {name} disappeared before it was bound")
+            if (address := bound_address(claim)) is not None:
+                return address
+            time.sleep(0.2)
+        raise RetryableProviderError(f"no warm sandbox was bound to claim {name} within {timeout_s:g} s")
+
+    def _read_claim(self, name: str) -> dict[str, Any] | None:
+        return self._custom_call("get", "sandboxclaims", "get_namespaced_custom_object", name=name)
+
+    def _claimed_sandbox(self, claim: dict[str, Any]) -> Sandbox:
+        name = claim["metadata"]["name"]
+        labels = dict(claim["metadata"].get("labels") or {})
+        labels.pop(SANDBOX_ROLE, None)
+        return self._as_sandbox(name, str(bound_address(claim)), claim["metadata"].get("creationTimestamp"), labels)
+
+    def _custom_call(self, verb: str, plural: str, method: str, body: Any = None, **kwargs: Any) -> Any:
+        """A call on the agent-sandbox CRDs; None for a get of one that does not exist."""
+        call = getattr(self._custom, method)
+        args = (WARM_GROUP, WARM_VERSION, self.namespace, plural) + ((body,) if body is not None else ())
+        try:
+            return call(*args, **kwargs)
+        except self._errors as e:
+            if e.status == 404 and verb in ("get", "delete"):
+                return None
+            raise self._translate(e, verb, plural) from e
+
     def _check_egress(self) -> None:
         """Refuse to start sandboxes where egress is not denied (re-checked every minute)."""
         with self._policy_lock:
@@ -171,12 +265,18 @@ class KubernetesProvider:
             raise self._translate(e, "get", "pods") from e
 
     def _phase(self, name: str) -> str:
+        if self.warm_pool is not None:
+            return "Running" if self._read_claim(name) is not None else "Gone"
         pod = self._read_pod(name)
         return "Gone" if pod is None else (pod.status.phase if pod.status and pod.status.phase else "Pending")
 
     def _destroy(self, name: str) -> None:
-        """The pod and what it owns (Kubernetes would collect them; not every API server runs a collector)."""
+        """The pod and what it owns (Kubernetes would collect them; not every API server runs a
+        collector); a claimed sandbox's claim (its controller deletes the sandbox with it)."""
         self._tokens.pop(name, None)
+        if self.warm_pool is not None:
+            self._custom_call("delete", "sandboxclaims", "delete_namespaced_custom_object", name=name)
+            return
         deletions = (
             ("pods", self._core.delete_namespaced_pod, name),
             ("secrets", self._core.delete_namespaced_secret, f"{name}-token"),
@@ -201,6 +301,12 @@ class KubernetesProvider:
     def _list(self, selector: dict[str, str]) -> list[Sandbox]:
         wanted = {SANDBOX_ROLE: "sandbox", **selector}
         label_selector = ",".join(f"{k}={v}" for k, v in wanted.items())
+        if self.warm_pool is not None:
+            listing = self._custom_call(
+                "list", "sandboxclaims", "list_namespaced_custom_object", label_selector=label_selector
+            )
+            claims = [c for c in listing["items"] if not c["metadata"].get("deletionTimestamp")]
+            return [self._claimed_sandbox(c) for c in claims if bound_address(c) is not None]
         listing = self._call(
             "list", "pods", self._core.list_namespaced_pod, self.namespace, label_selector=label_selector
         )
@@ -212,9 +318,12 @@ class KubernetesProvider:
         labels = dict(pod.metadata.labels or {})
         labels.pop(SANDBOX_ROLE, None)
         labels.pop(SANDBOX_NAME, None)
+        return self._as_sandbox(name, f"{name}.{SERVICE}.{self.namespace}.svc", created, labels)
+
+    def _as_sandbox(self, name: str, host: str, created: Any, labels: dict[str, str]) -> Sandbox:
         return Sandbox(
             id=name,
-            endpoint=f"ws://{name}.{SERVICE}.{self.namespace}.svc:{SERVER_PORT}/ws",
+            endpoint=f"ws://{host}:{SERVER_PORT}/ws",
             token=self._tokens.get(name),
             provider=self.name,
             created_at=created or utc_from_timestamp(float(labels.get(LABEL_PREFIX + "created-at", 0))),

@@ -1,7 +1,8 @@
-"""The custom resources the chart renders, checked as kubernetes-validate checks built-in kinds:
-every field known (KubeRay's `ray.io/v1` RayCluster and RayJob, the Prometheus Operator's
-ServiceMonitor, as their API references name the fields the chart uses), and each Ray group's pod
-template validated strictly as a core PodTemplate. No CRD schema ships offline to check against."""
+"""The custom resources the chart renders and the provider makes, checked as kubernetes-validate
+checks built-in kinds: every field known (KubeRay's `ray.io/v1` RayCluster and RayJob, the
+Prometheus Operator's ServiceMonitor, agent-sandbox's `extensions.agents.x-k8s.io/v1beta1`
+SandboxTemplate, SandboxWarmPool and SandboxClaim, as their API types name the fields used), and
+each pod template validated strictly as a core PodTemplate. No CRD schema ships offline."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from tests.providers.kubernetes.emulator import validate
 
-CUSTOM_KINDS = {("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
+AGENT_SANDBOX = "extensions.agents.x-k8s.io/v1beta1"
+CUSTOM_KINDS = {
+    ("ray.io/v1", "RayCluster"),
+    ("ray.io/v1", "RayJob"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    (AGENT_SANDBOX, "SandboxTemplate"),
+    (AGENT_SANDBOX, "SandboxWarmPool"),
+    (AGENT_SANDBOX, "SandboxClaim"),
+}
 
 
 class _Known(BaseModel):
@@ -70,19 +79,53 @@ class ServiceMonitorSpec(_Known):
     endpoints: list[_Endpoint]
 
 
+class _Ref(_Known):
+    name: StrictStr
+
+
+class SandboxTemplateSpec(_Known):
+    podTemplate: dict[str, Any]  # noqa: N815
+    networkPolicyManagement: Literal["Managed", "Unmanaged"]  # noqa: N815
+
+
+class SandboxWarmPoolSpec(_Known):
+    replicas: StrictInt = Field(ge=0)
+    sandboxTemplateRef: _Ref  # noqa: N815
+
+
+class _Lifecycle(_Known):
+    shutdownTime: StrictStr  # noqa: N815
+    shutdownPolicy: Literal["Delete", "DeleteForeground", "Retain"]  # noqa: N815
+
+
+class _PodMetadata(_Known):
+    labels: dict[str, str] = {}
+
+
+class SandboxClaimSpec(_Known):
+    warmPoolRef: _Ref  # noqa: N815
+    lifecycle: _Lifecycle
+    additionalPodMetadata: _PodMetadata  # noqa: N815
+
+
 SPECS: dict[str, type[_Known]] = {
     "RayCluster": RayClusterSpec,
     "RayJob": RayJobSpec,
     "ServiceMonitor": ServiceMonitorSpec,
+    "SandboxTemplate": SandboxTemplateSpec,
+    "SandboxWarmPool": SandboxWarmPoolSpec,
+    "SandboxClaim": SandboxClaimSpec,
 }
 
 
 def validate_custom(doc: dict[str, Any]) -> None:
     """Raise if `doc` has a field its kind lacks, or a Ray pod template Kubernetes would refuse."""
     assert (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS, doc["kind"]
-    assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}, sorted(doc)
-    _Metadata.model_validate(doc["metadata"])
+    assert set(doc) <= {"apiVersion", "kind", "metadata", "spec", "status"}, sorted(doc)
+    _Metadata.model_validate({k: v for k, v in doc["metadata"].items() if k not in ("uid", "creationTimestamp")})
     spec = SPECS[doc["kind"]].model_validate(doc["spec"])
+    if isinstance(spec, SandboxTemplateSpec):
+        validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": spec.podTemplate})
     cluster = spec.rayClusterSpec if isinstance(spec, RayJobSpec) else spec
     if isinstance(cluster, RayClusterSpec):
         for group in [cluster.headGroupSpec, *cluster.workerGroupSpecs]:

@@ -18,7 +18,13 @@ KUBERNETES_VERSION = "1.33.0"
 """Every manifest is validated (strictly: no unknown field) against this version's schemas."""
 NAMESPACE = "sandboxes"
 
-RESOURCES = ("v1/pods", "v1/secrets", "networking.k8s.io/v1/networkpolicies", "coordination.k8s.io/v1/leases")
+RESOURCES = (
+    "v1/pods",
+    "v1/secrets",
+    "networking.k8s.io/v1/networkpolicies",
+    "coordination.k8s.io/v1/leases",
+    *(f"extensions.agents.x-k8s.io/v1beta1/{p}" for p in ("sandboxtemplates", "sandboxwarmpools", "sandboxclaims")),
+)
 """What the provider makes; the emulator answers 404 for any other."""
 
 
@@ -57,4 +63,3 @@ def validate(manifest: dict[str, Any]) -> None:
     """`manifest` as stored: what the API server added on create is not the client's to send."""
     metadata = {k: v for k, v in manifest.get("metadata", {}).items() if k != "creationTimestamp"}
     kubernetes_validate.validate({**manifest, "metadata": metadata}, KUBERNETES_VERSION, strict=True)
-

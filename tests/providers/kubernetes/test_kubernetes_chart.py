@@ -269,29 +269,57 @@ def _used(request: Any) -> tuple[str, str]:
     return verbs.get(method) or ("get" if request.name else "list"), resource
 
 
+async def _requests_of_a_lifecycle(provider: KubernetesProvider, api: Any, spec: SandboxSpec) -> set[tuple[str, str]]:
+    """(verb, resource) of every request the provider makes for one sandbox's whole life."""
+    before = len(list(api))
+    beat = await asyncio.to_thread(provider.run_liveness.beat, "run")
+    sandbox = await provider.create(spec)
+    await provider.list()
+    await provider.log_tail(sandbox.id)
+    await asyncio.to_thread(beat.renew)
+    await reap(provider)  # reads the run's liveness
+    await provider.destroy(sandbox.id)
+    await asyncio.to_thread(beat.stop)
+    return {_used(request) for request in list(api)[before:] if request.resource is not None}
+
+
+async def _install_the_charts_policy(provider: KubernetesProvider) -> None:
+    install = provider._networking.create_namespaced_network_policy  # the chart's part, not the provider's
+    await asyncio.to_thread(install, "hillclimb-sandboxes", default_deny("hillclimb-sandboxes"))
+
+
 async def test_rbac_grants_exactly_what_the_provider_uses(docs: list[dict[str, Any]]) -> None:
     granted = _granted(_one(docs, "Role"))
     assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     async with cluster() as api:
         provider = KubernetesProvider(namespace="hillclimb-sandboxes", api_url=str(api.url).rstrip("/"))
-        try:
-            install = provider._networking.create_namespaced_network_policy  # the chart's part, not the provider's
-            await asyncio.to_thread(install, "hillclimb-sandboxes", default_deny("hillclimb-sandboxes"))
-            before = len(list(api))
-            allow = EgressPolicy(mode="allow_list", allow=("10.0.0.0/8",))
-            spec = SandboxSpec(
-                egress=allow, idempotency_key="run/task/0"
-            )  # every call it makes: a keyed create reads first
-            beat = await asyncio.to_thread(provider.run_liveness.beat, "run")
-            sandbox = await provider.create(spec)
-            await provider.list()
-            await provider.log_tail(sandbox.id)
-            await asyncio.to_thread(beat.renew)
-            await reap(provider)  # reads the run's liveness
-            await provider.destroy(sandbox.id)
-            await asyncio.to_thread(beat.stop)
+        allow = EgressPolicy(mode="allow_list", allow=("10.0.0.0/8",))
+        await _install_the_charts_policy(provider)
+        try:  # every call it makes: a keyed create reads first, an allow-list makes a policy
+            used = await _requests_of_a_lifecycle(provider, api, SandboxSpec(egress=allow, idempotency_key="k"))
         finally:
             await provider.close()
-        used = {_used(request) for request in list(api)[before:] if request.resource is not None}
     assert used <= granted, f"the provider uses {sorted(used - granted)} the chart's Role does not grant"
     assert granted <= used, f"the chart grants {sorted(granted - used)} the provider never uses"
+
+
+async def test_rbac_for_warm_pools_grants_what_claiming_uses() -> None:
+    """sandboxes.agentSandbox adds exactly the rights the provider's warm_pool option calls."""
+    from tests.providers.kubernetes.test_kubernetes_warm_pool import Controller
+
+    base = _granted(_one(render(IMAGE), "Role"))
+    granted = _granted(_one(render({**IMAGE, "sandboxes": {"agentSandbox": True}}), "Role"))
+    used: set[tuple[str, str]] = set()
+    async with cluster() as api, Controller(api):
+        for attempt in range(2):  # the second, another process: its template and pool exist already
+            provider = KubernetesProvider(
+                namespace="hillclimb-sandboxes", api_url=str(api.url).rstrip("/"), warm_pool=2
+            )
+            if attempt == 0:
+                await _install_the_charts_policy(provider)
+            try:
+                used |= await _requests_of_a_lifecycle(provider, api, SandboxSpec(idempotency_key="k"))
+            finally:
+                await provider.close()
+    assert used <= granted, f"the provider uses {sorted(used - granted)} the chart's Role does not grant"
+    assert granted - base <= used, f"the chart grants {sorted(granted - base - used)} claiming never uses"
