@@ -54,7 +54,7 @@ def _model_from_hints(fn: Any, key: str) -> type[pydantic.BaseModel] | None:
     return hint if isinstance(hint, type) and issubclass(hint, pydantic.BaseModel) else None
 
 
-def _pick_model(hinted: type | None, generic: tuple[Any, ...], index: int, default: type) -> type:
+def _pick_model(hinted: type | None, generic: tuple[Any, ...], index: int, default: type | None) -> Any:
     if hinted is not None:
         return hinted
     if len(generic) > index and issubclass(generic[index], pydantic.BaseModel):
@@ -63,9 +63,20 @@ def _pick_model(hinted: type | None, generic: tuple[Any, ...], index: int, defau
 
 
 class EnvRuntime:
-    """Everything the server needs to know about one environment class."""
+    """Everything the server needs to know about one environment class. Its action, observation
+    and state types come from the arguments when given (as OpenEnv's `create_app` is told them),
+    else from `step()`'s and `state`'s type hints, else from the class's generic parameters
+    (`Environment[Action, Observation, State]`); an action type found nowhere is an error."""
 
-    def __init__(self, env_cls: type, *, factory: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        env_cls: type,
+        *,
+        factory: Callable[[], Any] | None = None,
+        action_cls: type | None = None,
+        observation_cls: type | None = None,
+        state_cls: type | None = None,
+    ) -> None:
         for attr in ("reset", "step", "state"):
             if not hasattr(env_cls, attr):
                 raise FactoryError(f"{env_cls.__qualname__} is not an environment: it has no {attr!r}")
@@ -74,9 +85,22 @@ class EnvRuntime:
         generic = _generic_args(env_cls)
         step_fn = env_cls.step_async if _overrides(env_cls, "step_async") else env_cls.step
         state_fget = getattr(inspect.getattr_static(env_cls, "state"), "fget", None)
-        self.action_cls = _pick_model(_model_from_hints(step_fn, "action"), generic, 0, base.Action)
-        self.observation_cls = _pick_model(_model_from_hints(step_fn, "return"), generic, 1, base.Observation)
-        self.state_cls = _pick_model(state_fget and _model_from_hints(state_fget, "return"), generic, 2, base.State)
+        action = action_cls or _pick_model(_model_from_hints(step_fn, "action"), generic, 0, None)
+        if action is None:
+            raise FactoryError(
+                f"cannot tell {env_cls.__qualname__}'s action type: step() has no type hint for its action and "
+                "the class names no Environment[Action, Observation, State] parameters; pass the class "
+                "(hillclimb env serve ... --action package.module:ActionClass), or serve the module that "
+                "calls OpenEnv's create_app",
+                factory_name=env_cls.__qualname__,
+            )
+        self.action_cls = action
+        self.observation_cls = observation_cls or _pick_model(
+            _model_from_hints(step_fn, "return"), generic, 1, base.Observation
+        )
+        self.state_cls = state_cls or _pick_model(
+            state_fget and _model_from_hints(state_fget, "return"), generic, 2, base.State
+        )
         self.async_reset = _overrides(env_cls, "reset_async")
         self.async_step = _overrides(env_cls, "step_async")
         self.reset_params = inspect.signature(env_cls.reset_async if self.async_reset else env_cls.reset).parameters

@@ -21,9 +21,8 @@ from typing import Any, TypeVar
 
 from envs import seccomp, warden
 from envs.agent_commands import agent_commands
-from envs.registry import resolve_env_class
-from envs.runtime import EnvRuntime
 from envs.server import EnvServer, ServerConfig
+from envs.targets import runtime_for
 from envs.warden import Identity, start_sandbox
 
 TOKEN_ENV_VAR = "HILLCLIMB_ENV_TOKEN"
@@ -96,11 +95,14 @@ async def serve(
     ttl_s: float | None = None,
     tls: ssl.SSLContext | None = None,
     claimable: bool = False,
+    action: str | None = None,
+    observation: str | None = None,
 ) -> None:
     """Serve `target` until cancelled, signalled, or `ttl_s` seconds have passed; `on_ready`
     gets the URL once listening. The TTL is the sandbox's own hard deadline: it holds even
     when the orchestrator that should have destroyed the sandbox is gone."""
-    server = EnvServer(EnvRuntime(resolve_env_class(target)), config, token=token, claimable=claimable)
+    runtime = runtime_for(target, action=action, observation=observation)
+    server = EnvServer(runtime, config, token=token, claimable=claimable)
     if os.environ.get(warden.SOCKET_ENV_VAR):  # a warden apart: connected before serving, so ready means it is there
         await asyncio.to_thread(agent_commands)
     if uds:
@@ -143,7 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m envs", description="Serve one environment over OpenEnv's protocol."
     )
-    parser.add_argument("target", help="built-in environment name or import path 'package.module:Class'")
+    parser.add_argument(
+        "target", help="built-in name, 'package.module:Class', or a module calling OpenEnv's create_app"
+    )
+    parser.add_argument("--action", help="the action class, 'package.module:Class' (when step() has no hint)")
+    parser.add_argument("--observation", help="the observation class, 'package.module:Class'")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--uds", help="listen on this Unix socket instead of TCP")
@@ -220,5 +226,7 @@ def _serve_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             ttl_s=args.ttl,
             tls=tls,
             claimable=args.claim_token,
+            action=args.action,
+            observation=args.observation,
         )
     )

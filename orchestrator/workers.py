@@ -170,7 +170,7 @@ class RolloutWorker:
             return self._runner
 
     async def _build(self) -> EpisodeRunner:
-        from envs.registry import resolve_env_class
+        from envs.targets import env_class_of
         from envs.tasks import load_suite
         from providers.base import Resources, SandboxSpec
         from providers.registry import make_provider
@@ -178,7 +178,7 @@ class RolloutWorker:
 
         cfg = self.config
         self._lag_monitor = start_loop_lag_monitor()
-        env_cls = resolve_env_class(cfg.env.name)
+        env_cls = env_class_of(cfg.env.name)
         shared = bool(getattr(env_cls, "SUPPORTS_CONCURRENT_SESSIONS", False))
         spec = SandboxSpec(
             env=cfg.env.name,

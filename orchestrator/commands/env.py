@@ -6,12 +6,14 @@ import asyncio
 import logging
 import os
 import secrets
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from envs.registry import BUILTIN_ENVS, resolve_env_class
+from envs.targets import runtime_for
 from envs.tasks import TASK_SUITES
 from orchestrator.console import console, errors, reports_errors
 
@@ -36,7 +38,12 @@ def _token_for_serving(token_file: Path | None) -> str:
 @app.command()
 @reports_errors
 def serve(
-    target: Annotated[str, typer.Argument(help="Built-in environment name or import path 'package.module:ClassName'.")],
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="Built-in name, import path 'package.module:ClassName', or a module calling OpenEnv's create_app."
+        ),
+    ],
     host: Annotated[str, typer.Option(help="TCP address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).")] = 8000,
     uds: Annotated[Path | None, typer.Option(help="Listen on this Unix socket instead of TCP.")] = None,
@@ -51,6 +58,10 @@ def serve(
     ] = "keyed",
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate chain: serve TLS (wss://) on TCP.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM key of --tls-cert (default: in the same file).")] = None,
+    action: Annotated[
+        str | None, typer.Option(help="The action class 'package.module:Class', when step() has no type hint.")
+    ] = None,
+    observation: Annotated[str | None, typer.Option(help="The observation class 'package.module:Class'.")] = None,
 ) -> None:
     """Serve an environment over OpenEnv's protocol (WebSocket /ws, /health, /schema, /metadata, /mcp) and the
     HTTP session binding (/reset, /step, /state, /close)."""
@@ -58,7 +69,9 @@ def serve(
     from envs.serve import serve as run
     from envs.server import ServerConfig
 
-    resolve_env_class(target)  # fail fast, before binding anything
+    if os.getcwd() not in sys.path:  # the user's own package, from their project directory (as `python -m` finds it)
+        sys.path.insert(0, os.getcwd())
+    runtime_for(target, action=action, observation=observation)  # fail fast, before binding anything
     if tls_cert and uds:
         raise typer.BadParameter(TLS_NEEDS_TCP)
     tls = server_tls(str(tls_cert), str(tls_key) if tls_key else None) if tls_cert else None
@@ -84,6 +97,8 @@ def serve(
             config=config,
             on_ready=ready,
             tls=tls,
+            action=action,
+            observation=observation,
         )
     )
 

@@ -28,7 +28,7 @@ from urllib.parse import quote
 from pydantic import Field, SecretStr
 
 from envs.handle import ENV_TOKEN_HEADER, Credential
-from envs.registry import resolve_env_class
+from envs.targets import env_class_of
 from providers.aca.management import PoolManager
 from providers.aca.pool import (
     POOL_PREFIX,
@@ -193,7 +193,7 @@ class AcaProvider:
             created_at = time.time()
             served = client.claim(identifier, token)
             sandbox_id = f"{pool}/{identifier}"
-            wanted = resolve_env_class(spec.env)
+            wanted = env_class_of(spec.env)
             if served != f"{wanted.__module__}:{wanted.__qualname__}":
                 client.stop(identifier)
                 raise BadSpecError(f"pool {pool} serves {served}, not the spec's environment {spec.env!r}")

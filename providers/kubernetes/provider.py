@@ -28,7 +28,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr
 
 import kubernetes
-from envs.registry import resolve_env_class
+from envs.targets import env_class_of
 from providers.base import LABEL_PREFIX, KeyLocks, Sandbox, SandboxSpec, create_in_thread, utc_from_timestamp
 from providers.errors import (
     BadSpecError,
@@ -184,7 +184,7 @@ class KubernetesProvider:
                 address = self._wait_bound(name)
                 token = secrets.token_urlsafe(32)
                 served = claim_server(f"http://{address}:{SERVER_PORT}", token)
-                wanted = resolve_env_class(spec.env)
+                wanted = env_class_of(spec.env)
                 if served != f"{wanted.__module__}:{wanted.__qualname__}":
                     raise BadSpecError(f"warm pool {pool['metadata']['name']} serves {served}, not {spec.env!r}")
             except BaseException:
