@@ -1,6 +1,8 @@
 """Step round trips per second through client and server: our runtime versus OpenEnv's.
 
-Each server runs in its own process (as in a sandbox) and serves the same `PingEnv`;
+Each server runs in its own process (as in a sandbox) and serves the same `PingEnv`, whose
+async methods both servers await on the loop, and `SyncPingEnv`, the same with a synchronous
+`step` only (as published OpenEnv environments are written), each against the other's;
 the clients run in a measuring process: OpenEnv's `GenericEnvClient` against OpenEnv's
 `create_app` server, our `EnvClient` against our server (over TCP like the reference,
 and over the Unix socket sandboxes use; there also over the HTTP session binding, what an
@@ -73,30 +75,25 @@ class Servers:
         )
 
     async def start(self) -> None:
-        ours_port, ref_port = _free_port(), _free_port()
-        for name, listen in (
-            ("ours-tcp", ["--port", str(ours_port)]),
-            ("ours-uds", ["--uds", str(self.tmp / "env.sock")]),
+        ours_port, ref_port, ours_sync_port, ref_sync_port = (_free_port() for _ in range(4))
+        for name, env, listen in (
+            ("ours-tcp", "PingEnv", ["--port", str(ours_port)]),
+            ("ours-uds", "PingEnv", ["--uds", str(self.tmp / "env.sock")]),
+            ("ours-tcp-sync", "SyncPingEnv", ["--port", str(ours_sync_port)]),
         ):
             token_file = self.tmp / f"{name}.token"
             token_file.write_text(TOKEN)
-            self._spawn(
-                [
-                    "-m",
-                    "envs",
-                    "bench.trivial_env:PingEnv",
-                    *listen,
-                    "--token-file",
-                    str(token_file),
-                    "--max-sessions",
-                    "64",
-                ]
-            )
-        self._spawn(["-m", "bench.openenv_server", str(ref_port), os.environ.get(LOOP_ENV_VAR, "uvloop")])
+            target = f"bench.trivial_env:{env}"
+            self._spawn(["-m", "envs", target, *listen, "--token-file", str(token_file), "--max-sessions", "64"])
+        loop = os.environ.get(LOOP_ENV_VAR, "uvloop")
+        self._spawn(["-m", "bench.openenv_server", str(ref_port), loop])
+        self._spawn(["-m", "bench.openenv_server", str(ref_sync_port), loop, "SyncPingEnv"])
         self.urls = {
             "ours-tcp": f"ws://127.0.0.1:{ours_port}",
             "ours-uds": f"unix://{self.tmp / 'env.sock'}",
             "openenv": f"http://127.0.0.1:{ref_port}",
+            "ours-tcp-sync": f"ws://127.0.0.1:{ours_sync_port}",
+            "openenv-sync": f"http://127.0.0.1:{ref_sync_port}",
         }
         self._spawn(["-c", PINGPONG_SERVER, str(self.tmp / "pingpong.sock")])
         for url in self.urls.values():
@@ -190,6 +187,8 @@ CONTENDERS = (
     ("hillclimb (EnvServer + EnvClient, Unix socket)", "ours-uds"),
     ("hillclimb (EnvServer + HttpEnvClient, HTTP session binding, Unix socket)", "ours-uds-http"),
     ("bare asyncio Unix-socket JSON ping-pong", "pingpong"),
+    ("openenv, synchronous step (create_app + GenericEnvClient, TCP)", "openenv-sync"),
+    ("hillclimb, synchronous step (EnvServer + EnvClient, TCP)", "ours-tcp-sync"),
 )
 OPENERS = {
     "openenv": _openenv,
@@ -197,6 +196,8 @@ OPENERS = {
     "ours-uds": _ours,
     "ours-uds-http": _ours_http,
     "pingpong": _pingpong,
+    "openenv-sync": _openenv,
+    "ours-tcp-sync": _ours,
 }
 
 
@@ -241,6 +242,10 @@ def run(seconds: float, reps: int) -> dict[str, Any]:
     }
 
 
+REFERENCE = "openenv (create_app + GenericEnvClient, TCP)"
+SYNC_REFERENCE = "openenv, synchronous step (create_app + GenericEnvClient, TCP)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="timed window per measurement")
@@ -251,11 +256,12 @@ def main() -> None:
         print(json.dumps(run_fast(measure_once(args.seconds))))
         return
     results = run(args.seconds, args.reps)
-    shipped = results["asyncio"]["openenv (create_app + GenericEnvClient, TCP)"]  # OpenEnv does not ship uvloop
     rows = []
     for loop, by_name in results.items():
-        same_loop = by_name["openenv (create_app + GenericEnvClient, TCP)"]
         for name, by_sessions in by_name.items():
+            reference = SYNC_REFERENCE if "synchronous" in name else REFERENCE  # each against its own kind
+            shipped = results["asyncio"][reference]  # OpenEnv does not ship uvloop
+            same_loop = by_name[reference]
             for key, label in (("1_sessions", "1"), ("16_sessions", "16")):
                 stats = by_sessions[key]
                 rows.append(

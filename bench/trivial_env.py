@@ -1,8 +1,10 @@
-"""The trivial environment both servers run in `env_step.py`: one class, OpenEnv's own base.
+"""The trivial environments both servers run in `env_step.py`, on OpenEnv's own base.
 
-Its async methods are overridden, so OpenEnv's server and ours both await them on the
-event loop (no thread hop on either side): the benchmark compares the runtimes, not
-the environment.
+`PingEnv` overrides the async methods, so OpenEnv's server and ours both await them on the
+event loop (no thread hop on either side): the runtimes compared, not the environment.
+`SyncPingEnv` is the same with a synchronous `step` only, as nearly every published OpenEnv
+environment is written: each server then decides how to run it (both today: a thread per
+session, so the hop to it is in the measurement).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class PingObservation(Observation):
     n: int = 0
 
 
-class PingEnv(Environment[PingAction, PingObservation, State]):
+class SyncPingEnv(Environment[PingAction, PingObservation, State]):
     SUPPORTS_CONCURRENT_SESSIONS = True
 
     def __init__(self) -> None:
@@ -36,6 +38,12 @@ class PingEnv(Environment[PingAction, PingObservation, State]):
         self._state.step_count += 1
         return PingObservation(n=action.n, reward=1.0)
 
+    @property
+    def state(self) -> State:
+        return self._state
+
+
+class PingEnv(SyncPingEnv):
     async def reset_async(
         self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any
     ) -> PingObservation:
@@ -43,7 +51,3 @@ class PingEnv(Environment[PingAction, PingObservation, State]):
 
     async def step_async(self, action: PingAction, timeout_s: float | None = None, **kwargs: Any) -> PingObservation:  # type: ignore[override]
         return self.step(action)
-
-    @property
-    def state(self) -> State:
-        return self._state
