@@ -9,6 +9,7 @@ session, so the hop to it is in the measurement).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from openenv.core.env_server.interfaces import Environment
@@ -51,3 +52,30 @@ class PingEnv(SyncPingEnv):
 
     async def step_async(self, action: PingAction, timeout_s: float | None = None, **kwargs: Any) -> PingObservation:  # type: ignore[override]
         return self.step(action)
+
+
+class NapAction(Action):
+    nap_ms: float = 0.0
+
+
+class NapEnv(Environment[NapAction, PingObservation, State]):
+    """A synchronous step that blocks for `nap_ms` (a subprocess, a slow verifier): for the stall
+    it causes other sessions (`bench.step_stall`)."""
+
+    SUPPORTS_CONCURRENT_SESSIONS = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._state = State()
+
+    def reset(self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any) -> PingObservation:
+        return PingObservation(n=0)
+
+    def step(self, action: NapAction, timeout_s: float | None = None, **kwargs: Any) -> PingObservation:  # type: ignore[override]
+        if action.nap_ms:
+            time.sleep(action.nap_ms / 1000)
+        return PingObservation(n=0)
+
+    @property
+    def state(self) -> State:
+        return self._state

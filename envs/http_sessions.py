@@ -30,6 +30,7 @@ import orjson
 from envs import http
 from envs.errors import EnvError, ErrorCode, InvalidJSONError, SessionError, ValidationError
 from envs.handle import SESSION_HEADER
+from envs.inline import StepOverrun
 from envs.messages import StepDeadline, env_error_frame, error_frame, run_message
 
 if TYPE_CHECKING:
@@ -115,6 +116,8 @@ class HttpBinding:
         try:
             async with asyncio.timeout(limit) as scope:
                 return await work
+        except StepOverrun:  # an inline call, cut by the watchdog: the loop could not time it out
+            raise StepDeadline from None
         except TimeoutError:
             if scope.expired():  # ours, not a TimeoutError the environment raised
                 raise StepDeadline from None

@@ -3,7 +3,8 @@
 Works on any class with OpenEnv's shape — ours (`envs.base.Environment`) or OpenEnv's own
 `Environment` — without importing OpenEnv. An overridden `*_async` method is awaited on
 the event loop; otherwise the sync method runs on the session's own thread, so a slow
-sync environment never blocks other sessions.
+sync environment never blocks other sessions — or inline, once its calls have proven short
+(envs.inline).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pydantic
 
 from envs import base
 from envs.errors import FactoryError, ValidationError
+from envs.inline import InlineCalls
 from envs.mcp import ToolSet
 from envs.metrics import EnvCallStats
 
@@ -190,9 +192,13 @@ class SessionRunner:
 
     Each reset and step is timed around the environment's own method into `stats`."""
 
-    def __init__(self, runtime: EnvRuntime, stats: EnvCallStats | None = None) -> None:
+    def __init__(
+        self, runtime: EnvRuntime, stats: EnvCallStats | None = None, inline: InlineCalls | None = None
+    ) -> None:
+        """`inline`: where this server's sync calls run (envs.inline); None keeps them on the thread."""
         self.runtime = runtime
         self.stats = stats or EnvCallStats()
+        self.inline = inline
         self.env = runtime.new_instance()
         self._executor: ThreadPoolExecutor | None = None
         try:
@@ -207,7 +213,10 @@ class SessionRunner:
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args, **kwargs))
 
     async def _call_env(self, call: str, is_async: bool, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if not is_async:  # timed in the session thread: the hop to it is the server's cost, not the env's
+        if not is_async:
+            if self.inline is not None and self.inline.usable():
+                return self._timed(call, self.inline.run, fn, *args, **kwargs)
+            # timed in the session thread: the hop to it is the server's cost, not the env's
             return await self._call_sync(self._timed, call, fn, *args, **kwargs)
         start = time.perf_counter()
         try:
@@ -220,7 +229,10 @@ class SessionRunner:
         try:
             return fn(*args, **kwargs)
         finally:
-            self.stats.add(call, time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            self.stats.add(call, elapsed)
+            if self.inline is not None:
+                self.inline.observe(elapsed)
 
     async def reset(self, data: dict[str, Any]) -> dict[str, Any]:
         kwargs = self.runtime.check_reset_kwargs(data)

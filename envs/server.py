@@ -44,6 +44,7 @@ from envs import websocket as ws
 from envs.errors import CapacityReachedError, EnvError, ErrorCode, FactoryError
 from envs.handle import ENV_TOKEN_HEADER
 from envs.http_sessions import HttpBinding
+from envs.inline import InlineCalls, StepOverrun
 from envs.messages import StepDeadline, env_error_frame, error_frame, run_message
 from envs.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from envs.metrics import EnvCallStats
@@ -66,6 +67,9 @@ class ServerConfig(BaseModel):
     """Seconds without a message after which a session (or a connection) is closed. None disables reaping."""
     step_timeout_s: float | None = Field(default=120.0, gt=0)
     """Seconds one reset, step or MCP request may run; past it the session is closed. None means no limit."""
+    inline_sync_calls: bool = True
+    """Run a synchronous environment's reset and step on the event loop once they have proven
+    short (envs.inline); False keeps every one on its session's thread."""
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest accepted message; a larger one is answered with VALIDATION_ERROR and skipped."""
     max_connections: int = Field(default=512, ge=2)
@@ -153,6 +157,7 @@ class EnvServer:
         self._ids = itertools.count(1)
         self._schema_body: bytes | None = None
         self.http = HttpBinding(self)
+        self.inline = InlineCalls(self.config.step_timeout_s) if self.config.inline_sync_calls else None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -237,7 +242,7 @@ class EnvServer:
     def open_session(self, conn: _Connection | None) -> _Session:
         self.release_reservation()
         session = _Session(f"s{next(self._ids)}-{os.urandom(4).hex()}", conn)
-        session.runner = SessionRunner(self.runtime, self.env_stats)  # may raise FactoryError: caller reports it
+        session.runner = SessionRunner(self.runtime, self.env_stats, self.inline)  # may raise FactoryError
         self.sessions[session.id] = session
         return session
 
@@ -710,6 +715,9 @@ class _Connection(asyncio.Protocol):
         session.deadline = time.monotonic() + limit
         try:
             return await work
+        except StepOverrun:  # an inline call, cut by the watchdog: the loop could not cancel it
+            session.timed_out = True
+            raise StepDeadline from None
         except asyncio.CancelledError:
             if not session.timed_out:
                 raise
