@@ -4,8 +4,8 @@ A synchronous reset or step runs on its session's thread by default, so that a s
 stall every other session. But the hop to the thread and back costs tens to hundreds of
 microseconds, more than a trivial step itself: an environment whose calls keep finishing within
 `FAST_S` has them run inline, on the loop, after `proof` such calls in a row (64 at first). The
-first call that takes longer sends it back to the thread, and it must then prove itself for twice
-as long before it returns. What a slow call costs the other sessions is one call's length per
+first inline call longer than `SLOW_S` sends it back to the thread, and it must then prove itself
+for twice as long before it returns. What a slow call costs the other sessions is one call's length per
 demotion, and demotions grow rarer; an environment slow from the start never leaves its thread.
 
 An inline call blocks the very loop that would cancel it at the step timeout, so the process's
@@ -25,7 +25,11 @@ from collections.abc import Callable
 from typing import Any
 
 FAST_S = 0.0005
-"""A call that returns within this runs inline once its environment has proven itself."""
+"""Calls that return within this, `proof` of them in a row, prove a class short."""
+SLOW_S = 0.002
+"""An inline call longer than this sends its class back to the thread. Between the two, a call
+neither proves nor disproves: a busy host preempts a short call now and then, and a stall of a
+millisecond or two is what an inline class may cost the others."""
 FIRST_PROOF = 64
 MAX_PROOF = 1 << 20
 
@@ -51,16 +55,17 @@ class InlineCalls:
 
     def observe(self, elapsed: float) -> None:
         """Account one finished call (inline or on a thread)."""
-        if elapsed <= FAST_S:
-            self._streak += 1
-            if not self.inline and self._streak >= self._proof:
-                self.inline = True
-            return
-        self._streak = 0
         if self.inline:
-            self.inline = False
-            self.demotions += 1
-            self._proof = min(self._proof * 2, MAX_PROOF)
+            if elapsed > SLOW_S:
+                self.inline = False
+                self.demotions += 1
+                self._streak = 0
+                self._proof = min(self._proof * 2, MAX_PROOF)
+        elif elapsed <= FAST_S:
+            self._streak += 1
+            self.inline = self._streak >= self._proof
+        else:
+            self._streak = 0
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """`fn(*args, **kwargs)` on this (the main) thread, held to the step timeout."""
