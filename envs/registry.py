@@ -37,3 +37,8 @@ def resolve_env_class(target: str) -> type:
     if not isinstance(obj, type):
         raise TargetNotFoundError(f"{path!r} is a {type(obj).__name__}, not an environment class")
     return obj
+
+
+def class_path(cls: type) -> str:
+    """'module:Class': how a claimed server names the environment it serves, and how its claimant checks it."""
+    return f"{cls.__module__}:{cls.__qualname__}"

@@ -48,6 +48,7 @@ from envs.inline import InlineCalls, StepOverrun
 from envs.messages import StepDeadline, env_error_frame, error_frame, run_message
 from envs.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from envs.metrics import EnvCallStats
+from envs.registry import class_path
 from envs.runtime import EnvRuntime, SessionRunner
 
 log = logging.getLogger("hillclimb.envs.server")
@@ -490,8 +491,7 @@ class _Connection(asyncio.Protocol):
             return self._respond(req, http.json_response(405, body, {"Allow": expected}))
         if req.path == "/claim":
             self.server.claim(req.headers)
-            served = self.server.runtime.env_cls
-            body = {"claimed": True, "env": f"{served.__module__}:{served.__qualname__}"}  # the claimant checks it
+            body = {"claimed": True, "env": class_path(self.server.runtime.env_cls)}  # the claimant checks it
             return self._respond(req, http.json_response(200, body))
         if req.path == "/schema":
             schema = self.server.schema_body()

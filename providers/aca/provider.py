@@ -28,6 +28,7 @@ from urllib.parse import quote
 from pydantic import Field, SecretStr
 
 from envs.handle import ENV_TOKEN_HEADER, Credential
+from envs.registry import class_path
 from envs.targets import env_class_of
 from providers.aca.management import PoolManager
 from providers.aca.pool import (
@@ -193,13 +194,11 @@ class AcaProvider:
             created_at = time.time()
             served = client.claim(identifier, token)
             sandbox_id = f"{pool}/{identifier}"
-            wanted = env_class_of(spec.env)
-            if served != f"{wanted.__module__}:{wanted.__qualname__}":
+            if served != class_path(env_class_of(spec.env)):
                 client.stop(identifier)
                 raise BadSpecError(f"pool {pool} serves {served}, not the spec's environment {spec.env!r}")
             self._tokens[sandbox_id] = SecretStr(token)
-            labels = {**spec.all_labels(created_at), LABEL_EXPIRES: str(int(created_at + spec.ttl_s))}
-            sandbox = self._sandbox(pool, identifier, created_at, labels)
+            sandbox = self._sandbox(pool, identifier, created_at, spec.all_labels(created_at))
             self._sandboxes[sandbox_id] = sandbox
             return sandbox
 

@@ -28,6 +28,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr
 
 import kubernetes
+from envs.registry import class_path
 from envs.targets import env_class_of
 from providers.base import LABEL_PREFIX, KeyLocks, Sandbox, SandboxSpec, create_in_thread, utc_from_timestamp
 from providers.errors import (
@@ -184,8 +185,7 @@ class KubernetesProvider:
                 address = self._wait_bound(name)
                 token = secrets.token_urlsafe(32)
                 served = claim_server(f"http://{address}:{SERVER_PORT}", token)
-                wanted = env_class_of(spec.env)
-                if served != f"{wanted.__module__}:{wanted.__qualname__}":
+                if served != class_path(env_class_of(spec.env)):
                     raise BadSpecError(f"warm pool {pool['metadata']['name']} serves {served}, not {spec.env!r}")
             except BaseException:
                 self._destroy(name)
