@@ -145,8 +145,10 @@ class _Protocol(asyncio.Protocol):
         self._max = max_message_bytes
         self.transport: asyncio.Transport | None = None
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._buf = bytearray()
-        self._frames: ws.FrameReader | None = None
+        self._handshake_reply = http.ResponseReader(
+            max_head_bytes=http.MAX_HEAD_BYTES, max_body_bytes=max_message_bytes
+        )
+        self._frames: ws.FrameCodec | None = None
         self._inbox: collections.deque[bytes] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self.lost: HillclimbError | None = None
@@ -163,8 +165,7 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
         if self._frames is None:
-            self._buf += data
-            self._handshake_reply()
+            self._read_handshake_reply(data)
             return
         try:
             messages = self._frames.feed(data)
@@ -179,35 +180,33 @@ class _Protocol(asyncio.Protocol):
                 too_big = f"server sent a {payload.decode()}-byte message, over this client's limit of {self._max}"
                 self._fail(ConnectionLostError(too_big))
             elif opcode == ws.OP_PING:
-                self.send(ws.OP_PONG, payload)
+                self._write(self._frames.pong(payload))
             elif opcode == ws.OP_CLOSE:
                 code, reason = ws.parse_close_payload(payload)
-                if not self._close_sent:  # echo once (RFC 6455 5.5.1); ours may already be on its way
-                    self.send(ws.OP_CLOSE, payload[:2])
+                self.close(ws.close_reply_code(code))  # echo once (RFC 6455 5.5.1); ours may already be on its way
                 said = f"code {code}{': ' + reason if reason else ''}"
                 self._fail(ConnectionLostError(f"server closed the connection ({said})", close_code=code))
 
-    def _handshake_reply(self) -> None:
+    def _read_handshake_reply(self, data: bytes) -> None:
+        reply = self._handshake_reply
         try:
-            head = http.split_head(self._buf)
-            if head is None:
+            if not reply.feed(data):
                 return
-            status, headers = http.parse_response_head(head)
         except http.HTTPError as e:
             return self._fail(ConnectionLostError(f"bad handshake reply: {e.message}"))
-        if status == 401:
+        if reply.status == 401:
             refused = "the server refused the bearer token (HTTP 401): pass token= the sandbox's token"
             return self._fail(AuthenticationError(refused))
-        if status != 101:
-            return self._fail(ConnectionLostError(f"WebSocket upgrade refused: HTTP {status}", status=status))
-        if headers.get("sec-websocket-accept") != self._accept:
+        if reply.status != 101 or reply.upgraded is None:
+            return self._fail(
+                ConnectionLostError(f"WebSocket upgrade refused: HTTP {reply.status}", status=reply.status)
+            )
+        if reply.headers.get("sec-websocket-accept") != self._accept:
             return self._fail(ConnectionLostError("WebSocket upgrade answered with a wrong Sec-WebSocket-Accept"))
-        self._frames = ws.FrameReader(max_message_bytes=self._max, expect_masked=False)
+        self._frames = ws.FrameCodec(client=True, max_message_bytes=self._max)
         self.handshake.set_result(None)
-        if self._buf:
-            rest = bytes(self._buf)
-            self._buf.clear()
-            self.data_received(rest)
+        if reply.upgraded:
+            self.data_received(reply.upgraded)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ConnectionLostError(f"connection lost{': ' + str(exc) if exc else ''}"))
@@ -228,11 +227,22 @@ class _Protocol(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def send(self, opcode: int, payload: bytes) -> None:
+    def send_text(self, payload: bytes) -> None:
+        if self._frames is not None:
+            self._write(self._frames.text(payload))
+
+    def ping(self) -> None:
+        if self._frames is not None:
+            self._write(self._frames.ping(b"hc"))
+
+    def close(self, code: int) -> None:
+        if self._frames is not None:
+            self._write(self._frames.close(code))
+            self._close_sent = True  # nothing may follow a close frame (RFC 6455 5.5.1)
+
+    def _write(self, frame: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing() and not self._close_sent:
-            self.transport.write(ws.encode_frame(opcode, payload, mask=True))
-            if opcode == ws.OP_CLOSE:  # nothing may follow a close frame (RFC 6455 5.5.1)
-                self._close_sent = True
+            self.transport.write(frame)
 
     def session_notice(self) -> dict[str, Any] | None:
         """The SESSION_ERROR the server sent unasked before it hung up (reaped idle, say), if any."""
@@ -490,7 +500,7 @@ class EnvClient(BaseEnvClient):
             conn._fail(ConnectionLostError(f"no reply to a keepalive ping within {self.ping_timeout_s:g} s"))
             return
         if not unanswered and now - conn.last_rx >= self.ping_interval_s:
-            conn.send(ws.OP_PING, b"hc")
+            conn.ping()
             conn.ping_sent_at = now
         self._schedule_heartbeat()
 
@@ -512,8 +522,8 @@ class EnvClient(BaseEnvClient):
         conn = self._conn
         try:
             if conn is not None and self.connected:
-                conn.send(ws.OP_TEXT, b'{"type":"close"}')
-                conn.send(ws.OP_CLOSE, ws.close_payload(ws.CLOSE_NORMAL))
+                conn.send_text(b'{"type":"close"}')
+                conn.close(ws.CLOSE_NORMAL)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(conn.closed), _CLOSE_WAIT_S)
         finally:  # even when cancelled while waiting: never leave the socket or the heartbeat behind
@@ -620,7 +630,7 @@ class EnvClient(BaseEnvClient):
 
 
 def _send_json(conn: _Protocol, message: dict[str, Any]) -> None:
-    conn.send(ws.OP_TEXT, orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS))
+    conn.send_text(orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS))
 
 
 def action_data(action: dict[str, Any] | BaseModel) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from envs.unix_socket import connect_unix
 
 _CLOSE_WAIT_S = 2.0
 _HEAD_LIMIT = 64 * 1024
+_READ_BYTES = 256 * 1024
 
 
 class _Stale(Exception):
@@ -51,36 +52,28 @@ class _Channel:
         self.open = True
 
     async def exchange(self, request: bytes, max_bytes: int) -> tuple[int, dict[str, str], bytes]:
+        reply = http.ResponseReader(max_head_bytes=_HEAD_LIMIT, max_body_bytes=max_bytes)
+        replied = False  # any of the reply came: a kept-alive connection closed before is merely stale
         try:
             self.writer.write(request)
-            head = await self.reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError as e:
-            if not e.partial:
-                raise _Stale from None
-            raise ConnectionLostError("the server hung up in the middle of a reply") from None
+            while not reply.done:
+                data = await self.reader.read(_READ_BYTES)
+                if not data:
+                    if reply.finish():  # the body ends with the connection
+                        break
+                    if not replied:
+                        raise _Stale
+                    raise ConnectionLostError("the server hung up in the middle of a reply")
+                replied = True
+                reply.feed(data)
         except (ConnectionResetError, BrokenPipeError):
+            if replied:
+                raise ConnectionLostError("the connection dropped in the middle of a reply") from None
             raise _Stale from None
-        except asyncio.LimitOverrunError:
-            raise ConnectionLostError(f"a reply head over {_HEAD_LIMIT} bytes") from None
-        status, headers = http.parse_response_head(head[:-4])
-        if headers.get("connection", "").lower() == "close":
-            self.open = False
-        if "transfer-encoding" in headers:
-            raise ConnectionLostError("the server sent a chunked reply; this client reads Content-Length only")
-        length = headers.get("content-length")
-        try:
-            if length is None:  # the body ends with the connection
-                self.open = False
-                body = await self.reader.read(max_bytes + 1)
-            else:
-                if not length.isdigit() or int(length) > max_bytes:
-                    raise ConnectionLostError(f"a {length}-byte reply, over this client's limit of {max_bytes}")
-                body = await self.reader.readexactly(int(length))
-        except (asyncio.IncompleteReadError, ConnectionResetError) as e:
-            raise ConnectionLostError(f"the connection dropped in the middle of a reply: {e}") from None
-        if len(body) > max_bytes:
-            raise ConnectionLostError(f"a reply over this client's limit of {max_bytes} bytes")
-        return status, headers, body
+        except http.HTTPError as e:
+            raise ConnectionLostError(e.message) from None
+        self.open = reply.keep_alive
+        return reply.status, reply.headers, reply.body
 
     def close(self) -> None:
         self.open = False
@@ -110,10 +103,10 @@ async def _compose(
 async def _open_channel(endpoint: Endpoint, ssl: ssl_module.SSLContext | None) -> _Channel:
     if endpoint.uds:
         sock = await connect_unix(endpoint.uds)
-        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=_HEAD_LIMIT)
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
     else:
         ctx = (ssl or ssl_module.create_default_context()) if endpoint.tls else None
-        reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port, ssl=ctx, limit=_HEAD_LIMIT)
+        reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port, ssl=ctx)
     return _Channel(reader, writer)
 
 

@@ -329,9 +329,10 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: EnvServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self._buf = bytearray()
-        self._pending_request: http.Request | None = None  # head parsed, body still arriving
-        self._frames: ws.FrameReader | None = None
+        self._requests = http.RequestReader(self._refuse_early, max_body_bytes=server.config.max_message_bytes)
+        # Requests read and not yet answered, in order; a refusal takes its request's place.
+        self._queued: collections.deque[http.Request | http.HTTPError] = collections.deque()
+        self._frames: ws.FrameCodec | None = None
         self._http_busy = False
         self._closing = False
         self._last_active = time.monotonic()
@@ -340,7 +341,7 @@ class _Connection(asyncio.Protocol):
         self._inbox: collections.deque[tuple[int, bytes] | None] = collections.deque()
         self._inbox_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
-        self._inbox_full = False  # reading paused: the session has not taken its messages
+        self._inbox_full = False  # reading paused: the session (before an upgrade: the HTTP routes) lags behind
         self._writes_blocked = False  # reading paused: the client has not read its replies
         self._discarding = False  # refused: what still arrives is dropped unread
         self._request_since = time.monotonic()  # since when an HTTP connection awaits its next request
@@ -390,7 +391,7 @@ class _Connection(asyncio.Protocol):
         if self._frames is not None:
             self._on_ws_data(data)
             return
-        self._buf += data
+        self._read_http(data)
         self._serve_http()
 
     # -- reaping and shutdown --------------------------------------------------------
@@ -422,7 +423,7 @@ class _Connection(asyncio.Protocol):
             return
         self._closing = True
         if self._frames is not None:
-            self.transport.write(ws.encode_frame(ws.OP_CLOSE, ws.close_payload(code, reason), mask=False))
+            self.transport.write(self._frames.close(code, reason))
         self.transport.close()
         # A half-open peer never acknowledges; do not let its socket linger.
         asyncio.get_running_loop().call_later(5.0, self.transport.abort)
@@ -430,13 +431,28 @@ class _Connection(asyncio.Protocol):
 
     # -- HTTP --------------------------------------------------------------------------
 
+    def _read_http(self, data: bytes) -> None:
+        if self._queued and isinstance(self._queued[-1], http.HTTPError):
+            return  # nothing after a refused request is read
+        try:
+            self._queued += self._requests.feed(data)
+        except http.HTTPError as e:
+            self._queued.append(e)
+        if self._http_busy and len(self._queued) > _MAX_INBOX and not self._inbox_full:
+            self._inbox_full = True  # a pipelining client waits until its earlier requests are answered
+            self._update_reading()
+
     def _serve_http(self) -> None:
-        while not self._http_busy and not self._closing and self._frames is None and not self._writes_blocked:
+        while self._queued and not self._http_busy and not self._closing and not self._writes_blocked:
+            item = self._queued.popleft()
+            if self._inbox_full and not self._queued:
+                self._inbox_full = False
+                self._update_reading()
             try:
-                request = self._next_request()
-                if request is None:
-                    return
-                self._route(request)
+                if isinstance(item, http.HTTPError):
+                    raise item
+                self._request_since = time.monotonic()  # the next one's time starts now
+                self._route(item)
             except http.HTTPError as e:
                 challenge = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
                 self._refuse(http.json_response(e.status, {"error": e.message}, challenge))
@@ -445,24 +461,6 @@ class _Connection(asyncio.Protocol):
                 log.exception("HTTP request failed")
                 self._respond_and_close(http.json_response(500, {"error": f"{type(e).__name__}: {e}"}))
                 return
-
-    def _next_request(self) -> http.Request | None:
-        pending = self._pending_request
-        if pending is None:
-            head = http.split_head(self._buf)
-            if head is None:
-                return None
-            pending = http.parse_request_head(head)
-            self._refuse_early(pending)
-        need = pending.content_length
-        if len(self._buf) < need:
-            self._pending_request = pending
-            return None
-        pending.body = bytes(self._buf[:need])
-        del self._buf[:need]
-        self._pending_request = None
-        self._request_since = time.monotonic()  # the next one's time starts now
-        return pending
 
     def _refuse_early(self, req: http.Request) -> None:
         """Judge a request by its head, before reading (or buffering) any of its body."""
@@ -474,8 +472,6 @@ class _Connection(asyncio.Protocol):
             raise http.HTTPError(401, "missing or wrong bearer token")
         if req.content_length and req.path not in _METHODS:
             raise http.HTTPError(400, f"{req.path} takes no request body")
-        if req.content_length > self.server.config.max_message_bytes:
-            raise http.HTTPError(413, f"body exceeds {self.server.config.max_message_bytes} bytes")
 
     def _route(self, req: http.Request) -> None:
         """Answer a complete request; `_refuse_early` has checked its route and token."""
@@ -517,7 +513,7 @@ class _Connection(asyncio.Protocol):
         lost to a connection reset over unread data."""
         self._write(payload)
         self._closing = self._discarding = True
-        self._buf.clear()
+        self._queued.clear()
         if self.transport is not None:
             if self.transport.can_write_eof():
                 self.transport.write_eof()
@@ -580,7 +576,8 @@ class _Connection(asyncio.Protocol):
 
     def _upgrade(self, req: http.Request) -> None:
         key = req.headers.get("sec-websocket-key")
-        if req.method != "GET" or "websocket" not in req.headers.get("upgrade", "").lower() or not key:
+        upgrading = self._requests.upgraded is not None  # "Connection: Upgrade" and "Upgrade" both sent
+        if req.method != "GET" or not upgrading or "websocket" not in req.headers.get("upgrade", "").lower() or not key:
             body = {"error": "/ws needs a WebSocket upgrade"}
             return self._respond_and_close(http.json_response(426, body, {"Upgrade": "websocket"}))
         if req.headers.get("sec-websocket-version") != "13":
@@ -588,7 +585,7 @@ class _Connection(asyncio.Protocol):
             return self._respond_and_close(http.json_response(426, body, {"Sec-WebSocket-Version": "13"}))
         headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": ws.accept_key(key)}
         self._write(http.render_response(101, headers=headers))
-        self._frames = ws.FrameReader(max_message_bytes=self.server.config.max_message_bytes, expect_masked=True)
+        self._frames = ws.FrameCodec(client=False, max_message_bytes=self.server.config.max_message_bytes)
         try:
             self.server.reserve_session()
         except CapacityReachedError as e:
@@ -596,8 +593,7 @@ class _Connection(asyncio.Protocol):
             self._send_json(error_frame(ErrorCode.CAPACITY_REACHED, str(e), **usage))
             return self.shutdown(ws.CLOSE_POLICY_VIOLATION, "capacity reached")
         self._session_task = self.server.spawn(self._run_session())
-        leftover = bytes(self._buf)
-        self._buf.clear()
+        leftover = self._requests.upgraded
         if leftover:
             self._on_ws_data(leftover)
 
@@ -610,7 +606,7 @@ class _Connection(asyncio.Protocol):
             return self.shutdown(e.close_code, str(e))
         for opcode, payload in messages:
             if opcode == ws.OP_PING:
-                self._write(ws.encode_frame(ws.OP_PONG, payload, mask=False))
+                self._write(self._frames.pong(payload))
             elif opcode == ws.OP_CLOSE:
                 code, _ = ws.parse_close_payload(payload)
                 self.shutdown(ws.close_reply_code(code), "")
@@ -639,7 +635,8 @@ class _Connection(asyncio.Protocol):
         return self._inbox.popleft()
 
     def _send_json(self, payload: dict[str, Any]) -> None:
-        self._write(ws.encode_frame(ws.OP_TEXT, orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS), mask=False))
+        assert self._frames is not None
+        self._write(self._frames.text(orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)))
 
     async def _run_session(self) -> None:
         try:

@@ -26,6 +26,8 @@ from providers.base import Sandbox, SandboxSpec
 from providers.local import LocalProvider
 from providers.readiness import READY_TIMEOUT_S, wait_healthy
 
+_MAX_BODY = 64 << 20  # what one request may carry through the ingress
+
 
 class SessionPoolIngress:
     def __init__(self, *, prefix: str = "/pool/envs", tls: ssl.SSLContext | None = None) -> None:
@@ -73,27 +75,22 @@ class SessionPoolIngress:
         handler = asyncio.current_task()
         assert handler is not None
         self._handlers[handler] = writer
+        requests = http.RequestReader(lambda request: None, max_body_bytes=_MAX_BODY)
         try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                request = http.parse_request_head(head[:-4])
-                request.body = await reader.readexactly(request.content_length)
-                target = head.split(b" ", 2)[1].decode("latin-1")
-                writer.write(await self._answer(request, target))
-                await writer.drain()
-                if not request.keep_alive:
-                    return
+            while data := await reader.read(65536):
+                for request in requests.feed(data):
+                    writer.write(await self._answer(request))
+                    await writer.drain()
+                    if not request.keep_alive:
+                        return
         except (ConnectionError, ssl.SSLError):
             return
         finally:
             self._handlers.pop(handler, None)
             writer.close()
 
-    async def _answer(self, request: http.Request, target: str) -> bytes:
-        parts = urlsplit(target)
+    async def _answer(self, request: http.Request) -> bytes:
+        parts = urlsplit(request.target)
         identifier = (parse_qs(parts.query).get("identifier") or [""])[0]
         if "upgrade" in request.headers:
             return self._refuse(400, "this ingress carries plain HTTP only")

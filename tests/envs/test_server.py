@@ -255,7 +255,6 @@ async def _raw(start_server, env_cls=CounterEnv, **config) -> RawWS:
 
 BAD_MESSAGES = {
     "invalid JSON": (b"{not json", "INVALID_JSON"),
-    "invalid UTF-8": (b"\xff\xfe{", "INVALID_JSON"),
     "nesting deeper than the parser's stack": (b"[" * 100_000, "INVALID_JSON"),
     "JSON array": (b"[1, 2]", "VALIDATION_ERROR"),
     "unknown type": (b'{"type": "jump"}', "UNKNOWN_TYPE"),
@@ -282,6 +281,20 @@ async def test_bad_message_gets_its_code_and_the_session_lives_on(start_server, 
         assert "timeout" not in error["data"]
         assert (await raw.request({"type": "step", "data": {"amount": 1}}))["data"]["observation"]["total"] == 3
         assert (await raw.request({"type": "state"}))["data"]["total"] == 3
+    finally:
+        await raw.aclose()
+
+
+async def test_invalid_utf8_fails_a_text_message_only(start_server):
+    """RFC 6455 8.1: text that is not UTF-8 fails the connection (1007, invalid payload data);
+    the same bytes in a binary message are merely bad JSON, and the session lives on."""
+    raw = await _raw(start_server)
+    try:
+        raw.send(ws.OP_BINARY, b"\xff\xfe{")
+        assert (await raw.recv_json())["data"]["code"] == "INVALID_JSON"
+        assert (await raw.request({"type": "step", "data": {"amount": 1}}))["data"]["observation"]["total"] == 1
+        raw.send(ws.OP_TEXT, b"\xff\xfe{")
+        assert await raw.close_code() == 1007
     finally:
         await raw.aclose()
 

@@ -102,8 +102,8 @@ class SessionPoolEmulator(SessionPoolIngress):
             await self._stop(identifier)
         await super().close()
 
-    async def _answer(self, request: http.Request, target: str) -> bytes:
-        parts = urlsplit(target)
+    async def _answer(self, request: http.Request) -> bytes:
+        parts = urlsplit(request.target)
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         if audience(request.headers.get("authorization")) != SESSIONS_AUDIENCE:
             return self._refuse(401, f"a token for {SESSIONS_AUDIENCE} is required")
