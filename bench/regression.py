@@ -4,12 +4,15 @@ Each repetition measures the base commit (a `git worktree` of it) and this tree 
 the other (in alternating order), each in a fresh process started in its own tree, so
 machine noise hits both alike; medians over repetitions are compared.
 
-- per step: `bench.env_step`'s own measurement (uvloop), our server and client over the
-  Unix socket sandboxes use, 1 session stepping back to back and 16 concurrently: steps/s.
+- per step: `bench.env_step`'s own measurement (on uvloop, or `--loop asyncio`), every
+  hillclimb row of it: our server and client over TCP and over the Unix socket sandboxes use,
+  the HTTP session binding, a synchronous environment; 1 session stepping back to back and 16
+  concurrently: steps/s.
 - warm lease: `bench.sandbox_start.warm_leases` on local sandboxes (`SandboxPool.lease()`
-  from a warm pool, health check included, shared sandboxes): seconds per lease, median.
+  from a warm pool, health check included, shared sandboxes): seconds per lease, median
+  (`--leases 0` skips it).
 
-    python -m bench.regression --base <commit> [--reps 5] [--seconds 1] [--leases 200]
+    python -m bench.regression --base <commit> [--reps 5] [--seconds 1] [--leases 200] [--loop uvloop]
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from bench.common import print_table, summarize, write_result
 from envs.serve import LOOP_ENV_VAR
 
 HERE = Path(__file__).resolve().parent.parent
-UDS = "hillclimb (EnvServer + EnvClient, Unix socket)"
 
 _WARM_LEASE = """
 import asyncio, json, statistics, sys, tempfile
@@ -60,13 +62,17 @@ def _child(tree: Path, args: list[str], env: dict[str, str] | None = None) -> An
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def measure(tree: Path, seconds: float, leases: int) -> dict[str, float]:
-    steps = _child(tree, ["-m", "bench.env_step", "--child", "--seconds", str(seconds)], {LOOP_ENV_VAR: "uvloop"})
-    return {
-        "steps/s, 1 session": steps[UDS]["1_sessions"],
-        "steps/s, 16 sessions": steps[UDS]["16_sessions"],
-        "warm lease, ms": 1000 * _child(tree, ["-c", _WARM_LEASE, str(leases)]),
+def measure(tree: Path, seconds: float, leases: int, loop: str) -> dict[str, float]:
+    steps = _child(tree, ["-m", "bench.env_step", "--child", "--seconds", str(seconds)], {LOOP_ENV_VAR: loop})
+    measured = {
+        f"{runtime.removeprefix('hillclimb')}: steps/s, {sessions.replace('_', ' ')}": rate
+        for runtime, by_sessions in steps.items()
+        if runtime.startswith("hillclimb")
+        for sessions, rate in by_sessions.items()
     }
+    if leases:
+        measured["warm lease, ms"] = 1000 * _child(tree, ["-c", _WARM_LEASE, str(leases)])
+    return measured
 
 
 def main() -> None:
@@ -74,7 +80,8 @@ def main() -> None:
     parser.add_argument("--base", required=True, help="the commit to compare against")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0, help="timed window per step measurement")
-    parser.add_argument("--leases", type=int, default=200, help="leases per warm-lease measurement")
+    parser.add_argument("--leases", type=int, default=200, help="leases per warm-lease measurement (0: none)")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="event loop of the steps")
     args = parser.parse_args()
     base_commit = subprocess.run(
         ["git", "rev-parse", "--short", args.base], cwd=HERE, capture_output=True, text=True, check=True
@@ -87,13 +94,13 @@ def main() -> None:
             for rep in range(args.reps):
                 sides = [("base", base), ("head", HERE)]
                 for side, tree in sides if rep % 2 == 0 else sides[::-1]:  # neither always goes first
-                    for name, value in measure(tree, args.seconds, args.leases).items():
+                    for name, value in measure(tree, args.seconds, args.leases, args.loop).items():
                         samples[side].setdefault(name, []).append(value)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=HERE, check=True)
     results = {side: {name: summarize(values) for name, values in by.items()} for side, by in samples.items()}
     rows = []
-    for name in samples["head"]:
+    for name in [n for n in samples["head"] if n in samples["base"]]:  # rows both commits measure
         before, after = (statistics.median(samples[side][name]) for side in ("base", "head"))
         rows.append([name, f"{before:,.2f}", f"{after:,.2f}", f"{after / before:.3f}"])
     print_table(["measure (median)", f"base {base_commit}", "this tree", "this / base"], rows)
