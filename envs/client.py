@@ -148,7 +148,7 @@ class _Protocol(asyncio.Protocol):
         self._handshake_reply = http.ResponseReader(
             max_head_bytes=http.MAX_HEAD_BYTES, max_body_bytes=max_message_bytes
         )
-        self._frames: ws.FrameCodec | None = None
+        self._frames: ws.FrameReader | None = None
         self._inbox: collections.deque[bytes] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self.lost: HillclimbError | None = None
@@ -180,10 +180,11 @@ class _Protocol(asyncio.Protocol):
                 too_big = f"server sent a {payload.decode()}-byte message, over this client's limit of {self._max}"
                 self._fail(ConnectionLostError(too_big))
             elif opcode == ws.OP_PING:
-                self._write(self._frames.pong(payload))
+                self.send(ws.OP_PONG, payload)
             elif opcode == ws.OP_CLOSE:
                 code, reason = ws.parse_close_payload(payload)
-                self.close(ws.close_reply_code(code))  # echo once (RFC 6455 5.5.1); ours may already be on its way
+                if not self._close_sent:  # echo once (RFC 6455 5.5.1); ours may already be on its way
+                    self.send(ws.OP_CLOSE, payload[:2])
                 said = f"code {code}{': ' + reason if reason else ''}"
                 self._fail(ConnectionLostError(f"server closed the connection ({said})", close_code=code))
 
@@ -203,7 +204,7 @@ class _Protocol(asyncio.Protocol):
             )
         if reply.headers.get("sec-websocket-accept") != self._accept:
             return self._fail(ConnectionLostError("WebSocket upgrade answered with a wrong Sec-WebSocket-Accept"))
-        self._frames = ws.FrameCodec(client=True, max_message_bytes=self._max)
+        self._frames = ws.FrameReader(max_message_bytes=self._max, expect_masked=False)
         self.handshake.set_result(None)
         if reply.upgraded:
             self.data_received(reply.upgraded)
@@ -227,22 +228,11 @@ class _Protocol(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def send_text(self, payload: bytes) -> None:
-        if self._frames is not None:
-            self._write(self._frames.text(payload))
-
-    def ping(self) -> None:
-        if self._frames is not None:
-            self._write(self._frames.ping(b"hc"))
-
-    def close(self, code: int) -> None:
-        if self._frames is not None:
-            self._write(self._frames.close(code))
-            self._close_sent = True  # nothing may follow a close frame (RFC 6455 5.5.1)
-
-    def _write(self, frame: bytes) -> None:
+    def send(self, opcode: int, payload: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing() and not self._close_sent:
-            self.transport.write(frame)
+            self.transport.write(ws.encode_frame(opcode, payload, mask=True))
+            if opcode == ws.OP_CLOSE:  # nothing may follow a close frame (RFC 6455 5.5.1)
+                self._close_sent = True
 
     def session_notice(self) -> dict[str, Any] | None:
         """The SESSION_ERROR the server sent unasked before it hung up (reaped idle, say), if any."""
@@ -500,7 +490,7 @@ class EnvClient(BaseEnvClient):
             conn._fail(ConnectionLostError(f"no reply to a keepalive ping within {self.ping_timeout_s:g} s"))
             return
         if not unanswered and now - conn.last_rx >= self.ping_interval_s:
-            conn.ping()
+            conn.send(ws.OP_PING, b"hc")
             conn.ping_sent_at = now
         self._schedule_heartbeat()
 
@@ -522,8 +512,8 @@ class EnvClient(BaseEnvClient):
         conn = self._conn
         try:
             if conn is not None and self.connected:
-                conn.send_text(b'{"type":"close"}')
-                conn.close(ws.CLOSE_NORMAL)
+                conn.send(ws.OP_TEXT, b'{"type":"close"}')
+                conn.send(ws.OP_CLOSE, ws.close_payload(ws.CLOSE_NORMAL))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(conn.closed), _CLOSE_WAIT_S)
         finally:  # even when cancelled while waiting: never leave the socket or the heartbeat behind
@@ -630,7 +620,7 @@ class EnvClient(BaseEnvClient):
 
 
 def _send_json(conn: _Protocol, message: dict[str, Any]) -> None:
-    conn.send_text(orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS))
+    conn.send(ws.OP_TEXT, orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS))
 
 
 def action_data(action: dict[str, Any] | BaseModel) -> dict[str, Any]:

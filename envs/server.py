@@ -332,7 +332,7 @@ class _Connection(asyncio.Protocol):
         self._requests = http.RequestReader(self._refuse_early, max_body_bytes=server.config.max_message_bytes)
         # Requests read and not yet answered, in order; a refusal takes its request's place.
         self._queued: collections.deque[http.Request | http.HTTPError] = collections.deque()
-        self._frames: ws.FrameCodec | None = None
+        self._frames: ws.FrameReader | None = None
         self._http_busy = False
         self._closing = False
         self._last_active = time.monotonic()
@@ -423,7 +423,7 @@ class _Connection(asyncio.Protocol):
             return
         self._closing = True
         if self._frames is not None:
-            self.transport.write(self._frames.close(code, reason))
+            self.transport.write(ws.encode_frame(ws.OP_CLOSE, ws.close_payload(code, reason), mask=False))
         self.transport.close()
         # A half-open peer never acknowledges; do not let its socket linger.
         asyncio.get_running_loop().call_later(5.0, self.transport.abort)
@@ -585,7 +585,7 @@ class _Connection(asyncio.Protocol):
             return self._respond_and_close(http.json_response(426, body, {"Sec-WebSocket-Version": "13"}))
         headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": ws.accept_key(key)}
         self._write(http.render_response(101, headers=headers))
-        self._frames = ws.FrameCodec(client=False, max_message_bytes=self.server.config.max_message_bytes)
+        self._frames = ws.FrameReader(max_message_bytes=self.server.config.max_message_bytes, expect_masked=True)
         try:
             self.server.reserve_session()
         except CapacityReachedError as e:
@@ -606,7 +606,7 @@ class _Connection(asyncio.Protocol):
             return self.shutdown(e.close_code, str(e))
         for opcode, payload in messages:
             if opcode == ws.OP_PING:
-                self._write(self._frames.pong(payload))
+                self._write(ws.encode_frame(ws.OP_PONG, payload, mask=False))
             elif opcode == ws.OP_CLOSE:
                 code, _ = ws.parse_close_payload(payload)
                 self.shutdown(ws.close_reply_code(code), "")
@@ -635,8 +635,7 @@ class _Connection(asyncio.Protocol):
         return self._inbox.popleft()
 
     def _send_json(self, payload: dict[str, Any]) -> None:
-        assert self._frames is not None
-        self._write(self._frames.text(orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)))
+        self._write(ws.encode_frame(ws.OP_TEXT, orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS), mask=False))
 
     async def _run_session(self) -> None:
         try:

@@ -384,8 +384,8 @@ async def _send_then_wait(data: bytes, reader, writer) -> None:
     ("data", "fragment"),
     [
         (frame(TEXT, b"x" * 5000, mask=False), "over this client's limit of 1024"),
-        (frame(TEXT, b"{}", mask=True), "unexpected masked frame"),
-        (frame(TEXT, b"{}", mask=False, rsv=0b010), "Reserved bit set"),
+        (frame(TEXT, b"{}", mask=True), "must not be masked"),
+        (frame(TEXT, b"{}", mask=False, rsv=0b010), "reserved bits"),
     ],
     ids=["oversized reply", "masked server frame", "reserved bits"],
 )

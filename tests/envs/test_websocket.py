@@ -122,6 +122,8 @@ VIOLATIONS = {
     "data frame inside a fragmented message": frame(TEXT, b"{", fin=False) + frame(TEXT, b"}"),
     "unknown opcode": frame(0x3, b"{}"),
     "64-bit length with the top bit set": bytes([0x81, 0x80 | 127]) + (1 << 63).to_bytes(8, "big") + b"mask",
+    "16-bit length that fits in 7 bits": bytes([0x81, 0x80 | 126]) + (5).to_bytes(2, "big") + b"mask" + b"hello",
+    "64-bit length that fits in 16 bits": bytes([0x81, 0x80 | 127]) + (5).to_bytes(8, "big") + b"mask" + b"hello",
 }
 
 
@@ -131,6 +133,14 @@ def test_reader_rejects_protocol_violations(data):
     with pytest.raises(ws.FrameError) as e:
         reader.feed(data)
     assert e.value.close_code == ws.CLOSE_PROTOCOL_ERROR
+
+
+def test_text_that_is_not_utf8_fails_the_connection_binary_does_not():
+    reader = ws.FrameReader(max_message_bytes=1024, expect_masked=True)
+    assert reader.feed(frame(BINARY, b"\xff\xfe{")) == [(ws.OP_BINARY, b"\xff\xfe{")]
+    with pytest.raises(ws.FrameError) as e:
+        reader.feed(frame(TEXT, "é".encode()[:1], fin=False) + frame(CONTINUATION, b"x"))  # a character cut short
+    assert e.value.close_code == ws.CLOSE_INVALID_PAYLOAD
 
 
 def test_client_side_reader_rejects_masked_server_frames():
