@@ -189,25 +189,26 @@ class _Protocol(asyncio.Protocol):
                 self._fail(ConnectionLostError(f"server closed the connection ({said})", close_code=code))
 
     def _read_handshake_reply(self, data: bytes) -> None:
-        reply = self._handshake_reply
         try:
-            if not reply.feed(data):
-                return
+            replies = self._handshake_reply.feed(data)
         except http.HTTPError as e:
             return self._fail(ConnectionLostError(f"bad handshake reply: {e.message}"))
+        if not replies:
+            return
+        reply = replies[0]
         if reply.status == 401:
             refused = "the server refused the bearer token (HTTP 401): pass token= the sandbox's token"
             return self._fail(AuthenticationError(refused))
-        if reply.status != 101 or reply.upgraded is None:
-            return self._fail(
-                ConnectionLostError(f"WebSocket upgrade refused: HTTP {reply.status}", status=reply.status)
-            )
+        rest = self._handshake_reply.upgraded
+        if reply.status != 101 or rest is None:
+            refused = f"WebSocket upgrade refused: HTTP {reply.status}"
+            return self._fail(ConnectionLostError(refused, status=reply.status))
         if reply.headers.get("sec-websocket-accept") != self._accept:
             return self._fail(ConnectionLostError("WebSocket upgrade answered with a wrong Sec-WebSocket-Accept"))
         self._frames = ws.FrameReader(max_message_bytes=self._max, expect_masked=False)
         self.handshake.set_result(None)
-        if reply.upgraded:
-            self.data_received(reply.upgraded)
+        if rest:
+            self.data_received(rest)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ConnectionLostError(f"connection lost{': ' + str(exc) if exc else ''}"))

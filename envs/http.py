@@ -180,11 +180,20 @@ class RequestReader(_Reader):
         self._ready.append(request)
 
 
-class ResponseReader(_Reader):
-    """One response out of a connection's bytes: status, headers, body.
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    keep_alive: bool
 
-    `feed` returns True once the response is whole; a body that ends with the connection is
-    whole at `finish()`. After a 101, `upgraded` holds the bytes that followed the head.
+
+class ResponseReader(_Reader):
+    """Responses out of one connection's bytes, one after another (a kept-alive connection
+    reads all of its replies through one reader).
+
+    `feed` returns the responses its bytes completed; one whose body ends with the connection
+    is whole at `finish()`. After a 101, `upgraded` holds the bytes that followed its head.
     """
 
     def __init__(self, *, max_head_bytes: int, max_body_bytes: int) -> None:
@@ -192,33 +201,30 @@ class ResponseReader(_Reader):
         self._max_body = max_body_bytes
         self._body: list[bytes] = []
         self._body_size = 0
-        self.status = 0
-        self.done = False
+        self._status = 0
         self._keep_alive = False  # llhttp forgets it once the message is complete
+        self._whole: list[Response] = []
 
-    @property
-    def body(self) -> bytes:
-        return b"".join(self._body)
-
-    @property
-    def keep_alive(self) -> bool:
-        return self.done and self.upgraded is None and self._keep_alive
-
-    def feed(self, data: bytes) -> bool:
+    def feed(self, data: bytes) -> list[Response]:
         self._feed(data)
-        return self.done
+        whole, self._whole = self._whole, []
+        return whole
 
-    def finish(self) -> bool:
-        """The connection ended: whole if the body was to end with it."""
+    def finish(self) -> Response | None:
+        """The connection ended: the response now arriving, if its body was to end with it."""
         delimited = "content-length" in self.headers or "transfer-encoding" in self.headers
-        if self.status and not delimited:
-            self.done = True
-        return self.done
+        if self._status and not self._head.open and not delimited:
+            return Response(self._status, self.headers, b"".join(self._body), False)
+        return None
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._body, self._body_size, self._status = [], 0, 0
 
     def on_headers_complete(self) -> None:
         self._head.end()
-        self.status = self._parser.get_status_code()
-        self._keep_alive = self._parser.should_keep_alive()
+        self._status = self._parser.get_status_code()
+        self._keep_alive = self._parser.should_keep_alive() and not self._parser.should_upgrade()
         length = self.headers.get("content-length")
         if length is not None and int(length) > self._max_body:
             raise HTTPError(413, f"a {length}-byte reply, over this client's limit of {self._max_body}")
@@ -230,7 +236,8 @@ class ResponseReader(_Reader):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self.done = True
+        self._whole.append(Response(self._status, self.headers, b"".join(self._body), self._keep_alive))
+        self._status = 0
 
 
 def render_response(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:

@@ -46,32 +46,38 @@ class _Stale(Exception):
 class _Channel:
     """One HTTP/1.1 connection, one request at a time."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_bytes: int) -> None:
         self.reader = reader
         self.writer = writer
+        self.replies = http.ResponseReader(max_head_bytes=_HEAD_LIMIT, max_body_bytes=max_bytes)
         self.open = True
 
-    async def exchange(self, request: bytes, max_bytes: int) -> tuple[int, dict[str, str], bytes]:
-        reply = http.ResponseReader(max_head_bytes=_HEAD_LIMIT, max_body_bytes=max_bytes)
+    async def exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
+        replies: list[http.Response] = []
         replied = False  # any of the reply came: a kept-alive connection closed before is merely stale
         try:
             self.writer.write(request)
-            while not reply.done:
+            while not replies:
                 data = await self.reader.read(_READ_BYTES)
                 if not data:
-                    if reply.finish():  # the body ends with the connection
+                    last = self.replies.finish()  # a body that ends with the connection
+                    if last is not None:
+                        replies.append(last)
                         break
                     if not replied:
                         raise _Stale
                     raise ConnectionLostError("the server hung up in the middle of a reply")
                 replied = True
-                reply.feed(data)
+                replies = self.replies.feed(data)
         except (ConnectionResetError, BrokenPipeError):
             if replied:
                 raise ConnectionLostError("the connection dropped in the middle of a reply") from None
             raise _Stale from None
         except http.HTTPError as e:
             raise ConnectionLostError(e.message) from None
+        if len(replies) > 1:
+            raise ConnectionLostError(f"the server sent {len(replies)} replies to one request")
+        [reply] = replies
         self.open = reply.keep_alive
         return reply.status, reply.headers, reply.body
 
@@ -100,14 +106,14 @@ async def _compose(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-async def _open_channel(endpoint: Endpoint, ssl: ssl_module.SSLContext | None) -> _Channel:
+async def _open_channel(endpoint: Endpoint, ssl: ssl_module.SSLContext | None, max_bytes: int) -> _Channel:
     if endpoint.uds:
         sock = await connect_unix(endpoint.uds)
         reader, writer = await asyncio.open_unix_connection(sock=sock)
     else:
         ctx = (ssl or ssl_module.create_default_context()) if endpoint.tls else None
         reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port, ssl=ctx)
-    return _Channel(reader, writer)
+    return _Channel(reader, writer, max_bytes)
 
 
 class HttpEnvClient(BaseEnvClient):
@@ -149,7 +155,9 @@ class HttpEnvClient(BaseEnvClient):
         """Open a connection, retrying refused or missing sockets until `connect_timeout_s`."""
         if not self.connected:
             self._channel = await self._connect_retrying(
-                lambda time_left: asyncio.wait_for(_open_channel(self.endpoint, self._ssl), time_left)
+                lambda time_left: asyncio.wait_for(
+                    _open_channel(self.endpoint, self._ssl, self.max_message_bytes), time_left
+                )
             )
 
     def _drop(self) -> None:
@@ -199,7 +207,7 @@ class HttpEnvClient(BaseEnvClient):
                 await self.connect()
             assert self._channel is not None
             try:
-                reply = await self._channel.exchange(request, self.max_message_bytes)
+                reply = await self._channel.exchange(request)
             except _Stale:
                 self._drop()
                 if reused and attempt == 0:
@@ -282,10 +290,10 @@ async def http_request(
 
     async def exchange() -> tuple[int, Any]:
         request = await _compose(endpoint, method, path, payload, credentials, [("Connection", "close")])
-        channel = await _open_channel(endpoint, ssl)
+        channel = await _open_channel(endpoint, ssl, max_bytes)
         try:
             try:
-                status, headers, raw = await channel.exchange(request, max_bytes)
+                status, headers, raw = await channel.exchange(request)
             except _Stale:
                 raise ConnectionLostError(f"{url} closed the connection before replying") from None
         finally:

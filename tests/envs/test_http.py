@@ -88,31 +88,32 @@ def test_after_an_upgrade_the_rest_is_the_new_protocols():
     assert reader.feed(b"more") == [] and reader.upgraded == b"\x81\x85framemore"
 
 
-def _reply(raw: bytes, step: int, *, limit: int = 1024) -> http.ResponseReader:
-    reply = http.ResponseReader(max_head_bytes=http.MAX_HEAD_BYTES, max_body_bytes=limit)
-    for i in range(0, len(raw), step):
-        if reply.feed(raw[i : i + step]):
-            break
-    return reply
+def _reply(raw: bytes, step: int, *, limit: int = 1024) -> tuple[http.ResponseReader, list[http.Response]]:
+    reader = http.ResponseReader(max_head_bytes=http.MAX_HEAD_BYTES, max_body_bytes=limit)
+    replies = [r for i in range(0, len(raw), step) for r in reader.feed(raw[i : i + step])]
+    return reader, replies
 
 
 @pytest.mark.parametrize("step", [1, 5, 1000])
-def test_replies_by_length_by_chunks_and_to_the_close(step):
-    by_length = _reply(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", step)
-    assert (by_length.done, by_length.status, by_length.body, by_length.keep_alive) == (True, 200, b"abc", True)
-    chunked = _reply(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n", step)
-    assert (chunked.done, chunked.body) == (True, b"abc")
-    to_close = _reply(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc", step)
-    assert not to_close.done and to_close.finish() and to_close.body == b"abc" and not to_close.keep_alive
-    cut = _reply(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc", step)
-    assert not cut.finish()  # a body cut short is never whole
+def test_replies_by_length_by_chunks_and_to_the_close_through_one_reader(step):
+    by_length = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"
+    chunked = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n"
+    to_the_close = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nxyz"
+    reader, replies = _reply(by_length + chunked + to_the_close, step)
+    assert [(r.status, r.body, r.keep_alive) for r in replies] == [(200, b"abc", True), (201, b"abc", True)]
+    last = reader.finish()
+    assert last is not None and (last.status, last.body, last.keep_alive) == (200, b"xyz", False)
+
+
+def test_a_body_cut_short_is_never_whole():
+    reader, replies = _reply(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc", 1000)
+    assert replies == [] and reader.finish() is None
 
 
 def test_a_101_hands_over_what_follows_it():
-    reply = _reply(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02{}", 1000
-    )
-    assert reply.done and reply.status == 101 and reply.upgraded == b"\x81\x02{}"
+    head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    reader, [reply] = _reply(head + b"\x81\x02{}", 1000)
+    assert reply.status == 101 and not reply.keep_alive and reader.upgraded == b"\x81\x02{}"
 
 
 @pytest.mark.parametrize(
