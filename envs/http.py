@@ -1,8 +1,8 @@
 """HTTP/1.1 for the env server's routes, the WebSocket handshake and the HTTP clients, sans I/O.
 
 llhttp (Node's parser, through httptools) parses requests and responses; this module adds
-the limits of ours (head size, body size, Content-Length bodies only) and renders the few
-replies the server writes.
+the limits of ours (head size, body size, request bodies by Content-Length only) and renders
+the few replies the server writes.
 """
 
 from __future__ import annotations
