@@ -83,7 +83,9 @@ class RaySection(_Section):
     address: str | None = None
     """Cluster to join (also $RAY_ADDRESS); None starts a local Ray."""
     num_workers: int = Field(default=2, ge=1)
-    """RolloutWorker actors."""
+    """RolloutWorker actors, spread over the cluster's nodes (each runs its own sandbox pool there)."""
+    cpus_per_worker: float = Field(default=0.0, ge=0)
+    """CPUs Ray reserves for each rollout worker (its sandboxes' servers are processes of their own)."""
     worker_resources: dict[str, float] = Field(default_factory=dict)
     """Ray custom resources each RolloutWorker asks for, to land only on nodes that offer them: on
     the chart's cluster `{rollout_worker: 1}`, the pods allowed to reach sandboxes."""

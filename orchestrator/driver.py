@@ -77,8 +77,14 @@ class RolloutDriver:
     def _new_worker(self, index: int) -> Any:
         import ray
 
-        resources = self.config.ray.worker_resources
-        actor = ray.remote(num_cpus=0, resources=resources, max_concurrency=4096, max_restarts=0)(RolloutWorker)
+        ray_config = self.config.ray
+        actor = ray.remote(
+            num_cpus=ray_config.cpus_per_worker,
+            resources=ray_config.worker_resources,
+            scheduling_strategy="SPREAD",  # over the nodes: each worker's sandbox pool is on its own node
+            max_concurrency=4096,
+            max_restarts=0,
+        )(RolloutWorker)
         worker = actor.remote(
             self.config,
             worker_index=index,

@@ -27,7 +27,8 @@ class PolicyServer:
         return self.policy.version
 
 
-def start_policy_server(config: PolicyConfig, *, num_gpus: float = 0.0) -> Any:
+def start_policy_server(config: PolicyConfig) -> Any:
     import ray
 
-    return ray.remote(num_cpus=0, num_gpus=num_gpus, max_concurrency=4096)(PolicyServer).remote(config)
+    gpus = getattr(config, "gpus", 0.0)  # engines that hold no model here (scripted, openai) have none
+    return ray.remote(num_cpus=0, num_gpus=gpus, max_concurrency=4096)(PolicyServer).remote(config)

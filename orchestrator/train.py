@@ -266,6 +266,7 @@ class Trainer:
         learners = LearnerGroup(self.model_config, cfg.learner)
         policy_server = start_policy_server(cfg.policy)
         oracle = await self._oracle_transcripts()
+        self.report("placement", {"learners": await learners.placement()})
         driver = RolloutDriver(cfg, policy_server=policy_server)
         buffer: Any = None
         producer: asyncio.Task[None] | None = None

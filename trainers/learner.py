@@ -10,10 +10,15 @@
 Every rank normalises its share by the whole step's token totals and scales its loss by the
 world size (DDP averages gradients), so N ranks make the same update as one rank on the
 full batch. FSDP (`strategy: fsdp`) shards models that do not fit one GPU; it needs CUDA.
+
+Placement: ranks that reserve resources (`gpus_per_learner`, `cpus_per_learner`,
+`resources_per_learner`) get one bundle each of a Ray placement group, packed or spread over
+nodes; they meet at rank 0's node address, and each trains on the GPU Ray assigned it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import socket
@@ -71,10 +76,22 @@ def merge_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
     return merged
 
 
-def free_port() -> int:
+_PLACEMENT_TIMEOUT_S = 300.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _device(name: str) -> Any:
+    """The torch device for `name`; a bare `cuda` is the first GPU this process sees (under Ray,
+    the one it assigned this rank: it sets CUDA_VISIBLE_DEVICES per actor)."""
+    import torch
+
+    device = torch.device(name)
+    return torch.device("cuda", 0) if device.type == "cuda" and device.index is None else device
 
 
 class _TrunkAndHead:
@@ -106,7 +123,6 @@ class Learner:
         *,
         rank: int = 0,
         world_size: int = 1,
-        init_method: str | None = None,
     ) -> None:
         import torch
 
@@ -118,20 +134,37 @@ class Learner:
         if config.cpu_threads is not None:
             torch.set_num_threads(config.cpu_threads)
         torch.manual_seed(config.seed)
-        self.device = torch.device(config.device)
+        self.device = _device(config.device)
         model, self.tokenizer = load_model(model_config, self.device)
         check_lm_head(model)  # the losses apply the head themselves: its logits must be hidden · Wᵀ + b
         model.train()
         self.model = model  # the unwrapped module: what checkpoints and policy engines see
-        self.module = self._distribute(_TrunkAndHead.build(model), init_method)
+        self.module = _TrunkAndHead.build(model)  # wrapped for data parallelism by `join`
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         )
         self.reference: Any = None  # frozen copy of the policy as RL began, when the KL penalty is on
 
-    def _distribute(self, model: Any, init_method: str | None) -> Any:
-        if self.world_size == 1:
-            return model
+    def rendezvous_address(self) -> str:
+        """Where the other ranks meet this one (rank 0): its node's address, a free port there."""
+        import ray
+
+        host = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+        return f"tcp://{host}:{free_port(host)}"
+
+    def join(self, init_method: str) -> None:
+        """Join the ranks' process group and wrap the model for data parallelism (every rank at once)."""
+        self.module = self._distribute(self.module, init_method)
+
+    def placement(self) -> dict[str, Any]:
+        """Where this rank runs: its node (Ray's id and address) and its device."""
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        address = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+        return {"rank": self.rank, "node": node, "address": address, "device": str(self.device)}
+
+    def _distribute(self, model: Any, init_method: str) -> Any:
         import torch.distributed as dist
 
         backend = "nccl" if self.device.type == "cuda" else "gloo"
@@ -316,19 +349,70 @@ class Learner:
         self.model.load_state_dict(dict(weights))
 
 
-class LearnerGroup:
-    """N learner ranks as Ray actors; rank 0 speaks for the group (weights, checkpoints)."""
+def _bundle(config: LearnerConfig) -> dict[str, float]:
+    """What one rank reserves: its placement-group bundle (empty when it reserves nothing)."""
+    bundle = {"CPU": config.cpus_per_learner, "GPU": config.gpus_per_learner, **config.resources_per_learner}
+    return {name: amount for name, amount in bundle.items() if amount}
 
-    def __init__(self, model_config: ModelConfig, config: LearnerConfig, *, num_gpus_per_learner: float = 0.0) -> None:
+
+class LearnerGroup:
+    """N learner ranks as Ray actors; rank 0 speaks for the group (weights, checkpoints).
+
+    The ranks load their models as soon as they are made; the first call waits until they
+    have, and until they met in one process group."""
+
+    def __init__(self, model_config: ModelConfig, config: LearnerConfig) -> None:
         import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.config = config
-        actor = ray.remote(num_cpus=0, num_gpus=num_gpus_per_learner)(Learner)
         world = config.num_learners
-        init_method = f"tcp://127.0.0.1:{free_port()}" if world > 1 else None
+        bundle = _bundle(config)
+        self._placement_group = placement_group([bundle] * world, strategy=config.placement.upper()) if bundle else None
+        actor = ray.remote(
+            num_cpus=config.cpus_per_learner,
+            num_gpus=config.gpus_per_learner,
+            resources=config.resources_per_learner or None,
+        )(Learner)
         self.ranks = [
-            actor.remote(model_config, config, rank=r, world_size=world, init_method=init_method) for r in range(world)
+            actor.options(
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self._placement_group, placement_group_bundle_index=r
+                )
+                if self._placement_group
+                else None
+            ).remote(model_config, config, rank=r, world_size=world)
+            for r in range(world)
         ]
+        self._met: asyncio.Future[None] | None = None
+
+    async def ready(self) -> None:
+        """Wait until the ranks are placed, loaded, and (when several) joined in one group."""
+        if self._met is None:
+            self._met = asyncio.ensure_future(self._meet())
+        await asyncio.shield(self._met)
+
+    async def _meet(self) -> None:
+        import ray
+
+        if self._placement_group is not None:
+            try:
+                await asyncio.wait_for(self._placement_group.ready(), _PLACEMENT_TIMEOUT_S)
+            except TimeoutError:
+                wanted = f"{len(self.ranks)} learners of {_bundle(self.config)} each ({self.config.placement})"
+                raise RuntimeError(
+                    f"the cluster found no room for {wanted} within {_PLACEMENT_TIMEOUT_S:g} s; "
+                    f"free now: {ray.available_resources()}"
+                ) from None
+        if len(self.ranks) > 1:
+            address = await self.ranks[0].rendezvous_address.remote()
+            await asyncio.gather(*(rank.join.remote(address) for rank in self.ranks))
+
+    async def placement(self) -> list[dict[str, Any]]:
+        """Where each rank runs (node and device), in rank order."""
+        await self.ready()
+        return list(await asyncio.gather(*(rank.placement.remote() for rank in self.ranks)))
 
     async def train_step(
         self,
@@ -341,6 +425,7 @@ class LearnerGroup:
     ) -> dict[str, float]:
         from trainers.batching import split_for_ranks
 
+        await self.ready()
         totals = StepTotals.of(samples)
         shares = split_for_ranks(samples, len(self.ranks))
         anchor = anchor or []
@@ -355,20 +440,27 @@ class LearnerGroup:
         return merge_metrics([await r for r in results])
 
     async def weights(self) -> dict[str, Any]:
+        await self.ready()
         return await self.ranks[0].weights.remote()
 
     async def env_cross_entropy(self, samples: list[Sample]) -> float:
+        await self.ready()
         return await self.ranks[0].env_cross_entropy.remote(samples)
 
     async def save(self, directory: str, **info: Any) -> str:
+        await self.ready()
         return await self.ranks[0].save.remote(directory, **info)
 
     async def load(self, directory: str) -> dict[str, Any]:
+        await self.ready()
         infos = [await rank.load.remote(directory) for rank in self.ranks]
         return infos[0]
 
     def shutdown(self) -> None:
         import ray
+        from ray.util.placement_group import remove_placement_group
 
         for rank in self.ranks:
             ray.kill(rank)
+        if self._placement_group is not None:
+            remove_placement_group(self._placement_group)

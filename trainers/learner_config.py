@@ -36,6 +36,15 @@ class LearnerConfig(BaseModel):
     `loss.echo.schedule`. None keeps the schedule."""
     num_learners: int = Field(default=1, ge=1)
     """Data-parallel ranks (Ray actors in one torch.distributed group)."""
+    gpus_per_learner: float = Field(default=0.0, ge=0)
+    """GPUs Ray reserves for each rank; a rank trains on the GPU Ray assigns it (with `device: cuda`)."""
+    cpus_per_learner: float = Field(default=0.0, ge=0)
+    """CPUs Ray reserves for each rank."""
+    resources_per_learner: dict[str, float] = Field(default_factory=dict)
+    """Ray custom resources each rank asks for, to land on the nodes that offer them (a node role)."""
+    placement: Literal["pack", "spread"] = "pack"
+    """Where the ranks go when they reserve anything: `pack` onto as few nodes as hold them (the
+    all-reduce stays on a node where it can), `spread` over as many nodes as there are ranks."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     device: str = "cpu"
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -49,6 +58,19 @@ class LearnerConfig(BaseModel):
         if self.lr_decay_fraction == 0:
             return 1.0
         return min(1.0, max(0.0, (1.0 - progress) / self.lr_decay_fraction))
+
+    @model_validator(mode="after")
+    def _one_gpu_per_rank(self) -> LearnerConfig:
+        if self.device.startswith("cuda") and self.num_learners > 1 and self.gpus_per_learner == 0:
+            raise ValueError(
+                f"{self.num_learners} learners on device {self.device!r} would share one GPU: "
+                "set learner.gpus_per_learner (Ray then gives each rank its own)"
+            )
+        if self.gpus_per_learner > 0 and not self.device.startswith("cuda"):
+            raise ValueError(
+                f"learner.gpus_per_learner is {self.gpus_per_learner:g} but learner.device is {self.device!r}: use cuda"
+            )
+        return self
 
     @model_validator(mode="after")
     def _apply_echo_lambda(self) -> LearnerConfig:

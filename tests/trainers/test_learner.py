@@ -3,66 +3,19 @@
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 
 import pytest
 import torch
+from learner_data import CONFIG, MODEL, batch_of_step
 
-from trainers.batching import Sample, StepTotals, samples_from_groups
+from trainers.batching import Sample, StepTotals
 from trainers.learner import Learner, LearnerGroup, merge_metrics
-from trainers.learner_config import LearnerConfig
-from trainers.losses import LossConfig
-from trainers.models.config import TinyModelConfig
 from trainers.roles import Role
-from trainers.trajectory import DoneReason, Trajectory, TrajectoryGroup
-
-MODEL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_positions=128)
-CONFIG = LearnerConfig(
-    lr=1e-2,
-    micro_batch_tokens=96,
-    loss=LossConfig.model_validate({"echo": {"schedule": {"type": "constant", "value": 0.5}}}),
-)
-
-
-def _groups(seed: int, n_groups: int = 3, size: int = 4) -> list[TrajectoryGroup]:
-    rng = random.Random(seed)
-    groups = []
-    for g in range(n_groups):
-        members = []
-        for i in range(size):
-            n = rng.randint(12, 40)
-            roles = [int(Role.PROMPT)] * 4 + [
-                rng.choice([int(Role.ACTION), int(Role.ENV), int(Role.SCAFFOLD)]) for _ in range(n - 4)
-            ]
-            members.append(
-                Trajectory(
-                    run_id="r",
-                    group_id=f"g{seed}-{g}",
-                    sample_index=i,
-                    task_id=f"t{g}",
-                    env="e",
-                    split="train",
-                    seed=i,
-                    policy_version=0,
-                    token_ids=[rng.randrange(256) for _ in range(n)],
-                    roles=roles,
-                    logprobs=[rng.uniform(-3, -0.1) if r == Role.ACTION else 0.0 for r in roles],
-                    reward=float(rng.random() < 0.5),
-                    done_reason=DoneReason.FINISHED,
-                    turns=2,
-                )
-            )
-        groups.append(TrajectoryGroup.of(members))
-    return groups
-
-
-def _batch(step: int) -> list[Sample]:
-    return samples_from_groups(_groups(step), CONFIG.loss)
 
 
 def _step(learner: Learner, step: int) -> dict[str, float]:
-    samples = _batch(step)
+    samples = batch_of_step(step)
     return learner.train_step(samples, StepTotals.of(samples), step)
 
 
@@ -90,7 +43,7 @@ def test_resuming_a_checkpoint_continues_bit_exact(tmp_path: Path) -> None:
 
 def test_behaviour_cloning_lowers_action_cross_entropy_only() -> None:
     learner = Learner(MODEL, CONFIG)
-    samples = _batch(0)
+    samples = batch_of_step(0)
     env_before = learner.env_cross_entropy(samples)
     first = learner.train_step(samples, StepTotals.of(samples), 0, imitate=True)
     for step in range(1, 15):
@@ -104,7 +57,7 @@ def test_behaviour_cloning_lowers_action_cross_entropy_only() -> None:
 def test_the_warm_up_steps_at_its_own_learning_rate() -> None:
     config = CONFIG.model_copy(update={"lr": 1e-4, "warmup_lr": 1e-2})
     learner = Learner(MODEL, config)
-    samples = _batch(0)
+    samples = batch_of_step(0)
 
     def largest_move(step: int, imitate: bool) -> float:
         before = [p.detach().clone() for p in learner.model.parameters()]
@@ -117,7 +70,7 @@ def test_the_warm_up_steps_at_its_own_learning_rate() -> None:
 
 
 def test_lr_scale_scales_the_step_exactly() -> None:
-    samples = _batch(0)
+    samples = batch_of_step(0)
 
     def move(scale: float) -> tuple[list[torch.Tensor], float]:
         learner = Learner(MODEL, CONFIG)  # same seed: the same initial weights every time
@@ -143,7 +96,7 @@ def test_the_learning_rate_decays_linearly_over_the_last_fraction_of_the_run() -
 
 def test_an_anchor_adds_the_behaviour_cloning_gradient_of_its_action_tokens() -> None:
     config = CONFIG.model_copy(update={"grad_clip": None, "anchor_coef": 0.5})
-    samples, anchor = _batch(0), _batch(1)
+    samples, anchor = batch_of_step(0), batch_of_step(1)
 
     def gradient(**kwargs: object) -> dict[str, torch.Tensor]:
         learner = Learner(MODEL, config)  # same seed: the same initial weights every time
@@ -171,7 +124,7 @@ def test_an_anchor_adds_the_behaviour_cloning_gradient_of_its_action_tokens() ->
 
 def test_an_anchor_reports_its_action_cross_entropy() -> None:
     learner = Learner(MODEL, CONFIG)
-    samples, anchor = _batch(0), _batch(1)
+    samples, anchor = batch_of_step(0), batch_of_step(1)
     plain = learner.train_step(samples, StepTotals.of(samples), 0)
     anchored = learner.train_step(
         samples, StepTotals.of(samples), 1, anchor=anchor, anchor_totals=StepTotals.of(anchor)
@@ -198,13 +151,13 @@ def test_metrics_merge_by_hand() -> None:
 
 @pytest.mark.ray
 @pytest.mark.skipif(os.cpu_count() is None, reason="needs processes")
-async def test_two_ddp_ranks_make_the_same_update_as_one_rank_on_the_full_batch(ray_local: None) -> None:
+async def test_two_ddp_ranks_make_the_same_update_as_one_rank_on_the_fullbatch_of_step(ray_local: None) -> None:
     one = LearnerGroup(MODEL, CONFIG)
     two = LearnerGroup(MODEL, CONFIG.model_copy(update={"num_learners": 2}))
     try:
         for step in range(2):
-            samples = _batch(step)
-            anchor = _batch(step + 10)  # a behaviour-cloning anchor rides along, split across ranks too
+            samples = batch_of_step(step)
+            anchor = batch_of_step(step + 10)  # a behaviour-cloning anchor rides along, split across ranks too
             single = await one.train_step(samples, step, anchor=anchor)
             double = await two.train_step(samples, step, anchor=anchor)
             assert double["anchor/action_ce"] == pytest.approx(single["anchor/action_ce"], rel=1e-5)
@@ -221,8 +174,8 @@ async def test_two_ddp_ranks_make_the_same_update_as_one_rank_on_the_full_batch(
         rank1 = await two.ranks[1].weights.remote()
         assert all(torch.equal(rank1[name], w2[name]) for name in w2)  # replicas stay identical
         # A warm-up (behaviour-cloning) step reports the whole batch's action CE, however split.
-        bc_single = await one.train_step(_batch(5), 2, imitate=True)
-        bc_double = await two.train_step(_batch(5), 2, imitate=True)
+        bc_single = await one.train_step(batch_of_step(5), 2, imitate=True)
+        bc_double = await two.train_step(batch_of_step(5), 2, imitate=True)
         assert bc_double["bc/action_ce"] == pytest.approx(bc_single["bc/action_ce"], rel=1e-4)
     finally:
         one.shutdown()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
+from learner_data import CONFIG, MODEL, groups_of_seed
 
-from tests.trainers.test_learner import CONFIG, MODEL, _groups
 from trainers.batching import StepTotals, samples_from_groups
 from trainers.learner import Learner
 from trainers.models.head import UnsupportedModelError, check_lm_head
@@ -72,7 +72,7 @@ def test_a_head_with_a_bias_is_trained_and_evaluated_with_it() -> None:
         learner.model.lm_head.bias.uniform_(-2.0, 2.0)  # large enough to move every token's log-prob
     learner.optimizer = torch.optim.AdamW(learner.model.parameters(), lr=CONFIG.lr)
     check_lm_head(learner.model)
-    samples = samples_from_groups(_groups(0), CONFIG.loss)
+    samples = samples_from_groups(groups_of_seed(0), CONFIG.loss)
 
     # Evaluation: the env-token CE is the model's own, from its full logits (bias included).
     ids = torch.tensor([samples[0].token_ids])

@@ -56,6 +56,8 @@ class HFPolicyConfig(_Config):
     """...or once its first request has waited this long (raised to `max_wait_ms` if lower)."""
     max_context: int | None = Field(default=None, ge=2)
     """Prompt + generation limit in tokens; None means the model's max_position_embeddings."""
+    gpus: float = Field(default=0.0, ge=0)
+    """GPUs Ray reserves for the policy server that runs this engine (with `device: cuda`)."""
     cpu_threads: int | None = Field(default=1, ge=1)
     """torch intra-op threads for the policy's forward passes; None keeps torch's default (all cores).
     1 suits small models beside a busy event loop: OpenMP threads spin-wait for each other, and
@@ -87,6 +89,9 @@ class VLLMPolicyConfig(_Config):
 
     type: Literal["vllm"] = "vllm"
     model: HFModelConfig
+    gpus: float = Field(default=0.0, ge=0)
+    """GPUs Ray reserves for the policy server that runs this engine (a fraction to share one with
+    a learner: Ray then shows both the same GPU); 0 reserves none and leaves every GPU visible."""
     gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
     """Fraction of GPU memory vLLM may take (weights + KV cache); leave room for a colocated learner."""
     max_model_len: int | None = Field(default=None, ge=16)

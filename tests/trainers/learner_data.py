@@ -1,0 +1,55 @@
+"""What the learner tests train on: a tiny model, a config, and made-up trajectory groups."""
+
+from __future__ import annotations
+
+import random
+
+from trainers.batching import Sample, samples_from_groups
+from trainers.learner_config import LearnerConfig
+from trainers.losses import LossConfig
+from trainers.models.config import TinyModelConfig
+from trainers.roles import Role
+from trainers.trajectory import DoneReason, Trajectory, TrajectoryGroup
+
+MODEL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_positions=128)
+CONFIG = LearnerConfig(
+    lr=1e-2,
+    micro_batch_tokens=96,
+    loss=LossConfig.model_validate({"echo": {"schedule": {"type": "constant", "value": 0.5}}}),
+)
+
+
+def groups_of_seed(seed: int, n_groups: int = 3, size: int = 4) -> list[TrajectoryGroup]:
+    rng = random.Random(seed)
+    groups = []
+    for g in range(n_groups):
+        members = []
+        for i in range(size):
+            n = rng.randint(12, 40)
+            roles = [int(Role.PROMPT)] * 4 + [
+                rng.choice([int(Role.ACTION), int(Role.ENV), int(Role.SCAFFOLD)]) for _ in range(n - 4)
+            ]
+            members.append(
+                Trajectory(
+                    run_id="r",
+                    group_id=f"g{seed}-{g}",
+                    sample_index=i,
+                    task_id=f"t{g}",
+                    env="e",
+                    split="train",
+                    seed=i,
+                    policy_version=0,
+                    token_ids=[rng.randrange(256) for _ in range(n)],
+                    roles=roles,
+                    logprobs=[rng.uniform(-3, -0.1) if r == Role.ACTION else 0.0 for r in roles],
+                    reward=float(rng.random() < 0.5),
+                    done_reason=DoneReason.FINISHED,
+                    turns=2,
+                )
+            )
+        groups.append(TrajectoryGroup.of(members))
+    return groups
+
+
+def batch_of_step(step: int) -> list[Sample]:
+    return samples_from_groups(groups_of_seed(step), CONFIG.loss)
