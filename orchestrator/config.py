@@ -85,7 +85,8 @@ class RaySection(_Section):
     num_workers: int = Field(default=2, ge=1)
     """RolloutWorker actors, spread over the cluster's nodes (each runs its own sandbox pool there)."""
     cpus_per_worker: float = Field(default=0.0, ge=0)
-    """CPUs Ray reserves for each rollout worker (its sandboxes' servers are processes of their own)."""
+    """CPUs Ray reserves for each rollout worker. Workers are spread over nodes, best effort: Ray
+    honours it for workers that reserve something, and may put ones that reserve nothing together."""
     worker_resources: dict[str, float] = Field(default_factory=dict)
     """Ray custom resources each RolloutWorker asks for, to land only on nodes that offer them: on
     the chart's cluster `{rollout_worker: 1}`, the pods allowed to reach sandboxes."""

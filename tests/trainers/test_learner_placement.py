@@ -6,8 +6,6 @@ The ranks land on the nodes that offer the role, one per node when spread; they 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from learner_data import CONFIG, MODEL, batch_of_step
@@ -18,31 +16,14 @@ from trainers.learner_config import LearnerConfig
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[dict[str, str]]:
-    """Three nodes: a head with no role and two learner nodes; yields the learner nodes' ids."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    learner_nodes = {nodes.add_node(num_cpus=1, resources={"learner_node": 1}).node_id: "learner" for _ in range(2)}
-    ray.init(address=nodes.address, include_dashboard=False, logging_level="ERROR")
-    nodes.wait_for_nodes()
-    try:
-        yield learner_nodes
-    finally:
-        ray.shutdown()
-        nodes.shutdown()
-
-
-async def test_spread_ranks_land_on_the_learner_nodes_and_train_as_one(cluster: dict[str, str]) -> None:
+async def test_spread_ranks_land_on_the_learner_nodes_and_train_as_one(simulated_cluster: dict[str, str]) -> None:
     spread = CONFIG.model_copy(
         update={"num_learners": 2, "resources_per_learner": {"learner_node": 1}, "placement": "spread"}
     )
     one, two = LearnerGroup(MODEL, CONFIG), LearnerGroup(MODEL, spread)
     try:
         where = await two.placement()
-        assert {p["node"] for p in where} == set(cluster)  # one rank on each learner node
+        assert {p["node"] for p in where} == set(simulated_cluster)  # one rank on each learner node
         assert [p["device"] for p in where] == ["cpu", "cpu"]
         address = await two.ranks[0].rendezvous_address.remote()
         assert address.startswith(f"tcp://{where[0]['address']}:")  # rank 0's node, not loopback by rule
@@ -58,18 +39,18 @@ async def test_spread_ranks_land_on_the_learner_nodes_and_train_as_one(cluster: 
         two.shutdown()
 
 
-async def test_packed_ranks_share_a_node(cluster: dict[str, str]) -> None:
+async def test_packed_ranks_share_a_node(simulated_cluster: dict[str, str]) -> None:
     packed = CONFIG.model_copy(update={"num_learners": 2, "resources_per_learner": {"learner_node": 0.5}})
     group = LearnerGroup(MODEL, packed)
     try:
         where = await group.placement()
-        assert len({p["node"] for p in where}) == 1 and where[0]["node"] in cluster
+        assert len({p["node"] for p in where}) == 1 and where[0]["node"] in simulated_cluster
     finally:
         group.shutdown()
 
 
 async def test_ranks_the_cluster_cannot_hold_fail_with_what_is_free(
-    cluster: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    simulated_cluster: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("trainers.learner._PLACEMENT_TIMEOUT_S", 3.0)
     greedy = CONFIG.model_copy(update={"num_learners": 3, "resources_per_learner": {"learner_node": 1}})
