@@ -388,7 +388,7 @@ class LearnerGroup:
         self._met: asyncio.Future[None] | None = None
 
     async def ready(self) -> None:
-        """Wait until the ranks are placed, loaded, and (when several) joined in one group."""
+        """Wait until the ranks are placed and, when several, loaded and joined in one group."""
         if self._met is None:
             self._met = asyncio.ensure_future(self._meet())
         await asyncio.shield(self._met)
