@@ -75,14 +75,16 @@ async def test_a_class_slow_from_the_start_never_stalls_other_sessions(start_ser
         await slow.reset()
         await other.reset()
         stepping = asyncio.ensure_future(_steps(slow, 10, nap_s=0.05))
-        worst = 0.0
+        replies = 0
         while not stepping.done():
-            start = time.perf_counter()
             await other.state()
-            worst = max(worst, time.perf_counter() - start)
+            replies += 1
         assert not any(await stepping)
     assert not served.server.inline.inline
-    assert worst < 0.02, f"another session waited {worst * 1e3:.1f} ms for a reply"
+    # Had the naps blocked the loop, the other session would be answered only between them
+    # (about once a step); on the thread it is answered all along. Counted, not timed: the
+    # stall itself is measured by bench.step_stall.
+    assert replies > 50, f"another session got only {replies} replies in 10 slow steps"
 
 
 async def test_an_inline_call_that_hangs_is_cut_at_the_step_timeout(start_server) -> None:
