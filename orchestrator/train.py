@@ -151,10 +151,10 @@ class Trainer:
     # -- weights ----------------------------------------------------------------------------
 
     async def _publish(self, learners: Any, policy_server: Any, buffer: Any, *, bump: bool = True) -> None:
-        """New weights from rank 0 to the policy engine; the buffer learns the new version."""
+        """New weights from rank 0 to the policy engine, which Ray hands the reference's tensors
+        from rank 0's node (they never pass through this process); the buffer learns the version."""
         self.version += int(bump)
-        weights = await learners.weights()
-        await policy_server.update_weights.remote(self.version, weights)
+        await policy_server.update_weights.remote(self.version, await learners.weights_ref())
         if buffer is not None:
             await buffer.set_version.remote(self.version)
 

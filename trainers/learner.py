@@ -9,7 +9,11 @@
 
 Every rank normalises its share by the whole step's token totals and scales its loss by the
 world size (DDP averages gradients), so N ranks make the same update as one rank on the
-full batch. FSDP (`strategy: fsdp`) shards models that do not fit one GPU; it needs CUDA.
+full batch. FSDP (`strategy: fsdp`) shards parameters, gradients and optimizer state over the
+ranks (gloo on CPU, NCCL on GPU), for models that do not fit one device. A sharded forward is a
+collective, so every rank makes as many passes as the busiest one (idle ranks pass one padding
+token at zero weight), and the full weights (for the policy engines and checkpoints) are
+gathered by all ranks at once: rank 0 receives them.
 
 Placement: ranks that reserve resources (`gpus_per_learner`, `cpus_per_learner`,
 `resources_per_learner`) get one bundle each of a Ray placement group, packed or spread over
@@ -22,7 +26,6 @@ import asyncio
 import contextlib
 import dataclasses
 import socket
-from collections.abc import Mapping
 from typing import Any
 
 from trainers.batching import Sample, StepTotals, micro_batches, to_loss_batch
@@ -140,10 +143,17 @@ class Learner:
         model.train()
         self.model = model  # the unwrapped module: what checkpoints and policy engines see
         self.module = _TrunkAndHead.build(model)  # wrapped for data parallelism by `join`
-        self.optimizer = torch.optim.AdamW(
+        self.sharded = False  # parameters split over the ranks (FSDP, once joined)
+        self.optimizer = self._optimizer()
+        self.reference: Any = None  # frozen copy of the policy as RL began, when the KL penalty is on
+
+    def _optimizer(self) -> Any:
+        import torch
+
+        config = self.config
+        return torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         )
-        self.reference: Any = None  # frozen copy of the policy as RL began, when the KL penalty is on
 
     def rendezvous_address(self) -> str:
         """Where the other ranks meet this one (rank 0): its node's address, a free port there."""
@@ -170,13 +180,14 @@ class Learner:
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         dist.init_process_group(backend, init_method=init_method, rank=self.rank, world_size=self.world_size)
         if self.config.strategy == "fsdp":
-            if self.device.type != "cuda":
-                raise ValueError("learner.strategy=fsdp needs CUDA devices; use ddp on CPU")
             from torch.distributed.fsdp import fully_shard
 
             for layer in model.model.base_model.layers:
                 fully_shard(layer)
-            return fully_shard(model)
+            sharded = fully_shard(model)
+            self.sharded = True
+            self.optimizer = self._optimizer()  # over the sharded parameters that replaced the originals
+            return sharded
         from torch.nn.parallel import DistributedDataParallel
 
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -226,10 +237,14 @@ class Learner:
             assert anchor_totals is not None and not imitate, "an anchor rides on an RL step, with its step totals"
             coef = self.config.anchor_coef
             jobs += [(micro, anchor_totals, True, coef, anchor_parts) for micro in micro_batches(anchor, budget)]
-        for i, (micro, micro_totals, bc, weight, sink) in enumerate(jobs):
-            sink.append(self._accumulate(micro, micro_totals, step, imitate=bc, weight=weight, last=i == len(jobs) - 1))
-        if not jobs and self.world_size > 1:
-            self._join_allreduce_empty(self.model.get_output_embeddings())
+        passes = self._passes_on_every_rank(len(jobs))
+        for i in range(passes):
+            last = i == passes - 1
+            if i < len(jobs):
+                micro, micro_totals, bc, weight, sink = jobs[i]
+                sink.append(self._accumulate(micro, micro_totals, step, imitate=bc, weight=weight, last=last))
+            else:
+                self._padding_pass(last=last)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or float("inf"))
         self.optimizer.step()
         merged = merge_metrics(parts)
@@ -238,7 +253,7 @@ class Learner:
         if anchor_parts:  # the step's objective includes the anchor's weighted term
             merged["anchor/action_ce"] = merge_metrics(anchor_parts)["echo/ce"]
             merged["loss"] = merged.get("loss", 0.0) + self.config.anchor_coef * merged["anchor/action_ce"]
-        return {**merged, "grad_norm": float(grad_norm), "lr": lr}
+        return {**merged, "grad_norm": float(_full(grad_norm)), "lr": lr}
 
     def _accumulate(
         self, micro: list[Sample], totals: StepTotals, step: int, *, imitate: bool, weight: float, last: bool
@@ -252,8 +267,7 @@ class Learner:
             batch = _as_imitation(batch, totals)
         elif self.config.loss.grpo.kl_coef > 0:
             batch = dataclasses.replace(batch, ref_logprobs_BT=self._reference_logprobs(ids, mask, batch))
-        no_sync = self.module.no_sync() if not last and hasattr(self.module, "no_sync") else contextlib.nullcontext()
-        with no_sync, self._autocast():
+        with self._no_sync(last), self._autocast():
             hidden = self._hidden(ids, mask)
             head_weight, head_bias = lm_head(self.model)
             loss_config = _IMITATION if imitate else self.config.loss
@@ -285,12 +299,37 @@ class Learner:
             )
         return torch.zeros(action.shape, dtype=torch.float32, device=self.device).masked_scatter(action, logp)
 
-    def _join_allreduce_empty(self, head: Any) -> None:
-        """A rank with no samples this step still joins the gradient all-reduce, with zeros."""
-        with self._autocast():
-            ids = self.device_tensor([[self.tokenizer.pad_token_id]])
-            hidden = self._hidden(ids, self.device_tensor([[1]]))
-            (hidden.sum() * 0.0 + sum(p.sum() for p in head.parameters()) * 0.0).backward()  # bias too, if any
+    def _no_sync(self, last: bool) -> Any:
+        """DDP all-reduces gradients on the last backward of a step only."""
+        return self.module.no_sync() if not last and hasattr(self.module, "no_sync") else contextlib.nullcontext()
+
+    def _passes_on_every_rank(self, mine: int) -> int:
+        """The most forward passes any rank has to make this step (`mine` alone for one rank)."""
+        if self.world_size == 1:
+            return mine
+        import torch
+        import torch.distributed as dist
+
+        most = torch.tensor([mine], device=self.device)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        return int(most)
+
+    def _padding_forward(self) -> Any:
+        """Final hidden states of one padding token: a pass that changes nothing but takes part in
+        the ranks' collectives (FSDP gathers parameters in every forward)."""
+        ids = self.device_tensor([[self.tokenizer.pad_token_id]])
+        return self._hidden(ids, self.device_tensor([[1]]))
+
+    def _padding_pass(self, *, last: bool) -> None:
+        """Forward and backward at zero weight for a rank with fewer micro-batches than another:
+        it joins the gradient collectives with zeros."""
+        from trainers.models.head import lm_head
+
+        with self._no_sync(last), self._autocast():
+            hidden = self._padding_forward()
+            weight, bias = lm_head(self.model)  # after the forward: FSDP has gathered the head
+            zero = hidden.sum() * 0.0 + weight.sum() * 0.0 + (bias.sum() * 0.0 if bias is not None else 0.0)
+            zero.backward()
 
     def device_tensor(self, rows: list[list[int]]) -> Any:
         import torch
@@ -298,15 +337,21 @@ class Learner:
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
     def gradients(self) -> dict[str, Any]:
-        """The last step's (all-reduced, clipped) gradients on CPU, by parameter name: for inspection."""
-        return {n: p.grad.detach().cpu() for n, p in self.model.named_parameters() if p.grad is not None}
+        """The last step's (all-reduced, clipped) gradients on CPU, by parameter name: for
+        inspection (sharded, every rank calls it and each gets the whole)."""
+        return {n: _full(p.grad).detach().cpu() for n, p in self.model.named_parameters() if p.grad is not None}
 
     def weights(self) -> dict[str, Any]:
-        """The model's state dict on CPU, for the policy engines."""
-        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        """The model's full state dict on CPU, for the policy engines. Sharded, every rank calls
+        it (the gather is a collective) and rank 0 alone receives the tensors."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    def env_cross_entropy(self, samples: list[Sample]) -> float:
-        """Teacher-forced mean CE (nats per token) of ENV targets: how well the model predicts the environment."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=self.sharded)
+        return {k: v.detach().cpu() for k, v in get_model_state_dict(self.model, options=options).items()}
+
+    def env_log_likelihood(self, samples: list[Sample]) -> tuple[float, int]:
+        """Teacher-forced log-likelihood (nats, summed) of the ENV targets in `samples`, and their
+        number; ranks each measure a share, as many passes on every rank."""
         import torch
 
         from trainers.losses import token_logprobs
@@ -314,39 +359,85 @@ class Learner:
         from trainers.roles import Role
 
         total, count = 0.0, 0
-        weight, bias = lm_head(self.model)
+        micros = micro_batches(samples, self.config.micro_batch_tokens)
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad(), self._autocast():
-            for micro in micro_batches(samples, self.config.micro_batch_tokens):
+            for i in range(self._passes_on_every_rank(len(micros))):
+                if i >= len(micros):
+                    self._padding_forward()
+                    continue
                 ids, mask, batch = to_loss_batch(
-                    micro, StepTotals(1.0, 1.0), pad_id=self.tokenizer.pad_token_id, device=self.device
+                    micros[i], StepTotals(1.0, 1.0), pad_id=self.tokenizer.pad_token_id, device=self.device
                 )
                 hidden = self._hidden(ids, mask)[:, :-1]
+                weight, bias = lm_head(self.model)  # after the forward: FSDP has gathered the head
                 env = batch.roles_BT == Role.ENV
-                logp = token_logprobs(hidden[env], weight, batch.targets_BT[env], bias)
-                total -= float(logp.sum())
+                total += float(token_logprobs(hidden[env], weight, batch.targets_BT[env], bias).sum())
                 count += int(env.sum())
         self.model.train(was_training)
-        return total / max(count, 1)
+        return total, count
+
+    def env_cross_entropy(self, samples: list[Sample]) -> float:
+        """Teacher-forced mean CE (nats per token) of ENV targets: how well the model predicts the
+        environment (one rank; `LearnerGroup.env_cross_entropy` shares the work out)."""
+        log_likelihood, count = self.env_log_likelihood(samples)
+        return -log_likelihood / max(count, 1)
+
+    def _state(self) -> Any:
+        """Weights, optimizer and KL reference as full tensors on CPU (rank 0's, when gathered)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        from trainers.checkpoint import State
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return State(
+            model=get_model_state_dict(self.model, options=options),
+            optimizer=get_optimizer_state_dict(self.model, self.optimizer, options=options),
+            reference=None if self.reference is None else self.reference.state_dict(),
+        )
 
     def save(self, directory: str, **info: Any) -> str:
-        from trainers.checkpoint import save_checkpoint
+        """Every rank calls it (a sharded state is gathered collectively); rank 0 writes it and
+        returns its path, the others return ''."""
+        from trainers.checkpoint import save_checkpoint, tied_parameters
 
-        return str(save_checkpoint(directory, self.model, self.optimizer, reference=self.reference, **info))
+        state = self._state()
+        if self.rank != 0:
+            return ""
+        return str(save_checkpoint(directory, state, tied=tied_parameters(self.model), **info))
 
     def load(self, directory: str) -> dict[str, Any]:
+        """Restore a checkpoint, whatever world size or strategy wrote it (every rank calls it)."""
         import copy
 
-        from trainers.checkpoint import load_checkpoint
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
-        reference = copy.deepcopy(self.model).eval().requires_grad_(False)
-        info = load_checkpoint(directory, self.model, self.optimizer, reference=reference)
-        self.reference = reference if info.get("has_reference") else None
+        from trainers.checkpoint import load_checkpoint, tied_parameters
+
+        names = [name for name, _ in self.model.named_parameters()]
+        state, info = load_checkpoint(directory, names, tied=tied_parameters(self.model))
+        options = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(self.model, state.model, options=options)
+        set_optimizer_state_dict(self.model, self.optimizer, state.optimizer, options=options)
+        self.reference = None
+        if state.reference is not None:
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.reference.load_state_dict(state.reference)
         return info
 
-    def load_weights(self, weights: Mapping[str, Any]) -> None:
-        self.model.load_state_dict(dict(weights))
+
+def _full(tensor: Any) -> Any:
+    """A sharded tensor gathered whole (a collective: every rank calls it); others as they are."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def _bundle(config: LearnerConfig) -> dict[str, float]:
@@ -439,21 +530,38 @@ class LearnerGroup:
         ]
         return merge_metrics([await r for r in results])
 
-    async def weights(self) -> dict[str, Any]:
+    def _gatherers(self) -> list[Any]:
+        """The ranks that take part in gathering the full weights: all when sharded, else rank 0."""
+        return self.ranks if self.config.strategy == "fsdp" else self.ranks[:1]
+
+    async def weights_ref(self) -> Any:
+        """A Ray reference to the full weights, which stay in rank 0's node's object store: an
+        actor handed it as an argument receives them from there, never through this process."""
         await self.ready()
-        return await self.ranks[0].weights.remote()
+        refs = [rank.weights.remote() for rank in self._gatherers()]
+        await asyncio.gather(*refs[1:])  # the other ranks' part of the gather (they receive nothing)
+        return refs[0]
+
+    async def weights(self) -> dict[str, Any]:
+        return await (await self.weights_ref())
 
     async def env_cross_entropy(self, samples: list[Sample]) -> float:
+        """Mean CE of the samples' ENV tokens; each rank measures a share."""
+        from trainers.batching import split_for_ranks
+
         await self.ready()
-        return await self.ranks[0].env_cross_entropy.remote(samples)
+        shares = split_for_ranks(samples, len(self.ranks))
+        parts = await asyncio.gather(*(r.env_log_likelihood.remote(s) for r, s in zip(self.ranks, shares, strict=True)))
+        return -sum(ll for ll, _ in parts) / max(sum(n for _, n in parts), 1)
 
     async def save(self, directory: str, **info: Any) -> str:
         await self.ready()
-        return await self.ranks[0].save.remote(directory, **info)
+        paths = await asyncio.gather(*(rank.save.remote(directory, **info) for rank in self.ranks))
+        return paths[0]
 
     async def load(self, directory: str) -> dict[str, Any]:
         await self.ready()
-        infos = [await rank.load.remote(directory) for rank in self.ranks]
+        infos = await asyncio.gather(*(rank.load.remote(directory) for rank in self.ranks))  # a collective
         return infos[0]
 
     def shutdown(self) -> None:

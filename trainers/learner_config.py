@@ -46,6 +46,8 @@ class LearnerConfig(BaseModel):
     """Where the ranks go when they reserve anything: `pack` onto as few nodes as hold them (the
     all-reduce stays on a node where it can), `spread` over as many nodes as there are ranks."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    """`ddp` keeps a whole replica per rank; `fsdp` shards parameters, gradients and optimizer
+    state over the ranks (CPU or CUDA), for a model one device cannot hold with its optimizer."""
     device: str = "cpu"
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 autocasts forward passes on CUDA; master weights and optimizer stay fp32."""
@@ -60,11 +62,16 @@ class LearnerConfig(BaseModel):
         return min(1.0, max(0.0, (1.0 - progress) / self.lr_decay_fraction))
 
     @model_validator(mode="after")
-    def _one_gpu_per_rank(self) -> LearnerConfig:
+    def _placement_and_strategy(self) -> LearnerConfig:
         if self.device.startswith("cuda") and self.num_learners > 1 and self.gpus_per_learner == 0:
             raise ValueError(
                 f"{self.num_learners} learners on device {self.device!r} would share one GPU: "
                 "set learner.gpus_per_learner (Ray then gives each rank its own)"
+            )
+        if self.strategy == "fsdp" and self.num_learners > 1 and self.loss.grpo.kl_coef > 0:
+            raise ValueError(
+                "learner.strategy=fsdp with several learners cannot keep the KL reference model yet: "
+                "set learner.loss.grpo.kl_coef=0 or learner.strategy=ddp"
             )
         if self.gpus_per_learner > 0 and not self.device.startswith("cuda"):
             raise ValueError(
