@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # install their own torch; the project's range stays open.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv images run test test-latest lint lock bench clean
+.PHONY: venv images run test test-gpu test-latest lint lock bench clean
 
 # The dev/CI/main-job install comes from requirements.lock (every package pinned, with hashes);
 # the package itself goes in on top, editable and without dependencies of its own.
@@ -36,6 +36,20 @@ images: venv
 
 test: lint images
 	$(BIN)/python -m pytest
+
+# The GPU lane: vLLM and liger-kernel (the `vllm` and `gpu` extras) into the venv, then the
+# gpu-marked tests. torch is left unpinned here on purpose: on a GPU machine the CUDA build vLLM
+# asks for is the one wanted, not TORCH_PIN's CPU wheel, which goes first (a CPU build of the same
+# number would satisfy vLLM's pin). The venv then holds more than the lock; `make clean venv`
+# returns to it. Without an NVIDIA GPU nothing is installed and the tests say why they skip.
+test-gpu: venv
+	@if command -v nvidia-smi >/dev/null && nvidia-smi -L; then \
+		if $(BIN)/python -c "import torch, sys; sys.exit('+cpu' not in torch.__version__)"; then \
+			$(BIN)/pip uninstall --quiet --yes torch; fi; \
+		$(BIN)/pip install --quiet -e ".[gpu,vllm]" && \
+		$(BIN)/python -c "import torch; assert torch.cuda.is_available(), f'torch {torch.__version__} sees no GPU'"; \
+	else echo "no NVIDIA GPU here (nvidia-smi found none): the gpu tests will skip"; fi
+	$(BIN)/python -m pytest -m gpu
 
 lint: venv
 	$(BIN)/python .ci/lockfile.py check "$(TORCH_PIN)"

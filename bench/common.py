@@ -63,9 +63,10 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_result(name: str, config: dict[str, Any], results: Any) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_result(name: str, config: dict[str, Any], results: Any, path: Path | None = None) -> Path:
+    """The result file: `path`, or bench/results/<name>.json."""
+    path = path or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": name,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

@@ -33,6 +33,21 @@ seccompProfile:
 {{- toYaml (mergeOverwrite (deepCopy .Values.job.config) $chart) -}}
 {{- end -}}
 
+{{/* What `hillclimb train` needs to train on the learner group's GPUs, as --set flags: Ray hands
+     a rank a GPU only if it reserves one, and a rank trains on one device, so each reserves one,
+     one rank per GPU asked for. A key job.config names itself is left to it. */}}
+{{- define "hillclimb.learnerGpuSettings" -}}
+{{- $learners := .Values.ray.learners -}}
+{{- if and $learners.replicas $learners.gpus -}}
+{{- $named := .Values.job.config.learner | default dict -}}
+{{- $settings := list -}}
+{{- range $key, $value := dict "device" "cuda" "gpus_per_learner" 1 "num_learners" (mul $learners.replicas $learners.gpus) -}}
+{{- if not (hasKey $named $key) }}{{ $settings = append $settings (printf "--set learner.%s=%v" $key $value) }}{{ end -}}
+{{- end -}}
+{{- join " " $settings -}}
+{{- end -}}
+{{- end -}}
+
 {{/* One Ray node's pod: the head (driver and metrics), a rollout worker or a learner. */}}
 {{- define "hillclimb.rayPod" -}}
 {{- $root := .root -}}

@@ -2,8 +2,8 @@
 every document a valid Kubernetes object, the sandbox namespace restricted and egress-denied by
 the very policy the provider checks for, RBAC exactly what the provider calls (measured against
 the emulated API server), rollout workers placed only where sandboxes admit them, the run config
-a job runs one `hillclimb train` accepts, and values held to a schema generated from the
-pydantic models."""
+a job runs one `hillclimb train` accepts, its learner ranks on the learner pods' GPUs, and values
+held to a schema generated from the pydantic models."""
 
 from __future__ import annotations
 
@@ -227,6 +227,38 @@ def test_learners_ask_for_gpus_and_tolerate_gpu_nodes(docs: list[dict[str, Any]]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in _pod(learners)["tolerations"]
     rollout = ray_groups(_one(docs, "RayCluster"))["rollout-workers"]
     assert "nvidia.com/gpu" not in _pod(rollout)["containers"][0]["resources"]["limits"]
+
+
+GPU_SETTINGS = {"device": "cuda", "gpus_per_learner": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("learners", "learner_config", "wanted"),
+    [
+        ({"replicas": 2, "gpus": 4}, {}, {**GPU_SETTINGS, "num_learners": 8}),  # a rank on each GPU
+        ({"replicas": 1, "gpus": 8}, {"num_learners": 2}, {**GPU_SETTINGS, "num_learners": 2}),  # the user's width
+        ({"replicas": 1, "gpus": 0}, {}, {"device": "cpu", "gpus_per_learner": 0.0, "num_learners": 1}),
+        ({"replicas": 0, "gpus": 1}, {}, {"device": "cpu", "gpus_per_learner": 0.0, "num_learners": 1}),
+    ],
+)
+def test_a_jobs_learner_ranks_train_on_the_gpus_its_learner_group_asks_for(
+    learners: dict[str, int], learner_config: dict[str, Any], wanted: dict[str, Any], tmp_path: Path
+) -> None:
+    """The job's command line makes each rank reserve (and so be handed by Ray) one of the GPUs the
+    learner pods ask Kubernetes for; without GPUs it is the bare command. Read as `hillclimb train` reads it."""
+    config = {"learner": learner_config} if learner_config else {}
+    docs = render({**IMAGE, "ray": {"mode": "job", "learners": learners}, "job": {"config": config}})
+    command = shlex.split(_one(docs, "RayJob")["spec"]["entrypoint"])
+    assert command[:4] == ["python", "-m", "orchestrator", "train"]
+    flags, settings = command[5::2], command[6::2]
+    assert set(flags) <= {"--set"} and len(flags) == len(settings)
+    if not learners["replicas"] * learners["gpus"]:
+        assert settings == []
+    (path := tmp_path / "run.yaml").write_text(_one(docs, "ConfigMap")["data"]["run.yaml"])
+    learner = load_config(path, settings).learner
+    assert {key: getattr(learner, key) for key in wanted} == wanted
+    gpus = learners["replicas"] * learners["gpus"]
+    assert learner.num_learners * learner.gpus_per_learner <= gpus  # the ranks' placement group fits
 
 
 @pytest.mark.parametrize(("setting", "made"), [("always", True), ("never", False), ("auto", False)])
