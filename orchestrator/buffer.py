@@ -6,7 +6,7 @@
 
 Bounded: `put` waits while `capacity` groups are queued, so producers slow down
 instead of memory growing. Groups that go stale while queued (the learner moved on)
-are dropped and recorded. Runs as a Ray actor (`ray.remote(TrajectoryBuffer)`); all
+are dropped and recorded. Runs as a Ray actor (`start_buffer`), beside its ledger; all
 methods run on the actor's one event loop, so no locks are needed.
 """
 
@@ -21,16 +21,22 @@ from prometheus_client.metrics_core import Metric
 from orchestrator import metrics
 from orchestrator.buffer_config import BufferConfig
 from orchestrator.ledger import Ledger
+from orchestrator.ledger_location import on_local_disk
 from orchestrator.metrics_hub import local_families
 from trainers.trajectory import TrajectoryGroup
 
 
 class TrajectoryBuffer:
     def __init__(
-        self, run_dir: str, config: BufferConfig | None = None, *, version: int = 0, resume_step: int | None = None
+        self,
+        ledger_location: str,
+        config: BufferConfig | None = None,
+        *,
+        version: int = 0,
+        resume_step: int | None = None,
     ) -> None:
         self.config = config or BufferConfig()
-        self.ledger = Ledger(run_dir)
+        self.ledger = Ledger(ledger_location)
         self.version = version
         self._queue: collections.deque[TrajectoryGroup] = collections.deque()
         self._changed = asyncio.Event()
@@ -106,3 +112,26 @@ class TrajectoryBuffer:
 
     def stats(self) -> dict[str, Any]:
         return {"depth": len(self._queue), "version": self.version, **self.counts, "staleness": dict(self.staleness)}
+
+
+def placement(ledger_location: str) -> dict[str, Any]:
+    """Ray options that put the buffer actor beside its ledger. A ledger on a node's disk is on
+    the driver's node, which made the run directory and reads it on resume: the actor must run
+    there, or on a multi-node cluster it would write the ledger to another node's disk, where
+    the driver and a resumed run would never find it. Shared storage reads the same from every
+    node, so there the actor may run anywhere."""
+    if not on_local_disk(ledger_location):
+        return {}
+    from orchestrator.driver import on_the_drivers_node
+
+    return {"scheduling_strategy": on_the_drivers_node()}
+
+
+def start_buffer(ledger_location: str, config: BufferConfig, *, version: int, resume_step: int | None) -> Any:
+    """The buffer as a Ray actor beside its ledger (many concurrent `put`s wait on one event loop)."""
+    import ray
+
+    actor = ray.remote(num_cpus=0, max_concurrency=64)(TrajectoryBuffer)
+    return actor.options(**placement(ledger_location)).remote(
+        ledger_location, config, version=version, resume_step=resume_step
+    )

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from envs.errors import ConfigError, TargetNotFoundError, validation_problems
 from envs.tasks import Split
 from orchestrator.buffer_config import BufferConfig
+from orchestrator.ledger_location import check_ledger_uri
 from orchestrator.pool import PoolConfig
 from orchestrator.rollout import EpisodeConfig
 from providers.registry import options_model
@@ -35,12 +36,23 @@ class RunSection(_Section):
     """Seeds task order, episode seeds and sampling: the same config repeats the same run."""
     resume: bool = True
     """Continue the run in `<dir>/<name>` if it exists (its ledger and checkpoints), instead of failing."""
+    ledger_uri: str | None = None
+    """Where the trajectory ledger lives. None: `<dir>/<name>/ledger`, on the driver's disk, where
+    the buffer actor then runs too. Else an absolute path, `file:///abs/path`, or shared storage
+    (`s3://bucket/prefix`, with pyarrow's query options such as
+    `?endpoint_override=host:9000&scheme=http`; `gs://bucket/prefix`), used as given: give each
+    run its own. Credentials come from the environment, never the URI."""
     metrics_port: int | None = Field(default=0, ge=0)
     """Prometheus /metrics of the whole run (driver and every Ray actor's figures): 0 picks a free
     port, None serves none."""
     metrics_host: str = "127.0.0.1"
     """The address /metrics listens on: this machine only by default; 0.0.0.0 in a pod that
     Prometheus scrapes (the chart sets it)."""
+
+    @field_validator("ledger_uri")
+    @classmethod
+    def _ledger_uri(cls, uri: str | None) -> str | None:
+        return None if uri is None else check_ledger_uri(uri)
 
 
 class EnvSection(_Section):

@@ -16,6 +16,7 @@ from orchestrator import metrics
 from orchestrator.config import RunConfig
 from orchestrator.driver import RolloutDriver
 from orchestrator.ledger import Ledger
+from orchestrator.ledger_location import ledger_location
 from orchestrator.report import SplitReport, summarize
 from orchestrator.schedule import GroupSpec, round_of_groups
 from trainers.trajectory import TrajectoryGroup
@@ -45,7 +46,7 @@ def eval_groups(config: RunConfig, tag: str = "eval") -> list[GroupSpec]:
 async def evaluate(
     config: RunConfig, run_dir: Path, on_episodes: Callable[[int], None] = lambda n: None
 ) -> list[SplitReport]:
-    ledger = Ledger(run_dir)
+    ledger = Ledger(ledger_location(run_dir, config.run.ledger_uri))
     groups = eval_groups(config)
     recorded = ledger.group_ids()
     todo = [g for g in groups if g.group_id not in recorded]

@@ -1,13 +1,22 @@
-"""The ledger: every completed trajectory, on disk, before anyone is told it exists.
+"""The ledger: every completed trajectory, durable before anyone is told it exists.
 
-    <run>/ledger/groups/<group>.parquet   one file per GRPO group, one row per trajectory
-    <run>/ledger/events.jsonl             what happened to each group afterwards:
-                                          {"group", "event": "consumed", "step"} or {"event": "dropped", "reason"}
+    <ledger>/groups/<group>.parquet          one file per GRPO group, one row per trajectory
+    <ledger>/events/<group>.<event>.json     what happened to a group afterwards: queued for a
+                                             learner; consumed, with the learner step; dropped,
+                                             with the reason
+    <ledger>/events.jsonl                    the same events, appended by runs before this
+                                             layout: still read, never written
 
-A group's file is written to a temporary name, fsynced and renamed, so it is either
-whole or absent; events are appended and fsynced. The ledger is the source of truth:
-a restarted run reads it to learn which groups exist, which a learner step already
-used, and which are still waiting, so nothing is lost or used twice.
+`<ledger>` is a directory (`<run dir>/ledger` by default) or a prefix on shared storage,
+opened with pyarrow's filesystems (`orchestrator.ledger_location` says which are accepted).
+Every write is whole or absent: on a local disk through a temporary name, fsynced and
+renamed; on an object store as one upload, which becomes visible only once complete. Object
+stores cannot append, so each event is an object of its own, named by its group and kind: a
+group is queued once and dropped at most once, but a run resumed from an earlier checkpoint
+consumes again what only the lost steps had consumed, and that newer record replaces the one
+of the abandoned steps. The ledger is the source of truth: a restarted run reads it to learn
+which groups exist, which a learner step already used, and which are still waiting, so
+nothing is lost or used twice.
 """
 
 from __future__ import annotations
@@ -15,13 +24,24 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from envs.errors import ConfigError
 from trainers.trajectory import DoneReason, Trajectory, TrajectoryGroup
+
+T = TypeVar("T")
+EVENTS = ("queued", "consumed", "dropped")
+OBJECT_STORES: tuple[type[pafs.FileSystem], ...] = (pafs.S3FileSystem, pafs.GcsFileSystem)
+IO_THREADS = 16
+"""Files read or uploaded at once: an object store answers each request in milliseconds, so a
+resumed run reading thousands of them one by one would wait minutes."""
 
 SCHEMA = pa.schema(
     [
@@ -45,11 +65,28 @@ SCHEMA = pa.schema(
 )
 
 
-def _file_name(group_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", group_id) + ".parquet"
+def _stem(group_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", group_id)
 
 
-def _fsync_dir(path: Path) -> None:
+def _open(location: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and the root path inside it. A plain path is taken as is (no URI parsing:
+    run directories may hold spaces)."""
+    if "://" not in location:
+        return pafs.LocalFileSystem(), str(Path(location).absolute())
+    try:
+        fs, root = pafs.FileSystem.from_uri(location)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ConfigError(f"cannot open the ledger at {location} (run.ledger_uri): {e}") from e
+    if not isinstance(fs, (pafs.LocalFileSystem, *OBJECT_STORES)):
+        raise ConfigError(
+            f"the ledger cannot live on {type(fs).__name__} ({location}): it needs a local disk or an "
+            "object store (s3, gs) to make each write whole or absent"
+        )
+    return fs, root.rstrip("/")
+
+
+def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -57,47 +94,99 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_synced(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _in_threads(fn: Callable[[str], T], items: Iterable[str]) -> list[T]:
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        return list(pool.map(fn, items))
+
+
 class Ledger:
-    def __init__(self, run_dir: str | Path) -> None:
-        self.root = Path(run_dir) / "ledger"
-        self.groups_dir = self.root / "groups"
-        self.groups_dir.mkdir(parents=True, exist_ok=True)
-        self.events_path = self.root / "events.jsonl"
+    def __init__(self, location: str | Path) -> None:
+        """`location`: a directory, or a pyarrow filesystem URI (`file://`, `s3://`, `gs://`)."""
+        self.location = str(location)
+        self.fs, self.root = _open(self.location)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.groups_dir = f"{self.root}/groups"
+        self.events_dir = f"{self.root}/events"
+        self.legacy_events_path = f"{self.root}/events.jsonl"
+        for directory in (self.groups_dir, self.events_dir):
+            self.fs.create_dir(directory, recursive=True)
 
     # -- writing ------------------------------------------------------------------------
 
     def append(self, group: TrajectoryGroup) -> None:
         """Durably record a completed group (idempotent: the same group id overwrites itself)."""
-        rows = [_row(t) for t in group.trajectories]
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
-        final = self.groups_dir / _file_name(group.group_id)
-        tmp = final.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(self.groups_dir)
+        table = pa.Table.from_pylist([_row(t) for t in group.trajectories], schema=SCHEMA)
+        sink = pa.BufferOutputStream()  # whole in memory first: an upload is then all or nothing
+        pq.write_table(table, sink)
+        self._write_whole({self._group_path(group.group_id): sink.getvalue().to_pybytes()})
 
     def record(self, group_ids: list[str], event: str, **fields: Any) -> None:
-        """Append an event ('queued' for a learner, 'consumed' with a learner step, 'dropped' with a
+        """Record an event ('queued' for a learner, 'consumed' with a learner step, 'dropped' with a
         reason) for each group."""
-        with open(self.events_path, "a") as f:
-            for group_id in group_ids:
-                f.write(json.dumps({"group": group_id, "event": event, **fields}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        if event not in EVENTS:
+            raise ValueError(f"unknown ledger event {event!r}: one of {', '.join(EVENTS)}")
+        self._write_whole(
+            {
+                f"{self.events_dir}/{_stem(g)}.{event}.json": json.dumps(
+                    {"group": g, "event": event, **fields}
+                ).encode()
+                for g in group_ids
+            }
+        )
+
+    def _write_whole(self, files: dict[str, bytes]) -> None:
+        """Each file whole or absent, even if the process dies midway."""
+        if not self.local:  # an object appears only when its upload completes
+            _in_threads(lambda path: self._upload(path, files[path]), files)
+            return
+        for path, data in files.items():
+            _write_synced(path + ".tmp", data)
+        for path in files:
+            os.replace(path + ".tmp", path)
+        for directory in {os.path.dirname(path) for path in files}:
+            _fsync_dir(directory)
+
+    def _upload(self, path: str, data: bytes) -> None:
+        with self.fs.open_output_stream(path) as f:
+            f.write(data)
 
     # -- reading ------------------------------------------------------------------------
 
+    def _files(self, directory: str, suffix: str) -> list[str]:
+        """Complete files only: a temporary name left by a crash never counts."""
+        found = self.fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+        return sorted(f.path for f in found if f.type == pafs.FileType.File and f.path.endswith(suffix))
+
+    def _read(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as f:
+            return f.read()
+
+    def _group_path(self, group_id: str) -> str:
+        return f"{self.groups_dir}/{_stem(group_id)}.parquet"
+
     def group_ids(self) -> set[str]:
-        return {_group_id_of(p) for p in self.groups_dir.glob("*.parquet")}
+        return set(_in_threads(self._group_id_of, self._files(self.groups_dir, ".parquet")))
+
+    def _group_id_of(self, path: str) -> str:
+        return pq.read_table(path, columns=["group_id"], filesystem=self.fs).column("group_id")[0].as_py()
 
     def events(self) -> list[dict[str, Any]]:
-        if not self.events_path.exists():
+        """The latest event of each kind for each group (an old layout's log, then the newer files)."""
+        recorded = [json.loads(data) for data in _in_threads(self._read, self._files(self.events_dir, ".json"))]
+        return list({(e["group"], e["event"]): e for e in self._legacy_events() + recorded}.values())
+
+    def _legacy_events(self) -> list[dict[str, Any]]:
+        if self.fs.get_file_info(self.legacy_events_path).type != pafs.FileType.File:
             return []
         events = []
-        for line in self.events_path.read_text().splitlines():
+        for line in self._read(self.legacy_events_path).decode().splitlines():
             try:
                 events.append(json.loads(line))
             except ValueError:  # a torn last line from a crash mid-append: it never happened
@@ -109,7 +198,7 @@ class Ledger:
         return _settled(self.events(), as_of_step)
 
     def read_group(self, group_id: str) -> TrajectoryGroup:
-        table = pq.read_table(self.groups_dir / _file_name(group_id), schema=SCHEMA)
+        table = pq.read_table(self._group_path(group_id), schema=SCHEMA, filesystem=self.fs)
         return TrajectoryGroup.of([_trajectory(row) for row in table.to_pylist()])
 
     def pending(self, as_of_step: int | None = None) -> list[TrajectoryGroup]:
@@ -117,7 +206,7 @@ class Ledger:
         Groups recorded for other uses (oracle transcripts, evaluations) are never pending."""
         events = self.events()
         queued = {e["group"] for e in events if e["event"] == "queued"}
-        return [self.read_group(g) for g in sorted(queued - _settled(events, as_of_step))]
+        return _in_threads(self.read_group, sorted(queued - _settled(events, as_of_step)))
 
     def trajectories(self) -> list[Trajectory]:
         return [t for g in sorted(self.group_ids()) for t in self.read_group(g).trajectories]
@@ -131,10 +220,6 @@ def _settled(events: list[dict[str, Any]], as_of_step: int | None) -> set[str]:
         or e["event"] == "consumed"
         and (as_of_step is None or e.get("step", 0) <= as_of_step)
     }
-
-
-def _group_id_of(path: Path) -> str:
-    return pq.read_table(path, columns=["group_id"]).column("group_id")[0].as_py()
 
 
 def _row(t: Trajectory) -> dict[str, Any]:

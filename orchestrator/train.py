@@ -27,6 +27,7 @@ from orchestrator import metrics as prom
 from orchestrator.config import RunConfig
 from orchestrator.driver import RolloutDriver, connect_ray
 from orchestrator.ledger import Ledger
+from orchestrator.ledger_location import ledger_location
 from orchestrator.metrics_hub import HUB
 from orchestrator.schedule import GroupSpec, endless_groups, round_of_groups
 from trainers.trajectory import Trajectory, TrajectoryGroup
@@ -72,7 +73,8 @@ class Trainer:
         self.config = config
         self.run_dir = run_dir
         self.report = report
-        self.ledger = Ledger(run_dir)
+        self.ledger_location = ledger_location(run_dir, config.run.ledger_uri)
+        self.ledger = Ledger(self.ledger_location)
         self.log = MetricsLog(run_dir)
         self.suite = load_suite(config.env.name)
         self.model_config = config.policy.model  # type: ignore[union-attr]
@@ -253,7 +255,7 @@ class Trainer:
     async def run(self) -> dict[str, Any]:
         import ray
 
-        from orchestrator.buffer import TrajectoryBuffer
+        from orchestrator.buffer import start_buffer
         from orchestrator.policy_server import start_policy_server
         from trainers.learner import LearnerGroup
 
@@ -279,8 +281,8 @@ class Trainer:
             resumed = await self._resume(learners)
             # The rollout workers' and the buffer's processes start while the learner warms up.
             await driver.start()
-            buffer = ray.remote(num_cpus=0, max_concurrency=64)(TrajectoryBuffer).remote(
-                str(self.run_dir), cfg.buffer, version=self.version, resume_step=self.step if resumed else None
+            buffer = start_buffer(
+                self.ledger_location, cfg.buffer, version=self.version, resume_step=self.step if resumed else None
             )
             HUB.watch("buffer", buffer)
             if not resumed:

@@ -61,6 +61,7 @@ def rollout(
     from rich.table import Table
 
     from orchestrator.evaluate import eval_groups, evaluate, prepare_run_dir
+    from orchestrator.ledger_location import ledger_location
 
     cfg = resolved_config(config, set_, address, metrics_port)
     if dry_run:
@@ -101,4 +102,4 @@ def rollout(
         )
     console.print(table)
     (run_dir / "eval.json").write_text(json.dumps([r.model_dump() for r in reports], indent=2) + "\n")
-    console.print(f"trajectories: {run_dir / 'ledger'}")
+    console.print(f"trajectories: {ledger_location(run_dir, cfg.run.ledger_uri)}")

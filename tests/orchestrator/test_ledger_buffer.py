@@ -23,9 +23,9 @@ def test_ledger_round_trips_groups_exactly(tmp_path: Path) -> None:
 def test_ledger_ignores_torn_writes(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path)
     ledger.append(group("a"))
-    (ledger.groups_dir / "b.tmp").write_bytes(b"PAR1 half a file")  # a crash mid-write leaves only a .tmp
+    (tmp_path / "groups" / "b.parquet.tmp").write_bytes(b"PAR1 half a file")  # a crash mid-write leaves only a .tmp
     ledger.record(["a"], "consumed", step=1)
-    with open(ledger.events_path, "a") as f:
+    with open(ledger.legacy_events_path, "a") as f:  # a run of the old layout
         f.write('{"group": "a", "event": "dropp')  # a crash mid-append
     assert ledger.group_ids() == {"a"}
     assert ledger.settled() == {"a"} and ledger.pending() == []  # and "a" was never queued either
