@@ -35,6 +35,7 @@ from pydantic import BaseModel
 
 from envs import http
 from envs import websocket as ws
+from envs.deadline import within
 from envs.errors import (
     ERROR_TYPES,
     AuthenticationError,
@@ -127,12 +128,12 @@ class Endpoint:
     async def open(self, factory: Any, timeout: float, ssl: ssl_module.SSLContext | None) -> asyncio.BaseTransport:
         loop = asyncio.get_running_loop()
         if self.uds:
-            connected = await asyncio.wait_for(connect_unix(self.uds), timeout)
+            connected = await within(timeout, connect_unix(self.uds))
             transport, _ = await loop.create_unix_connection(factory, sock=connected)
         else:
             ctx = (ssl or ssl_module.create_default_context()) if self.tls else None
             connecting = loop.create_connection(factory, self.host, self.port, ssl=ctx)
-            transport, _ = await asyncio.wait_for(connecting, timeout)
+            transport, _ = await within(timeout, connecting)
         return transport
 
 
@@ -451,7 +452,7 @@ class EnvClient(BaseEnvClient):
         protocol = _Protocol(request, key, self.max_message_bytes)
         transport = await self.endpoint.open(lambda: protocol, timeout, self._ssl)
         try:
-            await asyncio.wait_for(asyncio.shield(protocol.handshake), timeout)
+            await within(timeout, asyncio.shield(protocol.handshake))
         except BaseException:
             transport.close()
             raise
@@ -516,7 +517,7 @@ class EnvClient(BaseEnvClient):
                 conn.send(ws.OP_TEXT, b'{"type":"close"}')
                 conn.send(ws.OP_CLOSE, ws.close_payload(ws.CLOSE_NORMAL))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(conn.closed), _CLOSE_WAIT_S)
+                    await within(_CLOSE_WAIT_S, asyncio.shield(conn.closed))
         finally:  # even when cancelled while waiting: never leave the socket or the heartbeat behind
             self._drop()
             self._episode_live = False

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from envs import http
 from envs.client import BaseEnvClient, Endpoint, StepResult, action_data, error_from_frame, reset_data
+from envs.deadline import within
 from envs.errors import (
     AuthenticationError,
     ConnectionLostError,
@@ -155,9 +156,7 @@ class HttpEnvClient(BaseEnvClient):
         """Open a connection, retrying refused or missing sockets until `connect_timeout_s`."""
         if not self.connected:
             self._channel = await self._connect_retrying(
-                lambda time_left: asyncio.wait_for(
-                    _open_channel(self.endpoint, self._ssl, self.max_message_bytes), time_left
-                )
+                lambda time_left: within(time_left, _open_channel(self.endpoint, self._ssl, self.max_message_bytes))
             )
 
     def _drop(self) -> None:
@@ -171,7 +170,7 @@ class HttpEnvClient(BaseEnvClient):
             if self.session_id is not None:
                 # Gone already, or unreachable: then its idle timeout ends it.
                 with contextlib.suppress(OSError, TimeoutError, SessionError, ConnectionLostError, AuthenticationError):
-                    await asyncio.wait_for(self._call("POST", "/close", None, "close"), _CLOSE_WAIT_S)
+                    await within(_CLOSE_WAIT_S, self._call("POST", "/close", None, "close"))
         finally:
             self.session_id = None
             self._drop()
@@ -302,4 +301,4 @@ async def http_request(
             return status, None
         return status, orjson.loads(raw) if "json" in headers.get("content-type", "") else raw.decode()
 
-    return await asyncio.wait_for(exchange(), timeout)
+    return await within(timeout, exchange())

@@ -215,7 +215,7 @@ class SandboxPool:
                     f"{len(self._waiters)} leases already waiting ({self.describe()}); retry later"
                 )
             try:
-                await asyncio.wait_for(self._wait_change(), remaining)
+                await self._wait_change(remaining)
             except TimeoutError:
                 continue
 
@@ -437,11 +437,16 @@ class SandboxPool:
         if not task.cancelled() and task.exception() is not None:
             log.error("pool task failed", exc_info=task.exception())
 
-    async def _wait_change(self) -> None:
+    async def _wait_change(self, timeout_s: float | None = None) -> None:
+        """Until the pool's state next changes (TimeoutError after `timeout_s`). Awaited directly,
+        never wrapped in a task: the waiter is then registered before anything the caller just
+        started (a sandbox creation that fails at once) can change the state and find no one
+        to wake."""
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            await waiter
+            async with asyncio.timeout(timeout_s):
+                await waiter
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
