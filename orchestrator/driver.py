@@ -18,6 +18,7 @@ import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from envs.deadline import within
 from envs.errors import HillclimbError
 from orchestrator.config import RunConfig
 from orchestrator.metrics_hub import HUB
@@ -47,6 +48,16 @@ def connect_ray(address: str | None) -> str:
     return "local"
 
 
+def on_the_drivers_node() -> Any:
+    """A Ray scheduling strategy for an actor that must share the driver's fate: one that every
+    worker depends on (on a node removed mid-run it would take the whole run with it) or one
+    that writes to the driver's disk."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+
 class GroupFailedError(RuntimeError):
     """A group kept failing on fresh workers; the run cannot complete it."""
 
@@ -69,7 +80,7 @@ class RolloutDriver:
         import ray
 
         connect_ray(self.config.ray.address)
-        self._limiter = ray.remote(num_cpus=0)(CreateRateLimiter).remote(
+        self._limiter = ray.remote(num_cpus=0, scheduling_strategy=on_the_drivers_node())(CreateRateLimiter).remote(
             self.config.pool.create_rate_per_s, burst=max(1, self.config.pool.max_starting)
         )
         self.workers = [self._new_worker(i) for i in range(self.config.ray.num_workers)]
@@ -154,7 +165,7 @@ class RolloutDriver:
 
     async def _replace_worker(self, index: int) -> None:
         try:
-            await asyncio.wait_for(_await(self.workers[index].ping.remote()), 10)
+            await within(10, _await(self.workers[index].ping.remote()))
             return  # alive: an earlier failure of the same death already replaced it
         except Exception:
             pass
@@ -167,7 +178,7 @@ class RolloutDriver:
 
         for worker in self.workers:
             try:
-                await asyncio.wait_for(_await(worker.close.remote()), 120)
+                await within(120, _await(worker.close.remote()))
             except Exception as e:  # a dead worker's sandboxes died with it
                 log.warning("closing a worker failed: %s", e)
             ray.kill(worker)

@@ -107,17 +107,9 @@ def ray_local() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def simulated_cluster() -> Iterator[dict[str, str]]:
-    """A three-node Ray cluster on this machine (`ray.cluster_utils`): a head with no role and two
-    nodes offering the custom resource `learner_node`; yields those two nodes' ids."""
-    import ray
-    from ray.cluster_utils import Cluster
+    """A three-node Ray cluster on this machine (`tests/simulated_cluster.py`): a head with no role
+    and two nodes offering the custom resource `learner_node`; yields those two nodes' ids."""
+    from tests.simulated_cluster import three_node_cluster
 
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    learner_nodes = {nodes.add_node(num_cpus=1, resources={"learner_node": 1}).node_id: "learner" for _ in range(2)}
-    ray.init(address=nodes.address, include_dashboard=False, logging_level="ERROR")
-    nodes.wait_for_nodes()
-    try:
-        yield learner_nodes
-    finally:
-        ray.shutdown()
-        nodes.shutdown()
+    with three_node_cluster() as (_, role_nodes):
+        yield dict.fromkeys(role_nodes, "learner")

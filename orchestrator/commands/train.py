@@ -76,7 +76,10 @@ def train(
                 parts = [f"{k} {v:.3f}" for k, v in values.items() if k.endswith(("env_ce", "pass1"))]
                 progress.console.print(f"[dim]step {values['step']:>4}[/]  " + "  ".join(parts))
             elif kind == "placement":
-                ranks = [f"rank {p['rank']} on {p['address']} ({p['device']})" for p in values["learners"]]
+                ranks = [
+                    f"rank {p['rank']} on node {(p['node'] or 'local')[:8]} ({p['address']}, {p['device']})"
+                    for p in values["learners"]
+                ]
                 progress.console.print("learners: " + ", ".join(ranks))
             elif kind == "resume":
                 progress.console.print(f"resuming from {values['checkpoint']}")
