@@ -44,7 +44,14 @@ def connect_ray(address: str | None) -> str:
         return address
     # Local: workers must import what the driver imports from its working directory.
     pythonpath = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    # address="local": a Ray of our own, never one another process on this machine started (Ray
+    # would join that, or hang on a dead one's stale /tmp/ray/ray_current_cluster, left by a kill -9).
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        log_to_driver=True,
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+    )
     return "local"
 
 
