@@ -39,7 +39,7 @@ import requests.exceptions
 from pydantic import SecretStr
 
 import docker
-from envs.digest import IMAGE_LABEL, envs_digest
+from envs.digest import IMAGE_LABEL, envs_digest, package_digest, package_label
 from providers.base import (
     LABEL_CREATED,
     LABEL_EXPIRES,
@@ -111,6 +111,13 @@ def _retry_after(e: docker.errors.APIError, default_s: float = 1.0) -> float:
         return default_s
 
 
+def _package_of(env: str) -> str:
+    """The top-level package the environment `env` names comes from (`envs` for the built-ins)."""
+    from envs.registry import resolve_env_class
+
+    return resolve_env_class(env).__module__.partition(".")[0]
+
+
 class DockerProvider:
     """Sandboxes as hardened Docker containers with no network."""
 
@@ -129,7 +136,7 @@ class DockerProvider:
         this process's (see `envs.digest`); images without the label are not checked."""
         self.image = image
         self.check_image = check_image
-        self._images_checked: set[str] = set()
+        self._images_checked: set[tuple[str, str]] = set()
         self.root = Path(root) if root else default_root()
         self.runtime = runtime
         try:
@@ -166,7 +173,7 @@ class DockerProvider:
         sandbox_id = "dk-" + (spec.key_digest[:12] if spec.idempotency_key else secrets.token_hex(6))
         if sandbox_id in self._tokens:
             return self._existing(sandbox_id)
-        self._check_image(spec.image or self.image)
+        self._check_image(spec.image or self.image, spec.env)
         created_at = time.time()
         token = secrets.token_urlsafe(32)
         home = self._make_home(sandbox_id, token, spec.all_labels(created_at))
@@ -190,8 +197,8 @@ class DockerProvider:
             raise _translate(e, f"starting sandbox {sandbox_id}") from e
         return self._sandbox(sandbox_id, container.labels)
 
-    def _check_image(self, image: str) -> None:
-        if not self.check_image or image in self._images_checked:
+    def _check_image(self, image: str, env: str) -> None:
+        if not self.check_image or (image, env) in self._images_checked:
             return
         try:
             labels = self._client.images.get(image).labels or {}
@@ -204,7 +211,17 @@ class DockerProvider:
                 f" checkout {ours}): its task suites and server may not match this run. Rebuild it with"
                 " `hillclimb image build`, or set the provider option check_image: false to use it anyway"
             )
-        self._images_checked.add(image)
+        package = _package_of(env)
+        if package != "envs":  # a user's environment package: the image must hold this code of it
+            held, here = labels.get(package_label(package)), package_digest(package)
+            rebuild = f"`hillclimb image build --env <the project directory of {package}>`"
+            if held is None:
+                raise BadSpecError(f"image {image} does not hold {package}, environment {env!r}'s package: {rebuild}")
+            if held != here:
+                raise BadSpecError(
+                    f"image {image} holds other code of {package} (digest {held}, this machine's {here}): {rebuild}"
+                )
+        self._images_checked.add((image, env))
 
     def _existing(self, sandbox_id: str) -> Sandbox:
         container = self._client.containers.get(NAME_PREFIX + sandbox_id)

@@ -33,10 +33,27 @@ def build(
         ),
     ] = OFFLINE_BASE,
     tag: Annotated[str, typer.Option(help="Tag of the sandbox image.")] = "hillclimb/sandbox:dev",
+    env: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A project directory (with pyproject.toml) of your environment package, to install in the "
+            "image beside hillclimb; repeatable.",
+            exists=True,
+            file_okay=False,
+            resolve_path=True,
+        ),
+    ] = None,
 ) -> None:
-    """Build wheels of this checkout on the host, then `docker build --network none` the sandbox image."""
+    """Build wheels of this checkout (and of --env packages) on the host, then `docker build --network none`
+    the sandbox image, labelled with the digest of each environment package inside."""
     root = _repo_root()
+    projects = env or []
+    for project in projects:
+        if not (project / "pyproject.toml").is_file():
+            raise typer.BadParameter(f"{project} has no pyproject.toml: give your environment's project directory")
     if base == OFFLINE_BASE:
         subprocess.run(["bash", str(root / "docker" / "make_base_image.sh"), base], check=True)
-    subprocess.run(["bash", str(root / "docker" / "build_sandbox_image.sh"), "--base", base, "--tag", tag], check=True)
-    console.print(f"built [bold]{tag}[/] on {base}")
+    packages = [arg for project in projects for arg in ("--package", str(project))]
+    script = root / "docker" / "build_sandbox_image.sh"
+    subprocess.run(["bash", str(script), "--base", base, "--tag", tag, *packages], check=True)
+    console.print(f"built [bold]{tag}[/] on {base}" + "".join(f", with {p.name}" for p in projects))

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import envs
 from envs.digest import envs_digest
 
@@ -33,3 +35,19 @@ def test_the_digest_follows_the_sources_and_task_data(tmp_path: Path) -> None:
     assert changed_data != envs_digest()
     (copy / "toy_terminal" / "fs.py").write_text("# another file system\n")
     assert _digest_of_copy(tmp_path) not in (envs_digest(), changed_data)
+
+
+def test_a_user_packages_digest_follows_its_code_and_task_files(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from envs.digest import directory_digest, package_digest
+
+    package = tmp_path / "hc_digest_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "tasks.jsonl").write_text('{"id": "a", "split": "train", "prompt": "p"}\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = package_digest("hc_digest_pkg")
+    assert before == directory_digest(package)  # what the image build labels, from the project directory
+    (package / "tasks.jsonl").write_text('{"id": "b", "split": "train", "prompt": "p"}\n')
+    assert package_digest("hc_digest_pkg") != before  # task suites in data files count
+    with pytest.raises(ModuleNotFoundError, match="no package 'hc_no_such_pkg'"):
+        package_digest("hc_no_such_pkg")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import docker
-from envs.digest import IMAGE_LABEL, envs_digest
+from envs.digest import IMAGE_LABEL, envs_digest, package_digest, package_label
 from providers.base import LABEL_RUN, EgressPolicy, Resources, SandboxSpec
 from providers.docker import DEFAULT_IMAGE, NAME_PREFIX, DockerProvider
 from providers.errors import BadSpecError, UnsupportedPolicy
@@ -147,6 +147,40 @@ async def test_an_image_built_from_other_environment_code_is_refused(
         await lenient.close()
     finally:
         client.images.remove(stale, force=True)
+        client.close()
+
+
+async def test_an_image_without_the_users_environment_package_is_refused(
+    docker_provider: DockerProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An environment from a user's package runs only in an image that holds that package's
+    code as it is here (the label `hillclimb image build --env` writes)."""
+    package = tmp_path / "hc_user_env"
+    package.mkdir()
+    (package / "__init__.py").write_text("class UserEnv:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    client = docker.from_env()
+    tags = {"missing": {}, "stale": {package_label("hc_user_env"): "0123456789abcdef"}}
+    tags["current"] = {package_label("hc_user_env"): package_digest("hc_user_env")}
+    for name, labels in tags.items():  # the real image, relabelled (built offline from the local image)
+        client.images.build(
+            fileobj=io.BytesIO(f"FROM {DEFAULT_IMAGE}\n".encode()),
+            tag=f"hillclimb/sandbox:{name}-test",
+            labels={IMAGE_LABEL: envs_digest(), **labels},
+            network_mode="none",
+            rm=True,
+        )
+    try:
+        spec = SandboxSpec(env="hc_user_env:UserEnv", image="hillclimb/sandbox:missing-test")
+        with pytest.raises(BadSpecError, match=r"does not hold hc_user_env.*image build --env"):
+            await docker_provider.create(spec)
+        with pytest.raises(BadSpecError, match=r"other code of hc_user_env \(digest 0123456789abcdef"):
+            await docker_provider.create(spec.model_copy(update={"image": "hillclimb/sandbox:stale-test"}))
+        docker_provider._check_image("hillclimb/sandbox:current-test", spec.env)  # holds this code: accepted
+        assert await docker_provider.list() == []
+    finally:
+        for name in tags:
+            client.images.remove(f"hillclimb/sandbox:{name}-test", force=True)
         client.close()
 
 
