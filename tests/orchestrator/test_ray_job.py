@@ -100,12 +100,16 @@ def head_node() -> Iterator[tuple[str, dict[str, str], str, str]]:
 @pytest.fixture
 def learner_node(head_node: tuple[str, dict[str, str], str, str]) -> Iterator[None]:
     """A second node joined to the head, the only one offering the custom resource `learner_node`."""
-    _, env, gcs, temp_dir = head_node
+    _, env, gcs, _ = head_node
+    # A temp dir of its own, as another host has: nodes sharing one would share the job's unpacked
+    # working directory, and one node's cleanup would pull it from under the other's workers.
+    temp_dir = tempfile.mkdtemp(prefix="hc-ray-", dir="/tmp")
     node = _start_node([f"--address={gcs}", "--num-cpus=2", '--resources={"learner_node": 1}'], env, temp_dir, "node")
     try:
         yield
     finally:
         _stop_session(node)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _wait_for_dashboard(address: str, head: subprocess.Popen[bytes], log: Path) -> None:
