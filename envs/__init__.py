@@ -21,7 +21,11 @@ _EXPORTS = {
     "StepResult": "envs.client",
     "ToolResult": "envs.client",
     "BUILTIN_ENVS": "envs.registry",
+    "find_env": "envs.registry",
     "resolve_env_class": "envs.registry",
+    "EnvPackage": "envs.packages",
+    "FileSuite": "envs.file_suite",
+    "TaskRow": "envs.file_suite",
     "EnvServer": "envs.server",
     "ServerConfig": "envs.server",
 }

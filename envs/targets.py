@@ -1,7 +1,8 @@
 """What `hillclimb env serve TARGET` serves: an environment class, or an OpenEnv app module.
 
-    toy_terminal                          a built-in name
-    package.module:Class                  a class (types from hints, generics, or --action/--observation)
+    toy_terminal                          a built-in name, or an installed `hillclimb.envs` entry point
+    package.module:Class                  a class (types from hints, generics, or --action/--observation),
+                                          or an `EnvPackage` naming one (envs.packages)
     package.server.app                    a module calling OpenEnv's `create_app(env, Action, Observation)`,
                                           as OpenEnv environments ship one: the classes it passes are taken
 
@@ -20,14 +21,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from envs.errors import TargetNotFoundError
-from envs.registry import BUILTIN_ENVS, resolve_env_class
+from envs.packages import EnvPackage
+from envs.registry import is_named_env, resolve_env_class
 from envs.runtime import EnvRuntime
 
 
 def runtime_for(target: str, *, action: str | None = None, observation: str | None = None) -> EnvRuntime:
     """The runtime serving `target`; `action` and `observation` ('module:Class') override what
     the environment's hints and generics say."""
-    if target not in BUILTIN_ENVS and ":" not in target and _is_module(target):
+    if not is_named_env(target) and ":" not in target and _is_module(target):
         return _from_app_module(target)
     return EnvRuntime(
         resolve_env_class(target),
@@ -38,7 +40,7 @@ def runtime_for(target: str, *, action: str | None = None, observation: str | No
 
 def env_class_of(target: str) -> type:
     """The environment class `target` serves (an app module's, from its create_app call)."""
-    if target not in BUILTIN_ENVS and ":" not in target and _is_module(target):
+    if not is_named_env(target) and ":" not in target and _is_module(target):
         return _from_app_module(target).env_cls
     return resolve_env_class(target)
 
@@ -68,11 +70,14 @@ def _named_class(path: str | None, option: str) -> type | None:
 def _from_app_module(module_name: str) -> EnvRuntime:
     with _recording_create_app() as calls:
         sys.modules.pop(module_name, None)  # imported before, it built a real app: import it again
-        importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
     if not calls:
+        packages = [f"{module_name}:{name}" for name, value in vars(module).items() if isinstance(value, EnvPackage)]
+        hint = f" It exports {' and '.join(map(repr, packages))}: serve that." if packages else ""
         raise TargetNotFoundError(
-            f"module {module_name!r} calls no create_app: serve an environment class as "
-            "'package.module:Class', or the module that calls OpenEnv's create_app(env, Action, Observation)"
+            f"module {module_name!r} calls no create_app and is no installed hillclimb.envs entry point: serve an "
+            "environment class or EnvPackage as 'package.module:Name', or the module that calls OpenEnv's "
+            f"create_app(env, Action, Observation).{hint}"
         )
     env, action_cls, observation_cls, state_cls = calls[-1]
     env_cls = env if isinstance(env, type) else _class_of(env)
@@ -100,7 +105,10 @@ def _recording_create_app() -> Iterator[list[tuple[Any, type, type, type | None]
         from openenv.core import env_server
         from openenv.core.env_server import http_server
     except ImportError as e:
-        raise TargetNotFoundError(f"serving an OpenEnv app module needs the openenv package: {e}") from e
+        raise TargetNotFoundError(
+            f"serving an OpenEnv app module needs the openenv package: {e} (a hillclimb environment package is "
+            "served by its installed name or as 'package:ENVIRONMENT')"
+        ) from e
     original = http_server.create_app
     signature = inspect.signature(original)
     calls: list[tuple[Any, type, type, type | None]] = []

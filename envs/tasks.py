@@ -2,27 +2,27 @@
 
 A policy emits text and reads text; an environment takes action dicts and returns
 observation dicts. A `TaskSuite` is the bridge for one environment: it lists tasks
-(with an oracle solution each, for the scripted policy and for teacher-forced
-evaluation), parses a policy's text into an action, and renders an observation as the
-text the policy sees next. Suites are registered by environment name.
+(each may carry an oracle solution, for the scripted policy, the warm-up and
+teacher-forced evaluation), parses a policy's text into an action, and renders an
+observation as the text the policy sees next. `load_suite` finds a suite by the same
+name that serves the environment (see `envs.registry`).
 """
 
 from __future__ import annotations
 
-import importlib
 import random
 from collections.abc import Sequence
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from envs.errors import TargetNotFoundError, ValidationError
+from envs.errors import HillclimbError, ValidationError
 
 Split = Literal["train", "heldout"]
 
 
 class Task(BaseModel):
-    """One task: what the agent is asked, and a sequence of actions that solves it."""
+    """One task: what the agent is asked, and optionally a sequence of actions that solves it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -31,8 +31,9 @@ class Task(BaseModel):
     split: Split
     prompt: str
     """The instruction the agent reads first."""
-    oracle: tuple[str, ...] = Field(min_length=1)
-    """Action texts, in order, that solve the task (what a perfect policy would emit)."""
+    oracle: tuple[str, ...] = ()
+    """Action texts, in order, that solve the task (what a perfect policy would emit); empty when
+    unknown — only the scripted policy, the warm-up and self-checks need them (`require_oracles`)."""
 
 
 class TaskRecord(Protocol):
@@ -79,7 +80,8 @@ class ActionParseError(ValueError):
 
 class TaskSuite(Protocol):
     env: str
-    """The registered environment name these tasks run on."""
+    """The name the environment is found by (`envs.registry`): groups carry it, and the scripted
+    policy looks the suite up again by it."""
 
     def tasks(self, split: Split) -> list[Task]: ...
 
@@ -92,16 +94,30 @@ class TaskSuite(Protocol):
         ...
 
 
-TASK_SUITES: dict[str, str] = {
-    "toy_terminal": "envs.toy_terminal.tasks:SUITE",
-    "terminal": "envs.terminal.tasks:SUITE",
-    "inventory": "envs.inventory.tasks:SUITE",
-}
+class MissingOracleError(HillclimbError, ValueError):
+    """Something that replays oracle actions met tasks that have none."""
+
+
+def every_task(suite: TaskSuite) -> list[Task]:
+    """The suite's tasks, train split then held-out."""
+    return [*suite.tasks("train"), *suite.tasks("heldout")]
+
+
+def require_oracles(tasks: Sequence[Task], purpose: str, fix: str) -> None:
+    """Raise `MissingOracleError` naming the tasks without oracle actions, what needed them and the fix."""
+    missing = [t.id for t in tasks if not t.oracle]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise MissingOracleError(
+            f"{purpose} replays each task's oracle actions, and {len(missing)} task(s) have none: {shown}. "
+            f"Give them an `oracle` (a list of action texts that solve the task), or {fix}",
+            tasks=missing,
+        )
 
 
 def load_suite(env: str) -> TaskSuite:
-    path = TASK_SUITES.get(env)
-    if path is None:
-        raise TargetNotFoundError(f"no task suite for environment {env!r}; suites exist for {sorted(TASK_SUITES)}")
-    module_name, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    """The task suite of the environment named `env` (a built-in name, a `hillclimb.envs` entry
+    point, or an import path); errors say how to attach a suite to a bare environment class."""
+    from envs.registry import find_env
+
+    return find_env(env).task_suite(env)

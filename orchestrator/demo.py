@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from envs.errors import TargetNotFoundError
-from envs.tasks import Split, load_suite
+from envs.tasks import Split, load_suite, require_oracles
 from providers.base import SandboxProvider, SandboxSpec
 
 
@@ -23,6 +23,7 @@ async def oracle_episode(
     task = next((t for t in tasks if t.id == task_id), None) if task_id else tasks[0]
     if task is None:
         raise TargetNotFoundError(f"no task {task_id!r} in {env}'s {split} split; it has {[t.id for t in tasks]}")
+    require_oracles([task], "`hillclimb env demo`", "pick a task that has one with --task")
     sandbox = await provider.create(SandboxSpec(env=env, run_id="demo", max_sessions=1, ttl_s=600))
     try:
         await provider.wait_ready(sandbox)

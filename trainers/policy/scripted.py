@@ -11,15 +11,16 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-from envs.tasks import Task, load_suite
+from envs.tasks import Task, every_task, load_suite, require_oracles
 from trainers.policy.base import GenerateRequest, Generation, SamplingParams
 from trainers.tokenizer import ByteTokenizer, Tokenizer
 
 
 @cache
 def _tasks(env: str) -> dict[str, Task]:
-    suite = load_suite(env)
-    return {task.id: task for split in ("train", "heldout") for task in suite.tasks(split)}
+    tasks = every_task(load_suite(env))
+    require_oracles(tasks, "the scripted policy", "use a model policy (any policy.type but scripted)")
+    return {task.id: task for task in tasks}
 
 
 class ScriptedPolicy:

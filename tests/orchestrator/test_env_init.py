@@ -1,0 +1,165 @@
+"""`hillclimb env init demo_env`, as a user runs it: the scaffold's own tests pass, `hillclimb env
+serve` serves it from its directory (no PYTHONPATH) over loopback, and once pip has installed it,
+its `hillclimb.envs` entry point makes `demo_env` a name like a built-in."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from envs.client import EnvClient
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+FILES = [
+    "pyproject.toml",
+    "demo_env/__init__.py",
+    "demo_env/env.py",
+    "demo_env/rubric.py",
+    "demo_env/tasks.jsonl",
+    "tests/test_env.py",
+    "README.md",
+]
+
+
+def _environ(**extra: str) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "COLUMNS": "300", **extra}
+
+
+def _hillclimb(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=_environ(**env), capture_output=True, text=True
+    )
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    parent = tmp_path_factory.mktemp("user")
+    done = _hillclimb("env", "init", "demo_env", cwd=parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return parent / "demo_env"
+
+
+@pytest.fixture(scope="module")
+def installed(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The scaffold pip-installed (offline, no dependencies) into a directory of its own."""
+    target = tmp_path_factory.mktemp("site")
+    target.chmod(0o755)  # readable by local sandboxes' own uids, as a site-packages is (pytest made it 0700)
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-build-isolation"]
+    done = subprocess.run([*pip, "--target", str(target), str(project)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return target
+
+
+def test_init_writes_the_package_and_refuses_to_overwrite_or_misname(project: Path) -> None:
+    assert sorted(str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()) == sorted(FILES)
+    pyproject = (project / "pyproject.toml").read_text()
+    assert '[project.entry-points."hillclimb.envs"]\ndemo_env = "demo_env:ENVIRONMENT"' in pyproject
+    assert (
+        "class DemoEnv(Environment[DemoAction, DemoObservation, DemoState])"
+        in (project / "demo_env/env.py").read_text()
+    )
+    again = _hillclimb("env", "init", "demo_env", "--dir", str(project), cwd=project.parent)
+    assert again.returncode == 2 and "already exists" in again.stderr and "nothing was overwritten" in again.stderr
+    elsewhere = project.parent / "projects" / "words"
+    assert _hillclimb("env", "init", "words", "--dir", str(elsewhere), cwd=project.parent).returncode == 0
+    assert "class WordsEnv(Environment" in (elsewhere / "words/env.py").read_text()
+    bad = _hillclimb("env", "init", "Demo-Env", cwd=project.parent)
+    assert bad.returncode == 2 and "'Demo-Env' is not a package name" in bad.stderr
+    assert not (project.parent / "Demo-Env").exists()
+
+
+def test_the_scaffolds_own_tests_pass(project: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=project, env=_environ(PYTHONPATH=str(project)), capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0 and "12 passed" in done.stdout, done.stdout + done.stderr
+
+
+def test_serving_it_by_a_bare_module_name_uninstalled_names_the_package_object(project: Path) -> None:
+    done = _hillclimb("env", "serve", "demo_env", "--no-auth", cwd=project)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "It exports 'demo_env:ENVIRONMENT': serve that." in " ".join(done.stderr.split())
+
+
+@pytest.fixture
+async def served(project: Path) -> AsyncIterator[str]:
+    """`hillclimb env serve demo_env:ENVIRONMENT` from the project directory, without PYTHONPATH."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator", "env", "serve", "demo_env:ENVIRONMENT", "--port", "0", "--no-auth",
+        cwd=project, env=_environ(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        seen = ""
+        while (match := re.search(r"on (ws://127\.0\.0\.1:\d+/ws)", seen)) is None:
+            line = await asyncio.wait_for(child.stdout.readline(), 30)
+            assert line, f"the server exited: {seen}"
+            seen += line.decode()
+        yield match.group(1)
+    finally:
+        child.terminate()
+        await child.wait()
+
+
+async def test_env_serve_runs_it_from_its_directory(served: str) -> None:
+    async with EnvClient(served, connect_timeout_s=5.0) as client:
+        reset = await client.reset(task_id="say-river")
+        assert reset.observation["text"] == "Reply with exactly this word: river"
+        wrong = await client.step({"text": "lake"})
+        assert (wrong.done, wrong.observation["text"]) == (False, "not yet: reply with the word only")
+        right = await client.step({"text": "River"})
+        assert (right.done, right.reward, right.observation["text"]) == (True, 1.0, "correct")
+
+
+def test_installed_its_entry_point_names_it_everywhere(installed: Path, tmp_path: Path) -> None:
+    script = (
+        "from envs.tasks import load_suite; from envs.targets import runtime_for\n"
+        "suite = load_suite('demo_env')\n"
+        "print(suite.env, [t.id for t in suite.tasks('heldout')], runtime_for('demo_env').env_cls.__name__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=_environ(PYTHONPATH=str(installed)),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.stdout == "demo_env ['say-tiger', 'say-piano', 'say-maple'] DemoEnv\n", done.stderr
+    broken = tmp_path / "broken-0.1.dist-info"  # a package whose entry point names a module it lacks
+    broken.mkdir()
+    (broken / "METADATA").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 0.1\n")
+    (broken / "entry_points.txt").write_text("[hillclimb.envs]\nbroken = broken_missing:ENVIRONMENT\n")
+    listed = _hillclimb("env", "list", cwd=tmp_path, PYTHONPATH=f"{installed}{os.pathsep}{tmp_path}")
+    assert listed.returncode == 0, listed.stderr
+    rows = " ".join(listed.stdout.split())
+    assert "│ demo_env │ demo_env:ENVIRONMENT │ demo_env.env:DemoEnv │ yes │" in rows, listed.stdout
+    assert "│ broken │ broken_missing:ENVIRONMENT │ - │ - │ does not load" in rows, listed.stdout
+
+
+@pytest.mark.root
+def test_env_demo_plays_a_tasks_oracle_in_a_local_sandbox(installed: Path) -> None:
+    done = _hillclimb("env", "demo", "demo_env", "--task", "say-river", cwd=REPO, PYTHONPATH=str(installed))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "$ river" in done.stdout and "correct" in done.stdout and "[reward] 1 (done=True)" in done.stdout
+
+
+@pytest.mark.ray
+@pytest.mark.root
+def test_a_rollout_names_it_in_the_config_and_its_sandboxes_serve_it(installed: Path, tmp_path: Path) -> None:
+    """`env.name: demo_env` on local sandboxes with the scripted oracle: every task solved."""
+    settings = ["env.name=demo_env", f"run.dir={tmp_path}", "rollout.group_size=1", "eval.k=[1]", "ray.num_workers=1"]
+    args = [arg for setting in settings for arg in ("--set", setting)]
+    toy = REPO / "configs" / "rollout_toy.yaml"
+    # From the repository, as the other rollout tests: an editable hillclimb reaches local sandboxes through it.
+    done = _hillclimb("rollout", str(toy), *args, cwd=REPO, PYTHONPATH=str(installed))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = re.findall(r"│ (train|heldout)\s+│\s+(\d+)\s+│\s+\d+\s+│\s+([\d.]+)", done.stdout)
+    assert sorted(rows) == [("heldout", "3", "1.000"), ("train", "6", "1.000")], done.stdout[-3000:]

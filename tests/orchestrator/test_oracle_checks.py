@@ -1,0 +1,80 @@
+"""Oracle actions are optional in a task suite; what replays them (the scripted policy, training's
+oracle transcripts, `env demo`) refuses a suite without them, naming the tasks and the fix."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from envs.tasks import MissingOracleError, load_suite
+from orchestrator.config import load_config
+from orchestrator.demo import oracle_episode
+from orchestrator.train import Trainer
+from providers.registry import make_provider
+from trainers.policy.base import EpisodeInfo, GenerateRequest, SamplingParams
+from trainers.policy.scripted import ScriptedPolicy
+
+MODULE = """
+from pathlib import Path
+
+from envs.base import Action, Observation
+from envs.file_suite import FileSuite
+from envs.packages import EnvPackage
+
+class SayAction(Action):
+    text: str
+
+class SayObservation(Observation):
+    text: str = ""
+
+SUITE = FileSuite.from_file(
+    Path(__file__).with_name("tasks.jsonl"), env="unsolved", action=SayAction, observation=SayObservation
+)
+ENVIRONMENT = EnvPackage(env="envs.toy_terminal:ToyTerminalEnv", suite=SUITE)
+"""
+ROWS = [
+    {"id": "solved", "split": "train", "prompt": "say a", "oracle": ["a"]},
+    {"id": "open-ended", "split": "train", "prompt": "say anything"},
+    {"id": "held", "split": "heldout", "prompt": "say b"},
+]
+NAME = "unsolved_pkg:ENVIRONMENT"
+
+
+@pytest.fixture(autouse=True)
+def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    (tmp_path / "unsolved_pkg").mkdir()
+    (tmp_path / "unsolved_pkg" / "__init__.py").write_text(textwrap.dedent(MODULE))
+    (tmp_path / "unsolved_pkg" / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("unsolved_pkg", None)
+
+
+def test_a_suite_without_oracles_still_loads_for_model_policies() -> None:
+    assert [t.oracle for t in load_suite(NAME).tasks("train")] == [("a",), ()]
+
+
+async def test_the_scripted_policy_refuses_it_naming_the_tasks() -> None:
+    request = GenerateRequest(prompt_ids=(1,), episode=EpisodeInfo(env=NAME, task_id="solved", turn=0))
+    with pytest.raises(
+        MissingOracleError, match=r"the scripted policy .* 2 task\(s\) have none: open-ended, held"
+    ) as e:
+        await ScriptedPolicy().generate([request], SamplingParams())
+    assert e.value.tasks == ["open-ended", "held"] and "any policy.type but scripted" in str(e.value)
+
+
+def test_training_refuses_it_before_starting_anything(tmp_path: Path) -> None:
+    config = load_config(None, [f"env.name={NAME}", "policy.type=hf", f"run.dir={tmp_path}"])
+    with pytest.raises(MissingOracleError, match=r"training \(its warm-up.*open-ended, held.*`hillclimb rollout`"):
+        Trainer(config, tmp_path)
+
+
+async def test_env_demo_refuses_a_task_without_one_before_creating_a_sandbox(tmp_path: Path) -> None:
+    provider = make_provider("local", root=tmp_path / "sandboxes")  # never asked: the check comes first
+    with pytest.raises(MissingOracleError, match=r"`hillclimb env demo` .* open-ended\. .*--task"):
+        await oracle_episode(provider, NAME, "open-ended", "train", lambda kind, text: None)
