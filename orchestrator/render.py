@@ -15,6 +15,13 @@ multi-turn token drift peers suffer from cannot happen here.
 
 The chat-template renderer (`orchestrator.chat_render`) does the same inside a Hugging
 Face chat template, with the template's markup marked SCAFFOLD.
+
+`MessagesRenderer` serves policies behind a chat API, which apply their own template: it keeps
+the episode as chat messages (`Transcript.messages`, what the request carries) and, beside them,
+the text's UTF-8 bytes with their roles — an exact record of what was said, not model tokens:
+
+    messages: [user: {task prompt}] [assistant: {action}] [user: {observation}] ...
+    ids:       {prompt bytes} PROMPT  {action bytes} ACTION  {observation bytes} ENV ...
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from trainers.roles import Role
-from trainers.tokenizer import Tokenizer
+from trainers.tokenizer import ByteTokenizer, Tokenizer
 
 
 @dataclass
@@ -33,6 +40,8 @@ class Transcript:
     ids: list[int] = field(default_factory=list)
     roles: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    messages: list[dict[str, str]] = field(default_factory=list)
+    """The episode as chat messages; kept by `MessagesRenderer` only."""
 
     def extend(
         self, ids: list[int] | tuple[int, ...], role: Role, logprobs: list[float] | tuple[float, ...] | None = None
@@ -113,3 +122,38 @@ class PlainTextRenderer:
     def add_warning(self, transcript: Transcript, text: str) -> None:
         transcript.extend(self.tokenizer.encode(f"[harness] {text}\n"), Role.WARNING)
         transcript.extend(self._mark, Role.SCAFFOLD)
+
+
+class MessagesRenderer:
+    """Chat messages for a policy behind a chat API, with the text's bytes as the transcript."""
+
+    WARNING_PREFIX = "[harness] "
+
+    def __init__(self, system_prompt: str | None = None) -> None:
+        self.tokenizer = ByteTokenizer()
+        self._system = system_prompt
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        return ()  # the server ends the assistant's turn itself
+
+    def start(self, prompt: str) -> Transcript:
+        transcript = Transcript()
+        if self._system:
+            self._say(transcript, "system", self._system, Role.PROMPT)
+        self._say(transcript, "user", prompt, Role.PROMPT)
+        return transcript
+
+    def add_action(self, transcript: Transcript, ids: tuple[int, ...], logprobs: tuple[float, ...]) -> None:
+        transcript.extend(ids, Role.ACTION, logprobs)
+        transcript.messages.append({"role": "assistant", "content": self.tokenizer.decode(ids)})
+
+    def add_observation(self, transcript: Transcript, text: str) -> None:
+        self._say(transcript, "user", text, Role.ENV)
+
+    def add_warning(self, transcript: Transcript, text: str) -> None:
+        self._say(transcript, "user", self.WARNING_PREFIX + text, Role.WARNING)
+
+    def _say(self, transcript: Transcript, role: str, text: str, token_role: Role) -> None:
+        transcript.extend(self.tokenizer.encode(text), token_role)
+        transcript.messages.append({"role": role, "content": text})

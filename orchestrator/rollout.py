@@ -43,8 +43,9 @@ from envs.errors import ValidationError as ActionRejected
 from envs.tasks import ActionParseError, Task, TaskSuite
 from orchestrator.pool import LeaseTimeoutError, SandboxPool
 from orchestrator.render import Renderer, Transcript
+from orchestrator.server_tokens import chat_episode_tokens
 from providers.errors import RetryableProviderError
-from trainers.policy.base import EpisodeInfo, GenerateRequest, Generation, Policy, SamplingParams
+from trainers.policy.base import EpisodeInfo, GenerateRequest, Generation, Policy, SamplingParams, ServerTokens
 from trainers.trajectory import DoneReason, Trajectory
 
 log = logging.getLogger("hillclimb.orchestrator.rollout")
@@ -134,6 +135,8 @@ class _Episode:
     parse_errors: int = 0
     reward: float = 0.0
     versions: list[int] = field(default_factory=list)
+    server_turns: list[ServerTokens | None] = field(default_factory=list)
+    """Per turn, the chat server's own ids (message-rendered episodes only)."""
 
 
 class EpisodeRunner:
@@ -234,6 +237,7 @@ class EpisodeRunner:
             generation = await self._generate(episode, turn, timing, sampling)
             episode.turns += 1
             episode.versions.append(generation.version)
+            episode.server_turns.append(generation.server_tokens)
             self.renderer.add_action(transcript, generation.token_ids, generation.logprobs)
             text = self.policy.tokenizer.decode([t for t in generation.token_ids if t not in sampling.stop_token_ids])
             try:
@@ -268,6 +272,7 @@ class EpisodeRunner:
             prompt_ids=tuple(episode.transcript.ids),
             episode=EpisodeInfo(env=spec.env, task_id=spec.task.id, turn=turn, seed=spec.seed),
             seed=derive_seed(spec.seed, turn),
+            messages=tuple(episode.transcript.messages),
         )
         start = time.perf_counter()
         try:
@@ -283,6 +288,12 @@ class EpisodeRunner:
 
     def _trajectory(self, episode: _Episode, reason: DoneReason, retries: int) -> Trajectory:
         spec, transcript = episode.spec, episode.transcript
+        metadata: dict[str, object] = {"sandbox_retries": retries}
+        if transcript.messages:  # a chat API's episode: its text, and the server's ids where it sent them
+            metadata["messages"] = transcript.messages
+            transcript, untrainable = chat_episode_tokens(transcript, episode.server_turns)
+            if untrainable is not None:
+                metadata["untrainable"] = untrainable
         return Trajectory.from_transcript(
             transcript.ids,
             transcript.roles,
@@ -299,5 +310,5 @@ class EpisodeRunner:
             done_reason=reason,
             turns=episode.turns,
             parse_errors=episode.parse_errors,
-            metadata={"sandbox_retries": retries},
+            metadata=metadata,
         )

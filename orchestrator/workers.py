@@ -24,7 +24,7 @@ from orchestrator.metrics import start_loop_lag_monitor
 from orchestrator.metrics_hub import local_families
 from orchestrator.pool import PoolConfig, SandboxPool
 from orchestrator.ratelimit import RateLimiter, TokenBucket
-from orchestrator.render import PlainTextRenderer, Renderer
+from orchestrator.render import MessagesRenderer, PlainTextRenderer, Renderer
 from orchestrator.rollout import EpisodeRunner
 from orchestrator.runs import liveness_for
 from orchestrator.schedule import GroupSpec
@@ -126,7 +126,9 @@ class RemotePolicy:
         await self._handle.update_weights.remote(version, weights)
 
 
-def make_renderer(kind: str, tokenizer: Tokenizer) -> Renderer:
+def make_renderer(kind: str, tokenizer: Tokenizer, system_prompt: str | None = None) -> Renderer:
+    if kind == "messages":  # a chat API's own template renders the episode; `system_prompt` opens it
+        return MessagesRenderer(system_prompt)
     if kind == "chat":
         from orchestrator.chat_render import ChatTemplateRenderer
         from trainers.tokenizer import HFTokenizer
@@ -201,8 +203,9 @@ class RolloutWorker:
             policy = RemotePolicy(self._policy_server, load_tokenizer(cfg.policy))
         else:
             policy = make_policy(cfg.policy)
-        renderer = make_renderer(cfg.rollout.renderer, policy.tokenizer)
-        return EpisodeRunner(self._pool, policy, renderer, load_suite(cfg.env.name), cfg.rollout.episode)
+        suite = load_suite(cfg.env.name)
+        renderer = make_renderer(cfg.rollout.renderer, policy.tokenizer, getattr(suite, "system_prompt", None))
+        return EpisodeRunner(self._pool, policy, renderer, suite, cfg.rollout.episode)
 
     def _worker_pool_config(self) -> PoolConfig:
         """This worker's share of the pool limits."""

@@ -21,7 +21,7 @@ import torch
 
 from trainers.losses import LossBatch, LossConfig, group_advantages, rollout_keep_mask
 from trainers.roles import Role
-from trainers.trajectory import DoneReason, Trajectory, TrajectoryGroup
+from trainers.trajectory import DoneReason, Trajectory, TrajectoryGroup, require_trainable
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class StepTotals:
 
 def samples_from_groups(groups: list[TrajectoryGroup], config: LossConfig) -> list[Sample]:
     """Advantages within each group (over its trainable episodes) and the ECHO rollout filters."""
+    require_trainable(groups)
     samples: list[Sample] = []
     for group in groups:
         kept = [t for t in group.trajectories if t.trainable]

@@ -13,7 +13,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from envs.errors import HillclimbError
 from trainers.roles import Role
+
+
+class UntrainableTrajectoryError(HillclimbError, ValueError):
+    """A learner was given a trajectory whose ids are not the policy's own tokens."""
 
 
 class DoneReason(StrEnum):
@@ -92,6 +97,13 @@ class Trajectory(BaseModel):
         """Failed episodes (sandbox, environment or policy errors) carry no learning signal."""
         return self.done_reason not in (DoneReason.SANDBOX_ERROR, DoneReason.ENV_ERROR, DoneReason.POLICY_ERROR)
 
+    @property
+    def untrainable(self) -> str | None:
+        """Why no learner may use these ids (e.g. a chat API returned text only, so they are the
+        text's bytes, not the model's tokens); None: they are the policy's own. Kept in `metadata`
+        (as `untrainable`) so it travels wherever a trajectory does, the ledger included."""
+        return self.metadata.get("untrainable")
+
     def count(self, role: Role) -> int:
         return sum(1 for r in self.roles if r == role)
 
@@ -120,3 +132,12 @@ class TrajectoryGroup(BaseModel):
     @property
     def rewards(self) -> list[float]:
         return [t.reward for t in self.trajectories]
+
+
+def require_trainable(groups: list[TrajectoryGroup]) -> None:
+    """Refuse groups holding a trajectory marked untrainable, rather than train on what its ids are not."""
+    for group in groups:
+        for t in group.trajectories:
+            if t.untrainable is not None:
+                where = f"{t.group_id}/{t.sample_index} ({t.env}, task {t.task_id})"
+                raise UntrainableTrajectoryError(f"trajectory {where} is untrainable: {t.untrainable}")

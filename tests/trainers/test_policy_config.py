@@ -72,4 +72,4 @@ def test_openai_policy_takes_its_key_from_the_named_variable(monkeypatch: pytest
     monkeypatch.setenv("HC_TEST_KEY", "secret")
     policy = make_policy(config)
     assert isinstance(policy, OpenAIPolicy) and isinstance(policy.tokenizer, ByteTokenizer)
-    assert policy._client_args["headers"] == {"Authorization": "Bearer secret"}
+    assert policy._http._client_args["headers"] == {"Authorization": "Bearer secret"}

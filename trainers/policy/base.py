@@ -49,6 +49,20 @@ class GenerateRequest:
     episode: EpisodeInfo | None = None
     seed: int | None = None
     """Per-request sampling seed, so a run's rollouts can be repeated."""
+    messages: tuple[dict[str, str], ...] = ()
+    """The episode so far as chat messages (`role`, `content`), for engines behind a chat API
+    that apply the chat template themselves (`chat`); token-id engines ignore it."""
+
+
+class ServerTokens(BaseModel):
+    """A chat server's own token ids for one turn (vLLM's `return_token_ids`): the prompt as it
+    rendered the conversation, and the completion it sampled with its log-probs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt_ids: tuple[int, ...]
+    ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
 
 
 class Generation(BaseModel):
@@ -60,6 +74,9 @@ class Generation(BaseModel):
     finish_reason: Literal["stop", "length"]
     version: int
     """Policy version of the weights that sampled it."""
+    server_tokens: ServerTokens | None = None
+    """Set by engines behind a chat API whose `token_ids` are the reply's text (UTF-8 bytes),
+    when the server also returned its own token ids."""
 
 
 @runtime_checkable

@@ -1,6 +1,6 @@
 """Which policy engine serves rollouts, and the factory that builds it.
 
-    PolicyConfig (scripted | hf | openai | vllm) ─► make_policy ─► Policy
+    PolicyConfig (scripted | hf | openai | chat | vllm) ─► make_policy ─► Policy
                                                  ─► load_tokenizer ─► Tokenizer (no model)
 
 Importing this module imports pydantic only: each engine (and torch, transformers, httpx,
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from trainers.tokenizer import Tokenizer
 
 __all__ = [
+    "ChatPolicyConfig",
     "HFPolicyConfig",
     "OpenAIPolicyConfig",
     "PolicyConfig",
@@ -84,6 +85,31 @@ class OpenAIPolicyConfig(_Config):
     """First retry delay; doubles each retry, up to 10 s (or the server's Retry-After)."""
 
 
+class ChatPolicyConfig(_Config):
+    """Any OpenAI-compatible chat API (`/v1/chat/completions`: hosted, or `vllm serve`); the episode
+    goes out as chat messages (`rollout.renderer: messages`)."""
+
+    type: Literal["chat"] = "chat"
+    base_url: str = Field(default="https://api.openai.com/v1", min_length=1)
+    """Up to and including `/v1`, e.g. `http://localhost:8000/v1`."""
+    model: str = Field(min_length=1)
+    """The model name the server knows (`gpt-4.1-mini`, or vLLM's `--served-model-name`)."""
+    api_key_env: str | None = "OPENAI_API_KEY"
+    """Name of the environment variable holding the bearer key (the key itself never goes in a
+    config); None sends no key (a local server)."""
+    max_concurrency: int = Field(default=8, ge=1)
+    """Requests in flight at once from each rollout worker."""
+    return_token_ids: bool = False
+    """Ask for the server's token ids and log-probs (vLLM's `return_token_ids`) so episodes can be
+    trained on; false: text only, and episodes are marked untrainable."""
+    timeout_s: float = Field(default=120.0, gt=0)
+    """Per HTTP request, generation included; a timeout is retried."""
+    max_retries: int = Field(default=4, ge=0)
+    """Retries after a 408, 429, 5xx, timeout or transport failure; 0 fails on the first."""
+    backoff_s: float = Field(default=1.0, ge=0)
+    """First retry delay; doubles each retry, up to 30 s (or the server's Retry-After)."""
+
+
 class VLLMPolicyConfig(_Config):
     """vLLM in this process (CUDA; `pip install 'hillclimb[vllm]'`)."""
 
@@ -105,7 +131,8 @@ class VLLMPolicyConfig(_Config):
 
 
 PolicyConfig = Annotated[
-    ScriptedPolicyConfig | HFPolicyConfig | OpenAIPolicyConfig | VLLMPolicyConfig, Field(discriminator="type")
+    ScriptedPolicyConfig | HFPolicyConfig | OpenAIPolicyConfig | ChatPolicyConfig | VLLMPolicyConfig,
+    Field(discriminator="type"),
 ]
 
 
@@ -141,6 +168,20 @@ def make_policy(config: PolicyConfig) -> Policy:
             max_retries=config.max_retries,
             backoff_s=config.backoff_s,
         )
+    if isinstance(config, ChatPolicyConfig):
+        from trainers.policy.chat import ChatPolicy
+
+        return ChatPolicy(
+            config.base_url,
+            config.model,
+            api_key=_api_key(config.api_key_env),
+            api_key_env=config.api_key_env,
+            return_token_ids=config.return_token_ids,
+            max_concurrency=config.max_concurrency,
+            timeout_s=config.timeout_s,
+            max_retries=config.max_retries,
+            backoff_s=config.backoff_s,
+        )
     from trainers.policy.vllm import VLLMPolicy
 
     return VLLMPolicy(
@@ -159,7 +200,7 @@ def make_policy(config: PolicyConfig) -> Policy:
 
 def load_tokenizer(config: PolicyConfig) -> Tokenizer:
     """The tokenizer the engine `config` names uses, without loading any model weights."""
-    if isinstance(config, ScriptedPolicyConfig):
+    if isinstance(config, ScriptedPolicyConfig | ChatPolicyConfig):  # chat: the transcript is the text's bytes
         from trainers.tokenizer import ByteTokenizer
 
         return ByteTokenizer()
@@ -177,5 +218,8 @@ def _api_key(variable: str | None) -> str | None:
     if not key:
         from envs.errors import ConfigError
 
-        raise ConfigError(f"policy.api_key_env names {variable!r}, but that environment variable is not set")
+        raise ConfigError(
+            f"policy.api_key_env names {variable!r}, but that environment variable is not set: export it, "
+            "or set policy.api_key_env=null for a server that needs no key"
+        )
     return key

@@ -1,0 +1,108 @@
+"""What `hillclimb eval` adds to an evaluation run: a chat policy's config from a few flags, a
+cap on tasks per split, and every episode's text in `episodes.jsonl`.
+
+    ENV -m MODEL -n N -r R ─► eval_overrides ─► RunConfig (policy.type chat, group_size R, pass@k ≤ R)
+    plan_evaluation ─► first_tasks(plan, N) ─► evaluate ─► the ledger ─► write_episodes ─► episodes.jsonl
+
+The task order per split is the evaluation's own seeded shuffle, so `-n 5` then `-n 10` on one
+run directory resumes the first five and runs five more.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from orchestrator.evaluate import EvalPlan
+from trainers.trajectory import Trajectory
+
+__all__ = ["EVAL_CONTEXT_BYTES", "episode_record", "eval_overrides", "first_tasks", "pass_at_ks", "write_episodes"]
+
+EVAL_CONTEXT_BYTES = 65536
+
+
+def pass_at_ks(rollouts: int) -> list[int]:
+    """1, 2, 4, ... up to `rollouts`, and `rollouts` itself."""
+    ks = [k for k in (2**i for i in range(rollouts.bit_length())) if k <= rollouts]
+    return sorted({*ks, rollouts})
+
+
+def eval_overrides(
+    env: str,
+    model: str,
+    *,
+    rollouts: int,
+    base_url: str | None,
+    api_key_env: str | None,
+    splits: list[str],
+) -> list[str]:
+    """`--set` overrides for the flags; the user's own `--set`s go after these and win."""
+    overrides = [
+        f"env.name={env}",
+        "policy.type=chat",
+        f"policy.model={json.dumps(model)}",
+        f"rollout.group_size={rollouts}",
+        f"eval.k={pass_at_ks(rollouts)}",
+        f"run.name={json.dumps(_run_name(env, model))}",
+        "ray.num_workers=1",  # one worker, so policy.max_concurrency bounds the whole run
+        # The chat policy's transcript counts UTF-8 bytes, not tokens (~4 a token): 2048 would end
+        # episodes at a few hundred tokens; the server refuses what exceeds its own context.
+        f"rollout.episode.max_context_tokens={EVAL_CONTEXT_BYTES}",
+    ]
+    if base_url is not None:
+        overrides.append(f"policy.base_url={json.dumps(base_url)}")
+    if api_key_env is not None:
+        overrides.append(f"policy.api_key_env={json.dumps(api_key_env) if api_key_env else 'null'}")
+    if splits:
+        overrides.append(f"env.eval_splits={json.dumps(splits)}")
+    return overrides
+
+
+def _run_name(env: str, model: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{env}-{model}")
+    return f"eval-{safe}"
+
+
+def first_tasks(plan: EvalPlan, per_split: int | None) -> EvalPlan:
+    """The plan cut to its first `per_split` groups (tasks) of each split; None keeps all."""
+    if per_split is None:
+        return plan
+    seen: dict[str, int] = {}
+    kept = []
+    for group in plan.groups:
+        seen[group.split] = seen.get(group.split, 0) + 1
+        if seen[group.split] <= per_split:
+            kept.append(group)
+    ids = {g.group_id for g in kept}
+    return EvalPlan(plan.ledger, kept, [g for g in plan.todo if g.group_id in ids])
+
+
+def episode_record(trajectory: Trajectory) -> dict[str, Any]:
+    """One episode as the model saw it: prompt, actions, observations (harness warnings among
+    them, as sent), reward and why it ended."""
+    messages = trajectory.metadata.get("messages", [])
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    return {
+        "split": trajectory.split,
+        "task_id": trajectory.task_id,
+        "group_id": trajectory.group_id,
+        "sample_index": trajectory.sample_index,
+        "prompt": users[0] if users else None,
+        "actions": [m["content"] for m in messages if m["role"] == "assistant"],
+        "observations": users[1:],
+        "reward": trajectory.reward,
+        "done_reason": trajectory.done_reason.value,
+        "turns": trajectory.turns,
+        "untrainable": trajectory.untrainable,
+        "messages": messages,
+    }
+
+
+def write_episodes(path: Path, trajectories: list[Trajectory]) -> None:
+    """One JSON line per episode, written whole (a temp file renamed into place)."""
+    partial = path.with_suffix(".partial")
+    with partial.open("w") as f:
+        for t in trajectories:
+            f.write(json.dumps(episode_record(t)) + "\n")
+    partial.replace(path)

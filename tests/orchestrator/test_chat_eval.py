@@ -1,0 +1,88 @@
+"""`hillclimb eval`'s flags as config, its cap on tasks per split, its episode records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from orchestrator.chat_eval import EVAL_CONTEXT_BYTES, eval_overrides, first_tasks, pass_at_ks, write_episodes
+from orchestrator.config import load_config
+from orchestrator.evaluate import plan_evaluation, prepare_run_dir
+from trainers.roles import Role
+from trainers.trajectory import DoneReason, Trajectory
+
+
+def test_pass_at_k_runs_over_powers_of_two_up_to_r() -> None:
+    assert [pass_at_ks(r) for r in (1, 3, 4, 20)] == [[1], [1, 2, 3], [1, 2, 4], [1, 2, 4, 8, 16, 20]]
+
+
+def test_the_flags_become_a_chat_policy_config() -> None:
+    overrides = eval_overrides(
+        "toy_terminal",
+        "Qwen/Qwen3-8B",
+        rollouts=3,
+        base_url="http://127.0.0.1:9/v1",
+        api_key_env="",
+        splits=["heldout"],
+    )
+    config = load_config(None, overrides)
+    assert (config.policy.type, config.policy.model, config.policy.base_url) == (
+        "chat",
+        "Qwen/Qwen3-8B",
+        "http://127.0.0.1:9/v1",
+    )
+    assert config.policy.api_key_env is None  # '' sends no key
+    assert config.rollout.episode.max_context_tokens == EVAL_CONTEXT_BYTES
+    assert (config.rollout.group_size, config.eval.k, config.env.eval_splits) == (3, [1, 2, 3], ["heldout"])
+    assert (config.run.name, config.rollout.renderer, config.ray.num_workers) == (
+        "eval-toy_terminal-Qwen-Qwen3-8B",
+        "messages",
+        1,
+    )
+    defaults = load_config(
+        None, eval_overrides("toy_terminal", "m", rollouts=1, base_url=None, api_key_env=None, splits=[])
+    )
+    assert defaults.policy.api_key_env == "OPENAI_API_KEY" and defaults.env.eval_splits == ["train", "heldout"]
+
+
+def test_first_tasks_keeps_n_per_split_in_the_evaluations_order(tmp_path: Path) -> None:
+    config = load_config(None, [f"run.dir={tmp_path}", "policy.type=chat", "policy.model=m"])
+    plan = plan_evaluation(config, prepare_run_dir(config))
+    cut = first_tasks(plan, 2)
+    for split in ("train", "heldout"):
+        assert [g for g in cut.groups if g.split == split] == [g for g in plan.groups if g.split == split][:2]
+    assert cut.todo == cut.groups and cut.todo_episodes == 4 * 4
+    assert first_tasks(plan, None) is plan
+
+
+def test_episodes_are_written_as_text(tmp_path: Path) -> None:
+    messages = [
+        {"role": "user", "content": "Find it."},
+        {"role": "assistant", "content": "ls"},
+        {"role": "user", "content": "a.txt\n"},
+        {"role": "assistant", "content": "answer: a.txt"},
+        {"role": "user", "content": "correct"},
+    ]
+    trajectory = Trajectory(
+        run_id="r", group_id="g", sample_index=1, task_id="t", env="toy_terminal", split="heldout", seed=0,
+        policy_version=0, token_ids=[1], roles=[int(Role.PROMPT)], logprobs=[0.0], reward=1.0,
+        done_reason=DoneReason.FINISHED, turns=2, metadata={"messages": messages, "untrainable": "text only"},
+    )  # fmt: skip
+    path = tmp_path / "episodes.jsonl"
+    write_episodes(path, [trajectory])
+    (record,) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert record == {
+        "split": "heldout",
+        "task_id": "t",
+        "group_id": "g",
+        "sample_index": 1,
+        "prompt": "Find it.",
+        "actions": ["ls", "answer: a.txt"],
+        "observations": ["a.txt\n", "correct"],
+        "reward": 1.0,
+        "done_reason": "finished",
+        "turns": 2,
+        "untrainable": "text only",
+        "messages": messages,
+    }
+    assert [p.name for p in tmp_path.iterdir()] == ["episodes.jsonl"]
