@@ -2,7 +2,8 @@
 
 Each run is a full `Trainer` run in its own directory (`<name>-echo-s<seed>` and
 `<name>-grpo-s<seed>`); the table holds what the ECHO paper compares — training reward,
-held-out pass@1, held-out env-token CE — per seed and averaged.
+held-out pass@1, held-out env-token CE — per seed and averaged, beside the RL steps each arm
+took (under `train.time_budget_s` arms may differ: compare them only at equal steps).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ async def run_ablation(
                 {
                     "arm": arm,
                     "seed": seed,
+                    "rl_steps": summary["rl_steps"],
                     "train_reward": summary["train_reward"]["last_steps"],
                     "heldout_pass1": summary["heldout_pass1"]["final"],
                     "heldout_env_ce": summary["heldout_env_ce"]["final"],
@@ -52,7 +54,7 @@ async def run_ablation(
 
 
 def averages(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    keys = ("train_reward", "heldout_pass1", "heldout_env_ce")
+    keys = ("rl_steps", "train_reward", "heldout_pass1", "heldout_env_ce")
     out = {}
     for arm in ARMS:
         mine = [r for r in rows if r["arm"] == arm]

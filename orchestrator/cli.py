@@ -9,8 +9,10 @@ from __future__ import annotations
 import typer
 
 from orchestrator.commands import env as env_commands
+from orchestrator.commands import eval as eval_commands
 from orchestrator.commands import image as image_commands
 from orchestrator.commands import rollout as rollout_commands
+from orchestrator.commands import runs as runs_commands
 from orchestrator.commands import sandbox as sandbox_commands
 from orchestrator.commands import train as train_commands
 
@@ -24,8 +26,27 @@ app = typer.Typer(
 app.add_typer(env_commands.app, name="env")
 app.add_typer(sandbox_commands.app, name="sandbox")
 app.add_typer(image_commands.app, name="image")
+app.add_typer(runs_commands.app, name="runs")
 app.command("rollout")(rollout_commands.rollout)
+app.command("eval")(eval_commands.eval_model)
 app.command("train")(train_commands.train)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"hillclimb {version('hillclimb')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print hillclimb's version and exit."
+    ),
+) -> None:
+    """Sandboxed rollouts and GRPO + ECHO training for tool-using and terminal agents."""
 
 
 def main() -> None:

@@ -1,12 +1,17 @@
 """Run configuration: one YAML file → pydantic models, `--set a.b=c` overrides on top.
 
 Unknown keys and bad values are errors that name the key the way the user wrote it
-(`rollout.group_size: must be >= 1`), all reported at once. Nothing heavy is imported,
-so validating a config takes a fraction of a second.
+(`rollout.group_size: must be >= 1`; a value from the command line as `--set key=value`; an
+unknown key with the nearest known one: `did you mean 'concurrency'?`), all reported at once.
+Nothing heavy is imported, so validating a config takes a fraction of a second.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +22,7 @@ from envs.errors import ConfigError, TargetNotFoundError, validation_problems
 from envs.tasks import Split
 from orchestrator.buffer_config import BufferConfig
 from orchestrator.ledger_location import check_ledger_uri
+from orchestrator.log_config import LogSection
 from orchestrator.pool import PoolConfig
 from orchestrator.rollout import EpisodeConfig
 from providers.registry import options_model
@@ -35,7 +41,9 @@ class RunSection(_Section):
     seed: int = 0
     """Seeds task order, episode seeds and sampling: the same config repeats the same run."""
     resume: bool = True
-    """Continue the run in `<dir>/<name>` if it exists (its ledger and checkpoints), instead of failing."""
+    """Continue the run in `<dir>/<name>` if it exists (its ledger and checkpoints) — refused, naming
+    the keys, if its config differed in anything that changes results (orchestrator/fingerprint.py).
+    False: move an existing `<dir>/<name>` aside (`<name>.replaced-<time>`) and start fresh."""
     ledger_uri: str | None = None
     """Where the trajectory ledger lives. None: `<dir>/<name>/ledger`, on the driver's disk, where
     the buffer actor then runs too. Else an absolute path, `file:///abs/path`, or shared storage
@@ -57,7 +65,8 @@ class RunSection(_Section):
 
 class EnvSection(_Section):
     name: str = "toy_terminal"
-    """Environment with a task suite (see `hillclimb env list`)."""
+    """Environment with a task suite: a built-in or installed name (see `hillclimb env list`), or an
+    import path 'package.module:ENVIRONMENT' naming an `EnvPackage`."""
     train_split: Split = "train"
     eval_splits: list[Split] = Field(default_factory=lambda: ["train", "heldout"])
 
@@ -87,7 +96,9 @@ class RolloutSection(_Section):
     """G: episodes per task per round (GRPO normalises within them; pass@k needs k ≤ G)."""
     concurrency: int = Field(default=64, ge=1)
     """Episodes in flight across all workers."""
-    renderer: Literal["plain", "chat"] = "plain"
+    renderer: Literal["plain", "chat", "messages"] = "plain"
+    """plain: a shell transcript; chat: inside the model's HF chat template; messages: chat messages
+    for a policy behind a chat API (`policy.type: chat`, which picks it when left unset)."""
     episode: EpisodeConfig = EpisodeConfig()
 
 
@@ -131,7 +142,8 @@ class TrainSection(_Section):
     """Held-out tasks played per evaluation (a fixed sample); None plays them all."""
     checkpoint_every: int = Field(default=50, ge=1)
     time_budget_s: float | None = Field(default=None, gt=0)
-    """Stop RL early once the run has taken this long (the final evaluation still runs)."""
+    """Stop RL early once the RL phase has taken this long, in seconds (the oracle transcripts, the
+    warm-up and the evaluations before RL do not count; the final evaluation still runs). None: no limit."""
 
 
 class RunConfig(_Section):
@@ -146,6 +158,8 @@ class RunConfig(_Section):
     eval: EvalSection = EvalSection()
     learner: LearnerConfig = LearnerConfig()
     train: TrainSection = TrainSection()
+    log: LogSection = LogSection()
+    """Weights & Biases, TensorBoard and sampled episodes (metrics.jsonl and Prometheus always)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -155,7 +169,19 @@ class RunConfig(_Section):
                 f"eval.k {too_big} exceed rollout.group_size={self.rollout.group_size}: pass@k needs k samples per task"
             )
         self._loss_temperature_follows_the_sampler()
+        self._chat_policy_renders_messages()
         return self
+
+    def _chat_policy_renders_messages(self) -> None:
+        """A chat API applies its own template: it takes messages, and only it does."""
+        chat = self.policy.type == "chat"
+        if chat and "renderer" not in self.rollout.model_fields_set:
+            self.rollout = self.rollout.model_copy(update={"renderer": "messages"})
+        elif chat != (self.rollout.renderer == "messages"):
+            raise ValueError(
+                f"rollout.renderer={self.rollout.renderer!r} with policy.type={self.policy.type!r}: the messages "
+                "renderer goes with the chat policy and only with it (leave rollout.renderer unset for chat)"
+            )
 
     def _loss_temperature_follows_the_sampler(self) -> None:
         """GRPO's importance ratio compares the learner's log-probs with those the sampler reported,
@@ -197,6 +223,49 @@ def _location(tree: Any, loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a field may hold: itself, or a union's members."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Annotated):
+        return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+    return []
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed beside the unknown one at `loc` (pydantic's path: a discriminated
+    union's tag stands between the field and its member's keys)."""
+    models = [model]
+    for part in loc[:-1]:
+        tagged = [m for m in models if "type" in m.model_fields and m.model_fields["type"].default == part]
+        if len(models) > 1 and tagged:
+            models = tagged
+            continue
+        if len(models) != 1 or part not in models[0].model_fields:
+            return []
+        models = _models_in(models[0].model_fields[part].annotation)
+    return list(models[0].model_fields) if len(models) == 1 else []
+
+
+def _problem(err: Any, tree: dict[str, Any], model: type[BaseModel], overrides: dict[str, str]) -> tuple[str, bool]:
+    """One problem as a line in the user's spelling, and whether a `--set` caused it."""
+    where = _location(tree, err["loc"]) or "<top>"
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(err["loc"][-1]), _known_keys(model, err["loc"]), n=1)
+        message += f"; did you mean {close[0]!r}?" if close else ""
+    blamed = next((item for key, item in overrides.items() if key == where or where.startswith(key + ".")), None)
+    blamed = blamed or next((item for key, item in overrides.items() if key.startswith(where + ".")), None)
+    return (f"--set {_without_credentials(blamed)}: {message}" if blamed else f"{where}: {message}"), blamed is not None
+
+
+def _without_credentials(text: str) -> str:
+    """`text` with the user:password and secret-named query options of any URI in it masked:
+    errors are printed and logged."""
+    text = re.sub(r"(\w+://)[^/@\s]*@", r"\1***@", text)
+    return re.sub(r"([?&][^=&\s]*(?:token|secret|key|password)[^=&\s]*=)[^&\s]*", r"\1***", text, flags=re.I)
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (), model: type[BaseModel] = RunConfig) -> Any:  # type: ignore[assignment]
     """Read YAML (or start from defaults), apply `key.path=value` overrides, validate."""
     tree: dict[str, Any] = {}
@@ -208,14 +277,18 @@ def load_config(path: str | Path | None, overrides: list[str] = (), model: type[
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config {path} must be a mapping at the top level")
         tree = loaded or {}
+    given: dict[str, str] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key.path=value")
         _set(tree, key.strip(), value)
+        given[key.strip()] = item
     try:
         return model.model_validate(tree)
     except ValidationError as e:
-        problems = [f"  {_location(tree, err['loc']) or '<top>'}: {err['msg']}" for err in e.errors()]
-        source = f" in {path}" if path else ""
-        raise ConfigError(f"{len(problems)} invalid setting(s){source}:\n" + "\n".join(problems)) from None
+        problems = [_problem(err, tree, model, given) for err in e.errors()]
+        from_file = [line for line, blamed in problems if not blamed]
+        source = f" in {path}" if path and from_file else " on the command line" if not from_file else ""
+        lines = "\n".join(f"  {line}" for line, _ in problems)
+        raise ConfigError(f"{len(problems)} invalid setting(s){source}:\n{lines}") from None

@@ -15,8 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+import socket
+import threading
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from envs.deadline import within
 from envs.errors import HillclimbError
@@ -32,6 +36,19 @@ log = logging.getLogger("hillclimb.orchestrator.driver")
 OnGroup = Callable[[TrajectoryGroup], Awaitable[None] | None]
 
 
+class RayUnreachableError(HillclimbError, ConnectionError):
+    """The Ray head at the given address does not answer."""
+
+
+RAY_PROBE_TIMEOUT_S = 5.0
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _token_auth_default_notice(record: logging.LogRecord) -> bool:
+    """A logging filter: False for Ray's notice that it enabled token auth by default."""
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
 def connect_ray(address: str | None) -> str:
     """Join `address` (or $RAY_ADDRESS), else start a local Ray. Returns what was joined."""
     import ray
@@ -40,19 +57,58 @@ def connect_ray(address: str | None) -> str:
         return "already connected"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        _check_reachable(address)
+        _init_keeping_sigterm(address=address, log_to_driver=True)
         return address
     # Local: workers must import what the driver imports from its working directory.
     pythonpath = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
+    # A Ray we start for ourselves keeps Ray's default, token auth on, without a warning about that
+    # default on every run (the warning that it is off, when a user turns it off, stays).
+    logging.getLogger(RAY_AUTH_LOGGER).addFilter(_token_auth_default_notice)
     # address="local": a Ray of our own, never one another process on this machine started (Ray
     # would join that, or hang on a dead one's stale /tmp/ray/ray_current_cluster, left by a kill -9).
-    ray.init(
+    _init_keeping_sigterm(
         address="local",
         include_dashboard=False,
         log_to_driver=True,
         runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
     )
     return "local"
+
+
+def _init_keeping_sigterm(**options: Any) -> None:
+    """`ray.init`, after which a caller that handles SIGTERM itself keeps its handler: Ray puts in
+    its own, which ends the process at once (`hillclimb train` writes its summary and plots first).
+    A caller with none keeps Ray's, which shuts the local Ray down on the way out."""
+    import ray
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    ray.init(**options)
+    if callable(previous):
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, naming the address, where Ray would retry a dead head for a minute or more."""
+    if address in ("auto", "local"):  # Ray finds or starts the local head itself
+        return
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.hostname is None or port is None:
+        raise RayUnreachableError(
+            f"Ray address {address!r} names no host:port (e.g. 10.0.0.5:6379 or ray://host:10001)"
+        )
+    try:
+        socket.create_connection((parts.hostname, port), timeout=RAY_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        raise RayUnreachableError(
+            f"no Ray head answers at {address} ({e.strerror or e}): start one (`ray start --head`) or fix "
+            "--address / $RAY_ADDRESS"
+        ) from None
 
 
 def on_the_drivers_node() -> Any:

@@ -1,13 +1,16 @@
 """`hillclimb rollout`: run every task of the evaluation splits G times, record, report.
 
 Groups already in the run's ledger are not run again, so an interrupted evaluation
-resumes where it stopped.
+resumes where it stopped — but only under a config that gives the same results
+(orchestrator/fingerprint.py); `run.resume=false` sets the old run directory aside and starts over.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from envs.errors import ConfigError
@@ -15,21 +18,40 @@ from envs.tasks import load_suite
 from orchestrator import metrics
 from orchestrator.config import RunConfig
 from orchestrator.driver import RolloutDriver
+from orchestrator.fingerprint import check_resumable
 from orchestrator.ledger import Ledger
 from orchestrator.ledger_location import ledger_location
+from orchestrator.model_check import check_model_available
 from orchestrator.report import SplitReport, summarize
 from orchestrator.schedule import GroupSpec, round_of_groups
 from trainers.trajectory import TrajectoryGroup
 
 
-def prepare_run_dir(config: RunConfig) -> Path:
-    """Create `<run.dir>/<run.name>` (or reuse it when resuming) and dump the resolved config."""
+def prepare_run_dir(config: RunConfig, say: Callable[[str], None] = lambda line: None) -> Path:
+    """Create `<run.dir>/<run.name>`, or reuse it when resuming under a config with the same
+    results; `run.resume=false` moves an existing one aside. Dumps the resolved config there."""
     run_dir = config.run.dir / config.run.name
-    if run_dir.exists() and not config.run.resume:
-        raise ConfigError(f"run directory {run_dir} exists; pick another run.name or set run.resume=true")
+    resolved = config.model_dump(mode="json")
+    if run_dir.exists() and config.run.resume:
+        check_resumable(run_dir, resolved)
+    elif run_dir.exists():
+        _refuse_shared_ledger_with_groups(config)
+        aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+        run_dir.rename(aside)
+        say(f"run.resume=false: moved the earlier {run_dir} to {aside}; starting fresh")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
+    (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     return run_dir
+
+
+def _refuse_shared_ledger_with_groups(config: RunConfig) -> None:
+    """A ledger outside the run directory cannot be set aside with it: starting fresh on it
+    would reuse its groups all the same."""
+    if config.run.ledger_uri is not None and Ledger(config.run.ledger_uri).group_ids():
+        raise ConfigError(
+            f"run.resume=false, but the ledger at run.ledger_uri={config.run.ledger_uri} already holds groups: "
+            "give the fresh run a ledger_uri of its own"
+        )
 
 
 def eval_groups(config: RunConfig, tag: str = "eval") -> list[GroupSpec]:
@@ -43,28 +65,50 @@ def eval_groups(config: RunConfig, tag: str = "eval") -> list[GroupSpec]:
     ]
 
 
-async def evaluate(
-    config: RunConfig, run_dir: Path, on_episodes: Callable[[int], None] = lambda n: None
-) -> list[SplitReport]:
+@dataclass
+class EvalPlan:
+    """The evaluation's groups, and those of them not yet in the run's ledger."""
+
+    ledger: Ledger
+    groups: list[GroupSpec]
+    todo: list[GroupSpec]
+
+    @property
+    def resumed_episodes(self) -> int:
+        return sum(len(g.seeds) for g in self.groups) - self.todo_episodes
+
+    @property
+    def todo_episodes(self) -> int:
+        return sum(len(g.seeds) for g in self.todo)
+
+
+def plan_evaluation(config: RunConfig, run_dir: Path) -> EvalPlan:
     ledger = Ledger(ledger_location(run_dir, config.run.ledger_uri))
     groups = eval_groups(config)
     recorded = ledger.group_ids()
-    todo = [g for g in groups if g.group_id not in recorded]
-    on_episodes((len(groups) - len(todo)) * config.rollout.group_size)
+    return EvalPlan(ledger, groups, [g for g in groups if g.group_id not in recorded])
+
+
+async def evaluate(
+    config: RunConfig, plan: EvalPlan, on_episodes: Callable[[int], None] = lambda n: None
+) -> list[SplitReport]:
+    """Run the plan's missing groups (`on_episodes` hears of each group's episodes), then
+    report pass@k over all of them."""
 
     def on_group(group: TrajectoryGroup) -> None:
-        ledger.append(group)
+        plan.ledger.append(group)
         metrics.record_group(group)
         on_episodes(len(group.trajectories))
 
-    if todo:
+    if plan.todo:
+        check_model_available(config.policy)
         driver = RolloutDriver(config)
         lag_monitor = metrics.start_loop_lag_monitor()
         await driver.start()
         try:
-            await driver.run_groups(todo, on_group)
+            await driver.run_groups(plan.todo, on_group)
         finally:
             await driver.close()
             lag_monitor.cancel()
-    trajectories = [t for g in groups for t in ledger.read_group(g.group_id).trajectories]
+    trajectories = [t for g in plan.groups for t in plan.ledger.read_group(g.group_id).trajectories]
     return summarize(trajectories, config.eval.k)

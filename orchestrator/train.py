@@ -7,6 +7,9 @@ loop:  policy server ─► rollout workers ─► TrajectoryBuffer + ledger ─
        max_staleness 0: rollouts, then a step, in turn;  ≥ 1: rollouts run on while learners train
 every `eval_every` steps: held-out pass@1 (greedy episodes) and teacher-forced env-token CE
 run dir: config.json, metrics.jsonl, checkpoints/, ledger/, plots/, summary.json
+resumed: from the newest checkpoint; metrics.jsonl loses the records after its step, so each step
+         appears once. `train.time_budget_s` counts the RL phase only (not the oracle, warm-up, evals
+         before it).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -22,13 +26,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envs.errors import ConfigError
-from envs.tasks import load_suite
+from envs.tasks import every_task, load_suite, require_oracles
 from orchestrator import metrics as prom
 from orchestrator.config import RunConfig
 from orchestrator.driver import RolloutDriver, connect_ray
 from orchestrator.ledger import Ledger
 from orchestrator.ledger_location import ledger_location
+from orchestrator.loggers import RunLoggers, open_loggers
 from orchestrator.metrics_hub import HUB
+from orchestrator.model_check import check_model_available
 from orchestrator.schedule import GroupSpec, endless_groups, round_of_groups
 from trainers.trajectory import Trajectory, TrajectoryGroup
 
@@ -39,11 +45,13 @@ Report = Callable[[str, dict[str, Any]], None]
 
 
 class MetricsLog:
-    """metrics.jsonl in the run directory, plus the same numbers as Prometheus gauges."""
+    """metrics.jsonl in the run directory, plus the same numbers as Prometheus gauges and in the
+    configured loggers (W&B, TensorBoard: `orchestrator.loggers`)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, loggers: RunLoggers | None = None) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.start = time.monotonic()
+        self.loggers = loggers
 
     def write(self, kind: str, step: int, values: dict[str, Any]) -> dict[str, Any]:
         record = {"kind": kind, "step": step, "elapsed_s": round(time.monotonic() - self.start, 3), **values}
@@ -52,10 +60,31 @@ class MetricsLog:
         for key, value in values.items():
             if isinstance(value, (int, float)):
                 prom.TRAIN.labels(kind=kind, name=key).set(value)
+        if self.loggers is not None:
+            self.loggers.scalars(kind, step, values)
         return record
+
+    def episodes(self, step: int, trajectories: list[Trajectory]) -> None:
+        """An evaluation's episodes: a few of them as text, in samples.jsonl and the loggers."""
+        if self.loggers is not None:
+            self.loggers.episodes(step, trajectories)
+
+    def close(self) -> None:
+        if self.loggers is not None:
+            self.loggers.close()
 
     def read(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
+
+    def keep_until(self, step: int | None) -> None:
+        """Drop the RL records after `step` (None: every record), which a resumed run writes
+        again; the file is replaced whole, so a crash leaves the old one or the new one."""
+        kept = [
+            r for r in self.read() if step is not None and (r["kind"] not in ("train", "eval") or r["step"] <= step)
+        ]
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(partial, self.path)
 
 
 def _check(config: RunConfig) -> None:
@@ -75,12 +104,18 @@ class Trainer:
         self.report = report
         self.ledger_location = ledger_location(run_dir, config.run.ledger_uri)
         self.ledger = Ledger(self.ledger_location)
-        self.log = MetricsLog(run_dir)
         self.suite = load_suite(config.env.name)
+        require_oracles(
+            every_task(self.suite),
+            "training (its warm-up, behaviour-cloning anchor and env-token cross-entropy evaluation)",
+            "evaluate a model on these tasks without training: `hillclimb rollout` with a model policy needs none",
+        )
+        self.log = MetricsLog(run_dir, open_loggers(config, run_dir))
         self.model_config = config.policy.model  # type: ignore[union-attr]
         self.version = 0
         self.step = 0
         self.started = time.monotonic()
+        self.rl_started = self.started  # `train.time_budget_s` and the LR schedule's clock count from here
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -138,6 +173,7 @@ class Trainer:
         for group in results:
             self.ledger.append(group)
         episodes = [t for g in results for t in g.trajectories]
+        self.log.episodes(self.step, episodes)
         return sum(t.reward > 0 for t in episodes) / max(len(episodes), 1)
 
     async def _evaluate(
@@ -237,18 +273,21 @@ class Trainer:
     def _progress(self) -> float:
         """How far the run has come, 0 to 1: by steps, or by the time budget if that ends it first."""
         cfg = self.config.train
-        by_time = (time.monotonic() - self.started) / cfg.time_budget_s if cfg.time_budget_s is not None else 0.0
+        by_time = (time.monotonic() - self.rl_started) / cfg.time_budget_s if cfg.time_budget_s is not None else 0.0
         return min(1.0, max(self.step / cfg.steps, by_time))
 
     async def _resume(self, learners: Any) -> bool:
-        """Continue from the newest checkpoint, if the run has one and may resume."""
+        """Continue from the newest checkpoint, if the run has one and may resume; the metrics
+        after its step (or all of them, with no checkpoint) will be written again."""
         from trainers.checkpoint import latest_checkpoint
 
         checkpoint = latest_checkpoint(self.run_dir / "checkpoints") if self.config.run.resume else None
         if checkpoint is None:
+            self.log.keep_until(None)
             return False
         info = await learners.load(str(checkpoint))
         self.step, self.version = info["step"], info["version"]
+        self.log.keep_until(self.step)
         self.report("resume", {"checkpoint": str(checkpoint), "step": self.step})
         return True
 
@@ -261,6 +300,7 @@ class Trainer:
 
         cfg = self.config
         self.started = time.monotonic()
+        check_model_available(cfg.policy)  # seconds here, not minutes of actor restarts
         lag_monitor = prom.start_loop_lag_monitor()
         connect_ray(cfg.ray.address)
         # Actors start in processes of their own: the learners and the policy engine load while
@@ -292,11 +332,13 @@ class Trainer:
             if not resumed:
                 await self._evaluate(learners, driver, oracle, "eval")
             groups = self._train_groups()
+            self.rl_started = time.monotonic()
             asynchronous = cfg.buffer.max_staleness > 0
             if asynchronous:  # rollouts run on while the learners train
                 producer = asyncio.ensure_future(driver.run_groups(groups, put))
             while self.step < cfg.train.steps:
-                if cfg.train.time_budget_s is not None and time.monotonic() - self.started > cfg.train.time_budget_s:
+                if cfg.train.time_budget_s is not None and time.monotonic() - self.rl_started > cfg.train.time_budget_s:
+                    self.report("budget", {"step": self.step, "time_budget_s": cfg.train.time_budget_s})
                     break
                 began = time.monotonic()
                 if not asynchronous:
@@ -323,54 +365,57 @@ class Trainer:
                 HUB.forget("buffer")
                 ray.kill(buffer)
             lag_monitor.cancel()
-        return self._finish(time.monotonic() - self.started)
+            self.log.close()
+        return self.finish()
 
     async def _checkpoint(self, learners: Any) -> None:
         directory = self.run_dir / "checkpoints" / f"step-{self.step:06d}"
         await learners.save(str(directory), step=self.step, version=self.version)
 
-    def _finish(self, wall_s: float) -> dict[str, Any]:
+    def finish(self, *, interrupted: bool = False) -> dict[str, Any]:
+        """summary.json and plots/ from metrics.jsonl: for the whole run, or for what an
+        interrupted one did."""
         from orchestrator.plots import plot_run
 
         records = self.log.read()
-        evals = [r for r in records if r["kind"] == "eval"]
-        initial = next(r for r in records if r["kind"] == "eval_initial")
-        summary = summarize_run(records, initial, evals[0], evals[-1], wall_s=wall_s, config=self.config)
+        summary = summarize_run(records, wall_s=time.monotonic() - self.started, config=self.config)
+        summary["interrupted"] = interrupted
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_run(records, self.run_dir / "plots")
         return summary
 
 
-def summarize_run(
-    records: list[dict[str, Any]],
-    initial: dict[str, Any],
-    first: dict[str, Any],
-    final: dict[str, Any],
-    *,
-    wall_s: float,
-    config: RunConfig,
-) -> dict[str, Any]:
-    """The headline figures of a run."""
+def summarize_run(records: list[dict[str, Any]], *, wall_s: float, config: RunConfig) -> dict[str, Any]:
+    """The headline figures of a run; those of evaluations it never reached are None."""
     train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    initial = next((r for r in records if r["kind"] == "eval_initial"), {})
+    first, final = (evals[0], evals[-1]) if evals else ({}, {})
     recent = train[-10:]
-    start_ce = initial["heldout_env_ce"]
     return {
         "heldout_env_ce": {
-            "initial": start_ce,
-            "after_warmup": first["heldout_env_ce"],
-            "final": final["heldout_env_ce"],
-            "fall_from_initial": 1 - final["heldout_env_ce"] / start_ce,
-            "fall_during_rl": 1 - final["heldout_env_ce"] / first["heldout_env_ce"],
+            "initial": initial.get("heldout_env_ce"),
+            "after_warmup": first.get("heldout_env_ce"),
+            "final": final.get("heldout_env_ce"),
+            "fall_from_initial": _fall(initial, final),
+            "fall_during_rl": _fall(first, final),
         },
-        "train_env_ce": {"initial": initial["train_env_ce"], "final": final["train_env_ce"]},
+        "train_env_ce": {"initial": initial.get("train_env_ce"), "final": final.get("train_env_ce")},
         "heldout_pass1": {"after_warmup": first.get("heldout_pass1"), "final": final.get("heldout_pass1")},
         "train_reward": {
             "first_steps": sum(r["train_reward"] for r in train[:10]) / max(len(train[:10]), 1),
             "last_steps": sum(r["train_reward"] for r in recent) / max(len(recent), 1),
         },
         "echo_lambda": train[-1].get("echo/lambda", 0.0) if train else None,
-        "warmup_steps": config.train.warmup_steps,
+        "warmup_steps": sum(r["kind"] == "warmup" for r in records),
         "anchor_batch": config.train.anchor_batch,
-        "rl_steps": len(train),
+        "rl_steps": train[-1]["step"] if train else 0,
         "wall_s": round(wall_s, 1),
     }
+
+
+def _fall(before: dict[str, Any], after: dict[str, Any]) -> float | None:
+    """How far the held-out env-token CE fell from `before` to `after`, as a fraction."""
+    if "heldout_env_ce" not in before or "heldout_env_ce" not in after:
+        return None
+    return 1 - after["heldout_env_ce"] / before["heldout_env_ce"]

@@ -1,4 +1,4 @@
-"""`hillclimb env`: serve an environment, list the built-in ones, watch an oracle episode."""
+"""`hillclimb env`: serve an environment, list the known ones, watch an oracle episode, scaffold a new one."""
 
 from __future__ import annotations
 
@@ -12,26 +12,40 @@ from typing import Annotated
 
 import typer
 
-from envs.registry import BUILTIN_ENVS, resolve_env_class
+from envs.errors import ConfigError, TargetNotFoundError
+from envs.registry import BUILTIN_ENVS, find_env, installed_envs
 from envs.targets import runtime_for
-from envs.tasks import TASK_SUITES
 from orchestrator.console import console, errors, reports_errors
 
 app = typer.Typer(help="Serve and inspect environments.", no_args_is_help=True)
 
 
-def _token_for_serving(token_file: Path | None) -> str:
+def server_token_file(port: int, uds: Path | None) -> Path:
+    """The token file of the server on `port` (or `uds`): one per server, so starting another
+    never changes the token that clients of a running one hold."""
+    name = uds.name if uds else str(port) if port else f"pid{os.getpid()}"  # port 0: the port is not known yet
+    return Path(f".hillclimb-token-{name}")
+
+
+def _token_for_serving(token_file: Path | None, port: int, uds: Path | None) -> str:
     from envs.serve import TOKEN_ENV_VAR, read_token
 
     token = read_token(str(token_file) if token_file else None)
     if token:
         return token
-    path = Path(".hillclimb-token")
+    path = server_token_file(port, uds)
+    if path.exists():  # this server's, from an earlier start: its clients keep working
+        if path.stat().st_mode & 0o077:
+            raise ConfigError(f"token file {path.resolve()} is readable by others: chmod 600 it or delete it")
+        errors.print(f"no --token-file or ${TOKEN_ENV_VAR}: using the bearer token in {path.resolve()}", soft_wrap=True)
+        return path.read_text().strip()
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token)
-    errors.print(f"no --token-file or ${TOKEN_ENV_VAR}: wrote a new bearer token to {path.resolve()} (mode 0600)")
+    errors.print(
+        f"no --token-file or ${TOKEN_ENV_VAR}: wrote a new bearer token to {path.resolve()} (mode 0600)", soft_wrap=True
+    )
     return token
 
 
@@ -41,7 +55,8 @@ def serve(
     target: Annotated[
         str,
         typer.Argument(
-            help="Built-in name, import path 'package.module:ClassName', or a module calling OpenEnv's create_app."
+            help="Built-in or installed (hillclimb.envs entry point) name, import path 'package.module:Name' "
+            "(an environment class or EnvPackage), or a module calling OpenEnv's create_app."
         ),
     ],
     host: Annotated[str, typer.Option(help="TCP address to listen on.")] = "127.0.0.1",
@@ -76,7 +91,7 @@ def serve(
         raise typer.BadParameter(TLS_NEEDS_TCP)
     tls = server_tls(str(tls_cert), str(tls_key) if tls_key else None) if tls_cert else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    token = None if no_auth else _token_for_serving(token_file)
+    token = None if no_auth else _token_for_serving(token_file, port, uds)
     if no_auth:
         errors.print("[yellow]warning:[/] --no-auth: any local client can drive this environment")
     config = ServerConfig(
@@ -105,14 +120,41 @@ def serve(
 
 @app.command("list")
 def list_envs() -> None:
-    """List the built-in environments and their task suites."""
+    """List the built-in environments and those installed packages add (hillclimb.envs entry points)."""
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table("name", "class", "task suite", "about")
-    for name, path in sorted(BUILTIN_ENVS.items()):
-        about = (resolve_env_class(name).__doc__ or "").strip().splitlines()[0]
-        table.add_row(name, path, "yes" if name in TASK_SUITES else "-", about)
+    table = Table("name", "from", "class", "task suite", "about")
+    origins = {**{name: "built-in" for name in BUILTIN_ENVS}, **{n: ep.value for n, ep in installed_envs().items()}}
+    for name, origin in sorted(origins.items()):
+        try:
+            package = find_env(name)
+            about = (package.env_class().__doc__ or "").strip().partition("\n")[0]
+        except TargetNotFoundError as e:  # one broken package hides none of the others
+            table.add_row(name, origin, "-", "-", Text(f"does not load: {e}", style="red"))
+            continue
+        table.add_row(name, origin, package.env, "yes" if package.suite is not None else "-", about)
     console.print(table)
+
+
+@app.command()
+@reports_errors
+def init(
+    name: Annotated[str, typer.Argument(help="The new package's name, a Python identifier such as my_env.")],
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Directory to create (default: ./NAME); never overwritten.")
+    ] = None,
+) -> None:
+    """Write a new environment package: environment, tasks, rubric, a test and a README."""
+    from envs.scaffold import write_package
+
+    root = directory or Path(name)
+    for path in write_package(name, root):
+        console.print(f"wrote {path}")
+    console.print(
+        f"next: cd {root} && pip install -e . && pytest, then `hillclimb env serve {name}` "
+        f"(or, not installed, `hillclimb env serve {name}:ENVIRONMENT` from {root})"
+    )
 
 
 @app.command()

@@ -12,7 +12,8 @@ import typer
 from orchestrator.console import console, reports_errors
 
 if TYPE_CHECKING:
-    from orchestrator.config import RunSection
+    from orchestrator.config import RunConfig, RunSection
+    from orchestrator.report import SplitReport
 
 ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).", exists=True, dir_okay=False)]
 SetOption = Annotated[
@@ -40,12 +41,26 @@ def resolved_config(config: Path, set_: list[str] | None, address: str | None, m
     return load_config(config, overrides)
 
 
+def say_whole(line: str) -> None:
+    """A line that holds a path: never folded, so that it can be copied."""
+    console.print(line, soft_wrap=True)
+
+
 def serve_run_metrics(run: RunSection) -> None:
     """Start the run's /metrics (unless `run.metrics_port` is null) and say where it is."""
     if run.metrics_port is not None:
+        from envs.errors import ConfigError
         from orchestrator.metrics_hub import serve_metrics
 
-        console.print(f"metrics: {serve_metrics(run.metrics_port, run.metrics_host)}")
+        try:
+            url = serve_metrics(run.metrics_port, run.metrics_host)
+        except OSError as e:
+            raise ConfigError(
+                f"run.metrics_port: cannot serve /metrics on {run.metrics_host}:{run.metrics_port} "
+                f"({e.strerror or e}): give another --metrics-port, 0 for any free one, or "
+                "--set run.metrics_port=null for none"
+            ) from None
+        console.print(f"metrics: {url}")
 
 
 @reports_errors
@@ -58,18 +73,20 @@ def rollout(
 ) -> None:
     """Run every task of the evaluation splits G times with the configured policy; print pass@k per split."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
-    from orchestrator.evaluate import eval_groups, evaluate, prepare_run_dir
+    from orchestrator.evaluate import evaluate, plan_evaluation, prepare_run_dir
     from orchestrator.ledger_location import ledger_location
 
     cfg = resolved_config(config, set_, address, metrics_port)
     if dry_run:
         console.print_json(json.dumps(cfg.model_dump(mode="json")))
         return
-    run_dir = prepare_run_dir(cfg)
     serve_run_metrics(cfg.run)
-    total = len(eval_groups(cfg)) * cfg.rollout.group_size
+    run_dir = prepare_run_dir(cfg, say_whole)
+    plan = plan_evaluation(cfg, run_dir)
+    if plan.resumed_episodes:
+        location = ledger_location(run_dir, cfg.run.ledger_uri)
+        say_whole(f"resumed {plan.resumed_episodes} episodes from {location}")
     columns = (
         TextColumn("[bold]rollout"),
         BarColumn(),
@@ -78,8 +95,17 @@ def rollout(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("episodes", total=total)
-        reports = asyncio.run(evaluate(cfg, run_dir, lambda n: progress.advance(bar, n)))
+        bar = progress.add_task("episodes", total=plan.todo_episodes)  # this invocation's episodes only
+        reports = asyncio.run(evaluate(cfg, plan, lambda n: progress.advance(bar, n)))
+    print_reports(cfg, reports, run_dir)
+
+
+def print_reports(cfg: RunConfig, reports: list[SplitReport], run_dir: Path) -> None:
+    """The pass@k table per split; the same figures go to `<run dir>/eval.json`."""
+    from rich.table import Table
+
+    from orchestrator.ledger_location import ledger_location
+
     ks = cfg.eval.k
     table = Table(
         "split",
@@ -102,4 +128,4 @@ def rollout(
         )
     console.print(table)
     (run_dir / "eval.json").write_text(json.dumps([r.model_dump() for r in reports], indent=2) + "\n")
-    console.print(f"trajectories: {ledger_location(run_dir, cfg.run.ledger_uri)}")
+    say_whole(f"trajectories: {ledger_location(run_dir, cfg.run.ledger_uri)}")

@@ -89,12 +89,14 @@ def list_sandboxes(provider: ProviderOption = "local", run_id: RunOption = None,
     """List sandboxes with their run, environment, age and time left."""
     import time
 
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from providers.base import LABEL_ENV, LABEL_OWNER
 
     sandboxes = asyncio.run(_provider(provider, option).list(_selector(run_id)))
-    table = Table("id", "run", "owner", "env", "age", "expires in", "endpoint", "transport")
+    # Ids are what `sandbox rm` takes: never cut or folded, whatever the terminal's width.
+    id_column = Column("id", no_wrap=True, min_width=max((len(sb.id) for sb in sandboxes), default=2))
+    table = Table(id_column, "run", "owner", "env", "age", "expires in", "endpoint", "transport")
     now = time.time()
     for sb in sandboxes:
         left = f"{sb.expires_at - now:.0f} s" if sb.expires_at else "-"

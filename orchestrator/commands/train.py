@@ -1,11 +1,17 @@
-"""`hillclimb train`: the training loop, with progress bars and a closing summary."""
+"""`hillclimb train`: the training loop, with progress bars and a closing summary.
+
+Ctrl-C or SIGTERM stops it cleanly: the summary and plots of what it did are written, it says
+how to resume, and it exits with status 130.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -16,9 +22,13 @@ from orchestrator.commands.rollout import (
     MetricsPortOption,
     SetOption,
     resolved_config,
+    say_whole,
     serve_run_metrics,
 )
 from orchestrator.console import console, reports_errors
+
+T = TypeVar("T")
+INTERRUPTED = 130  # the shell's status for a run stopped by SIGINT
 
 AblationOption = Annotated[
     int, typer.Option("--ablation", help="Instead: run ECHO on and off (λ = 0) over this many seeds; print a table.")
@@ -47,9 +57,9 @@ def train(
     if ablation:
         _ablate(cfg, ablation)
         return
-    run_dir = prepare_run_dir(cfg)
     serve_run_metrics(cfg.run)
-    console.print(f"run: {run_dir}")
+    run_dir = prepare_run_dir(cfg, say_whole)
+    say_whole(f"run: {run_dir}")
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -82,26 +92,62 @@ def train(
                 ]
                 progress.console.print("learners: " + ", ".join(ranks))
             elif kind == "resume":
-                progress.console.print(f"resuming from {values['checkpoint']}")
+                progress.console.print(f"resuming from {values['checkpoint']}", soft_wrap=True)
                 progress.update(steps, completed=values["step"])
+            elif kind == "budget":
+                progress.console.print(
+                    f"[yellow]train.time_budget_s={values['time_budget_s']:g} s of RL spent after "
+                    f"{values['step']} of {cfg.train.steps} RL steps: stopping early[/]"
+                )
 
-        summary = asyncio.run(Trainer(cfg, run_dir, report).run())
+        trainer = Trainer(cfg, run_dir, report)
+        try:
+            summary = asyncio.run(_until_terminated(trainer.run()))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            summary = None
+    if summary is None:
+        _report_interrupted(trainer.finish(interrupted=True), run_dir)
+        raise typer.Exit(INTERRUPTED)
     _print_summary(summary, run_dir)
+
+
+async def _until_terminated(work: Awaitable[T]) -> T:
+    """SIGTERM stops the run the way Ctrl-C does: the work is cancelled and cleans up after itself."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await work
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _report_interrupted(summary: dict[str, Any], run_dir: Path) -> None:
+    from trainers.checkpoint import latest_checkpoint
+
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    say_whole(
+        f"[yellow]interrupted after {summary['rl_steps']} RL steps[/]; summary.json and plots/ in {run_dir} "
+        "cover what it did"
+    )
+    start = f"from {checkpoint}" if checkpoint else "with no checkpoint yet: training starts over, its ledger kept"
+    say_whole(f"to resume ({start}): run the same command with --set run.resume=true")
 
 
 def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     from rich.table import Table
 
-    ce = summary["heldout_env_ce"]
+    ce, pass1 = summary["heldout_env_ce"], summary["heldout_pass1"]
     table = Table("figure", "value", title="run summary")
     table.add_row(
         "held-out env-token CE (nats/token)",
-        f"{ce['initial']:.3f} → {ce['after_warmup']:.3f} (after warm-up) → {ce['final']:.3f}",
+        f"{_num(ce['initial'])} → {_num(ce['after_warmup'])} (after warm-up) → {_num(ce['final'])}",
     )
-    table.add_row("fall from initial / during RL", f"{ce['fall_from_initial']:.1%} / {ce['fall_during_rl']:.1%}")
     table.add_row(
-        "held-out pass@1", f"{summary['heldout_pass1']['after_warmup']:.3f} → {summary['heldout_pass1']['final']:.3f}"
+        "fall from initial / during RL", f"{_num(ce['fall_from_initial'], '.1%')} / {_num(ce['fall_during_rl'], '.1%')}"
     )
+    table.add_row("held-out pass@1", f"{_num(pass1['after_warmup'])} → {_num(pass1['final'])}")
     table.add_row(
         "train reward (first → last 10 steps)",
         f"{summary['train_reward']['first_steps']:.3f} → {summary['train_reward']['last_steps']:.3f}",
@@ -112,6 +158,11 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     )
     console.print(table)
     console.print(f"run directory: {run_dir}  (summary.json, metrics.jsonl, plots/, checkpoints/, ledger/)")
+
+
+def _num(value: float | None, spec: str = ".3f") -> str:
+    """A figure, or a dash for one the run never measured."""
+    return "–" if value is None else format(value, spec)
 
 
 def _ablate(cfg: Any, seeds: int) -> None:
@@ -129,12 +180,19 @@ def _ablate(cfg: Any, seeds: int) -> None:
 
     rows = asyncio.run(run_ablation(cfg, list(range(seeds)), reporter))
     table = Table(
-        "arm", "seed", "train reward (last 10 steps)", "held-out pass@1", "held-out env-token CE", title="ECHO ablation"
+        "arm",
+        "seed",
+        "RL steps",
+        "train reward (last 10 steps)",
+        "held-out pass@1",
+        "held-out env-token CE",
+        title="ECHO ablation",
     )
     for r in rows:
         table.add_row(
             r["arm"],
             str(r["seed"]),
+            str(r["rl_steps"]),
             f"{r['train_reward']:.3f}",
             f"{r['heldout_pass1']:.3f}",
             f"{r['heldout_env_ce']:.3f}",
@@ -143,6 +201,7 @@ def _ablate(cfg: Any, seeds: int) -> None:
         table.add_row(
             f"[bold]{arm}[/]",
             "mean",
+            f"{mean['rl_steps']:.1f}",
             f"{mean['train_reward']:.3f}",
             f"{mean['heldout_pass1']:.3f}",
             f"{mean['heldout_env_ce']:.3f}",

@@ -21,12 +21,17 @@ def test_the_grpo_arm_turns_echo_off_however_lambda_was_set() -> None:
         assert echo.run.seed == grpo.run.seed == echo.learner.seed == echo.policy.model.seed == 7
 
 
-def test_averages_are_per_arm() -> None:
+def test_averages_are_per_arm_with_the_rl_steps_each_took() -> None:
+    """Under a time budget arms may take different numbers of RL steps: the table shows them."""
     rows = [
-        {"arm": arm, "seed": s, "train_reward": r, "heldout_pass1": p, "heldout_env_ce": ce}
-        for arm, s, r, p, ce in [("echo", 0, 1.0, 0.5, 2.0), ("echo", 1, 0.0, 0.0, 4.0), ("grpo", 0, 0.5, 0.25, 5.0)]
+        {"arm": arm, "seed": s, "rl_steps": n, "train_reward": r, "heldout_pass1": p, "heldout_env_ce": ce}
+        for arm, s, n, r, p, ce in [
+            ("echo", 0, 1, 1.0, 0.5, 2.0),
+            ("echo", 1, 3, 0.0, 0.0, 4.0),
+            ("grpo", 0, 8, 0.5, 0.25, 5.0),
+        ]
     ]
     assert averages(rows) == {
-        "echo": {"train_reward": 0.5, "heldout_pass1": 0.25, "heldout_env_ce": 3.0},
-        "grpo": {"train_reward": 0.5, "heldout_pass1": 0.25, "heldout_env_ce": 5.0},
+        "echo": {"rl_steps": 2.0, "train_reward": 0.5, "heldout_pass1": 0.25, "heldout_env_ce": 3.0},
+        "grpo": {"rl_steps": 8.0, "train_reward": 0.5, "heldout_pass1": 0.25, "heldout_env_ce": 5.0},
     }

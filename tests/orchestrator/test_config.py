@@ -50,7 +50,8 @@ def test_every_problem_is_reported_at_once_in_the_users_spelling(tmp_path: Path)
         load_config(path, ["eval.k=[1]"])
     message = str(info.value)
     assert "3 invalid setting(s)" in message
-    assert "rollout.group_size:" in message and "rollout.concurency: Extra inputs are not permitted" in message
+    assert f"in {path}:" in message and "rollout.group_size:" in message
+    assert "rollout.concurency: Extra inputs are not permitted; did you mean 'concurrency'?" in message
     assert "pool.max_total:" in message
 
 
@@ -59,10 +60,31 @@ def test_cross_field_checks_and_malformed_overrides() -> None:
         load_config(None, ["rollout.group_size=2", "eval.k=[1,4]"])
     with pytest.raises(ConfigError, match="expected key.path=value"):
         load_config(None, ["rollout.group_size"])
-    with pytest.raises(ConfigError, match="policy: Input tag 'telepathy'"):
+    with pytest.raises(ConfigError, match="--set policy.type=telepathy: Input tag 'telepathy'"):
         load_config(None, ["policy.type=telepathy"])
-    with pytest.raises(ConfigError, match=r"\n  policy\.max_batch: Input should be greater than or equal to 1"):
+    with pytest.raises(ConfigError, match=r"\n  --set policy\.max_batch=0: Input should be greater than or equal to 1"):
         load_config(None, ["policy.type=hf", "policy.max_batch=0"])
+
+
+def test_a_bad_override_is_blamed_on_the_set_not_the_file() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(CONFIGS_DIR / "rollout_toy.yaml", ["rollout.group_size=0"])
+    message = str(info.value)
+    assert message.startswith("1 invalid setting(s) on the command line:")
+    assert "--set rollout.group_size=0: Input should be greater than or equal to 1" in message
+    assert "rollout_toy.yaml" not in message
+
+
+def test_unknown_keys_get_the_nearest_known_one() -> None:
+    with pytest.raises(ConfigError, match=r"--set rollout\.concurency=3: .*; did you mean 'concurrency'\?"):
+        load_config(None, ["rollout.concurency=3"])
+    with pytest.raises(ConfigError, match=r"did you mean 'max_turns'\?"):
+        load_config(None, ["rollout.episode.max_turn=3"])
+    with pytest.raises(ConfigError, match=r"did you mean 'max_batch'\?"):  # inside a member of a union
+        load_config(None, ["policy.type=hf", "policy.max_bach=3"])
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["rollout.zzzz=3"])
+    assert "did you mean" not in str(info.value)
 
 
 def test_provider_options_are_checked_at_load_by_name() -> None:

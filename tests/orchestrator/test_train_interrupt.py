@@ -1,0 +1,92 @@
+"""`hillclimb train` stopped by a signal, then resumed under an RL time budget: each step once."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.root]
+
+REPO = Path(__file__).parents[2]
+SHORT = [
+    "train.warmup_steps=2",
+    "train.eval_every=2",
+    "train.eval_tasks=2",
+    "train.groups_per_step=1",
+    "train.checkpoint_every=2",
+    "train.time_budget_s=null",
+    "run.metrics_port=null",
+]
+
+
+def _command(run_dir: Path, *overrides: str) -> list[str]:
+    sets = [arg for item in (*SHORT, f"run.dir={run_dir}", *overrides) for arg in ("--set", item)]
+    return [sys.executable, "-m", "orchestrator", "train", "configs/echo_toy.yaml", *sets]
+
+
+def _records(run: Path) -> list[dict[str, Any]]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _train_steps(run: Path) -> list[int]:
+    return [r["step"] for r in _records(run) if r["kind"] == "train"]
+
+
+def _stop_after_a_step_past_a_checkpoint(child: subprocess.Popen[str], run: Path, sig: signal.Signals) -> None:
+    deadline = time.monotonic() + 600
+    while not any(step % 2 == 1 and step > 2 for step in _train_steps(run)):
+        assert child.poll() is None and time.monotonic() < deadline, "the run ended before step 3"
+        time.sleep(0.2)
+    child.send_signal(sig)
+
+
+def test_an_interrupted_run_summarizes_then_resumes_without_repeating_steps(tmp_path: Path) -> None:
+    run = tmp_path / "echo-toy"
+    child = subprocess.Popen(
+        _command(tmp_path, "train.steps=50"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _stop_after_a_step_past_a_checkpoint(child, run, signal.SIGTERM)
+    out, err = child.communicate(timeout=300)
+    assert child.returncode == 130, err[-3000:]
+    said = " ".join(out.split())
+    assert "interrupted after" in said and "--set run.resume=true" in said
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["rl_steps"] == max(_train_steps(run))
+    assert {p.name for p in (run / "plots").iterdir()} >= {"train_reward.png", "env_token_ce.png"}
+    checkpoint = max(int(p.name.removeprefix("step-")) for p in (run / "checkpoints").iterdir())
+    reached = max(_train_steps(run))
+    assert reached > checkpoint  # steps after the checkpoint, which the resumed run does again
+
+    # Resumed with a 1 s budget for RL: the warm-up and loading no longer eat it, so it takes steps.
+    resumed = subprocess.run(
+        _command(tmp_path, "train.steps=50", "train.time_budget_s=1", "run.resume=true"),
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    said = " ".join(resumed.stdout.split())
+    assert f"resuming from {run / 'checkpoints' / f'step-{checkpoint:06d}'}" in said
+    assert "train.time_budget_s=1 s of RL spent after" in said
+    steps = _train_steps(run)
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > checkpoint  # each once, and RL went on
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rl_steps"] == steps[-1] and summary["interrupted"] is False
+
+
+def test_ctrl_c_stops_the_run_with_its_summary(tmp_path: Path) -> None:
+    run = tmp_path / "echo-toy"
+    child = subprocess.Popen(
+        _command(tmp_path, "train.steps=50"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _stop_after_a_step_past_a_checkpoint(child, run, signal.SIGINT)
+    out, err = child.communicate(timeout=300)
+    assert child.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "to resume (from" in out
+    assert json.loads((run / "summary.json").read_text())["interrupted"] is True
