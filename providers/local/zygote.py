@@ -38,8 +38,12 @@ from envs import seccomp, warden
 from envs.agent_processes import exited_children
 from providers.local import isolation
 
+# What the sandboxes' servers import, loaded once here: the built-in environments, and what a user's
+# environment package builds on (envs.packages, envs.file_suite). It also makes them importable in a
+# sandbox whose path no longer reaches an editable install's source tree.
 PRELOAD = (
     "uvloop", "envs.server", "envs.serve", "envs.toy_terminal", "envs.inventory", "envs.probe", "envs.terminal",
+    "envs.packages", "envs.file_suite",
 )  # fmt: skip
 
 

@@ -158,8 +158,9 @@ def test_a_rollout_names_it_in_the_config_and_its_sandboxes_serve_it(installed: 
     settings = ["env.name=demo_env", f"run.dir={tmp_path}", "rollout.group_size=1", "eval.k=[1]", "ray.num_workers=1"]
     args = [arg for setting in settings for arg in ("--set", setting)]
     toy = REPO / "configs" / "rollout_toy.yaml"
-    # From the repository, as the other rollout tests: an editable hillclimb reaches local sandboxes through it.
-    done = _hillclimb("rollout", str(toy), *args, cwd=REPO, PYTHONPATH=str(installed))
+    # From outside the repository, as a user's project runs it: with an editable hillclimb, the
+    # sandboxes' server imports the envs modules a user's environment needs from the zygote's preload.
+    done = _hillclimb("rollout", str(toy), *args, cwd=tmp_path, PYTHONPATH=str(installed))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = re.findall(r"│ (train|heldout)\s+│\s+(\d+)\s+│\s+\d+\s+│\s+([\d.]+)", done.stdout)
     assert sorted(rows) == [("heldout", "3", "1.000"), ("train", "6", "1.000")], done.stdout[-3000:]
