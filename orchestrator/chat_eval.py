@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from orchestrator.episode_text import episode_facts
 from orchestrator.evaluate import EvalPlan
 from trainers.trajectory import Trajectory
 
@@ -84,16 +85,10 @@ def episode_record(trajectory: Trajectory) -> dict[str, Any]:
     messages = trajectory.metadata.get("messages", [])
     users = [m["content"] for m in messages if m["role"] == "user"]
     return {
-        "split": trajectory.split,
-        "task_id": trajectory.task_id,
-        "group_id": trajectory.group_id,
-        "sample_index": trajectory.sample_index,
+        **episode_facts(trajectory),
         "prompt": users[0] if users else None,
         "actions": [m["content"] for m in messages if m["role"] == "assistant"],
         "observations": users[1:],
-        "reward": trajectory.reward,
-        "done_reason": trajectory.done_reason.value,
-        "turns": trajectory.turns,
         "untrainable": trajectory.untrainable,
         "messages": messages,
     }

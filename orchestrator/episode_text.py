@@ -73,9 +73,8 @@ def legend() -> Text:
     return Text("  ").join(Text(role.name, style=ROLE_STYLES[role]) for role in Role)
 
 
-def episode_record(trajectory: Trajectory, tokenizer: Tokenizer) -> dict[str, Any]:
-    """What happened in an episode, as text: the prompt, each action, each observation, the reward."""
-    segments = role_segments(trajectory.token_ids, trajectory.roles, tokenizer)
+def episode_facts(trajectory: Trajectory) -> dict[str, Any]:
+    """Which episode it was and how it ended: what every episode record starts with."""
     return {
         "task_id": trajectory.task_id,
         "split": trajectory.split,
@@ -84,6 +83,14 @@ def episode_record(trajectory: Trajectory, tokenizer: Tokenizer) -> dict[str, An
         "reward": trajectory.reward,
         "done_reason": trajectory.done_reason.value,
         "turns": trajectory.turns,
+    }
+
+
+def episode_record(trajectory: Trajectory, tokenizer: Tokenizer) -> dict[str, Any]:
+    """What happened in an episode, as text: the prompt, each action, each observation, the reward."""
+    segments = role_segments(trajectory.token_ids, trajectory.roles, tokenizer)
+    return {
+        **episode_facts(trajectory),
         "prompt": "".join(text for role, text in segments if role == Role.PROMPT),
         "actions": [text for role, text in segments if role == Role.ACTION],
         "observations": [text for role, text in segments if role == Role.ENV],
