@@ -11,6 +11,7 @@ run directory resumes the first five and runs five more.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,9 @@ def eval_overrides(
     api_key_env: str | None,
     splits: list[str],
 ) -> list[str]:
-    """`--set` overrides for the flags; the user's own `--set`s go after these and win."""
+    """`--set` overrides for the flags; the user's own `--set`s go after these and win. Without
+    `base_url`, $OPENAI_BASE_URL names the server, as it does for OpenAI's own clients."""
+    base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
     overrides = [
         f"env.name={env}",
         "policy.type=chat",

@@ -350,7 +350,9 @@ class SandboxPool:
         if n >= cfg.max_consecutive_failures:
             self._failing = error
             self._wake_all()  # waiting leases fail now rather than at their deadlines
-        log.warning("creating a %s sandbox failed (%d in a row; retry in %.3g s): %s", self.spec.env, n, delay, error)
+        # The whole error (a server's log tail, often a traceback) once per streak; then its first line.
+        said = str(error) if n == 1 else str(error).partition("\n")[0] + " (as before)"
+        log.warning("creating a %s sandbox failed (%d in a row; retry in %.3g s): %s", self.spec.env, n, delay, said)
         await asyncio.sleep(delay)
 
     async def _create_ready(self) -> Sandbox:

@@ -13,7 +13,10 @@ Every episode ends with a `DoneReason`. What went wrong decides what happens nex
   sandbox goes back to the pool;
 - the policy failed: the episode ends (`policy_error`);
 - the token or the TLS setup was refused, or the provider cannot make sandboxes at all: no
-  retry can mend that, so the error propagates and stops the run, saying what to fix.
+  retry can mend that, so the error propagates and stops the run, saying what to fix;
+- `max_sandbox_errors_in_a_row` episodes in a row ended in `sandbox_error` (an environment that
+  cannot start, an image without it): the run stops with `SandboxesFailingError`, quoting the
+  last failure, rather than record failures for ever.
 Each recorded episode carries its reason, so the counts always add up.
 """
 
@@ -35,6 +38,7 @@ from envs.errors import (
     ConnectTimeoutError,
     ExecutionError,
     FactoryError,
+    HillclimbError,
     MessageTimeoutError,
     SessionError,
     TLSError,
@@ -82,6 +86,8 @@ class EpisodeConfig(BaseModel):
     """One generate() call; past it the episode ends with `policy_error`."""
     sandbox_retries: int = Field(default=1, ge=0)
     """Fresh-sandbox retries of an episode whose sandbox failed."""
+    max_sandbox_errors_in_a_row: int = Field(default=8, ge=1)
+    """Episodes ending in `sandbox_error` one after another (each after its retries) that stop the run."""
     sampling: SamplingParams = SamplingParams()
 
 
@@ -107,6 +113,10 @@ class EpisodeTiming:
     env_s: float = 0.0
     steps: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+
+
+class SandboxesFailingError(HillclimbError, RuntimeError):
+    """Episode after episode found no working sandbox: nothing a further retry would mend."""
 
 
 class _SandboxFailed(Exception):
@@ -152,6 +162,7 @@ class EpisodeRunner:
         self.config = config
         stops = config.sampling.stop_token_ids or renderer.stop_token_ids
         self.sampling = config.sampling.model_copy(update={"stop_token_ids": tuple(stops)})
+        self._sandbox_errors_in_a_row = 0
 
     async def run(
         self, spec: EpisodeSpec, timing: EpisodeTiming | None = None, sampling: SamplingParams | None = None
@@ -179,20 +190,32 @@ class EpisodeRunner:
                 log.warning("episode %s/%d: the environment failed: %s", spec.group_id, spec.sample_index, e)
                 reason = DoneReason.ENV_ERROR
             except _SandboxFailed as e:
-                log.warning(
+                log.warning(  # its first line: the pool or the provider reported the whole error
                     "episode %s/%d: sandbox failed (attempt %d of %d): %s",
                     spec.group_id,
                     spec.sample_index,
                     attempt + 1,
                     attempts,
-                    e,
+                    str(e).partition("\n")[0],
                 )
                 reason = DoneReason.SANDBOX_ERROR
                 if attempt + 1 < attempts:
                     continue
+                self._count_sandbox_error(spec, e)
+            if reason is not DoneReason.SANDBOX_ERROR:
+                self._sandbox_errors_in_a_row = 0
             timing.total_s += time.perf_counter() - start
             return self._trajectory(episode, reason, attempt)
         raise AssertionError("unreachable: the last attempt always returns")
+
+    def _count_sandbox_error(self, spec: EpisodeSpec, error: _SandboxFailed) -> None:
+        self._sandbox_errors_in_a_row += 1
+        if self._sandbox_errors_in_a_row >= self.config.max_sandbox_errors_in_a_row:
+            raise SandboxesFailingError(
+                f"{self._sandbox_errors_in_a_row} episodes in a row found no working {spec.env} sandbox "
+                f"(each tried {self.config.sandbox_retries + 1} times). Does the environment start outside "
+                f"a sandbox? Try `hillclimb env serve {spec.env}`. The last failure: {str(error).strip()}"
+            )
 
     async def _attempt(self, episode: _Episode, timing: EpisodeTiming, sampling: SamplingParams) -> DoneReason:
         spec = episode.spec

@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envs.errors import ConfigError
-from envs.tasks import every_task, load_suite, require_oracles
+from envs.errors import ConfigError, HillclimbError
+from envs.tasks import load_suite, require_oracles
 from orchestrator import metrics as prom
 from orchestrator.config import RunConfig
 from orchestrator.driver import RolloutDriver, connect_ray
@@ -42,6 +42,10 @@ if TYPE_CHECKING:
     from trainers.batching import Sample
 
 Report = Callable[[str, dict[str, Any]], None]
+
+
+class OracleEpisodeError(HillclimbError, RuntimeError):
+    """The scripted oracle's episodes failed: training would learn from broken transcripts."""
 
 
 class MetricsLog:
@@ -105,11 +109,12 @@ class Trainer:
         self.ledger_location = ledger_location(run_dir, config.run.ledger_uri)
         self.ledger = Ledger(self.ledger_location)
         self.suite = load_suite(config.env.name)
-        require_oracles(
-            every_task(self.suite),
-            "training (its warm-up, behaviour-cloning anchor and env-token cross-entropy evaluation)",
-            "evaluate a model on these tasks without training: `hillclimb rollout` with a model policy needs none",
-        )
+        if config.train.warmup_steps or config.train.anchor_batch:
+            require_oracles(
+                self.suite.tasks("train"),
+                "the warm-up and the behaviour-cloning anchor (train.warmup_steps, train.anchor_batch)",
+                "train without them: --set train.warmup_steps=0 --set train.anchor_batch=0",
+            )
         self.log = MetricsLog(run_dir, open_loggers(config, run_dir))
         self.model_config = config.policy.model  # type: ignore[union-attr]
         self.version = 0
@@ -128,20 +133,41 @@ class Trainer:
             _single(g)
             for split in ("train", "heldout")
             for g in round_of_groups(self.suite, split, run_seed=0, group_size=1, round_index=0, tag="oracle")
+            if g.task.oracle  # tasks without oracle actions have no transcript: no env-token CE
         ]
         missing = [g for g in groups if g.group_id not in self.ledger.group_ids()]
         if missing:
+            played: list[TrajectoryGroup] = []
             driver = RolloutDriver(self.config, policy=ScriptedPolicy(load_tokenizer(self.model_config)))
             await driver.start()
             try:
-                await driver.run_groups(missing, self.ledger.append)
+                await driver.run_groups(missing, played.append)
             finally:
                 await driver.close()
+            self._check_oracle_episodes([t for g in played for t in g.trajectories])
+            for group in played:  # only whole ones: a failed oracle is played again when the run is
+                self.ledger.append(group)
         by_split: dict[str, list[Trajectory]] = {"train": [], "heldout": []}
         for group in groups:
             for t in self.ledger.read_group(group.group_id).trajectories:
                 by_split[t.split].append(t)
         return by_split
+
+    def _check_oracle_episodes(self, episodes: list[Trajectory]) -> None:
+        """Stop on oracle episodes that failed (their transcripts are not the task solved);
+        report those the oracle played to the end without the reward."""
+        failed = [t for t in episodes if not t.trainable]
+        if failed:
+            shown = ", ".join(f"{t.task_id} ({t.done_reason.value})" for t in failed[:5])
+            more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+            raise OracleEpisodeError(
+                f"the oracle's episodes failed on {len(failed)} of {len(episodes)} task(s): {shown}{more}. "
+                f"Warm-up, anchor and env-token CE need them whole; `hillclimb env demo {self.config.env.name}` "
+                "plays the oracle outside a sandbox"
+            )
+        unsolved = sorted(t.task_id for t in episodes if t.reward <= 0)
+        if unsolved:
+            self.report("oracle_unsolved", {"tasks": unsolved})
 
     # -- evaluation -----------------------------------------------------------------------
 
@@ -151,22 +177,24 @@ class Trainer:
         return {
             f"{split}_env_ce": await learners.env_cross_entropy([Sample.of(t) for t in transcripts])
             for split, transcripts in oracle.items()
+            if transcripts  # a split whose tasks have no oracle actions has no such figure
         }
 
-    async def _heldout_success(self, driver: RolloutDriver) -> float:
-        groups = [
-            _single(g)
-            for g in round_of_groups(
-                self.suite,
-                "heldout",
-                run_seed=self.config.run.seed,
-                group_size=1,
-                round_index=self.step,
-                tag=f"eval{self.step}",
-            )
-        ]
+    def _heldout_groups(self) -> list[GroupSpec]:
+        """This evaluation's episodes: one per held-out task, seeded by the step; with
+        `train.eval_tasks`, on the same sample of tasks at every step (drawn by the run's seed)."""
+        seed = self.config.run.seed
+        groups = round_of_groups(
+            self.suite, "heldout", run_seed=seed, group_size=1, round_index=self.step, tag=f"eval{self.step}"
+        )
         if self.config.train.eval_tasks is not None:
-            groups = groups[: self.config.train.eval_tasks]
+            sample = round_of_groups(self.suite, "heldout", run_seed=seed, group_size=1, round_index=0, tag="eval")
+            chosen = {g.task.id for g in sample[: self.config.train.eval_tasks]}
+            groups = [g for g in groups if g.task.id in chosen]
+        return [_single(g) for g in groups]
+
+    async def _heldout_success(self, driver: RolloutDriver) -> float:
+        groups = self._heldout_groups()
         results: list[TrajectoryGroup] = []
         sampling = self.config.rollout.episode.sampling.model_copy(update={"temperature": self.config.eval.temperature})
         await driver.run_groups(groups, results.append, sampling=sampling)
@@ -182,6 +210,8 @@ class Trainer:
         values: dict[str, Any] = await self._env_ce(learners, oracle)
         if driver is not None:
             values["heldout_pass1"] = await self._heldout_success(driver)
+        if not values:  # the initial evaluation of tasks without oracle actions: nothing to measure
+            return {}
         record = self.log.write(kind, self.step, values)
         self.report(kind, record)
         return record

@@ -7,6 +7,7 @@ NAME/
   NAME/rubric.py       score(task_row, state) -> reward, run inside the environment server
   NAME/tasks.jsonl     train and held-out tasks, with oracle actions
   tests/test_env.py    the environment in process: oracles solve every task, the rubric scores
+  train.yaml           `hillclimb train train.yaml`: a few steps of a tiny model on it, locally
   README.md
 """
 
@@ -26,6 +27,7 @@ _FILES = {
     "{name}/rubric.py": "rubric.py.txt",
     "{name}/tasks.jsonl": "tasks.jsonl.txt",
     "tests/test_env.py": "test_env.py.txt",
+    "train.yaml": "train.yaml.txt",
     "README.md": "README.md.txt",
 }
 """Written path (in the new directory) -> template beside this module."""

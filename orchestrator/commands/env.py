@@ -152,8 +152,8 @@ def init(
     for path in write_package(name, root):
         console.print(f"wrote {path}")
     console.print(
-        f"next: cd {root} && pip install -e . && pytest, then `hillclimb env serve {name}` "
-        f"(or, not installed, `hillclimb env serve {name}:ENVIRONMENT` from {root})"
+        f"next: cd {root} && pip install -e . && pytest, then `hillclimb train train.yaml` (a few steps "
+        f"of a tiny model on it) or `hillclimb env serve {name}` (not installed: `{name}:ENVIRONMENT`, from {root})"
     )
 
 

@@ -20,7 +20,8 @@ def eval_model(
     tasks: Annotated[int | None, typer.Option("--tasks", "-n", min=1, help="Tasks per split (default: all).")] = None,
     rollouts: Annotated[int, typer.Option("--rollouts", "-r", min=1, help="Rollouts per task; pass@k for k ≤ r.")] = 3,
     base_url: Annotated[
-        str | None, typer.Option("--base-url", help="Chat API root, up to /v1 (default: OpenAI's).")
+        str | None,
+        typer.Option("--base-url", help="Chat API root, up to /v1 (default: $OPENAI_BASE_URL, else OpenAI's)."),
     ] = None,
     api_key_env: Annotated[
         str | None,

@@ -52,8 +52,16 @@ def build(
         if not (project / "pyproject.toml").is_file():
             raise typer.BadParameter(f"{project} has no pyproject.toml: give your environment's project directory")
     if base == OFFLINE_BASE:
-        subprocess.run(["bash", str(root / "docker" / "make_base_image.sh"), base], check=True)
+        _run_step("making the base image", ["bash", str(root / "docker" / "make_base_image.sh"), base])
     packages = [arg for project in projects for arg in ("--package", str(project))]
     script = root / "docker" / "build_sandbox_image.sh"
-    subprocess.run(["bash", str(script), "--base", base, "--tag", tag, *packages], check=True)
+    _run_step(f"building {tag}", ["bash", str(script), "--base", base, "--tag", tag, *packages])
     console.print(f"built [bold]{tag}[/] on {base}" + "".join(f", with {p.name}" for p in projects))
+
+
+def _run_step(what: str, command: list[str]) -> None:
+    """Run a build script, its output the user's; a failure is one line (the script said why above it)."""
+    done = subprocess.run(command)
+    if done.returncode:
+        console.print(f"[bold red]error:[/] {what} failed (exit status {done.returncode}): see its output above")
+        raise typer.Exit(done.returncode)

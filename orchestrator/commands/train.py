@@ -94,6 +94,12 @@ def train(
             elif kind == "resume":
                 progress.console.print(f"resuming from {values['checkpoint']}", soft_wrap=True)
                 progress.update(steps, completed=values["step"])
+            elif kind == "oracle_unsolved":
+                shown = ", ".join(values["tasks"][:5]) + (" ..." if len(values["tasks"]) > 5 else "")
+                progress.console.print(
+                    f"[yellow]the oracle ends {len(values['tasks'])} task(s) without the reward: {shown}; "
+                    "check their oracle actions[/]"
+                )
             elif kind == "budget":
                 progress.console.print(
                     f"[yellow]train.time_budget_s={values['time_budget_s']:g} s of RL spent after "

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from orchestrator.chat_eval import EVAL_CONTEXT_BYTES, eval_overrides, first_tasks, pass_at_ks, write_episodes
-from orchestrator.config import load_config
+from orchestrator.config import RunConfig, load_config
 from orchestrator.evaluate import plan_evaluation, prepare_run_dir
 from trainers.roles import Role
 from trainers.trajectory import DoneReason, Trajectory
@@ -39,10 +41,21 @@ def test_the_flags_become_a_chat_policy_config() -> None:
         "messages",
         1,
     )
-    defaults = load_config(
-        None, eval_overrides("toy_terminal", "m", rollouts=1, base_url=None, api_key_env=None, splits=[])
-    )
+
+
+def test_without_a_base_url_openai_base_url_names_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    def configured() -> RunConfig:
+        flags = eval_overrides("toy_terminal", "m", rollouts=1, base_url=None, api_key_env=None, splits=[])
+        return load_config(None, flags)
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    defaults = configured()
     assert defaults.policy.api_key_env == "OPENAI_API_KEY" and defaults.env.eval_splits == ["train", "heldout"]
+    assert defaults.policy.base_url == "https://api.openai.com/v1"
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
+    assert configured().policy.base_url == "http://127.0.0.1:8000/v1"
+    flag = eval_overrides("toy_terminal", "m", rollouts=1, base_url="http://h:1/v1", api_key_env=None, splits=[])
+    assert load_config(None, flag).policy.base_url == "http://h:1/v1"  # the flag wins
 
 
 def test_first_tasks_keeps_n_per_split_in_the_evaluations_order(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from envs.client import EnvClient
+from orchestrator.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,6 +28,7 @@ FILES = [
     "demo_env/rubric.py",
     "demo_env/tasks.jsonl",
     "tests/test_env.py",
+    "train.yaml",
     "README.md",
 ]
 
@@ -68,6 +70,8 @@ def test_init_writes_the_package_and_refuses_to_overwrite_or_misname(project: Pa
         "class DemoEnv(Environment[DemoAction, DemoObservation, DemoState])"
         in (project / "demo_env/env.py").read_text()
     )
+    train = load_config(project / "train.yaml", [])  # what `hillclimb train train.yaml` would run
+    assert (train.env.name, train.run.name, train.policy.type, train.train.steps) == ("demo_env", "demo_env", "hf", 3)
     again = _hillclimb("env", "init", "demo_env", "--dir", str(project), cwd=project.parent)
     assert again.returncode == 2 and "already exists" in again.stderr and "nothing was overwritten" in again.stderr
     elsewhere = project.parent / "projects" / "words"

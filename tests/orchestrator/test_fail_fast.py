@@ -93,3 +93,14 @@ def test_a_ray_address_without_a_port_is_named(tmp_path: Path) -> None:
     run = _hillclimb("rollout", "configs/rollout_toy.yaml", "--address", "headnode", "--set", f"run.dir={tmp_path}")
     assert run.returncode == 2
     assert "Ray address 'headnode' names no host:port" in " ".join(run.stderr.split())
+
+
+def test_a_failed_image_build_is_one_line_after_the_scripts_own_words(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "mine"\n')
+    command = [sys.executable, "-m", "orchestrator", "image", "build", "--base", "never:pulled", "--env", str(tmp_path)]
+    env = {**os.environ, "PYTHON": "/bin/false", "COLUMNS": "200"}  # the script's own check stops it at once
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "build_sandbox_image.sh: /bin/false is not Python 3.11; set PYTHON" in done.stderr
+    assert "error: building hillclimb/sandbox:dev failed (exit status 1): see its output above" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr

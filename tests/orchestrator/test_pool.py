@@ -312,9 +312,11 @@ class _FailsFirst(LocalProvider):
         return await super().create(spec)
 
 
-async def test_a_provider_at_capacity_is_backed_off_and_the_pool_recovers(sandbox_root) -> None:  # type: ignore[no-untyped-def]
-    provider = _FailsFirst(CapacityError("the engine answered 429", delay_s=0.2), failures=3, root=sandbox_root)
+async def test_a_provider_at_capacity_is_backed_off_and_the_pool_recovers(sandbox_root, caplog) -> None:  # type: ignore[no-untyped-def]
+    error = CapacityError("the engine answered 429\nits body: a long page of detail", delay_s=0.2)
+    provider = _FailsFirst(error, failures=3, root=sandbox_root)
     pool = await _pool(provider, create_retry_delay_s=0.01, max_consecutive_failures=2)
+    caplog.set_level("WARNING", logger="hillclimb.orchestrator.pool")
     try:
         with pytest.raises(CapacityError):  # two failures in a row: leases fail fast instead of waiting
             await pool.lease(timeout_s=30)
@@ -333,6 +335,10 @@ async def test_a_provider_at_capacity_is_backed_off_and_the_pool_recovers(sandbo
     assert len(provider.attempts) == 4
     gaps = [b - a for a, b in zip(provider.attempts, provider.attempts[1:], strict=False)]
     assert min(gaps) >= 0.2, gaps  # never sooner than the provider asked, though the pool's own delay is 0.01
+    # The whole error once a streak, then its first line: a traceback is not repeated at every retry.
+    reports = [r.getMessage() for r in caplog.records if "sandbox failed" in r.getMessage()]
+    assert len(reports) == 3 and "long page of detail" in reports[0], reports
+    assert all(m.endswith("the engine answered 429 (as before)") for m in reports[1:]), reports
 
 
 async def test_a_fatal_provider_error_poisons_the_pool_for_good(local_provider: LocalProvider) -> None:

@@ -17,7 +17,7 @@ from envs.tasks import Task, load_suite
 from envs.toy_terminal.fs import execute
 from orchestrator.pool import PoolConfig, SandboxPool
 from orchestrator.render import PlainTextRenderer
-from orchestrator.rollout import EpisodeConfig, EpisodeRunner, EpisodeSpec
+from orchestrator.rollout import EpisodeConfig, EpisodeRunner, EpisodeSpec, SandboxesFailingError
 from providers.base import SandboxSpec
 from providers.errors import BadSpecError
 from providers.local import LocalProvider
@@ -203,15 +203,20 @@ async def test_policy_failures_are_recorded_with_their_reason(
 
 
 class _KillsItsSandbox(ScriptedPolicy):
-    """At the second turn of the first attempt, SIGKILLs the sandbox the episode is running in."""
+    """At the second turn of the first attempt of each episode seeded with one of `seeds`,
+    SIGKILLs the sandbox the episode is running in."""
 
-    def __init__(self, provider: LocalProvider, pool_ref: list[SandboxPool]) -> None:
+    def __init__(
+        self, provider: LocalProvider, pool_ref: list[SandboxPool], seeds: frozenset[int] = frozenset({7})
+    ) -> None:
         super().__init__()
-        self.provider, self.pool_ref, self.killed = provider, pool_ref, False
+        self.provider, self.pool_ref, self.seeds = provider, pool_ref, seeds
+        self.killed: set[int] = set()
 
     async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
-        if not self.killed and requests[0].episode is not None and requests[0].episode.turn == 1:
-            self.killed = True
+        info = requests[0].episode
+        if info is not None and info.turn == 1 and info.seed in self.seeds - self.killed:
+            self.killed.add(info.seed)
             (slot,) = [s for s in self.pool_ref[0]._slots if s.leases]
             os.kill(self.provider._read_meta(self.provider.root / slot.sandbox.id)["pid"], signal.SIGKILL)
         return await super().generate(requests, sampling)
@@ -230,7 +235,7 @@ async def test_a_sandbox_killed_mid_episode_is_retried_on_a_fresh_one(local_prov
         trajectory = await runner.run(_spec(task, env="terminal"))
     finally:
         await runner.pool.close()
-    assert policy.killed
+    assert policy.killed == {7}
     assert trajectory.done_reason is DoneReason.FINISHED and trajectory.reward == 1.0
     assert trajectory.metadata["sandbox_retries"] == 1
     # The transcript is the successful attempt's alone: one prompt, one pass through the oracle.
@@ -254,6 +259,43 @@ async def test_a_sandbox_that_keeps_dying_is_recorded_as_sandbox_error(
     # Each dead sandbox is reported with why its leases failed and how its server's log ended.
     reports = [r.getMessage() for r in caplog.records if "its server log ends" in r.getMessage()]
     assert reports and all("ConnectionLostError" in m and "exiting on purpose" in m for m in reports)
+
+
+async def test_sandboxes_that_never_start_stop_the_run_with_their_error(local_provider: LocalProvider) -> None:
+    runner = await _runner(
+        local_provider,
+        "tests.orchestrator.unservable_env:UnservableEnv",
+        ScriptedPolicy(),
+        sandbox_retries=1,
+        max_sandbox_errors_in_a_row=3,
+    )
+    env, task = "tests.orchestrator.unservable_env:UnservableEnv", load_suite("toy_terminal").tasks("train")[0]
+    try:
+        first = await runner.run(_spec(task, env, sample=0))
+        with pytest.raises(SandboxesFailingError) as stopped:
+            await asyncio.gather(*(runner.run(_spec(task, env, sample=i)) for i in range(1, 6)))
+    finally:
+        await runner.pool.close()
+    assert first.done_reason is DoneReason.SANDBOX_ERROR  # one failure is recorded, not yet a stop
+    message = str(stopped.value)
+    assert "3 episodes in a row found no working tests.orchestrator.unservable_env:UnservableEnv sandbox" in message
+    assert "broken on purpose inside sandboxes" in message, message  # the sandbox's own error, not just "failed"
+    assert "hillclimb env serve" in message
+
+
+async def test_a_finished_episode_resets_the_count_of_sandbox_errors(local_provider: LocalProvider) -> None:
+    pool_ref: list[SandboxPool] = []
+    policy = _KillsItsSandbox(local_provider, pool_ref, seeds=frozenset({7, 9, 10}))  # samples 0, 2 and 3
+    runner = await _runner(local_provider, "terminal", policy, sandbox_retries=0, max_sandbox_errors_in_a_row=2)
+    pool_ref.append(runner.pool)
+    task = next(t for t in load_suite("terminal").tasks("train") if len(t.oracle) >= 2)
+    try:
+        ended = [(await runner.run(_spec(task, env="terminal", sample=i))).done_reason for i in range(3)]
+        with pytest.raises(SandboxesFailingError, match="2 episodes in a row"):
+            await runner.run(_spec(task, env="terminal", sample=3))
+    finally:
+        await runner.pool.close()
+    assert ended == [DoneReason.SANDBOX_ERROR, DoneReason.FINISHED, DoneReason.SANDBOX_ERROR]
 
 
 async def test_an_environment_error_ends_the_episode_and_keeps_the_sandbox(
