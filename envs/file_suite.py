@@ -31,16 +31,10 @@ _BASE_ACTION_FIELDS = {"metadata"}
 _BASE_OBSERVATION_FIELDS = {"done", "reward", "metadata"}
 
 
-class TaskRow(BaseModel):
-    """One row of a task file: the generic task, plus any other fields for the rubric (`row.answer`)."""
+class TaskRow(Task):
+    """One row of a task file: the generic task's fields, plus any others for the rubric (`row.answer`)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-
-    id: str
-    split: Split
-    prompt: str
-    oracle: tuple[str, ...] = ()
-    """Action texts that solve the task; optional (only the warm-up and self-checks replay them)."""
 
     @cached_property
     def task(self) -> Task:

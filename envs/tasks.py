@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -91,6 +91,16 @@ class TaskSuite(Protocol):
 
     def render_observation(self, observation: dict[str, Any]) -> str:
         """The text the policy sees for an observation (the environment's own output)."""
+        ...
+
+
+@runtime_checkable
+class ToolCallSuite(TaskSuite, Protocol):
+    """A suite whose environment has MCP tools a chat model may call natively (`tools` in the
+    request, `tool_calls` in the reply): each call becomes the action text `parse_action` reads."""
+
+    def tool_call_text(self, name: str, arguments: str) -> str:
+        """The action text for a call of tool `name` with `arguments` (JSON text, as written)."""
         ...
 
 

@@ -86,15 +86,23 @@ def episode_record(trajectory: Trajectory) -> dict[str, Any]:
     """One episode as the model saw it: prompt, actions, observations (harness warnings among
     them, as sent), reward and why it ended."""
     messages = trajectory.metadata.get("messages", [])
-    users = [m["content"] for m in messages if m["role"] == "user"]
+    said = [m["content"] for m in messages if m["role"] in ("user", "tool")]  # a tool's result answers a call
     return {
         **episode_facts(trajectory),
-        "prompt": users[0] if users else None,
-        "actions": [m["content"] for m in messages if m["role"] == "assistant"],
-        "observations": users[1:],
+        "prompt": said[0] if said else None,
+        "actions": [_action(m) for m in messages if m["role"] == "assistant"],
+        "observations": said[1:],
         "untrainable": trajectory.untrainable,
         "messages": messages,
     }
+
+
+def _action(message: dict[str, Any]) -> str:
+    """An assistant message as one line: its text, or the tool it called, `name(arguments)`."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message["content"]
+    return "".join(f"{c['function']['name']}({c['function']['arguments']})" for c in calls)
 
 
 def write_episodes(path: Path, trajectories: list[Trajectory]) -> None:

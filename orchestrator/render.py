@@ -22,13 +22,18 @@ the text's UTF-8 bytes with their roles — an exact record of what was said, no
 
     messages: [user: {task prompt}] [assistant: {action}] [user: {observation}] ...
     ids:       {prompt bytes} PROMPT  {action bytes} ACTION  {observation bytes} ENV ...
+
+Where the model calls one of the environment's tools instead, the assistant message carries the
+call (`tool_calls`), the observation answers it (a `tool` message with its id), and the ids hold
+the action text the call became (the task suite's `tool_call_text`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from trainers.policy.base import ToolCall
 from trainers.roles import Role
 from trainers.tokenizer import ByteTokenizer, Tokenizer
 
@@ -40,7 +45,7 @@ class Transcript:
     ids: list[int] = field(default_factory=list)
     roles: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
-    messages: list[dict[str, str]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
     """The episode as chat messages; kept by `MessagesRenderer` only."""
 
     def extend(
@@ -148,12 +153,44 @@ class MessagesRenderer:
         transcript.extend(ids, Role.ACTION, logprobs)
         transcript.messages.append({"role": "assistant", "content": self.tokenizer.decode(ids)})
 
+    def add_tool_call(self, transcript: Transcript, call: ToolCall, content: str, action_text: str) -> None:
+        """A reply that called a tool: the message as the model sent it, and the action text
+        the call became as the transcript's ACTION bytes."""
+        transcript.extend(self.tokenizer.encode(action_text), Role.ACTION)
+        function = {"name": call.name, "arguments": call.arguments}
+        message = {
+            "role": "assistant",
+            "content": content or None,
+            "tool_calls": [{"id": call.id, "type": "function", "function": function}],
+        }
+        transcript.messages.append(message)
+
     def add_observation(self, transcript: Transcript, text: str) -> None:
-        self._say(transcript, "user", text, Role.ENV)
+        self._answer(transcript, text, Role.ENV)
 
     def add_warning(self, transcript: Transcript, text: str) -> None:
-        self._say(transcript, "user", self.WARNING_PREFIX + text, Role.WARNING)
+        self._answer(transcript, self.WARNING_PREFIX + text, Role.WARNING)
+
+    def _answer(self, transcript: Transcript, text: str, token_role: Role) -> None:
+        """What follows the model's turn: the result of the tool it called (chat APIs require
+        each call answered by a `tool` message with its id), else a user message."""
+        calls = transcript.messages[-1].get("tool_calls")
+        if calls:
+            transcript.extend(self.tokenizer.encode(text), token_role)
+            transcript.messages.append({"role": "tool", "tool_call_id": calls[0]["id"], "content": text})
+        else:
+            self._say(transcript, "user", text, token_role)
 
     def _say(self, transcript: Transcript, role: str, text: str, token_role: Role) -> None:
         transcript.extend(self.tokenizer.encode(text), token_role)
         transcript.messages.append({"role": role, "content": text})
+
+
+def chat_tool(mcp_tool: dict[str, Any]) -> dict[str, Any]:
+    """An MCP tool (`tools/list`: name, description, inputSchema) as a chat API's function tool."""
+    function = {
+        "name": mcp_tool["name"],
+        "description": mcp_tool.get("description", ""),
+        "parameters": mcp_tool.get("inputSchema") or {"type": "object", "properties": {}},
+    }
+    return {"type": "function", "function": function}

@@ -14,9 +14,10 @@ Every episode ends with a `DoneReason`. What went wrong decides what happens nex
 - the policy failed: the episode ends (`policy_error`);
 - the token or the TLS setup was refused, or the provider cannot make sandboxes at all: no
   retry can mend that, so the error propagates and stops the run, saying what to fix;
-- `max_sandbox_errors_in_a_row` episodes in a row ended in `sandbox_error` (an environment that
-  cannot start, an image without it): the run stops with `SandboxesFailingError`, quoting the
-  last failure, rather than record failures for ever.
+- `max_sandbox_errors_in_a_row` episodes in a row ended in `sandbox_error`, over at least
+  `sandbox_error_streak_s` (an environment that cannot start, an image without it; not a brief
+  outage of the provider): the run stops with `SandboxesFailingError`, quoting the last failure,
+  rather than record failures for ever.
 Each recorded episode carries its reason, so the counts always add up.
 """
 
@@ -27,6 +28,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,15 +46,18 @@ from envs.errors import (
     TLSError,
 )
 from envs.errors import ValidationError as ActionRejected
-from envs.tasks import ActionParseError, Task, TaskSuite
+from envs.tasks import ActionParseError, Task, TaskSuite, ToolCallSuite
 from orchestrator.pool import LeaseTimeoutError, SandboxPool
-from orchestrator.render import Renderer, Transcript
+from orchestrator.render import MessagesRenderer, Renderer, Transcript, chat_tool
 from orchestrator.server_tokens import chat_episode_tokens
 from providers.errors import RetryableProviderError
 from trainers.policy.base import EpisodeInfo, GenerateRequest, Generation, Policy, SamplingParams, ServerTokens
 from trainers.trajectory import DoneReason, Trajectory
 
 log = logging.getLogger("hillclimb.orchestrator.rollout")
+
+MAX_ERROR_CHARS = 2000
+"""Of a failed episode's error kept in its metadata."""
 
 # Misconfiguration that no fresh sandbox mends: stops the run. Listed apart because both are
 # OSErrors, which the transport faults below would otherwise take in.
@@ -87,7 +92,11 @@ class EpisodeConfig(BaseModel):
     sandbox_retries: int = Field(default=1, ge=0)
     """Fresh-sandbox retries of an episode whose sandbox failed."""
     max_sandbox_errors_in_a_row: int = Field(default=8, ge=1)
-    """Episodes ending in `sandbox_error` one after another (each after its retries) that stop the run."""
+    """Episodes ending in `sandbox_error` one after another (each after its retries) that stop the
+    run, once they have gone on for `sandbox_error_streak_s`."""
+    sandbox_error_streak_s: float = Field(default=30.0, ge=0)
+    """How long sandbox errors must go on, unbroken, before they stop the run: a provider's brief
+    outage costs some episodes, not a long run."""
     sampling: SamplingParams = SamplingParams()
 
 
@@ -163,6 +172,9 @@ class EpisodeRunner:
         stops = config.sampling.stop_token_ids or renderer.stop_token_ids
         self.sampling = config.sampling.model_copy(update={"stop_token_ids": tuple(stops)})
         self._sandbox_errors_in_a_row = 0
+        self._sandbox_errors_since = 0.0
+        self._tools: tuple[dict[str, Any], ...] | None = None
+        """The environment's MCP tools as offered to a chat model; None until the first episode asks."""
 
     async def run(
         self, spec: EpisodeSpec, timing: EpisodeTiming | None = None, sampling: SamplingParams | None = None
@@ -178,18 +190,22 @@ class EpisodeRunner:
         attempts = self.config.sandbox_retries + 1
         for attempt in range(attempts):
             episode = _Episode(spec, self.renderer.start(spec.task.prompt))
+            error: Exception | None = None
             try:
                 async with asyncio.timeout(self.config.episode_timeout_s):
                     reason = await self._attempt(episode, timing, sampling)
             except TimeoutError:
                 reason = DoneReason.TIMEOUT
             except _PolicyFailed as e:
+                error = e
                 log.warning("episode %s/%d: policy failed: %s", spec.group_id, spec.sample_index, e)
                 reason = DoneReason.POLICY_ERROR
             except _EnvFailed as e:
+                error = e
                 log.warning("episode %s/%d: the environment failed: %s", spec.group_id, spec.sample_index, e)
                 reason = DoneReason.ENV_ERROR
             except _SandboxFailed as e:
+                error = e
                 log.warning(  # its first line: the pool or the provider reported the whole error
                     "episode %s/%d: sandbox failed (attempt %d of %d): %s",
                     spec.group_id,
@@ -205,15 +221,22 @@ class EpisodeRunner:
             if reason is not DoneReason.SANDBOX_ERROR:
                 self._sandbox_errors_in_a_row = 0
             timing.total_s += time.perf_counter() - start
-            return self._trajectory(episode, reason, attempt)
+            return self._trajectory(episode, reason, attempt, error)
         raise AssertionError("unreachable: the last attempt always returns")
 
     def _count_sandbox_error(self, spec: EpisodeSpec, error: _SandboxFailed) -> None:
+        now = time.monotonic()
+        if self._sandbox_errors_in_a_row == 0:
+            self._sandbox_errors_since = now
         self._sandbox_errors_in_a_row += 1
-        if self._sandbox_errors_in_a_row >= self.config.max_sandbox_errors_in_a_row:
+        lasted = now - self._sandbox_errors_since
+        if (
+            self._sandbox_errors_in_a_row >= self.config.max_sandbox_errors_in_a_row
+            and lasted >= self.config.sandbox_error_streak_s
+        ):
             raise SandboxesFailingError(
-                f"{self._sandbox_errors_in_a_row} episodes in a row found no working {spec.env} sandbox "
-                f"(each tried {self.config.sandbox_retries + 1} times). Does the environment start outside "
+                f"{self._sandbox_errors_in_a_row} episodes in a row over {lasted:.0f} s found no working {spec.env} "
+                f"sandbox (each tried {self.config.sandbox_retries + 1} times). Does the environment start outside "
                 f"a sandbox? Try `hillclimb env serve {spec.env}`. The last failure: {str(error).strip()}"
             )
 
@@ -254,15 +277,23 @@ class EpisodeRunner:
         self, episode: _Episode, env: BaseEnvClient, timing: EpisodeTiming, sampling: SamplingParams
     ) -> DoneReason:
         transcript = episode.transcript
+        tools = await self._offered_tools(env)
         for turn in range(self.config.max_turns):
             if len(transcript) + sampling.max_new_tokens > self.config.max_context_tokens:
                 return DoneReason.STEP_LIMIT
-            generation = await self._generate(episode, turn, timing, sampling)
+            generation = await self._generate(episode, turn, timing, sampling, tools)
             episode.turns += 1
             episode.versions.append(generation.version)
             episode.server_turns.append(generation.server_tokens)
-            self.renderer.add_action(transcript, generation.token_ids, generation.logprobs)
             text = self.policy.tokenizer.decode([t for t in generation.token_ids if t not in sampling.stop_token_ids])
+            call = generation.tool_call if tools else None
+            if call is not None:  # tools are offered only where both hold (`_offered_tools`)
+                assert isinstance(self.renderer, MessagesRenderer)
+                assert isinstance(self.suite, ToolCallSuite)
+                content, text = text, self.suite.tool_call_text(call.name, call.arguments)
+                self.renderer.add_tool_call(transcript, call, content, text)
+            else:
+                self.renderer.add_action(transcript, generation.token_ids, generation.logprobs)
             try:
                 action = self.suite.parse_action(text)
             except ActionParseError as e:
@@ -287,8 +318,22 @@ class EpisodeRunner:
                 return DoneReason.FINISHED
         return DoneReason.STEP_LIMIT
 
+    async def _offered_tools(self, env: BaseEnvClient) -> tuple[dict[str, Any], ...]:
+        """The environment's MCP tools (`tools/list`, asked once) as chat-API function tools, where
+        a chat model's calls can be played: message-rendered episodes of a suite that turns a call
+        into its action text (`tool_call_text`); none otherwise."""
+        if self._tools is None:
+            playable = isinstance(self.renderer, MessagesRenderer) and isinstance(self.suite, ToolCallSuite)
+            self._tools = tuple(chat_tool(t) for t in await env.list_tools()) if playable else ()
+        return self._tools
+
     async def _generate(
-        self, episode: _Episode, turn: int, timing: EpisodeTiming, sampling: SamplingParams
+        self,
+        episode: _Episode,
+        turn: int,
+        timing: EpisodeTiming,
+        sampling: SamplingParams,
+        tools: tuple[dict[str, Any], ...] = (),
     ) -> Generation:
         spec = episode.spec
         request = GenerateRequest(
@@ -296,6 +341,7 @@ class EpisodeRunner:
             episode=EpisodeInfo(env=spec.env, task_id=spec.task.id, turn=turn, seed=spec.seed),
             seed=derive_seed(spec.seed, turn),
             messages=tuple(episode.transcript.messages),
+            tools=tools,
         )
         start = time.perf_counter()
         try:
@@ -309,9 +355,12 @@ class EpisodeRunner:
             timing.policy_s += time.perf_counter() - start
         return generation
 
-    def _trajectory(self, episode: _Episode, reason: DoneReason, retries: int) -> Trajectory:
+    def _trajectory(self, episode: _Episode, reason: DoneReason, retries: int, error: Exception | None) -> Trajectory:
         spec, transcript = episode.spec, episode.transcript
         metadata: dict[str, object] = {"sandbox_retries": retries}
+        if error is not None:  # why it failed, kept with it (its end: where a traceback says what broke)
+            text = str(error).strip()
+            metadata["error"] = text if len(text) <= MAX_ERROR_CHARS else "…" + text[-MAX_ERROR_CHARS:]
         if transcript.messages:  # a chat API's episode: its text, and the server's ids where it sent them
             metadata["messages"] = transcript.messages
             transcript, untrainable = chat_episode_tokens(transcript, episode.server_turns)

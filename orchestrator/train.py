@@ -160,10 +160,12 @@ class Trainer:
         if failed:
             shown = ", ".join(f"{t.task_id} ({t.done_reason.value})" for t in failed[:5])
             more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+            first = failed[0].metadata.get("error", "(no error recorded)")
             raise OracleEpisodeError(
-                f"the oracle's episodes failed on {len(failed)} of {len(episodes)} task(s): {shown}{more}. "
-                f"Warm-up, anchor and env-token CE need them whole; `hillclimb env demo {self.config.env.name}` "
-                "plays the oracle outside a sandbox"
+                f"the oracle's episodes failed on {len(failed)} of {len(episodes)} task(s): {shown}{more}; "
+                f"warm-up, anchor and env-token CE need them whole. Does the environment start outside a "
+                f"sandbox? Try `hillclimb env serve {self.config.env.name}`. The first failure ({failed[0].task_id}): "
+                f"{first}"
             )
         unsolved = sorted(t.task_id for t in episodes if t.reward <= 0)
         if unsolved:

@@ -188,7 +188,7 @@ TASKS: tuple[InventoryTask, ...] = (
 
 
 class InventorySuite:
-    """`envs.tasks.TaskSuite` for `inventory`."""
+    """`envs.tasks.TaskSuite` for `inventory`; a `ToolCallSuite`, so chat models may call its tools natively."""
 
     env = "inventory"
 
@@ -218,6 +218,11 @@ class InventorySuite:
 
     def render_observation(self, observation: dict[str, Any]) -> str:
         return observation["result"]
+
+    def tool_call_text(self, name: str, arguments: str) -> str:
+        """A chat model's native call, as the text `parse_action` reads (which checks the JSON)."""
+        arguments = arguments.strip()
+        return name if arguments in ("", "{}") else f"{name} {arguments}"
 
 
 SUITE = InventorySuite(TASKS)

@@ -69,12 +69,13 @@ def test_first_tasks_keeps_n_per_split_in_the_evaluations_order(tmp_path: Path) 
 
 
 def test_episodes_are_written_as_text(tmp_path: Path) -> None:
+    call = {"id": "call_0", "type": "function", "function": {"name": "submit", "arguments": '{"answer": "a.txt"}'}}
     messages = [
         {"role": "user", "content": "Find it."},
         {"role": "assistant", "content": "ls"},
         {"role": "user", "content": "a.txt\n"},
-        {"role": "assistant", "content": "answer: a.txt"},
-        {"role": "user", "content": "correct"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_0", "content": "correct"},
     ]
     trajectory = Trajectory(
         run_id="r", group_id="g", sample_index=1, task_id="t", env="toy_terminal", split="heldout", seed=0,
@@ -90,7 +91,7 @@ def test_episodes_are_written_as_text(tmp_path: Path) -> None:
         "group_id": "g",
         "sample_index": 1,
         "prompt": "Find it.",
-        "actions": ["ls", "answer: a.txt"],
+        "actions": ["ls", 'submit({"answer": "a.txt"})'],  # a tool call, as the call
         "observations": ["a.txt\n", "correct"],
         "reward": 1.0,
         "done_reason": "finished",

@@ -5,31 +5,35 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from envs.base import tool_methods
 from envs.errors import ConfigError
+from envs.inventory import InventoryEnv
 from envs.tasks import load_suite
 from envs.toy_terminal.fs import execute
 from orchestrator.config import load_config
 from orchestrator.ledger import Ledger
 from orchestrator.pool import PoolConfig, SandboxPool
-from orchestrator.render import MessagesRenderer, Transcript
+from orchestrator.render import MessagesRenderer, Transcript, chat_tool
 from orchestrator.rollout import EpisodeConfig, EpisodeRunner, EpisodeSpec
 from orchestrator.server_tokens import TEXT_ONLY, stitch
 from orchestrator.workers import make_renderer
 from providers.base import SandboxSpec
 from providers.local import LocalProvider
-from tests.trainers.chat_server import LOGPROB, ChatServer, render, token_ids
+from tests.trainers.chat_server import LOGPROB, Call, ChatServer, render, token_ids, tool_call_problem
 from trainers.batching import samples_from_groups
 from trainers.losses import LossConfig
-from trainers.policy.base import ServerTokens
+from trainers.policy.base import ServerTokens, ToolCall
 from trainers.policy.chat import ChatPolicy
 from trainers.roles import Role
 from trainers.tokenizer import ByteTokenizer
 from trainers.trajectory import DoneReason, Trajectory, TrajectoryGroup, UntrainableTrajectoryError
 
 SUITE = load_suite("toy_terminal")
+INVENTORY = load_suite("inventory")
 TASK = next(t for t in SUITE.tasks("train") if len(t.oracle) >= 2)
 
 
@@ -52,6 +56,51 @@ def test_the_messages_renderer_keeps_messages_and_their_bytes_with_roles() -> No
     lengths = [(Role.PROMPT, 24), (Role.ACTION, 11), (Role.ENV, 16), (Role.WARNING, 31)]
     assert transcript.roles == [int(role) for role, n in lengths for _ in range(n)]
     assert renderer.stop_token_ids == ()
+
+
+def test_a_tool_call_is_answered_by_a_tool_message_with_its_id() -> None:
+    renderer = MessagesRenderer()
+    transcript = renderer.start("How many monitors?")
+    call = ToolCall(id="call_1", name="search", arguments='{"query": "monitor"}')
+    renderer.add_tool_call(transcript, call, "", 'search {"query": "monitor"}')
+    renderer.add_observation(transcript, '[{"sku": "MN-101"}]')
+    renderer.add_tool_call(
+        transcript, call.model_copy(update={"id": "call_2", "arguments": "{oops"}), "Hm.", "search {oops"
+    )
+    renderer.add_warning(transcript, "invalid action: not JSON")
+    renderer.add_action(transcript, tuple(b"submit"), (0.0,) * 6)
+    renderer.add_observation(transcript, "no answer given")
+    function = {"name": "search", "arguments": '{"query": "monitor"}'}
+    assert transcript.messages == [
+        {"role": "user", "content": "How many monitors?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": function}],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": '[{"sku": "MN-101"}]'},
+        {
+            "role": "assistant",
+            "content": "Hm.",
+            "tool_calls": [{"id": "call_2", "type": "function", "function": {"name": "search", "arguments": "{oops"}}],
+        },
+        {"role": "tool", "tool_call_id": "call_2", "content": "[harness] invalid action: not JSON"},
+        {"role": "assistant", "content": "submit"},
+        {"role": "user", "content": "no answer given"},  # a reply in text is answered as before
+    ]
+    assert tool_call_problem(transcript.messages, [chat_tool({"name": "search"})]) is None
+    # The transcript's ACTION bytes are the action texts the environment got.
+    actions = bytes(i for i, r in zip(transcript.ids, transcript.roles, strict=True) if r == Role.ACTION)
+    assert actions == b'search {"query": "monitor"}search {oopssubmit'
+
+
+def test_mcp_tools_become_chat_function_tools() -> None:
+    schema = {"type": "object", "properties": {"sku": {"type": "string"}}, "required": ["sku"]}
+    assert chat_tool({"name": "get_item", "description": "One SKU.", "inputSchema": schema}) == {
+        "type": "function",
+        "function": {"name": "get_item", "description": "One SKU.", "parameters": schema},
+    }
+    assert chat_tool({"name": "list_items"})["function"]["parameters"] == {"type": "object", "properties": {}}
 
 
 def test_the_worker_builds_the_messages_renderer_with_the_suites_system_prompt() -> None:
@@ -168,3 +217,44 @@ async def test_a_server_that_rewrites_history_gives_an_untrainable_episode(
     trajectory = await _episode(local_provider, chat_server, return_token_ids=True)
     assert trajectory.reward == 1.0
     assert trajectory.untrainable is not None and trajectory.untrainable.startswith("turn 1: ")
+
+
+def _inventory_by_tool_calls(messages: list[dict[str, Any]]) -> Call | str:
+    """Plays an inventory task's oracle as native tool calls, after one call with broken JSON."""
+    prompt = next(m["content"] for m in messages if m["role"] == "user")
+    task = next(t for t in INVENTORY.tasks("train") if t.prompt == prompt)
+    turn = sum(1 for m in messages if m["role"] == "assistant")
+    if turn == 0:
+        return Call("search", '{"query": ')
+    name, _, arguments = task.oracle[turn - 1].partition(" ")
+    return Call(name, arguments or "{}")
+
+
+@pytest.mark.root
+async def test_a_chat_model_calls_the_environments_mcp_tools(local_provider: LocalProvider) -> None:
+    server = ChatServer(_inventory_by_tool_calls)
+    await server.start()
+    pool = SandboxPool(local_provider, SandboxSpec(env="inventory", run_id="t"), PoolConfig(), shared=True)
+    chat = ChatPolicy(server.base_url, "fake-chat", backoff_s=0.01)
+    runner = EpisodeRunner(pool, chat, MessagesRenderer(), INVENTORY, EpisodeConfig(max_turns=4))
+    task = INVENTORY.tasks("train")[0]
+    spec = EpisodeSpec(run_id="t", env="inventory", split="train", task=task, group_id="g", sample_index=0, seed=3)
+    try:
+        trajectory = await runner.run(spec)
+    finally:
+        await chat.aclose()
+        await pool.close()
+        await server.close()
+    assert (trajectory.done_reason, trajectory.reward, trajectory.parse_errors) == (DoneReason.FINISHED, 1.0, 1)
+    # Offered: the environment's own MCP tools (tools/list from its sandbox), one call at a time.
+    offered = server.requests[0]["tools"]
+    assert sorted(t["function"]["name"] for t in offered) == sorted(tool_methods(InventoryEnv()))
+    adjust = next(t["function"] for t in offered if t["function"]["name"] == "adjust_stock")
+    assert set(adjust["parameters"]["required"]) == {"sku", "delta"}
+    assert all(r["tools"] == offered and r["parallel_tool_calls"] is False for r in server.requests)
+    messages = trajectory.metadata["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant", "tool", "assistant", "tool"]
+    assert messages[2]["content"].startswith("[harness] invalid action: the arguments of search are not valid JSON")
+    for call, reply in zip(messages[1::2], messages[2::2], strict=True):
+        assert reply["tool_call_id"] == call["tool_calls"][0]["id"]
+    assert trajectory.untrainable is not None  # text only: no server ids

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import re
 import signal
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -256,6 +258,7 @@ async def test_a_sandbox_that_keeps_dying_is_recorded_as_sandbox_error(
         await runner.pool.close()
     assert [t.done_reason for t in trajectories] == [DoneReason.SANDBOX_ERROR] * 3
     assert all(t.metadata["sandbox_retries"] == 2 and not t.trainable for t in trajectories)
+    assert all(t.metadata["error"].startswith("ConnectionLostError") for t in trajectories)  # why, kept with it
     # Each dead sandbox is reported with why its leases failed and how its server's log ended.
     reports = [r.getMessage() for r in caplog.records if "its server log ends" in r.getMessage()]
     assert reports and all("ConnectionLostError" in m and "exiting on purpose" in m for m in reports)
@@ -268,17 +271,23 @@ async def test_sandboxes_that_never_start_stop_the_run_with_their_error(local_pr
         ScriptedPolicy(),
         sandbox_retries=1,
         max_sandbox_errors_in_a_row=3,
+        sandbox_error_streak_s=2.0,
     )
     env, task = "tests.orchestrator.unservable_env:UnservableEnv", load_suite("toy_terminal").tasks("train")[0]
     try:
         first = await runner.run(_spec(task, env, sample=0))
         with pytest.raises(SandboxesFailingError) as stopped:
-            await asyncio.gather(*(runner.run(_spec(task, env, sample=i)) for i in range(1, 6)))
+            async with asyncio.timeout(30):
+                for i in itertools.count(1):  # 3 or more in a row, and for 2 s or more
+                    ended = await runner.run(_spec(task, env, sample=i))
+                    assert ended.done_reason is DoneReason.SANDBOX_ERROR
     finally:
         await runner.pool.close()
     assert first.done_reason is DoneReason.SANDBOX_ERROR  # one failure is recorded, not yet a stop
     message = str(stopped.value)
-    assert "3 episodes in a row found no working tests.orchestrator.unservable_env:UnservableEnv sandbox" in message
+    n, lasted = map(int, re.search(r"(\d+) episodes in a row over (\d+) s", message).groups())  # type: ignore[union-attr]
+    assert n >= 3 and lasted >= 2, message
+    assert "found no working tests.orchestrator.unservable_env:UnservableEnv sandbox" in message
     assert "broken on purpose inside sandboxes" in message, message  # the sandbox's own error, not just "failed"
     assert "hillclimb env serve" in message
 
@@ -286,7 +295,9 @@ async def test_sandboxes_that_never_start_stop_the_run_with_their_error(local_pr
 async def test_a_finished_episode_resets_the_count_of_sandbox_errors(local_provider: LocalProvider) -> None:
     pool_ref: list[SandboxPool] = []
     policy = _KillsItsSandbox(local_provider, pool_ref, seeds=frozenset({7, 9, 10}))  # samples 0, 2 and 3
-    runner = await _runner(local_provider, "terminal", policy, sandbox_retries=0, max_sandbox_errors_in_a_row=2)
+    runner = await _runner(
+        local_provider, "terminal", policy, sandbox_retries=0, max_sandbox_errors_in_a_row=2, sandbox_error_streak_s=0
+    )
     pool_ref.append(runner.pool)
     task = next(t for t in load_suite("terminal").tasks("train") if len(t.oracle) >= 2)
     try:
@@ -315,6 +326,7 @@ async def test_an_environment_error_ends_the_episode_and_keeps_the_sandbox(
     for trajectory in (first, second):
         assert trajectory.done_reason is DoneReason.ENV_ERROR and trajectory.reward == 0.0
         assert trajectory.metadata["sandbox_retries"] == 0 and not trajectory.trainable
+        assert "disk is full" in trajectory.metadata["error"]
     assert len(sandboxes) == 1  # both episodes ran on the one sandbox: nothing was retired or re-created
     warnings = [r.getMessage() for r in caplog.records]
     assert any("the environment failed: ExecutionError" in m and "disk is full" in m for m in warnings), warnings

@@ -12,7 +12,11 @@ an unknown request field is a 400 (a misspelt parameter must show up).
 
 The model: `answer(messages)` — by default `toy_terminal_oracle`, which finds the task by the
 first user message and plays its oracle, except on tasks listed in `fail_tasks` (to any other
-prompt it says OK). `faults` are
+prompt it says OK). An answer may be a `Call` instead of text: the reply then calls that tool
+(`message.tool_calls`, `finish_reason: tool_calls`) if the request offered it, else writes the
+call as text (`name {arguments}`). As
+OpenAI's API does, it refuses (400) a conversation in which a tool call is not answered by a
+`tool` message with its id before anything else is said, or a `tool` message answers no call. `faults` are
 answered first, one per request: an error status with headers, or a delay before a normal reply.
 """
 
@@ -30,11 +34,22 @@ from aiohttp import web
 from envs.toy_terminal.tasks import SUITE
 
 FIELDS = {"model", "messages", "max_tokens", "temperature", "top_p", "seed", "n", "logprobs", "return_token_ids"}
+FIELDS |= {"tools", "parallel_tool_calls"}
 TOKEN_OFFSET = 1000
 LOGPROB = -0.25
 """Every sampled token's reported log-prob (any fixed value the test can check)."""
 
-Answer = Callable[[list[dict[str, str]]], str]
+
+@dataclass(frozen=True)
+class Call:
+    """A scripted reply that calls a tool."""
+
+    name: str
+    arguments: str
+    """JSON text, as a model writes it (it may be malformed on purpose)."""
+
+
+Answer = Callable[[list[dict[str, Any]]], str | Call]
 
 
 @dataclass
@@ -62,8 +77,34 @@ def toy_terminal_oracle(fail_tasks: set[str] = frozenset()) -> Answer:  # type: 
     return answer
 
 
-def render(messages: list[dict[str, str]]) -> str:
-    return "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in messages) + "<|assistant|>"
+def render(messages: list[dict[str, Any]]) -> str:
+    return "".join(f"<|{m['role']}|>{_said(m)}<|end|>" for m in messages) + "<|assistant|>"
+
+
+def _said(message: dict[str, Any]) -> str:
+    calls = "".join(
+        f"<|call|>{c['function']['name']} {c['function']['arguments']}" for c in message.get("tool_calls", [])
+    )
+    return (message.get("content") or "") + calls
+
+
+def tool_call_problem(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str | None:
+    """What OpenAI's API would refuse in this conversation's tool calls, or None."""
+    offered = {t["function"]["name"] for t in tools}
+    waiting: list[str] = []
+    for message in messages:
+        if message["role"] == "tool":
+            if message.get("tool_call_id") not in waiting:
+                return f"a 'tool' message answers no pending tool call: {message.get('tool_call_id')!r}"
+            waiting.remove(message["tool_call_id"])
+            continue
+        if waiting:
+            return f"tool calls {waiting} must be answered by 'tool' messages before a {message['role']!r} message"
+        for call in message.get("tool_calls", []):
+            if call["function"]["name"] not in offered:
+                return f"tool {call['function']['name']!r} was not offered"
+            waiting.append(call["id"])
+    return None
 
 
 def token_ids(text: str) -> list[int]:
@@ -130,6 +171,9 @@ class ChatServer:
         unknown = sorted(set(body) - FIELDS)
         if unknown:
             return _error(400, f"Unrecognized request argument supplied: {unknown[0]}", "invalid_request_error")
+        problem = tool_call_problem(body["messages"], body.get("tools", []))
+        if problem is not None:
+            return _error(400, problem, "invalid_request_error")
         if body.get("model") != self.served_model:
             message = f"The model `{body.get('model')}` does not exist or you do not have access to it."
             return _error(404, message, "invalid_request_error", code="model_not_found")
@@ -137,15 +181,18 @@ class ChatServer:
 
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
         messages = body["messages"]
-        text = self.answer(messages)
-        reply = text.encode()[: body.get("max_tokens", 1 << 30)].decode(errors="ignore")
-        finish = "stop" if reply == text else "length"
-        choice: dict[str, Any] = {
-            "index": 0,
-            "message": {"role": "assistant", "content": reply},
-            "finish_reason": finish,
-        }
-        completion_ids = token_ids(reply + "<|end|>" if finish == "stop" else reply)
+        answer = self.answer(messages)
+        if isinstance(answer, Call) and answer.name not in {t["function"]["name"] for t in body.get("tools", [])}:
+            answer = f"{answer.name} {answer.arguments}"  # offered no tools, a model writes the call as text
+        if isinstance(answer, Call):
+            call = {"id": f"call_{next(self._ids)}", "type": "function", "function": vars(answer)}
+            message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [call]}
+            reply, finish = _said(message), "tool_calls"
+        else:
+            reply = answer.encode()[: body.get("max_tokens", 1 << 30)].decode(errors="ignore")
+            message, finish = {"role": "assistant", "content": reply}, "stop" if reply == answer else "length"
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
+        completion_ids = token_ids(reply + "<|end|>" if finish != "length" else reply)
         shown = [m for m in messages if m["role"] != "assistant"] if self.rewrite_history else messages
         prompt_ids = token_ids(render(shown))
         data: dict[str, Any] = {

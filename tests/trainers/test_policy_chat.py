@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.trainers.chat_server import LOGPROB, ChatServer, Fault, token_ids
+from tests.trainers.chat_server import LOGPROB, Call, ChatServer, Fault, token_ids
 from trainers.policy.base import GenerateRequest, Policy, SamplingParams
 from trainers.policy.chat import ChatPolicy
 from trainers.policy.config import ChatPolicyConfig, make_policy
@@ -131,6 +131,35 @@ async def test_token_ids_are_kept_exactly_when_the_server_returns_them(server: C
     assert tokens.ids == tuple(token_ids("you said: Say hi.<|end|>"))
     assert tokens.logprobs == (LOGPROB,) * len(tokens.ids)
     assert bytes(generation.token_ids) == b"you said: Say hi."  # the transcript stays the text
+
+
+TOOL = {"type": "function", "function": {"name": "get_item", "description": "One SKU.", "parameters": {}}}
+
+
+async def test_offered_tools_go_out_and_a_call_comes_back(server: ChatServer) -> None:
+    server.answer = lambda messages: Call("get_item", '{"sku": "A-1"}')
+    request = GenerateRequest(prompt_ids=(), messages=MESSAGES, tools=(TOOL,))
+    async with _policy(server) as policy:
+        (generation,) = await policy.generate([request], SAMPLING)
+        (plain,) = await policy.generate([_request()], SAMPLING)
+    assert server.requests[0]["tools"] == [TOOL] and server.requests[0]["parallel_tool_calls"] is False
+    assert "tools" not in server.requests[1] and "parallel_tool_calls" not in server.requests[1]
+    call = generation.tool_call
+    assert call is not None and (call.name, call.arguments) == ("get_item", '{"sku": "A-1"}')
+    assert call.id.startswith("call_") and generation.token_ids == () and generation.finish_reason == "stop"
+    assert plain.tool_call is None and bytes(plain.token_ids) == b'get_item {"sku": "A-1"}'  # no tools offered
+
+
+async def test_a_malformed_tool_call_is_a_response_error(server: ChatServer) -> None:
+    policy = _policy(server)
+    reply = {
+        "choices": [
+            {"message": {"content": None, "tool_calls": [{"id": 7, "function": {}}]}, "finish_reason": "tool_calls"}
+        ]
+    }
+    with pytest.raises(PolicyResponseError, match="chat response lacks choices\\[0\\].message .*'name'"):
+        policy._generation(reply)
+    await policy.aclose()
 
 
 async def test_asking_for_token_ids_from_a_server_without_them_is_an_error(server: ChatServer) -> None:

@@ -49,9 +49,25 @@ class GenerateRequest:
     episode: EpisodeInfo | None = None
     seed: int | None = None
     """Per-request sampling seed, so a run's rollouts can be repeated."""
-    messages: tuple[dict[str, str], ...] = ()
-    """The episode so far as chat messages (`role`, `content`), for engines behind a chat API
-    that apply the chat template themselves (`chat`); token-id engines ignore it."""
+    messages: tuple[dict[str, Any], ...] = ()
+    """The episode so far as chat messages (`role`, `content`; `tool_calls`, `tool_call_id`), for
+    engines behind a chat API that apply the chat template themselves (`chat`); token-id engines
+    ignore it."""
+    tools: tuple[dict[str, Any], ...] = ()
+    """Tools offered to a chat model (OpenAI function definitions: the environment's MCP tools);
+    token-id engines ignore them."""
+
+
+class ToolCall(BaseModel):
+    """A chat model's call of a tool it was offered (OpenAI's `message.tool_calls[i]`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    name: str
+    arguments: str
+    """As the model wrote them: JSON text, unchecked (a malformed one is the model's mistake,
+    shown to it by the task suite's parser)."""
 
 
 class ServerTokens(BaseModel):
@@ -77,6 +93,8 @@ class Generation(BaseModel):
     server_tokens: ServerTokens | None = None
     """Set by engines behind a chat API whose `token_ids` are the reply's text (UTF-8 bytes),
     when the server also returned its own token ids."""
+    tool_call: ToolCall | None = None
+    """The reply called a tool instead of (or besides) writing text: chat engines only."""
 
 
 @runtime_checkable

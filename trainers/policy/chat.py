@@ -2,7 +2,9 @@
 as a policy, for evaluation — and for training only where the server returns its token ids.
 
     GenerateRequest.messages ─► POST {base_url}/chat/completions {"model", "messages", "max_tokens", ...}
+    GenerateRequest.tools    ─►   + "tools" (the environment's MCP tools), one call a turn
                              ◄─ choices[0].message.content                         (any server)
+                                + tool_calls[0] → Generation.tool_call              (a tool called)
                                 + prompt_token_ids, choices[0].token_ids, logprobs (vLLM, return_token_ids)
 
 The server applies its own chat template, so this policy works in text: the episode goes out
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainers.policy.base import GenerateRequest, Generation, SamplingParams, ServerTokens
+from trainers.policy.base import GenerateRequest, Generation, SamplingParams, ServerTokens, ToolCall
 from trainers.policy.errors import PolicyRequestError, PolicyResponseError
 from trainers.policy.http_retry import MAX_BODY_CHARS
 from trainers.policy.remote import RemotePolicy
@@ -83,6 +85,8 @@ class ChatPolicy(RemotePolicy):
         }
         if request.seed is not None:
             body["seed"] = request.seed
+        if request.tools:  # an environment takes one action a turn: one call at a time
+            body |= {"tools": list(request.tools), "parallel_tool_calls": False}
         if self.return_token_ids:  # vLLM extensions: the ids, and each sampled token's log-prob
             body |= {"return_token_ids": True, "logprobs": True}
         return body
@@ -112,7 +116,8 @@ class ChatPolicy(RemotePolicy):
             choice = data["choices"][0]
             text = choice["message"].get("content") or ""
             finish = "length" if choice["finish_reason"] == "length" else "stop"
-        except (KeyError, IndexError, TypeError, AttributeError) as e:
+            call = _first_tool_call(choice["message"].get("tool_calls"))
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:  # ValueError: a bad tool call
             raise PolicyResponseError(
                 f"chat response lacks choices[0].message ({type(e).__name__}: {e}); body: {str(data)[:MAX_BODY_CHARS]}"
             ) from e
@@ -123,6 +128,7 @@ class ChatPolicy(RemotePolicy):
             finish_reason=finish,
             version=self._version,
             server_tokens=self._server_tokens(data, choice) if self.return_token_ids else None,
+            tool_call=call,
         )
 
     def _server_tokens(self, data: Any, choice: Any) -> ServerTokens:
@@ -139,3 +145,12 @@ class ChatPolicy(RemotePolicy):
         if len(ids) != len(logprobs):
             raise PolicyResponseError(f"chat reply has {len(ids)} token ids but {len(logprobs)} log-probs")
         return ServerTokens(prompt_ids=prompt_ids, ids=ids, logprobs=logprobs)
+
+
+def _first_tool_call(calls: Any) -> ToolCall | None:
+    """The reply's first tool call (requests ask for one at a time; a server that sends more
+    gets the first played, as an environment takes one action a turn)."""
+    if not calls:
+        return None
+    function = calls[0]["function"]
+    return ToolCall(id=calls[0]["id"], name=function["name"], arguments=function.get("arguments") or "")
