@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.ledger import Ledger
+from orchestrator.train import MetricsLog
 from tests.scrape import ScrapedRun, lease_counts, run_and_scrape
 
 pytestmark = [
@@ -36,10 +37,6 @@ def _train(run_dir: Path, *overrides: str) -> ScrapedRun:
     return run_and_scrape(command, cwd=REPO, timeout_s=900)
 
 
-def _records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def _consumed(run: Path) -> dict[int, int]:
     """Groups each learner step consumed. The ledger keeps one consumption per group, the latest:
     a group used twice would move to its later step, and the per-step counts would show it."""
@@ -57,7 +54,7 @@ def test_the_main_job_writes_a_complete_run_and_resumes_it(tmp_path: Path) -> No
     assert any(("hillclimb_buffer_depth_groups", frozenset({("source", "buffer")})) in s for s in first.scrapes)
     run = tmp_path / "echo-toy"
     assert json.loads((run / "config.json").read_text())["env"]["name"] == "toy_terminal"
-    kinds = [(r["kind"], r["step"]) for r in _records(run)]
+    kinds = [(r["kind"], r["step"]) for r in MetricsLog(run).read()]
     assert kinds[0] == ("eval_initial", 0) and ("warmup", 1) in kinds
     assert [s for k, s in kinds if k == "train"] == [1, 2, 3]
     assert [s for k, s in kinds if k == "eval"] == [0, 2, 3]
@@ -72,7 +69,7 @@ def test_the_main_job_writes_a_complete_run_and_resumes_it(tmp_path: Path) -> No
         "heldout_success.png",
         "train_reward.png",
     ]
-    train = [r for r in _records(run) if r["kind"] == "train"]
+    train = [r for r in MetricsLog(run).read() if r["kind"] == "train"]
     assert all(r["anchor/action_ce"] > 0 and r["time/train_s"] > 0 for r in train)  # the shipped BC anchor rides along
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rl_steps"] == 3 and summary["warmup_steps"] == 2 and summary["anchor_batch"] == 8
@@ -83,9 +80,9 @@ def test_the_main_job_writes_a_complete_run_and_resumes_it(tmp_path: Path) -> No
     second = _train(tmp_path, "train.steps=5", "run.resume=true", "buffer.max_staleness=1")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming from" in second.stdout and "step-000003" in second.stdout
-    assert [r["step"] for r in _records(run) if r["kind"] == "train"] == [1, 2, 3, 4, 5]
+    assert [r["step"] for r in MetricsLog(run).read() if r["kind"] == "train"] == [1, 2, 3, 4, 5]
     assert (run / "checkpoints" / "step-000005" / "model.safetensors").exists()
     assert _consumed(run) == {step: 2 for step in range(1, 6)}  # steps 4 and 5 follow on, nothing used twice
     # The shipped decay anneals the last 30% of the (resumed, 5-step) run: step 5 starts at 80%.
-    lrs = [r["lr"] for r in _records(run) if r["kind"] == "train"]
+    lrs = [r["lr"] for r in MetricsLog(run).read() if r["kind"] == "train"]
     assert lrs == [pytest.approx(3e-3)] * 4 + [pytest.approx(3e-3 * (1 - 0.8) / 0.3)]

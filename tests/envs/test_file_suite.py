@@ -12,7 +12,7 @@ import pytest
 from envs.base import Action, Observation
 from envs.errors import ConfigError
 from envs.file_suite import FileSuite, TaskRow, read_rows
-from envs.tasks import ActionParseError
+from envs.tasks import ActionParseError, ToolCallSuite
 
 ROWS = [
     {"id": "greet", "split": "train", "prompt": "Say hello", "oracle": ["hello"], "answer": "hello"},
@@ -142,3 +142,24 @@ def test_a_saved_hugging_face_dataset_is_a_suite(tmp_path: Path) -> None:
         ("a", "train", {"answer": "a"}),
         ("b", "heldout", {"answer": "b"}),
     ]
+
+
+class CallAction(Action):
+    tool: str
+    arguments: dict[str, object] = {}
+
+
+class CallingSuite(FileSuite):
+    def tool_call_text(self, name: str, arguments: str) -> str:
+        return f'{{"tool": {json.dumps(name)}, "arguments": {arguments or "{}"}}}'
+
+
+def test_a_file_suite_with_tool_call_text_takes_a_chat_models_tool_calls(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path, ROWS)
+    plain = FileSuite.from_file(path, env="words", action=TextAction, observation=TextObservation)
+    calling = CallingSuite.from_file(path, env="calls", action=CallAction, observation=TextObservation)
+    assert isinstance(calling, ToolCallSuite) and not isinstance(plain, ToolCallSuite)
+    text = calling.tool_call_text("lookup", '{"word": "hello"}')
+    assert calling.parse_action(text) == {"tool": "lookup", "arguments": {"word": "hello"}}
+    with pytest.raises(ActionParseError):  # a model's malformed arguments reach it as a parse error
+        calling.parse_action(calling.tool_call_text("lookup", '{"word": '))

@@ -8,9 +8,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from orchestrator.train import MetricsLog
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.root]
 
@@ -31,13 +32,8 @@ def _command(run_dir: Path, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator", "train", "configs/echo_toy.yaml", *sets]
 
 
-def _records(run: Path) -> list[dict[str, Any]]:
-    path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def _train_steps(run: Path) -> list[int]:
-    return [r["step"] for r in _records(run) if r["kind"] == "train"]
+    return [r["step"] for r in MetricsLog(run).read() if r["kind"] == "train"]
 
 
 def _stop_after_a_step_past_a_checkpoint(child: subprocess.Popen[str], run: Path, sig: signal.Signals) -> None:
