@@ -339,8 +339,6 @@ class Trainer:
         # the oracle plays its episodes.
         learners = LearnerGroup(self.model_config, cfg.learner)
         policy_server = start_policy_server(cfg.policy)
-        oracle = await self._oracle_transcripts()
-        self.report("placement", {"learners": await learners.placement()})
         driver = RolloutDriver(cfg, policy_server=policy_server)
         buffer: Any = None
         producer: asyncio.Task[None] | None = None
@@ -349,7 +347,9 @@ class Trainer:
             prom.record_group(group)
             await buffer.put.remote(group)
 
-        try:
+        try:  # from here on, whatever stops the run (failed oracle episodes too) ends the actors
+            oracle = await self._oracle_transcripts()
+            self.report("placement", {"learners": await learners.placement()})
             resumed = await self._resume(learners)
             # The rollout workers' and the buffer's processes start while the learner warms up.
             await driver.start()
