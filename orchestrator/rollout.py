@@ -128,6 +128,11 @@ class SandboxesFailingError(HillclimbError, RuntimeError):
     """Episode after episode found no working sandbox: nothing a further retry would mend."""
 
 
+def env_start_hint(env: str) -> str:
+    """What to try when sandboxes of `env` keep failing: the environment served outside one."""
+    return f"Does the environment start outside a sandbox? Try `hillclimb env serve {env}`"
+
+
 class _SandboxFailed(Exception):
     pass
 
@@ -236,8 +241,8 @@ class EpisodeRunner:
         ):
             raise SandboxesFailingError(
                 f"{self._sandbox_errors_in_a_row} episodes in a row over {lasted:.0f} s found no working {spec.env} "
-                f"sandbox (each tried {self.config.sandbox_retries + 1} times). Does the environment start outside "
-                f"a sandbox? Try `hillclimb env serve {spec.env}`. The last failure: {str(error).strip()}"
+                f"sandbox (each tried {self.config.sandbox_retries + 1} times). {env_start_hint(spec.env)}. "
+                f"The last failure: {str(error).strip()}"
             )
 
     async def _attempt(self, episode: _Episode, timing: EpisodeTiming, sampling: SamplingParams) -> DoneReason:

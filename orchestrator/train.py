@@ -35,6 +35,7 @@ from orchestrator.ledger_location import ledger_location
 from orchestrator.loggers import RunLoggers, open_loggers
 from orchestrator.metrics_hub import HUB
 from orchestrator.model_check import check_model_available
+from orchestrator.rollout import env_start_hint
 from orchestrator.schedule import GroupSpec, endless_groups, round_of_groups
 from trainers.trajectory import Trajectory, TrajectoryGroup
 
@@ -163,9 +164,8 @@ class Trainer:
             first = failed[0].metadata.get("error", "(no error recorded)")
             raise OracleEpisodeError(
                 f"the oracle's episodes failed on {len(failed)} of {len(episodes)} task(s): {shown}{more}; "
-                f"warm-up, anchor and env-token CE need them whole. Does the environment start outside a "
-                f"sandbox? Try `hillclimb env serve {self.config.env.name}`. The first failure ({failed[0].task_id}): "
-                f"{first}"
+                f"warm-up, anchor and env-token CE need them whole. {env_start_hint(self.config.env.name)}. "
+                f"The first failure ({failed[0].task_id}): {first}"
             )
         unsolved = sorted(t.task_id for t in episodes if t.reward <= 0)
         if unsolved:

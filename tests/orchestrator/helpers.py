@@ -19,6 +19,7 @@ def trajectory(
     split: str = "train",
     task_id: str = "t1",
     done: DoneReason = DoneReason.FINISHED,
+    metadata: dict[str, object] | None = None,
 ) -> Trajectory:
     ids = [1, 2, 3, 4, 5]
     roles = [Role.PROMPT, Role.SCAFFOLD, Role.ACTION, Role.ACTION, Role.ENV]
@@ -37,7 +38,7 @@ def trajectory(
         reward=reward,
         done_reason=done,
         turns=1,
-        metadata={"note": f"{group_id}/{sample}"},
+        metadata={"note": f"{group_id}/{sample}"} if metadata is None else metadata,
     )
 
 

@@ -16,10 +16,10 @@ from orchestrator.config import load_config
 from orchestrator.demo import oracle_episode
 from orchestrator.train import OracleEpisodeError, Trainer
 from providers.registry import make_provider
+from tests.orchestrator.helpers import trajectory
 from trainers.policy.base import EpisodeInfo, GenerateRequest, SamplingParams
 from trainers.policy.scripted import ScriptedPolicy
-from trainers.roles import Role
-from trainers.trajectory import DoneReason, Trajectory
+from trainers.trajectory import DoneReason
 
 MODULE = """
 from pathlib import Path
@@ -90,24 +90,18 @@ async def test_env_demo_refuses_a_task_without_one_before_creating_a_sandbox(tmp
         await oracle_episode(provider, NAME, "open-ended", "train", lambda kind, text: None)
 
 
-def _oracle_episode(task_id: str, reason: DoneReason, reward: float, **metadata: str) -> Trajectory:
-    return Trajectory(
-        run_id="r", group_id=f"oracle-{task_id}", sample_index=0, task_id=task_id, env=NAME, split="train", seed=0,
-        policy_version=0, token_ids=[1], roles=[int(Role.PROMPT)], logprobs=[0.0], reward=reward,
-        done_reason=reason, turns=1, metadata=dict(metadata),
-    )  # fmt: skip
-
-
 def test_failed_oracle_episodes_stop_training_quoting_the_first_failure(tmp_path: Path) -> None:
     config = load_config(None, [f"env.name={NAME}", "policy.type=hf", f"run.dir={tmp_path}"])
     reports: list[tuple[str, dict]] = []
     trainer = Trainer(config, tmp_path, lambda kind, values: reports.append((kind, values)))
-    solved = _oracle_episode("solved", DoneReason.FINISHED, 1.0)
-    broken = _oracle_episode("held", DoneReason.SANDBOX_ERROR, 0.0, error="no sandbox: ImportError: no module x")
+    solved = trajectory("oracle-solved", task_id="solved")
+    error = {"error": "no sandbox: ImportError: no module x"}
+    broken = trajectory("oracle-held", task_id="held", reward=0.0, done=DoneReason.SANDBOX_ERROR, metadata=error)
     with pytest.raises(OracleEpisodeError) as e:
         trainer._check_oracle_episodes([solved, broken])
     message = str(e.value)
     assert "failed on 1 of 2 task(s): held (sandbox_error)" in message
     assert message.endswith("The first failure (held): no sandbox: ImportError: no module x")
-    trainer._check_oracle_episodes([solved, _oracle_episode("open-ended", DoneReason.STEP_LIMIT, 0.0)])
+    unsolved = trajectory("oracle-open-ended", task_id="open-ended", reward=0.0, done=DoneReason.STEP_LIMIT)
+    trainer._check_oracle_episodes([solved, unsolved])
     assert reports == [("oracle_unsolved", {"tasks": ["open-ended"]})]  # played to the end, unrewarded: said
