@@ -91,6 +91,8 @@ upgrade, says so itself)."""
 _ROUTES = frozenset({"/health", "/ws", "/schema", "/metadata", "/metrics", "/state", *_METHODS})
 _OPEN_ROUTES = frozenset({"/health", "/claim"})
 """Answered without the token: /claim checks its own."""
+OPEN_ROUTE_MAX_BODY = 1024
+"""The most body a route open before authentication reads: a claim is a token, in its header."""
 
 
 def _presented_token(headers: dict[str, str]) -> bytes | None:
@@ -468,6 +470,8 @@ class _Connection(asyncio.Protocol):
             if req.content_length:  # without one, the connection can stay open for the next request
                 raise http.HTTPError(404, f"no route {req.path}")
             return
+        if req.path in _OPEN_ROUTES and req.content_length > OPEN_ROUTE_MAX_BODY:
+            raise http.HTTPError(413, f"{req.path} reads no body over {OPEN_ROUTE_MAX_BODY} bytes")
         if req.path not in _OPEN_ROUTES and not self.server.authorized(req.headers):
             raise http.HTTPError(401, "missing or wrong bearer token")
         if req.content_length and req.path not in _METHODS:

@@ -7,6 +7,7 @@ Each attack runs against a real `python -m envs` process; its memory is read fro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import resource
@@ -123,6 +124,28 @@ async def test_a_body_is_not_read_before_the_token_is_checked(server: ServerProc
         sock.close()
     assert grown < 20, f"RSS grew {grown:.0f} MiB for 140 MiB of unauthenticated bodies"
     assert await server.healthy()
+
+
+@pytest.mark.parametrize("server", [["--claim-token"]], indirect=True)
+async def test_a_claim_flood_is_refused_unread_and_holds_no_memory(server: ServerProcess) -> None:
+    before = server.rss_mib()
+    attackers = []
+    for _ in range(20):  # what grew an unclaimed server from 39 to 180 MiB, for good
+        sock = _connect(server.port)
+        sock.sendall(b"POST /claim HTTP/1.1\r\nHost: x\r\nContent-Length: 8388600\r\n\r\n")
+        with contextlib.suppress(OSError):  # refused as soon as the head is read: the rest may not go out
+            sock.sendall(b"x" * (7 * MIB))
+        attackers.append(sock)
+    for sock in attackers:
+        assert sock.recv(4096).startswith(b"HTTP/1.1 413 ")
+    during = server.rss_mib() - before
+    for sock in attackers:
+        sock.close()
+    await asyncio.sleep(0.5)
+    after = server.rss_mib() - before
+    assert during < 5 and after < 5, f"RSS grew {during:.1f} MiB under the flood, {after:.1f} MiB after"
+    status, _ = await http_request(server.url, "/claim", method="POST", token="the-claimant")
+    assert status == 200  # a claim with no body still works
 
 
 async def test_pipelined_requests_from_a_client_that_never_reads_are_not_buffered(server: ServerProcess) -> None:
