@@ -258,10 +258,13 @@ async def test_a_sandbox_that_keeps_dying_is_recorded_as_sandbox_error(
         await runner.pool.close()
     assert [t.done_reason for t in trajectories] == [DoneReason.SANDBOX_ERROR] * 3
     assert all(t.metadata["sandbox_retries"] == 2 and not t.trainable for t in trajectories)
-    assert all(t.metadata["error"].startswith("ConnectionLostError") for t in trajectories)  # why, kept with it
+    # Why, kept with it: the connection lost as the server exits, or, reaching a sandbox that is
+    # already dying (a loaded host's timing decides which), refused.
+    dying = ("ConnectionLostError", "ConnectTimeoutError")
+    assert all(t.metadata["error"].startswith(dying) for t in trajectories), [t.metadata for t in trajectories]
     # Each dead sandbox is reported with why its leases failed and how its server's log ended.
     reports = [r.getMessage() for r in caplog.records if "its server log ends" in r.getMessage()]
-    assert reports and all("ConnectionLostError" in m and "exiting on purpose" in m for m in reports)
+    assert reports and all(any(e in m for e in dying) and "exiting on purpose" in m for m in reports)
 
 
 async def test_sandboxes_that_never_start_stop_the_run_with_their_error(local_provider: LocalProvider) -> None:
