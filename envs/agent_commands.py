@@ -1,12 +1,13 @@
-"""The env server's side of the warden (`envs.warden`): run commands as the agent.
+"""The env server's side of the warden (`envs.warden`): run commands as the agent, or as the verifier.
 
     exit = await agent_commands().run(["bash", "-c", "--", "ls"], cwd=workdir, env=env, out_fd=w, timeout_s=10)
 
-In a sandbox the warden is the server's parent and its socket is inherited (`$HILLCLIMB_WARDEN_FD`).
-Where it runs apart, under the agent's uid (a pod's second container: no capability may switch
-uids there), the server connects to the path in `$HILLCLIMB_WARDEN_SOCKET` once, at start.
-Anywhere else (tests, `hillclimb env serve` on a laptop) the first call starts one as a child
-process running under the server's own uid, so that there is one way to run an agent's command.
+In a sandbox the warden is the server's parent and its socket is inherited (`$HILLCLIMB_WARDEN_FD`):
+one warden runs both roles, each under its uid. Where the wardens run apart, each under its role's
+uid (a pod's agent and verifier containers: no capability may switch uids there), the server
+connects to the paths in `$HILLCLIMB_WARDEN_SOCKET` and `$HILLCLIMB_VERIFIER_WARDEN_SOCKET` once,
+at start. Anywhere else (tests, `hillclimb env serve` on a laptop) the first call starts one as a
+child process running under the server's own uid, so that there is one way to run a command.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +37,7 @@ from envs.errors import ExecutionError
 
 _SEND_WAIT_S = 1.0
 _WARDEN_WAIT_S = 30.0  # a warden in another container may start after the server
+_holding: ContextVar[asyncio.Future[None] | None] = ContextVar("warden_hold", default=None)
 
 
 class WardenGoneError(ExecutionError):
@@ -47,20 +51,22 @@ class CommandExit:
     timed_out: bool
 
 
-class AgentCommands:
+class WardenClient:
     """A connection to a warden; usable from any event loop, and from sync code for `detach`."""
 
-    def __init__(self, sock: socket.socket, agent_uid: int, process: subprocess.Popen[bytes] | None = None) -> None:
+    def __init__(self, sock: socket.socket, process: subprocess.Popen[bytes] | None = None) -> None:
         self.sock = sock
         self.process = process
         """The warden, when it is our own child (outside a sandbox)."""
-        self.agent_uid = agent_uid
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gone = False
+        self._hold: asyncio.Future[None] | None = None
+        self._running = 0  # runs in flight, the holder's aside
+        self._settled: asyncio.Future[None] | None = None  # set when the last of them ends
 
-    async def run(
+    def run(
         self,
         argv: list[str],
         *,
@@ -69,30 +75,96 @@ class AgentCommands:
         out_fd: int,
         timeout_s: float | None,
         stdin_fd: int | None = None,
-    ) -> CommandExit:
-        """Run `argv` as the agent with stdout and stderr on `out_fd`; wait for it and everything it started.
+        stderr_fd: int | None = None,
+        role: str = "agent",
+    ) -> Awaitable[CommandExit]:
+        """Run `argv` as `role` with stdout (and stderr, unless `stderr_fd`) on `out_fd`; the
+        awaitable gives its exit. When it ends, so does everything it started. The request goes
+        out at once, unless another task holds the warden (`hold`): then once it lets go. Sent,
+        the descriptors are the warden's own: close ours (e.g. a pipe's ends that two commands
+        share). Cancelling the wait kills the command (and its process group) before re-raising."""
+        fds, streams = [out_fd], ["stdout"]
+        for fd, stream in ((stdin_fd, "stdin"), (stderr_fd, "stderr")):
+            if fd is not None:
+                fds.append(fd)
+                streams.append(stream)
+        message = {"op": "run", "as": role, "argv": argv, "cwd": cwd, "env": env, "timeout_s": timeout_s}
+        message["streams"] = streams
+        if self._hold is not None and _holding.get() is not self._hold:
+            return self._run_once_released(message, fds)
+        return self._sent_run(message, fds)
 
-        Cancelling the call kills the command (and its process group) before re-raising."""
+    async def _run_once_released(self, message: dict[str, Any], fds: list[int]) -> CommandExit:
+        while self._hold is not None and _holding.get() is not self._hold:
+            await asyncio.shield(self._hold)
+        return await self._sent_run(message, fds)
+
+    def _sent_run(self, message: dict[str, Any], fds: list[int]) -> Awaitable[CommandExit]:
+        request_id, reply = self._request(message, fds)
+        counted = _holding.get() is None  # a holder's own runs do not keep its hold waiting
+        self._running += counted
+        return self._exit_of(request_id, reply, counted)
+
+    async def _exit_of(self, request_id: int, reply: asyncio.Future[dict[str, Any]], counted: bool) -> CommandExit:
+        try:
+            answer = await self._answer(request_id, reply, cancel=True)
+        finally:
+            self._running -= counted
+            if not self._running and self._settled is not None and not self._settled.done():
+                self._settled.set_result(None)
+        if "error" in answer:
+            raise WardenGoneError(f"the warden refused a command: {answer['error']}")
+        return CommandExit(answer["exit_code"], answer["timed_out"])
+
+    async def end(self, role: str) -> None:
+        """Kill every process of `role`, its running commands too; return once they are gone."""
+        answer = await self._answer(*self._request({"op": "end", "as": role}, []), cancel=False)
+        if "error" in answer:
+            raise WardenGoneError(f"the warden refused to end the {role}'s processes: {answer['error']}")
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """Keep every other task's commands on this warden waiting until the block ends (what a
+        verification needs: no agent command may start while it runs), once those already
+        running have ended. One holder at a time: the others wait their turn."""
+        while self._hold is not None:
+            await asyncio.shield(self._hold)
+        loop = asyncio.get_running_loop()
+        self._hold = loop.create_future()
+        while self._running:
+            self._settled = loop.create_future()
+            await asyncio.shield(self._settled)
+        token = _holding.set(self._hold)
+        try:
+            yield
+        finally:
+            _holding.reset(token)
+            released, self._hold = self._hold, None
+            released.set_result(None)
+
+    def _request(self, message: dict[str, Any], fds: list[int]) -> tuple[int, asyncio.Future[dict[str, Any]]]:
         loop = asyncio.get_running_loop()
         self._listen(loop)
         request_id = next(self._ids)
         reply: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._waiting[request_id] = reply
-        fds = [out_fd] if stdin_fd is None else [out_fd, stdin_fd]
         try:
-            self._send(
-                {"op": "run", "id": request_id, "argv": argv, "cwd": cwd, "env": env, "timeout_s": timeout_s}, fds
-            )
-            answer = await reply
+            self._send({**message, "id": request_id}, fds)
+        except WardenGoneError:
+            self._waiting.pop(request_id, None)
+            raise
+        return request_id, reply
+
+    async def _answer(self, request_id: int, reply: asyncio.Future[dict[str, Any]], *, cancel: bool) -> dict[str, Any]:
+        try:
+            return await reply
         except asyncio.CancelledError:
-            with contextlib.suppress(WardenGoneError):
-                self._send({"op": "cancel", "id": request_id}, [])
+            if cancel:
+                with contextlib.suppress(WardenGoneError):
+                    self._send({"op": "cancel", "id": request_id}, [])
             raise
         finally:
             self._waiting.pop(request_id, None)
-        if "error" in answer:
-            raise WardenGoneError(f"the warden refused a command: {answer['error']}")
-        return CommandExit(answer["exit_code"], answer["timed_out"])
 
     def close(self) -> None:
         """Close our end; a warden of our own then kills what it still runs and exits."""
@@ -103,7 +175,8 @@ class AgentCommands:
                 self.process.wait(_SEND_WAIT_S)
 
     def detach(self, argv: list[str], *, cwd: str, env: dict[str, str]) -> None:
-        """Start `argv` as the agent and do not wait (e.g. a cleanup from sync code); output is dropped."""
+        """Start `argv` as the agent and do not wait (e.g. a cleanup from sync code); output is
+        dropped. The agent's next commands wait for it."""
         with open(os.devnull, "wb") as null:
             self._send(
                 {"op": "run", "id": next(self._ids), "argv": argv, "cwd": cwd, "env": env, "wait": False},
@@ -142,8 +215,9 @@ class AgentCommands:
             data = b""
         if not data:
             if self.process is None:
-                # The warden is this sandbox's first process: with it gone the sandbox is dying.
-                # Answering now would blame the environment for what is a dead sandbox.
+                # The warden is this sandbox's first process (or a container of its pod): with it
+                # gone the sandbox is dying. Answering now would blame the environment for what is
+                # a dead sandbox.
                 os.kill(os.getpid(), signal.SIGKILL)
             self._gone = True
             assert self._loop is not None
@@ -158,38 +232,57 @@ class AgentCommands:
             reply.set_result(answer)
 
 
-_commands: tuple[int, AgentCommands] | None = None
+_wardens: tuple[int, dict[str, WardenClient]] | None = None
+
+
+def role_uid(role: str) -> int:
+    """The uid `role`'s commands run under ("agent" or "verifier")."""
+    variable = warden.AGENT_UID_ENV_VAR if role == "agent" else warden.VERIFIER_UID_ENV_VAR
+    return int(os.environ.get(variable, os.getuid()))
 
 
 def agent_shares_our_uid() -> bool:
     """True unless this process's warden runs the agent's commands under a uid of their own."""
-    return int(os.environ.get(warden.AGENT_UID_ENV_VAR, os.getuid())) == os.getuid()
+    return role_uid("agent") == os.getuid()
 
 
-def agent_commands() -> AgentCommands:
-    """This process's connection to its warden: the inherited one, else a new child warden."""
-    global _commands
-    if _commands is None or _commands[0] != os.getpid():  # a forked child needs its own
+def agent_commands() -> WardenClient:
+    """The warden that runs the agent's commands: the inherited one, else a new child warden."""
+    return _connected()["agent"]
+
+
+def verifier_commands() -> WardenClient:
+    """The warden that runs what decides a reward: the agent's, but where the roles' wardens run apart."""
+    return _connected()["verifier"]
+
+
+def _connected() -> dict[str, WardenClient]:
+    global _wardens
+    if _wardens is None or _wardens[0] != os.getpid():  # a forked child needs its own
         if agent_shares_our_uid():  # before any command of the agent exists: our memory is not its to read
             keep_memory_private()
         inherited = os.environ.pop(warden.FD_ENV_VAR, None)
         apart = os.environ.get(warden.SOCKET_ENV_VAR)
-        agent_uid = int(os.environ.get(warden.AGENT_UID_ENV_VAR, os.getuid()))
         if inherited:
-            sock, process = socket.socket(fileno=int(inherited)), None
+            client = WardenClient(socket.socket(fileno=int(inherited)))
         elif apart:
-            sock, process = _connect_warden(apart, agent_uid), None
+            client = WardenClient(_connect_warden(apart, role_uid("agent")))
         else:
-            sock, process = _start_warden()
-        sock.setblocking(False)
-        _commands = (os.getpid(), AgentCommands(sock, agent_uid, process))
-        atexit.register(_commands[1].close)
-    return _commands[1]
+            client = WardenClient(*_start_warden())
+        clients = {"agent": client, "verifier": client}
+        verifier_apart = os.environ.get(warden.VERIFIER_SOCKET_ENV_VAR)
+        if apart and verifier_apart:
+            clients["verifier"] = WardenClient(_connect_warden(verifier_apart, role_uid("verifier")))
+        for each in {id(c): c for c in clients.values()}.values():
+            each.sock.setblocking(False)
+            atexit.register(each.close)
+        _wardens = (os.getpid(), clients)
+    return _wardens[1]
 
 
-def _connect_warden(path: str, agent_uid: int, wait_s: float = _WARDEN_WAIT_S) -> socket.socket:
+def _connect_warden(path: str, uid: int, wait_s: float = _WARDEN_WAIT_S) -> socket.socket:
     """Connect to a warden listening apart (another container of the pod), waiting for it to
-    start. It must run as the agent's uid: a socket found there under any other is refused."""
+    start. It must run as its role's uid: a socket found there under any other is refused."""
     deadline = time.monotonic() + wait_s
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -201,10 +294,10 @@ def _connect_warden(path: str, agent_uid: int, wait_s: float = _WARDEN_WAIT_S) -
             if time.monotonic() > deadline:
                 raise WardenGoneError(f"no warden at {path} within {wait_s:g} s: {e}") from e
             time.sleep(0.05)
-    uid = warden.peer_uid(sock)
-    if uid != agent_uid:
+    served_by = warden.peer_uid(sock)
+    if served_by != uid:
         sock.close()
-        raise WardenGoneError(f"the socket at {path} is served by uid {uid}, not the agent's {agent_uid}")
+        raise WardenGoneError(f"the socket at {path} is served by uid {served_by}, not the role's {uid}")
     return sock
 
 

@@ -1,16 +1,23 @@
-"""The agent's commands' processes, seen from the process that starts them (the warden).
+"""Ending every process of a uid, seen from the process that starts them (the warden).
 
-Orphans: a command killed with its process group can still leave a process behind: one
-that called `setsid` (or daemonized) is in a group of its own. When its parent dies, the
-kernel hands such an orphan to the nearest ancestor marked as a child subreaper (or to
-PID 1), so the warden marks itself (`adopt_orphans`) and, after each command, kills what
-it adopted since that command began (`kill_adopted`).
+A command's process group is killed when it ends, but what it left can be anywhere: a
+`setsid`, a double fork, a chain of each. The kernel knows them all by their uid, so the
+warden ends them by uid (`kill_uid`): for the one call, it takes that uid as its effective
+id, and `kill(-1, SIGKILL)` reaches exactly the processes that uid may signal. One call
+reaches them all, however they forked: the kernel holds fork off while it signals (a fork
+under way either completes into the set, or fails). The warden is PID 1 of the sandbox, or a
+child subreaper, so each orphan comes back to it to be reaped (`adopt_orphans`).
 
-Memory: where the agent's commands share the env server's uid (an ordinary user's local
-sandbox, or a server outside any sandbox), they could ptrace the server or read its /proc
-files; `keep_memory_private`, applied before the first command starts
+A warden that runs under the agent's uid itself (a pod's agent container) calls
+`kill(-1)` as it is: the kernel spares the caller (`kill_own_uid`). One that shares the env
+server's uid (an ordinary user's sandbox, or a server outside any sandbox) cannot: it would
+kill the server. It kills every child it adopted instead, level by level until none is left
+(`kill_orphans`), a sweep that a process forking as fast as it is killed could outrun, which is
+why that setup fails the probe's checks.
+
+Memory: where the agent's commands share the env server's uid they could ptrace the server
+or read its /proc files; `keep_memory_private`, applied before the first command starts
 (`envs.agent_commands`), stops that, the reward being computed in the server's memory.
-With a uid of their own they cannot, and the server stays dumpable.
 """
 
 from __future__ import annotations
@@ -20,13 +27,14 @@ import ctypes
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
-from pathlib import Path
 
+_PR_SET_PDEATHSIG, _PR_GET_PDEATHSIG = 1, 2
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
-_PR_GET_CHILD_SUBREAPER = 37
-_SWEEPS = 64  # a stray killed hands its own children to us: sweep until none is left
+GONE_WAIT_S = 5.0
+"""How long a killed process may take to exit (one stuck in the kernel) before we go on without it."""
 
 
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
@@ -51,17 +59,11 @@ def keep_memory_private() -> None:
         _prctl(_PR_SET_DUMPABLE, 0)
 
 
-def adopting() -> bool:
-    if sys.platform != "linux":
-        return False
-    flag = ctypes.c_int(0)
-    return _prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag)) == 0 and flag.value != 0
-
-
 def start_ticks(pid: int) -> int | None:
     """When `pid` started, in clock ticks since boot (None if it is gone)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[19])
@@ -79,26 +81,105 @@ def exited_children() -> Iterator[tuple[int, int]]:
         yield pid, status
 
 
-def _children_since(ticks: int) -> list[int]:
+def _signal_all() -> None:
+    """kill(-1, SIGKILL) with our current ids: every process we may signal in our PID namespace."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(-1, signal.SIGKILL)
+
+
+def kill_uid(uid: int) -> bool:
+    """SIGKILL every process whose real uid is `uid` (we need CAP_SETUID, and run as root); True
+    if any was there (running, or a zombie to reap: `wait_gone`).
+
+    When one runs, our effective id becomes `uid` for the one call: a process of `uid` still
+    cannot signal us meanwhile (the kernel judges a sender by its target's real and saved ids,
+    ours 0), and no fork is needed, which a sandbox at its pids limit could not make. The call
+    also reaches processes whose real uid is 0: in a sandbox none but us and PID 1 (spared), as
+    long as every child of ours has taken its own uid before we go on (`envs.warden` waits for
+    each to exec). The kernel clears our parent-death signal on the change: it is set again, and
+    if the parent died meanwhile, delivered."""
+    found = _live_processes(uid)
+    if not any(not zombie for _, zombie, _ in found):
+        return bool(found)
+    death_signal, parent = _parent_death_signal(), os.getppid()
+    os.setresuid(-1, uid, -1)
+    try:
+        _signal_all()
+    finally:
+        os.setresuid(-1, 0, -1)
+        if death_signal:
+            _prctl(_PR_SET_PDEATHSIG, death_signal)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), death_signal)
+    return True
+
+
+def _parent_death_signal() -> int:
+    found = ctypes.c_int(0)
+    _prctl(_PR_GET_PDEATHSIG, ctypes.byref(found))
+    return found.value
+
+
+def kill_own_uid() -> None:
+    """SIGKILL every process of our own uid but us."""
+    _signal_all()
+
+
+def _live_processes(uid: int) -> list[tuple[int, bool, int]]:
+    """(pid, is a zombie, parent pid) of each process whose real uid is `uid`, but us."""
     me, found = os.getpid(), []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
             continue
-        if int(fields[1]) == me and int(fields[19]) >= ticks:
-            found.append(int(stat.parent.name))
+        try:
+            with open(f"/proc/{entry.name}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields["Uid"].split()[0]) == uid:
+            found.append((int(entry.name), fields["State"].strip().startswith("Z"), int(fields["PPid"])))
     return found
 
 
-def kill_adopted(since_ticks: int, keep: set[int]) -> int:
-    """Kill (and reap) every child this process adopted that started at or after
-    `since_ticks`, except `keep` (commands still running); the number killed."""
-    if not adopting():
-        return 0
-    killed = 0
-    for _ in range(_SWEEPS):
-        strays = [pid for pid in _children_since(since_ticks) if pid not in keep]
+def wait_gone(uid: int, keep: set[int], timeout_s: float = GONE_WAIT_S) -> list[int]:
+    """After a kill: wait until no process of `uid` runs, and reap those of them that were our
+    children (but `keep`: commands whose exit the caller reports). The pids still running at
+    `timeout_s` (stuck in the kernel), if any."""
+    deadline = time.monotonic() + timeout_s
+    me = os.getpid()
+    while True:
+        processes = _live_processes(uid)
+        for pid, zombie, parent in processes:
+            if zombie and parent == me and pid not in keep:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+        running = [pid for pid, zombie, _ in processes if not zombie]
+        if not running or time.monotonic() >= deadline:
+            return running
+        time.sleep(0.001)
+
+
+def _children() -> list[int]:
+    me, found = os.getpid(), []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if parent == me:
+            found.append(int(entry.name))
+    return found
+
+
+def kill_orphans(keep: set[int], timeout_s: float = GONE_WAIT_S) -> int:
+    """Kill and reap every child of ours but `keep`, again as each killed one's children come
+    back to us, until none is left or `timeout_s` has passed; the number killed."""
+    deadline, killed = time.monotonic() + timeout_s, 0
+    while time.monotonic() < deadline:
+        strays = [pid for pid in _children() if pid not in keep]
         if not strays:
             break
         for pid in strays:

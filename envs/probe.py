@@ -3,10 +3,14 @@
 `hillclimb sandbox probe` starts a sandbox serving this environment and calls its
 `report` tool; the host side (`providers.probe`) turns the report into pass/fail checks.
 The server's view is read from /proc, /sys and the socket API; the agent's view comes from
-a short bash script run as the agent would run a command (through the sandbox's warden),
-which tries what an adversarial agent would: write outside its work dir, read the task
-suites and the server's memory, plant a file where the server keeps its socket, see a
-socket the host made. The only connection attempted is to the host-loopback port the
+short bash scripts run as the agent would run a command (through the sandbox's warden),
+which try what an adversarial agent would: write outside its work dir, read the task
+suites, the server's memory and the verifier's copies, plant a file where the server keeps
+its socket, see a socket the host made, leave processes behind (a deep chain of `setsid`s
+and a daemon) for the next command to find. The verifier's view comes from a verification
+run as the terminal environment runs one (`envs.verification`): its uid, whether any agent
+process is alive while it runs, whether a program it runs can read its memory, whether its
+script is left on disk. The only connection attempted is to the host-loopback port the
 caller names (it must fail).
 """
 
@@ -23,9 +27,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from envs.agent_commands import role_uid
 from envs.base import Action, Environment, Observation, State, tool
 from envs.terminal.env import WORKDIR_ENV_VAR
 from envs.terminal.shell import run_command
+from envs.verification import VERIFY_DIR_ENV_VAR, run_verifier
 
 _RLIMITS = {
     "address_space_bytes": resource.RLIMIT_AS,
@@ -123,9 +129,27 @@ readable() { if cat -- "$1" > /dev/null 2>&1; then echo true; else echo false; f
 printf '{"uid": %s, "writable": {"workdir": %s, "tmp": %s, "root_fs": %s, "etc": %s, "socket_dir": %s},' \
   "$(id -u)" "$(writable "$PROBE_WORKDIR")" "$(writable /tmp)" "$(writable /)" "$(writable /etc)" \
   "$(writable "$PROBE_SOCKET_DIR")"
-printf ' "reads_task_material": %s, "reads_server_memory": %s, "sees_host_socket": %s}\n' \
+printf ' "reads_task_material": %s, "reads_server_memory": %s, "sees_host_socket": %s,' \
   "$(readable "$PROBE_TASKS")" "$(readable "/proc/$PROBE_SERVER_PID/environ")" \
   "$(if [ -n "$PROBE_HOST_SOCKET" ] && [ -e "$PROBE_HOST_SOCKET" ]; then echo true; else echo false; fi)"
+printf ' "reads_verify_dir": %s}\n' \
+  "$(if ls -- "$PROBE_VERIFY_DIR" >/dev/null 2>&1; then echo true; else echo false; fi)"
+"""
+
+_LEAVE_PROCESSES = r"""
+printf 'd=$1; if [ "$d" -gt 0 ]; then bash "$0" $((d-1)) & fi; exec -a hillclimb-probe-leftover sleep 600\n' \
+  > /tmp/.probe-chain.sh
+setsid bash /tmp/.probe-chain.sh 80 >/dev/null 2>&1 </dev/null &
+setsid -f bash -c 'exec -a hillclimb-probe-leftover sleep 600' >/dev/null 2>&1 </dev/null
+sleep 1
+"""
+_COUNT_LEFTOVERS = "ps -e -o args= | grep -c '^hillclimb-probe-leftover'"
+
+_VERIFIER_SCRIPT = r"""
+printf '{"uid": %s, "agent_processes": %s, "script_left": %s, "memory_open_to_its_programs": %s}\n' \
+  "$(id -u)" "$(ps -e -o uid= | awk -v a="$PROBE_AGENT_UID" '$1 == a' | wc -l)" \
+  "$(if [ -e "$0" ]; then echo true; else echo false; fi)" \
+  "$(if bash -c 'exec 3< /proc/$PPID/mem' 2>/dev/null; then echo true; else echo false; fi)"
 """
 
 
@@ -140,15 +164,32 @@ async def agent_report(host_socket: str | None) -> dict[str, Any]:
         "PROBE_TASKS": str(tasks),
         "PROBE_SERVER_PID": str(os.getpid()),
         "PROBE_HOST_SOCKET": host_socket or "",
+        "PROBE_VERIFY_DIR": os.environ.get(VERIFY_DIR_ENV_VAR, "/nonexistent"),
     }
     assignments = "".join(f"{name}={shlex.quote(value)} " for name, value in variables.items())
     result = await run_command(
         f"{assignments}bash -c {shlex.quote(_AGENT_SCRIPT)}", workdir, timeout_s=10, output_limit=4096
     )
     try:
-        return dict(json.loads(result.output))
+        report = dict(json.loads(result.output))
     except ValueError:
         return {"error": f"the agent's probe failed (exit {result.exit_code}): {result.output.strip()}"}
+    await run_command(_LEAVE_PROCESSES, workdir, timeout_s=10, output_limit=4096)
+    survivors = await run_command(_COUNT_LEFTOVERS, workdir, timeout_s=10, output_limit=4096)
+    counted = survivors.output.strip()  # grep -c exits 1 when it counts none
+    report["survivors"] = int(counted) if counted.isdigit() else -1
+    return report
+
+
+async def verifier_report() -> dict[str, Any]:
+    """What a verification sees, run the way the terminal environment runs one."""
+    workdir = os.environ.get(WORKDIR_ENV_VAR) or os.getcwd()
+    script = f"PROBE_AGENT_UID={role_uid('agent')}\n{_VERIFIER_SCRIPT}"
+    result = await run_verifier(script, workdir, timeout_s=30, output_limit=4096)
+    try:
+        return dict(json.loads(result.output.splitlines()[0]))
+    except (ValueError, IndexError):
+        return {"error": f"the verifier's probe failed (exit {result.exit_code}): {result.output.strip()}"}
 
 
 def _filesystem(path: str) -> dict[str, Any]:
@@ -222,4 +263,8 @@ class ProbeEnv(Environment[ProbeAction, ProbeObservation, State]):
     async def report(self, host_port: int | None = None, host_socket: str | None = None) -> dict[str, Any]:
         """The isolation report: the server's view, and the agent's under "agent". `host_port`: a port
         listening on the host's loopback, to try to reach; `host_socket`: a host Unix socket's path, to look for."""
-        return {**isolation_report(host_port), "agent": await agent_report(host_socket)}
+        return {
+            **isolation_report(host_port),
+            "agent": await agent_report(host_socket),
+            "verifier": await verifier_report(),
+        }

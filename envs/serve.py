@@ -185,15 +185,25 @@ def main(argv: list[str] | None = None) -> None:
         help="started as root: serve as this user, and be the warden of the agent's commands (needs --agent-user)",
     )
     parser.add_argument("--agent-user", type=Identity.parse, metavar="UID:GID", help="run the agent's commands as")
+    parser.add_argument(
+        "--verifier-user",
+        type=Identity.parse,
+        metavar="UID:GID",
+        help="run what decides a reward as (envs.verification)",
+    )
     args = parser.parse_args(argv)
-    if (args.server_user is None) != (args.agent_user is None):
-        parser.error("--server-user and --agent-user go together")
+    users = (args.server_user, args.agent_user, args.verifier_user)
+    if any(u is None for u in users) and any(u is not None for u in users):
+        parser.error("--server-user, --agent-user and --verifier-user go together")
+    if args.server_user is not None and len({u.uid for u in users}) != len(users):
+        parser.error("--server-user, --agent-user and --verifier-user must be three different uids")
     if args.server_user is not None and os.geteuid() != 0:
         parser.error("--server-user needs to start as root (with CAP_SETUID, CAP_SETGID and CAP_KILL)")
     if args.harden:
         seccomp.install()
     if args.server_user is not None:
-        start_sandbox(lambda: _serve_from_args(parser, args), server_user=args.server_user, agent=args.agent_user)
+        identities = {"agent": args.agent_user, "verifier": args.verifier_user}
+        start_sandbox(lambda: _serve_from_args(parser, args), server_user=args.server_user, identities=identities)
     _serve_from_args(parser, args)
 
 

@@ -13,9 +13,10 @@ On the host, under the provider's root (0711):
     <root>/<id>/sock/        bind-mounted at /run/hillclimb, owned by the container's uid; as
                              root, a 256 KiB tmpfs, so the container cannot fill the host's disk
 
-Hardening by default: the server and the agent's commands under two non-root uids (the
-container's first process keeps only the capabilities to start them: see `envs.warden`),
-a read-only root filesystem with size-limited tmpfs for /work (the agent's) and /tmp,
+Hardening by default: the server, the agent's commands and the verifier under three non-root
+uids (the container's first process keeps only the capabilities to start them: see
+`envs.warden`), a read-only root filesystem with size-limited tmpfs for /work (the agent's),
+/verify (the verifier's) and /tmp,
 every other capability dropped, no-new-privileges, an init process,
 and the memory / CPU / pids limits of the spec. Every container carries its run id,
 owner and expiry as labels; a create with an idempotency key uses a container name
@@ -69,6 +70,8 @@ CONTAINER_UID = 10001
 SERVER_GID = 10001
 """The image's group that may read the server's code and task suites (/opt/hillclimb)."""
 AGENT_UID = 10002
+VERIFIER_UID = 10004
+"""What decides a reward runs under a uid of its own (see `envs.verification`); 10003 is the pods' token group."""
 WARDEN_CAPABILITIES = ["SETUID", "SETGID", "KILL"]
 """All the container's first process keeps: to start the server and the agent's commands under their uids."""
 SOCKET_DIR = "/run/hillclimb"
@@ -152,6 +155,7 @@ class DockerProvider:
         self.container_uid = CONTAINER_UID if os.geteuid() == 0 else os.getuid()
         self.container_gid = CONTAINER_UID if os.geteuid() == 0 else os.getgid()
         self.agent_uid = AGENT_UID if self.container_uid != AGENT_UID else AGENT_UID + 1
+        self.verifier_uid = VERIFIER_UID if self.container_uid != VERIFIER_UID else VERIFIER_UID + 1
         self._tokens: dict[str, SecretStr] = {}
         self._inflight = InflightCalls()
         self._key_locks = KeyLocks()
@@ -267,9 +271,11 @@ class DockerProvider:
                 f"{self.container_uid}:{self.container_gid}:{SERVER_GID}",
                 "--agent-user",
                 f"{self.agent_uid}:{self.agent_uid}",
+                "--verifier-user",
+                f"{self.verifier_uid}:{self.verifier_uid}",
             ]
         )
-        agent = self.agent_uid
+        agent, verifier = self.agent_uid, self.verifier_uid
         args: dict[str, Any] = {
             "image": spec.image or self.image,
             "command": command,
@@ -287,6 +293,7 @@ class DockerProvider:
             "read_only": True,
             "tmpfs": {
                 "/work": f"rw,exec,nosuid,nodev,size={res.disk_mb}m,uid={agent},gid={agent},mode=0700",
+                "/verify": f"rw,exec,nosuid,nodev,size={res.disk_mb}m,uid={verifier},gid={verifier},mode=0700",
                 "/tmp": "rw,nosuid,nodev,size=64m,mode=1777",
             },
             "volumes": {str(home / "sock"): {"bind": SOCKET_DIR, "mode": "rw"}},

@@ -56,9 +56,11 @@ def evaluate(report: dict[str, Any]) -> list[Check]:
     """Pass/fail checks for an isolation report from `envs.probe.isolation_report`."""
     cg, rl = report["cgroup_limits"], report["rlimits"]
     loop = report["host_loopback"]
-    agent = report["agent"]
+    agent, verifier = report["agent"], report["verifier"]
     if "error" in agent:
         return [Check(name="the agent's view", ok=False, detail=agent["error"])]
+    if "error" in verifier:
+        return [Check(name="the verifier's view", ok=False, detail=verifier["error"])]
     writable = agent["writable"]
     mem_ok, mem_detail = _limited(
         cg, ("memory.limit_in_bytes", "memory.max"), rl["address_space_bytes"], report["memory_total_bytes"]
@@ -117,6 +119,12 @@ def evaluate(report: dict[str, Any]) -> list[Check]:
         _refused("symlink planting refused", writable["socket_dir"], "write the server's socket dir"),
         _refused("no host sockets", agent["sees_host_socket"], "see a Unix socket the host made"),
         Check(
+            name="no process survives a step",
+            ok=agent["survivors"] == 0,
+            detail=f"{agent['survivors']} of the agent's processes (a setsid chain, a daemon) outlived their command",
+        ),
+        _verifier_out_of_reach(report["uid"], agent, verifier),
+        Check(
             name="system call filter",
             ok=report.get("Seccomp") == "2" and report.get("new_user_namespace") != "allowed",
             detail=f"Seccomp={report.get('Seccomp')}, new user namespace: {report.get('new_user_namespace')}",
@@ -132,6 +140,27 @@ def evaluate(report: dict[str, Any]) -> list[Check]:
         Check(name="process count limited", ok=pids_ok, detail=pids_detail),
         Check(name="cpu limited", ok=cpu_ok, detail=cpu_detail),
     ]
+
+
+def _verifier_out_of_reach(server_uid: int, agent: dict[str, Any], verifier: dict[str, Any]) -> Check:
+    """The verifier runs under a uid of its own, with no agent process alive, non-dumpable, from a
+    script it leaves nowhere, on copies the agent cannot reach."""
+    problems = [
+        problem
+        for problem, found in (
+            (
+                f"it runs as uid {verifier['uid']}, the agent's or the server's",
+                verifier["uid"] in (agent["uid"], server_uid),
+            ),
+            (f"{verifier['agent_processes']} agent processes alive meanwhile", verifier["agent_processes"] != 0),
+            ("a program it runs can open its memory", verifier["memory_open_to_its_programs"]),
+            ("its script is left on disk", verifier["script_left"]),
+            ("the agent can list its copies", agent["reads_verify_dir"]),
+        )
+        if found
+    ]
+    detail = "; ".join(problems) or f"uid {verifier['uid']}, no agent process alive, non-dumpable, script gone"
+    return Check(name="the verifier out of the agent's reach", ok=not problems, detail=detail)
 
 
 async def probe(provider: SandboxProvider, spec: SandboxSpec | None = None, timeout_s: float = 60.0) -> ProbeResult:

@@ -11,9 +11,10 @@ half-read state after a timeout. The cost is that `cd` and variables do not pers
 between commands, which the prompt says. One world per sandbox: the work dir and the
 processes it spawns belong to the sandbox, so sessions are not concurrent.
 
-Everything that touches the work dir runs as the agent (see `envs.warden`), the verifier
-included: it can read nothing the agent could not, so a link the agent planted cannot
-lead it to an answer.
+Everything the agent does runs as the agent (see `envs.warden`), and nothing it starts
+outlives its command. The verifier runs out of its reach (`envs.verification`): every agent
+process ended first, on a copy of the work dir made with the agent's own rights (so a link
+it planted leads nowhere it could not read itself), under a uid of its own.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from pydantic import Field
 from envs.agent_commands import WardenGoneError, agent_commands
 from envs.base import Action, Environment, Observation, State
 from envs.errors import ExecutionError
-from envs.terminal.shell import CommandResult, agent_environment, run_as_agent, run_command
+from envs.run_as import CommandResult, command_environment, run_as
+from envs.terminal.shell import run_command
 from envs.terminal.tasks import SUBMIT, SUITE, TerminalTask
+from envs.verification import run_verifier
 
 WORKDIR_ENV_VAR = "HILLCLIMB_WORKDIR"
 _VERIFIER_TIMEOUT_S = 30.0
@@ -93,7 +96,7 @@ class TerminalEnv(Environment[TerminalAction, TerminalObservation, TerminalState
         task = SUITE.pick(task_id, seed)
         self._task = None
         if self._state.workdir is not None:
-            await run_as_agent([*_REMOVE, self._state.workdir], "/", timeout_s=_SETUP_TIMEOUT_S, output_limit=4096)
+            await run_as("agent", [*_REMOVE, self._state.workdir], "/", timeout_s=_SETUP_TIMEOUT_S, output_limit=4096)
             self._state.workdir = None
         workdir = await _make_workdir(task)
         self._task = task
@@ -125,8 +128,15 @@ class TerminalEnv(Environment[TerminalAction, TerminalObservation, TerminalState
         return await run_command(command, workdir, timeout_s=timeout_s, output_limit=self.output_limit_bytes)
 
     async def _submit(self, task: TerminalTask) -> TerminalObservation:
+        workdir = self._state.workdir
+        assert workdir is not None
         # A more generous limit for the verifier: it is trusted, and a slow machine must not fail a solved task.
-        verdict = await self._run(task.verifier_script, max(_VERIFIER_TIMEOUT_S, self.command_timeout_s))
+        verdict = await run_verifier(
+            task.verifier_script,
+            workdir,
+            timeout_s=max(_VERIFIER_TIMEOUT_S, self.command_timeout_s),
+            output_limit=self.output_limit_bytes,
+        )
         self._state.done = True
         passed = verdict.exit_code == 0
         metadata = {"reason": "submitted", "verifier_exit_code": verdict.exit_code, "verifier_output": verdict.output}
@@ -139,7 +149,7 @@ class TerminalEnv(Environment[TerminalAction, TerminalObservation, TerminalState
     def close(self) -> None:
         if self._state.workdir is not None:
             with contextlib.suppress(WardenGoneError):  # the sandbox is going: so is its work dir
-                agent_commands().detach([*_REMOVE, self._state.workdir], cwd="/", env=agent_environment("/"))
+                agent_commands().detach([*_REMOVE, self._state.workdir], cwd="/", env=command_environment("/"))
             self._state.workdir = None
 
 
@@ -150,8 +160,8 @@ async def _make_workdir(task: TerminalTask) -> str:
     with tempfile.TemporaryFile() as archive:  # a descriptor the agent's tar reads, whatever it may open
         archive.write(task.archive())
         archive.seek(0)
-        result = await run_as_agent(
-            [*_UNPACK, workdir], "/", timeout_s=_SETUP_TIMEOUT_S, output_limit=4096, stdin_fd=archive.fileno()
+        result = await run_as(
+            "agent", [*_UNPACK, workdir], "/", timeout_s=_SETUP_TIMEOUT_S, output_limit=4096, stdin_fd=archive.fileno()
         )
     if result.exit_code != 0:
         raise ExecutionError(f"could not set up task {task.id} in {workdir}: {result.output.strip()}")

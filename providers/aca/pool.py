@@ -101,6 +101,7 @@ def server_args(settings: PoolSettings) -> list[str]:
         "--harden",
         "--server-user", "10001:10001",
         "--agent-user", "10002:10002",
+        "--verifier-user", "10004:10004",
     ]  # fmt: skip
 
 

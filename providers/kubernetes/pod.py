@@ -1,16 +1,20 @@
-"""One sandbox as Kubernetes objects: a pod of two containers, and the Secret holding its token.
+"""One sandbox as Kubernetes objects: a pod of three containers, and the Secret holding its token.
 
-    pod hc-<name>                          (Pod Security Standards: restricted)
-      ├─ server  uid 10001   python -m envs <env> --port 8000 --token-file /run/hillclimb-token/token
-      │                      the token Secret (this container only), a /tmp of its own
-      └─ agent   uid 10002   python3 -m envs.warden --listen /run/warden/warden.sock --server-uid 10001
-                             the agent's work dir /work, a /tmp of its own; the warden's socket dir, shared
+    pod hc-<name>                            (Pod Security Standards: restricted)
+      ├─ server    uid 10001   python -m envs <env> --port 8000 --token-file /run/hillclimb-token/token
+      │                        the token Secret (this container only), a /tmp of its own
+      ├─ agent     uid 10002   python3 -m envs.warden --listen /run/warden/warden.sock --server-uid 10001
+      │                        the agent's work dir /work, a /tmp of its own
+      └─ verifier  uid 10004   python3 -m envs.warden --listen /run/warden/verifier.sock --server-uid 10001
+                               the verifier's copies /verify, a /tmp of its own; the wardens' socket dir, shared
 
 The restricted profile lets no container keep a capability, so no process of the pod may
-switch uids: the agent's commands get a uid of their own by running in a second container,
-under the warden (`envs.warden`'s listen mode), which the server reaches over a socket in a
-directory the two share. The server's code and task suites (`/opt/hillclimb`, group 10001)
-stay out of the agent's reach, and the token is mounted only where the server runs. Every
+switch uids: the agent's commands, and what decides a reward (`envs.verification`), get uids of
+their own by running in containers of their own, each under a warden (`envs.warden`'s listen
+mode) that the server reaches over a socket in a directory they share; each container has its
+own process namespace, so the agent cannot even see the verifier's processes. The server's
+code and task suites (`/opt/hillclimb`, group 10001) stay out of both's reach, and the token is
+mounted only where the server runs. Every
 writable mount is memory-backed and size-limited; the pod dies at the sandbox's TTL
 (`activeDeadlineSeconds`) even if nobody destroys it. No service-account token, no service
 links, seccomp `RuntimeDefault`, and an optional runtime class (gVisor, Kata) for a kernel
@@ -29,19 +33,22 @@ from providers.kubernetes.egress import SANDBOX_NAME, SANDBOX_ROLE, SERVER_PORT
 
 SERVER_UID = 10001
 AGENT_UID = 10002
+VERIFIER_UID = 10004
 TOKEN_GROUP = 10003
 """The pod's fsGroup: the token file's group. It owns nothing else in the image, so that the
 agent's container, which the kubelet gives this group too, gains no file by it."""
 TOKEN_DIR = "/run/hillclimb-token"
 WARDEN_DIR = "/run/warden"
 WORKDIR = "/work"
+VERIFY_DIR = "/verify"
 SERVER_CODE = "/opt/hillclimb"
 """The image's env server and task suites (group 10001 only)."""
 WARDEN_CODE = "/opt/hillclimb-warden"
 """The warden's own modules, readable by every uid (the image copies them there): the agent's
-container cannot read `SERVER_CODE`."""
+and the verifier's containers cannot read `SERVER_CODE`."""
 SERVER_RESOURCES = {"cpu": "500m", "memory": "512Mi", "ephemeral-storage": "64Mi"}
-"""The env server's own share; the sandbox's `Resources` bound the agent's container, where its commands run."""
+"""The env server's own share; the sandbox's `Resources` bound the agent's container, where its
+commands run, and the verifier's, which copies what they wrote."""
 _SERVER_TMP = "64Mi"
 
 
@@ -65,6 +72,28 @@ def _hardened(uid: int) -> dict[str, Any]:
 
 def _memory_dir(name: str, size: str) -> dict[str, Any]:
     return {"name": name, "emptyDir": {"medium": "Memory", "sizeLimit": size}}
+
+
+def _warden_container(
+    role: str, uid: int, socket: str, workdir: str, *, image: str, env: list[dict[str, str]], limits: dict[str, str]
+) -> dict[str, Any]:
+    """A role's container: its warden, under its uid, with a memory-backed work dir and /tmp of its own."""
+    volume = "work" if role == "agent" else "verify"
+    return {
+        "name": role,
+        "image": image,
+        "command": ["python3", "-P", "-m", "envs.warden"],
+        "args": ["--listen", f"{WARDEN_DIR}/{socket}", "--server-uid", str(SERVER_UID)],
+        "env": [*env, {"name": "PYTHONPATH", "value": WARDEN_CODE}],
+        "workingDir": workdir,
+        "resources": {"limits": limits, "requests": limits},
+        "securityContext": _hardened(uid),
+        "volumeMounts": [
+            {"name": "warden", "mountPath": WARDEN_DIR},
+            {"name": volume, "mountPath": workdir},
+            {"name": f"{role}-tmp", "mountPath": "/tmp"},
+        ],
+    }
 
 
 def sandbox_pod(
@@ -106,7 +135,10 @@ def sandbox_pod(
         "env": [
             *env,
             {"name": "HILLCLIMB_WARDEN_SOCKET", "value": f"{WARDEN_DIR}/warden.sock"},
+            {"name": "HILLCLIMB_VERIFIER_WARDEN_SOCKET", "value": f"{WARDEN_DIR}/verifier.sock"},
             {"name": "HILLCLIMB_AGENT_UID", "value": str(AGENT_UID)},
+            {"name": "HILLCLIMB_VERIFIER_UID", "value": str(VERIFIER_UID)},
+            {"name": "HILLCLIMB_VERIFY_DIR", "value": VERIFY_DIR},
             {"name": "HILLCLIMB_WORKDIR", "value": WORKDIR},
         ],
         "ports": [{"name": "env", "containerPort": SERVER_PORT, "protocol": "TCP"}],
@@ -119,23 +151,11 @@ def sandbox_pod(
             {"name": "server-tmp", "mountPath": "/tmp"},
         ],
     }
-    agent = {
-        "name": "agent",
-        "image": image,
-        "command": ["python3", "-P", "-m", "envs.warden"],
-        "args": ["--listen", f"{WARDEN_DIR}/warden.sock", "--server-uid", str(SERVER_UID)],
-        "env": [*env, {"name": "PYTHONPATH", "value": WARDEN_CODE}],
-        "workingDir": WORKDIR,
-        "resources": {"limits": agent_limits, "requests": agent_limits},
-        "securityContext": _hardened(AGENT_UID),
-        "volumeMounts": [
-            {"name": "warden", "mountPath": WARDEN_DIR},
-            {"name": "work", "mountPath": WORKDIR},
-            {"name": "agent-tmp", "mountPath": "/tmp"},
-        ],
-    }
+    role_limits = {"image": image, "env": env, "limits": agent_limits}
+    agent = _warden_container("agent", AGENT_UID, "warden.sock", WORKDIR, **role_limits)
+    verifier = _warden_container("verifier", VERIFIER_UID, "verifier.sock", VERIFY_DIR, **role_limits)
     pod_spec: dict[str, Any] = {
-        "containers": [server, agent],
+        "containers": [server, agent, verifier],
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": 5,
         "automountServiceAccountToken": False,
@@ -154,6 +174,8 @@ def sandbox_pod(
             _memory_dir("warden", "1Mi"),
             _memory_dir("work", f"{limits.disk_mb}Mi"),
             _memory_dir("agent-tmp", f"{limits.disk_mb}Mi"),
+            _memory_dir("verify", f"{limits.disk_mb}Mi"),
+            _memory_dir("verifier-tmp", f"{limits.disk_mb}Mi"),
             _memory_dir("server-tmp", _SERVER_TMP),
         ],
     }

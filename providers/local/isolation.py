@@ -107,6 +107,8 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 SANDBOX_RUN_DIR = "/run/hillclimb"
 SANDBOX_WORKDIR = "/sandbox"
+SANDBOX_VERIFY_DIR = "/verify"
+SANDBOX_VERIFIER_SHELL = "/run/hillclimb-verifier/bash"
 
 MS_RDONLY = 0x1
 MS_REMOUNT = 0x20
@@ -129,6 +131,10 @@ class RootPlan:
     work_kb: int
     work_owner: int
     """`SANDBOX_WORKDIR` is a tmpfs of this size, owned by this uid (the agent's)."""
+    verify_owner: int
+    """`SANDBOX_VERIFY_DIR` is another, owned by this uid (the verifier's): where it copies the work dir."""
+    verifier_shell: str | None
+    """A host file bound read-only at `SANDBOX_VERIFIER_SHELL`: bash, execute-only (see `envs.verification`)."""
     tmp_mb: int
     cgroups: list[str]
     """The sandbox's own cgroup directories: read-only at the same paths, so it can read its limits."""
@@ -204,10 +210,11 @@ def enter_minimal_root(plan: RootPlan) -> None:
 
     The new root is a tmpfs holding the system directories (read-only binds), a few device
     nodes, this PID namespace's /proc, fresh /tmp, /var/tmp and /dev/shm, the server's
-    socket dir at `SANDBOX_RUN_DIR`, the agent's work dir at `SANDBOX_WORKDIR`, and the
-    server's code at its own paths, under top directories only `code_owner` may enter.
+    socket dir at `SANDBOX_RUN_DIR`, the agent's work dir at `SANDBOX_WORKDIR`, the verifier's
+    at `SANDBOX_VERIFY_DIR` and its shell, and the server's code at its own paths, under top
+    directories only `code_owner` may enter.
     Host sockets, home directories, run ledgers and everything else have no path here."""
-    for target in (SANDBOX_RUN_DIR, SANDBOX_WORKDIR):
+    for target in (SANDBOX_RUN_DIR, SANDBOX_WORKDIR, SANDBOX_VERIFY_DIR, os.path.dirname(SANDBOX_VERIFIER_SHELL)):
         if any(_under(p, target) for p in plan.code):
             raise OSError(errno.EINVAL, f"the server's code at {plan.code} overlaps the sandbox's {target}")
     mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -237,9 +244,13 @@ def enter_minimal_root(plan: RootPlan) -> None:
         _bind(group, root + group)
     os.makedirs(root + SANDBOX_RUN_DIR)
     _bind(plan.run_dir, root + SANDBOX_RUN_DIR, writable=True)
-    os.makedirs(root + SANDBOX_WORKDIR)
-    owner = plan.work_owner
-    mount_tmpfs(root + SANDBOX_WORKDIR, size_kb=plan.work_kb, uid=owner, gid=owner, flags=0)
+    for path, owner in ((SANDBOX_WORKDIR, plan.work_owner), (SANDBOX_VERIFY_DIR, plan.verify_owner)):
+        os.makedirs(root + path, exist_ok=True)
+        mount_tmpfs(root + path, size_kb=plan.work_kb, uid=owner, gid=owner, flags=0)
+    if plan.verifier_shell is not None:
+        os.makedirs(root + os.path.dirname(SANDBOX_VERIFIER_SHELL))
+        open(root + SANDBOX_VERIFIER_SHELL, "w").close()
+        _bind(plan.verifier_shell, root + SANDBOX_VERIFIER_SHELL)
     for path in outermost(plan.code):
         _bind_code(root, path, plan)
     _pivot_root(root)

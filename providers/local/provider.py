@@ -18,7 +18,10 @@ On disk, under the provider's root (mode 0711, owned by us):
                               dir is /sandbox there, a tmpfs of its disk limit, owned by the agent
     <root>/<id>/work/, tmp/   its work dir and $TMPDIR when unisolated
     <root>/.slots/<n>         uid slot claims: a symlink naming the sandbox; its server runs as
-                              uid_base + n, its agent's commands as uid_base + uid_slots + n
+                              uid_base + n, its agent's commands as uid_base + uid_slots + n, its
+                              verifier as uid_base + 2 * uid_slots + n
+    <root>/.verifier-bash     as root: bash, execute-only (0111), bound into every sandbox for
+                              its verifier (see `envs.verification`)
 
 Another process (`hillclimb sandbox ls|rm|reap`) reads the same layout.
 """
@@ -210,6 +213,7 @@ class LocalProvider:
             slot = self._claim_slot(sandbox_id) if isolate and self._as_root else None
             uid = None if slot is None else self.uid_base + slot
             agent_uid = None if slot is None else self.uid_base + self.uid_slots + slot
+            verifier_uid = None if slot is None else self.uid_base + 2 * self.uid_slots + slot
             dirs = self._make_dirs(home, uid)
             cgroups = self._cgroups.create(sandbox_id, spec.resources) if self._cgroups and isolate else []
             plan = LaunchPlan(
@@ -226,6 +230,8 @@ class LocalProvider:
                 uid=uid,
                 gid=uid,
                 agent_uid=agent_uid,
+                verifier_uid=verifier_uid,
+                verifier_shell=str(self._verifier_shell()) if slot is not None else None,
                 isolate=isolate,
                 rlimits=self._rlimits(spec, unique_uid=uid is not None, cgroups=bool(cgroups)),
                 cgroups=cgroups,
@@ -286,6 +292,20 @@ class LocalProvider:
             f"all {self.uid_slots} sandbox uid slots are taken: destroyed sandboxes free them "
             "(`hillclimb sandbox reap` removes those whose driver died)"
         )
+
+    def _verifier_shell(self) -> Path:
+        """`<root>/.verifier-bash`, made once per provider root, again if this host's bash changed."""
+        bash = Path(os.path.realpath(shutil.which("bash") or "/bin/bash"))
+        shell = self.root / ".verifier-bash"
+        with contextlib.suppress(FileNotFoundError):
+            held = shell.stat()
+            if held.st_size == bash.stat().st_size and held.st_mtime >= bash.stat().st_mtime and held.st_uid == 0:
+                return shell
+        made = self.root / f".verifier-bash.{os.getpid()}.{threading.get_ident()}"
+        shutil.copyfile(bash, made)
+        os.chmod(made, 0o111)
+        os.replace(made, shell)
+        return shell
 
     def _make_dirs(self, home: Path, uid: int | None) -> dict[str, Path]:
         dirs = {name: home / name for name in ("run", "work", "tmp", "root")}

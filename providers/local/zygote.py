@@ -65,6 +65,8 @@ class LaunchPlan(BaseModel):
     uid: int | None  # the server's; None: a user namespace maps the caller to root inside instead
     gid: int | None
     agent_uid: int | None  # the agent's commands' uid (and gid); None: the server's
+    verifier_uid: int | None  # the verifier's uid (and gid), with the agent's; None: the server's
+    verifier_shell: str | None  # the host's execute-only bash for the verifier (see envs.verification)
     isolate: bool
     rlimits: dict[str, int]
     cgroups: list[str]
@@ -81,10 +83,20 @@ def _sandbox_environ(plan: LaunchPlan) -> dict[str, str]:
         "TMPDIR": "/tmp" if plan.isolate else plan.tmpdir,
         "LANG": "C.UTF-8",
         "HILLCLIMB_WORKDIR": isolation.SANDBOX_WORKDIR if plan.isolate else plan.workdir,
+        **({"HILLCLIMB_VERIFY_DIR": isolation.SANDBOX_VERIFY_DIR} if plan.isolate else {}),
+        **(
+            {"HILLCLIMB_VERIFIER_SHELL": isolation.SANDBOX_VERIFIER_SHELL}
+            if plan.isolate and plan.verifier_shell
+            else {}
+        ),
         "HILLCLIMB_ENV_SOCKET": os.path.join(run_dir, os.path.basename(plan.socket_path)),
         "MALLOC_ARENA_MAX": "2",  # keeps virtual size, which RLIMIT_AS counts, close to real use
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+    if plan.isolate:
+        environ["HILLCLIMB_VERIFY_DIR"] = isolation.SANDBOX_VERIFY_DIR
+    if plan.isolate and plan.verifier_shell:
+        environ["HILLCLIMB_VERIFIER_SHELL"] = isolation.SANDBOX_VERIFIER_SHELL
     environ.update(plan.env_vars)
     return environ
 
@@ -107,6 +119,7 @@ def _prepare_init(plan: LaunchPlan) -> None:
     """In PID 1, while still privileged: a root filesystem of the sandbox's own and a live loopback."""
     code = [sys.base_prefix, sys.prefix, *(p for p in sys.path if p)]  # what the server imports from
     agent = plan.agent_uid if plan.agent_uid is not None else 0  # 0: ourselves, inside a user namespace
+    verifier = plan.verifier_uid if plan.verifier_uid is not None else 0
     isolation.enter_minimal_root(
         isolation.RootPlan(
             mount_point=plan.root_dir,
@@ -115,6 +128,8 @@ def _prepare_init(plan: LaunchPlan) -> None:
             run_dir=os.path.dirname(plan.socket_path),
             work_kb=plan.tmp_size_mb * 1024,
             work_owner=agent,
+            verify_owner=verifier,
+            verifier_shell=plan.verifier_shell,
             tmp_mb=plan.tmp_size_mb,
             cgroups=plan.cgroups,
         )
@@ -139,7 +154,7 @@ def _become_server(plan: LaunchPlan, report_fd: int) -> None:
     keep = sorted({report_fd, *([int(warden_fd)] if warden_fd else [])})
     for low, high in zip([2, *keep], [*keep, 65536], strict=True):
         os.closerange(low + 1, high)
-    for name in (warden.FD_ENV_VAR, warden.AGENT_UID_ENV_VAR):
+    for name in (warden.FD_ENV_VAR, warden.AGENT_UID_ENV_VAR, warden.VERIFIER_UID_ENV_VAR):
         if name in os.environ:
             environ[name] = os.environ[name]
     os.environ.clear()
@@ -200,10 +215,14 @@ def _run_sandbox(plan: LaunchPlan, report_fd: int) -> None:
     _prepare_init(plan)
     seccomp.install()
     isolation.keep_only_capabilities(isolation.WARDEN_CAPABILITIES)
-    server_user = agent = None
-    if plan.uid is not None and plan.gid is not None and plan.agent_uid is not None:
-        server_user, agent = warden.Identity(plan.uid, plan.gid), warden.Identity(plan.agent_uid, plan.agent_uid)
-    warden.start_sandbox(lambda: _become_server(plan, report_fd), server_user=server_user, agent=agent)
+    server_user = identities = None
+    if plan.uid is not None and plan.gid is not None and plan.agent_uid is not None and plan.verifier_uid is not None:
+        server_user = warden.Identity(plan.uid, plan.gid)
+        identities = {
+            "agent": warden.Identity(plan.agent_uid, plan.agent_uid),
+            "verifier": warden.Identity(plan.verifier_uid, plan.verifier_uid),
+        }
+    warden.start_sandbox(lambda: _become_server(plan, report_fd), server_user=server_user, identities=identities)
 
 
 def _descend() -> None:

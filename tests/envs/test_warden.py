@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from envs.agent_commands import AgentCommands, WardenGoneError, _connect_warden, _start_warden
+from envs.agent_commands import CommandExit, WardenClient, WardenGoneError, _connect_warden, _start_warden
 from envs.agent_processes import keep_memory_private
 from envs.warden import Identity, Warden, accept_server
 
@@ -26,16 +26,16 @@ ENV = {"PATH": "/usr/bin:/bin"}
 
 
 @pytest.fixture
-async def commands() -> AsyncIterator[AgentCommands]:
+async def commands() -> AsyncIterator[WardenClient]:
     sock, process = _start_warden()
     sock.setblocking(False)
-    agent = AgentCommands(sock, os.getuid(), process)
+    agent = WardenClient(sock, process)
     yield agent
     agent.close()
     assert process.wait(5) == 0  # our end closed: it exits by itself
 
 
-async def _run(commands: AgentCommands, shell: str, timeout_s: float | None = 10) -> tuple[int, bool, str]:
+async def _run(commands: WardenClient, shell: str, timeout_s: float | None = 10) -> tuple[int, bool, str]:
     read_fd, write_fd = os.pipe()
     try:
         done = await commands.run(["sh", "-c", shell], cwd="/", env=ENV, out_fd=write_fd, timeout_s=timeout_s)
@@ -45,13 +45,13 @@ async def _run(commands: AgentCommands, shell: str, timeout_s: float | None = 10
         return done.exit_code, done.timed_out, out.read().decode()
 
 
-async def test_runs_commands_with_their_status_and_output(commands: AgentCommands) -> None:
+async def test_runs_commands_with_their_status_and_output(commands: WardenClient) -> None:
     assert await _run(commands, "echo out; echo err >&2; exit 3") == (3, False, "out\nerr\n")
     assert (await _run(commands, "kill -9 $$"))[0] == 137  # 128 + SIGKILL, as a shell says
     assert (await _run(commands, "yes | head -c 3"))[2] == "y\ny"  # SIGPIPE is default again
 
 
-async def test_a_timeout_kills_the_whole_group_and_any_escapee(commands: AgentCommands, tmp_path: Path) -> None:
+async def test_a_timeout_kills_the_whole_group_and_any_escapee(commands: WardenClient, tmp_path: Path) -> None:
     pid_file = tmp_path / "escapee"
     started = time.monotonic()
     code, timed_out, _ = await _run(commands, f"setsid -f sh -c 'echo $$ > {pid_file}; exec sleep 60'; sleep 60", 0.5)
@@ -65,7 +65,7 @@ async def test_a_timeout_kills_the_whole_group_and_any_escapee(commands: AgentCo
         pytest.fail(f"process {escapee} outlived its command")
 
 
-async def test_cancelling_a_call_kills_its_command(commands: AgentCommands, tmp_path: Path) -> None:
+async def test_cancelling_a_call_kills_its_command(commands: WardenClient, tmp_path: Path) -> None:
     marker = tmp_path / "pid"
     task = asyncio.create_task(_run(commands, f"echo $$ > {marker}; exec sleep 60", None))
     for _ in range(200):
@@ -83,7 +83,88 @@ async def test_cancelling_a_call_kills_its_command(commands: AgentCommands, tmp_
     assert not os.path.exists(f"/proc/{pid}")
 
 
-async def test_nonsense_gets_a_reason_and_the_warden_lives_on(commands: AgentCommands) -> None:
+def _processes(marker: str) -> list[int]:
+    """Pids of the processes whose command line holds `marker`."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in Path(entry.path, "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _chain(path: Path, depth: int) -> str:
+    """Shell: a chain of `depth` + 1 processes, each the parent of the next, in a session of its
+    own, each a `sleep` named after `path`."""
+    path.write_text(f'd=$1; if [ "$d" -gt 0 ]; then bash "$0" $((d-1)) & fi; exec -a {path} sleep 600\n')
+    return f"setsid bash {path} {depth} >/dev/null 2>&1 </dev/null & sleep 1"
+
+
+async def test_a_chain_deeper_than_a_sweep_dies_with_its_command(commands: WardenClient, tmp_path: Path) -> None:
+    script = tmp_path / "chain-under-our-uid.sh"
+    await _run(commands, f"{_chain(script, 100)}; while [ $(ps -e -o args= | grep -c ^{script}) -lt 101 ]; do :; done")
+    assert _processes(str(script)) == []  # the reply comes once they are gone
+
+
+async def test_a_runs_stderr_may_go_apart(commands: WardenClient) -> None:
+    (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
+    done = await commands.run(
+        ["sh", "-c", "echo out; echo err >&2"], cwd="/", env=ENV, out_fd=out_w, stderr_fd=err_w, timeout_s=10
+    )
+    os.close(out_w)
+    os.close(err_w)
+    with os.fdopen(out_r, "rb") as out, os.fdopen(err_r, "rb") as err:
+        assert (done.exit_code, out.read(), err.read()) == (0, b"out\n", b"err\n")
+
+
+async def test_a_cleanup_started_without_waiting_runs_before_the_next_command(
+    commands: WardenClient, tmp_path: Path
+) -> None:
+    marker = tmp_path / "cleaned"
+    commands.detach(["sh", "-c", f"sleep 0.5; touch {marker}"], cwd="/", env=ENV)
+    assert (await _run(commands, f"test -e {marker} && echo after"))[2] == "after\n"
+
+
+async def test_end_kills_a_roles_running_commands_and_what_they_left(commands: WardenClient, tmp_path: Path) -> None:
+    script = tmp_path / "chain-to-end.sh"
+    running = asyncio.create_task(_run(commands, f"{_chain(script, 5)}; exec sleep 60", None))
+    while len(_processes(str(script))) < 6:
+        await asyncio.sleep(0.02)
+    await commands.end("agent")
+    assert _processes(str(script)) == []
+    assert (await running)[0] == 137  # killed, and told so
+
+
+async def test_a_hold_keeps_other_tasks_commands_waiting(commands: WardenClient, tmp_path: Path) -> None:
+    marker, held = tmp_path / "ran", asyncio.Event()
+
+    async def another_session() -> tuple[int, bool, str]:  # a task of its own, as another session's is
+        await held.wait()
+        return await _run(commands, f"touch {marker}")
+
+    other = asyncio.create_task(another_session())
+    async with commands.hold():
+        held.set()
+        await asyncio.sleep(0.3)
+        assert not marker.exists() and not other.done()
+        assert (await _run(commands, "echo mine"))[2] == "mine\n"  # the holder's own commands run
+    assert (await other)[0] == 0 and marker.exists()
+
+
+async def test_a_hold_waits_for_the_commands_already_running(commands: WardenClient, tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    running = asyncio.create_task(_run(commands, f"touch {marker}; sleep 0.5; echo finished"))
+    while not marker.exists():
+        await asyncio.sleep(0.01)
+    async with commands.hold():
+        assert running.done()  # not killed, waited for
+    assert await running == (0, False, "finished\n")
+
+
+async def test_nonsense_gets_a_reason_and_the_warden_lives_on(commands: WardenClient) -> None:
     loop = asyncio.get_running_loop()
     for request in (b"not json", b"[1, 2]", json.dumps({"op": "format-disk", "id": 7}).encode()):
         await loop.sock_sendall(commands.sock, request)
@@ -95,7 +176,7 @@ async def test_nonsense_gets_a_reason_and_the_warden_lives_on(commands: AgentCom
     assert await _run(commands, "echo still here") == (0, False, "still here\n")
 
 
-async def test_a_missing_work_dir_is_reported_as_a_shell_would(commands: AgentCommands, tmp_path: Path) -> None:
+async def test_a_missing_work_dir_is_reported_as_a_shell_would(commands: WardenClient, tmp_path: Path) -> None:
     read_fd, write_fd = os.pipe()
     gone = tmp_path / "gone"
     done = await commands.run(["bash", "-c", "true"], cwd=str(gone), env=ENV, out_fd=write_fd, timeout_s=5)
@@ -108,7 +189,7 @@ async def test_a_missing_work_dir_is_reported_as_a_shell_would(commands: AgentCo
 async def test_a_warden_that_is_gone_is_a_typed_error() -> None:
     sock, process = _start_warden()
     sock.setblocking(False)
-    commands = AgentCommands(sock, os.getuid(), process)
+    commands = WardenClient(sock, process)
     process.kill()
     process.wait()
     with pytest.raises(WardenGoneError):
@@ -169,7 +250,7 @@ def test_a_warden_apart_takes_only_the_server_and_runs_commands_as_the_agent() -
 
     def warden_apart() -> int:
         keep_memory_private()
-        return Warden(accept_server(path, SERVER), agent=None).serve()
+        return Warden(accept_server(path, SERVER), identities=None, apart=True).serve()
 
     def stranger() -> int:  # connects first: the warden must not take it
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
@@ -178,9 +259,12 @@ def test_a_warden_apart_takes_only_the_server_and_runs_commands_as_the_agent() -
             return 0 if sock.recv(16) == b"" else 1  # closed unanswered
 
     def server() -> int:
-        commands = AgentCommands(_connect_warden(path, AGENT), AGENT)
+        commands = WardenClient(_connect_warden(path, AGENT))
         read_fd, write_fd = os.pipe()
-        done = asyncio.run(commands.run(["sh", "-c", "id -u"], cwd="/", env=ENV, out_fd=write_fd, timeout_s=10))
+        async def id_u() -> CommandExit:
+            return await commands.run(["sh", "-c", "id -u"], cwd="/", env=ENV, out_fd=write_fd, timeout_s=10)
+
+        done = asyncio.run(id_u())
         os.close(write_fd)
         ran_as = os.read(read_fd, 64).decode().strip()
         commands.close()
@@ -215,7 +299,7 @@ def test_a_server_refuses_a_warden_socket_served_by_another_uid() -> None:
         try:
             _connect_warden(path, AGENT)
         except WardenGoneError as e:
-            return 0 if f"served by uid {STRANGER}, not the agent's {AGENT}" in str(e) else 1
+            return 0 if f"served by uid {STRANGER}, not the role's {AGENT}" in str(e) else 1
         return 1
 
     try:

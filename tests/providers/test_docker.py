@@ -64,9 +64,12 @@ async def test_hardening_is_read_back_from_the_engine(docker_provider: DockerPro
     assert host["Privileged"] is False and host["Init"] is True and host["IpcMode"] == "private"
     assert host["Memory"] == 256 * 2**20 and host["MemorySwap"] == 256 * 2**20
     assert host["NanoCpus"] == 500_000_000 and host["PidsLimit"] == 128
-    assert set(host["Tmpfs"]) == {"/work", "/tmp"} and "size=1024m" in host["Tmpfs"]["/work"]
-    assert attrs["Config"]["User"] == "0:0"  # the warden, which starts the server and the agent under their uids
-    assert attrs["Config"]["Cmd"][-4:] == ["--server-user", "10001:10001:10001", "--agent-user", "10002:10002"]
+    assert set(host["Tmpfs"]) == {"/work", "/verify", "/tmp"} and "size=1024m" in host["Tmpfs"]["/work"]
+    assert "uid=10004" in host["Tmpfs"]["/verify"] and "mode=0700" in host["Tmpfs"]["/verify"]  # the verifier's
+    assert attrs["Config"]["User"] == "0:0"  # the warden, which starts the server, the agent and the verifier
+    assert attrs["Config"]["Cmd"][-6:] == [
+        "--server-user", "10001:10001:10001", "--agent-user", "10002:10002", "--verifier-user", "10004:10004"
+    ]  # fmt: skip
     labels = attrs["Config"]["Labels"]
     assert labels[LABEL_RUN] == "adhoc" and "hillclimb.dev/owner" in labels and "hillclimb.dev/expires-at" in labels
 

@@ -49,7 +49,8 @@ def _leftovers(provider_name: str, provider: Any, sandboxes: list[Sandbox], slot
         else:
             left += [str(provider.root / sandbox.id)] if (provider.root / sandbox.id).exists() else []
             left += ["container " + sandbox.id] if provider._container_exists(sandbox.id) else []
-    for uid in {provider.uid_base + slot for slot in slots.values() if slot is not None}:
+    taken = [slot for slot in slots.values() if slot is not None]  # each slot: the server's, agent's, verifier's uid
+    for uid in {provider.uid_base + role * provider.uid_slots + slot for slot in taken for role in range(3)}:
         left += [f"process {p.parent.name} of uid {uid}" for p in Path("/proc").glob("[0-9]*/status") if _uid(p) == uid]
     return left
 

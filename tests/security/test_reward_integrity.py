@@ -10,13 +10,17 @@ ledgers, no host sockets).
 from __future__ import annotations
 
 import asyncio
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from envs.probe import agent_report, verifier_report
+from envs.terminal.env import WORKDIR_ENV_VAR
 from providers.base import Sandbox, SandboxSpec
+from providers.probe import _verifier_out_of_reach
 from tests.security.agent import SERVER_PIDS, run_as_agent
 
 STEAL = (
@@ -85,3 +89,17 @@ async def test_a_local_sandbox_sees_none_of_the_hosts_tree(local_provider: Any, 
     assert connections == 0
     top = set(out.strip().splitlines()[-1].split())
     assert {"usr", "etc", "proc", "tmp", "sandbox", "run"} <= top and "home" not in top and "var" in top, top
+
+
+async def test_where_every_role_shares_the_servers_uid_the_probe_says_the_verifier_is_in_reach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside any sandbox (a warden of our own, under our uid), as in an ordinary user's local
+    sandbox: leftovers are still swept, but the verifier runs under the agent's uid, dumpable."""
+    monkeypatch.setenv(WORKDIR_ENV_VAR, str(tmp_path))
+    report = {"uid": os.getuid(), "agent": await agent_report(None), "verifier": await verifier_report()}
+    assert report["agent"]["survivors"] == 0  # the chain and the daemon were the warden's orphans
+    check = _verifier_out_of_reach(report["uid"], report["agent"], report["verifier"])
+    assert not check.ok
+    assert "the agent's or the server's" in check.detail and "can open its memory" in check.detail
+    assert "script is left" not in check.detail  # it still removes itself

@@ -12,7 +12,7 @@ import pytest
 
 from providers.base import Resources, SandboxSpec
 from providers.errors import BadSpecError
-from providers.kubernetes.pod import AGENT_UID, SERVER_UID, pod_name, sandbox_pod, token_secret
+from providers.kubernetes.pod import AGENT_UID, SERVER_UID, VERIFIER_UID, pod_name, sandbox_pod, token_secret
 from tests.providers.kubernetes.emulator import validate
 
 RESTRICTED_VOLUMES = {
@@ -89,19 +89,25 @@ def _container(pod: dict[str, Any], name: str) -> dict[str, Any]:
     return next(c for c in pod["spec"]["containers"] if c["name"] == name)
 
 
-def test_two_uids_the_token_with_the_server_only_and_the_work_with_the_agent_only() -> None:
+def test_three_uids_the_token_with_the_server_only_the_work_with_the_agent_only() -> None:
     pod = _pod()
-    server, agent = _container(pod, "server"), _container(pod, "agent")
-    assert (server["securityContext"]["runAsUser"], agent["securityContext"]["runAsUser"]) == (SERVER_UID, AGENT_UID)
-    mounts = {c["name"]: {m["name"]: m["mountPath"] for m in c["volumeMounts"]} for c in (server, agent)}
-    assert "token" in mounts["server"] and "token" not in mounts["agent"]
-    assert mounts["agent"]["work"] == "/work" and "work" not in mounts["server"]
-    assert mounts["server"]["warden"] == mounts["agent"]["warden"]  # the one thing they share
-    assert mounts["server"]["server-tmp"] == mounts["agent"]["agent-tmp"] == "/tmp"  # each its own
+    server, agent, verifier = (_container(pod, name) for name in ("server", "agent", "verifier"))
+    uids = [c["securityContext"]["runAsUser"] for c in (server, agent, verifier)]
+    assert uids == [SERVER_UID, AGENT_UID, VERIFIER_UID] and len(set(uids)) == 3
+    mounts = {c["name"]: {m["name"]: m["mountPath"] for m in c["volumeMounts"]} for c in (server, agent, verifier)}
+    assert "token" in mounts["server"] and "token" not in mounts["agent"] and "token" not in mounts["verifier"]
+    assert mounts["agent"]["work"] == "/work" and "work" not in mounts["server"] and "work" not in mounts["verifier"]
+    assert mounts["verifier"]["verify"] == "/verify" and "verify" not in mounts["agent"]  # the copies: its own
+    assert mounts["server"]["warden"] == mounts["agent"]["warden"] == mounts["verifier"]["warden"]  # all they share
+    assert mounts["server"]["server-tmp"] == mounts["agent"]["agent-tmp"] == mounts["verifier"]["verifier-tmp"]
     assert agent["args"] == ["--listen", "/run/warden/warden.sock", "--server-uid", str(SERVER_UID)]
+    assert verifier["args"] == ["--listen", "/run/warden/verifier.sock", "--server-uid", str(SERVER_UID)]
     environment = {e["name"]: e["value"] for e in server["env"]}
     assert environment["HILLCLIMB_WARDEN_SOCKET"] == "/run/warden/warden.sock"
+    assert environment["HILLCLIMB_VERIFIER_WARDEN_SOCKET"] == "/run/warden/verifier.sock"
     assert environment["HILLCLIMB_AGENT_UID"] == str(AGENT_UID)
+    assert environment["HILLCLIMB_VERIFIER_UID"] == str(VERIFIER_UID)
+    assert not pod["spec"].get("shareProcessNamespace")  # the agent cannot even see the verifier's processes
 
 
 def test_limits_ttl_and_labels_follow_the_spec() -> None:

@@ -1,4 +1,4 @@
-"""The sandbox pod's two containers, started on this machine's Docker engine with the pod's own
+"""The sandbox pod's three containers, started on this machine's Docker engine with the pod's own
 settings (image, command, uid, read-only root, no capability, memory-backed mounts, the token
 file mounted into the server only, one network namespace), serve a terminal episode: the pod
 spec works, not only validates. No kubelet here: Docker stands in for the container runtime."""
@@ -25,7 +25,10 @@ pytestmark = [pytest.mark.docker, pytest.mark.root]
 IMAGE = "hillclimb/sandbox:dev"
 REPO = Path(__file__).resolve().parents[3]
 
-PROBE = f"id -u; cat {SERVER_CODE}/pyvenv.cfg; ls {TOKEN_DIR}; echo hi > {WORKDIR}/mine && cat {WORKDIR}/mine"
+PROBE = (
+    f"id -u; ps -e -o uid= | sort -u | tr -d ' ' | tr '\\n' ' '; echo; cat {SERVER_CODE}/pyvenv.cfg; ls {TOKEN_DIR};"
+    f" echo hi > {WORKDIR}/mine && cat {WORKDIR}/mine"
+)
 CLIENT = """
 import asyncio, json, sys
 from envs.client import EnvClient
@@ -91,7 +94,7 @@ def pod_on_docker(docker_engine: None) -> Iterator[tuple[Any, str]]:
         os.chown(token_file, 0, TOKEN_GROUP)  # as the kubelet writes a Secret under the pod's fsGroup
         os.chmod(token_file, 0o440)
         try:
-            for container in pod["spec"]["containers"]:  # the server first: the agent joins its network namespace
+            for container in pod["spec"]["containers"]:  # the server first: the others join its network namespace
                 network = "none" if not started else f"container:{started[0].id}"
                 options = _docker_options(container, host_dirs)
                 started.append(client.containers.run(IMAGE, network_mode=network, **options))
@@ -117,7 +120,8 @@ def test_the_pods_containers_serve_a_terminal_episode(pod_on_docker: tuple[Any, 
     result = json.loads(done.stdout.splitlines()[-1])
     seen = result["seen"]
     assert seen.splitlines()[0] == "10002", seen  # the agent's commands: the agent container's uid
+    assert seen.splitlines()[1].split() == ["10002"], seen  # its own processes only: no server, no verifier
     assert f"{SERVER_CODE}/pyvenv.cfg: Permission denied" in seen  # the server's code and task suites
     assert TOKEN_DIR in seen and "No such file" in seen  # the token is not in its container
     assert seen.rstrip().endswith("hi")  # its work dir is its own to write
-    assert result["reward"] == 1.0  # the verifier ran (as the agent) and the episode scored
+    assert result["reward"] == 1.0  # the verifier ran, through the verifier container's warden, and scored
