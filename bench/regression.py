@@ -11,8 +11,14 @@ machine noise hits both alike; medians over repetitions are compared.
 - warm lease: `bench.sandbox_start.warm_leases` on local sandboxes (`SandboxPool.lease()`
   from a warm pool, health check included, shared sandboxes): seconds per lease, median
   (`--leases 0` skips it).
+- cold start: `bench.sandbox_start.cold_starts`, create until `/health` answers, median of
+  `--cold` local sandboxes (the zygote's start excluded) and, given `--docker-images BASE HEAD`
+  (an image built from each commit: each side's server is its own code), of Docker sandboxes.
+- terminal step: the round trip of a `true` command in a local `terminal` sandbox, median of
+  `--steps`: what the warden adds around each of the agent's commands.
 
-    python -m bench.regression --base <commit> [--reps 5] [--seconds 1] [--leases 200] [--loop uvloop]
+    python -m bench.regression --base <commit> [--reps 5] [--seconds 1] [--leases 200] [--cold 20]
+        [--steps 200] [--docker-images BASE_TAG HEAD_TAG] [--loop uvloop]
 """
 
 from __future__ import annotations
@@ -49,6 +55,53 @@ async def main():
 print(json.dumps(statistics.median(asyncio.run(main()))))
 """
 
+_COLD_START = """
+import asyncio, json, statistics, sys, tempfile
+from bench.sandbox_start import cold_starts
+from providers.base import SandboxSpec
+
+async def main(kind, count, image):
+    root = tempfile.mkdtemp(prefix="hc-reg-")
+    if kind == "docker":
+        from providers.docker import DockerProvider
+        provider = DockerProvider(root=root, image=image, check_image=False)
+    else:
+        from providers.local import LocalProvider
+        provider = LocalProvider(root=root)
+    try:
+        samples = await cold_starts(provider, SandboxSpec(env="toy_terminal", run_id="bench"), count + 1)
+        return statistics.median(samples[1:])  # the first local one also starts the zygote
+    finally:
+        await provider.close()
+
+print(json.dumps(asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))))
+"""
+
+_TERMINAL_STEP = """
+import asyncio, json, statistics, sys, tempfile, time
+from providers.base import SandboxSpec
+from providers.local import LocalProvider
+
+async def main(count):
+    provider = LocalProvider(root=tempfile.mkdtemp(prefix="hc-reg-"))
+    try:
+        sandbox = await provider.create(SandboxSpec(env="terminal", run_id="bench"))
+        await provider.wait_ready(sandbox)
+        async with sandbox.handle.client() as env:
+            samples = []
+            for n in range(count + 10):  # the first ten warm up
+                if n % 25 == 0:  # an episode has 30 steps
+                    await env.reset(task_id="create-hello")
+                start = time.perf_counter()
+                await env.step({"command": "true"})
+                samples.append(time.perf_counter() - start)
+        return statistics.median(samples[10:])
+    finally:
+        await provider.close()
+
+print(json.dumps(asyncio.run(main(int(sys.argv[1])))))
+"""
+
 
 def _child(tree: Path, args: list[str], env: dict[str, str] | None = None) -> Any:
     done = subprocess.run(
@@ -62,8 +115,9 @@ def _child(tree: Path, args: list[str], env: dict[str, str] | None = None) -> An
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def measure(tree: Path, seconds: float, leases: int, loop: str) -> dict[str, float]:
-    steps = _child(tree, ["-m", "bench.env_step", "--child", "--seconds", str(seconds)], {LOOP_ENV_VAR: loop})
+def measure(tree: Path, args: argparse.Namespace, image: str | None) -> dict[str, float]:
+    seconds, leases = args.seconds, args.leases
+    steps = _child(tree, ["-m", "bench.env_step", "--child", "--seconds", str(seconds)], {LOOP_ENV_VAR: args.loop})
     measured = {
         f"{runtime.removeprefix('hillclimb')}: steps/s, {sessions.replace('_', ' ')}": rate
         for runtime, by_sessions in steps.items()
@@ -72,6 +126,12 @@ def measure(tree: Path, seconds: float, leases: int, loop: str) -> dict[str, flo
     }
     if leases:
         measured["warm lease, ms"] = 1000 * _child(tree, ["-c", _WARM_LEASE, str(leases)])
+    if args.cold:
+        measured["cold start, local, ms"] = 1000 * _child(tree, ["-c", _COLD_START, "local", str(args.cold), ""])
+    if args.cold and image is not None:
+        measured["cold start, docker, ms"] = 1000 * _child(tree, ["-c", _COLD_START, "docker", str(args.cold), image])
+    if args.steps:
+        measured["terminal step, local, ms"] = 1000 * _child(tree, ["-c", _TERMINAL_STEP, str(args.steps)])
     return measured
 
 
@@ -81,8 +141,14 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0, help="timed window per step measurement")
     parser.add_argument("--leases", type=int, default=200, help="leases per warm-lease measurement (0: none)")
+    parser.add_argument("--cold", type=int, default=20, help="cold starts per measurement (0: none)")
+    parser.add_argument("--steps", type=int, default=200, help="terminal steps per measurement (0: none)")
+    parser.add_argument(
+        "--docker-images", nargs=2, metavar=("BASE", "HEAD"), help="sandbox images built from each commit"
+    )
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="event loop of the steps")
     args = parser.parse_args()
+    images = dict(zip(("base", "head"), args.docker_images or (None, None), strict=True))
     base_commit = subprocess.run(
         ["git", "rev-parse", "--short", args.base], cwd=HERE, capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -94,7 +160,7 @@ def main() -> None:
             for rep in range(args.reps):
                 sides = [("base", base), ("head", HERE)]
                 for side, tree in sides if rep % 2 == 0 else sides[::-1]:  # neither always goes first
-                    for name, value in measure(tree, args.seconds, args.leases, args.loop).items():
+                    for name, value in measure(tree, args, images[side]).items():
                         samples[side].setdefault(name, []).append(value)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=HERE, check=True)
