@@ -68,7 +68,7 @@ class CounterEnv(Environment[CountAction, CountObservation, CountState]):
             time.sleep(action.seconds)
         if action.op == "block":
             Calls.entered.set()
-            Calls.gate.wait(5.0)
+            Calls.gate.wait(60)  # the `calls` fixture opens it at the test's end
         if action.op == "stamp":
             at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)  # not a JSON type: the server must still send it
             return CountObservation(total=self._state.total, metadata={"at": at})

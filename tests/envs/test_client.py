@@ -275,7 +275,7 @@ async def test_peer_hanging_up_mid_request_fails_at_once(abort):
         started = time.monotonic()
         with pytest.raises(ConnectionLostError, match="connection lost"):
             await client.reset()
-        assert time.monotonic() - started < 0.5  # not the 30 s message timeout
+        assert time.monotonic() - started < 10  # not the 30 s message timeout
         assert not client.connected
     finally:
         await client.close()
@@ -291,8 +291,8 @@ async def test_server_shutting_down_mid_step_fails_the_step_at_once(start_server
     started = time.monotonic()
     await served.server.close()
     with pytest.raises(ConnectionLostError, match="1001"):
-        await asyncio.wait_for(pending, 1.0)
-    assert time.monotonic() - started < 0.5
+        await asyncio.wait_for(pending, 10)
+    assert time.monotonic() - started < 10  # not the 30 s message timeout
     assert calls.closed == 1  # the hung step was cancelled and its environment closed
     await client.close()
 
@@ -321,8 +321,8 @@ async def test_message_timeout_drops_the_socket(start_server, calls):
     await client.reset()
     started = time.monotonic()
     with pytest.raises(MessageTimeoutError, match="0.2 s"):
-        await client.step({"op": "sleep", "seconds": 1.0})
-    assert time.monotonic() - started < 0.6
+        await client.step({"op": "hang"})  # never replies: only the message timeout ends it
+    assert time.monotonic() - started < 10
     assert not client.connected
     with pytest.raises(ConnectionLostError, match="reset"):
         await client.step({"amount": 1})
@@ -415,7 +415,7 @@ async def test_keepalive_detects_a_silent_peer():
         started = time.monotonic()
         with pytest.raises(ConnectionLostError, match="keepalive"):
             await client.reset()
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 10  # not the 30 s message timeout
     finally:
         await client.close()
         await peer.aclose()
@@ -427,10 +427,10 @@ async def _answer_pings_then_reply_late(reader, writer) -> None:
     reply = frame(TEXT, json.dumps(late).encode(), mask=False)
     while True:
         _, opcode, payload = await read_frame(reader)
-        if opcode == PING:  # a 10 ms round trip: well inside the ping timeout
-            loop.call_later(0.01, writer.write, frame(PONG, payload, mask=False))
-        elif opcode == TEXT:
-            loop.call_later(1.0, writer.write, reply)
+        if opcode == PING:
+            writer.write(frame(PONG, payload, mask=False))
+        elif opcode == TEXT:  # later than interval + timeout: judging by silence would drop the connection
+            loop.call_later(2.0, writer.write, reply)
         elif opcode == CLOSE:
             writer.close()
             return
@@ -440,8 +440,8 @@ async def test_keepalive_keeps_a_peer_that_answers_pings():
     # Silence between pings is normal: only an unanswered ping may end the connection, even
     # with a ping timeout much shorter than the interval.
     peer = FakePeer(_answer_pings_then_reply_late)
-    # A 10 ms pong against a 100 ms timeout: margin for a loaded machine, still a third of the interval.
-    client = EnvClient(await peer.start(), ping_interval_s=0.3, ping_timeout_s=0.1)
+    # The timeout is still shorter than the interval, yet tolerates a 0.5 s stall of a loaded machine.
+    client = EnvClient(await peer.start(), ping_interval_s=0.6, ping_timeout_s=0.5)
     try:
         assert (await client.reset()).observation == {"late": True}
     finally:
@@ -451,9 +451,10 @@ async def test_keepalive_keeps_a_peer_that_answers_pings():
 
 async def test_keepalive_does_not_kill_a_long_step(start_server):
     served = await start_server(CounterEnv)  # a sync step: its thread holds the env, the loop answers pings
-    async with served.client(ping_interval_s=0.05, ping_timeout_s=0.05) as client:
+    # A step longer than the ping timeout: a blocked loop would leave pings unanswered for 2.5 s.
+    async with served.client(ping_interval_s=0.05, ping_timeout_s=1.0) as client:
         await client.reset()
-        assert (await client.step({"op": "sleep", "seconds": 0.5, "amount": 2})).observation["total"] == 2
+        assert (await client.step({"op": "sleep", "seconds": 2.5, "amount": 2})).observation["total"] == 2
 
 
 # -- connecting ------------------------------------------------------------------------------
@@ -467,32 +468,33 @@ async def test_connect_waits_for_the_unix_socket_to_appear(start_server, calls, 
             stale_server = await start_server(CounterEnv)
             await stale_server.server.start_unix(path)
             await stale_server.server.close()
-        client = EnvClient(f"unix://{path}", token="test-token", connect_timeout_s=5.0)
+        client = EnvClient(f"unix://{path}", token="test-token", connect_timeout_s=60)
         pending = asyncio.ensure_future(client.reset(start=2))
         await asyncio.sleep(0.3)
         assert not pending.done()
         later = await start_server(CounterEnv)
         await later.server.start_unix(path)  # the sandbox's server is up at last
-        assert (await asyncio.wait_for(pending, 2.0)).observation["total"] == 2
+        assert (await asyncio.wait_for(pending, 30)).observation["total"] == 2
         await client.close()
 
 
 @pytest.mark.parametrize("url", ["unix:///tmp/hc-no-such-dir/env.sock", "ws://127.0.0.1:1/ws"], ids=["unix", "tcp"])
 async def test_connect_timeout_when_no_server_ever_comes(url):
-    client = EnvClient(url, connect_timeout_s=0.3)
+    client = EnvClient(url, connect_timeout_s=1.0)
     started = time.monotonic()
-    with pytest.raises(ConnectTimeoutError, match="0.3 s"):
+    with pytest.raises(ConnectTimeoutError, match="1 s"):
         await client.reset()
-    assert 0.2 < time.monotonic() - started < 1.0
+    # It gives up once the next backoff (at most 0.25 s) would pass the deadline: never before 0.75 s.
+    assert 0.5 < time.monotonic() - started < 15
 
 
 async def test_refused_upgrade_names_the_status(start_server):
     served = await start_server(CounterEnv)
-    client = EnvClient(served.url.replace("/ws", "/elsewhere"), token=served.token, connect_timeout_s=10)
+    client = EnvClient(served.url.replace("/ws", "/elsewhere"), token=served.token, connect_timeout_s=60)
     started = time.monotonic()
     with pytest.raises(ConnectionLostError, match="upgrade refused: HTTP 404") as refused:
         await client.reset()
-    assert refused.value.status == 404 and time.monotonic() - started < 2  # an answer, not retried to the deadline
+    assert refused.value.status == 404 and time.monotonic() - started < 30  # an answer, not retried to the deadline
 
 
 class PrefixIngress:

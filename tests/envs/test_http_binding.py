@@ -133,12 +133,13 @@ async def test_a_failed_first_reset_leaves_no_session_behind(start_server, calls
 
 
 async def test_idle_sessions_are_reaped_and_the_kept_connection_is_replaced(start_server, calls) -> None:
-    running = await start_server(CounterEnv, idle_timeout_s=0.3, header_timeout_s=0.1)
+    # Timeouts seconds apart: a loaded host's late step must not find its session reaped.
+    running = await start_server(CounterEnv, idle_timeout_s=3.0, header_timeout_s=0.1)
     async with running.http_client() as env:
         await env.reset()
-        await asyncio.sleep(0.25)  # past the header timeout: the server closed the kept connection
+        await eventually(lambda: not running.server._connections, timeout=10)  # closed by the header timeout
         assert (await env.step({"amount": 1})).observation["total"] == 1  # sent again on a new one
-        await eventually(lambda: not running.server.sessions, timeout=3.0)
+        await eventually(lambda: not running.server.sessions, timeout=15)
         with pytest.raises(SessionError, match="no session"):
             await env.step({"amount": 1})
         assert (await env.reset(start=4)).observation["total"] == 4  # as a WebSocket's reset reconnects

@@ -96,7 +96,7 @@ async def test_an_inline_call_that_hangs_is_cut_at_the_step_timeout(start_server
         start = time.perf_counter()
         with pytest.raises(ExecutionError, match="ran past the step timeout"):
             await env.step({"nap_s": 30})
-        assert time.perf_counter() - start < 2.0
+        assert time.perf_counter() - start < 15  # not the 30 s nap
         assert (await other.step({})).observation is not None  # the server serves on
 
 

@@ -140,7 +140,7 @@ async def test_keep_alive_serves_pipelined_requests_in_order(start_server):
         writer.write(
             b"GET /health HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\n\r\nGET /health HTTP/1.1\r\nConnection: close\r\n\r\n"
         )
-        data = await asyncio.wait_for(reader.read(), 2.0)
+        data = await asyncio.wait_for(reader.read(), 10)
     finally:
         writer.close()
         await writer.wait_closed()
@@ -402,7 +402,7 @@ async def test_idle_session_is_reaped_and_its_slot_freed(start_server, calls):
 async def test_reaping_notice_and_close_code_on_the_wire(start_server):
     raw = await _raw(start_server, idle_timeout_s=0.2)
     try:
-        error = await raw.recv_json(timeout=3.0)
+        error = await raw.recv_json()
         assert error["data"]["code"] == "SESSION_ERROR"
         assert await raw.close_code() == ws.CLOSE_GOING_AWAY
     finally:
@@ -415,7 +415,7 @@ async def test_never_upgraded_connection_is_reaped(start_server, sent):
     reader, writer = await open_stream(served.url)
     try:
         writer.write(sent)
-        assert await asyncio.wait_for(reader.read(), 3.0) == b""  # the server hung up
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # the server hung up
     finally:
         writer.close()
         await writer.wait_closed()
@@ -438,9 +438,9 @@ async def test_step_past_the_timeout_closes_the_session(start_server, calls, env
     client = served.client()
     await client.step({"amount": 1})
     started = time.monotonic()
-    with pytest.raises(StepTimeoutError) as e:
-        await client.step({"op": "sleep", "seconds": 1.0})
-    assert time.monotonic() - started < 0.9
+    with pytest.raises(StepTimeoutError) as e:  # a step that never ends: the timeout is the only way out
+        await client.step({"op": "hang" if env_cls is AsyncCounterEnv else "block"})
+    assert time.monotonic() - started < 10
     assert isinstance(e.value, ExecutionError) and isinstance(e.value, TimeoutError) and e.value.timeout is True
     assert "0.2 s" in str(e.value)
     with pytest.raises(ConnectionLostError, match="reset"):
@@ -480,9 +480,9 @@ async def test_sync_step_runs_off_the_event_loop(start_server, calls):
         await blocked.reset()
         await fast.reset()
         slow = asyncio.ensure_future(blocked.step({"op": "block", "amount": 5}))
-        assert await asyncio.to_thread(calls.entered.wait, 2.0)
+        assert await asyncio.to_thread(calls.entered.wait, 10)
         for i in range(1, 6):
-            assert (await asyncio.wait_for(fast.step({"amount": 1}), 1.0)).observation["total"] == i
+            assert (await asyncio.wait_for(fast.step({"amount": 1}), 10)).observation["total"] == i
         assert not slow.done()
         calls.gate.set()
         assert (await slow).observation["total"] == 5

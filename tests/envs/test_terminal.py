@@ -91,7 +91,7 @@ async def test_timeout_kills_the_command_quickly(start_server):
     served = await start_server(TerminalEnv, factory=functools.partial(TerminalEnv, command_timeout_s=0.5))
     started = time.monotonic()
     results = await _episode(served, "create-hello", ["echo before; sleep 100"])
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30  # not the 100 s sleep
     assert results[1].observation["output"] == "before\n[timed out after 0.5 s]\n"
     assert results[1].observation["exit_code"] is None
 
@@ -109,9 +109,8 @@ async def test_background_jobs_do_not_outlive_their_command(start_server):
     results = await _episode(served, "create-hello", ["sleep 100 & echo $!"])
     assert results[1].observation["exit_code"] == 0  # returned at once: the job does not hold the output open
     pid = int(results[1].observation["output"])
-    for _ in range(200):  # SIGKILL to the command's process group is delivered asynchronously
-        if not _running(pid):
-            break
+    deadline = time.monotonic() + 30  # SIGKILL to the command's process group is delivered asynchronously
+    while _running(pid) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     assert not _running(pid)
 
@@ -145,9 +144,8 @@ async def test_each_episode_gets_its_own_directory(start_server, workdir_root, m
         second = (await env.state())["workdir"]
         assert second != first and not os.path.exists(first)
         assert (await env.step({"command": "ls"})).observation["output"] == "names.txt\n"
-    for _ in range(200):  # the server closes the session, and its directory, once it sees the close
-        if not os.path.exists(second):
-            break
+    deadline = time.monotonic() + 30  # the server closes the session, and its directory, once it sees the close
+    while os.path.exists(second) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     assert not os.path.exists(second)
 

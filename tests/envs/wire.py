@@ -76,7 +76,7 @@ def upgrade_request(token: str | None, path: str = "/ws", key: str = "dGhlIHNhbX
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-async def http_exchange(url: str, raw: bytes, timeout: float = 2.0) -> tuple[int, bytes, bytes]:
+async def http_exchange(url: str, raw: bytes, timeout: float = 10.0) -> tuple[int, bytes, bytes]:
     """Send raw request bytes; return the status, the response head and the rest up to EOF."""
     reader, writer = await open_stream(url)
     try:
@@ -100,7 +100,7 @@ class RawWS:
     async def open(cls, url: str, token: str | None = "test-token") -> RawWS:
         reader, writer = await open_stream(url)
         writer.write(upgrade_request(token))
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2.0)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 101 "), head
         expected = base64.b64encode(hashlib.sha1(b"dGhlIHNhbXBsZSBub25jZQ==" + GUID).digest())
         assert b"Sec-WebSocket-Accept: " + expected in head
@@ -112,14 +112,14 @@ class RawWS:
     def send_json(self, message: Any) -> None:
         self.send(TEXT, json.dumps(message).encode())
 
-    async def recv(self, timeout: float = 2.0) -> tuple[int, bytes]:
+    async def recv(self, timeout: float = 10.0) -> tuple[int, bytes]:
         """The next data or close frame (pongs skipped)."""
         while True:
             _, opcode, payload = await asyncio.wait_for(read_frame(self.reader), timeout)
             if opcode != PONG:
                 return opcode, payload
 
-    async def recv_json(self, timeout: float = 2.0) -> dict[str, Any]:
+    async def recv_json(self, timeout: float = 10.0) -> dict[str, Any]:
         opcode, payload = await self.recv(timeout)
         assert opcode == TEXT, (opcode, payload)
         return json.loads(payload)
@@ -128,7 +128,7 @@ class RawWS:
         self.send_json(message)
         return await self.recv_json()
 
-    async def close_code(self, timeout: float = 2.0) -> int:
+    async def close_code(self, timeout: float = 10.0) -> int:
         """Read until the server's close frame; return its code, then expect the server to hang up."""
         while True:
             opcode, payload = await self.recv(timeout)
@@ -198,7 +198,7 @@ async def reply_with(replies: list[dict[str, Any]], reader: asyncio.StreamReader
             writer.write(frame(TEXT, json.dumps(pending.pop(0)).encode(), mask=False))
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     """Wait until `predicate()` holds (server-side bookkeeping finishes a moment after the client's)."""
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 
 from trainers.policy.base import GenerateRequest, Generation, SamplingParams
 from trainers.policy.scripted import ScriptedPolicy
@@ -56,6 +58,23 @@ class SlowScriptedPolicy(ScriptedPolicy):
 
     async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
         await asyncio.sleep(self.delay_s)
+        return await super().generate(requests, sampling)
+
+
+class GatedScriptedPolicy(ScriptedPolicy):
+    """The oracle, holding each turn until the file `gate` exists (a file, so that Ray workers'
+    processes see it too): keeps a run live until the test has seen what it needs, not a timed race.
+    No turn waits past `max_wait_s`, so a test that never opens the gate still ends."""
+
+    def __init__(self, gate: Path, max_wait_s: float = 120.0) -> None:
+        super().__init__()
+        self.gate = gate
+        self.max_wait_s = max_wait_s
+
+    async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
+        deadline = time.monotonic() + self.max_wait_s
+        while not self.gate.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         return await super().generate(requests, sampling)
 
 

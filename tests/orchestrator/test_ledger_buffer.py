@@ -63,7 +63,7 @@ async def test_put_waits_when_full(tmp_path: Path) -> None:
     await asyncio.sleep(0.05)
     assert not third.done()  # back-pressure: the producer waits
     await buffer.get(1, step=1)
-    assert await asyncio.wait_for(third, 1) == "admitted"
+    assert await asyncio.wait_for(third, 30) == "admitted"  # a hang guard: it covers a Parquet write
 
 
 async def test_resume_serves_exactly_what_no_kept_step_used(tmp_path: Path) -> None:

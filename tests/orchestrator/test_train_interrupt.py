@@ -38,8 +38,9 @@ def _train_steps(run: Path) -> list[int]:
 
 def _stop_after_a_step_past_a_checkpoint(child: subprocess.Popen[str], run: Path, sig: signal.Signals) -> None:
     deadline = time.monotonic() + 600
-    while not any(step % 2 == 1 and step > 2 for step in _train_steps(run)):
-        assert child.poll() is None and time.monotonic() < deadline, "the run ended before step 3"
+    # The newest step, not any step: an odd step seen only after the next one checkpointed would stop at it.
+    while not ((steps := _train_steps(run)) and max(steps) % 2 == 1 and max(steps) > 2):
+        assert child.poll() is None and time.monotonic() < deadline, "the run ended before an odd step past 2"
         time.sleep(0.2)
     child.send_signal(sig)
 

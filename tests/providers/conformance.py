@@ -127,7 +127,7 @@ async def check_a_cancelled_create_leaks_nothing(provider: SandboxProvider) -> N
         made = None
     if made is not None:  # it finished first: the caller has it, and destroys it
         await provider.destroy(made.id)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # a Docker engine cleaning up under load takes its time
     while left := await provider.list({LABEL_RUN: "conformance-cancelled"}):
         if time.monotonic() > deadline:
             raise AssertionError(f"{provider.name}: a cancelled create left {[s.id for s in left]} behind")

@@ -13,7 +13,12 @@ import pytest
 
 from providers.base import Sandbox, SandboxSpec
 
-ESCAPE = "setsid -f sh -c 'echo $$ > escapee.pid; exec sleep 600'; sleep 0.2; cat escapee.pid"
+# The escapee writes its pid whole (by a rename) and the step waits for it, rather than for a fixed
+# 0.2 s a loaded host may not give a fork; 9 s at most, within the terminal's 10 s command limit.
+ESCAPE = (
+    "setsid -f sh -c 'echo $$ > escapee.tmp && mv escapee.tmp escapee.pid; exec sleep 600'; "
+    "i=0; while [ ! -s escapee.pid ] && [ $i -lt 90 ]; do sleep 0.1; i=$((i+1)); done; cat escapee.pid"
+)
 CHECK = "if kill -0 $(cat escapee.pid) 2>/dev/null; then echo alive; else echo gone; fi"
 
 

@@ -12,13 +12,21 @@ from trainers.policy.batching import MicroBatcher
 
 
 class Doubler:
-    """A real batch function: doubles each item, records every batch, optionally slowly or failing."""
+    """A real batch function: doubles each item, records every batch, optionally slowly, held at a
+    gate until the test opens it, or failing."""
 
-    def __init__(self, delay_s: float = 0.0, fail_on: int | None = None, log: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        delay_s: float = 0.0,
+        fail_on: int | None = None,
+        log: list[str] | None = None,
+        gate: threading.Event | None = None,
+    ) -> None:
         self.batches: list[list[int]] = []
         self.log = log if log is not None else []
         self.delay_s = delay_s
         self.fail_on = fail_on
+        self.gate = gate
         self.threads: set[str] = set()
 
     def __call__(self, items: list[int]) -> list[int]:
@@ -26,6 +34,8 @@ class Doubler:
         self.batches.append(items)
         self.log.append(f"batch {items}")
         time.sleep(self.delay_s)
+        if self.gate is not None:
+            self.gate.wait(30)
         if self.fail_on in items:
             raise RuntimeError(f"engine failed on {self.fail_on}")
         return [2 * x for x in items]
@@ -88,13 +98,20 @@ async def test_a_cancelled_caller_is_skipped() -> None:
 
 
 async def test_a_cancelled_drainer_cancels_every_waiting_caller() -> None:
-    batcher = MicroBatcher(Doubler(delay_s=0.1), max_batch=1, max_wait_s=0.0, thread_name="t")
+    gate = threading.Event()  # holds batch [0] on the thread until the drainer is cancelled
+    fn = Doubler(gate=gate)
+    batcher = MicroBatcher(fn, max_batch=1, max_wait_s=0.0, thread_name="t")
     calls = [asyncio.create_task(batcher.submit([i])) for i in range(3)]
-    await asyncio.sleep(0.02)  # batch [0] is running, [1] and [2] are queued
-    (drainer,) = [task for task in asyncio.all_tasks() if task.get_name() == "t-drain"]
-    drainer.cancel()
-    async with asyncio.timeout(2):  # a stranded caller would wait forever
-        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    try:
+        async with asyncio.timeout(10):
+            while fn.batches != [[0]]:  # batch [0] is running, [1] and [2] are queued
+                await asyncio.sleep(0.01)
+        (drainer,) = [task for task in asyncio.all_tasks() if task.get_name() == "t-drain"]
+        drainer.cancel()
+        async with asyncio.timeout(10):  # a stranded caller would wait forever
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        gate.set()
     assert [type(o) for o in outcomes] == [asyncio.CancelledError] * 3
 
 
@@ -130,22 +147,24 @@ async def _trickle(batcher: MicroBatcher[int, int], count: int, every_s: float) 
 
 
 async def test_a_trickle_of_calls_stays_one_batch_while_it_keeps_coming() -> None:
-    # Calls 10 ms apart for 50 ms: each arrival holds the batch open 30 ms more, so one batch,
-    # though a window of 30 ms from the first call alone would have split it in two.
+    # Calls 50 ms apart for 550 ms: each arrival holds the batch open 400 ms more, so one batch,
+    # though a window of 400 ms from the first call alone would have split it in two. The gaps
+    # are far below the quiet gap, so a loaded host's stalls do not split it either.
     fn = Doubler()
-    batcher = MicroBatcher(fn, max_batch=64, max_wait_s=0.03, max_window_s=0.5, thread_name="t")
+    batcher = MicroBatcher(fn, max_batch=64, max_wait_s=0.4, max_window_s=10.0, thread_name="t")
     started = time.monotonic()
-    assert await _trickle(batcher, 6, 0.01) == [[2 * i] for i in range(6)]
-    assert fn.batches == [list(range(6))]
-    assert time.monotonic() - started < 0.4  # closed by the quiet gap, long before the window's end
+    assert await _trickle(batcher, 12, 0.05) == [[2 * i] for i in range(12)]
+    assert fn.batches == [list(range(12))]
+    assert time.monotonic() - started < 5  # closed by the quiet gap, not the 10 s window
 
 
 async def test_the_window_caps_how_long_the_first_call_waits() -> None:
     fn = Doubler()
-    batcher = MicroBatcher(fn, max_batch=64, max_wait_s=0.03, max_window_s=0.1, thread_name="t")
-    await _trickle(batcher, 20, 0.01)  # a steady stream for 200 ms: never quiet for 30 ms
+    batcher = MicroBatcher(fn, max_batch=64, max_wait_s=0.15, max_window_s=0.5, thread_name="t")
+    await _trickle(batcher, 20, 0.05)  # a steady stream for 1 s: never quiet for 150 ms
     assert len(fn.batches) >= 2 and sum(map(len, fn.batches)) == 20
-    assert all(len(batch) <= 12 for batch in fn.batches), fn.batches  # ~100 ms of arrivals at most
+    # ~500 ms of arrivals (11 calls) at most; 14 allows the first call to arrive 150 ms late.
+    assert all(len(batch) <= 14 for batch in fn.batches), fn.batches
 
 
 def test_the_window_cannot_be_shorter_than_the_quiet_gap() -> None:

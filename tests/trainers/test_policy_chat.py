@@ -68,17 +68,19 @@ async def test_a_cut_reply_is_a_length_finish(server: ChatServer) -> None:
     assert (bytes(generation.token_ids), generation.finish_reason) == (b"you ", "length")
 
 
+# Only the timeout case needs a short timeout: its first reply comes 3 s after a 1 s timeout, by construction,
+# and its retry still has 1 s on loopback; a tight timeout elsewhere would add retries on a loaded host.
 @pytest.mark.parametrize(
-    "fault",
-    [Fault(429, {"Retry-After": "0.05"}), Fault(500), Fault(503), Fault(delay_s=1.0)],
+    ("fault", "timeout_s"),
+    [(Fault(429, {"Retry-After": "0.05"}), 30), (Fault(500), 30), (Fault(503), 30), (Fault(delay_s=3.0), 1.0)],
     ids=["429-retry-after", "500", "503", "timeout"],
 )
 async def test_transient_failures_are_retried(
-    server: ChatServer, fault: Fault, caplog: pytest.LogCaptureFixture
+    server: ChatServer, fault: Fault, timeout_s: float, caplog: pytest.LogCaptureFixture
 ) -> None:
     server.faults = [fault]
     with caplog.at_level(logging.WARNING, logger="hillclimb.trainers.policy"):
-        async with _policy(server, timeout_s=0.3) as policy:
+        async with _policy(server, timeout_s=timeout_s) as policy:
             (generation,) = await policy.generate([_request()], SAMPLING)
     assert bytes(generation.token_ids) == b"you said: Say hi."
     assert len(server.requests) == 2
@@ -114,7 +116,7 @@ async def test_an_unknown_model_is_refused_at_once(server: ChatServer) -> None:
 
 
 async def test_the_concurrency_limit_holds_at_the_server(server: ChatServer) -> None:
-    server.reply_delay_s = 0.05
+    server.reply_delay_s = 0.3  # long enough that three requests overlap even on a loaded host
     async with _policy(server, max_concurrency=3) as policy:
         generations = await policy.generate([_request(f"n{i}") for i in range(10)], SAMPLING)
     assert [bytes(g.token_ids).decode() for g in generations] == [f"you said: n{i}" for i in range(10)]

@@ -164,13 +164,16 @@ async def test_concurrent_episodes_are_batched_and_the_loop_stays_responsive(lla
     policy.batch_sizes.clear()
 
     lags: list[float] = []
+    in_flight_ticks = 0  # ticks made while a batch was generating: none if generation held the loop
     done = asyncio.Event()
 
     async def ticker() -> None:
+        nonlocal in_flight_ticks
         while not done.is_set():
             start = time.perf_counter()
             await asyncio.sleep(0.002)
             lags.append(time.perf_counter() - start - 0.002)
+            in_flight_ticks += bool(policy._batcher._in_flight)
 
     ticking = asyncio.create_task(ticker())
     start = time.perf_counter()
@@ -182,8 +185,10 @@ async def test_concurrent_episodes_are_batched_and_the_loop_stays_responsive(lla
     _assert_same([g for (g,) in results], expected)  # greedy and sampled rows shared batches
     assert sum(size * n for size, n in policy.batch_sizes.items()) == 24
     assert max(policy.batch_sizes) > 1
-    # Generation ran off the loop: the loop kept ticking all along, never stalled for long.
-    assert len(lags) > elapsed / 0.05 and max(lags) < 0.1, (elapsed, len(lags), max(lags))
+    # Generation ran off the loop: the loop kept ticking all along, batches in flight included.
+    # Counted rather than timed, so a loaded host's stalls do not fail it; the lag bound only catches a hang.
+    assert in_flight_ticks >= 5 and len(lags) > elapsed / 0.05, (in_flight_ticks, elapsed, len(lags))
+    assert max(lags) < 2.0, max(lags)
 
 
 async def test_update_weights_swaps_between_batches_and_stamps_the_version(llama: PreTrainedModel) -> None:
