@@ -26,6 +26,7 @@ derived from the key, so the engine itself guarantees one container per key.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from envs.digest import IMAGE_LABEL, envs_digest, package_digest, package_label
 from providers.base import (
     LABEL_CREATED,
     LABEL_EXPIRES,
+    LABEL_PREFIX,
     LABEL_RUN,
     InflightCalls,
     KeyLocks,
@@ -78,6 +80,10 @@ SOCKET_DIR = "/run/hillclimb"
 NAME_PREFIX = "hillclimb-"
 ORPHAN_DIR_TTL_S = 3600
 SOCK_DIR_KB = 256
+LABEL_ROOT = LABEL_PREFIX + "root"
+"""A digest of the provider's root: its sandboxes are reachable only through sockets under that
+root, so a provider lists only its own, never another's on the same engine (a second user, a
+test run beside a benchmark)."""
 
 
 def default_root() -> Path:
@@ -150,6 +156,7 @@ class DockerProvider:
             ) from e
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
+        self.root_digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16]
         # As root the server runs under a dedicated uid; a user's under that user's own, so that
         # the socket directory it owns stays writable for the server inside.
         self.container_uid = CONTAINER_UID if os.geteuid() == 0 else os.getuid()
@@ -180,9 +187,10 @@ class DockerProvider:
         self._check_image(spec.image or self.image, spec.env)
         created_at = time.time()
         token = secrets.token_urlsafe(32)
-        home = self._make_home(sandbox_id, token, spec.all_labels(created_at))
+        labels = {**spec.all_labels(created_at), LABEL_ROOT: self.root_digest}
+        home = self._make_home(sandbox_id, token, labels)
         try:
-            container = self._client.containers.create(**self._container_args(spec, sandbox_id, home, created_at))
+            container = self._client.containers.create(**self._container_args(spec, sandbox_id, home, labels))
         except docker.errors.APIError as e:
             if e.status_code == 409 and spec.idempotency_key:  # another process made this key's sandbox
                 raise FatalProviderError(
@@ -249,7 +257,9 @@ class DockerProvider:
             os.chown(path, self.container_uid, self.container_gid)
         return home
 
-    def _container_args(self, spec: SandboxSpec, sandbox_id: str, home: Path, created_at: float) -> dict[str, Any]:
+    def _container_args(
+        self, spec: SandboxSpec, sandbox_id: str, home: Path, labels: dict[str, str]
+    ) -> dict[str, Any]:
         res = spec.resources
         socket = f"{SOCKET_DIR}/env.sock"
         token_file = f"{SOCKET_DIR}/token"
@@ -280,7 +290,7 @@ class DockerProvider:
             "image": spec.image or self.image,
             "command": command,
             "name": NAME_PREFIX + sandbox_id,
-            "labels": spec.all_labels(created_at),
+            "labels": labels,
             "environment": {
                 **spec.env_vars,
                 "HILLCLIMB_WORKDIR": "/work",
@@ -379,7 +389,8 @@ class DockerProvider:
         return await asyncio.to_thread(self._list, selector or {})
 
     def _list(self, selector: dict[str, str]) -> list[Sandbox]:
-        filters = {"label": [LABEL_RUN] + [f"{k}={v}" for k, v in selector.items()]}
+        own = [LABEL_RUN, f"{LABEL_ROOT}={self.root_digest}"]
+        filters = {"label": own + [f"{k}={v}" for k, v in selector.items()]}
         try:
             containers = self._client.containers.list(all=True, filters=filters)
         except docker.errors.DockerException as e:

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -113,6 +114,21 @@ async def test_idempotent_create_gives_one_container(docker_provider: DockerProv
     assert first.id == second.id
     listed = await docker_provider.list({"hillclimb.dev/key": spec.key_digest})
     assert [s.id for s in listed] == [first.id]
+
+
+async def test_a_provider_lists_only_the_sandboxes_under_its_own_root(docker_provider: DockerProvider) -> None:
+    """Two providers on one engine (a test run beside a benchmark, two users): each sees only the
+    sandboxes it can reach, so one never reports, or reaps, the other's as its own."""
+    with tempfile.TemporaryDirectory(prefix="hc-", dir="/tmp") as other_root:
+        other = DockerProvider(root=other_root)
+        try:
+            theirs = await other.create(SandboxSpec(env="probe", run_id="neighbour"))
+            assert await docker_provider.list() == []
+            ours = await docker_provider.create(SandboxSpec(env="probe", run_id="neighbour"))
+            assert [s.id for s in await docker_provider.list({LABEL_RUN: "neighbour"})] == [ours.id]
+            assert [s.id for s in await other.list()] == [theirs.id]
+        finally:
+            await other.close()
 
 
 async def test_bad_specs_get_clear_errors(docker_provider: DockerProvider) -> None:
