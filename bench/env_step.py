@@ -48,7 +48,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _wait_http(url: str, timeout: float = 30.0) -> None:
+async def _wait_http(url: str, timeout: float = 120.0) -> None:
+    # Generous: six servers importing OpenEnv (gradio) at once on a loaded 2-core host took over 30 s.
     deadline = time.monotonic() + timeout
     while True:
         try:
