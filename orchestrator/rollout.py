@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,9 +129,20 @@ class SandboxesFailingError(HillclimbError, RuntimeError):
     """Episode after episode found no working sandbox: nothing a further retry would mend."""
 
 
-def env_start_hint(env: str) -> str:
-    """What to try when sandboxes of `env` keep failing: the environment served outside one."""
-    return f"Does the environment start outside a sandbox? Try `hillclimb env serve {env}`"
+_EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
+
+
+def env_start_hint(env: str, failure: str) -> str:
+    """What to look at when sandboxes of `env` keep failing: the exception the sandbox's own server
+    died with, if its log shows one, and what differs between a sandbox and `hillclimb env serve`."""
+    lines = [line.strip() for line in failure.splitlines() if line.strip()]
+    traceback = '  File "' in failure and lines and _EXCEPTION_LINE.match(lines[-1])  # a log tail may cut its head
+    said = f"The sandbox's server stopped with `{lines[-1]}` (its log below). " if traceback else ""
+    return (
+        f"{said}Outside a sandbox `hillclimb env serve {env}` starts the environment as you; inside one it has "
+        "a uid and working directory of its own, a read-only root, no network and, on Docker or Kubernetes, "
+        "only the image's packages (`hillclimb image build --env`)"
+    )
 
 
 class _SandboxFailed(Exception):
@@ -239,9 +251,10 @@ class EpisodeRunner:
             self._sandbox_errors_in_a_row >= self.config.max_sandbox_errors_in_a_row
             and lasted >= self.config.sandbox_error_streak_s
         ):
+            hint = env_start_hint(spec.env, str(error))
             raise SandboxesFailingError(
                 f"{self._sandbox_errors_in_a_row} episodes in a row over {lasted:.0f} s found no working {spec.env} "
-                f"sandbox (each tried {self.config.sandbox_retries + 1} times). {env_start_hint(spec.env)}. "
+                f"sandbox (each tried {self.config.sandbox_retries + 1} times). {hint}. "
                 f"The last failure: {str(error).strip()}"
             )
 

@@ -162,9 +162,10 @@ class Trainer:
             shown = ", ".join(f"{t.task_id} ({t.done_reason.value})" for t in failed[:5])
             more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
             first = failed[0].metadata.get("error", "(no error recorded)")
+            hint = env_start_hint(self.config.env.name, str(first))
             raise OracleEpisodeError(
                 f"the oracle's episodes failed on {len(failed)} of {len(episodes)} task(s): {shown}{more}; "
-                f"warm-up, anchor and env-token CE need them whole. {env_start_hint(self.config.env.name)}. "
+                f"warm-up, anchor and env-token CE need them whole. {hint}. "
                 f"The first failure ({failed[0].task_id}): {first}"
             )
         unsolved = sorted(t.task_id for t in episodes if t.reward <= 0)

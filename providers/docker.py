@@ -121,10 +121,16 @@ def _retry_after(e: docker.errors.APIError, default_s: float = 1.0) -> float:
 
 
 def _package_of(env: str) -> str:
-    """The top-level package the environment `env` names comes from (`envs` for the built-ins)."""
-    from envs.registry import resolve_env_class
+    """The top-level package a sandbox imports to serve `env` (the image must hold its code): named
+    by the target itself, or by its entry point; nothing is imported (an OpenEnv app module's import
+    may be slow, or need what only the image has)."""
+    from envs.registry import BUILTIN_ENVS, installed_envs
 
-    return resolve_env_class(env).__module__.partition(".")[0]
+    if env in BUILTIN_ENVS:
+        return "envs"
+    installed = installed_envs()
+    path = installed[env].value if env in installed else env
+    return path.partition(":")[0].partition(".")[0]
 
 
 class DockerProvider:
@@ -257,9 +263,7 @@ class DockerProvider:
             os.chown(path, self.container_uid, self.container_gid)
         return home
 
-    def _container_args(
-        self, spec: SandboxSpec, sandbox_id: str, home: Path, labels: dict[str, str]
-    ) -> dict[str, Any]:
+    def _container_args(self, spec: SandboxSpec, sandbox_id: str, home: Path, labels: dict[str, str]) -> dict[str, Any]:
         res = spec.resources
         socket = f"{SOCKET_DIR}/env.sock"
         token_file = f"{SOCKET_DIR}/token"
@@ -298,7 +302,7 @@ class DockerProvider:
                 "HILLCLIMB_TOKEN_FILE": token_file,
             },
             "user": "0:0",  # the warden; the server and the agent's commands each get their own uid
-            "working_dir": "/work",
+            "working_dir": SOCKET_DIR,  # the server's own: not the agent's /work (see docker/Dockerfile)
             "network_mode": "none",
             "read_only": True,
             "tmpfs": {

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -82,6 +84,37 @@ def docker_engine() -> None:
             f"no Docker engine with the hillclimb/sandbox:dev image ({why}); start dockerd and run "
             "`hillclimb image build`",
         )
+
+
+@pytest.fixture(scope="session")
+def openenv_image(docker_engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A sandbox image holding `shoutpkg`, an environment on OpenEnv's own base classes, and OpenEnv
+    with it, made as a user makes one: `hillclimb image build --env <project>`. Rebuilt when its
+    labels name other code than this checkout's. `shoutpkg` is importable here meanwhile, as a
+    user's project is beside the runs that use it (the Docker provider checks the image against it)."""
+    import docker
+    from envs.digest import IMAGE_LABEL, envs_digest, package_digest, package_label
+    from tests.openenv_shout import write_shout_project
+
+    tag = "hillclimb/sandbox:openenv-test"
+    project = write_shout_project(tmp_path_factory.mktemp("shoutproj"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(project))
+        client = docker.from_env()
+        try:
+            labels = client.images.get(tag).labels or {}
+        except docker.errors.ImageNotFound:
+            labels = {}
+        finally:
+            client.close()
+        wanted = {IMAGE_LABEL: envs_digest(), package_label("shoutpkg"): package_digest("shoutpkg")}
+        if any(labels.get(key) != value for key, value in wanted.items()):
+            command = [sys.executable, "-m", "orchestrator", "image", "build", "--env", str(project), "--tag", tag]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+            assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        yield tag
+    for name in [m for m in sys.modules if m.split(".")[0] == "shoutpkg"]:
+        del sys.modules[name]
 
 
 @pytest.fixture

@@ -42,6 +42,9 @@ WARDEN_DIR = "/run/warden"
 WORKDIR = "/work"
 VERIFY_DIR = "/verify"
 SERVER_CODE = "/opt/hillclimb"
+SERVER_HOME = "/run/hillclimb"
+"""The server's working directory, its own in the image (never the agent's `WORKDIR`: libraries read
+files such as `.env` from the working directory)."""
 """The image's env server and task suites (group 10001 only)."""
 WARDEN_CODE = "/opt/hillclimb-warden"
 """The warden's own modules, readable by every uid (the image copies them there): the agent's
@@ -123,6 +126,7 @@ def sandbox_pod(
         "name": "server",
         "image": image,
         "command": [f"{SERVER_CODE}/bin/python", "-P", "-m", "envs", spec.env],
+        "workingDir": SERVER_HOME,
         "args": [
             "--host",
             "0.0.0.0",

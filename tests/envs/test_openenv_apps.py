@@ -10,7 +10,6 @@ import asyncio
 import os
 import re
 import sys
-import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,68 +20,13 @@ from envs import base
 from envs.errors import FactoryError
 from envs.server import EnvServer
 from envs.targets import runtime_for
-
-MODELS = """
-from openenv.core.env_server.types import Action, Observation
-
-class ShoutAction(Action):
-    message: str
-
-class ShoutObservation(Observation):
-    echoed: str = ""
-"""
-ENV = """
-from openenv.core.env_server.interfaces import Environment
-from openenv.core.env_server.types import State
-from shoutpkg.models import ShoutAction, ShoutObservation
-
-class UntypedShout(Environment):
-    '''No hints, no generic parameters: OpenEnv is told the classes by create_app.'''
-
-    def __init__(self):
-        super().__init__()
-        self._state = State()
-
-    def reset(self, seed=None, episode_id=None, **kwargs):
-        self._state = State(episode_id=episode_id or "e", step_count=0)
-        return ShoutObservation()
-
-    def step(self, action, timeout_s=None, **kwargs):
-        self._state.step_count += 1
-        return ShoutObservation(echoed=action.message.upper(), reward=1.0, done=self._state.step_count >= 2)
-
-    @property
-    def state(self):
-        return self._state
-
-class HalfTyped(UntypedShout):
-    def step(self, action: ShoutAction, timeout_s=None, **kwargs):
-        return super().step(action)
-
-class GenericOnly(UntypedShout, Environment[ShoutAction, ShoutObservation, State]):
-    pass
-"""
-APP = """
-from openenv.core.env_server import create_app
-from shoutpkg.env import UntypedShout
-from shoutpkg.models import ShoutAction, ShoutObservation
-
-app = create_app(UntypedShout, ShoutAction, ShoutObservation, env_name="shout")
-"""
+from tests.openenv_shout import write_shout_project
 
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A user's project directory holding the `shoutpkg` environment package."""
-    for relative, text in {
-        "shoutpkg/__init__.py": "",
-        "shoutpkg/models.py": MODELS,
-        "shoutpkg/env.py": ENV,
-        "shoutpkg/server/__init__.py": "",
-        "shoutpkg/server/app.py": APP,
-    }.items():
-        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / relative).write_text(textwrap.dedent(text))
+    write_shout_project(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
     for name in [m for m in sys.modules if m.split(".")[0] == "shoutpkg"]:

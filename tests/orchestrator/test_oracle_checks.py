@@ -95,13 +95,21 @@ def test_failed_oracle_episodes_stop_training_quoting_the_first_failure(tmp_path
     reports: list[tuple[str, dict]] = []
     trainer = Trainer(config, tmp_path, lambda kind, values: reports.append((kind, values)))
     solved = trajectory("oracle-solved", task_id="solved")
-    error = {"error": "no sandbox: ImportError: no module x"}
-    broken = trajectory("oracle-held", task_id="held", reward=0.0, done=DoneReason.SANDBOX_ERROR, metadata=error)
+    died = (
+        "no sandbox: SandboxDiedError: sandbox dk-1 exited while starting; log tail:\nTraceback (most recent call"
+        " last):\n  File \"/opt/x.py\", line 1, in <module>\nPermissionError: [Errno 13] Permission denied: '.env'\n"
+    )
+    broken = trajectory(
+        "oracle-held", task_id="held", reward=0.0, done=DoneReason.SANDBOX_ERROR, metadata={"error": died}
+    )
     with pytest.raises(OracleEpisodeError) as e:
         trainer._check_oracle_episodes([solved, broken])
     message = str(e.value)
     assert "failed on 1 of 2 task(s): held (sandbox_error)" in message
-    assert message.endswith("The first failure (held): no sandbox: ImportError: no module x")
+    # the exception the sandbox's own server stopped with, named before what differs in a sandbox
+    assert "The sandbox's server stopped with `PermissionError: [Errno 13] Permission denied: '.env'`" in message
+    assert "a uid and working directory of its own" in message
+    assert message.endswith(f"The first failure (held): {died}")
     unsolved = trajectory("oracle-open-ended", task_id="open-ended", reward=0.0, done=DoneReason.STEP_LIMIT)
     trainer._check_oracle_episodes([solved, unsolved])
     assert reports == [("oracle_unsolved", {"tasks": ["open-ended"]})]  # played to the end, unrewarded: said

@@ -11,7 +11,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,18 @@ async def main():
         await env.step({"command": "echo 'hello world' > hello.txt"})
         done = await env.step({"command": "submit"})
     print(json.dumps({"prompt": prompt, "seen": seen, "reward": done.reward}))
+
+asyncio.run(main())
+"""
+OPENENV_CLIENT = """
+import asyncio, json, sys
+from envs.client import EnvClient
+
+async def main():
+    async with EnvClient("ws://127.0.0.1:8000/ws", token=sys.argv[1], connect_timeout_s=60) as env:
+        await env.reset()
+        steps = [await env.step({"message": message}) for message in ("hi", "there")]
+    print(json.dumps({"echoed": [s.observation["echoed"] for s in steps], "done": steps[-1].done}))
 
 asyncio.run(main())
 """
@@ -72,52 +84,62 @@ def _docker_options(container: dict[str, Any], host_dirs: dict[str, str]) -> dic
     }
 
 
+PodStarter = Callable[[str, str], tuple[Any, str]]
+
+
 @pytest.fixture
-def pod_on_docker(docker_engine: None) -> Iterator[tuple[Any, str]]:
+def start_pod(docker_engine: None) -> Iterator[PodStarter]:
+    """Starts the sandbox pod of an environment and image on Docker: its server container and token."""
     import docker
 
     client = docker.from_env()
-    spec = SandboxSpec(env="terminal", run_id="k8s-pod")
-    name = pod_name(spec)
-    pod = sandbox_pod(spec, name, namespace="sandboxes", image=IMAGE, labels={})
-    token = secrets.token_urlsafe(24)
     started: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="hc-pod-") as home:
-        host_dirs = {}
-        for volume in pod["spec"]["volumes"]:
-            host_dirs[volume["name"]] = path = os.path.join(home, volume["name"])
-            os.mkdir(path)
-            os.chmod(path, 0o755 if "secret" in volume else 0o777)
-        token_file = os.path.join(host_dirs["token"], "token")
-        with open(token_file, "w") as f:
-            f.write(token)
-        os.chown(token_file, 0, TOKEN_GROUP)  # as the kubelet writes a Secret under the pod's fsGroup
-        os.chmod(token_file, 0o440)
-        try:
+
+        def start(env: str, image: str) -> tuple[Any, str]:
+            spec = SandboxSpec(env=env, run_id="k8s-pod")
+            pod = sandbox_pod(spec, pod_name(spec), namespace="sandboxes", image=image, labels={})
+            token = secrets.token_urlsafe(24)
+            host_dirs = {}
+            for volume in pod["spec"]["volumes"]:
+                host_dirs[volume["name"]] = path = tempfile.mkdtemp(prefix=volume["name"], dir=home)
+                os.chmod(path, 0o755 if "secret" in volume else 0o777)
+            token_file = os.path.join(host_dirs["token"], "token")
+            with open(token_file, "w") as f:
+                f.write(token)
+            os.chown(token_file, 0, TOKEN_GROUP)  # as the kubelet writes a Secret under the pod's fsGroup
+            os.chmod(token_file, 0o440)
+            server = None
             for container in pod["spec"]["containers"]:  # the server first: the others join its network namespace
-                network = "none" if not started else f"container:{started[0].id}"
+                network = "none" if server is None else f"container:{server.id}"
                 options = _docker_options(container, host_dirs)
-                started.append(client.containers.run(IMAGE, network_mode=network, **options))
-            yield started[0], token
+                started.append(client.containers.run(image, network_mode=network, **options))
+                server = server or started[-1]
+            return server, token
+
+        try:
+            yield start
         finally:
             for container in reversed(started):
                 container.remove(force=True)
+            client.close()
 
 
-def test_the_pods_containers_serve_a_terminal_episode(pod_on_docker: tuple[Any, str]) -> None:
-    server, token = pod_on_docker
+def _in_pod_network(server: Any, script: str, *args: str) -> dict[str, Any]:
+    """Run `script` in the pod's network namespace (the server at 127.0.0.1:8000); its last line, as JSON."""
     server.reload()
     in_pod_network = ["nsenter", "-t", str(server.attrs["State"]["Pid"]), "-n"]
     done = subprocess.run(
-        [*in_pod_network, sys.executable, "-c", CLIENT, token, PROBE],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
+        [*in_pod_network, sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120, cwd=REPO
     )
     logs = server.logs(tail=30).decode(errors="replace")
     assert done.returncode == 0, f"{done.stderr[-1500:]}\nserver log:\n{logs}"
-    result = json.loads(done.stdout.splitlines()[-1])
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_the_pods_containers_serve_a_terminal_episode(start_pod: PodStarter) -> None:
+    server, token = start_pod("terminal", IMAGE)
+    result = _in_pod_network(server, CLIENT, token, PROBE)
     seen = result["seen"]
     assert seen.splitlines()[0] == "10002", seen  # the agent's commands: the agent container's uid
     assert seen.splitlines()[1].split() == ["10002"], seen  # its own processes only: no server, no verifier
@@ -125,3 +147,10 @@ def test_the_pods_containers_serve_a_terminal_episode(pod_on_docker: tuple[Any, 
     assert TOKEN_DIR in seen and "No such file" in seen  # the token is not in its container
     assert seen.rstrip().endswith("hi")  # its work dir is its own to write
     assert result["reward"] == 1.0  # the verifier ran, through the verifier container's warden, and scored
+
+
+def test_the_pod_of_an_openenv_environment_serves_an_episode(start_pod: PodStarter, openenv_image: str) -> None:
+    """An environment on OpenEnv's own base classes, from an image `hillclimb image build --env` made:
+    its server container works in the server's own directory (OpenEnv's import reads `.env` there)."""
+    server, token = start_pod("shoutpkg.server.app", openenv_image)
+    assert _in_pod_network(server, OPENENV_CLIENT, token) == {"echoed": ["HI", "THERE"], "done": True}
