@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import envs
-from envs.errors import TargetNotFoundError
+from envs.errors import EnvModuleNotFoundError, TargetNotFoundError
 from envs.file_suite import FileSuite
 from envs.packages import EnvPackage
 from envs.registry import BUILTIN_ENVS, find_env, installed_envs, resolve_env_class
@@ -123,6 +123,20 @@ def test_an_import_path_names_a_package_object_or_a_bare_class(site: Path) -> No
 def test_a_bad_import_path_says_what_is_wrong(site: Path, target: str, message: str) -> None:
     with pytest.raises(TargetNotFoundError, match=message):
         find_env(target)
+
+
+def test_a_module_found_nowhere_is_told_apart_from_a_module_it_imports(site: Path) -> None:
+    with pytest.raises(EnvModuleNotFoundError, match=r"Run hillclimb from the directory that holds nopkg_here") as e:
+        find_env("nopkg_here.tasks:ENVIRONMENT")
+    assert e.value.module == "nopkg_here" and isinstance(e.value, ModuleNotFoundError)
+    (site / "needs_dep.py").write_text("import dep_not_installed\n")
+    with pytest.raises(TargetNotFoundError, match="No module named 'dep_not_installed'") as other:
+        find_env("needs_dep:ENVIRONMENT")
+    assert not isinstance(other.value, EnvModuleNotFoundError)  # it was found: moving it would not help
+    with pytest.raises(TargetNotFoundError, match="No module named 'wordpkg.tasks'") as other:
+        find_env("wordpkg.tasks:ENVIRONMENT")
+    assert not isinstance(other.value, EnvModuleNotFoundError)
+    sys.modules.pop("needs_dep", None)
 
 
 def test_an_installed_entry_point_is_a_name_like_a_builtin(site: Path) -> None:

@@ -37,10 +37,13 @@ def _environ(**extra: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "COLUMNS": "300", **extra}
 
 
+HILLCLIMB = (sys.executable, "-P", "-m", "orchestrator")
+"""The `hillclimb` command as its script runs it: `-P`, no directory of its own on `sys.path`
+(`python -m` alone would put the working directory there, as hillclimb itself must)."""
+
+
 def _hillclimb(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=_environ(**env), capture_output=True, text=True
-    )
+    return subprocess.run([*HILLCLIMB, *args], cwd=cwd, env=_environ(**env), capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +85,10 @@ def test_init_writes_the_package_and_refuses_to_overwrite_or_misname(project: Pa
     assert not (project.parent / "Demo-Env").exists()
 
 
-def test_the_scaffolds_own_tests_pass(project: Path) -> None:
+def test_the_scaffolds_own_tests_pass_uninstalled(project: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
-        cwd=project, env=_environ(PYTHONPATH=str(project)), capture_output=True, text=True,
+        [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=project, env=_environ(), capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0 and "12 passed" in done.stdout, done.stdout + done.stderr
 
@@ -100,7 +103,7 @@ def test_serving_it_by_a_bare_module_name_uninstalled_names_the_package_object(p
 async def served(project: Path) -> AsyncIterator[str]:
     """`hillclimb env serve demo_env:ENVIRONMENT` from the project directory, without PYTHONPATH."""
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "orchestrator", "env", "serve", "demo_env:ENVIRONMENT", "--port", "0", "--no-auth",
+        *HILLCLIMB, "env", "serve", "demo_env:ENVIRONMENT", "--port", "0", "--no-auth",
         cwd=project, env=_environ(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     try:
@@ -153,6 +156,15 @@ def test_env_demo_plays_a_tasks_oracle_in_a_local_sandbox(installed: Path) -> No
     done = _hillclimb("env", "demo", "demo_env", "--task", "say-river", cwd=REPO, PYTHONPATH=str(installed))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "$ river" in done.stdout and "correct" in done.stdout and "[reward] 1 (done=True)" in done.stdout
+
+
+@pytest.mark.root
+def test_uninstalled_its_import_path_plays_in_a_local_sandbox_from_its_directory(project: Path) -> None:
+    """The sandbox's server finds the package where the command did: in the working directory."""
+    project.parent.chmod(0o755)  # readable by local sandboxes' own uids (pytest made it 0700)
+    done = _hillclimb("env", "demo", "demo_env:ENVIRONMENT", "--task", "say-river", cwd=project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "$ river" in done.stdout and "[reward] 1 (done=True)" in done.stdout
 
 
 @pytest.mark.ray
