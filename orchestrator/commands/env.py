@@ -137,7 +137,9 @@ def list_envs() -> None:
 @app.command()
 @reports_errors
 def init(
-    name: Annotated[str, typer.Argument(help="The new package's name, a Python identifier such as my_env.")],
+    name: Annotated[
+        str, typer.Argument(help="The new package's name, a Python identifier no module has yet, such as my_env.")
+    ],
     directory: Annotated[
         Path | None, typer.Option("--dir", help="Directory to create (default: ./NAME); never overwritten.")
     ] = None,

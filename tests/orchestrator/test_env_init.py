@@ -83,6 +83,9 @@ def test_init_writes_the_package_and_refuses_to_overwrite_or_misname(project: Pa
     bad = _hillclimb("env", "init", "Demo-Env", cwd=project.parent)
     assert bad.returncode == 2 and "'Demo-Env' is not a package name" in bad.stderr
     assert not (project.parent / "Demo-Env").exists()
+    shadowing = _hillclimb("env", "init", "envs", cwd=project.parent)  # hillclimb's own top-level `envs`
+    assert shadowing.returncode == 2 and "'envs' is already importable: hillclimb's module" in shadowing.stderr
+    assert not (project.parent / "envs").exists()
 
 
 def test_the_scaffolds_own_tests_pass_uninstalled(project: Path) -> None:
