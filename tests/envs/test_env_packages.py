@@ -2,18 +2,22 @@
 or an import path, each resolving to an `EnvPackage` (the class a sandbox serves and its tasks).
 
 The installed packages are real distributions on `sys.path` (a `.dist-info` with its
-`entry_points.txt`, as pip writes one), found by `importlib.metadata` as in production."""
+`entry_points.txt`, as pip writes one), found by `importlib.metadata` as in production, but only
+those a test installs: what a user installed beside hillclimb (the tutorial's `demo_env`) is not
+theirs to see."""
 
 from __future__ import annotations
 
 import sys
 import textwrap
 from collections.abc import Iterator
+from importlib.metadata import EntryPoints, distributions
 from pathlib import Path
 
 import pytest
 
 import envs
+from envs import registry
 from envs.errors import EnvModuleNotFoundError, TargetNotFoundError
 from envs.file_suite import FileSuite
 from envs.packages import EnvPackage
@@ -52,6 +56,18 @@ ENVIRONMENT = EnvPackage(env="wordpkg:WordEnv", suite=SUITE)
 LAZY = EnvPackage(env="wordpkg:WordEnv", suite="wordpkg:SUITE")
 NOT_AN_ENV = 42
 """
+
+
+@pytest.fixture(autouse=True)
+def installed_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entry points of the distributions in `tmp_path` (where `_install` writes them) alone."""
+
+    def entry_points(*, group: str) -> EntryPoints:
+        return EntryPoints(ep for dist in distributions(path=[str(tmp_path)]) for ep in dist.entry_points).select(
+            group=group
+        )
+
+    monkeypatch.setattr(registry, "entry_points", entry_points)
 
 
 @pytest.fixture
