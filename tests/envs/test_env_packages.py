@@ -94,8 +94,12 @@ def test_builtins_are_packages_of_the_same_kind_holding_import_paths_only() -> N
     assert find_env("toy_terminal") == EnvPackage("envs.toy_terminal:ToyTerminalEnv", "envs.toy_terminal.tasks:SUITE")
     assert resolve_env_class("toy_terminal") is ToyTerminalEnv
     assert load_suite("toy_terminal") is TOY_SUITE
-    with pytest.raises(TargetNotFoundError, match="'probe' is a bare environment class with no task suite"):
+    with pytest.raises(TargetNotFoundError) as caught:  # `hillclimb env demo probe`
         load_suite("probe")
+    assert str(caught.value) == (
+        "the built-in environment 'probe' has no task suite: it is served (`hillclimb env serve probe`), not "
+        "rolled out; the built-ins with tasks are inventory, terminal, toy_terminal"
+    )
 
 
 def test_an_unknown_name_lists_what_was_tried_and_the_closest_names() -> None:
