@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from envs.errors import ConfigError
 from envs.scaffold import write_package
@@ -39,3 +40,16 @@ def test_a_plain_directory_of_that_name_shadows_nothing(tmp_path: Path, monkeypa
     monkeypatch.syspath_prepend(str(tmp_path))
     written = write_package("plain_env", tmp_path / "project")
     assert tmp_path / "project" / "plain_env" / "env.py" in written
+
+
+def test_the_scaffolds_training_config_states_echos_lambda_and_why(tmp_path: Path) -> None:
+    """The main job's λ is 1.0 (configs/echo_toy.yaml); the scaffold's, meant for a real model, says why not."""
+    from orchestrator.config import load_config
+    from trainers.losses.config import ConstantLambda
+
+    write_package("lambda_env", tmp_path / "project")
+    path = tmp_path / "project" / "train.yaml"
+    assert yaml.safe_load(path.read_text())["learner"] == {"echo_lambda": 0.005}
+    assert load_config(path).learner.loss.echo.schedule == ConstantLambda(value=0.005)
+    comment = " ".join(line.strip(" #") for line in path.read_text().splitlines() if line.lstrip().startswith("#"))
+    assert "configs/echo_toy.yaml uses 1.0" in comment
