@@ -124,6 +124,12 @@ class TargetNotFoundError(HillclimbError, LookupError):
     """An environment name or import path did not resolve to an environment class."""
 
 
+class EnvModuleNotFoundError(TargetNotFoundError, ModuleNotFoundError):
+    """An environment's module is neither in the working directory nor installed; `module` names it."""
+
+    module: str = ""
+
+
 class ConfigError(HillclimbError, ValueError):
     """A configuration value is invalid; the message names the key in the user's spelling."""
 

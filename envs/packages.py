@@ -18,10 +18,12 @@ The environment class is kept as an import path so that listing environments imp
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
-from envs.errors import TargetNotFoundError
+from envs.errors import EnvModuleNotFoundError, TargetNotFoundError
 from envs.tasks import Split, Task, TaskSuite
 
 
@@ -71,6 +73,15 @@ class _SuiteNamed:
         return self._suite.render_observation(observation)
 
 
+def search_working_directory() -> None:
+    """Put the working directory first on `sys.path`, as `python -m` does: every `hillclimb` command
+    finds an environment's modules there before the installed packages. What it starts searches the
+    same places: the local provider's zygote runs under `python -m` in that directory, and a local
+    Ray's workers get it on PYTHONPATH (orchestrator.driver.connect_ray)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def import_object(path: str, *, what: str) -> Any:
     """The object at 'package.module:attr' (attr may be dotted); errors name the path and what was expected."""
     module_name, sep, attr = path.partition(":")
@@ -79,6 +90,14 @@ def import_object(path: str, *, what: str) -> Any:
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as e:
+        if isinstance(e, ModuleNotFoundError) and e.name == module_name.partition(".")[0]:
+            raise EnvModuleNotFoundError(  # the package itself, not a module it imports or lacks
+                f"cannot import {module_name!r} for {what} {path!r}: no module named {e.name!r} in the working "
+                f"directory ({os.getcwd()}) or among the packages installed in {sys.prefix}. Run hillclimb from "
+                f"the directory that holds {e.name} (your project's), or install your project into this Python: "
+                "`pip install -e <project directory>`",
+                module=e.name,
+            ) from e
         raise TargetNotFoundError(f"cannot import {module_name!r} for {what} {path!r}: {e}") from e
     for part in attr.split("."):
         if not hasattr(obj, part):

@@ -16,7 +16,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from envs.errors import HillclimbError, ValidationError
+from envs.errors import HillclimbError, TargetNotFoundError, ValidationError
 
 Split = Literal["train", "heldout"]
 
@@ -127,7 +127,15 @@ def require_oracles(tasks: Sequence[Task], purpose: str, fix: str) -> None:
 
 def load_suite(env: str) -> TaskSuite:
     """The task suite of the environment named `env` (a built-in name, a `hillclimb.envs` entry
-    point, or an import path); errors say how to attach a suite to a bare environment class."""
-    from envs.registry import find_env
+    point, or an import path); errors say how to attach a suite to a bare environment class, or,
+    for a built-in without one, which built-ins have one."""
+    from envs.registry import BUILTIN_ENVS, find_env
 
-    return find_env(env).task_suite(env)
+    package = find_env(env)
+    if package.suite is None and env in BUILTIN_ENVS:  # not the user's to give one, as the general error says
+        with_tasks = ", ".join(sorted(name for name, p in BUILTIN_ENVS.items() if p.suite is not None))
+        raise TargetNotFoundError(
+            f"the built-in environment {env!r} has no task suite: it is served (`hillclimb env serve {env}`), not "
+            f"rolled out; the built-ins with tasks are {with_tasks}"
+        )
+    return package.task_suite(env)

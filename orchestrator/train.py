@@ -92,9 +92,20 @@ class MetricsLog:
         os.replace(partial, self.path)
 
 
-def _check(config: RunConfig) -> None:
-    if config.policy.type not in ("hf", "vllm"):
-        raise ConfigError(f"training needs a trainable policy (policy.type hf or vllm), not {config.policy.type!r}")
+def check_trainable(config: RunConfig) -> None:
+    """Refuse a policy training cannot update, saying what to set (a config without a policy
+    section gets the scripted one, which suits rollouts)."""
+    if config.policy.type in ("hf", "vllm"):
+        return
+    given = (
+        f"policy.type is {config.policy.type!r}"
+        if "policy" in config.model_fields_set
+        else "the config sets no policy, so policy.type is 'scripted' (the task suites' oracles, for rollouts)"
+    )
+    raise ConfigError(
+        f"training needs a trainable policy, and {given}: set policy.type: hf (a tiny random model; a pretrained "
+        "one with policy.model: {type: hf, name_or_path: ...}) or vllm, in the config or with --set policy.type=hf"
+    )
 
 
 def _single(group: GroupSpec) -> GroupSpec:
@@ -103,7 +114,7 @@ def _single(group: GroupSpec) -> GroupSpec:
 
 class Trainer:
     def __init__(self, config: RunConfig, run_dir: Path, report: Report = lambda kind, values: None) -> None:
-        _check(config)
+        check_trainable(config)
         self.config = config
         self.run_dir = run_dir
         self.report = report

@@ -13,7 +13,10 @@ NAME/
 
 from __future__ import annotations
 
+import importlib.util
 import keyword
+import sys
+from importlib.metadata import packages_distributions
 from importlib.resources import files
 from pathlib import Path
 from string import Template
@@ -39,6 +42,11 @@ def write_package(name: str, directory: Path) -> list[Path]:
         raise ConfigError(f"{name!r} is not a package name: use lowercase letters, digits and _ (e.g. my_env)")
     if directory.exists():
         raise ConfigError(f"{directory} already exists: choose another NAME or --dir (nothing was overwritten)")
+    if found := _importable_as(name):
+        raise ConfigError(
+            f"{name!r} is already importable: {found}. A package named so would shadow it or be shadowed by it, "
+            "and hillclimb would find only one of the two: choose another NAME (nothing was written)"
+        )
     values = {"name": name, "Class": _class_prefix(name)}
     written = []
     for relative, template in _FILES.items():
@@ -47,6 +55,18 @@ def write_package(name: str, directory: Path) -> list[Path]:
         path.write_text(Template(files(__package__).joinpath(template).read_text()).substitute(values))
         written.append(path)
     return written
+
+
+def _importable_as(name: str) -> str | None:
+    """What `import name` finds here, in words (the working directory is searched first in a
+    `hillclimb` command); None for nothing, or for plain directories, which any package outranks."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:  # nothing, or a namespace package
+        return None
+    if name in sys.stdlib_module_names:
+        return f"Python's standard library ({spec.origin})"  # origin 'built-in' or 'frozen' for some
+    owners = sorted(set(packages_distributions().get(name, [])))
+    return f"{' and '.join(owners)}'s module ({spec.origin})" if owners else f"the module {spec.origin}"
 
 
 def _class_prefix(name: str) -> str:

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import secrets
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -84,8 +83,6 @@ def serve(
     from envs.serve import serve as run
     from envs.server import ServerConfig
 
-    if os.getcwd() not in sys.path:  # the user's own package, from their project directory (as `python -m` finds it)
-        sys.path.insert(0, os.getcwd())
     runtime_for(target, action=action, observation=observation)  # fail fast, before binding anything
     if tls_cert and uds:
         raise typer.BadParameter(TLS_NEEDS_TCP)
@@ -140,7 +137,9 @@ def list_envs() -> None:
 @app.command()
 @reports_errors
 def init(
-    name: Annotated[str, typer.Argument(help="The new package's name, a Python identifier such as my_env.")],
+    name: Annotated[
+        str, typer.Argument(help="The new package's name, a Python identifier no module has yet, such as my_env.")
+    ],
     directory: Annotated[
         Path | None, typer.Option("--dir", help="Directory to create (default: ./NAME); never overwritten.")
     ] = None,

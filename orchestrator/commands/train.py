@@ -48,12 +48,13 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from orchestrator.evaluate import prepare_run_dir
-    from orchestrator.train import Trainer
+    from orchestrator.train import Trainer, check_trainable
 
     cfg = resolved_config(config, set_, address, metrics_port)
     if dry_run:
         console.print_json(json.dumps(cfg.model_dump(mode="json")))
         return
+    check_trainable(cfg)  # before the run directory, or an earlier run's, is touched
     if ablation:
         _ablate(cfg, ablation)
         return

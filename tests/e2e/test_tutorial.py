@@ -2,10 +2,11 @@
 of its commands left behind.
 
 The block runs in bash (`set -euo pipefail`) in an empty directory, as a user runs it, with:
-- a virtual environment of its own layered over this checkout's (a `.pth` adds the test suite's
-  site-packages), so `pip install -e .` installs the user's package there and never in the test
-  suite's; `hillclimb`, `pytest` and `pip` are its commands; its pip runs offline (no index, no
-  build isolation);
+- a virtual environment of its own layered over this checkout's (tests/user_venv.py: a `.pth` adds
+  the test suite's site-packages, less any other project's editable install, such as an earlier
+  tutorial's `demo_env`), so `pip install -e .` installs the user's package there and never in the
+  test suite's; `hillclimb`, `pytest` and `pip` are its commands; its pip runs offline (no index,
+  no build isolation);
 - `OPENAI_BASE_URL` naming a chat server on loopback whose "model" replies with the last word of
   the task's prompt (the scaffold's tasks ask for one word), and a key it checks.
 Then, on the same package: training on tasks without oracle actions, with no warm-up or anchor.
@@ -18,8 +19,6 @@ import json
 import os
 import re
 import subprocess
-import sys
-import sysconfig
 import textwrap
 import time
 from pathlib import Path
@@ -27,41 +26,17 @@ from pathlib import Path
 import pytest
 
 from tests.trainers.chat_server import ChatServer
+from tests.user_venv import layered_venv, tutorial_block
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.root, pytest.mark.timeout(1200)]
 
-REPO = Path(__file__).parents[2]
 KEY = "sk-tutorial-5c1e"
 IMAGE = "demo-env:dev"
-
-
-def tutorial_block() -> str:
-    """The first bash block under the README's tutorial heading, verbatim."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("\n## Your environment in ten minutes\n", 1)[1]
-    return section.split("```bash\n", 1)[1].split("\n```", 1)[0]
 
 
 def _says_the_prompts_last_word(messages: list[dict[str, str]]) -> str:
     prompt = next(m["content"] for m in messages if m["role"] == "user")
     return prompt.split()[-1]
-
-
-def _layered_venv(path: Path) -> Path:
-    """A venv whose Python also sees this checkout's venv (hillclimb, pip, pytest), and which
-    gets what `pip install` adds; its bin/ holds the `hillclimb`, `pytest` and `pip` commands."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
-    (site,) = path.glob("lib/python*/site-packages")
-    base = sysconfig.get_paths()["purelib"]  # the test suite's venv, where hillclimb is installed
-    (site / "hillclimb-base.pth").write_text(f"import site; site.addsitedir({base!r})\n")
-    # pip offline: no index, and no build isolation (which would fetch setuptools from one).
-    # Set for this `pip` alone: `hillclimb image build` resolves hillclimb's wheels as usual.
-    offline = "PIP_NO_INDEX=1 PIP_NO_BUILD_ISOLATION=0 "  # pip's spelling of --no-build-isolation
-    for command, run in (("hillclimb", "-m orchestrator"), ("pytest", "-m pytest"), ("pip", "-m pip")):
-        script = path / "bin" / command
-        script.write_text(f'#!/bin/sh\n{offline if command == "pip" else ""}exec "{path}/bin/python" {run} "$@"\n')
-        script.chmod(0o755)
-    return path
 
 
 async def _bash(script: str, cwd: Path, env: dict[str, str]) -> tuple[int, str]:
@@ -91,7 +66,7 @@ async def test_the_tutorial_runs_as_written(tmp_path: Path, docker_engine: None)
     home.mkdir()
     for directory in (tmp_path, home):
         directory.chmod(0o755)  # local sandboxes' own uids read the package and the venv from here
-    venv = _layered_venv(tmp_path / "venv")
+    venv = layered_venv(tmp_path / "venv")
     server = ChatServer(_says_the_prompts_last_word, served_model="gpt-4.1-mini", api_key=KEY)
     base_url = await server.start()
     env = {

@@ -24,6 +24,7 @@ from envs.errors import (
     ConnectionLostError,
     ConnectTimeoutError,
     EnvError,
+    EnvModuleNotFoundError,
     ErrorCode,
     ExecutionError,
     FactoryError,
@@ -242,6 +243,7 @@ async def test_unusual_error_frames(data, expected):
         SessionError("reaped"),
         ConnectionLostError("gone", close_code=1001),
         AuthenticationError("refused"),
+        EnvModuleNotFoundError("no module named 'my_env'", module="my_env"),
     ],
 )
 def test_errors_pickle_with_their_fields(error):
@@ -256,6 +258,7 @@ def test_error_types_keep_their_stdlib_bases():
     assert issubclass(MessageTimeoutError, TimeoutError) and issubclass(ConnectTimeoutError, TimeoutError)
     assert issubclass(ConnectionLostError, ConnectionError) and issubclass(AuthenticationError, PermissionError)
     assert issubclass(ValidationError, ValueError) and issubclass(ValidationError, EnvError)
+    assert issubclass(EnvModuleNotFoundError, ModuleNotFoundError) and issubclass(EnvModuleNotFoundError, LookupError)
     assert {t.code for t in ERROR_TYPES.values()} == set(ErrorCode)
 
 

@@ -2,19 +2,23 @@
 or an import path, each resolving to an `EnvPackage` (the class a sandbox serves and its tasks).
 
 The installed packages are real distributions on `sys.path` (a `.dist-info` with its
-`entry_points.txt`, as pip writes one), found by `importlib.metadata` as in production."""
+`entry_points.txt`, as pip writes one), found by `importlib.metadata` as in production, but only
+those a test installs: what a user installed beside hillclimb (the tutorial's `demo_env`) is not
+theirs to see."""
 
 from __future__ import annotations
 
 import sys
 import textwrap
 from collections.abc import Iterator
+from importlib.metadata import EntryPoints, distributions
 from pathlib import Path
 
 import pytest
 
 import envs
-from envs.errors import TargetNotFoundError
+from envs import registry
+from envs.errors import EnvModuleNotFoundError, TargetNotFoundError
 from envs.file_suite import FileSuite
 from envs.packages import EnvPackage
 from envs.registry import BUILTIN_ENVS, find_env, installed_envs, resolve_env_class
@@ -54,6 +58,18 @@ NOT_AN_ENV = 42
 """
 
 
+@pytest.fixture(autouse=True)
+def installed_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entry points of the distributions in `tmp_path` (where `_install` writes them) alone."""
+
+    def entry_points(*, group: str) -> EntryPoints:
+        return EntryPoints(ep for dist in distributions(path=[str(tmp_path)]) for ep in dist.entry_points).select(
+            group=group
+        )
+
+    monkeypatch.setattr(registry, "entry_points", entry_points)
+
+
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A directory on sys.path holding the `wordpkg` package; distributions are added per test."""
@@ -78,8 +94,12 @@ def test_builtins_are_packages_of_the_same_kind_holding_import_paths_only() -> N
     assert find_env("toy_terminal") == EnvPackage("envs.toy_terminal:ToyTerminalEnv", "envs.toy_terminal.tasks:SUITE")
     assert resolve_env_class("toy_terminal") is ToyTerminalEnv
     assert load_suite("toy_terminal") is TOY_SUITE
-    with pytest.raises(TargetNotFoundError, match="'probe' is a bare environment class with no task suite"):
+    with pytest.raises(TargetNotFoundError) as caught:  # `hillclimb env demo probe`
         load_suite("probe")
+    assert str(caught.value) == (
+        "the built-in environment 'probe' has no task suite: it is served (`hillclimb env serve probe`), not "
+        "rolled out; the built-ins with tasks are inventory, terminal, toy_terminal"
+    )
 
 
 def test_an_unknown_name_lists_what_was_tried_and_the_closest_names() -> None:
@@ -123,6 +143,20 @@ def test_an_import_path_names_a_package_object_or_a_bare_class(site: Path) -> No
 def test_a_bad_import_path_says_what_is_wrong(site: Path, target: str, message: str) -> None:
     with pytest.raises(TargetNotFoundError, match=message):
         find_env(target)
+
+
+def test_a_module_found_nowhere_is_told_apart_from_a_module_it_imports(site: Path) -> None:
+    with pytest.raises(EnvModuleNotFoundError, match=r"Run hillclimb from the directory that holds nopkg_here") as e:
+        find_env("nopkg_here.tasks:ENVIRONMENT")
+    assert e.value.module == "nopkg_here" and isinstance(e.value, ModuleNotFoundError)
+    (site / "needs_dep.py").write_text("import dep_not_installed\n")
+    with pytest.raises(TargetNotFoundError, match="No module named 'dep_not_installed'") as other:
+        find_env("needs_dep:ENVIRONMENT")
+    assert not isinstance(other.value, EnvModuleNotFoundError)  # it was found: moving it would not help
+    with pytest.raises(TargetNotFoundError, match="No module named 'wordpkg.tasks'") as other:
+        find_env("wordpkg.tasks:ENVIRONMENT")
+    assert not isinstance(other.value, EnvModuleNotFoundError)
+    sys.modules.pop("needs_dep", None)
 
 
 def test_an_installed_entry_point_is_a_name_like_a_builtin(site: Path) -> None:

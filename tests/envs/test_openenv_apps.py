@@ -103,8 +103,9 @@ async def test_an_openenv_app_module_is_served_as_create_app_was_told(project: P
 )
 async def test_hillclimb_env_serve_from_the_project_directory(project: Path, args: list[str]) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # -P, as the `hillclimb` script runs: `python -m` alone would put the directory on sys.path itself.
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "orchestrator", "env", "serve", *args, "--port", "0", "--no-auth",
+        sys.executable, "-P", "-m", "orchestrator", "env", "serve", *args, "--port", "0", "--no-auth",
         cwd=project, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     try:

@@ -1,6 +1,7 @@
-"""`hillclimb env init demo_env`, as a user runs it: the scaffold's own tests pass, `hillclimb env
+"""`hillclimb env init scaffolded_env`, as a user runs it: the scaffold's own tests pass, `hillclimb env
 serve` serves it from its directory (no PYTHONPATH) over loopback, and once pip has installed it,
-its `hillclimb.envs` entry point makes `demo_env` a name like a built-in."""
+its `hillclimb.envs` entry point makes `scaffolded_env` a name like a built-in. (A name of its own:
+the tutorial's `demo_env` may well be installed where the tests run, and `env init` refuses it.)"""
 
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ pytestmark = pytest.mark.slow
 
 FILES = [
     "pyproject.toml",
-    "demo_env/__init__.py",
-    "demo_env/env.py",
-    "demo_env/rubric.py",
-    "demo_env/tasks.jsonl",
+    "scaffolded_env/__init__.py",
+    "scaffolded_env/env.py",
+    "scaffolded_env/rubric.py",
+    "scaffolded_env/tasks.jsonl",
     "tests/test_env.py",
     "train.yaml",
     "README.md",
@@ -37,18 +38,21 @@ def _environ(**extra: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "COLUMNS": "300", **extra}
 
 
+HILLCLIMB = (sys.executable, "-P", "-m", "orchestrator")
+"""The `hillclimb` command as its script runs it: `-P`, no directory of its own on `sys.path`
+(`python -m` alone would put the working directory there, as hillclimb itself must)."""
+
+
 def _hillclimb(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=_environ(**env), capture_output=True, text=True
-    )
+    return subprocess.run([*HILLCLIMB, *args], cwd=cwd, env=_environ(**env), capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     parent = tmp_path_factory.mktemp("user")
-    done = _hillclimb("env", "init", "demo_env", cwd=parent)
+    done = _hillclimb("env", "init", "scaffolded_env", cwd=parent)
     assert done.returncode == 0, done.stdout + done.stderr
-    return parent / "demo_env"
+    return parent / "scaffolded_env"
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +69,19 @@ def installed(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_init_writes_the_package_and_refuses_to_overwrite_or_misname(project: Path) -> None:
     assert sorted(str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()) == sorted(FILES)
     pyproject = (project / "pyproject.toml").read_text()
-    assert '[project.entry-points."hillclimb.envs"]\ndemo_env = "demo_env:ENVIRONMENT"' in pyproject
+    assert '[project.entry-points."hillclimb.envs"]\nscaffolded_env = "scaffolded_env:ENVIRONMENT"' in pyproject
     assert (
-        "class DemoEnv(Environment[DemoAction, DemoObservation, DemoState])"
-        in (project / "demo_env/env.py").read_text()
+        "class ScaffoldedEnv(Environment[ScaffoldedAction, ScaffoldedObservation, ScaffoldedState])"
+        in (project / "scaffolded_env/env.py").read_text()
     )
     train = load_config(project / "train.yaml", [])  # what `hillclimb train train.yaml` would run
-    assert (train.env.name, train.run.name, train.policy.type, train.train.steps) == ("demo_env", "demo_env", "hf", 3)
-    again = _hillclimb("env", "init", "demo_env", "--dir", str(project), cwd=project.parent)
+    assert (train.env.name, train.run.name, train.policy.type, train.train.steps) == (
+        "scaffolded_env",
+        "scaffolded_env",
+        "hf",
+        3,
+    )
+    again = _hillclimb("env", "init", "scaffolded_env", "--dir", str(project), cwd=project.parent)
     assert again.returncode == 2 and "already exists" in again.stderr and "nothing was overwritten" in again.stderr
     elsewhere = project.parent / "projects" / "words"
     assert _hillclimb("env", "init", "words", "--dir", str(elsewhere), cwd=project.parent).returncode == 0
@@ -80,27 +89,30 @@ def test_init_writes_the_package_and_refuses_to_overwrite_or_misname(project: Pa
     bad = _hillclimb("env", "init", "Demo-Env", cwd=project.parent)
     assert bad.returncode == 2 and "'Demo-Env' is not a package name" in bad.stderr
     assert not (project.parent / "Demo-Env").exists()
+    shadowing = _hillclimb("env", "init", "envs", cwd=project.parent)  # hillclimb's own top-level `envs`
+    assert shadowing.returncode == 2 and "'envs' is already importable: hillclimb's module" in shadowing.stderr
+    assert not (project.parent / "envs").exists()
 
 
-def test_the_scaffolds_own_tests_pass(project: Path) -> None:
+def test_the_scaffolds_own_tests_pass_uninstalled(project: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
-        cwd=project, env=_environ(PYTHONPATH=str(project)), capture_output=True, text=True,
+        [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=project, env=_environ(), capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0 and "12 passed" in done.stdout, done.stdout + done.stderr
 
 
 def test_serving_it_by_a_bare_module_name_uninstalled_names_the_package_object(project: Path) -> None:
-    done = _hillclimb("env", "serve", "demo_env", "--no-auth", cwd=project)
+    done = _hillclimb("env", "serve", "scaffolded_env", "--no-auth", cwd=project)
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "It exports 'demo_env:ENVIRONMENT': serve that." in " ".join(done.stderr.split())
+    assert "It exports 'scaffolded_env:ENVIRONMENT': serve that." in " ".join(done.stderr.split())
 
 
 @pytest.fixture
 async def served(project: Path) -> AsyncIterator[str]:
-    """`hillclimb env serve demo_env:ENVIRONMENT` from the project directory, without PYTHONPATH."""
+    """`hillclimb env serve scaffolded_env:ENVIRONMENT` from the project directory, without PYTHONPATH."""
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "orchestrator", "env", "serve", "demo_env:ENVIRONMENT", "--port", "0", "--no-auth",
+        *HILLCLIMB, "env", "serve", "scaffolded_env:ENVIRONMENT", "--port", "0", "--no-auth",
         cwd=project, env=_environ(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     try:
@@ -129,14 +141,14 @@ async def test_env_serve_runs_it_from_its_directory(served: str) -> None:
 def test_installed_its_entry_point_names_it_everywhere(installed: Path, tmp_path: Path) -> None:
     script = (
         "from envs.tasks import load_suite; from envs.targets import runtime_for\n"
-        "suite = load_suite('demo_env')\n"
-        "print(suite.env, [t.id for t in suite.tasks('heldout')], runtime_for('demo_env').env_cls.__name__)\n"
+        "suite = load_suite('scaffolded_env')\n"
+        "print(suite.env, [t.id for t in suite.tasks('heldout')], runtime_for('scaffolded_env').env_cls.__name__)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=_environ(PYTHONPATH=str(installed)),
         capture_output=True, text=True,
     )  # fmt: skip
-    assert done.stdout == "demo_env ['say-tiger', 'say-piano', 'say-maple'] DemoEnv\n", done.stderr
+    assert done.stdout == "scaffolded_env ['say-tiger', 'say-piano', 'say-maple'] ScaffoldedEnv\n", done.stderr
     broken = tmp_path / "broken-0.1.dist-info"  # a package whose entry point names a module it lacks
     broken.mkdir()
     (broken / "METADATA").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 0.1\n")
@@ -144,22 +156,39 @@ def test_installed_its_entry_point_names_it_everywhere(installed: Path, tmp_path
     listed = _hillclimb("env", "list", cwd=tmp_path, PYTHONPATH=f"{installed}{os.pathsep}{tmp_path}")
     assert listed.returncode == 0, listed.stderr
     rows = " ".join(listed.stdout.split())
-    assert "│ demo_env │ demo_env:ENVIRONMENT │ demo_env.env:DemoEnv │ yes │" in rows, listed.stdout
+    assert "│ scaffolded_env │ scaffolded_env:ENVIRONMENT │ scaffolded_env.env:ScaffoldedEnv │ yes │" in rows, (
+        listed.stdout
+    )
     assert "│ broken │ broken_missing:ENVIRONMENT │ - │ - │ does not load" in rows, listed.stdout
 
 
 @pytest.mark.root
 def test_env_demo_plays_a_tasks_oracle_in_a_local_sandbox(installed: Path) -> None:
-    done = _hillclimb("env", "demo", "demo_env", "--task", "say-river", cwd=REPO, PYTHONPATH=str(installed))
+    done = _hillclimb("env", "demo", "scaffolded_env", "--task", "say-river", cwd=REPO, PYTHONPATH=str(installed))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "$ river" in done.stdout and "correct" in done.stdout and "[reward] 1 (done=True)" in done.stdout
+
+
+@pytest.mark.root
+def test_uninstalled_its_import_path_plays_in_a_local_sandbox_from_its_directory(project: Path) -> None:
+    """The sandbox's server finds the package where the command did: in the working directory."""
+    project.parent.chmod(0o755)  # readable by local sandboxes' own uids (pytest made it 0700)
+    done = _hillclimb("env", "demo", "scaffolded_env:ENVIRONMENT", "--task", "say-river", cwd=project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "$ river" in done.stdout and "[reward] 1 (done=True)" in done.stdout
 
 
 @pytest.mark.ray
 @pytest.mark.root
 def test_a_rollout_names_it_in_the_config_and_its_sandboxes_serve_it(installed: Path, tmp_path: Path) -> None:
-    """`env.name: demo_env` on local sandboxes with the scripted oracle: every task solved."""
-    settings = ["env.name=demo_env", f"run.dir={tmp_path}", "rollout.group_size=1", "eval.k=[1]", "ray.num_workers=1"]
+    """`env.name: scaffolded_env` on local sandboxes with the scripted oracle: every task solved."""
+    settings = [
+        "env.name=scaffolded_env",
+        f"run.dir={tmp_path}",
+        "rollout.group_size=1",
+        "eval.k=[1]",
+        "ray.num_workers=1",
+    ]
     args = [arg for setting in settings for arg in ("--set", setting)]
     toy = REPO / "configs" / "rollout_toy.yaml"
     # From outside the repository, as a user's project runs it: with an editable hillclimb, the

@@ -89,6 +89,28 @@ def test_a_hub_model_that_cannot_be_had_fails_in_seconds(tmp_path: Path) -> None
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.parametrize(
+    ("policy", "said"),
+    [
+        ("", "the config sets no policy, so policy.type is 'scripted' (the task suites' oracles, for rollouts)"),
+        ("policy: {type: chat, model: gpt-4.1-mini}\n", "policy.type is 'chat'"),
+    ],
+)
+def test_training_an_untrainable_policy_says_what_to_set_before_making_the_run(
+    tmp_path: Path, policy: str, said: str
+) -> None:
+    config = tmp_path / "minimal.yaml"
+    config.write_text(f"run: {{dir: {tmp_path / 'runs'}, metrics_port: null}}\n{policy}")
+    run = _hillclimb("train", str(config))
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert " ".join(run.stderr.split()) == (
+        f"error: ConfigError: training needs a trainable policy, and {said}: set policy.type: hf (a tiny random "
+        "model; a pretrained one with policy.model: {type: hf, name_or_path: ...}) or vllm, in the config or "
+        "with --set policy.type=hf"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_ray_address_without_a_port_is_named(tmp_path: Path) -> None:
     run = _hillclimb("rollout", "configs/rollout_toy.yaml", "--address", "headnode", "--set", f"run.dir={tmp_path}")
     assert run.returncode == 2
