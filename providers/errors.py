@@ -52,3 +52,19 @@ class ReadyTimeoutError(RetryableProviderError, TimeoutError):
 
 class SandboxDiedError(RetryableProviderError):
     """The sandbox exited while starting; `log_tail` holds the end of its log."""
+
+
+class ImagePushError(HillclimbError, RuntimeError):
+    """`hillclimb image push` failed; fields `ref` (what was pushed) and `registry`."""
+
+
+class LocalImageNotFound(ImagePushError, LookupError):
+    """The image to push is not in the local Docker engine."""
+
+
+class RegistryAuthError(ImagePushError, PermissionError):
+    """The registry refused the engine's credentials (none, wrong, or without push rights)."""
+
+
+class RegistryUnreachableError(ImagePushError, ConnectionError):
+    """The Docker engine cannot reach the registry (the name does not resolve, nothing listens, a timeout)."""

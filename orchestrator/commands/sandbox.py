@@ -154,21 +154,23 @@ def remove(
 def reap(
     provider: ProviderOption = "local",
     run_id: RunOption = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would be destroyed.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be destroyed and why; destroy nothing.")
+    ] = False,
     option: OptionsOption = None,
 ) -> None:
-    """Destroy sandboxes past their time-to-live or whose run is gone (its driver died)."""
+    """Destroy sandboxes past their time-to-live or whose run is gone (its driver died).
+
+    Each is named with why: how long past its time-to-live, its run and that run's liveness, its age.
+    """
     from orchestrator.reaper import reap as run_reap
 
     report = asyncio.run(run_reap(_provider(provider, option), selector=_selector(run_id), dry_run=dry_run))
     verb = "would destroy" if dry_run else "destroyed"
-    for sandbox_id in report.expired:
-        console.print(f"{verb} {sandbox_id} (expired)")
-    for sandbox_id in report.orphaned:
-        console.print(f"{verb} {sandbox_id} (its run is gone)")
-    for sandbox_id, error in report.failed.items():
-        console.print(f"[red]failed[/] {sandbox_id}: {error}")
-    console.print(
-        f"examined {report.examined}, {verb} {len(report.expired) + len(report.orphaned) - len(report.failed)}"
-    )
+    for doomed in report.doomed:
+        if doomed.id in report.failed:
+            console.print(f"[red]failed[/] {doomed.id} ({doomed.why()}): {report.failed[doomed.id]}")
+        else:
+            console.print(f"{verb} {doomed.id} ({doomed.why()})")
+    console.print(f"examined {report.examined}, {verb} {report.destroyed}, kept {report.examined - len(report.doomed)}")
     raise typer.Exit(1 if report.failed else 0)

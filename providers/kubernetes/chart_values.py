@@ -23,8 +23,8 @@ class SandboxValues(ChartSection):
     """Where sandbox pods run: restricted pod security, all egress denied. The provider's
     `namespace` option must name the same."""
     image: str = ""
-    """The sandbox image, pushed where the cluster pulls from (the provider's `image` option; a
-    run the chart starts gets it)."""
+    """The sandbox image, pushed where the cluster pulls from (`hillclimb image push REF` prints
+    it pinned by digest); the provider's `image` option, which a run the chart starts gets."""
     runtime_class: str | None = Field(default=None, pattern=DNS_LABEL)
     """A RuntimeClass for sandbox pods (gVisor, Kata): the provider's `runtime_class` option."""
     agent_sandbox: bool = False

@@ -104,3 +104,10 @@ class StuckMetrics:
     async def metrics(self) -> list[object]:
         await asyncio.sleep(30)
         return []
+
+
+class FailingMetrics:
+    """An actor whose metrics call fails (a worker whose registry broke)."""
+
+    def metrics(self) -> list[object]:
+        raise ValueError("registry is broken")

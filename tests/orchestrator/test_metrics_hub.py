@@ -8,16 +8,18 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from envs.tasks import load_suite
 from orchestrator.config import load_config
 from orchestrator.driver import RolloutDriver
 from orchestrator.metrics_hub import MetricsHub, serve_metrics
 from orchestrator.schedule import round_of_groups
-from tests.orchestrator.helpers import GatedScriptedPolicy, StuckMetrics
+from tests.orchestrator.helpers import FailingMetrics, GatedScriptedPolicy, StuckMetrics
 from tests.scrape import lease_counts, run_and_scrape, scrape
 
 REPO = Path(__file__).parents[2]
+FAILURES = "hillclimb_metrics_scrape_failures"
 
 
 @pytest.mark.ray
@@ -76,9 +78,68 @@ def test_an_actor_that_does_not_answer_is_left_out_not_waited_for(
             families = list(hub.collect())
         assert time.monotonic() - started < 20  # not the 30 s the actor sleeps
         assert families and {s.labels["source"] for f in families for s in f.samples} == {"driver"}
-        assert any("worker-7 did not answer within 0.3 s" in r.getMessage() for r in caplog.records)
+        assert any("worker-7: no answer within 0.3 s" in r.getMessage() for r in caplog.records)
     finally:
         ray.kill(stuck)
+
+
+@pytest.mark.ray
+def test_scrapes_that_leave_actors_out_are_counted_each_and_logged_once_a_minute_per_cause(
+    ray_local: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    import ray
+
+    now = [1000.0]
+    hub = MetricsHub(timeout_s=1.0, clock=lambda: now[0])
+    actors = {
+        "worker-0": ray.remote(num_cpus=0)(StuckMetrics).remote(),
+        "worker-1": ray.remote(num_cpus=0)(StuckMetrics).remote(),
+        "buffer": ray.remote(num_cpus=0)(FailingMetrics).remote(),
+    }
+    for source, actor in actors.items():
+        ray.get(actor.__ray_ready__.remote(), timeout=120)  # started: the failing one answers in time
+        hub.watch(source, actor)
+    before = {source: _failures(source) for source in actors}
+    try:
+        with caplog.at_level("WARNING", logger="hillclimb.orchestrator.metrics"):
+            for _ in range(3):  # a minute of scrapes every 20 s, the clock advanced by hand
+                families = list(hub.collect())
+                now[0] += 20.0
+            lines_in_the_first_minute = _hub_lines(caplog)
+            list(hub.collect())  # 60 s after the first lines: one more of each
+        lines = _hub_lines(caplog)
+    finally:
+        for actor in actors.values():
+            ray.kill(actor)
+    assert {source: _failures(source, minus=before[source]) for source in actors} == {
+        "worker-0": {"timeout": 4, "error": 0},
+        "worker-1": {"timeout": 4, "error": 0},
+        "buffer": {"timeout": 0, "error": 4},
+    }
+    # The counter is in the scrape itself, counting that scrape's own failures.
+    (family,) = [f for f in families if f.name == FAILURES]
+    scraped = {(s.labels["actor"], s.labels["cause"]): s.value for s in family.samples if s.name == f"{FAILURES}_total"}
+    assert scraped[("worker-0", "timeout")] == before["worker-0"]["timeout"] + 3
+    assert len(lines_in_the_first_minute) == 2, lines_in_the_first_minute  # one per cause, not 2 × 3
+    timeout_line, error_line = lines_in_the_first_minute
+    assert timeout_line.startswith(
+        "metrics: left out of a scrape: worker-0: no answer within 1 s, worker-1: no answer within 1 s ("
+    )
+    assert error_line.startswith("metrics: left out of a scrape: buffer: ValueError: registry is broken (")
+    assert len(lines) == 4 and all("2 more such scrape(s) since the last line" in line for line in lines[2:]), lines
+
+
+def _hub_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "hillclimb.orchestrator.metrics"]
+
+
+def _failures(source: str, minus: dict[str, float] | None = None) -> dict[str, float]:
+    """This process's count of scrapes that left `source` out, by cause (less `minus`)."""
+    return {
+        cause: (REGISTRY.get_sample_value(f"{FAILURES}_total", {"actor": source, "cause": cause}) or 0.0)
+        - (minus or {}).get(cause, 0.0)
+        for cause in ("timeout", "error")
+    }
 
 
 @pytest.mark.ray

@@ -102,7 +102,7 @@ async def _kill_then_reap(provider_name: str, provider: Any, driver: subprocess.
         await _wait_for("the driver's sandboxes", lambda: provider.list({LABEL_RUN: run_id}), timeout_s=240)
         assert run_state(run_id) is RunState.ALIVE
         kept = subprocess.run(reap, cwd=REPO, capture_output=True, text=True, timeout=120)
-        assert kept.returncode == 0 and "its run is gone" not in kept.stdout, kept.stdout + kept.stderr
+        assert kept.returncode == 0 and f"run {run_id} is gone" not in kept.stdout, kept.stdout + kept.stderr
         assert await provider.list({LABEL_RUN: run_id})  # a live run's sandboxes stay
     finally:
         driver.kill()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,10 +13,17 @@ from tests.trainers.chat_server import LOGPROB, Call, ChatServer, Fault, token_i
 from trainers.policy.base import GenerateRequest, Policy, SamplingParams
 from trainers.policy.chat import ChatPolicy
 from trainers.policy.config import ChatPolicyConfig, make_policy
-from trainers.policy.errors import PolicyRequestError, PolicyResponseError, PolicyUnavailableError
+from trainers.policy.errors import (
+    PolicyRequestError,
+    PolicyResponseError,
+    PolicyUnavailableError,
+    PolicyUnreachableError,
+)
 
 KEY = "sk-test-5f2c"
 SAMPLING = SamplingParams(max_new_tokens=64, temperature=0.0)
+MALFORMED = re.compile(r"\.\.|: \.|: ;|\. Is |\n")
+"""What a message built of clauses must not hold: `request.. Is`, an empty `ReadTimeout: .`, a second line."""
 MESSAGES = (
     {"role": "system", "content": "You are a terminal agent."},
     {"role": "user", "content": "Say hi."},
@@ -100,12 +109,108 @@ async def test_retries_run_out_into_unavailable(server: ChatServer) -> None:
     assert (info.value.attempts, len(server.requests)) == (3, 3)
 
 
+async def test_retries_run_out_on_timeouts_into_a_well_formed_message(server: ChatServer) -> None:
+    server.faults = [Fault(delay_s=3.0)] * 2
+    async with _policy(server, max_retries=1, timeout_s=0.5) as policy:
+        with pytest.raises(PolicyUnavailableError) as info:
+            await policy.generate([_request()], SAMPLING)
+    assert str(info.value) == (
+        f"POST {server.base_url}/chat/completions failed 2 times; last: ReadTimeout: no response within 0.5 s;"
+        " is the server up and not overloaded?"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens on it
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def unresolvable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`no-such-host.invalid` does not resolve (EAI_NONAME), `flaky-dns.test` fails for now (EAI_AGAIN),
+    `two-addresses.test` is 127.0.0.1 and 127.0.0.2: answered here without a query leaving the machine."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        name = host.decode() if isinstance(host, bytes) else host  # anyio asks with IDNA bytes
+        if name == "no-such-host.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        if name == "flaky-dns.test":
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        if name == "two-addresses.test":
+            port = int(args[0])
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in ("127.0.0.1", "127.0.0.2")]
+        assert name == "127.0.0.1", f"a lookup of {name!r} would leave the machine"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.usefixtures("unresolvable")
+@pytest.mark.parametrize("where", ["refused", "refused-on-every-address", "unresolvable"])
+async def test_no_server_at_the_url_fails_at_once_in_one_line_naming_it(
+    where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = _free_port()
+    base_url = {
+        "refused": f"http://127.0.0.1:{port}/v1",
+        "refused-on-every-address": f"http://two-addresses.test:{port}/v1",
+        "unresolvable": "http://no-such-host.invalid/v1",
+    }[where]
+    with caplog.at_level(logging.WARNING, logger="hillclimb.trainers.policy"):
+        async with ChatPolicy(base_url, "fake-chat", max_retries=4, backoff_s=0.01) as policy:
+            with pytest.raises(PolicyUnreachableError) as info:
+                await policy.generate([_request()], SAMPLING)
+    expected = {
+        "refused": f"connection refused: nothing listens at 127.0.0.1:{port}; is the server started, and is the"
+        " base URL right?",
+        "refused-on-every-address": f"connection refused: nothing listens at two-addresses.test:{port}; is the"
+        " server started, and is the base URL right?",
+        "unresolvable": "the host name 'no-such-host.invalid' does not resolve (Name or service not known); check"
+        " the base URL",
+    }[where]
+    assert str(info.value) == f"POST {base_url}/chat/completions: {expected}"
+    assert (info.value.url, info.value.attempts, info.value.status) == (f"{base_url}/chat/completions", 1, None)
+    assert isinstance(info.value, PolicyUnavailableError)  # what callers already catch
+    assert caplog.records == []  # not one retry
+
+
+@pytest.mark.usefixtures("unresolvable")
+async def test_a_resolvers_temporary_failure_is_retried() -> None:
+    async with ChatPolicy("http://flaky-dns.test/v1", "fake-chat", max_retries=1, backoff_s=0.01) as policy:
+        with pytest.raises(PolicyUnavailableError) as info:
+            await policy.generate([_request()], SAMPLING)
+    assert not isinstance(info.value, PolicyUnreachableError) and info.value.attempts == 2
+    assert "last: ConnectError: [Errno -3] Temporary failure in name resolution; is the server up" in str(info.value)
+    assert not MALFORMED.search(str(info.value))
+
+
+async def test_a_refusal_after_the_server_answered_is_a_restart_and_retried(
+    server: ChatServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with _policy(server, max_retries=1) as policy:
+        await policy.generate([_request()], SAMPLING)
+        await server.close()  # it stops listening, as a restarting server does for a moment
+        port = server.base_url.split(":")[-1].split("/")[0]
+        with (
+            caplog.at_level(logging.WARNING, logger="hillclimb.trainers.policy"),
+            pytest.raises(PolicyUnavailableError) as info,
+        ):
+            await policy.generate([_request()], SAMPLING)
+    assert not isinstance(info.value, PolicyUnreachableError) and info.value.attempts == 2
+    refused = f"connection refused: nothing listens at 127.0.0.1:{port}"
+    assert str(info.value).endswith(f"failed 2 times; last: {refused}; is the server up and not overloaded?")
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert f"failed ({refused}); retry 1/1" in line
+
+
 async def test_a_wrong_key_is_refused_at_once_naming_the_variable(server: ChatServer) -> None:
     async with _policy(server, api_key="sk-wrong") as policy:
         with pytest.raises(PolicyRequestError, match=r"refused the API key: check the key in \$HC_CHAT_KEY") as info:
             await policy.check()
     assert (info.value.status, len(server.requests)) == (401, 1)
-    assert "sk-wrong" not in str(info.value) and "Incorrect API key provided: <api key>." in str(info.value)
+    assert "sk-wrong" not in str(info.value) and "Incorrect API key provided: <api key>)" in str(info.value)
 
 
 async def test_an_unknown_model_is_refused_at_once(server: ChatServer) -> None:

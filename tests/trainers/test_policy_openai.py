@@ -16,6 +16,7 @@ from trainers.policy.errors import (
     PolicyRequestError,
     PolicyResponseError,
     PolicyUnavailableError,
+    PolicyUnreachableError,
     WeightsNotUpdatableError,
 )
 from trainers.policy.hf import HFPolicy
@@ -134,14 +135,15 @@ async def test_wrong_key_and_wrong_model_are_refused(server: CompletionsServer) 
             await policy.generate(_requests()[:1], sampling)
 
 
-async def test_an_unreachable_server_is_retried_then_unavailable() -> None:
+async def test_a_port_nobody_listens_on_fails_at_once() -> None:
+    """The completions policy shares the chat policy's client: the cases are in test_policy_chat."""
     with socket.socket() as probe:  # a port that was free a moment ago: nothing listens on it
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     async with OpenAIPolicy(f"http://127.0.0.1:{port}/v1", "tiny", TOKENIZER, max_retries=1, backoff_s=0.01) as policy:
-        with pytest.raises(PolicyUnavailableError, match="failed 2 times; last: ConnectError") as info:
+        with pytest.raises(PolicyUnreachableError, match=f"nothing listens at 127.0.0.1:{port};") as info:
             await policy.generate(_requests()[:1], SamplingParams(max_new_tokens=2))
-    assert (info.value.status, info.value.attempts) == (None, 2)
+    assert (info.value.status, info.value.attempts) == (None, 1)
 
 
 async def test_a_server_without_token_ids_is_a_response_error(server: CompletionsServer) -> None:

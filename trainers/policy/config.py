@@ -80,7 +80,8 @@ class OpenAIPolicyConfig(_Config):
     timeout_s: float = Field(default=300.0, gt=0)
     """Per HTTP request, generation included."""
     max_retries: int = Field(default=4, ge=0)
-    """Retries after a 408, 429, 5xx or transport failure; 0 fails on the first."""
+    """Retries after a 408, 429, 5xx or transport failure; 0 fails on the first. A host that does not
+    resolve, or a refused connection before the server ever answered, is never retried."""
     backoff_s: float = Field(default=0.5, ge=0)
     """First retry delay; doubles each retry, up to 10 s (or the server's Retry-After)."""
 
@@ -105,7 +106,8 @@ class ChatPolicyConfig(_Config):
     timeout_s: float = Field(default=120.0, gt=0)
     """Per HTTP request, generation included; a timeout is retried."""
     max_retries: int = Field(default=4, ge=0)
-    """Retries after a 408, 429, 5xx, timeout or transport failure; 0 fails on the first."""
+    """Retries after a 408, 429, 5xx, timeout or transport failure; 0 fails on the first. A host that
+    does not resolve, or a refused connection before the server ever answered, is never retried."""
     backoff_s: float = Field(default=1.0, ge=0)
     """First retry delay; doubles each retry, up to 30 s (or the server's Retry-After)."""
 

@@ -17,6 +17,7 @@ __all__ = [
     "PolicyRequestError",
     "PolicyResponseError",
     "PolicyUnavailableError",
+    "PolicyUnreachableError",
     "WeightsNotUpdatableError",
 ]
 
@@ -39,6 +40,12 @@ class ContextOverflowError(PolicyRequestError):
 class PolicyUnavailableError(PolicyError, ConnectionError):
     """An inference server could not be reached or kept failing (429, 5xx, transport errors)
     after every retry; fields `status` (the last one, None for a transport error) and `attempts`."""
+
+
+class PolicyUnreachableError(PolicyUnavailableError):
+    """No server at the base URL: its host name does not resolve, or nothing listens on its port
+    (before the server ever answered this client). Raised at the first attempt, since retrying
+    cannot help; fields `url`, `status` (None) and `attempts`."""
 
 
 class PolicyResponseError(PolicyError, RuntimeError):

@@ -114,11 +114,15 @@ async def test_one_reap_removes_a_sigkilled_holders_sandboxes_and_nothing_else(p
         holder.send_signal(signal.SIGKILL)
         await holder.wait()
         await asyncio.sleep(1.2)  # past the holder's lease duration (ceil(3 × 0.2 s) = 1 s)
-        code, out = await sandbox_cli(
-            "reap", "-p", "kubernetes", "-o", f"api_url={url}", "-o", f"namespace={NAMESPACE}"
-        )
+        options = ("-p", "kubernetes", "-o", f"api_url={url}", "-o", f"namespace={NAMESPACE}")
+        code, out = await sandbox_cli("reap", "--dry-run", *options)
         assert code == 0, out
-        assert all(f"destroyed {s.id} (its run is gone)" in out for s in dead), out
+        assert all(f"would destroy {s.id} (run dead is gone; age " in out for s in dead), out
+        assert out.splitlines()[-1] == "examined 4, would destroy 2, kept 2"
+        assert len(await provider.list()) == 4 and len(_leases(api)) == 2  # the dead Lease too: nothing forgotten
+        code, out = await sandbox_cli("reap", *options)
+        assert code == 0, out
+        assert all(f"destroyed {s.id} (run dead is gone; age " in out for s in dead), out
         assert {s.id for s in await provider.list()} == {live.id, unknown.id}
         assert [lease["metadata"]["labels"][LABEL_RUN] for lease in _leases(api).values()] == ["live"]
     finally:
