@@ -87,11 +87,14 @@ def show(
 
 def _print_summary(run_dir: Path, config: dict[str, Any], episodes: list[Trajectory]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from orchestrator.run_dirs import read_json, run_info, run_ledger_location
 
     info = run_info(run_dir)
     console.print(f"[bold]{info.name}[/]  {info.kind}, {info.state}, started {info.started:%Y-%m-%d %H:%M}  {run_dir}")
+    if info.error is not None:
+        console.print(Text.assemble(("failed: ", "red"), info.error), soft_wrap=True)
     console.print("config: " + "  ".join(f"{k} {v}" for k, v in _highlights(config, info.kind).items()))
     console.print(f"ledger: {run_ledger_location(run_dir, config)}")
     summary = read_json(run_dir / "summary.json")

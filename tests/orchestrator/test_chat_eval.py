@@ -9,7 +9,8 @@ import pytest
 
 from orchestrator.chat_eval import EVAL_CONTEXT_BYTES, eval_overrides, first_tasks, pass_at_ks, write_episodes
 from orchestrator.config import RunConfig, load_config
-from orchestrator.evaluate import plan_evaluation, prepare_run_dir
+from orchestrator.evaluate import plan_evaluation
+from orchestrator.run_lifecycle import prepare_run_dir
 from trainers.roles import Role
 from trainers.trajectory import DoneReason, Trajectory
 
@@ -60,7 +61,7 @@ def test_without_a_base_url_openai_base_url_names_the_server(monkeypatch: pytest
 
 def test_first_tasks_keeps_n_per_split_in_the_evaluations_order(tmp_path: Path) -> None:
     config = load_config(None, [f"run.dir={tmp_path}", "policy.type=chat", "policy.model=m"])
-    plan = plan_evaluation(config, prepare_run_dir(config))
+    plan = plan_evaluation(config, prepare_run_dir(config, "eval"))
     cut = first_tasks(plan, 2)
     for split in ("train", "heldout"):
         assert [g for g in cut.groups if g.split == split] == [g for g in plan.groups if g.split == split][:2]
