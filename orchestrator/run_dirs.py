@@ -28,8 +28,8 @@ from orchestrator.ledger_location import ledger_location, on_local_disk
 from orchestrator.run_lifecycle import RUN_FILE, RunKind
 
 if TYPE_CHECKING:
+    from orchestrator.ledger import Ledger
     from trainers.tokenizer import Tokenizer
-    from trainers.trajectory import Trajectory
 
 
 class RunNotFoundError(ConfigError):
@@ -183,15 +183,13 @@ def _local_groups_dir(location: str) -> Path | None:
     return Path(location.removeprefix("file://"), "groups") if on_local_disk(location) else None
 
 
-def run_episodes(run_dir: Path, config: dict[str, Any]) -> list[Trajectory]:
-    """Every episode in the run's ledger, by group id then sample index (a stable order)."""
+def run_ledger(run_dir: Path, config: dict[str, Any]) -> Ledger | None:
+    """The run's ledger; None before it recorded an episode (opening it would create it)."""
     from orchestrator.ledger import Ledger
 
     location = run_ledger_location(run_dir, config)
     groups = _local_groups_dir(location)
-    if groups is not None and not groups.is_dir():
-        return []  # no episode recorded yet; opening the ledger would create it
-    return Ledger(location).trajectories()
+    return None if groups is not None and not groups.is_dir() else Ledger(location)
 
 
 def run_tokenizer(config: dict[str, Any]) -> Tokenizer:
