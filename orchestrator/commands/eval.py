@@ -39,7 +39,7 @@ def eval_model(
     """Evaluate a model behind an OpenAI-compatible chat API: pass@k per split, episodes as text."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from orchestrator.chat_eval import eval_overrides, first_tasks, write_episodes
+    from orchestrator.chat_eval import eval_overrides, first_tasks, reuse_notice, write_episodes
     from orchestrator.config import load_config
     from orchestrator.evaluate import evaluate, plan_evaluation
     from orchestrator.run_lifecycle import run_directory
@@ -57,8 +57,9 @@ def eval_model(
     asyncio.run(_check_policy(cfg))
     with run_directory(cfg, "eval", console.print) as run_dir:
         plan = first_tasks(plan_evaluation(cfg, run_dir), tasks)
-        if plan.resumed_episodes:
-            console.print(f"resumed {plan.resumed_episodes} episodes from {run_dir}")
+        notice = reuse_notice(plan, run_dir)
+        if notice is not None:
+            console.print(notice, style="yellow", markup=False, soft_wrap=True)
         columns = (
             TextColumn("[bold]eval"),
             BarColumn(),

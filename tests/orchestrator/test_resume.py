@@ -51,6 +51,17 @@ def test_keys_that_do_not_change_results_may_change(tmp_path: Path) -> None:
     assert json.loads((first / "config.json").read_text())["ray"]["num_workers"] == 5
 
 
+def test_a_remote_policys_transport_settings_may_change_but_not_its_model_or_server(tmp_path: Path) -> None:
+    """A rerun of `hillclimb eval` with its default pacing was refused as a different evaluation."""
+    chat = ["policy.type=chat", "policy.model=m", "policy.base_url=http://h:1/v1"]
+    first = prepare_run_dir(_config(tmp_path, *chat), "eval")
+    pacing = ["policy.max_concurrency=2", "policy.backoff_s=0.01", "policy.timeout_s=5", "policy.max_retries=0"]
+    assert prepare_run_dir(_config(tmp_path, *chat, *pacing, "policy.api_key_env=MY_KEY"), "eval") == first
+    for changed in ("policy.model=n", "policy.base_url=http://h:2/v1"):
+        with pytest.raises(ConfigError, match=changed.partition("=")[0].replace(".", r"\.")):
+            prepare_run_dir(_config(tmp_path, *chat, changed), "eval")
+
+
 def test_the_fingerprint_leaves_out_where_and_how_fast() -> None:
     keys = fingerprint(load_config(TOY).model_dump(mode="json"))
     assert "rollout.episode.max_turns" in keys and "provider.type" in keys and "run.seed" in keys
