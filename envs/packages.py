@@ -70,6 +70,10 @@ class _SuiteNamed:
     def render_observation(self, observation: dict[str, Any]) -> str:
         return self._suite.render_observation(observation)
 
+    def __getattr__(self, name: str) -> Any:
+        """What else the suite offers (a system prompt, a shell prompt, tool-call text) as its own."""
+        return getattr(self._suite, name)
+
 
 def import_object(path: str, *, what: str) -> Any:
     """The object at 'package.module:attr' (attr may be dotted); errors name the path and what was expected."""
