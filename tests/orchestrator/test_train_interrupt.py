@@ -69,7 +69,7 @@ def test_an_interrupted_run_summarizes_then_resumes_without_repeating_steps(tmp_
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     said = " ".join(resumed.stdout.split())
-    assert f"resuming from {run / 'checkpoints' / f'step-{checkpoint:06d}'}" in said
+    assert f"resuming at step {checkpoint} from {run / 'checkpoints' / f'step-{checkpoint:06d}'}" in said
     assert "train.time_budget_s=1 s of RL spent after" in said
     steps = _train_steps(run)
     assert steps == list(range(1, len(steps) + 1)) and len(steps) > checkpoint  # each once, and RL went on
@@ -87,3 +87,4 @@ def test_ctrl_c_stops_the_run_with_its_summary(tmp_path: Path) -> None:
     assert child.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "to resume (from" in out
     assert json.loads((run / "summary.json").read_text())["interrupted"] is True
+
