@@ -36,7 +36,7 @@ from bench.pingpong import round_trip_ms
 from envs.handle import EnvHandle
 from envs.metrics import parse_metrics
 from envs.serve import run_fast
-from envs.tasks import load_suite
+from envs.tasks import action_prompt, load_suite
 from orchestrator.config import load_config
 from orchestrator.driver import RolloutDriver, connect_ray
 from orchestrator.schedule import endless_groups
@@ -116,7 +116,11 @@ async def _overhead_once(episodes: int) -> dict[str, Any]:
     tokenizer = ByteTokenizer()
     suite = load_suite("toy_terminal")
     runner = EpisodeRunner(
-        pool, ScriptedPolicy(tokenizer), PlainTextRenderer(tokenizer, tokenizer.bos_token_id), suite, EpisodeConfig()
+        pool,
+        ScriptedPolicy(tokenizer),
+        PlainTextRenderer(tokenizer, tokenizer.bos_token_id, action_prompt=action_prompt(suite)),
+        suite,
+        EpisodeConfig(),
     )
     tasks = suite.tasks("train")
     timing = EpisodeTiming()

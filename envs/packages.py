@@ -72,6 +72,10 @@ class _SuiteNamed:
     def render_observation(self, observation: dict[str, Any]) -> str:
         return self._suite.render_observation(observation)
 
+    def __getattr__(self, name: str) -> Any:
+        """What else the suite offers (a system prompt, a shell prompt, tool-call text) as its own."""
+        return getattr(self._suite, name)
+
 
 def search_working_directory() -> None:
     """Put the working directory first on `sys.path`, as `python -m` does: every `hillclimb` command

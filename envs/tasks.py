@@ -104,6 +104,21 @@ class ToolCallSuite(TaskSuite, Protocol):
         ...
 
 
+@runtime_checkable
+class ShellSuite(TaskSuite, Protocol):
+    """A suite whose environment is a shell: its actions are drawn after a prompt, as a terminal
+    shows commands. Other environments' actions get none (a `$ ` before `guess: river` says
+    something false about the environment to the model and to whoever reads the episode)."""
+
+    shell_prompt: str
+    """What precedes each command, such as `$ `."""
+
+
+def action_prompt(suite: TaskSuite) -> str:
+    """What precedes an action in a plain-text transcript: the shell's prompt, or nothing."""
+    return suite.shell_prompt if isinstance(suite, ShellSuite) else ""
+
+
 class MissingOracleError(HillclimbError, ValueError):
     """Something that replays oracle actions met tasks that have none."""
 

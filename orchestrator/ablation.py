@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator.config import RunConfig
-from orchestrator.evaluate import prepare_run_dir
+from orchestrator.run_lifecycle import prepare_run_dir
 from orchestrator.train import Report, Trainer
 
 ARMS = ("echo", "grpo")
@@ -38,7 +38,7 @@ async def run_ablation(
     for seed in seeds:
         for arm in ARMS:
             cfg = arm_config(config, arm, seed)
-            summary = await Trainer(cfg, prepare_run_dir(cfg), report(arm, seed)).run()
+            summary = await Trainer(cfg, prepare_run_dir(cfg, "train"), report(arm, seed)).run()
             rows.append(
                 {
                     "arm": arm,

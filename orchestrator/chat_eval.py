@@ -14,12 +14,23 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from orchestrator.episode_text import episode_facts
 from orchestrator.evaluate import EvalPlan
+from trainers.policy.config import ChatPolicyConfig
 from trainers.trajectory import Trajectory
 
-__all__ = ["EVAL_CONTEXT_BYTES", "episode_record", "eval_overrides", "first_tasks", "pass_at_ks", "write_episodes"]
+__all__ = [
+    "EVAL_CONTEXT_BYTES",
+    "episode_record",
+    "eval_overrides",
+    "first_tasks",
+    "pass_at_ks",
+    "reuse_notice",
+    "run_name",
+    "write_episodes",
+]
 
 EVAL_CONTEXT_BYTES = 65536
 
@@ -48,7 +59,7 @@ def eval_overrides(
         f"policy.model={json.dumps(model)}",
         f"rollout.group_size={rollouts}",
         f"eval.k={pass_at_ks(rollouts)}",
-        f"run.name={json.dumps(_run_name(env, model))}",
+        f"run.name={json.dumps(run_name(env, model, base_url))}",
         "ray.num_workers=1",  # one worker, so policy.max_concurrency bounds the whole run
         # The chat policy's transcript counts UTF-8 bytes, not tokens (~4 a token): 2048 would end
         # episodes at a few hundred tokens; the server refuses what exceeds its own context.
@@ -63,9 +74,28 @@ def eval_overrides(
     return overrides
 
 
-def _run_name(env: str, model: str) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{env}-{model}")
-    return f"eval-{safe}"
+def run_name(env: str, model: str, base_url: str | None) -> str:
+    """`eval-ENV-MODEL`, and `-at-HOST[-PORT][-PATH]` for a server other than OpenAI's: a new
+    model or endpoint is a new evaluation, in a run directory of its own, never a resume."""
+    name = f"eval-{env}-{model}"
+    if base_url is not None and base_url.rstrip("/") != ChatPolicyConfig.model_fields["base_url"].default:
+        url = urlsplit(base_url)  # host and port only from the netloc: never a user:password@ in it
+        port = f"-{url.port}" if url.port else ""
+        name += f"-at-{url.hostname}{port}{url.path.rstrip('/').removesuffix('/v1')}"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
+def reuse_notice(plan: EvalPlan, run_dir: Path) -> str | None:
+    """What a rerun takes from the run directory instead of running it again, said before it runs."""
+    if not plan.resumed_episodes:
+        return None
+    total = plan.resumed_episodes + plan.todo_episodes
+    reused = f"{plan.resumed_episodes} of {total} episodes" if plan.todo_episodes else f"all {total} episodes"
+    then = f"running the other {plan.todo_episodes}" if plan.todo_episodes else "nothing is run again"
+    return (
+        f"reusing {reused} already in {run_dir} (same model, endpoint and settings): "
+        f"{then}. --set run.resume=false evaluates afresh"
+    )
 
 
 def first_tasks(plan: EvalPlan, per_split: int | None) -> EvalPlan:

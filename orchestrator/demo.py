@@ -10,14 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from envs.errors import TargetNotFoundError
-from envs.tasks import Split, load_suite, require_oracles
+from envs.tasks import ShellSuite, Split, load_suite, require_oracles
 from providers.base import SandboxProvider, SandboxSpec
 
 
 async def oracle_episode(
     provider: SandboxProvider, env: str, task_id: str | None, split: Split, show: Callable[[str, str], None]
 ) -> float:
-    """Run one task's oracle in a fresh sandbox; `show(kind, text)` gets each turn. Returns the reward."""
+    """Run one task's oracle in a fresh sandbox; `show(kind, text)` gets each turn (an action as
+    kind `command` in a shell environment, else `action`). Returns the reward."""
     suite = load_suite(env)
     tasks = suite.tasks(split)
     task = next((t for t in tasks if t.id == task_id), None) if task_id else tasks[0]
@@ -33,7 +34,7 @@ async def oracle_episode(
             show("task", f"[{task.id}] {task.prompt}")
             for text in task.oracle:
                 result = await client.step(suite.parse_action(text))
-                show("action", text)
+                show("command" if isinstance(suite, ShellSuite) else "action", text)
                 rendered = suite.render_observation(result.observation)
                 if rendered:
                     show("observation", rendered)

@@ -7,51 +7,20 @@ resumes where it stopped — but only under a config that gives the same results
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from envs.errors import ConfigError
 from envs.tasks import load_suite
 from orchestrator import metrics
 from orchestrator.config import RunConfig
 from orchestrator.driver import RolloutDriver
-from orchestrator.fingerprint import check_resumable
 from orchestrator.ledger import Ledger
 from orchestrator.ledger_location import ledger_location
 from orchestrator.model_check import check_model_available
 from orchestrator.report import SplitReport, summarize
 from orchestrator.schedule import GroupSpec, round_of_groups
 from trainers.trajectory import TrajectoryGroup
-
-
-def prepare_run_dir(config: RunConfig, say: Callable[[str], None] = lambda line: None) -> Path:
-    """Create `<run.dir>/<run.name>`, or reuse it when resuming under a config with the same
-    results; `run.resume=false` moves an existing one aside. Dumps the resolved config there."""
-    run_dir = config.run.dir / config.run.name
-    resolved = config.model_dump(mode="json")
-    if run_dir.exists() and config.run.resume:
-        check_resumable(run_dir, resolved)
-    elif run_dir.exists():
-        _refuse_shared_ledger_with_groups(config)
-        aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
-        run_dir.rename(aside)
-        say(f"run.resume=false: moved the earlier {run_dir} to {aside}; starting fresh")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
-    return run_dir
-
-
-def _refuse_shared_ledger_with_groups(config: RunConfig) -> None:
-    """A ledger outside the run directory cannot be set aside with it: starting fresh on it
-    would reuse its groups all the same."""
-    if config.run.ledger_uri is not None and Ledger(config.run.ledger_uri).group_ids():
-        raise ConfigError(
-            f"run.resume=false, but the ledger at run.ledger_uri={config.run.ledger_uri} already holds groups: "
-            "give the fresh run a ledger_uri of its own"
-        )
 
 
 def eval_groups(config: RunConfig, tag: str = "eval") -> list[GroupSpec]:

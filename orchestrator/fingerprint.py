@@ -34,6 +34,11 @@ NOT_RESULTS = (
     "train.time_budget_s",
     "train.checkpoint_every",
     "buffer.max_staleness",  # a run may continue asynchronously; staleness is recorded per step
+    "policy.api_key_env",  # how a remote policy is reached, not what it answers (its model and
+    "policy.max_concurrency",  # base_url do count)
+    "policy.timeout_s",
+    "policy.max_retries",
+    "policy.backoff_s",
 )
 """Config keys (a trailing dot: a whole section) that may differ when a run resumes."""
 

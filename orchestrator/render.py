@@ -5,10 +5,11 @@ verbatim (`add_action`); every other piece of text is tokenized once, when it is
 So the ids a learner trains on are exactly the ids the policy conditioned on — the
 multi-turn token drift peers suffer from cannot happen here.
 
-`PlainTextRenderer` is a shell transcript:
+`PlainTextRenderer` is a transcript of turns, one action a line; for a shell environment
+(`envs.tasks.ShellSuite`) each action follows the shell's prompt, as in a terminal:
 
     <bos>{task prompt}\\n          PROMPT (bos: SCAFFOLD)
-    $                              SCAFFOLD
+    $                              SCAFFOLD (the shell's prompt; nothing for other environments)
     cat app.log\\n                 ACTION   (sampled, up to and including the stop token)
     {command output}               ENV
     $                              SCAFFOLD ...
@@ -88,14 +89,13 @@ class Renderer(Protocol):
 
 
 class PlainTextRenderer:
-    """A `$ command` / output shell transcript for any tokenizer (the tiny model's default)."""
+    """Actions and observations as plain text for any tokenizer (the tiny model's default);
+    `action_prompt` (a shell's `$ `, else empty) opens each turn."""
 
-    PROMPT_MARK = "$ "
-
-    def __init__(self, tokenizer: Tokenizer, bos_token_id: int | None = None) -> None:
+    def __init__(self, tokenizer: Tokenizer, bos_token_id: int | None = None, *, action_prompt: str) -> None:
         self.tokenizer = tokenizer
         self._bos = bos_token_id
-        self._mark = tokenizer.encode(self.PROMPT_MARK)
+        self._mark = tokenizer.encode(action_prompt)
         newline = tokenizer.encode("\n")
         if len(newline) != 1:
             raise ValueError("PlainTextRenderer needs a tokenizer with a single-token newline (actions end at it)")

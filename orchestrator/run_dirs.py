@@ -1,15 +1,17 @@
 """Run directories read back: what `hillclimb runs ls` and `hillclimb runs show` print.
 
     <runs root>/<run>/config.json     the resolved config            every run
+                      run.json        its kind; the error it failed  every run since run.json came
+                                      with, if it did                (older ones: kind guessed)
                       metrics.jsonl   one record per step or eval    `hillclimb train`
                       checkpoints/                                   `hillclimb train`
                       summary.json    written when training ends     a finished train run
-                      eval.json       pass@k per split               a finished rollout run
+                      eval.json       pass@k per split               a finished rollout or eval run
                       ledger/         every trajectory (or where config's run.ledger_uri says)
 
-A run with no summary.json / eval.json (or a summary that says `interrupted`) stopped early,
-or is still going: its workers' beat files say which (`orchestrator.runs`). Everything here
-only reads; nothing is created.
+A run with no summary.json / eval.json (or a summary that says `interrupted`) failed (run.json
+says so: `orchestrator.run_lifecycle`), stopped early, or is still going: its workers' beat files
+say which of the last two (`orchestrator.runs`). Everything here only reads; nothing is created.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from pydantic import BaseModel, TypeAdapter
 
 from envs.errors import ConfigError
 from orchestrator.ledger_location import ledger_location, on_local_disk
+from orchestrator.run_lifecycle import RUN_FILE, RunKind
 
 if TYPE_CHECKING:
+    from orchestrator.ledger import Ledger
     from trainers.tokenizer import Tokenizer
-    from trainers.trajectory import Trajectory
 
 
 class RunNotFoundError(ConfigError):
@@ -38,7 +41,7 @@ class RunInfo(BaseModel):
 
     name: str
     path: Path
-    kind: Literal["train", "rollout"]
+    kind: RunKind
     env: str
     progress: str
     """`12/100 steps` for training, `40 episodes` for a rollout."""
@@ -46,7 +49,9 @@ class RunInfo(BaseModel):
     """The last held-out pass@1 (`p@1 0.250`), or train reward before any evaluation (`rew 0.500`)."""
     started: datetime
     """When the run (or its latest resume) began: its config.json was written then."""
-    state: Literal["finished", "running", "interrupted"]
+    state: Literal["finished", "running", "failed", "interrupted"]
+    error: str | None = None
+    """Why the run failed (the command's error), when it did."""
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -88,16 +93,22 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
-def run_kind(run_dir: Path) -> Literal["train", "rollout"]:
+def run_kind(run_dir: Path, run_file: dict[str, Any] | None) -> RunKind:
+    """The command that made the run, from run.json; for a run older than run.json, guessed
+    from what training writes."""
+    if run_file is not None:
+        kind: RunKind = run_file["kind"]
+        return kind
     trained = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
     return "train" if trained or (run_dir / "summary.json").exists() else "rollout"
 
 
 def run_info(run_dir: Path) -> RunInfo:
     config = read_json(run_dir / "config.json")
-    kind = run_kind(run_dir)
+    run_file = read_json(run_dir / RUN_FILE)
+    kind = run_kind(run_dir, run_file)
     progress, result = _train_figures(run_dir, config) if kind == "train" else _rollout_figures(run_dir, config)
-    finished = _finished(run_dir, kind)
+    error = run_file.get("error") if run_file is not None else None
     return RunInfo(
         name=run_dir.name,
         path=run_dir,
@@ -106,13 +117,24 @@ def run_info(run_dir: Path) -> RunInfo:
         progress=progress,
         result=result,
         started=datetime.fromtimestamp((run_dir / "config.json").stat().st_mtime),
-        state="finished" if finished else "running" if _beating(config) else "interrupted",
+        state=_state(run_dir, kind, config, failed=error is not None),
+        error=error,
     )
+
+
+def _state(
+    run_dir: Path, kind: RunKind, config: dict[str, Any], *, failed: bool
+) -> Literal["finished", "running", "failed", "interrupted"]:
+    if _finished(run_dir, kind):
+        return "finished"
+    if _beating(config):
+        return "running"
+    return "failed" if failed else "interrupted"
 
 
 def _finished(run_dir: Path, kind: str) -> bool:
     """A summary.json written on interruption says so (`interrupted: true`): that run did not finish."""
-    if kind == "rollout":
+    if kind != "train":
         return (run_dir / "eval.json").exists()
     summary = read_json(run_dir / "summary.json")
     return summary is not None and not summary.get("interrupted", False)
@@ -161,15 +183,13 @@ def _local_groups_dir(location: str) -> Path | None:
     return Path(location.removeprefix("file://"), "groups") if on_local_disk(location) else None
 
 
-def run_episodes(run_dir: Path, config: dict[str, Any]) -> list[Trajectory]:
-    """Every episode in the run's ledger, by group id then sample index (a stable order)."""
+def run_ledger(run_dir: Path, config: dict[str, Any]) -> Ledger | None:
+    """The run's ledger; None before it recorded an episode (opening it would create it)."""
     from orchestrator.ledger import Ledger
 
     location = run_ledger_location(run_dir, config)
     groups = _local_groups_dir(location)
-    if groups is not None and not groups.is_dir():
-        return []  # no episode recorded yet; opening the ledger would create it
-    return Ledger(location).trajectories()
+    return None if groups is not None and not groups.is_dir() else Ledger(location)
 
 
 def run_tokenizer(config: dict[str, Any]) -> Tokenizer:

@@ -7,9 +7,10 @@ loop:  policy server ─► rollout workers ─► TrajectoryBuffer + ledger ─
        max_staleness 0: rollouts, then a step, in turn;  ≥ 1: rollouts run on while learners train
 every `eval_every` steps: held-out pass@1 (greedy episodes) and teacher-forced env-token CE
 run dir: config.json, metrics.jsonl, checkpoints/, ledger/, plots/, summary.json
-resumed: from the newest checkpoint; metrics.jsonl loses the records after its step, so each step
-         appears once. `train.time_budget_s` counts the RL phase only (not the oracle, warm-up, evals
-         before it).
+checkpoints: at the end of the warm-up (step 0), every `checkpoint_every` steps, at the end
+resumed: from the newest checkpoint (step 0: after the warm-up, which is not done again);
+         metrics.jsonl loses the records after its step, so each step appears once.
+         `train.time_budget_s` counts the RL phase only (not the oracle, warm-up, evals before it).
 """
 
 from __future__ import annotations
@@ -373,7 +374,9 @@ class Trainer:
                 await self._evaluate(learners, None, oracle, "eval_initial")
                 await self._warm_up(learners, oracle)
             await self._publish(learners, policy_server, buffer, bump=not resumed)
-            if not resumed:
+            if not resumed and cfg.train.warmup_steps:
+                await self._checkpoint(learners)  # step 0: a run stopped from here on keeps its warm-up
+            if not self._recorded("eval", 0):  # after the warm-up (a run resumed at step 0 may lack it)
                 await self._evaluate(learners, driver, oracle, "eval")
             groups = self._train_groups()
             self.rl_started = time.monotonic()
@@ -411,6 +414,9 @@ class Trainer:
             lag_monitor.cancel()
             self.log.close()
         return self.finish()
+
+    def _recorded(self, kind: str, step: int) -> bool:
+        return any(r["kind"] == kind and r["step"] == step for r in self.log.read())
 
     async def _checkpoint(self, learners: Any) -> None:
         directory = self.run_dir / "checkpoints" / f"step-{self.step:06d}"

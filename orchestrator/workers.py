@@ -19,6 +19,7 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
+from envs.tasks import TaskSuite, action_prompt
 from orchestrator.config import RunConfig
 from orchestrator.metrics import start_loop_lag_monitor
 from orchestrator.metrics_hub import local_families
@@ -126,9 +127,9 @@ class RemotePolicy:
         await self._handle.update_weights.remote(version, weights)
 
 
-def make_renderer(kind: str, tokenizer: Tokenizer, system_prompt: str | None = None) -> Renderer:
-    if kind == "messages":  # a chat API's own template renders the episode; `system_prompt` opens it
-        return MessagesRenderer(system_prompt)
+def make_renderer(kind: str, tokenizer: Tokenizer, suite: TaskSuite) -> Renderer:
+    if kind == "messages":  # a chat API's own template renders the episode; the suite's system prompt opens it
+        return MessagesRenderer(getattr(suite, "system_prompt", None))
     if kind == "chat":
         from orchestrator.chat_render import ChatTemplateRenderer
         from trainers.tokenizer import HFTokenizer
@@ -136,7 +137,8 @@ def make_renderer(kind: str, tokenizer: Tokenizer, system_prompt: str | None = N
         if not isinstance(tokenizer, HFTokenizer):
             raise TypeError("the chat renderer needs a Hugging Face tokenizer with a chat template")
         return ChatTemplateRenderer(tokenizer)
-    return PlainTextRenderer(tokenizer, bos_token_id=getattr(tokenizer, "bos_token_id", None))
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return PlainTextRenderer(tokenizer, bos, action_prompt=action_prompt(suite))
 
 
 class RolloutWorker:
@@ -204,7 +206,7 @@ class RolloutWorker:
         else:
             policy = make_policy(cfg.policy)
         suite = load_suite(cfg.env.name)
-        renderer = make_renderer(cfg.rollout.renderer, policy.tokenizer, getattr(suite, "system_prompt", None))
+        renderer = make_renderer(cfg.rollout.renderer, policy.tokenizer, suite)
         return EpisodeRunner(self._pool, policy, renderer, suite, cfg.rollout.episode)
 
     def _worker_pool_config(self) -> PoolConfig:

@@ -122,6 +122,7 @@ class TerminalSuite:
     """`envs.tasks.TaskSuite` for `terminal`."""
 
     env = "terminal"
+    shell_prompt = "$ "
 
     def __init__(self, tasks: tuple[TerminalTask, ...]) -> None:
         self.book = TaskBook(self.env, tasks)

@@ -221,6 +221,7 @@ class ToyTerminalSuite:
     """`envs.tasks.TaskSuite` for `toy_terminal`."""
 
     env = "toy_terminal"
+    shell_prompt = "$ "
 
     def __init__(self, tasks: tuple[ToyTask, ...]) -> None:
         self.book = TaskBook(self.env, tasks)

@@ -171,10 +171,11 @@ def demo(
     from orchestrator.demo import oracle_episode
     from providers.registry import open_provider
 
-    styles = {"sandbox": "dim", "task": "bold", "action": "bold green", "observation": "", "reward": "bold magenta"}
+    styles = {"sandbox": "dim", "task": "bold", "command": "bold green", "action": "bold green", "observation": ""}
+    styles["reward"] = "bold magenta"
 
-    def show(kind: str, text: str) -> None:
-        prefix = "$ " if kind == "action" else f"[{kind}] " if kind in ("sandbox", "task", "reward") else ""
+    def show(kind: str, text: str) -> None:  # only a shell's commands follow a `$ ` prompt
+        prefix = "$ " if kind == "command" else "" if kind == "observation" else f"[{kind}] "
         console.print(f"{prefix}{text.rstrip(chr(10))}", style=styles[kind], markup=False)
 
     async def run() -> float:

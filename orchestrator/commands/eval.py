@@ -39,9 +39,10 @@ def eval_model(
     """Evaluate a model behind an OpenAI-compatible chat API: pass@k per split, episodes as text."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from orchestrator.chat_eval import eval_overrides, first_tasks, write_episodes
+    from orchestrator.chat_eval import eval_overrides, first_tasks, reuse_notice, write_episodes
     from orchestrator.config import load_config
-    from orchestrator.evaluate import evaluate, plan_evaluation, prepare_run_dir
+    from orchestrator.evaluate import evaluate, plan_evaluation
+    from orchestrator.run_lifecycle import run_directory
 
     overrides = eval_overrides(
         env, model, rollouts=rollouts, base_url=base_url, api_key_env=api_key_env, splits=list(split or [])
@@ -54,17 +55,24 @@ def eval_model(
         console.print_json(json.dumps(cfg.model_dump(mode="json")))
         return
     asyncio.run(_check_policy(cfg))
-    run_dir = prepare_run_dir(cfg, console.print)
-    plan = first_tasks(plan_evaluation(cfg, run_dir), tasks)
-    if plan.resumed_episodes:
-        console.print(f"resumed {plan.resumed_episodes} episodes from {run_dir}")
-    columns = (TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("episodes"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("episodes", total=plan.todo_episodes)
-        reports = asyncio.run(evaluate(cfg, plan, lambda n: progress.advance(bar, n)))
-    print_reports(cfg, reports, run_dir)
-    episodes = run_dir / "episodes.jsonl"
-    write_episodes(episodes, [t for g in plan.groups for t in plan.ledger.read_group(g.group_id).trajectories])
+    with run_directory(cfg, "eval", console.print) as run_dir:
+        plan = first_tasks(plan_evaluation(cfg, run_dir), tasks)
+        notice = reuse_notice(plan, run_dir)
+        if notice is not None:
+            console.print(notice, style="yellow", markup=False, soft_wrap=True)
+        columns = (
+            TextColumn("[bold]eval"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("episodes"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console, transient=False) as progress:
+            bar = progress.add_task("episodes", total=plan.todo_episodes)
+            reports = asyncio.run(evaluate(cfg, plan, lambda n: progress.advance(bar, n)))
+        print_reports(cfg, reports, run_dir)
+        episodes = run_dir / "episodes.jsonl"
+        write_episodes(episodes, [t for g in plan.groups for t in plan.ledger.read_group(g.group_id).trajectories])
     console.print(f"episodes: {episodes}")
 
 

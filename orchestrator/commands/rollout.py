@@ -74,30 +74,31 @@ def rollout(
     """Run every task of the evaluation splits G times with the configured policy; print pass@k per split."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from orchestrator.evaluate import evaluate, plan_evaluation, prepare_run_dir
+    from orchestrator.evaluate import evaluate, plan_evaluation
     from orchestrator.ledger_location import ledger_location
+    from orchestrator.run_lifecycle import run_directory
 
     cfg = resolved_config(config, set_, address, metrics_port)
     if dry_run:
         console.print_json(json.dumps(cfg.model_dump(mode="json")))
         return
     serve_run_metrics(cfg.run)
-    run_dir = prepare_run_dir(cfg, say_whole)
-    plan = plan_evaluation(cfg, run_dir)
-    if plan.resumed_episodes:
-        location = ledger_location(run_dir, cfg.run.ledger_uri)
-        say_whole(f"resumed {plan.resumed_episodes} episodes from {location}")
-    columns = (
-        TextColumn("[bold]rollout"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("episodes"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("episodes", total=plan.todo_episodes)  # this invocation's episodes only
-        reports = asyncio.run(evaluate(cfg, plan, lambda n: progress.advance(bar, n)))
-    print_reports(cfg, reports, run_dir)
+    with run_directory(cfg, "rollout", say_whole) as run_dir:
+        plan = plan_evaluation(cfg, run_dir)
+        if plan.resumed_episodes:
+            location = ledger_location(run_dir, cfg.run.ledger_uri)
+            say_whole(f"resumed {plan.resumed_episodes} episodes from {location}")
+        columns = (
+            TextColumn("[bold]rollout"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("episodes"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console, transient=False) as progress:
+            bar = progress.add_task("episodes", total=plan.todo_episodes)  # this invocation's episodes only
+            reports = asyncio.run(evaluate(cfg, plan, lambda n: progress.advance(bar, n)))
+        print_reports(cfg, reports, run_dir)
 
 
 def print_reports(cfg: RunConfig, reports: list[SplitReport], run_dir: Path) -> None:

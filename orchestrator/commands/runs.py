@@ -17,6 +17,7 @@ import typer
 from orchestrator.console import console, reports_errors
 
 if TYPE_CHECKING:
+    from orchestrator.ledger import EpisodeEntry
     from trainers.trajectory import Trajectory
 
 app = typer.Typer(help="Runs on disk: list them, show one and its episodes.", no_args_is_help=True)
@@ -70,28 +71,34 @@ def show(
     root: RootOption = Path("runs"),
 ) -> None:
     """A run's summary and episodes; with --episode N, that episode as text, its token roles coloured."""
-    from orchestrator.run_dirs import read_json, resolve_run, run_episodes
+    from orchestrator.run_dirs import read_json, resolve_run, run_ledger
 
     run_dir = resolve_run(run, root)
     config = read_json(run_dir / "config.json")
-    episodes = [
-        t
-        for t in run_episodes(run_dir, config)
-        if (group is None or t.group_id.startswith(group)) and (split is None or t.split == split)
+    ledger = run_ledger(run_dir, config)
+    entries = [  # the listing's columns only: an episode's tokens are read when it is shown
+        e
+        for e in (ledger.entries() if ledger is not None else [])
+        if (group is None or e.group_id.startswith(group)) and (split is None or e.split == split)
     ]
     if episode is None:
-        _print_summary(run_dir, config, episodes)
+        _print_summary(run_dir, config, entries)
     else:
-        _print_episode(episodes, episode, config, plain=plain or not console.is_terminal)
+        _check_listed(entries, episode)
+        assert ledger is not None  # an episode is listed: the ledger exists
+        _print_episode(ledger.read_episode(entries[episode]), episode, config, plain=plain or not console.is_terminal)
 
 
-def _print_summary(run_dir: Path, config: dict[str, Any], episodes: list[Trajectory]) -> None:
+def _print_summary(run_dir: Path, config: dict[str, Any], episodes: list[EpisodeEntry]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from orchestrator.run_dirs import read_json, run_info, run_ledger_location
 
     info = run_info(run_dir)
     console.print(f"[bold]{info.name}[/]  {info.kind}, {info.state}, started {info.started:%Y-%m-%d %H:%M}  {run_dir}")
+    if info.error is not None:
+        console.print(Text.assemble(("failed: ", "red"), info.error), soft_wrap=True)
     console.print("config: " + "  ".join(f"{k} {v}" for k, v in _highlights(config, info.kind).items()))
     console.print(f"ledger: {run_ledger_location(run_dir, config)}")
     summary = read_json(run_dir / "summary.json")
@@ -141,17 +148,20 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _print_episode(episodes: list[Trajectory], index: int, config: dict[str, Any], *, plain: bool) -> None:
+def _check_listed(entries: list[EpisodeEntry], index: int) -> None:
     from envs.errors import ConfigError
+
+    if index >= len(entries):
+        raise ConfigError(
+            f"--episode {index}: {len(entries)} episodes match (#0 to #{len(entries) - 1}); "
+            "list them with `hillclimb runs show RUN` and the same --group/--split"
+        )
+
+
+def _print_episode(t: Trajectory, index: int, config: dict[str, Any], *, plain: bool) -> None:
     from orchestrator.episode_text import coloured_text, legend, role_segments, tagged_text
     from orchestrator.run_dirs import run_tokenizer
 
-    if index >= len(episodes):
-        raise ConfigError(
-            f"--episode {index}: {len(episodes)} episodes match (#0 to #{len(episodes) - 1}); "
-            "list them with `hillclimb runs show RUN` and the same --group/--split"
-        )
-    t = episodes[index]
     segments = role_segments(t.token_ids, t.roles, run_tokenizer(config))
     header = (
         f"episode {index}: task {t.task_id} ({t.split}), reward {t.reward:g}, {t.done_reason.value}, "

@@ -45,10 +45,11 @@ def train(
     ablation: AblationOption = 0,
 ) -> None:
     """Train: sandboxed rollouts, GRPO + ECHO learners, held-out evaluation; writes a run directory."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress
 
-    from orchestrator.evaluate import prepare_run_dir
+    from orchestrator.run_lifecycle import run_directory
     from orchestrator.train import Trainer, check_trainable
+    from orchestrator.train_display import TrainDisplay
 
     cfg = resolved_config(config, set_, address, metrics_port)
     if dry_run:
@@ -59,59 +60,15 @@ def train(
         _ablate(cfg, ablation)
         return
     serve_run_metrics(cfg.run)
-    run_dir = prepare_run_dir(cfg, say_whole)
-    say_whole(f"run: {run_dir}")
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
-        warm = progress.add_task("warm-up", total=cfg.train.warmup_steps, info="")
-        steps = progress.add_task("train", total=cfg.train.steps, info="")
-
-        def report(kind: str, values: dict[str, Any]) -> None:
-            if kind == "warmup":
-                progress.update(
-                    warm, completed=values["step"] + 1, info=f"action CE {values.get('bc/action_ce', 0):.3f}"
-                )
-            elif kind == "train":
-                progress.update(
-                    steps,
-                    completed=values["step"],
-                    info=f"reward {values['train_reward']:.2f}  env CE {values.get('echo/ce', float('nan')):.3f}",
-                )
-            elif kind.startswith("eval"):
-                parts = [f"{k} {v:.3f}" for k, v in values.items() if k.endswith(("env_ce", "pass1"))]
-                progress.console.print(f"[dim]step {values['step']:>4}[/]  " + "  ".join(parts))
-            elif kind == "placement":
-                ranks = [
-                    f"rank {p['rank']} on node {(p['node'] or 'local')[:8]} ({p['address']}, {p['device']})"
-                    for p in values["learners"]
-                ]
-                progress.console.print("learners: " + ", ".join(ranks))
-            elif kind == "resume":
-                progress.console.print(f"resuming from {values['checkpoint']}", soft_wrap=True)
-                progress.update(steps, completed=values["step"])
-            elif kind == "oracle_unsolved":
-                shown = ", ".join(values["tasks"][:5]) + (" ..." if len(values["tasks"]) > 5 else "")
-                progress.console.print(
-                    f"[yellow]the oracle ends {len(values['tasks'])} task(s) without the reward: {shown}; "
-                    "check their oracle actions[/]"
-                )
-            elif kind == "budget":
-                progress.console.print(
-                    f"[yellow]train.time_budget_s={values['time_budget_s']:g} s of RL spent after "
-                    f"{values['step']} of {cfg.train.steps} RL steps: stopping early[/]"
-                )
-
-        trainer = Trainer(cfg, run_dir, report)
-        try:
-            summary = asyncio.run(_until_terminated(trainer.run()))
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            summary = None
+    with run_directory(cfg, "train", say_whole) as run_dir:
+        say_whole(f"run: {run_dir}")
+        with Progress(*TrainDisplay.COLUMNS, console=console) as progress:
+            display = TrainDisplay(progress, cfg.train)
+            trainer = Trainer(cfg, run_dir, display.report)
+            try:
+                summary = asyncio.run(_until_terminated(trainer.run()))
+            except (KeyboardInterrupt, asyncio.CancelledError):
+                summary = None
     if summary is None:
         _report_interrupted(trainer.finish(interrupted=True), run_dir)
         raise typer.Exit(INTERRUPTED)

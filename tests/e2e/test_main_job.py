@@ -79,7 +79,7 @@ def test_the_main_job_writes_a_complete_run_and_resumes_it(tmp_path: Path) -> No
     # Resumed in the asynchronous mode: rollouts for the next step run while this one trains.
     second = _train(tmp_path, "train.steps=5", "run.resume=true", "buffer.max_staleness=1")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "resuming from" in second.stdout and "step-000003" in second.stdout
+    assert "resuming at step 3 from" in second.stdout and "step-000003" in second.stdout
     assert [r["step"] for r in MetricsLog(run).read() if r["kind"] == "train"] == [1, 2, 3, 4, 5]
     assert (run / "checkpoints" / "step-000005" / "model.safetensors").exists()
     assert _consumed(run) == {step: 2 for step in range(1, 6)}  # steps 4 and 5 follow on, nothing used twice

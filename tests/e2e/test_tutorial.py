@@ -89,7 +89,7 @@ async def test_the_tutorial_runs_as_written(tmp_path: Path, docker_engine: None)
         # pip installed the package into the tutorial's venv, not the test suite's.
         assert list(venv.glob("lib/python*/site-packages/demo_env-0.1.0.dist-info"))
         assert "12 passed" in out
-        assert "$ river" in out and "[reward] 1 (done=True)" in out  # env demo: the oracle's episode
+        assert "[action] river" in out and "[reward] 1 (done=True)" in out  # env demo: the oracle's episode
         # eval: every task solved by the "model" behind OPENAI_BASE_URL, every episode written.
         rows = re.findall(r"│ (train|heldout)\s+│\s+(\d+)\s+│\s+\d+\s+│\s+([\d.]+)", out)
         assert sorted(rows) == [("heldout", "3", "1.000"), ("train", "6", "1.000")], out[-6000:]

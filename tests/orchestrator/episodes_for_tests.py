@@ -23,7 +23,7 @@ def played_episode(
     group_id: str, task_id: str, *, split: str = "heldout", sample: int = 0, reward: float = 1.0
 ) -> Trajectory:
     tokenizer = ByteTokenizer()
-    renderer = PlainTextRenderer(tokenizer, bos_token_id=tokenizer.bos_token_id)
+    renderer = PlainTextRenderer(tokenizer, bos_token_id=tokenizer.bos_token_id, action_prompt="$ ")
     transcript = renderer.start(PROMPT)
     _act(renderer, transcript, ACTION)
     renderer.add_observation(transcript, OBSERVATION)

@@ -7,9 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.chat_eval import EVAL_CONTEXT_BYTES, eval_overrides, first_tasks, pass_at_ks, write_episodes
+from orchestrator.chat_eval import (
+    EVAL_CONTEXT_BYTES,
+    eval_overrides,
+    first_tasks,
+    pass_at_ks,
+    reuse_notice,
+    run_name,
+    write_episodes,
+)
 from orchestrator.config import RunConfig, load_config
-from orchestrator.evaluate import plan_evaluation, prepare_run_dir
+from orchestrator.evaluate import plan_evaluation
+from orchestrator.run_lifecycle import prepare_run_dir
+from tests.orchestrator.helpers import group
 from trainers.roles import Role
 from trainers.trajectory import DoneReason, Trajectory
 
@@ -37,7 +47,7 @@ def test_the_flags_become_a_chat_policy_config() -> None:
     assert config.rollout.episode.max_context_tokens == EVAL_CONTEXT_BYTES
     assert (config.rollout.group_size, config.eval.k, config.env.eval_splits) == (3, [1, 2, 3], ["heldout"])
     assert (config.run.name, config.rollout.renderer, config.ray.num_workers) == (
-        "eval-toy_terminal-Qwen-Qwen3-8B",
+        "eval-toy_terminal-Qwen-Qwen3-8B-at-127.0.0.1-9",
         "messages",
         1,
     )
@@ -58,9 +68,41 @@ def test_without_a_base_url_openai_base_url_names_the_server(monkeypatch: pytest
     assert load_config(None, flag).policy.base_url == "http://h:1/v1"  # the flag wins
 
 
+def test_each_model_and_endpoint_is_an_evaluation_of_its_own() -> None:
+    """A changed --base-url used to be refused as a resume of another server's run."""
+    names = {
+        run_name("toy_terminal", "Qwen/Qwen3-8B", url)
+        for url in (None, "https://api.openai.com/v1", "http://localhost:8000/v1", "http://localhost:8001/v1")
+    } | {run_name("toy_terminal", "Qwen/Qwen3-8B", "https://user:secret@gpu-box/openai/v1/")}
+    assert names == {
+        "eval-toy_terminal-Qwen-Qwen3-8B",  # OpenAI's own server, named or not
+        "eval-toy_terminal-Qwen-Qwen3-8B-at-localhost-8000",
+        "eval-toy_terminal-Qwen-Qwen3-8B-at-localhost-8001",
+        "eval-toy_terminal-Qwen-Qwen3-8B-at-gpu-box-openai",  # no credentials in a directory name
+    }
+
+
+def test_a_rerun_says_what_it_reuses_before_running(tmp_path: Path) -> None:
+    config = load_config(None, [f"run.dir={tmp_path}", "policy.type=chat", "policy.model=m"])
+    run_dir = prepare_run_dir(config, "eval")
+    plan = first_tasks(plan_evaluation(config, run_dir), 2)
+    assert reuse_notice(plan, run_dir) is None  # nothing recorded: nothing to say
+    plan.ledger.append(group(plan.groups[0].group_id, size=4))
+    partly = first_tasks(plan_evaluation(config, run_dir), 2)
+    assert reuse_notice(partly, run_dir) == (
+        f"reusing 4 of 16 episodes already in {run_dir} (same model, endpoint and settings): running the other 12. "
+        "--set run.resume=false evaluates afresh"
+    )
+    for g in plan.groups[1:]:
+        plan.ledger.append(group(g.group_id, size=4))
+    done = first_tasks(plan_evaluation(config, run_dir), 2)
+    notice = reuse_notice(done, run_dir)
+    assert notice is not None and notice.startswith("reusing all 16 episodes") and "nothing is run again" in notice
+
+
 def test_first_tasks_keeps_n_per_split_in_the_evaluations_order(tmp_path: Path) -> None:
     config = load_config(None, [f"run.dir={tmp_path}", "policy.type=chat", "policy.model=m"])
-    plan = plan_evaluation(config, prepare_run_dir(config))
+    plan = plan_evaluation(config, prepare_run_dir(config, "eval"))
     cut = first_tasks(plan, 2)
     for split in ("train", "heldout"):
         assert [g for g in cut.groups if g.split == split] == [g for g in plan.groups if g.split == split][:2]

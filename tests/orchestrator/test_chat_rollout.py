@@ -14,6 +14,7 @@ from envs.errors import ConfigError
 from envs.inventory import InventoryEnv
 from envs.tasks import load_suite
 from envs.toy_terminal.fs import execute
+from envs.toy_terminal.tasks import TASKS, ToyTerminalSuite
 from orchestrator.config import load_config
 from orchestrator.ledger import Ledger
 from orchestrator.pool import PoolConfig, SandboxPool
@@ -103,8 +104,12 @@ def test_mcp_tools_become_chat_function_tools() -> None:
     assert chat_tool({"name": "list_items"})["function"]["parameters"] == {"type": "object", "properties": {}}
 
 
+class SystemPromptSuite(ToyTerminalSuite):
+    system_prompt = "Be brief."
+
+
 def test_the_worker_builds_the_messages_renderer_with_the_suites_system_prompt() -> None:
-    renderer = make_renderer("messages", ByteTokenizer(), "Be brief.")
+    renderer = make_renderer("messages", ByteTokenizer(), SystemPromptSuite(TASKS))
     assert isinstance(renderer, MessagesRenderer)
     assert renderer.start("Go.").messages == [
         {"role": "system", "content": "Be brief."},

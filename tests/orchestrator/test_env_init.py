@@ -166,7 +166,7 @@ def test_installed_its_entry_point_names_it_everywhere(installed: Path, tmp_path
 def test_env_demo_plays_a_tasks_oracle_in_a_local_sandbox(installed: Path) -> None:
     done = _hillclimb("env", "demo", "scaffolded_env", "--task", "say-river", cwd=REPO, PYTHONPATH=str(installed))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "$ river" in done.stdout and "correct" in done.stdout and "[reward] 1 (done=True)" in done.stdout
+    assert "[action] river" in done.stdout and "correct" in done.stdout and "[reward] 1 (done=True)" in done.stdout
 
 
 @pytest.mark.root

@@ -59,7 +59,8 @@ async def test_eval_prints_pass_at_k_and_writes_every_episode(server: ChatServer
     }
     assert "pass@1" in out and "pass@2" in out and "pass@3" in out
 
-    run_dir = tmp_path / "eval-toy_terminal-fake-chat"
+    port = server.base_url.split(":")[-1].removesuffix("/v1")
+    run_dir = tmp_path / f"eval-toy_terminal-fake-chat-at-127.0.0.1-{port}"
     episodes = [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
     assert len(episodes) == 2 * 2 * 3 and {e["split"] for e in episodes} == {"train", "heldout"}
     tasks = {t.id: t for split in ("train", "heldout") for t in load_suite("toy_terminal").tasks(split)}
@@ -82,6 +83,15 @@ async def test_eval_prints_pass_at_k_and_writes_every_episode(server: ChatServer
             assert KEY.encode() not in path.read_bytes(), path
     assert json.loads((run_dir / "config.json").read_text())["policy"]["api_key_env"] == "HC_EVAL_KEY"
 
+    # The same command again: it says first that it reuses every episode, and runs none.
+    asked = len(server.requests)
+    code, out, err = await _eval(server, tmp_path, "-n", "2", "-r", "3")
+    assert code == 0, err[-3000:]
+    said = " ".join(out.split())
+    assert f"reusing all 12 episodes already in {run_dir}" in said and "nothing is run again" in said
+    assert said.index("reusing all 12") < said.index("pass@1")
+    assert len(server.requests) == asked + 1  # the key check only
+
 
 async def test_a_wrong_key_stops_eval_at_once_in_one_line(server: ChatServer, tmp_path: Path) -> None:
     code, out, err = await _eval(server, tmp_path, "-n", "1", key="sk-wrong")
@@ -89,4 +99,4 @@ async def test_a_wrong_key_stops_eval_at_once_in_one_line(server: ChatServer, tm
     message = " ".join((out + err).split())
     assert "refused the API key: check the key in $HC_EVAL_KEY" in message
     assert "Traceback" not in out + err and "sk-wrong" not in out + err
-    assert len(server.requests) == 1 and not (tmp_path / "eval-toy_terminal-fake-chat").exists()
+    assert len(server.requests) == 1 and list(tmp_path.iterdir()) == []

@@ -13,9 +13,13 @@ import pytest
 from tokenizers_for_tests import PATHOLOGICAL_TEMPLATES, bpe_tokenizer, with_template
 
 from envs.errors import HillclimbError
+from envs.packages import EnvPackage
+from envs.tasks import action_prompt, load_suite
+from envs.toy_terminal.tasks import SUITE
 from orchestrator import chat_render
 from orchestrator.chat_render import ChatTemplateRenderer, TemplateMismatchError
 from orchestrator.render import PlainTextRenderer, Renderer, Transcript
+from orchestrator.workers import make_renderer
 from trainers.roles import Role
 from trainers.tokenizer import ByteTokenizer, HFTokenizer
 
@@ -57,7 +61,7 @@ def act(renderer: ChatTemplateRenderer, transcript: Transcript, ids: list[int], 
 
 def test_plain_text_roles_token_by_token() -> None:
     tokenizer = ByteTokenizer()
-    renderer: Renderer = PlainTextRenderer(tokenizer, bos_token_id=tokenizer.bos_token_id)
+    renderer: Renderer = PlainTextRenderer(tokenizer, bos_token_id=tokenizer.bos_token_id, action_prompt="$ ")
     transcript = renderer.start("Fix the bug")
     renderer.add_action(transcript, tuple(b"cat app.log\n"), (-0.1,) * 12)
     renderer.add_observation(transcript, "ERROR: disk full\n")
@@ -84,6 +88,22 @@ def test_plain_text_roles_token_by_token() -> None:
     assert [lp for lp, role in zip(transcript.logprobs, transcript.roles, strict=True) if role != A] == [0.0] * (
         len(transcript) - 22
     )
+
+
+@pytest.mark.parametrize(("env", "prompt"), [("toy_terminal", "$ "), ("terminal", "$ "), ("inventory", "")])
+def test_only_a_shells_actions_follow_a_prompt(env: str, prompt: str) -> None:
+    """An inventory action used to follow a `$ `, as if the warehouse were a shell."""
+    suite = load_suite(env)
+    assert action_prompt(suite) == prompt
+    renderer = make_renderer("plain", ByteTokenizer(), suite)
+    transcript = renderer.start("Count the crates")
+    renderer.add_action(transcript, tuple(b"stock(item=crate)\n"), (-0.1,) * 18)
+    renderer.add_observation(transcript, "12\n")
+    assert ByteTokenizer().decode(transcript.ids) == f"Count the crates\n{prompt}stock(item=crate)\n12\n{prompt}"
+
+
+def test_a_suite_found_under_another_name_keeps_its_shell_prompt() -> None:
+    assert action_prompt(EnvPackage(env="envs.toy_terminal:ToyTerminalEnv", suite=SUITE).task_suite("mine")) == "$ "
 
 
 # --- ChatTemplateRenderer: roles ---------------------------------------------------------------

@@ -12,8 +12,9 @@ import pytest
 
 from envs.errors import ConfigError
 from orchestrator.config import load_config
-from orchestrator.evaluate import plan_evaluation, prepare_run_dir
+from orchestrator.evaluate import plan_evaluation
 from orchestrator.fingerprint import fingerprint
+from orchestrator.run_lifecycle import prepare_run_dir
 from tests.orchestrator.helpers import group
 
 REPO = Path(__file__).parents[2]
@@ -25,28 +26,40 @@ def _config(tmp_path: Path, *overrides: str):  # type: ignore[no-untyped-def]
 
 
 def test_a_config_that_changes_results_is_refused_naming_the_keys(tmp_path: Path) -> None:
-    prepare_run_dir(_config(tmp_path))
+    prepare_run_dir(_config(tmp_path), "rollout")
     with pytest.raises(ConfigError, match=r"rollout\.episode\.max_turns 8 → 1.*run\.resume=false") as refused:
-        prepare_run_dir(_config(tmp_path, "rollout.episode.max_turns=1"))
+        prepare_run_dir(_config(tmp_path, "rollout.episode.max_turns=1"), "rollout")
     assert "provider" not in str(refused.value)
     with pytest.raises(ConfigError, match=r"provider\.type 'local' → 'docker'"):
-        prepare_run_dir(_config(tmp_path, "provider.type=docker"))
+        prepare_run_dir(_config(tmp_path, "provider.type=docker"), "rollout")
 
 
 def test_the_readmes_group_size_example_is_refused_up_front(tmp_path: Path) -> None:
     """It used to crash at the end: pass@8 needs 8 samples per task, the resumed groups had 4."""
-    prepare_run_dir(_config(tmp_path))
+    prepare_run_dir(_config(tmp_path), "rollout")
     with pytest.raises(ConfigError, match=r"rollout\.group_size 4 → 8"):
-        prepare_run_dir(_config(tmp_path, "rollout.group_size=8", "eval.k=[1,8]"))
+        prepare_run_dir(_config(tmp_path, "rollout.group_size=8", "eval.k=[1,8]"), "rollout")
 
 
 def test_keys_that_do_not_change_results_may_change(tmp_path: Path) -> None:
-    first = prepare_run_dir(_config(tmp_path))
+    first = prepare_run_dir(_config(tmp_path), "rollout")
     again = prepare_run_dir(
-        _config(tmp_path, "run.metrics_port=null", "ray.num_workers=5", "rollout.concurrency=3", "eval.k=[1,2]")
+        _config(tmp_path, "run.metrics_port=null", "ray.num_workers=5", "rollout.concurrency=3", "eval.k=[1,2]"),
+        "rollout",
     )
     assert again == first
     assert json.loads((first / "config.json").read_text())["ray"]["num_workers"] == 5
+
+
+def test_a_remote_policys_transport_settings_may_change_but_not_its_model_or_server(tmp_path: Path) -> None:
+    """A rerun of `hillclimb eval` with its default pacing was refused as a different evaluation."""
+    chat = ["policy.type=chat", "policy.model=m", "policy.base_url=http://h:1/v1"]
+    first = prepare_run_dir(_config(tmp_path, *chat), "eval")
+    pacing = ["policy.max_concurrency=2", "policy.backoff_s=0.01", "policy.timeout_s=5", "policy.max_retries=0"]
+    assert prepare_run_dir(_config(tmp_path, *chat, *pacing, "policy.api_key_env=MY_KEY"), "eval") == first
+    for changed in ("policy.model=n", "policy.base_url=http://h:2/v1"):
+        with pytest.raises(ConfigError, match=changed.partition("=")[0].replace(".", r"\.")):
+            prepare_run_dir(_config(tmp_path, *chat, changed), "eval")
 
 
 def test_the_fingerprint_leaves_out_where_and_how_fast() -> None:
@@ -56,10 +69,12 @@ def test_the_fingerprint_leaves_out_where_and_how_fast() -> None:
 
 
 def test_resume_false_sets_the_old_run_aside_and_starts_fresh(tmp_path: Path) -> None:
-    run_dir = prepare_run_dir(_config(tmp_path))
+    run_dir = prepare_run_dir(_config(tmp_path), "rollout")
     (run_dir / "ledger").mkdir()
     said: list[str] = []
-    fresh = prepare_run_dir(_config(tmp_path, "run.resume=false", "rollout.episode.max_turns=1"), said.append)
+    fresh = prepare_run_dir(
+        _config(tmp_path, "run.resume=false", "rollout.episode.max_turns=1"), "rollout", said.append
+    )
     assert fresh == run_dir and not (fresh / "ledger").exists()
     (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("rollout-toy.replaced-")]
     assert (aside / "ledger").is_dir() and str(aside) in said[0]
@@ -67,7 +82,7 @@ def test_resume_false_sets_the_old_run_aside_and_starts_fresh(tmp_path: Path) ->
 
 def test_the_plan_counts_resumed_and_remaining_episodes(tmp_path: Path) -> None:
     config = _config(tmp_path)
-    run_dir = prepare_run_dir(config)
+    run_dir = prepare_run_dir(config, "rollout")
     plan = plan_evaluation(config, run_dir)
     assert plan.resumed_episodes == 0 and plan.todo_episodes == 4 * len(plan.groups)
     done = plan.groups[0].group_id

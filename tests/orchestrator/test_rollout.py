@@ -15,7 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from envs.errors import AuthenticationError, ValidationError
-from envs.tasks import Task, load_suite
+from envs.tasks import Task, action_prompt, load_suite
 from envs.toy_terminal.fs import execute
 from orchestrator.pool import PoolConfig, SandboxPool
 from orchestrator.render import PlainTextRenderer
@@ -45,7 +45,11 @@ async def _runner(provider: LocalProvider, env: str, policy: Any, **episode: Any
     pool = SandboxPool(provider, SandboxSpec(env=env, run_id="t"), PoolConfig(create_retry_delay_s=0.01), shared=shared)
     suite = load_suite("toy_terminal" if env.startswith("tests.") else env)
     return EpisodeRunner(
-        pool, policy, PlainTextRenderer(TOKENIZER, TOKENIZER.bos_token_id), suite, EpisodeConfig(**episode)
+        pool,
+        policy,
+        PlainTextRenderer(TOKENIZER, TOKENIZER.bos_token_id, action_prompt=action_prompt(suite)),
+        suite,
+        EpisodeConfig(**episode),
     )
 
 

@@ -214,3 +214,27 @@ def test_same_role_tokens_decode_together_so_characters_split_over_tokens_read_w
 def test_every_role_has_a_style_of_its_own() -> None:
     assert set(ROLE_STYLES) == set(Role)
     assert len(set(ROLE_STYLES.values())) == len(Role)
+
+
+def test_show_reads_the_listing_columns_and_only_the_shown_episodes_group(
+    runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--episode N` used to read and decode every episode of the run (11 s on a long one)."""
+    from typer.testing import CliRunner
+
+    from orchestrator.commands.runs import app
+    from orchestrator.ledger import ENTRY_COLUMNS, Ledger
+
+    assert not {"token_ids", "roles", "logprobs", "metadata"} & set(ENTRY_COLUMNS)
+    whole: list[str] = []
+    read_group = Ledger.read_group
+    monkeypatch.setattr(
+        Ledger, "read_group", lambda self, group_id: whole.append(group_id) or read_group(self, group_id)
+    )
+    shown = CliRunner().invoke(app, ["show", "echo-toy", "--root", str(runs), "--episode", "2", "--plain"])
+    assert shown.exit_code == 0, shown.output
+    assert "task count-lines (train), reward 1" in shown.output and "sample 1" in shown.output
+    assert whole == ["train-train-r0-count-lines"]
+    listed = CliRunner().invoke(app, ["show", "echo-toy", "--root", str(runs)])
+    assert listed.exit_code == 0 and "3 episodes" in listed.output
+    assert whole == ["train-train-r0-count-lines"]  # the table reads no episode whole

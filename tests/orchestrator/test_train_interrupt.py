@@ -69,7 +69,7 @@ def test_an_interrupted_run_summarizes_then_resumes_without_repeating_steps(tmp_
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     said = " ".join(resumed.stdout.split())
-    assert f"resuming from {run / 'checkpoints' / f'step-{checkpoint:06d}'}" in said
+    assert f"resuming at step {checkpoint} from {run / 'checkpoints' / f'step-{checkpoint:06d}'}" in said
     assert "train.time_budget_s=1 s of RL spent after" in said
     steps = _train_steps(run)
     assert steps == list(range(1, len(steps) + 1)) and len(steps) > checkpoint  # each once, and RL went on
@@ -87,3 +87,31 @@ def test_ctrl_c_stops_the_run_with_its_summary(tmp_path: Path) -> None:
     assert child.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "to resume (from" in out
     assert json.loads((run / "summary.json").read_text())["interrupted"] is True
+
+
+def test_a_run_stopped_after_its_warm_up_resumes_without_repeating_it(tmp_path: Path) -> None:
+    run = tmp_path / "echo-toy"
+    command = _command(tmp_path, "train.steps=50", "train.warmup_steps=3", "train.checkpoint_every=100")
+    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not (run / "checkpoints" / "step-000000").is_dir():  # the warm-up's checkpoint
+        assert child.poll() is None and time.monotonic() < deadline, "the run ended before its warm-up checkpoint"
+        time.sleep(0.2)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 130, err[-3000:]
+
+    resumed = subprocess.run(
+        _command(tmp_path, "train.steps=2", "train.warmup_steps=3", "train.checkpoint_every=100", "run.resume=true"),
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    said = " ".join(resumed.stdout.split())
+    assert f"resuming after the warm-up from {run / 'checkpoints' / 'step-000000'}" in said
+    records = MetricsLog(run).read()
+    assert [r["step"] for r in records if r["kind"] == "warmup"] == [0, 1, 2]  # once: not done again
+    assert [r["kind"] for r in records].count("eval_initial") == 1
+    assert [r["step"] for r in records if r["kind"] == "eval"][0] == 0  # the warmed-up model's evaluation, once
+    assert [r["step"] for r in records if r["kind"] == "eval"].count(0) == 1
+    assert _train_steps(run) == [1, 2]
+    assert json.loads((run / "summary.json").read_text())["warmup_steps"] == 3

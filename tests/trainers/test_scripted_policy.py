@@ -12,7 +12,9 @@ from trainers.tokenizer import ByteTokenizer
 
 SUITE = load_suite("toy_terminal")
 TASKS = [task for split in ("train", "heldout") for task in SUITE.tasks(split)]
-STOPS = PlainTextRenderer(ByteTokenizer()).stop_token_ids  # (newline, eos): what the rollout loop passes
+STOPS = PlainTextRenderer(
+    ByteTokenizer(), action_prompt="$ "
+).stop_token_ids  # (newline, eos): what the rollout loop passes
 
 
 def _request(task_id: str, turn: int) -> GenerateRequest:
