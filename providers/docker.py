@@ -396,14 +396,17 @@ class DockerProvider:
         own = [LABEL_RUN, f"{LABEL_ROOT}={self.root_digest}"]
         filters = {"label": own + [f"{k}={v}" for k, v in selector.items()]}
         try:
-            containers = self._client.containers.list(all=True, filters=filters)
+            # Sparse: names and labels from the one list call, not an inspect per container, which
+            # fails on a container removed in between (a sandbox destroyed while a reaper lists).
+            containers = self._client.containers.list(all=True, filters=filters, sparse=True)
         except docker.errors.DockerException as e:
             raise _translate(e, "listing sandboxes") from e
-        found = {
-            c.name.removeprefix(NAME_PREFIX): self._sandbox(c.name.removeprefix(NAME_PREFIX), c.labels)
-            for c in containers
-            if c.name.startswith(NAME_PREFIX)
-        }
+        found: dict[str, Sandbox] = {}
+        for container in containers:
+            name = container.attrs["Names"][0].lstrip("/")
+            if name.startswith(NAME_PREFIX):
+                sandbox_id = name.removeprefix(NAME_PREFIX)
+                found[sandbox_id] = self._sandbox(sandbox_id, container.attrs.get("Labels") or {})
         # A directory without its container (removed by hand, or its driver killed mid-create):
         # still a sandbox to list, so that a reaper can remove what is left of it.
         for home in self.root.glob("dk-*"):

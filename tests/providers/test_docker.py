@@ -131,6 +131,20 @@ async def test_a_provider_lists_only_the_sandboxes_under_its_own_root(docker_pro
             await other.close()
 
 
+async def test_a_sandbox_removed_while_others_are_listed_does_not_fail_the_listing(
+    docker_provider: DockerProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reaper lists while sandboxes are destroyed: the listing must not inspect each container
+    afterwards, where one removed in between answers 404 (seen as a failed reap under load)."""
+    sandbox = await docker_provider.create(SandboxSpec(env="probe"))
+
+    def removed_meanwhile(*args: object, **kwargs: object) -> None:
+        raise docker.errors.NotFound("No such container (removed after the list)")
+
+    monkeypatch.setattr(docker_provider._client.api, "inspect_container", removed_meanwhile)
+    assert [s.id for s in await docker_provider.list()] == [sandbox.id]
+
+
 async def test_bad_specs_get_clear_errors(docker_provider: DockerProvider) -> None:
     with pytest.raises(BadSpecError, match="image not found"):
         await docker_provider.create(SandboxSpec(image="hillclimb/no-such-image:1"))
