@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from envs.agent_commands import agent_commands, verifier_commands
+from envs.deadline import within
 
 _DRAIN_GRACE_S = 1.0
 """How long to keep reading after the command and its strays are killed (a process that
@@ -93,7 +94,7 @@ async def captured_pipe(capture: Capture) -> AsyncIterator[int]:
         finally:
             os.close(write_fd)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(reader), _DRAIN_GRACE_S)
+            await within(_DRAIN_GRACE_S, asyncio.shield(reader))
     finally:
         reader.cancel()
         transport.close()

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from envs import seccomp, warden
 from envs.agent_commands import agent_commands
+from envs.deadline import within
 from envs.server import EnvServer, ServerConfig
 from envs.targets import runtime_for
 from envs.warden import Identity, start_sandbox
@@ -118,7 +119,7 @@ async def serve(
     if on_ready:
         on_ready(url)
     try:
-        await asyncio.wait_for(stop.wait(), ttl_s)
+        await within(ttl_s, stop.wait())
     except TimeoutError:
         log.warning("time-to-live of %g s reached: shutting down", ttl_s)
     finally:

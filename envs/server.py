@@ -723,7 +723,8 @@ class _Connection(asyncio.Protocol):
                 raise
             task = asyncio.current_task()
             assert task is not None
-            task.uncancel()  # this cancellation was ours, and is answered with a timeout error
-            raise StepDeadline from None
+            if task.uncancel():  # cancelled by another too (the server closing): that one goes on
+                raise
+            raise StepDeadline from None  # the cancellation was ours alone: a timeout error answers it
         finally:
             session.deadline = None

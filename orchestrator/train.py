@@ -16,7 +16,6 @@ resumed: from the newest checkpoint (step 0: after the warm-up, which is not don
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import os
@@ -26,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from envs.deadline import stop
 from envs.errors import ConfigError, HillclimbError
 from envs.tasks import load_suite, require_oracles
 from orchestrator import metrics as prom
@@ -396,9 +396,7 @@ class Trainer:
                 if self.step % cfg.train.checkpoint_every == 0:
                     await self._checkpoint(learners)
             if producer is not None:
-                producer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await producer
+                await stop(producer)  # a Ctrl-C landing here still stops the run
             if self.step % cfg.train.eval_every:
                 await self._evaluate(learners, driver, oracle, "eval")
             await self._checkpoint(learners)

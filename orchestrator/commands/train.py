@@ -1,7 +1,9 @@
 """`hillclimb train`: the training loop, with progress bars and a closing summary.
 
 Ctrl-C or SIGTERM stops it cleanly: the summary and plots of what it did are written, it says
-how to resume, and it exits with status 130.
+how to resume, and it exits with status 130. A run started with SIGINT ignored (`hillclimb train
+... &` in a script, which has no job control) keeps ignoring it, as Unix programs do: stop that
+one with SIGTERM.
 """
 
 from __future__ import annotations

@@ -32,6 +32,20 @@ def _command(run_dir: Path, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator", "train", "configs/echo_toy.yaml", *sets]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _start(command: list[str]) -> subprocess.Popen[str]:
+    """The run, with SIGINT as a terminal's Ctrl-C finds it, however pytest was started. Under
+    `pytest ... &` in a script (no job control) the shell has SIGINT ignored, and an ignored
+    signal stays ignored across fork and exec; Python, and so asyncio.run, leave it so (the Unix
+    way for a background job), and the run went on to its end and exited 0."""
+    return subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint
+    )
+
+
 def _train_steps(run: Path) -> list[int]:
     return [r["step"] for r in MetricsLog(run).read() if r["kind"] == "train"]
 
@@ -47,9 +61,7 @@ def _stop_after_a_step_past_a_checkpoint(child: subprocess.Popen[str], run: Path
 
 def test_an_interrupted_run_summarizes_then_resumes_without_repeating_steps(tmp_path: Path) -> None:
     run = tmp_path / "echo-toy"
-    child = subprocess.Popen(
-        _command(tmp_path, "train.steps=50"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    child = _start(_command(tmp_path, "train.steps=50"))
     _stop_after_a_step_past_a_checkpoint(child, run, signal.SIGTERM)
     out, err = child.communicate(timeout=300)
     assert child.returncode == 130, err[-3000:]
@@ -79,9 +91,7 @@ def test_an_interrupted_run_summarizes_then_resumes_without_repeating_steps(tmp_
 
 def test_ctrl_c_stops_the_run_with_its_summary(tmp_path: Path) -> None:
     run = tmp_path / "echo-toy"
-    child = subprocess.Popen(
-        _command(tmp_path, "train.steps=50"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    child = _start(_command(tmp_path, "train.steps=50"))
     _stop_after_a_step_past_a_checkpoint(child, run, signal.SIGINT)
     out, err = child.communicate(timeout=300)
     assert child.returncode == 130, err[-3000:]
@@ -89,10 +99,21 @@ def test_ctrl_c_stops_the_run_with_its_summary(tmp_path: Path) -> None:
     assert json.loads((run / "summary.json").read_text())["interrupted"] is True
 
 
+def test_the_run_takes_sigint_even_when_pytest_was_started_ignoring_it() -> None:
+    says = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    probe = [sys.executable, "-c", says]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `pytest ... &` in a script starts with
+    try:
+        out, _ = _start(probe).communicate(timeout=60)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert out.strip() == "True"
+
+
 def test_a_run_stopped_after_its_warm_up_resumes_without_repeating_it(tmp_path: Path) -> None:
     run = tmp_path / "echo-toy"
     command = _command(tmp_path, "train.steps=50", "train.warmup_steps=3", "train.checkpoint_every=100")
-    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = _start(command)
     deadline = time.monotonic() + 600
     while not (run / "checkpoints" / "step-000000").is_dir():  # the warm-up's checkpoint
         assert child.poll() is None and time.monotonic() < deadline, "the run ended before its warm-up checkpoint"
