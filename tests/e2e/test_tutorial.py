@@ -93,7 +93,8 @@ async def test_the_tutorial_runs_as_written(tmp_path: Path, docker_engine: None)
         # eval: every task solved by the "model" behind OPENAI_BASE_URL, every episode written.
         rows = re.findall(r"│ (train|heldout)\s+│\s+(\d+)\s+│\s+\d+\s+│\s+([\d.]+)", out)
         assert sorted(rows) == [("heldout", "3", "1.000"), ("train", "6", "1.000")], out[-6000:]
-        episodes = (project / "runs/eval-demo_env-gpt-4.1-mini/episodes.jsonl").read_text().splitlines()
+        (run,) = (project / "runs").glob("eval-demo_env-gpt-4.1-mini-at-127.0.0.1-*")  # its endpoint in its name
+        episodes = (run / "episodes.jsonl").read_text().splitlines()
         assert len(episodes) == 9 * 3 and all(json.loads(e)["reward"] == 1.0 for e in episodes)
         assert {r["model"] for r in server.requests} == {"gpt-4.1-mini"}
         # train, locally and in Docker: three RL steps each, a checkpoint, a summary.

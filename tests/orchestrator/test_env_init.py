@@ -175,7 +175,7 @@ def test_uninstalled_its_import_path_plays_in_a_local_sandbox_from_its_directory
     project.parent.chmod(0o755)  # readable by local sandboxes' own uids (pytest made it 0700)
     done = _hillclimb("env", "demo", "scaffolded_env:ENVIRONMENT", "--task", "say-river", cwd=project)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "$ river" in done.stdout and "[reward] 1 (done=True)" in done.stdout
+    assert "[action] river" in done.stdout and "[reward] 1 (done=True)" in done.stdout
 
 
 @pytest.mark.ray
