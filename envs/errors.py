@@ -57,7 +57,7 @@ class UnknownMessageTypeError(EnvError, ValueError):
     code = ErrorCode.UNKNOWN_TYPE
 
 
-class ValidationError(EnvError, ValueError):
+class MessageValidationError(EnvError, ValueError):
     """A message or action did not match its schema; `errors` lists what and where."""
 
     code = ErrorCode.VALIDATION_ERROR
@@ -92,7 +92,7 @@ class SessionError(EnvError, RuntimeError):
 ERROR_TYPES: dict[ErrorCode, type[EnvError]] = {
     ErrorCode.INVALID_JSON: InvalidJSONError,
     ErrorCode.UNKNOWN_TYPE: UnknownMessageTypeError,
-    ErrorCode.VALIDATION_ERROR: ValidationError,
+    ErrorCode.VALIDATION_ERROR: MessageValidationError,
     ErrorCode.EXECUTION_ERROR: ExecutionError,
     ErrorCode.CAPACITY_REACHED: CapacityReachedError,
     ErrorCode.FACTORY_ERROR: FactoryError,

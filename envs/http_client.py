@@ -29,8 +29,8 @@ from envs.errors import (
     AuthenticationError,
     ConnectionLostError,
     MessageTimeoutError,
+    MessageValidationError,
     SessionError,
-    ValidationError,
 )
 from envs.handle import SESSION_HEADER, Credential, render_headers
 from envs.unix_socket import connect_unix
@@ -231,9 +231,13 @@ class HttpEnvClient(BaseEnvClient):
         if status in (401, 403):
             return AuthenticationError(f"{self.url} refused the credentials (HTTP {status}): {said}")
         if status == 422 and isinstance(reply, dict) and isinstance(reply.get("detail"), list):  # OpenEnv's own
-            return ValidationError(f"the server rejected the {kind}: {said}", errors=reply["detail"], request=kind)
+            return MessageValidationError(
+                f"the server rejected the {kind}: {said}", errors=reply["detail"], request=kind
+            )
         if status == 413:
-            return ValidationError(f"the {kind} request was too large for the server (HTTP 413): {said}", errors=[])
+            return MessageValidationError(
+                f"the {kind} request was too large for the server (HTTP 413): {said}", errors=[]
+            )
         return ConnectionLostError(f"HTTP {status} from {self.url} for {kind}: {said}")
 
     async def _request(self, message: dict[str, Any], *, reconnect: bool) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from envs import http
-from envs.errors import EnvError, ErrorCode, InvalidJSONError, SessionError, ValidationError
+from envs.errors import EnvError, ErrorCode, InvalidJSONError, MessageValidationError, SessionError
 from envs.handle import SESSION_HEADER
 from envs.inline import StepOverrun
 from envs.messages import StepDeadline, env_error_frame, error_frame, run_message
@@ -167,7 +167,7 @@ def _body(req: http.Request, kind: str) -> Any:
     if not req.body:
         if kind == "reset":  # OpenEnv's ResetRequest is all optional
             return {}
-        raise ValidationError(f"POST {req.path} needs a JSON body", errors=[])
+        raise MessageValidationError(f"POST {req.path} needs a JSON body", errors=[])
     try:
         parsed = orjson.loads(req.body)
     except (ValueError, RecursionError) as e:
@@ -175,5 +175,5 @@ def _body(req: http.Request, kind: str) -> Any:
     if kind != "step":
         return parsed
     if not isinstance(parsed, dict) or "action" not in parsed:
-        raise ValidationError('POST /step takes {"action": {...}}, as OpenEnv\'s StepRequest', errors=[])
+        raise MessageValidationError('POST /step takes {"action": {...}}, as OpenEnv\'s StepRequest', errors=[])
     return parsed["action"]

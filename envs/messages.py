@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from envs import mcp
-from envs.errors import EnvError, ErrorCode, UnknownMessageTypeError, ValidationError
+from envs.errors import EnvError, ErrorCode, MessageValidationError, UnknownMessageTypeError
 from envs.runtime import SessionRunner
 
 
@@ -24,7 +24,7 @@ def error_frame(code: ErrorCode, message: str, **extra: Any) -> dict[str, Any]:
 
 
 def env_error_frame(e: EnvError) -> dict[str, Any]:
-    extra = {"errors": getattr(e, "errors", [])} if isinstance(e, ValidationError) else {}
+    extra = {"errors": getattr(e, "errors", [])} if isinstance(e, MessageValidationError) else {}
     return error_frame(e.code, str(e), **extra)
 
 
@@ -37,7 +37,7 @@ async def run_message(
         return {"type": "observation", "data": await bounded(runner.step(data))}
     if kind == "reset":
         if not isinstance(data, dict):
-            raise ValidationError(f"reset data must be a JSON object, got {type(data).__name__}", errors=[])
+            raise MessageValidationError(f"reset data must be a JSON object, got {type(data).__name__}", errors=[])
         return {"type": "observation", "data": await bounded(runner.reset(data))}
     if kind == "state":
         return {"type": "state", "data": runner.state()}

@@ -21,7 +21,7 @@ from typing import Any
 import pydantic
 
 from envs import base
-from envs.errors import FactoryError, ValidationError
+from envs.errors import FactoryError, MessageValidationError
 from envs.inline import InlineCalls
 from envs.mcp import ToolSet
 from envs.metrics import EnvCallStats
@@ -138,24 +138,24 @@ class EnvRuntime:
 
     def check_reset_kwargs(self, data: dict[str, Any]) -> dict[str, Any]:
         if "self" in data:  # would collide with the bound instance: a TypeError deep in the call
-            raise ValidationError("reset() got an argument named 'self'", errors=[])
+            raise MessageValidationError("reset() got an argument named 'self'", errors=[])
         if any(p.kind is p.VAR_KEYWORD for p in self.reset_params.values()):
             return data
         keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         known = sorted(k for k, p in self.reset_params.items() if k != "self" and p.kind in keyword)
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValidationError(f"reset() got unknown argument(s) {unknown}; it accepts {known}", errors=[])
+            raise MessageValidationError(f"reset() got unknown argument(s) {unknown}; it accepts {known}", errors=[])
         return data
 
     def parse_action(self, data: Any) -> Any:
         if not isinstance(data, dict):
             got = type(data).__name__
-            raise ValidationError(f"a step's data must be a JSON object (the action), got {got}", errors=[])
+            raise MessageValidationError(f"a step's data must be a JSON object (the action), got {got}", errors=[])
         try:
             return self.action_cls.model_validate(data)
         except pydantic.ValidationError as e:
-            raise ValidationError(
+            raise MessageValidationError(
                 f"invalid {self.action_cls.__name__}: {e.error_count()} error(s): {_summarize(e)}",
                 errors=e.errors(include_url=False, include_context=False, include_input=False),
             ) from None

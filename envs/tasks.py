@@ -16,7 +16,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from envs.errors import HillclimbError, TargetNotFoundError, ValidationError
+from envs.errors import HillclimbError, MessageValidationError, TargetNotFoundError
 
 Split = Literal["train", "heldout"]
 
@@ -70,7 +70,7 @@ class TaskBook(Generic[RecordT]):
             return random.Random(seed).choice([r for r in self._by_id.values() if r.split == "train"])
         if task_id not in self._by_id:
             known = sorted(self._by_id)
-            raise ValidationError(f"unknown {self.env} task_id {task_id!r}; known: {known}", errors=[])
+            raise MessageValidationError(f"unknown {self.env} task_id {task_id!r}; known: {known}", errors=[])
         return self._by_id[task_id]
 
 

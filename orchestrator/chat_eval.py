@@ -23,7 +23,7 @@ from trainers.trajectory import Trajectory
 
 __all__ = [
     "EVAL_CONTEXT_BYTES",
-    "episode_record",
+    "chat_episode_record",
     "eval_overrides",
     "first_tasks",
     "pass_at_ks",
@@ -112,7 +112,7 @@ def first_tasks(plan: EvalPlan, per_split: int | None) -> EvalPlan:
     return EvalPlan(plan.ledger, kept, [g for g in plan.todo if g.group_id in ids])
 
 
-def episode_record(trajectory: Trajectory) -> dict[str, Any]:
+def chat_episode_record(trajectory: Trajectory) -> dict[str, Any]:
     """One episode as the model saw it: prompt, actions, observations (harness warnings among
     them, as sent), reward and why it ended."""
     messages = trajectory.metadata.get("messages", [])
@@ -140,5 +140,5 @@ def write_episodes(path: Path, trajectories: list[Trajectory]) -> None:
     partial = path.with_suffix(".partial")
     with partial.open("w") as f:
         for t in trajectories:
-            f.write(json.dumps(episode_record(t)) + "\n")
+            f.write(json.dumps(chat_episode_record(t)) + "\n")
     partial.replace(path)

@@ -6,7 +6,7 @@
                           │
                           ├─► tagged_text: <ACTION>cat app.log\\n</ACTION> (no colour: files, pipes)
                           ├─► coloured_text: a rich Text, one style per role (a terminal)
-                          └─► episode_record: prompt, actions, observations, reward (tables, JSON)
+                          └─► decoded_episode_record: prompt, actions, observations, reward (tables, JSON)
 
 Contiguous tokens of one role are decoded together, so a multi-byte character or a BPE word
 split over several tokens reads whole; a role boundary is also a decoding boundary.
@@ -86,7 +86,7 @@ def episode_facts(trajectory: Trajectory) -> dict[str, Any]:
     }
 
 
-def episode_record(trajectory: Trajectory, tokenizer: Tokenizer) -> dict[str, Any]:
+def decoded_episode_record(trajectory: Trajectory, tokenizer: Tokenizer) -> dict[str, Any]:
     """What happened in an episode, as text: the prompt, each action, each observation, the reward."""
     segments = role_segments(trajectory.token_ids, trajectory.roles, tokenizer)
     return {

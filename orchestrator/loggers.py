@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from envs.errors import ConfigError
-from orchestrator.episode_text import episode_record
+from orchestrator.episode_text import decoded_episode_record
 from orchestrator.log_config import TensorBoardLogConfig, WandbLogConfig
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class RunLogger(Protocol):
     def scalars(self, kind: str, step: int, values: Mapping[str, float]) -> None: ...
 
     def episodes(self, step: int, records: list[dict[str, Any]]) -> None:
-        """Episodes of one evaluation, as `episode_text.episode_record`s."""
+        """Episodes of one evaluation, as `episode_text.decoded_episode_record`s."""
         ...
 
     def close(self) -> None: ...
@@ -194,7 +194,7 @@ class RunLoggers:
             return
         if self._tokenizer is None:  # loaded once, at the first evaluation that samples
             self._tokenizer = self._tokenizer_factory()
-        records = [episode_record(t, self._tokenizer) for t in chosen]
+        records = [decoded_episode_record(t, self._tokenizer) for t in chosen]
         with open(self.samples_path, "a") as f:
             f.writelines(json.dumps({"step": step, **record}) + "\n" for record in records)
         for logger in self.loggers:
@@ -207,7 +207,7 @@ class RunLoggers:
 
 def open_loggers(config: RunConfig, run_dir: Path) -> RunLoggers:
     """The loggers `config.log` asks for, opened (a missing package is a ConfigError naming the extra)."""
-    from trainers.policy.config import load_tokenizer
+    from trainers.policy.config import load_policy_tokenizer
 
     resolved = config.model_dump(mode="json")
     loggers: list[RunLogger] = []
@@ -220,4 +220,4 @@ def open_loggers(config: RunConfig, run_dir: Path) -> RunLoggers:
         for logger in loggers:  # one that did open must not outlive the failed start
             logger.close()
         raise
-    return RunLoggers(loggers, run_dir, lambda: load_tokenizer(config.policy), config.log.sampled_episodes)
+    return RunLoggers(loggers, run_dir, lambda: load_policy_tokenizer(config.policy), config.log.sampled_episodes)

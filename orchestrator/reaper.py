@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from orchestrator.runs import liveness_for
+from orchestrator.heartbeats import liveness_for
 from providers.base import Sandbox, SandboxProvider
 from providers.errors import ProviderError
 from providers.liveness import RunLiveness, RunState

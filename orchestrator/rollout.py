@@ -43,10 +43,10 @@ from envs.errors import (
     FactoryError,
     HillclimbError,
     MessageTimeoutError,
+    MessageValidationError,
     SessionError,
     TLSError,
 )
-from envs.errors import ValidationError as ActionRejected
 from envs.tasks import ActionParseError, Task, TaskSuite, ToolCallSuite
 from orchestrator.pool import LeaseTimeoutError, SandboxPool
 from orchestrator.render import MessagesRenderer, Renderer, Transcript, chat_tool
@@ -321,7 +321,7 @@ class EpisodeRunner:
             step_start = time.perf_counter()
             try:
                 result = await env.step(action)
-            except ActionRejected as e:  # the env's schema refused it: the policy's mistake, shown to it
+            except MessageValidationError as e:  # the env's schema refused it: the policy's mistake, shown to it
                 if e.request == "reset":  # unless it refused the reset sent ahead: a misconfigured task
                     raise
                 episode.parse_errors += 1

@@ -11,7 +11,7 @@
 
 A run with no summary.json / eval.json (or a summary that says `interrupted`) failed (run.json
 says so: `orchestrator.run_lifecycle`), stopped early, or is still going: its workers' beat files
-say which of the last two (`orchestrator.runs`). Everything here only reads; nothing is created.
+say which of the last two (`orchestrator.heartbeats`). Everything here only reads; nothing is created.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def _finished(run_dir: Path, kind: str) -> bool:
 
 
 def _beating(config: dict[str, Any]) -> bool:
-    from orchestrator.runs import run_state
+    from orchestrator.heartbeats import run_state
     from providers.liveness import RunState
 
     return run_state(config["run"]["name"]) == RunState.ALIVE
@@ -194,13 +194,13 @@ def run_ledger(run_dir: Path, config: dict[str, Any]) -> Ledger | None:
 
 def run_tokenizer(config: dict[str, Any]) -> Tokenizer:
     """The tokenizer the run's policy rendered episodes with (from its config.json)."""
-    from trainers.policy.config import PolicyConfig, load_tokenizer
+    from trainers.policy.config import PolicyConfig, load_policy_tokenizer
 
     try:
         policy = TypeAdapter(PolicyConfig).validate_python(config["policy"])
     except ValueError as e:
         raise ConfigError(f"cannot read the policy of this run's config.json to find its tokenizer: {e}") from e
     try:
-        return load_tokenizer(policy)
+        return load_policy_tokenizer(policy)
     except OSError as e:  # a Hugging Face tokenizer neither cached nor reachable
         raise ConfigError(f"cannot load the tokenizer of the run's {policy.type} policy: {e}") from e

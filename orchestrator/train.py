@@ -139,7 +139,7 @@ class Trainer:
 
     async def _oracle_transcripts(self) -> dict[str, list[Trajectory]]:
         """Each task once, solved by the oracle in a real sandbox, tokenized for our model."""
-        from trainers.models.load import load_tokenizer
+        from trainers.models.load import load_model_tokenizer
         from trainers.policy.scripted import ScriptedPolicy
 
         groups = [
@@ -151,7 +151,7 @@ class Trainer:
         missing = [g for g in groups if g.group_id not in self.ledger.group_ids()]
         if missing:
             played: list[TrajectoryGroup] = []
-            driver = RolloutDriver(self.config, policy=ScriptedPolicy(load_tokenizer(self.model_config)))
+            driver = RolloutDriver(self.config, policy=ScriptedPolicy(load_model_tokenizer(self.model_config)))
             await driver.start()
             try:
                 await driver.run_groups(missing, played.append)

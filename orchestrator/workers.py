@@ -21,13 +21,13 @@ from prometheus_client.metrics_core import Metric
 
 from envs.tasks import TaskSuite, action_prompt
 from orchestrator.config import RunConfig
+from orchestrator.heartbeats import liveness_for
 from orchestrator.metrics import start_loop_lag_monitor
 from orchestrator.metrics_hub import local_families
 from orchestrator.pool import PoolConfig, SandboxPool
 from orchestrator.ratelimit import RateLimiter, TokenBucket
 from orchestrator.render import MessagesRenderer, PlainTextRenderer, Renderer
 from orchestrator.rollout import EpisodeRunner
-from orchestrator.runs import liveness_for
 from orchestrator.schedule import GroupSpec
 from providers.liveness import Beat
 from trainers.policy.base import GenerateRequest, Generation, Policy, SamplingParams
@@ -62,7 +62,7 @@ class RemoteRateLimiter:
         await self._handle.acquire.remote()
 
 
-class RemotePolicy:
+class PolicyServerClient:
     """`Policy` backed by a policy-server actor handle; the tokenizer stays local.
 
     The worker's episodes ask one turn at a time, each on its own; their requests go to the
@@ -79,7 +79,7 @@ class RemotePolicy:
         self._tokenizer = tokenizer
         self._version = 0
         self._batcher: MicroBatcher[_Item, Generation | Exception] = MicroBatcher(
-            self._call, max_batch=4096, max_wait_s=max_wait_s, max_window_s=max_window_s, thread_name="remote-policy"
+            self._call, max_batch=4096, max_wait_s=max_wait_s, max_window_s=max_window_s, thread_name="policy-client"
         )
 
     @property
@@ -178,7 +178,7 @@ class RolloutWorker:
         from envs.tasks import load_suite
         from providers.base import Resources, SandboxSpec
         from providers.registry import make_provider
-        from trainers.policy.config import load_tokenizer, make_policy
+        from trainers.policy.config import load_policy_tokenizer, make_policy
 
         cfg = self.config
         self._lag_monitor = start_loop_lag_monitor()
@@ -202,7 +202,7 @@ class RolloutWorker:
         if self._policy_arg is not None:
             policy = self._policy_arg
         elif self._policy_server is not None:
-            policy = RemotePolicy(self._policy_server, load_tokenizer(cfg.policy))
+            policy = PolicyServerClient(self._policy_server, load_policy_tokenizer(cfg.policy))
         else:
             policy = make_policy(cfg.policy)
         suite = load_suite(cfg.env.name)

@@ -31,10 +31,10 @@ from envs.errors import (
     HillclimbError,
     InvalidJSONError,
     MessageTimeoutError,
+    MessageValidationError,
     SessionError,
     StepTimeoutError,
     UnknownMessageTypeError,
-    ValidationError,
 )
 from envs.http_client import http_request
 
@@ -121,13 +121,13 @@ async def test_a_failed_pipelined_reset_fails_the_next_request_and_drops_the_con
     served = await start_server(CounterEnv)
     client = served.client()
     await client.send_reset(start=2, bogus=1)
-    with pytest.raises(ValidationError, match="bogus") as refused:
+    with pytest.raises(MessageValidationError, match="bogus") as refused:
         await client.step({"amount": 1})
     assert refused.value.request == "reset"
     assert not client.connected  # the step sent behind it ran on no episode: its reply is never read
     assert (await client.reset(start=2)).observation["total"] == 2
     await client.send_reset(bogus=2)
-    with pytest.raises(ValidationError) as settled:
+    with pytest.raises(MessageValidationError) as settled:
         await client.settle()
     assert settled.value.request == "reset"
     await client.close()
@@ -137,7 +137,7 @@ async def test_errors_name_the_request_they_answer(start_server, calls):
     served = await start_server(CounterEnv)
     async with served.client() as client:
         await client.reset()
-        with pytest.raises(ValidationError) as refused:
+        with pytest.raises(MessageValidationError) as refused:
             await client.step({"amount": "lots"})
     assert refused.value.request == "step"
 
@@ -196,10 +196,10 @@ async def test_every_server_error_code_raises_its_type(start_server, code):
 async def test_error_types_end_to_end(start_server, calls):
     served = await start_server(CounterEnv)
     async with served.client() as client:
-        with pytest.raises(ValidationError) as e:
+        with pytest.raises(MessageValidationError) as e:
             await client.step({"amount": "lots"})
         assert e.value.errors[0]["loc"] == ["amount"]
-        with pytest.raises(ValidationError, match="colour"):
+        with pytest.raises(MessageValidationError, match="colour"):
             await client.reset(colour="red")
         with pytest.raises(ExecutionError, match="boom"):
             await client.step({"op": "raise"})
@@ -238,7 +238,7 @@ async def test_unusual_error_frames(data, expected):
     "error",
     [
         StepTimeoutError("slow", timeout=True),
-        ValidationError("bad", errors=[{"loc": ["a"], "msg": "x"}]),
+        MessageValidationError("bad", errors=[{"loc": ["a"], "msg": "x"}]),
         CapacityReachedError("full", active_sessions=1, max_sessions=1),
         SessionError("reaped"),
         ConnectionLostError("gone", close_code=1001),
@@ -257,7 +257,7 @@ def test_error_types_keep_their_stdlib_bases():
     assert issubclass(StepTimeoutError, ExecutionError) and issubclass(StepTimeoutError, TimeoutError)
     assert issubclass(MessageTimeoutError, TimeoutError) and issubclass(ConnectTimeoutError, TimeoutError)
     assert issubclass(ConnectionLostError, ConnectionError) and issubclass(AuthenticationError, PermissionError)
-    assert issubclass(ValidationError, ValueError) and issubclass(ValidationError, EnvError)
+    assert issubclass(MessageValidationError, ValueError) and issubclass(MessageValidationError, EnvError)
     assert issubclass(EnvModuleNotFoundError, ModuleNotFoundError) and issubclass(EnvModuleNotFoundError, LookupError)
     assert {t.code for t in ERROR_TYPES.values()} == set(ErrorCode)
 

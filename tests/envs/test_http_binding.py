@@ -19,9 +19,9 @@ from envs.errors import (
     CapacityReachedError,
     ExecutionError,
     FactoryError,
+    MessageValidationError,
     SessionError,
     StepTimeoutError,
-    ValidationError,
 )
 from envs.handle import ENV_TOKEN_HEADER, SESSION_HEADER, Credential
 from envs.http_client import http_request
@@ -72,12 +72,12 @@ async def test_bad_requests_get_the_websocket_error_codes_and_the_session_lives(
     running = await start_server(CounterEnv, max_message_bytes=4096)
     async with running.http_client() as env:
         await env.reset()
-        with pytest.raises(ValidationError) as bad:
+        with pytest.raises(MessageValidationError) as bad:
             await env.step({"op": "fly"})
         assert bad.value.errors and bad.value.request == "step"
         with pytest.raises(ExecutionError, match="boom"):
             await env.step({"op": "raise"})
-        with pytest.raises(ValidationError, match="4096"):
+        with pytest.raises(MessageValidationError, match="4096"):
             await env.step({"op": "add", "pad": "x" * 5000})
         assert (await env.step({"amount": 2})).observation["total"] == 2  # still the same episode
         headers = {SESSION_HEADER: env.session_id}

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from envs import inventory
-from envs.errors import ExecutionError, ValidationError
+from envs.errors import ExecutionError, MessageValidationError
 from envs.http_client import http_request
 from envs.inventory import InventoryEnv
 from envs.inventory.tasks import SUITE, TASKS, call_text
@@ -154,7 +154,7 @@ async def test_step_reports_mistakes_as_observations(start_server):
             "prompt": "",
             "metadata": {},
         }
-        with pytest.raises(ValidationError):
+        with pytest.raises(MessageValidationError):
             await env.step({"tool": "list_items", "args": {}})
         last = await env.step({"tool": "list_items"})
         assert last.done and last.reward == 0.0 and last.metadata == {"reason": "max_steps"}

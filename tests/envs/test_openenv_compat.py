@@ -28,7 +28,7 @@ from openenv.core.generic_client import GenericEnvClient
 from wire import eventually
 
 from envs.client import EnvClient
-from envs.errors import ExecutionError, ValidationError
+from envs.errors import ExecutionError, MessageValidationError
 from envs.http_client import HttpEnvClient, http_request
 
 
@@ -197,7 +197,7 @@ async def test_our_client_drives_an_openenv_server(openenv_server):
         last = await client.step(ShoutAction(message="ccc", loud=True))
         assert (totals, last.observation["echoed"], last.reward, last.done) == ([1.0, 2.0], "CCC", 3.0, True)
         assert await client.state() == {"episode_id": "ours", "step_count": 3}
-        with pytest.raises(ValidationError) as e:
+        with pytest.raises(MessageValidationError) as e:
             await client.step({"mesage": "typo"})
         assert {tuple(err["loc"]) for err in e.value.errors} >= {("message",), ("mesage",)}
         with pytest.raises(ExecutionError, match="exploded"):
@@ -217,6 +217,6 @@ async def test_our_http_client_drives_openenvs_http_routes(openenv_server) -> No
         assert (first.observation["echoed"], first.metadata, env.session_id) == ("", {"seed": 3}, None)
         shouted = await env.step({"message": "hi", "loud": True})
         assert (shouted.observation["echoed"], shouted.reward) == ("HI", 2.0)
-        with pytest.raises(ValidationError) as bad:  # OpenEnv's own 422 body, read as ours
+        with pytest.raises(MessageValidationError) as bad:  # OpenEnv's own 422 body, read as ours
             await env.step({"mesage": "typo"})
         assert {tuple(err["loc"]) for err in bad.value.errors} >= {("message",), ("mesage",)}

@@ -19,9 +19,9 @@ from envs.errors import (
     CapacityReachedError,
     ConnectionLostError,
     ExecutionError,
+    MessageValidationError,
     SessionError,
     StepTimeoutError,
-    ValidationError,
 )
 from envs.http_client import http_request
 from envs.metrics import parse_metrics
@@ -78,7 +78,7 @@ async def test_metrics_time_the_environments_own_calls(start_server, env_cls):
         await client.step({"amount": 1})
         with pytest.raises(ExecutionError, match="boom"):
             await client.step({"op": "raise"})
-        with pytest.raises(ValidationError):
+        with pytest.raises(MessageValidationError):
             await client.step({"op": "no such op"})
         during = await metrics()
     assert during["sessions"] == 1

@@ -16,7 +16,7 @@ import pytest
 from envs import terminal
 from envs.agent_commands import agent_commands
 from envs.client import EnvClient
-from envs.errors import ExecutionError, ValidationError
+from envs.errors import ExecutionError, MessageValidationError
 from envs.registry import resolve_env_class
 from envs.tasks import ActionParseError, load_suite
 from envs.terminal import TerminalEnv
@@ -178,10 +178,10 @@ async def test_an_agent_that_deletes_its_work_dir_sees_why_and_fails(start_serve
 async def test_max_steps_submit_and_errors(start_server):
     served = await start_server(TerminalEnv, factory=functools.partial(TerminalEnv, max_steps=2))
     async with served.client() as env:
-        with pytest.raises(ValidationError, match="task_id"):
+        with pytest.raises(MessageValidationError, match="task_id"):
             await env.reset(task_id="nope")
         await env.reset(task_id="create-hello")
-        with pytest.raises(ValidationError):
+        with pytest.raises(MessageValidationError):
             await env.step({"command": 1})
         await env.step({"command": "true"})
         last = await env.step({"command": "echo 'hello world' > hello.txt"})

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from envs import toy_terminal
-from envs.errors import ExecutionError, ValidationError
+from envs.errors import ExecutionError, MessageValidationError
 from envs.registry import resolve_env_class
 from envs.tasks import ActionParseError, load_suite
 from envs.toy_terminal import ToyTerminalEnv, fs
@@ -147,10 +147,10 @@ async def test_max_steps_ends_with_zero_reward(start_server):
 async def test_bad_schema_and_unknown_task_are_validation_errors(start_server):
     served = await start_server(ToyTerminalEnv)
     async with served.client() as env:
-        with pytest.raises(ValidationError, match="task_id"):
+        with pytest.raises(MessageValidationError, match="task_id"):
             await env.reset(task_id="no-such-task")
         await env.reset(task_id="ls-count")
-        with pytest.raises(ValidationError):
+        with pytest.raises(MessageValidationError):
             await env.step({"cmd": "ls"})
         assert (await env.step({"command": "ls"})).observation["output"].startswith("app.log\n")
 

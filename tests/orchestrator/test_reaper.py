@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.heartbeats import Heartbeat, runs_dir
 from orchestrator.reaper import reap
-from orchestrator.runs import Heartbeat, runs_dir
 from providers.base import SandboxSpec, host_label
 from providers.local import LocalProvider
 

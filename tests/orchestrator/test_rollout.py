@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from envs.errors import AuthenticationError, ValidationError
+from envs.errors import AuthenticationError, MessageValidationError
 from envs.tasks import Task, action_prompt, load_suite
 from envs.toy_terminal.fs import execute
 from orchestrator.pool import PoolConfig, SandboxPool
@@ -162,7 +162,7 @@ async def test_a_task_the_environment_does_not_know_surfaces(local_provider: Loc
     unknown = Task(id="no-such-task", split="train", prompt=known.prompt, oracle=known.oracle)
     runner = await _runner(local_provider, "toy_terminal", policy, max_turns=2)
     try:
-        with pytest.raises(ValidationError, match="no-such-task") as refused:
+        with pytest.raises(MessageValidationError, match="no-such-task") as refused:
             await runner.run(_spec(unknown))
         assert refused.value.request == "reset"
         assert (await runner.run(_spec(known))).done_reason in (DoneReason.FINISHED, DoneReason.STEP_LIMIT)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.episode_text import ROLE_STYLES, role_segments, tagged_text
-from orchestrator.runs import Heartbeat
+from orchestrator.heartbeats import Heartbeat
 from tests.orchestrator.episodes_for_tests import (
     ACTION,
     ANSWER,

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.runs import Heartbeat, RunState, run_state, runs_dir
+from orchestrator.heartbeats import Heartbeat, RunState, run_state, runs_dir
 from providers.base import LABEL_RUN, Sandbox
 from providers.registry import make_provider
 
@@ -131,7 +131,7 @@ def test_a_run_is_alive_while_any_process_beats_and_gone_when_none_does(
     monkeypatch.setenv("HILLCLIMB_HOME", str(tmp_path))
     assert run_state("r") is RunState.UNKNOWN
     child = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from orchestrator.runs import Heartbeat; "
+        [sys.executable, "-c", "import sys, time; from orchestrator.heartbeats import Heartbeat; "
          "Heartbeat('r').start(); print('beating', flush=True); time.sleep(600)"],
         cwd=REPO, stdout=subprocess.PIPE, env={**os.environ, "HILLCLIMB_HOME": str(tmp_path)},
     )  # fmt: skip

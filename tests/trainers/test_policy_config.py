@@ -16,7 +16,7 @@ from trainers.policy.config import (
     OpenAIPolicyConfig,
     PolicyConfig,
     ScriptedPolicyConfig,
-    load_tokenizer,
+    load_policy_tokenizer,
     make_policy,
 )
 from trainers.policy.hf import HFPolicy
@@ -58,8 +58,8 @@ def test_make_policy_builds_each_local_engine() -> None:
     request = GenerateRequest(prompt_ids=(72, 105), seed=1)
     (generation,) = policy.generate_sync([request], SamplingParams(max_new_tokens=3))
     assert len(generation.token_ids) == 3
-    assert isinstance(load_tokenizer(config), ByteTokenizer)
-    assert isinstance(load_tokenizer(ScriptedPolicyConfig()), ByteTokenizer)
+    assert isinstance(load_policy_tokenizer(config), ByteTokenizer)
+    assert isinstance(load_policy_tokenizer(ScriptedPolicyConfig()), ByteTokenizer)
 
 
 def test_openai_policy_takes_its_key_from_the_named_variable(monkeypatch: pytest.MonkeyPatch) -> None:

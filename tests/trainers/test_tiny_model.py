@@ -12,7 +12,7 @@ from tokenizers import Tokenizer as RawTokenizer
 from tokenizers import models, pre_tokenizers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from trainers.models import HFModelConfig, TinyModelConfig, build_tiny_model, load_model, load_tokenizer
+from trainers.models import HFModelConfig, TinyModelConfig, build_tiny_model, load_model, load_model_tokenizer
 from trainers.tokenizer import ByteTokenizer, HFTokenizer
 
 SMALL = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_positions=128)
@@ -78,7 +78,7 @@ def test_bad_configs_are_rejected(fields: dict, message: str) -> None:
 
 def test_load_model_tiny_gives_the_byte_tokenizer() -> None:
     model, tokenizer = load_model(SMALL, "cpu")
-    assert isinstance(tokenizer, ByteTokenizer) and isinstance(load_tokenizer(SMALL), ByteTokenizer)
+    assert isinstance(tokenizer, ByteTokenizer) and isinstance(load_model_tokenizer(SMALL), ByteTokenizer)
     assert not model.training
     assert _same_weights(model, build_tiny_model(SMALL))
 
@@ -131,6 +131,6 @@ def test_public_api_is_pinned() -> None:
         "TinyModelConfig",
         "build_tiny_model",
         "load_model",
-        "load_tokenizer",
+        "load_model_tokenizer",
     ]
     assert all(getattr(package, name) is not None for name in package.__all__)

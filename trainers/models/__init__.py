@@ -2,7 +2,7 @@
 
     ModelConfig (tiny | hf) ─► load_model(config, device) ─► (transformers model, Tokenizer)
 
-The configs import only pydantic; `load_model`, `load_tokenizer` and `build_tiny_model` load
+The configs import only pydantic; `load_model`, `load_model_tokenizer` and `build_tiny_model` load
 torch and transformers on first use, so validating a run config stays fast.
 """
 
@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 from trainers.models.config import HFModelConfig, ModelConfig, TinyModelConfig
 
 if TYPE_CHECKING:
-    from trainers.models.load import load_model, load_tokenizer
+    from trainers.models.load import load_model, load_model_tokenizer
     from trainers.models.tiny import build_tiny_model
 
-_LAZY = {"load_model": "load", "load_tokenizer": "load", "build_tiny_model": "tiny"}
+_LAZY = {"load_model": "load", "load_model_tokenizer": "load", "build_tiny_model": "tiny"}
 
-__all__ = ["HFModelConfig", "ModelConfig", "TinyModelConfig", "build_tiny_model", "load_model", "load_tokenizer"]
+__all__ = ["HFModelConfig", "ModelConfig", "TinyModelConfig", "build_tiny_model", "load_model", "load_model_tokenizer"]
 
 
 def __getattr__(name: str) -> Any:

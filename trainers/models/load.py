@@ -1,4 +1,4 @@
-"""`load_model` / `load_tokenizer`: a `ModelConfig` to a transformers causal LM and a `Tokenizer`.
+"""`load_model` / `load_model_tokenizer`: a `ModelConfig` to a transformers causal LM and a `Tokenizer`.
 
     TinyModelConfig ─► build_tiny_model (random init, seeded) + ByteTokenizer
     HFModelConfig   ─► AutoModelForCausalLM.from_pretrained + AutoTokenizer wrapped in HFTokenizer
@@ -18,7 +18,7 @@ from trainers.models.config import HFModelConfig, ModelConfig, TinyModelConfig
 from trainers.models.tiny import build_tiny_model
 from trainers.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 
-__all__ = ["load_model", "load_tokenizer"]
+__all__ = ["load_model", "load_model_tokenizer"]
 
 _DTYPES: dict[str, Any] = {
     "auto": "auto",
@@ -39,10 +39,10 @@ def load_model(config: ModelConfig, device: str | torch.device = "cpu") -> tuple
             dtype=_DTYPES[config.dtype],
             trust_remote_code=config.trust_remote_code,
         )
-    return model.to(device).eval(), load_tokenizer(config)
+    return model.to(device).eval(), load_model_tokenizer(config)
 
 
-def load_tokenizer(config: ModelConfig) -> Tokenizer:
+def load_model_tokenizer(config: ModelConfig) -> Tokenizer:
     """The tokenizer alone (for processes that render prompts but run no model)."""
     if isinstance(config, TinyModelConfig):
         return ByteTokenizer()

@@ -1,7 +1,7 @@
 """Which policy engine serves rollouts, and the factory that builds it.
 
     PolicyConfig (scripted | hf | openai | chat | vllm) ─► make_policy ─► Policy
-                                                 ─► load_tokenizer ─► Tokenizer (no model)
+                                                 ─► load_policy_tokenizer ─► Tokenizer (no model)
 
 Importing this module imports pydantic only: each engine (and torch, transformers, httpx,
 vllm) is imported when `make_policy` builds it, so validating a run config stays fast.
@@ -27,7 +27,7 @@ __all__ = [
     "PolicyConfig",
     "ScriptedPolicyConfig",
     "VLLMPolicyConfig",
-    "load_tokenizer",
+    "load_policy_tokenizer",
     "make_policy",
 ]
 
@@ -164,7 +164,7 @@ def make_policy(config: PolicyConfig) -> Policy:
         return OpenAIPolicy(
             config.base_url,
             config.model,
-            load_tokenizer(config),
+            load_policy_tokenizer(config),
             api_key=_api_key(config.api_key_env),
             timeout_s=config.timeout_s,
             max_retries=config.max_retries,
@@ -200,13 +200,13 @@ def make_policy(config: PolicyConfig) -> Policy:
     )
 
 
-def load_tokenizer(config: PolicyConfig) -> Tokenizer:
+def load_policy_tokenizer(config: PolicyConfig) -> Tokenizer:
     """The tokenizer the engine `config` names uses, without loading any model weights."""
     if isinstance(config, ScriptedPolicyConfig | ChatPolicyConfig):  # chat: the transcript is the text's bytes
         from trainers.tokenizer import ByteTokenizer
 
         return ByteTokenizer()
-    from trainers.models.load import load_tokenizer as load_model_tokenizer
+    from trainers.models.load import load_model_tokenizer
 
     if isinstance(config, OpenAIPolicyConfig):
         return load_model_tokenizer(config.tokenizer or HFModelConfig(name_or_path=config.model))

@@ -15,7 +15,7 @@ from typing import Any
 import kmock
 import pytest
 
-from orchestrator.runs import HostRunLiveness, liveness_for
+from orchestrator.heartbeats import HostRunLiveness, liveness_for
 from providers.base import LABEL_RUN, SandboxSpec
 from providers.errors import FatalProviderError
 from providers.kubernetes.leases import RUN_LEASE, LeaseLiveness

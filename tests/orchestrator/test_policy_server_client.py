@@ -1,4 +1,4 @@
-"""`RemotePolicy`: a worker's concurrent requests reach the policy server as one call, and a
+"""`PolicyServerClient`: a worker's concurrent requests reach the policy server as one call, and a
 request the server refuses fails alone."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from orchestrator.workers import RemotePolicy
+from orchestrator.workers import PolicyServerClient
 from tests.orchestrator.helpers import PolicyServerStandIn
 from trainers.policy.base import GenerateRequest, SamplingParams
 from trainers.tokenizer import ByteTokenizer
@@ -29,7 +29,7 @@ def _request(first: int, last: int) -> GenerateRequest:
 
 
 async def test_concurrent_requests_go_out_as_one_call_per_sampling_setting(server) -> None:  # type: ignore[no-untyped-def]
-    policy = RemotePolicy(server, ByteTokenizer())
+    policy = PolicyServerClient(server, ByteTokenizer())
     cold, warm = SamplingParams(temperature=0.0), SamplingParams(temperature=0.7)
     outcomes = await asyncio.gather(
         *(policy.generate([_request(1, 100 + i)], cold) for i in range(6)),
@@ -41,7 +41,7 @@ async def test_concurrent_requests_go_out_as_one_call_per_sampling_setting(serve
 
 
 async def test_a_refused_request_fails_alone(server) -> None:  # type: ignore[no-untyped-def]
-    policy = RemotePolicy(server, ByteTokenizer())
+    policy = PolicyServerClient(server, ByteTokenizer())
     sampling = SamplingParams()
     outcomes = await asyncio.gather(
         *(policy.generate([_request(13 if i == 2 else 1, 50 + i)], sampling) for i in range(4)),
