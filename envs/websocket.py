@@ -3,7 +3,7 @@
 The server and the client both run on `asyncio.Protocol` and hand raw bytes to
 `FrameReader`; this module never touches a socket. It is small on purpose: a step
 round trip is a handful of small frames. wsproto, the maintained sans-I/O library, did
-the same job at 0.51-0.66x the step rate (`bench.regression`, fab3f86 against bb69202),
+the same job at 0.51-0.66x the step rate (`bench.regression`; README, "Parsing by libraries"),
 so the framing stays here, and tests/envs/test_websocket_differential.py holds it to
 wsproto's verdict on generated and mutated frame streams.
 
