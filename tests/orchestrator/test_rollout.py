@@ -23,6 +23,7 @@ from orchestrator.rollout import EpisodeConfig, EpisodeRunner, EpisodeSpec, Sand
 from providers.base import SandboxSpec
 from providers.errors import BadSpecError
 from providers.local import LocalProvider
+from tests.factories import episode_spec
 from trainers.policy.base import GenerateRequest, Generation, SamplingParams
 from trainers.policy.scripted import ScriptedPolicy
 from trainers.roles import Role
@@ -35,9 +36,7 @@ TOKENIZER = ByteTokenizer()
 
 
 def _spec(task: Task, env: str = "toy_terminal", sample: int = 0) -> EpisodeSpec:
-    return EpisodeSpec(
-        run_id="t", env=env, split=task.split, task=task, group_id=f"g-{task.id}", sample_index=sample, seed=7 + sample
-    )
+    return episode_spec(task, env=env, group_id=f"g-{task.id}", sample=sample, seed=7 + sample)
 
 
 async def _runner(provider: LocalProvider, env: str, policy: Any, **episode: Any) -> EpisodeRunner:
