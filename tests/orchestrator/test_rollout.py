@@ -24,6 +24,7 @@ from providers.base import SandboxSpec
 from providers.errors import BadSpecError
 from providers.local import LocalProvider
 from tests.factories import episode_spec
+from tests.orchestrator.helpers import SlowScriptedPolicy
 from trainers.policy.base import GenerateRequest, Generation, SamplingParams
 from trainers.policy.scripted import ScriptedPolicy
 from trainers.roles import Role
@@ -174,22 +175,12 @@ class _Broken(ScriptedPolicy):
         raise RuntimeError("engine exploded")
 
 
-class _Slow(ScriptedPolicy):
-    def __init__(self, delay_s: float) -> None:
-        super().__init__()
-        self.delay_s = delay_s
-
-    async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
-        await asyncio.sleep(self.delay_s)
-        return await super().generate(requests, sampling)
-
-
 @pytest.mark.parametrize(
     ("policy", "episode", "reason"),
     [
         (_Broken(), {}, DoneReason.POLICY_ERROR),
-        (_Slow(5.0), {"policy_timeout_s": 0.2}, DoneReason.POLICY_ERROR),
-        (_Slow(0.3), {"episode_timeout_s": 0.5}, DoneReason.TIMEOUT),
+        (SlowScriptedPolicy(5.0), {"policy_timeout_s": 0.2}, DoneReason.POLICY_ERROR),
+        (SlowScriptedPolicy(0.3), {"episode_timeout_s": 0.5}, DoneReason.TIMEOUT),
     ],
 )
 async def test_policy_failures_are_recorded_with_their_reason(
