@@ -9,6 +9,7 @@ from typing import Any
 from orchestrator.config import RunConfig, load_config
 from orchestrator.ledger import Ledger
 from orchestrator.render import PlainTextRenderer, Transcript
+from tests.factories import trajectory
 from trainers.tokenizer import ByteTokenizer
 from trainers.trajectory import DoneReason, Trajectory, TrajectoryGroup
 
@@ -30,20 +31,17 @@ def played_episode(
     _act(renderer, transcript, "\n")  # an empty command: the harness warns
     renderer.add_warning(transcript, WARNING)
     _act(renderer, transcript, ANSWER)
-    return Trajectory(
-        run_id="r",
-        group_id=group_id,
-        sample_index=sample,
+    return trajectory(
+        group_id,
+        sample,
         task_id=task_id,
-        env="toy_terminal",
         split=split,
-        seed=sample,
-        policy_version=3,
+        version=3,
         token_ids=transcript.ids,
         roles=transcript.roles,
         logprobs=transcript.logprobs,
         reward=reward,
-        done_reason=DoneReason.FINISHED if reward else DoneReason.STEP_LIMIT,
+        done=DoneReason.FINISHED if reward else DoneReason.STEP_LIMIT,
         turns=3,
     )
 

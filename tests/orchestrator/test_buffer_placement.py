@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.buffer import BufferConfig, placement, start_buffer
 from orchestrator.ledger import Ledger
-from tests.orchestrator.helpers import group
+from tests.factories import group
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -19,9 +19,9 @@ from orchestrator.chat_eval import (
 from orchestrator.config import RunConfig, load_config
 from orchestrator.evaluate import plan_evaluation
 from orchestrator.run_lifecycle import prepare_run_dir
-from tests.orchestrator.helpers import group
+from tests.factories import group, trajectory
 from trainers.roles import Role
-from trainers.trajectory import DoneReason, Trajectory
+from trainers.trajectory import DoneReason
 
 
 def test_pass_at_k_runs_over_powers_of_two_up_to_r() -> None:
@@ -119,13 +119,12 @@ def test_episodes_are_written_as_text(tmp_path: Path) -> None:
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_0", "content": "correct"},
     ]
-    trajectory = Trajectory(
-        run_id="r", group_id="g", sample_index=1, task_id="t", env="toy_terminal", split="heldout", seed=0,
-        policy_version=0, token_ids=[1], roles=[int(Role.PROMPT)], logprobs=[0.0], reward=1.0,
-        done_reason=DoneReason.FINISHED, turns=2, metadata={"messages": messages, "untrainable": "text only"},
+    episode = trajectory(
+        "g", 1, task_id="t", split="heldout", token_ids=[1], roles=[int(Role.PROMPT)], logprobs=[0.0], reward=1.0,
+        done=DoneReason.FINISHED, turns=2, metadata={"messages": messages, "untrainable": "text only"},
     )  # fmt: skip
     path = tmp_path / "episodes.jsonl"
-    write_episodes(path, [trajectory])
+    write_episodes(path, [episode])
     (record,) = [json.loads(line) for line in path.read_text().splitlines()]
     assert record == {
         "split": "heldout",

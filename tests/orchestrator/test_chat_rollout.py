@@ -19,11 +19,12 @@ from orchestrator.config import load_config
 from orchestrator.ledger import Ledger
 from orchestrator.pool import PoolConfig, SandboxPool
 from orchestrator.render import MessagesRenderer, Transcript, chat_tool
-from orchestrator.rollout import EpisodeConfig, EpisodeRunner, EpisodeSpec
+from orchestrator.rollout import EpisodeConfig, EpisodeRunner
 from orchestrator.server_tokens import TEXT_ONLY, stitch
 from orchestrator.workers import make_renderer
 from providers.base import SandboxSpec
 from providers.local import LocalProvider
+from tests.factories import episode_spec
 from tests.trainers.chat_server import LOGPROB, Call, ChatServer, render, token_ids, tool_call_problem
 from trainers.batching import samples_from_groups
 from trainers.losses import LossConfig
@@ -169,7 +170,7 @@ async def _episode(provider: LocalProvider, server: ChatServer, **policy: bool) 
     pool = SandboxPool(provider, SandboxSpec(env="toy_terminal", run_id="t"), PoolConfig(), shared=True)
     chat = ChatPolicy(server.base_url, "fake-chat", backoff_s=0.01, **policy)
     runner = EpisodeRunner(pool, chat, MessagesRenderer(), SUITE, EpisodeConfig())
-    spec = EpisodeSpec(run_id="t", env="toy_terminal", split="train", task=TASK, group_id="g", sample_index=0, seed=3)
+    spec = episode_spec(TASK, group_id="g", seed=3)
     try:
         return await runner.run(spec)
     finally:
@@ -243,7 +244,7 @@ async def test_a_chat_model_calls_the_environments_mcp_tools(local_provider: Loc
     chat = ChatPolicy(server.base_url, "fake-chat", backoff_s=0.01)
     runner = EpisodeRunner(pool, chat, MessagesRenderer(), INVENTORY, EpisodeConfig(max_turns=4))
     task = INVENTORY.tasks("train")[0]
-    spec = EpisodeSpec(run_id="t", env="inventory", split="train", task=task, group_id="g", sample_index=0, seed=3)
+    spec = episode_spec(task, env="inventory", seed=3)
     try:
         trajectory = await runner.run(spec)
     finally:

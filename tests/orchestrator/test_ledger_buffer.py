@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.buffer import BufferConfig, TrajectoryBuffer
 from orchestrator.ledger import Ledger
-from tests.orchestrator.helpers import group
+from tests.factories import group
 
 
 def test_ledger_round_trips_groups_exactly(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from envs.errors import ConfigError
 from orchestrator.buffer import BufferConfig, TrajectoryBuffer
 from orchestrator.config import load_config
 from orchestrator.ledger import Ledger
-from tests.orchestrator.helpers import group
+from tests.factories import group
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -101,7 +101,7 @@ async def test_the_buffer_resumes_from_any_storage(location: str) -> None:
 CRASH_MID_WRITE = """
 import os, sys
 from orchestrator import ledger as module
-from tests.orchestrator.helpers import group
+from tests.factories import group
 
 ledger = module.Ledger(sys.argv[1])
 

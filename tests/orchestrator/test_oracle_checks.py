@@ -3,9 +3,7 @@ warm-up and anchor, `env demo`) refuses a suite without them, naming the tasks a
 
 from __future__ import annotations
 
-import json
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,29 +14,11 @@ from orchestrator.config import load_config
 from orchestrator.demo import oracle_episode
 from orchestrator.train import OracleEpisodeError, Trainer
 from providers.registry import make_provider
-from tests.orchestrator.helpers import trajectory
+from tests.factories import say_package, trajectory
 from trainers.policy.base import EpisodeInfo, GenerateRequest, SamplingParams
 from trainers.policy.scripted import ScriptedPolicy
 from trainers.trajectory import DoneReason
 
-MODULE = """
-from pathlib import Path
-
-from envs.base import Action, Observation
-from envs.file_suite import FileSuite
-from envs.packages import EnvPackage
-
-class SayAction(Action):
-    text: str
-
-class SayObservation(Observation):
-    text: str = ""
-
-SUITE = FileSuite.from_file(
-    Path(__file__).with_name("tasks.jsonl"), env="unsolved", action=SayAction, observation=SayObservation
-)
-ENVIRONMENT = EnvPackage(env="envs.toy_terminal:ToyTerminalEnv", suite=SUITE)
-"""
 ROWS = [
     {"id": "solved", "split": "train", "prompt": "say a", "oracle": ["a"]},
     {"id": "open-ended", "split": "train", "prompt": "say anything"},
@@ -49,9 +29,7 @@ NAME = "unsolved_pkg:ENVIRONMENT"
 
 @pytest.fixture(autouse=True)
 def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    (tmp_path / "unsolved_pkg").mkdir()
-    (tmp_path / "unsolved_pkg" / "__init__.py").write_text(textwrap.dedent(MODULE))
-    (tmp_path / "unsolved_pkg" / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    say_package(tmp_path, "unsolved_pkg", ROWS)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield
     sys.modules.pop("unsolved_pkg", None)

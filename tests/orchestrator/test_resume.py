@@ -15,7 +15,7 @@ from orchestrator.config import load_config
 from orchestrator.evaluate import plan_evaluation
 from orchestrator.fingerprint import fingerprint
 from orchestrator.run_lifecycle import prepare_run_dir
-from tests.orchestrator.helpers import group
+from tests.factories import group
 
 REPO = Path(__file__).parents[2]
 TOY = REPO / "configs" / "rollout_toy.yaml"

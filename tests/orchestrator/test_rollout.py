@@ -23,6 +23,8 @@ from orchestrator.rollout import EpisodeConfig, EpisodeRunner, EpisodeSpec, Sand
 from providers.base import SandboxSpec
 from providers.errors import BadSpecError
 from providers.local import LocalProvider
+from tests.factories import episode_spec
+from tests.orchestrator.helpers import SlowScriptedPolicy
 from trainers.policy.base import GenerateRequest, Generation, SamplingParams
 from trainers.policy.scripted import ScriptedPolicy
 from trainers.roles import Role
@@ -35,9 +37,7 @@ TOKENIZER = ByteTokenizer()
 
 
 def _spec(task: Task, env: str = "toy_terminal", sample: int = 0) -> EpisodeSpec:
-    return EpisodeSpec(
-        run_id="t", env=env, split=task.split, task=task, group_id=f"g-{task.id}", sample_index=sample, seed=7 + sample
-    )
+    return episode_spec(task, env=env, group_id=f"g-{task.id}", sample=sample, seed=7 + sample)
 
 
 async def _runner(provider: LocalProvider, env: str, policy: Any, **episode: Any) -> EpisodeRunner:
@@ -175,22 +175,12 @@ class _Broken(ScriptedPolicy):
         raise RuntimeError("engine exploded")
 
 
-class _Slow(ScriptedPolicy):
-    def __init__(self, delay_s: float) -> None:
-        super().__init__()
-        self.delay_s = delay_s
-
-    async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
-        await asyncio.sleep(self.delay_s)
-        return await super().generate(requests, sampling)
-
-
 @pytest.mark.parametrize(
     ("policy", "episode", "reason"),
     [
         (_Broken(), {}, DoneReason.POLICY_ERROR),
-        (_Slow(5.0), {"policy_timeout_s": 0.2}, DoneReason.POLICY_ERROR),
-        (_Slow(0.3), {"episode_timeout_s": 0.5}, DoneReason.TIMEOUT),
+        (SlowScriptedPolicy(5.0), {"policy_timeout_s": 0.2}, DoneReason.POLICY_ERROR),
+        (SlowScriptedPolicy(0.3), {"episode_timeout_s": 0.5}, DoneReason.TIMEOUT),
     ],
 )
 async def test_policy_failures_are_recorded_with_their_reason(

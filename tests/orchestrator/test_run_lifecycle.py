@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -16,27 +15,10 @@ import pytest
 from orchestrator.config import load_config
 from orchestrator.run_dirs import run_info
 from orchestrator.run_lifecycle import prepare_run_dir, run_directory
+from tests.factories import say_package
 from tests.orchestrator.episodes_for_tests import record_groups
 
 REPO = Path(__file__).parents[2]
-UNSOLVED = """
-from pathlib import Path
-
-from envs.base import Action, Observation
-from envs.file_suite import FileSuite
-from envs.packages import EnvPackage
-
-class SayAction(Action):
-    text: str
-
-class SayObservation(Observation):
-    text: str = ""
-
-SUITE = FileSuite.from_file(
-    Path(__file__).with_name("tasks.jsonl"), env="unsolved", action=SayAction, observation=SayObservation
-)
-ENVIRONMENT = EnvPackage(env="envs.toy_terminal:ToyTerminalEnv", suite=SUITE)
-"""
 
 
 def _hillclimb(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -80,11 +62,7 @@ def test_a_missing_model_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_a_missing_oracle_leaves_nothing(tmp_path: Path) -> None:
-    package = tmp_path / "pkgs" / "unsolved_cli"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text(textwrap.dedent(UNSOLVED))
-    rows = [{"id": "open-ended", "split": "train", "prompt": "say anything"}]
-    (package / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    say_package(tmp_path / "pkgs", "unsolved_cli", [{"id": "open-ended", "split": "train", "prompt": "say anything"}])
     done = _train(tmp_path / "runs", "env.name=unsolved_cli:ENVIRONMENT", pythonpath=tmp_path / "pkgs")
     assert done.returncode == 2 and "MissingOracleError" in done.stderr, done.stderr[-2000:]
     assert list((tmp_path / "runs").iterdir()) == []

@@ -7,7 +7,7 @@ import pytest
 from envs.tasks import load_suite
 from orchestrator.report import pass_at_k, summarize
 from orchestrator.schedule import round_of_groups
-from tests.orchestrator.helpers import trajectory
+from tests.factories import trajectory
 from trainers.trajectory import DoneReason
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 
+from tests.factories import trajectory
 from trainers.batching import Sample, samples_from_groups
 from trainers.learner_config import LearnerConfig
 from trainers.losses import LossConfig
 from trainers.models.config import TinyModelConfig
 from trainers.roles import Role
-from trainers.trajectory import DoneReason, Trajectory, TrajectoryGroup
+from trainers.trajectory import TrajectoryGroup
 
 MODEL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_positions=128)
 CONFIG = LearnerConfig(
@@ -30,20 +31,15 @@ def groups_of_seed(seed: int, n_groups: int = 3, size: int = 4) -> list[Trajecto
                 rng.choice([int(Role.ACTION), int(Role.ENV), int(Role.SCAFFOLD)]) for _ in range(n - 4)
             ]
             members.append(
-                Trajectory(
-                    run_id="r",
-                    group_id=f"g{seed}-{g}",
-                    sample_index=i,
+                trajectory(
+                    f"g{seed}-{g}",
+                    i,
                     task_id=f"t{g}",
-                    env="e",
-                    split="train",
-                    seed=i,
-                    policy_version=0,
+                    # the rng draws in this order (ids, log-probs, reward): keep it, or each seed's data changes
                     token_ids=[rng.randrange(256) for _ in range(n)],
                     roles=roles,
                     logprobs=[rng.uniform(-3, -0.1) if r == Role.ACTION else 0.0 for r in roles],
                     reward=float(rng.random() < 0.5),
-                    done_reason=DoneReason.FINISHED,
                     turns=2,
                 )
             )

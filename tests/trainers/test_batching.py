@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.factories import trajectory
 from trainers.batching import (
     MICRO_BATCH_COST_TOKENS,
     StepTotals,
@@ -23,20 +24,13 @@ def _t(
     sample: int, reward: float, *, n: int = 6, done: DoneReason = DoneReason.FINISHED, parse_errors: int = 0
 ) -> Trajectory:
     roles = ([P, A, A, E, E, E] * n)[:n]
-    return Trajectory(
-        run_id="r",
-        group_id="g",
-        sample_index=sample,
-        task_id="t",
-        env="e",
-        split="train",
-        seed=sample,
-        policy_version=0,
+    return trajectory(
+        sample=sample,
         token_ids=list(range(n)),
         roles=roles,
         logprobs=[-0.1] * n,
         reward=reward,
-        done_reason=done,
+        done=done,
         turns=2,
         parse_errors=parse_errors,
     )
