@@ -60,6 +60,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "load_avg_1_5_15_min": [round(x, 2) for x in os.getloadavg()],  # as the result is written
     }
 
 

@@ -168,9 +168,12 @@ def main() -> None:
     rows = []
     for name in [n for n in samples["head"] if n in samples["base"]]:  # rows both commits measure
         before, after = (statistics.median(samples[side][name]) for side in ("base", "head"))
-        rows.append([name, f"{before:,.2f}", f"{after:,.2f}", f"{after / before:.3f}"])
-    print_table(["measure (median)", f"base {base_commit}", "this tree", "this / base"], rows)
-    print(f"\nwrote {write_result('regression', {**vars(args), 'base': base_commit}, results)}")
+        spans = [f"{min(samples[side][name]):,.2f}-{max(samples[side][name]):,.2f}" for side in ("base", "head")]
+        rows.append([name, f"{before:,.2f}", spans[0], f"{after:,.2f}", spans[1], f"{after / before:.3f}"])
+    headers = ["measure (median)", f"base {base_commit}", "range", "this tree", "range", "this / base"]
+    print_table(headers, rows)
+    path = write_result("regression", {**vars(args), "base": base_commit}, results)
+    print(f"\nhost load (1, 5, 15 min): {os.getloadavg()}; wrote {path}")
 
 
 if __name__ == "__main__":
