@@ -29,6 +29,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from typing import NamedTuple
 
 _PR_SET_PDEATHSIG, _PR_GET_PDEATHSIG = 1, 2
 _PR_SET_DUMPABLE = 4
@@ -99,7 +100,7 @@ def kill_uid(uid: int) -> bool:
     each to exec). The kernel clears our parent-death signal on the change: it is set again, and
     if the parent died meanwhile, delivered."""
     found = _live_processes(uid)
-    if not any(not zombie for _, zombie, _ in found):
+    if all(process.zombie for process in found):
         return bool(found)
     death_signal, parent = _parent_death_signal(), os.getppid()
     os.setresuid(-1, uid, -1)
@@ -125,20 +126,32 @@ def kill_own_uid() -> None:
     _signal_all()
 
 
-def _live_processes(uid: int) -> list[tuple[int, bool, int]]:
-    """(pid, is a zombie, parent pid) of each process whose real uid is `uid`, but us."""
-    me, found = os.getpid(), []
+class _Process(NamedTuple):
+    pid: int
+    uid: int
+    """Its real uid."""
+    zombie: bool
+    parent: int
+
+
+def _processes() -> Iterator[_Process]:
+    """Every process in our PID namespace but us, from /proc (one that exits meanwhile is skipped)."""
+    me = os.getpid()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         try:
             with open(f"/proc/{entry.name}/status") as f:
                 fields = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:  # exited meanwhile
+        except OSError:
             continue
-        if int(fields["Uid"].split()[0]) == uid:
-            found.append((int(entry.name), fields["State"].strip().startswith("Z"), int(fields["PPid"])))
-    return found
+        uid, state = int(fields["Uid"].split()[0]), fields["State"].strip()
+        yield _Process(int(entry.name), uid, state.startswith("Z"), int(fields["PPid"]))
+
+
+def _live_processes(uid: int) -> list[_Process]:
+    """Each process whose real uid is `uid`, but us (zombies included)."""
+    return [process for process in _processes() if process.uid == uid]
 
 
 def wait_gone(uid: int, keep: set[int], timeout_s: float = GONE_WAIT_S) -> list[int]:
@@ -149,37 +162,22 @@ def wait_gone(uid: int, keep: set[int], timeout_s: float = GONE_WAIT_S) -> list[
     me = os.getpid()
     while True:
         processes = _live_processes(uid)
-        for pid, zombie, parent in processes:
-            if zombie and parent == me and pid not in keep:
+        for process in processes:
+            if process.zombie and process.parent == me and process.pid not in keep:
                 with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
-        running = [pid for pid, zombie, _ in processes if not zombie]
+                    os.waitpid(process.pid, 0)
+        running = [process.pid for process in processes if not process.zombie]
         if not running or time.monotonic() >= deadline:
             return running
         time.sleep(0.001)
 
 
-def _children() -> list[int]:
-    me, found = os.getpid(), []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue
-        if parent == me:
-            found.append(int(entry.name))
-    return found
-
-
 def kill_orphans(keep: set[int], timeout_s: float = GONE_WAIT_S) -> int:
     """Kill and reap every child of ours but `keep`, again as each killed one's children come
     back to us, until none is left or `timeout_s` has passed; the number killed."""
-    deadline, killed = time.monotonic() + timeout_s, 0
+    deadline, killed, me = time.monotonic() + timeout_s, 0, os.getpid()
     while time.monotonic() < deadline:
-        strays = [pid for pid in _children() if pid not in keep]
+        strays = [p.pid for p in _processes() if p.parent == me and p.pid not in keep]
         if not strays:
             break
         for pid in strays:
