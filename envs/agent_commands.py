@@ -33,7 +33,7 @@ from typing import Any
 import envs
 from envs import warden
 from envs.agent_processes import keep_memory_private
-from envs.errors import ExecutionError
+from hillclimb.errors import ExecutionError
 
 _SEND_WAIT_S = 1.0
 _WARDEN_WAIT_S = 30.0  # a warden in another container may start after the server

@@ -36,7 +36,9 @@ from pydantic import BaseModel
 from envs import http
 from envs import websocket as ws
 from envs.deadline import within
-from envs.errors import (
+from envs.handle import Credential, render_headers
+from envs.unix_socket import connect_unix
+from hillclimb.errors import (
     ERROR_TYPES,
     AuthenticationError,
     ConnectionLostError,
@@ -49,8 +51,6 @@ from envs.errors import (
     StepTimeoutError,
     TLSError,
 )
-from envs.handle import Credential, render_headers
-from envs.unix_socket import connect_unix
 
 ObsT = TypeVar("ObsT")
 T = TypeVar("T")

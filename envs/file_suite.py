@@ -24,8 +24,8 @@ from typing import Any
 import pydantic
 from pydantic import BaseModel, ConfigDict
 
-from envs.errors import ConfigError, validation_problems
 from envs.tasks import ActionParseError, Split, Task, TaskBook
+from hillclimb.errors import ConfigError, validation_problems
 
 _BASE_ACTION_FIELDS = {"metadata"}
 _BASE_OBSERVATION_FIELDS = {"done", "reward", "metadata"}

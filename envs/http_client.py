@@ -25,15 +25,15 @@ from pydantic import BaseModel
 from envs import http
 from envs.client import BaseEnvClient, Endpoint, StepResult, action_data, error_from_frame, reset_data
 from envs.deadline import within
-from envs.errors import (
+from envs.handle import SESSION_HEADER, Credential, render_headers
+from envs.unix_socket import connect_unix
+from hillclimb.errors import (
     AuthenticationError,
     ConnectionLostError,
     MessageTimeoutError,
     MessageValidationError,
     SessionError,
 )
-from envs.handle import SESSION_HEADER, Credential, render_headers
-from envs.unix_socket import connect_unix
 
 _CLOSE_WAIT_S = 2.0
 _HEAD_LIMIT = 64 * 1024

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from envs import http
-from envs.errors import EnvError, ErrorCode, InvalidJSONError, MessageValidationError, SessionError
 from envs.handle import SESSION_HEADER
 from envs.inline import StepOverrun
 from envs.messages import StepDeadline, env_error_frame, error_frame, run_message
+from hillclimb.errors import EnvError, ErrorCode, InvalidJSONError, MessageValidationError, SessionError
 
 if TYPE_CHECKING:
     from envs.server import EnvServer, _Session

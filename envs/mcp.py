@@ -16,7 +16,7 @@ from typing import Any
 import pydantic
 
 from envs.base import tool_methods
-from envs.errors import validation_problems
+from hillclimb.errors import validation_problems
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from envs import mcp
-from envs.errors import EnvError, ErrorCode, MessageValidationError, UnknownMessageTypeError
 from envs.runtime import SessionRunner
+from hillclimb.errors import EnvError, ErrorCode, MessageValidationError, UnknownMessageTypeError
 
 
 class StepDeadline(Exception):

@@ -23,8 +23,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from envs.errors import EnvModuleNotFoundError, TargetNotFoundError
 from envs.tasks import Split, Task, TaskSuite
+from hillclimb.errors import EnvModuleNotFoundError, TargetNotFoundError
 
 
 @dataclass(frozen=True)

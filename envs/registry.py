@@ -14,8 +14,8 @@ from __future__ import annotations
 from difflib import get_close_matches
 from importlib.metadata import EntryPoint, entry_points
 
-from envs.errors import TargetNotFoundError
 from envs.packages import EnvPackage, import_object
+from hillclimb.errors import TargetNotFoundError
 
 ENTRY_POINT_GROUP = "hillclimb.envs"
 

@@ -21,10 +21,10 @@ from typing import Any
 import pydantic
 
 from envs import base
-from envs.errors import FactoryError, MessageValidationError
 from envs.inline import InlineCalls
 from envs.mcp import ToolSet
 from envs.metrics import EnvCallStats
+from hillclimb.errors import FactoryError, MessageValidationError
 
 # The two base classes whose default *_async methods merely call the sync ones.
 _BASE_CLASSES = {("envs.base", "Environment"), ("openenv.core.env_server.interfaces", "Environment")}

@@ -41,7 +41,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from envs import http, mcp
 from envs import websocket as ws
-from envs.errors import CapacityReachedError, EnvError, ErrorCode, FactoryError
 from envs.handle import ENV_TOKEN_HEADER
 from envs.http_sessions import HttpBinding
 from envs.inline import InlineCalls, StepOverrun
@@ -50,6 +49,7 @@ from envs.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from envs.metrics import EnvCallStats
 from envs.registry import class_path
 from envs.runtime import EnvRuntime, SessionRunner
+from hillclimb.errors import CapacityReachedError, EnvError, ErrorCode, FactoryError
 
 log = logging.getLogger("hillclimb.envs.server")
 

@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from envs.errors import TargetNotFoundError
 from envs.packages import EnvPackage
 from envs.registry import is_named_env, resolve_env_class
 from envs.runtime import EnvRuntime
+from hillclimb.errors import TargetNotFoundError
 
 
 def runtime_for(target: str, *, action: str | None = None, observation: str | None = None) -> EnvRuntime:

@@ -16,7 +16,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from envs.errors import HillclimbError, MessageValidationError, TargetNotFoundError
+from hillclimb.errors import HillclimbError, MessageValidationError, TargetNotFoundError
 
 Split = Literal["train", "heldout"]
 

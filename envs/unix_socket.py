@@ -16,7 +16,7 @@ import os
 import socket
 import stat
 
-from envs.errors import HillclimbError
+from hillclimb.errors import HillclimbError
 
 _O_PATH = getattr(os, "O_PATH", 0)
 

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from jinja2 import TemplateError
 
-from envs.errors import HillclimbError
+from hillclimb.errors import HillclimbError
 from orchestrator.render import Transcript
 from trainers.roles import Role
 from trainers.tokenizer import HFTokenizer

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from envs.errors import HillclimbError
+from hillclimb.errors import HillclimbError
 
 console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from envs.errors import TargetNotFoundError
 from envs.tasks import ShellSuite, Split, load_suite, require_oracles
+from hillclimb.errors import TargetNotFoundError
 from providers.base import SandboxProvider, SandboxSpec
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from envs.deadline import within
-from envs.errors import HillclimbError
+from hillclimb.errors import HillclimbError
 from orchestrator.config import RunConfig
 from orchestrator.metrics_hub import HUB
 from orchestrator.schedule import GroupSpec

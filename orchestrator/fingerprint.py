@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from envs.errors import ConfigError
+from hillclimb.errors import ConfigError
 
 NOT_RESULTS = (
     "run.dir",  # where the run lives, not what it does

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from envs.errors import ConfigError
+from hillclimb.errors import ConfigError
 from trainers.trajectory import DoneReason, Trajectory, TrajectoryGroup
 
 T = TypeVar("T")

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from envs.errors import ConfigError
+from hillclimb.errors import ConfigError
 from orchestrator.episode_text import decoded_episode_record
 from orchestrator.log_config import TensorBoardLogConfig, WandbLogConfig
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from envs.errors import ConfigError
+from hillclimb.errors import ConfigError
 
 HUB_TIMEOUT_S = 10.0
 

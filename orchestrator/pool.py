@@ -25,12 +25,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from envs.client import BaseEnvClient
-from envs.errors import HillclimbError
 from envs.handle import EnvHandle
+from hillclimb.errors import HillclimbError
+from hillclimb.provider_errors import FatalProviderError, ProviderError, RetryableProviderError
 from orchestrator import metrics
 from orchestrator.ratelimit import RateLimiter, TokenBucket
 from providers.base import Sandbox, SandboxProvider, SandboxSpec
-from providers.errors import FatalProviderError, ProviderError, RetryableProviderError
 
 log = logging.getLogger("hillclimb.orchestrator.pool")
 

@@ -12,9 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from hillclimb.provider_errors import ProviderError
 from orchestrator.heartbeats import liveness_for
 from providers.base import Sandbox, SandboxProvider
-from providers.errors import ProviderError
 from providers.liveness import RunLiveness, RunState
 
 _STATE_TEXT = {

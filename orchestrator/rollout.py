@@ -34,24 +34,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from envs.client import BaseEnvClient
-from envs.errors import (
-    AuthenticationError,
-    CapacityReachedError,
-    ConnectionLostError,
-    ConnectTimeoutError,
-    ExecutionError,
-    FactoryError,
-    HillclimbError,
-    MessageTimeoutError,
-    MessageValidationError,
-    SessionError,
-    TLSError,
-)
 from envs.tasks import ActionParseError, Task, TaskSuite, ToolCallSuite
+from hillclimb.errors import Fault, HillclimbError, MessageValidationError, fault_of
+from hillclimb.provider_errors import RetryableProviderError
 from orchestrator.pool import LeaseTimeoutError, SandboxPool
 from orchestrator.render import MessagesRenderer, Renderer, Transcript, chat_tool
 from orchestrator.server_tokens import chat_episode_tokens
-from providers.errors import RetryableProviderError
 from trainers.policy.base import EpisodeInfo, GenerateRequest, Generation, Policy, SamplingParams, ServerTokens
 from trainers.trajectory import DoneReason, Trajectory
 
@@ -59,22 +47,6 @@ log = logging.getLogger("hillclimb.orchestrator.rollout")
 
 MAX_ERROR_CHARS = 2000
 """Of a failed episode's error kept in its metadata."""
-
-# Misconfiguration that no fresh sandbox mends: stops the run. Listed apart because both are
-# OSErrors, which the transport faults below would otherwise take in.
-_RUN_STOPPERS = (AuthenticationError, TLSError)
-# The sandbox or its connection failed: the episode is retried on a fresh one. Validation
-# errors on reset are not among them: they mean a misconfigured task, and surface.
-_SANDBOX_FAULTS = (
-    ConnectionLostError,
-    ConnectTimeoutError,
-    MessageTimeoutError,
-    SessionError,
-    CapacityReachedError,
-    OSError,
-)
-# The environment itself raised (in a step, a reset or its constructor) and its server lives on.
-_ENV_FAULTS = (ExecutionError, FactoryError)
 
 
 class EpisodeConfig(BaseModel):
@@ -274,19 +246,18 @@ class EpisodeRunner:
                 await env.send_reset(seed=spec.seed, task_id=spec.task.id)
                 reason = await self._turns(episode, env, timing, sampling)
                 await env.settle()  # an episode that never stepped still learns whether its reset worked
-            except _RUN_STOPPERS:
+            except BaseException as e:
+                # The error's type says where to go on (hillclimb.errors.Fault). Validation errors on
+                # reset have no fault: they mean a misconfigured task, and surface.
+                fault = fault_of(e)
+                what = f"{type(e).__name__}: {e}"
+                if fault is Fault.SANDBOX:
+                    lease.mark_broken(what)
                 await env.close()
-                raise
-            except _SANDBOX_FAULTS as e:
-                fault = f"{type(e).__name__}: {e}"
-                lease.mark_broken(fault)
-                await env.close()
-                raise _SandboxFailed(fault) from e
-            except _ENV_FAULTS as e:  # the sandbox is sound: it goes back to the pool, the session does not
-                await env.close()
-                raise _EnvFailed(f"{type(e).__name__}: {e}") from e
-            except BaseException:
-                await env.close()
+                if fault is Fault.SANDBOX:
+                    raise _SandboxFailed(what) from e
+                if fault is Fault.ENVIRONMENT:  # the sandbox is sound: it goes back to the pool, the session does not
+                    raise _EnvFailed(what) from e
                 raise
             lease.keep(env)
             return reason

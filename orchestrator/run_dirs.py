@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, TypeAdapter
 
-from envs.errors import ConfigError
+from hillclimb.errors import ConfigError
 from orchestrator.ledger_location import ledger_location, on_local_disk
 from orchestrator.run_lifecycle import RUN_FILE, RunKind
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from envs.errors import ConfigError
+from hillclimb.errors import ConfigError
 from orchestrator.fingerprint import check_resumable
 
 if TYPE_CHECKING:

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envs.deadline import stop
-from envs.errors import ConfigError, HillclimbError
 from envs.tasks import load_suite, require_oracles
+from hillclimb.errors import ConfigError, HillclimbError
 from orchestrator import metrics as prom
 from orchestrator.config import RunConfig
 from orchestrator.driver import RolloutDriver, connect_ray

@@ -42,6 +42,14 @@ from pydantic import SecretStr
 
 import docker
 from envs.digest import IMAGE_LABEL, envs_digest, package_digest, package_label
+from hillclimb.provider_errors import (
+    BadSpecError,
+    CapacityError,
+    FatalProviderError,
+    ProviderError,
+    RetryableProviderError,
+    UnsupportedPolicy,
+)
 from providers.base import (
     LABEL_CREATED,
     LABEL_EXPIRES,
@@ -53,14 +61,6 @@ from providers.base import (
     SandboxSpec,
     create_in_thread,
     utc_from_timestamp,
-)
-from providers.errors import (
-    BadSpecError,
-    CapacityError,
-    FatalProviderError,
-    ProviderError,
-    RetryableProviderError,
-    UnsupportedPolicy,
 )
 from providers.local.isolation import mount_tmpfs, unmount
 from providers.readiness import READY_TIMEOUT_S, wait_healthy

@@ -23,7 +23,7 @@ from docker.auth import resolve_repository_name
 from docker.utils import parse_repository_tag
 
 import docker
-from providers.errors import ImagePushError, LocalImageNotFound, RegistryAuthError, RegistryUnreachableError
+from hillclimb.provider_errors import ImagePushError, LocalImageNotFound, RegistryAuthError, RegistryUnreachableError
 
 __all__ = ["PushedImage", "push_image"]
 

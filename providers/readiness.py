@@ -14,8 +14,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from hillclimb.provider_errors import ReadyTimeoutError, SandboxDiedError
 from providers.base import Sandbox
-from providers.errors import ReadyTimeoutError, SandboxDiedError
 
 READY_TIMEOUT_S = 60.0
 """The default wait, the same for every provider."""

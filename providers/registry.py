@@ -17,7 +17,7 @@ from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, create_model, model_validator
 
-from envs.errors import TargetNotFoundError
+from hillclimb.errors import TargetNotFoundError
 from providers.base import SandboxProvider
 
 ENTRY_POINT_GROUP = "hillclimb.providers"

@@ -12,7 +12,7 @@ import pytest
 HEAVY = ("pyarrow", "numpy", "torch", "ray", "envs.server", "uvloop")
 
 
-@pytest.mark.parametrize("module", ["orchestrator.config", "envs.errors", "providers.errors", "envs"])
+@pytest.mark.parametrize("module", ["orchestrator.config", "hillclimb.errors", "hillclimb.provider_errors", "envs"])
 def test_importing_stays_light(module: str) -> None:
     probe = f"import sys, {module}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)

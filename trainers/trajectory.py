@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from envs.errors import HillclimbError
+from hillclimb.errors import HillclimbError
 from trainers.roles import Role
 
 

@@ -18,9 +18,9 @@ import pydantic
 from pydantic import Field
 
 from envs.base import Action, Environment, Observation, State, tool, tool_methods
-from envs.errors import ExecutionError, validation_problems
 from envs.inventory.tasks import SUITE, InventoryTask
 from envs.inventory.warehouse import InventoryError, Warehouse
+from hillclimb.errors import ExecutionError, validation_problems
 
 
 class InventoryAction(Action):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from envs.errors import HillclimbError
+from hillclimb.errors import HillclimbError
 
 
 class InventoryError(HillclimbError, ValueError):

@@ -21,7 +21,7 @@ from importlib.resources import files
 from pathlib import Path
 from string import Template
 
-from envs.errors import ConfigError
+from hillclimb.errors import ConfigError
 
 _FILES = {
     "pyproject.toml": "pyproject.toml.txt",

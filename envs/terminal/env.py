@@ -29,11 +29,11 @@ from pydantic import Field
 
 from envs.agent_commands import WardenGoneError, agent_commands
 from envs.base import Action, Environment, Observation, State
-from envs.errors import ExecutionError
 from envs.run_as import CommandResult, command_environment, run_as
 from envs.terminal.shell import run_command
 from envs.terminal.tasks import SUBMIT, SUITE, TerminalTask
 from envs.verification import run_verifier
+from hillclimb.errors import ExecutionError
 
 WORKDIR_ENV_VAR = "HILLCLIMB_WORKDIR"
 _VERIFIER_TIMEOUT_S = 30.0

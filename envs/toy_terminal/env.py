@@ -12,9 +12,9 @@ import uuid
 from pydantic import Field
 
 from envs.base import Action, Environment, Observation, State
-from envs.errors import ExecutionError
 from envs.toy_terminal import fs
 from envs.toy_terminal.tasks import ANSWER_PREFIX, SUITE, ToyTask
+from hillclimb.errors import ExecutionError
 
 
 class ToyTerminalAction(Action):

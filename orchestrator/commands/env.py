@@ -11,9 +11,9 @@ from typing import Annotated
 
 import typer
 
-from envs.errors import ConfigError, TargetNotFoundError
 from envs.registry import BUILTIN_ENVS, find_env, installed_envs
 from envs.targets import runtime_for
+from hillclimb.errors import ConfigError, TargetNotFoundError
 from orchestrator.console import console, errors, reports_errors
 
 app = typer.Typer(help="Serve and inspect environments.", no_args_is_help=True)

@@ -49,7 +49,7 @@ def say_whole(line: str) -> None:
 def serve_run_metrics(run: RunSection) -> None:
     """Start the run's /metrics (unless `run.metrics_port` is null) and say where it is."""
     if run.metrics_port is not None:
-        from envs.errors import ConfigError
+        from hillclimb.errors import ConfigError
         from orchestrator.metrics_hub import serve_metrics
 
         try:

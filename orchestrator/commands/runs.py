@@ -149,7 +149,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _check_listed(entries: list[EpisodeEntry], index: int) -> None:
-    from envs.errors import ConfigError
+    from hillclimb.errors import ConfigError
 
     if index >= len(entries):
         raise ConfigError(

@@ -61,7 +61,7 @@ def _provider(name: str, options: list[str] | None, **fixed: Any) -> SandboxProv
     """The provider `name` with its options from the command line, checked against its model."""
     from pydantic import ValidationError
 
-    from envs.errors import ConfigError, validation_problems
+    from hillclimb.errors import ConfigError, validation_problems
     from providers.registry import make_provider, options_model
 
     given: dict[str, Any] = {}
@@ -123,7 +123,7 @@ def remove(
     option: OptionsOption = None,
 ) -> None:
     """Destroy sandboxes by id, or every sandbox of a run."""
-    from providers.errors import SandboxNotFound
+    from hillclimb.provider_errors import SandboxNotFound
 
     if not ids and not run_id:
         raise typer.BadParameter("name sandbox ids or --run-id")

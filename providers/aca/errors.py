@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from providers.errors import BadSpecError, FatalProviderError, ProviderError, RetryableProviderError
+from hillclimb.provider_errors import BadSpecError, FatalProviderError, ProviderError, RetryableProviderError
 
 SESSION_EXECUTOR = "Azure ContainerApps Session Executor"
 """The role a caller needs on a session pool to reach its sessions."""

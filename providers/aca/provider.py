@@ -30,6 +30,7 @@ from pydantic import Field, SecretStr
 from envs.handle import ENV_TOKEN_HEADER, Credential
 from envs.registry import class_path
 from envs.targets import env_class_of
+from hillclimb.provider_errors import BadSpecError
 from providers.aca.management import PoolManager
 from providers.aca.pool import (
     POOL_PREFIX,
@@ -52,7 +53,6 @@ from providers.base import (
     create_in_thread,
     utc_from_timestamp,
 )
-from providers.errors import BadSpecError
 from providers.readiness import READY_TIMEOUT_S, wait_healthy
 
 MAKES_POOLS = ("subscription_id", "resource_group", "environment_id", "location", "image")

@@ -18,8 +18,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from envs.handle import ENV_TOKEN_HEADER
+from hillclimb.provider_errors import FatalProviderError, RetryableProviderError
 from providers.aca.errors import SESSION_EXECUTOR, retry_after, translate
-from providers.errors import FatalProviderError, RetryableProviderError
 
 SCOPE = "https://dynamicsessions.io/.default"
 DATA_PLANE_API_VERSION = "2025-02-02-preview"

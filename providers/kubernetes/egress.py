@@ -17,8 +17,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from hillclimb.provider_errors import UnsupportedPolicy
 from providers.base import LABEL_PREFIX, SandboxSpec
-from providers.errors import UnsupportedPolicy
 
 SANDBOX_ROLE = LABEL_PREFIX + "role"
 """The label every sandbox pod carries with value `sandbox`; rollout workers carry `rollout-worker`."""

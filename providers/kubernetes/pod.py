@@ -27,8 +27,8 @@ import base64
 import os
 from typing import Any
 
+from hillclimb.provider_errors import BadSpecError
 from providers.base import SandboxSpec
-from providers.errors import BadSpecError
 from providers.kubernetes.egress import SANDBOX_NAME, SANDBOX_ROLE, SERVER_PORT
 
 SERVER_UID = 10001

@@ -49,8 +49,7 @@ from typing import Any, Literal
 from pydantic import SecretStr
 
 from envs.agent_processes import start_ticks
-from providers.base import InflightCalls, KeyLocks, Sandbox, SandboxSpec, create_in_thread, utc_from_timestamp
-from providers.errors import (
+from hillclimb.provider_errors import (
     BadSpecError,
     CapacityError,
     FatalProviderError,
@@ -58,6 +57,7 @@ from providers.errors import (
     SandboxDiedError,
     UnsupportedPolicy,
 )
+from providers.base import InflightCalls, KeyLocks, Sandbox, SandboxSpec, create_in_thread, utc_from_timestamp
 from providers.local import isolation
 from providers.local.cgroups import Cgroups
 from providers.local.zygote import LaunchPlan

@@ -17,7 +17,8 @@ from sample_envs import AsyncCounterEnv, CountAction, CounterEnv, CountObservati
 from wire import CLOSE, CONTINUATION, PING, PONG, TEXT, FakePeer, RawWS, frame, read_frame, reply_with
 
 from envs.client import Endpoint, EnvClient
-from envs.errors import (
+from envs.http_client import http_request
+from hillclimb.errors import (
     ERROR_TYPES,
     AuthenticationError,
     CapacityReachedError,
@@ -36,7 +37,6 @@ from envs.errors import (
     StepTimeoutError,
     UnknownMessageTypeError,
 )
-from envs.http_client import http_request
 
 # -- URLs --------------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ import pytest
 
 import envs
 from envs import registry
-from envs.errors import EnvModuleNotFoundError, TargetNotFoundError
 from envs.file_suite import FileSuite
 from envs.packages import EnvPackage
 from envs.registry import BUILTIN_ENVS, find_env, installed_envs, resolve_env_class
@@ -26,6 +25,7 @@ from envs.targets import env_class_of, runtime_for
 from envs.tasks import MissingOracleError, Task, load_suite, require_oracles
 from envs.toy_terminal import ToyTerminalEnv
 from envs.toy_terminal.tasks import SUITE as TOY_SUITE
+from hillclimb.errors import EnvModuleNotFoundError, TargetNotFoundError
 
 PACKAGE = """
 from envs.base import Action, Environment, Observation, State

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from envs.base import Action, Observation
-from envs.errors import ConfigError
 from envs.file_suite import FileSuite, TaskRow, read_rows
 from envs.tasks import ActionParseError, ToolCallSuite
+from hillclimb.errors import ConfigError
 
 ROWS = [
     {"id": "greet", "split": "train", "prompt": "Say hello", "oracle": ["hello"], "answer": "hello"},

@@ -14,7 +14,9 @@ from openenv.core.env_server.types import ResetRequest, ResetResponse, StepReque
 from sample_envs import AsyncCounterEnv, CounterEnv, SoloEnv, broken_factory
 from wire import eventually
 
-from envs.errors import (
+from envs.handle import ENV_TOKEN_HEADER, SESSION_HEADER, Credential
+from envs.http_client import http_request
+from hillclimb.errors import (
     AuthenticationError,
     CapacityReachedError,
     ExecutionError,
@@ -23,8 +25,6 @@ from envs.errors import (
     SessionError,
     StepTimeoutError,
 )
-from envs.handle import ENV_TOKEN_HEADER, SESSION_HEADER, Credential
-from envs.http_client import http_request
 
 
 async def test_an_episode_over_http_with_tools_state_and_close(start_server, calls) -> None:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from envs.base import Action, Environment, Observation, State
-from envs.errors import ExecutionError
 from envs.inline import FIRST_PROOF
+from hillclimb.errors import ExecutionError
 
 
 class NapAction(Action):

@@ -10,7 +10,6 @@ import json
 import pytest
 
 from envs import inventory
-from envs.errors import ExecutionError, MessageValidationError
 from envs.http_client import http_request
 from envs.inventory import InventoryEnv
 from envs.inventory.tasks import SUITE, TASKS, call_text
@@ -18,6 +17,7 @@ from envs.inventory.warehouse import INITIAL_STOCK
 from envs.mcp import INVALID_PARAMS
 from envs.registry import resolve_env_class
 from envs.tasks import ActionParseError, load_suite
+from hillclimb.errors import ExecutionError, MessageValidationError
 
 ALL_TASKS = SUITE.tasks("train") + SUITE.tasks("heldout")
 TOOLS = {"list_items", "get_item", "search", "adjust_stock", "submit"}

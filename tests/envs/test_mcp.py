@@ -11,8 +11,8 @@ from sample_envs import CounterEnv, SoloEnv
 from wire import RawWS, http_exchange
 
 from envs.client import ToolResult
-from envs.errors import ExecutionError, StepTimeoutError
 from envs.http_client import http_request
+from hillclimb.errors import ExecutionError, StepTimeoutError
 
 
 def _rpc(method: str, params: dict | None = None, request_id: int | None = 1) -> dict:

@@ -17,9 +17,9 @@ import pytest
 from openenv.core.generic_client import GenericEnvClient
 
 from envs import base
-from envs.errors import FactoryError
 from envs.server import EnvServer
 from envs.targets import runtime_for
+from hillclimb.errors import FactoryError
 from tests.openenv_shout import write_shout_project
 
 

@@ -28,8 +28,8 @@ from openenv.core.generic_client import GenericEnvClient
 from wire import eventually
 
 from envs.client import EnvClient
-from envs.errors import ExecutionError, MessageValidationError
 from envs.http_client import HttpEnvClient, http_request
+from hillclimb.errors import ExecutionError, MessageValidationError
 
 
 class ShoutAction(OpenEnvAction):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from envs.errors import ConfigError
 from envs.scaffold import write_package
+from hillclimb.errors import ConfigError
 
 
 @pytest.mark.parametrize(

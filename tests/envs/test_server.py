@@ -14,7 +14,11 @@ from sample_envs import AsyncCounterEnv, CounterEnv, ReservedToolEnv, SoloEnv, b
 from wire import RawWS, eventually, http_exchange, open_stream
 
 from envs import websocket as ws
-from envs.errors import (
+from envs.http_client import http_request
+from envs.metrics import parse_metrics
+from envs.runtime import EnvRuntime
+from envs.server import EnvServer
+from hillclimb.errors import (
     AuthenticationError,
     CapacityReachedError,
     ConnectionLostError,
@@ -23,10 +27,6 @@ from envs.errors import (
     SessionError,
     StepTimeoutError,
 )
-from envs.http_client import http_request
-from envs.metrics import parse_metrics
-from envs.runtime import EnvRuntime
-from envs.server import EnvServer
 
 AUTH_HEADER = b"Authorization: Bearer test-token"
 

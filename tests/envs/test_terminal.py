@@ -16,11 +16,11 @@ import pytest
 from envs import terminal
 from envs.agent_commands import agent_commands
 from envs.client import EnvClient
-from envs.errors import ExecutionError, MessageValidationError
 from envs.registry import resolve_env_class
 from envs.tasks import ActionParseError, load_suite
 from envs.terminal import TerminalEnv
 from envs.terminal.tasks import SUITE, TerminalTask
+from hillclimb.errors import ExecutionError, MessageValidationError
 
 ALL_TASKS = SUITE.tasks("train") + SUITE.tasks("heldout")
 

@@ -13,10 +13,10 @@ import pytest
 from sample_envs import CounterEnv
 
 from envs.client import EnvClient
-from envs.errors import TLSError
 from envs.runtime import EnvRuntime
 from envs.serve import server_tls
 from envs.server import EnvServer
+from hillclimb.errors import TLSError
 from tests.private_ca import PrivateCA
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from sample_envs import CounterEnv
 
-from envs.errors import AuthenticationError, ConnectionLostError
 from envs.handle import ENV_TOKEN_HEADER, Credential, EnvHandle
 from envs.runtime import EnvRuntime
 from envs.server import EnvServer
+from hillclimb.errors import AuthenticationError, ConnectionLostError
 from tests.ingress import SessionPoolIngress
 from tests.private_ca import PrivateCA
 

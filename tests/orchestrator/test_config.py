@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from envs.errors import ConfigError
+from hillclimb.errors import ConfigError
 from orchestrator.config import load_config
 from trainers.losses.config import ConstantLambda
 

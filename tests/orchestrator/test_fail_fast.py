@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from envs.errors import ConfigError
+from hillclimb.errors import ConfigError
 from orchestrator.commands.rollout import serve_run_metrics
 from orchestrator.config import load_config
 

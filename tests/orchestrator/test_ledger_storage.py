@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from envs.errors import ConfigError
+from hillclimb.errors import ConfigError
 from orchestrator.buffer import BufferConfig, TrajectoryBuffer
 from orchestrator.config import load_config
 from orchestrator.ledger import Ledger

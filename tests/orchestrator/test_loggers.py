@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from envs.errors import ConfigError
+from hillclimb.errors import ConfigError
 from orchestrator.config import load_config
 from orchestrator.loggers import REDACTED, open_loggers, redact_secrets
 from orchestrator.schedule import GroupSpec

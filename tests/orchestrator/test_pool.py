@@ -11,10 +11,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from envs.handle import EnvHandle
+from hillclimb.provider_errors import BadSpecError, CapacityError, SandboxDiedError
 from orchestrator.pool import LeaseTimeoutError, PoolConfig, PoolExhaustedError, SandboxPool
 from orchestrator.ratelimit import TokenBucket
 from providers.base import Sandbox, SandboxSpec
-from providers.errors import BadSpecError, CapacityError, SandboxDiedError
 from providers.local import LocalProvider
 
 pytestmark = pytest.mark.root

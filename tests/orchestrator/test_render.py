@@ -12,10 +12,10 @@ import re
 import pytest
 from tokenizers_for_tests import PATHOLOGICAL_TEMPLATES, bpe_tokenizer, with_template
 
-from envs.errors import HillclimbError
 from envs.packages import EnvPackage
 from envs.tasks import action_prompt, load_suite
 from envs.toy_terminal.tasks import SUITE
+from hillclimb.errors import HillclimbError
 from orchestrator import chat_render
 from orchestrator.chat_render import ChatTemplateRenderer, TemplateMismatchError
 from orchestrator.render import PlainTextRenderer, Renderer, Transcript

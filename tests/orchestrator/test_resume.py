@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from envs.errors import ConfigError
+from hillclimb.errors import ConfigError
 from orchestrator.config import load_config
 from orchestrator.evaluate import plan_evaluation
 from orchestrator.fingerprint import fingerprint

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from envs.errors import ConfigError
+from hillclimb.errors import ConfigError
 from orchestrator.commands.env import _token_for_serving, server_token_file
 
 

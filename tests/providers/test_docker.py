@@ -15,9 +15,9 @@ import pytest
 
 import docker
 from envs.digest import IMAGE_LABEL, envs_digest, package_digest, package_label
+from hillclimb.provider_errors import BadSpecError, UnsupportedPolicy
 from providers.base import LABEL_RUN, EgressPolicy, Resources, SandboxSpec
 from providers.docker import DEFAULT_IMAGE, NAME_PREFIX, DockerProvider
-from providers.errors import BadSpecError, UnsupportedPolicy
 from providers.probe import probe
 
 pytestmark = pytest.mark.docker

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from hillclimb.provider_errors import BadSpecError, CapacityError, FatalProviderError, RetryableProviderError
 from providers.base import SandboxSpec
-from providers.errors import BadSpecError, CapacityError, FatalProviderError, RetryableProviderError
 
 
 class _RefusingEngine(socketserver.ThreadingUnixStreamServer):

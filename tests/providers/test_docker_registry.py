@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from envs.digest import IMAGE_LABEL
+from hillclimb.provider_errors import ImagePushError, LocalImageNotFound, RegistryAuthError, RegistryUnreachableError
 from providers.docker_registry import push_image
-from providers.errors import ImagePushError, LocalImageNotFound, RegistryAuthError, RegistryUnreachableError
 from tests.providers.fake_registry import FakeRegistry
 
 pytestmark = pytest.mark.docker

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from envs.client import EnvClient
-from envs.errors import ConnectionLostError
+from hillclimb.errors import ConnectionLostError
+from hillclimb.provider_errors import BadSpecError, SandboxDiedError, UnsupportedPolicy
 from providers.base import EgressPolicy, Resources, SandboxSpec
-from providers.errors import BadSpecError, SandboxDiedError, UnsupportedPolicy
 from providers.local import LocalProvider
 from providers.probe import probe
 
@@ -80,7 +80,7 @@ async def test_sandboxes_get_distinct_uids_and_private_dirs(local_provider: Loca
 
 async def test_wrong_token_is_refused(local_provider: LocalProvider) -> None:
     sandbox = await _start(local_provider, env="probe")
-    from envs.errors import AuthenticationError
+    from hillclimb.errors import AuthenticationError
 
     with pytest.raises(AuthenticationError):
         # A refusal is final and comes at once; a short deadline would race it on a loaded host.
@@ -256,7 +256,7 @@ def test_sandboxes_start_from_a_checkout_anywhere(sandbox_root: Path, tmp_path: 
 
 
 async def test_a_provider_out_of_uid_slots_says_so_as_a_capacity_error(sandbox_root: Path) -> None:
-    from providers.errors import CapacityError
+    from hillclimb.provider_errors import CapacityError
 
     provider = LocalProvider(root=sandbox_root, uid_slots=1)
     try:

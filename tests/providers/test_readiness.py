@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from hillclimb.provider_errors import ReadyTimeoutError, SandboxDiedError
 from providers.base import Sandbox, utc_from_timestamp
-from providers.errors import ReadyTimeoutError, SandboxDiedError
 from providers.readiness import wait_healthy
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from envs.errors import ConfigError
+from hillclimb.errors import ConfigError
 from trainers.models import TinyModelConfig
 from trainers.policy.base import GenerateRequest, SamplingParams
 from trainers.policy.config import (

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
-from envs.errors import HillclimbError
+from hillclimb.errors import HillclimbError
 from trainers.models import TinyModelConfig, build_tiny_model
 from trainers.policy.base import EpisodeInfo, GenerateRequest, Policy, SamplingParams
 from trainers.policy.errors import ContextOverflowError, PolicyRequestError

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from envs.errors import HillclimbError
+from hillclimb.errors import HillclimbError
 
 __all__ = ["UnsupportedModelError", "check_lm_head", "lm_head"]
 

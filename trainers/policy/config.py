@@ -218,7 +218,7 @@ def _api_key(variable: str | None) -> str | None:
         return None
     key = os.environ.get(variable)
     if not key:
-        from envs.errors import ConfigError
+        from hillclimb.errors import ConfigError
 
         raise ConfigError(
             f"policy.api_key_env names {variable!r}, but that environment variable is not set: export it, "

@@ -8,7 +8,7 @@ Ray re-raises their errors in the caller's process. Retryability is in the type:
 
 from __future__ import annotations
 
-from envs.errors import HillclimbError
+from hillclimb.errors import HillclimbError
 
 __all__ = [
     "ContextOverflowError",

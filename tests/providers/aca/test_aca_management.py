@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from hillclimb.provider_errors import BadSpecError, FatalProviderError, RetryableProviderError, UnsupportedPolicy
 from providers.aca.management import PoolManager
 from providers.aca.pool import (
     DIGEST_TAG,
@@ -19,7 +20,6 @@ from providers.aca.pool import (
     session_pool_body,
 )
 from providers.base import EgressPolicy, Resources, SandboxSpec
-from providers.errors import BadSpecError, FatalProviderError, RetryableProviderError, UnsupportedPolicy
 from tests.providers.aca.fake_azure import FakeArm, FakeCredential
 
 ENVIRONMENT = "/subscriptions/sub-1/resourceGroups/rg-1/providers/Microsoft.App/managedEnvironments/env-1"

@@ -15,10 +15,10 @@ import pytest
 
 from envs.handle import Credential
 from envs.http_client import http_request
+from hillclimb.provider_errors import BadSpecError, FatalProviderError, RetryableProviderError
 from providers.aca.provider import AcaProvider
 from providers.aca.sessions import SessionPoolClient
 from providers.base import LABEL_RUN, SandboxSpec
-from providers.errors import BadSpecError, FatalProviderError, RetryableProviderError
 from providers.registry import options_model
 from tests.private_ca import PrivateCA
 from tests.providers.aca.conftest import provider_options

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from hillclimb.provider_errors import UnsupportedPolicy
 from providers.base import EgressPolicy, SandboxSpec
-from providers.errors import UnsupportedPolicy
 from providers.kubernetes.egress import SANDBOX_ROLE, allow_list, default_deny, egress_findings
 from tests.providers.kubernetes.emulator import validate
 

@@ -15,9 +15,9 @@ from typing import Any
 import kmock
 import pytest
 
+from hillclimb.provider_errors import FatalProviderError
 from orchestrator.heartbeats import HostRunLiveness, liveness_for
 from providers.base import LABEL_RUN, SandboxSpec
-from providers.errors import FatalProviderError
 from providers.kubernetes.leases import RUN_LEASE, LeaseLiveness
 from providers.kubernetes.provider import KubernetesProvider
 from providers.liveness import RunState

@@ -10,8 +10,8 @@ from typing import Any
 import kmock
 import pytest
 
+from hillclimb.provider_errors import BadSpecError, FatalProviderError, RetryableProviderError, UnsupportedPolicy
 from providers.base import EgressPolicy, SandboxSpec
-from providers.errors import BadSpecError, FatalProviderError, RetryableProviderError, UnsupportedPolicy
 from providers.kubernetes.provider import KubernetesProvider
 from tests.providers.cli import sandbox_cli
 from tests.providers.conformance import (

@@ -7,7 +7,7 @@ than its `delay_s`) and gives up for good at once on `FatalProviderError`.
 
 from __future__ import annotations
 
-from envs.errors import HillclimbError
+from hillclimb.errors import HillclimbError
 
 
 class ProviderError(HillclimbError):

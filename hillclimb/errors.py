@@ -12,8 +12,22 @@ from enum import StrEnum
 from typing import Any
 
 
+class Fault(StrEnum):
+    """What a failure during an episode says about where to go on: a property of the error's type."""
+
+    RUN = "run"
+    """Misconfiguration that no fresh sandbox mends (a refused token, an untrusted certificate): stop the run."""
+    SANDBOX = "sandbox"
+    """The sandbox or its connection failed: retry the episode on a fresh sandbox."""
+    ENVIRONMENT = "environment"
+    """The environment raised and its server lives on: the sandbox goes back to the pool, the episode fails."""
+
+
 class HillclimbError(Exception):
     """Root of every error hillclimb raises on purpose."""
+
+    fault: Fault | None = None
+    """Where an episode that met this error goes on (see `fault_of`); None: the error surfaces."""
 
     def __init__(self, message: str = "", **fields: Any) -> None:
         super().__init__(message)
@@ -27,6 +41,17 @@ class HillclimbError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+def fault_of(error: BaseException) -> Fault | None:
+    """The fault an episode met. Any other OSError (a refused or reset socket) is the sandbox's: a run
+    stopper is told apart first, because the run stoppers are OSErrors too."""
+    declared = getattr(error, "fault", None)
+    if declared is Fault.RUN:
+        return Fault.RUN
+    if declared is Fault.SANDBOX or isinstance(error, OSError):
+        return Fault.SANDBOX
+    return declared
 
 
 class ErrorCode(StrEnum):
@@ -66,6 +91,7 @@ class MessageValidationError(EnvError, ValueError):
 class ExecutionError(EnvError, RuntimeError):
     """The environment raised while handling a message; the session stays open."""
 
+    fault = Fault.ENVIRONMENT
     code = ErrorCode.EXECUTION_ERROR
 
 
@@ -74,18 +100,21 @@ class StepTimeoutError(ExecutionError, TimeoutError):
 
 
 class CapacityReachedError(EnvError, RuntimeError):
+    fault = Fault.SANDBOX
     code = ErrorCode.CAPACITY_REACHED
 
 
 class FactoryError(EnvError, RuntimeError):
     """The server could not construct the environment for a new session."""
 
+    fault = Fault.ENVIRONMENT
     code = ErrorCode.FACTORY_ERROR
 
 
 class SessionError(EnvError, RuntimeError):
     """The session itself failed or was closed by the server (for example, reaped idle)."""
 
+    fault = Fault.SANDBOX
     code = ErrorCode.SESSION_ERROR
 
 
@@ -103,21 +132,31 @@ ERROR_TYPES: dict[ErrorCode, type[EnvError]] = {
 class ConnectionLostError(HillclimbError, ConnectionError):
     """The connection to an environment server dropped; its session state is gone."""
 
+    fault = Fault.SANDBOX
+
 
 class ConnectTimeoutError(HillclimbError, TimeoutError):
     """No connection to an environment server could be opened before the deadline."""
+
+    fault = Fault.SANDBOX
 
 
 class MessageTimeoutError(HillclimbError, TimeoutError):
     """The server did not answer a message in time; the connection was dropped."""
 
+    fault = Fault.SANDBOX
+
 
 class TLSError(HillclimbError, ConnectionError):
     """The TLS handshake failed: the server's certificate is not trusted, or names another host."""
 
+    fault = Fault.RUN
+
 
 class AuthenticationError(HillclimbError, PermissionError):
     """The server refused the bearer token (missing or wrong)."""
+
+    fault = Fault.RUN
 
 
 class TargetNotFoundError(HillclimbError, LookupError):
