@@ -286,7 +286,10 @@ async def test_sandboxes_that_never_start_stop_the_run_with_their_error(local_pr
     assert n >= 3 and lasted >= 2, message
     assert "found no working tests.orchestrator.unservable_env:UnservableEnv sandbox" in message
     assert "broken on purpose inside sandboxes" in message, message  # the sandbox's own error, not just "failed"
-    said = r"The sandbox's server stopped with `hillclimb\.errors\.TargetNotFoundError: cannot import .* inside sandboxes`"
+    said = (
+        r"The sandbox's server stopped with `hillclimb\.errors\.TargetNotFoundError: "
+        r"cannot import .* inside sandboxes`"
+    )
     assert re.search(said, message) and "hillclimb env serve" in message, message
 
 
