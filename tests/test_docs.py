@@ -51,10 +51,7 @@ def fenced_blocks(page: Path) -> list[Block]:
             i += 1
             continue
         indent, fence = opening["indent"], opening["fence"]
-        end = next(
-            (j for j in range(i + 1, len(lines)) if lines[j].strip().startswith(fence) and not lines[j].strip()[len(fence) :].strip()),
-            len(lines),
-        )
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == fence), len(lines))
         body = "\n".join(line.removeprefix(indent) for line in lines[i + 1 : end])
         before = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
         blocks.append(Block(page, i + 1, opening["lang"], body, before))
@@ -65,12 +62,12 @@ def fenced_blocks(page: Path) -> list[Block]:
 SHELL_BLOCKS = [b for page in PAGES for b in fenced_blocks(page) if b.lang in SHELLS]
 
 
-def tests_named(marker: str) -> list[str]:
+def named_tests(marker: str) -> list[str]:
     found = MARKER.match(marker)
     return [t.strip() for t in found["what"].split(",")] if found and found["kind"] == "tested by" else []
 
 
-def test_exists(node: str) -> bool:
+def is_defined(node: str) -> bool:
     """Whether `tests/x.py::test_name` (or `::Class::test_name`, a parameter id allowed) is defined."""
     path, *names = node.split("[", 1)[0].split("::")
     file = REPO / path
@@ -78,7 +75,8 @@ def test_exists(node: str) -> bool:
         return False
     scope: list[ast.stmt] = ast.parse(file.read_text()).body
     for name in names:
-        found = [n for n in scope if isinstance(n, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and n.name == name]
+        kinds = ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+        found = [n for n in scope if isinstance(n, kinds) and n.name == name]
         if not found:
             return False
         scope = found[0].body if isinstance(found[0], ast.ClassDef) else []
@@ -86,13 +84,13 @@ def test_exists(node: str) -> bool:
 
 
 def test_every_shell_block_is_run_or_says_why_not() -> None:
-    unmarked = [str(b) for b in SHELL_BLOCKS if MARKER.match(b.marker) is None or not MARKER.match(b.marker)["what"].strip()]
-    assert not unmarked, f"shell blocks with no `<!-- not run: why -->` or `<!-- tested by: test -->` before them: {unmarked}"
-    missing = [f"{b}: {node}" for b in SHELL_BLOCKS for node in tests_named(b.marker) if not test_exists(node)]
+    unmarked = [str(b) for b in SHELL_BLOCKS if not (m := MARKER.match(b.marker)) or not m["what"].strip()]
+    assert not unmarked, f"shell blocks without `<!-- not run: why -->` or `<!-- tested by: test -->`: {unmarked}"
+    missing = [f"{b}: {node}" for b in SHELL_BLOCKS for node in named_tests(b.marker) if not is_defined(node)]
     assert not missing, f"markers naming tests that do not exist: {missing}"
 
 
-@pytest.mark.parametrize("block", [b for b in SHELL_BLOCKS if CHEAP in tests_named(b.marker)], ids=str)
+@pytest.mark.parametrize("block", [b for b in SHELL_BLOCKS if CHEAP in named_tests(b.marker)], ids=str)
 def test_cheap_blocks_run(block: Block) -> None:
     # `.venv/bin/` in the docs is the checkout's venv: here, whichever venv runs the tests.
     script = block.body.replace(".venv/bin/", f"{VENV_BIN}/")
@@ -129,9 +127,8 @@ def test_the_readmes_links_lead_to_files_and_headings() -> None:
             continue
         path, _, anchor = target.partition("#")
         file = REPO / path
-        if not file.exists():
-            broken.append(target)
-        elif anchor and anchor not in {slug(h) for h in re.findall(r"^#+ (.+)$", file.read_text(), re.M)}:
+        headings = re.findall(r"^#+ (.+)$", file.read_text(), re.M) if anchor and file.is_file() else []
+        if not file.exists() or (anchor and anchor not in {slug(h) for h in headings}):
             broken.append(target)
     assert not broken, f"README.md links to what is not there: {broken}"
 
