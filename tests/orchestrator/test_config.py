@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from hillclimb.config import load_config
+from hillclimb.config.losses import ConstantLambda
 from hillclimb.errors import ConfigError
-from orchestrator.config import load_config
-from trainers.losses.config import ConstantLambda
 
 CONFIGS_DIR = Path(__file__).parents[2] / "configs"
 CONFIGS = sorted(CONFIGS_DIR.glob("*.yaml"))
