@@ -31,7 +31,7 @@ class LocalOptions(BaseModel):
 class DockerOptions(BaseModel):
     """`providers.docker.DockerProvider`'s options."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid")
 
     image: str = "hillclimb/sandbox:dev"
     root: str | Path | None = None

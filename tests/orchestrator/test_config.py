@@ -98,3 +98,9 @@ def test_provider_options_are_checked_at_load_by_name() -> None:
         None, ["provider.type=docker", "provider.options.image=mine:1", "provider.options.check_image=false"]
     )
     assert config.provider.options == {"image": "mine:1", "check_image": False}
+
+
+def test_public_api_is_pinned() -> None:
+    import hillclimb.config as package
+
+    assert package.__all__ == ["RunConfig", "load_config"]
