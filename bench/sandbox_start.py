@@ -33,7 +33,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.common import percentile, print_table, summarize, write_result
-from orchestrator.pool import PoolConfig, SandboxPool
+from hillclimb.config.sandboxes import PoolConfig
+from orchestrator.pool import SandboxPool
 from providers.base import SandboxProvider, SandboxSpec
 
 SANDBOX_IMAGE = "hillclimb/sandbox:dev"

@@ -24,8 +24,9 @@ from typing import Any
 import pydantic
 from pydantic import BaseModel, ConfigDict
 
-from envs.tasks import ActionParseError, Split, Task, TaskBook
+from envs.tasks import ActionParseError, Task, TaskBook
 from hillclimb.errors import ConfigError, validation_problems
+from hillclimb.splits import Split
 
 _BASE_ACTION_FIELDS = {"metadata"}
 _BASE_OBSERVATION_FIELDS = {"done", "reward", "metadata"}

@@ -23,8 +23,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from envs.tasks import Split, Task, TaskSuite
+from envs.tasks import Task, TaskSuite
 from hillclimb.errors import EnvModuleNotFoundError, TargetNotFoundError
+from hillclimb.splits import Split
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
 from hillclimb.errors import HillclimbError, MessageValidationError, TargetNotFoundError
-
-Split = Literal["train", "heldout"]
+from hillclimb.splits import Split
 
 
 class Task(BaseModel):

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from envs.tasks import ShellSuite, Split, load_suite, require_oracles
+from envs.tasks import ShellSuite, load_suite, require_oracles
 from hillclimb.errors import TargetNotFoundError
+from hillclimb.splits import Split
 from providers.base import SandboxProvider, SandboxSpec
 
 

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from envs.deadline import stop
 from envs.tasks import load_suite, require_oracles
+from hillclimb.config.run import RunConfig
 from hillclimb.errors import ConfigError, HillclimbError
 from orchestrator import metrics as prom
-from orchestrator.config import RunConfig
 from orchestrator.driver import RolloutDriver, connect_ray
 from orchestrator.ledger import Ledger
 from orchestrator.ledger_location import ledger_location

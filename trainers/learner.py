@@ -28,10 +28,10 @@ import dataclasses
 import socket
 from typing import Any
 
+from hillclimb.config.learner import LearnerConfig
+from hillclimb.config.models import ModelConfig
 from trainers.batching import Sample, StepTotals, micro_batches, to_loss_batch
-from trainers.learner_config import LearnerConfig
 from trainers.losses import LossConfig
-from trainers.models.config import ModelConfig
 
 _IMITATION = LossConfig.model_validate(
     {"echo": {"verifier_free": True, "schedule": {"type": "constant", "value": 1.0}}}

@@ -17,7 +17,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from envs.inventory.warehouse import INITIAL_STOCK
-from envs.tasks import ActionParseError, Split, Task, TaskBook
+from envs.tasks import ActionParseError, Task, TaskBook
+from hillclimb.splits import Split
 
 PREAMBLE = (
     "You manage a small warehouse through tools: list_items, get_item, adjust_stock, search and submit. "

@@ -20,7 +20,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, field_validator
 
-from envs.tasks import ActionParseError, Split, Task, TaskBook
+from envs.tasks import ActionParseError, Task, TaskBook
+from hillclimb.splits import Split
 
 SUBMIT = "submit"
 

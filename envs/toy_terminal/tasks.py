@@ -16,8 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from envs.tasks import ActionParseError, Split, Task, TaskBook
+from envs.tasks import ActionParseError, Task, TaskBook
 from envs.toy_terminal.drills import drills, held_out
+from hillclimb.splits import Split
 
 ANSWER_PREFIX = "answer:"
 

@@ -11,8 +11,6 @@ from typing import Annotated
 
 import typer
 
-from envs.registry import BUILTIN_ENVS, find_env, installed_envs
-from envs.targets import runtime_for
 from hillclimb.errors import ConfigError, TargetNotFoundError
 from orchestrator.console import console, errors, reports_errors
 
@@ -82,6 +80,7 @@ def serve(
     from envs.serve import TLS_NEEDS_TCP, server_tls
     from envs.serve import serve as run
     from envs.server import ServerConfig
+    from envs.targets import runtime_for
 
     runtime_for(target, action=action, observation=observation)  # fail fast, before binding anything
     if tls_cert and uds:
@@ -120,6 +119,8 @@ def list_envs() -> None:
     """List the built-in environments and those installed packages add (hillclimb.envs entry points)."""
     from rich.table import Table
     from rich.text import Text
+
+    from envs.registry import BUILTIN_ENVS, find_env, installed_envs
 
     table = Table("name", "from", "class", "task suite", "about")
     origins = {**{name: "built-in" for name in BUILTIN_ENVS}, **{n: ep.value for n, ep in installed_envs().items()}}

@@ -30,6 +30,7 @@ from pydantic import Field, SecretStr
 import kubernetes
 from envs.registry import class_path
 from envs.targets import env_class_of
+from hillclimb.config.chart import SandboxValues
 from hillclimb.provider_errors import (
     BadSpecError,
     FatalProviderError,
@@ -38,7 +39,6 @@ from hillclimb.provider_errors import (
     UnsupportedPolicy,
 )
 from providers.base import LABEL_PREFIX, KeyLocks, Sandbox, SandboxSpec, create_in_thread, utc_from_timestamp
-from providers.kubernetes.chart_values import SandboxValues
 from providers.kubernetes.egress import SANDBOX_NAME, SANDBOX_ROLE, SERVER_PORT, allow_list, egress_findings
 from providers.kubernetes.leases import LeaseLiveness
 from providers.kubernetes.pod import pod_name, sandbox_pod, token_secret

@@ -14,12 +14,14 @@ from envs.inventory import InventoryEnv
 from envs.tasks import load_suite
 from envs.toy_terminal.fs import execute
 from envs.toy_terminal.tasks import TASKS, ToyTerminalSuite
+from hillclimb.config import load_config
+from hillclimb.config.rollout import EpisodeConfig
+from hillclimb.config.sandboxes import PoolConfig
 from hillclimb.errors import ConfigError
-from orchestrator.config import load_config
 from orchestrator.ledger import Ledger
-from orchestrator.pool import PoolConfig, SandboxPool
+from orchestrator.pool import SandboxPool
 from orchestrator.render import MessagesRenderer, Transcript, chat_tool
-from orchestrator.rollout import EpisodeConfig, EpisodeRunner
+from orchestrator.rollout import EpisodeRunner
 from orchestrator.server_tokens import TEXT_ONLY, stitch
 from orchestrator.workers import make_renderer
 from providers.base import SandboxSpec

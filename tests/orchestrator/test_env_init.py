@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from envs.client import EnvClient
-from orchestrator.config import load_config
+from hillclimb.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from learner_data import CONFIG, MODEL, batch_of_step
 
+from hillclimb.config.learner import LearnerConfig
 from trainers.learner import Learner, LearnerGroup
-from trainers.learner_config import LearnerConfig
 from trainers.losses import LossConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -12,7 +12,8 @@ from functools import cache
 from typing import Any
 
 from envs.tasks import Task, every_task, load_suite, require_oracles
-from trainers.policy.base import GenerateRequest, Generation, SamplingParams
+from hillclimb.config.rollout import SamplingParams
+from trainers.policy.base import GenerateRequest, Generation
 from trainers.tokenizer import ByteTokenizer, Tokenizer
 
 

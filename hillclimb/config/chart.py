@@ -1,10 +1,12 @@
 """The Helm chart's values as pydantic models: the one source of `helm/hillclimb/values.schema.json`.
 
-    python -m orchestrator.chart_values > helm/hillclimb/values.schema.json
+    python -m hillclimb.config.chart > helm/hillclimb/values.schema.json
 
 Helm checks every install's values against that schema, so a misspelt key, a quantity
 Kubernetes would refuse or a run config `hillclimb train` would refuse is reported by
-`helm install` itself; a test fails when the file and these models drift apart.
+`helm install` itself; a test fails when the file and these models drift apart. The
+sandbox-side values (`SandboxValues`) are what the Kubernetes provider must agree with: its
+default namespace comes from here.
 """
 
 from __future__ import annotations
@@ -12,15 +14,43 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
-from orchestrator.config import RunConfig
-from providers.kubernetes.chart_values import DNS_LABEL, ChartSection, SandboxValues, ServiceAccountValues
+from hillclimb.config.run import RunConfig
 
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 CPU = r"^[0-9]+(\.[0-9]+)?m?$"
 MEMORY = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?)?$"
 RAY_VERSION = "2.60.0"
 """The Ray the chart's cluster runs by default: the version hillclimb is tested with."""
+
+
+class ChartSection(BaseModel):
+    """A block of values: camelCase keys as Helm charts spell them, unknown keys refused."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, use_attribute_docstrings=True
+    )
+
+
+class SandboxValues(ChartSection):
+    namespace: str = Field(default="hillclimb-sandboxes", pattern=DNS_LABEL)
+    """Where sandbox pods run: restricted pod security, all egress denied. The provider's
+    `namespace` option must name the same."""
+    image: str = ""
+    """The sandbox image, pushed where the cluster pulls from (`hillclimb image push REF` prints
+    it pinned by digest); the provider's `image` option, which a run the chart starts gets."""
+    runtime_class: str | None = Field(default=None, pattern=DNS_LABEL)
+    """A RuntimeClass for sandbox pods (gVisor, Kata): the provider's `runtime_class` option."""
+    agent_sandbox: bool = False
+    """Grant the rights the provider's `warm_pool` option uses: sandboxes claimed from a warm
+    pool of the agent-sandbox CRDs (their controller must run in the cluster)."""
+
+
+class ServiceAccountValues(ChartSection):
+    name: str = Field(default="hillclimb-rollout", pattern=DNS_LABEL)
+    """The rollout workers' identity, in the release's namespace."""
 
 
 class ImageValues(ChartSection):

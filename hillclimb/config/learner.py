@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from trainers.losses.config import ConstantLambda, LossConfig
+from hillclimb.config.losses import ConstantLambda, LossConfig
 
 
 class LearnerConfig(BaseModel):
