@@ -19,13 +19,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from envs.tasks import Split
+from hillclimb.config.providers import options_model
 from hillclimb.errors import ConfigError, TargetNotFoundError, validation_problems
 from orchestrator.buffer_config import BufferConfig
 from orchestrator.ledger_location import check_ledger_uri
 from orchestrator.log_config import LogSection
 from orchestrator.pool import PoolConfig
 from orchestrator.rollout import EpisodeConfig
-from providers.registry import options_model
 from trainers.learner_config import LearnerConfig
 from trainers.policy.config import PolicyConfig, ScriptedPolicyConfig
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from envs.tasks import ShellSuite, Split, load_suite, require_oracles
 from hillclimb.errors import TargetNotFoundError
-from providers.base import SandboxProvider, SandboxSpec
+from providers.contract import SandboxProvider, SandboxSpec
 
 
 async def oracle_episode(

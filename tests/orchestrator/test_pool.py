@@ -14,7 +14,7 @@ from envs.handle import EnvHandle
 from hillclimb.provider_errors import BadSpecError, CapacityError, SandboxDiedError
 from orchestrator.pool import LeaseTimeoutError, PoolConfig, PoolExhaustedError, SandboxPool
 from orchestrator.ratelimit import TokenBucket
-from providers.base import Sandbox, SandboxSpec
+from providers.contract import Sandbox, SandboxSpec
 from providers.local import LocalProvider
 
 pytestmark = pytest.mark.root

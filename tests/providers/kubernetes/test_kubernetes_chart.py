@@ -21,7 +21,7 @@ import yaml
 from orchestrator.chart_values import ChartValues, values_schema
 from orchestrator.config import load_config
 from orchestrator.reaper import reap
-from providers.base import EgressPolicy, SandboxSpec
+from providers.contract import EgressPolicy, SandboxSpec
 from providers.kubernetes.chart_values import ChartSection
 from providers.kubernetes.egress import SANDBOX_ROLE, default_deny, egress_findings
 from providers.kubernetes.provider import SERVICE, KubernetesProvider
