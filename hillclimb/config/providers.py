@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from hillclimb.errors import TargetNotFoundError
 
 __all__ = [
+    "BUILTIN_OPTIONS",
     "OPTIONS_GROUP",
     "PROVIDERS_GROUP",
     "AcaOptions",
@@ -117,10 +118,13 @@ class AcaOptions(_Options):
     """Pools made by the provider (`subscription_id` … `image`), or one made by hand (`pool_endpoint`)."""
 
     subscription_id: str | None = None
+    """Azure subscription the pools are made in."""
     resource_group: str | None = None
+    """Resource group of the pools the provider makes."""
     environment_id: str | None = None
     """Resource id of a workload-profiles Container Apps environment the pools are made in."""
     location: str | None = None
+    """Azure region of the pools, the environment's."""
     image: str | None = None
     """The sandbox image, pulled from `registry_server`."""
     pool_endpoint: str | None = None
@@ -133,12 +137,15 @@ class AcaOptions(_Options):
     ready_sessions: int = Field(default=0, ge=0)
     """Sessions a made pool keeps started ahead of claims."""
     max_concurrent_sessions: int = Field(default=64, ge=1)
+    """Sessions a made pool may hold at once."""
     registry_server: str | None = None
+    """Registry the image is pulled from by managed identity; None: pulled without credentials."""
     registry_identity: str | None = None
     """Resource id of the managed identity that pulls the image; None: the pool's system identity."""
     pool_prefix: str = Field(default="hillclimb", pattern=r"^[a-z][a-z0-9]{2,46}$")
     """Names of the pools the provider makes start with it."""
     data_plane_api_version: str = "2025-02-02-preview"
+    """api-version of the pools' session requests."""
     ca_file: str | None = None
     """A private CA's certificate for the pools' endpoints; None: the system's."""
     arm_polling_s: float = Field(default=5.0, ge=0)
