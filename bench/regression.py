@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent.parent
 _WARM_LEASE = """
 import asyncio, json, statistics, sys, tempfile
 from bench.sandbox_start import warm_leases
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 from providers.local import LocalProvider
 
 async def main():
@@ -58,7 +58,7 @@ print(json.dumps(statistics.median(asyncio.run(main()))))
 _COLD_START = """
 import asyncio, json, statistics, sys, tempfile
 from bench.sandbox_start import cold_starts
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 
 async def main(kind, count, image):
     root = tempfile.mkdtemp(prefix="hc-reg-")
@@ -79,7 +79,7 @@ print(json.dumps(asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))))
 
 _TERMINAL_STEP = """
 import asyncio, json, statistics, sys, tempfile, time
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 from providers.local import LocalProvider
 
 async def main(count):

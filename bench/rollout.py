@@ -106,7 +106,7 @@ async def _overhead_once(episodes: int) -> dict[str, Any]:
     from orchestrator.pool import SandboxPool
     from orchestrator.render import PlainTextRenderer
     from orchestrator.rollout import EpisodeRunner, EpisodeSpec, EpisodeTiming
-    from providers.base import SandboxSpec
+    from providers.contract import SandboxSpec
     from providers.local import LocalProvider
     from trainers.policy.scripted import ScriptedPolicy
     from trainers.tokenizer import ByteTokenizer

@@ -35,7 +35,7 @@ from typing import Any
 from bench.common import percentile, print_table, summarize, write_result
 from hillclimb.config.sandboxes import PoolConfig
 from orchestrator.pool import SandboxPool
-from providers.base import SandboxProvider, SandboxSpec
+from providers.contract import SandboxProvider, SandboxSpec
 
 SANDBOX_IMAGE = "hillclimb/sandbox:dev"
 OPENENV_IMAGE = "hillclimb/sandbox-openenv:dev"

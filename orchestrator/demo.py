@@ -12,7 +12,7 @@ from collections.abc import Callable
 from envs.tasks import ShellSuite, load_suite, require_oracles
 from hillclimb.errors import TargetNotFoundError
 from hillclimb.splits import Split
-from providers.base import SandboxProvider, SandboxSpec
+from providers.contract import SandboxProvider, SandboxSpec
 
 
 async def oracle_episode(

@@ -29,7 +29,7 @@ from hillclimb.errors import HillclimbError
 from hillclimb.provider_errors import FatalProviderError, ProviderError, RetryableProviderError
 from orchestrator import metrics
 from orchestrator.ratelimit import RateLimiter, TokenBucket
-from providers.base import Sandbox, SandboxProvider, SandboxSpec
+from providers.contract import Sandbox, SandboxProvider, SandboxSpec
 
 log = logging.getLogger("hillclimb.orchestrator.pool")
 

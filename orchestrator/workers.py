@@ -178,7 +178,7 @@ class RolloutWorker:
     async def _build(self) -> EpisodeRunner:
         from envs.targets import env_class_of
         from envs.tasks import load_suite
-        from providers.base import Resources, SandboxSpec
+        from providers.contract import Resources, SandboxSpec
         from providers.registry import make_provider
         from trainers.policy.factory import load_policy_tokenizer, make_policy
 

@@ -42,6 +42,7 @@ from pydantic import SecretStr
 
 import docker
 from envs.digest import IMAGE_LABEL, envs_digest, package_digest, package_label
+from hillclimb.config.providers import DockerOptions
 from hillclimb.provider_errors import (
     BadSpecError,
     CapacityError,
@@ -50,20 +51,10 @@ from hillclimb.provider_errors import (
     RetryableProviderError,
     UnsupportedPolicy,
 )
-from providers.base import (
-    LABEL_CREATED,
-    LABEL_EXPIRES,
-    LABEL_PREFIX,
-    LABEL_RUN,
-    InflightCalls,
-    KeyLocks,
-    Sandbox,
-    SandboxSpec,
-    create_in_thread,
-    utc_from_timestamp,
-)
+from providers.contract import LABEL_CREATED, LABEL_EXPIRES, LABEL_PREFIX, LABEL_RUN, Sandbox, SandboxSpec
 from providers.local.isolation import mount_tmpfs, unmount
 from providers.readiness import READY_TIMEOUT_S, wait_healthy
+from providers.toolkit import InflightCalls, KeyLocks, create_in_thread, utc_from_timestamp
 
 log = logging.getLogger("hillclimb.providers.docker")
 
@@ -137,6 +128,8 @@ class DockerProvider:
     """Sandboxes as hardened Docker containers with no network."""
 
     name = "docker"
+    options_model = DockerOptions
+    run_liveness = None
 
     def __init__(
         self,

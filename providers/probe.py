@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from providers.base import SandboxProvider, SandboxSpec
+from providers.contract import SandboxProvider, SandboxSpec
 
 _UNLIMITED = {"max", "-1"}
 

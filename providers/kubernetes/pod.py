@@ -28,7 +28,7 @@ import os
 from typing import Any
 
 from hillclimb.provider_errors import BadSpecError
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 from providers.kubernetes.egress import SANDBOX_NAME, SANDBOX_ROLE, SERVER_PORT
 
 SERVER_UID = 10001

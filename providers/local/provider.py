@@ -49,6 +49,7 @@ from typing import Any, Literal
 from pydantic import SecretStr
 
 from envs.agent_processes import start_ticks
+from hillclimb.config.providers import LocalOptions
 from hillclimb.provider_errors import (
     BadSpecError,
     CapacityError,
@@ -57,11 +58,12 @@ from hillclimb.provider_errors import (
     SandboxDiedError,
     UnsupportedPolicy,
 )
-from providers.base import InflightCalls, KeyLocks, Sandbox, SandboxSpec, create_in_thread, utc_from_timestamp
+from providers.contract import Sandbox, SandboxSpec
 from providers.local import isolation
 from providers.local.cgroups import Cgroups
 from providers.local.zygote import LaunchPlan
 from providers.readiness import READY_TIMEOUT_S, wait_healthy
+from providers.toolkit import InflightCalls, KeyLocks, create_in_thread, utc_from_timestamp
 
 log = logging.getLogger("hillclimb.providers.local")
 
@@ -125,6 +127,8 @@ class LocalProvider:
     """Sandboxes as isolated local processes: the embedded default provider."""
 
     name = "local"
+    options_model = LocalOptions
+    run_liveness = None
 
     def __init__(
         self,

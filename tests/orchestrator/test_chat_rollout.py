@@ -24,7 +24,7 @@ from orchestrator.render import MessagesRenderer, Transcript, chat_tool
 from orchestrator.rollout import EpisodeRunner
 from orchestrator.server_tokens import TEXT_ONLY, stitch
 from orchestrator.workers import make_renderer
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 from providers.local import LocalProvider
 from tests.factories import episode_spec
 from tests.trainers.chat_server import LOGPROB, Call, ChatServer, render, token_ids, tool_call_problem

@@ -15,7 +15,7 @@ from hillclimb.config.sandboxes import PoolConfig
 from hillclimb.provider_errors import BadSpecError, CapacityError, SandboxDiedError
 from orchestrator.pool import LeaseTimeoutError, PoolExhaustedError, SandboxPool
 from orchestrator.ratelimit import TokenBucket
-from providers.base import Sandbox, SandboxSpec
+from providers.contract import Sandbox, SandboxSpec
 from providers.local import LocalProvider
 
 pytestmark = pytest.mark.root

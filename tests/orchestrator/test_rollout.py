@@ -21,7 +21,7 @@ from hillclimb.provider_errors import BadSpecError
 from orchestrator.pool import PoolConfig, SandboxPool
 from orchestrator.render import PlainTextRenderer
 from orchestrator.rollout import EpisodeConfig, EpisodeRunner, EpisodeSpec, SandboxesFailingError
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 from providers.local import LocalProvider
 from tests.factories import episode_spec
 from tests.orchestrator.helpers import SlowScriptedPolicy

@@ -23,7 +23,7 @@ import pytest
 
 from envs.http_client import http_request
 from envs.unix_socket import UnsafeSocketError, _checked_socket
-from providers.base import Sandbox, SandboxSpec
+from providers.contract import Sandbox, SandboxSpec
 from tests.security.agent import run_as_agent
 
 

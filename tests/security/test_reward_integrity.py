@@ -19,7 +19,7 @@ import pytest
 
 from envs.probe import agent_report, verifier_report
 from envs.terminal.env import WORKDIR_ENV_VAR
-from providers.base import Sandbox, SandboxSpec
+from providers.contract import Sandbox, SandboxSpec
 from providers.probe import _verifier_out_of_reach
 from tests.security.agent import SERVER_PIDS, run_as_agent
 

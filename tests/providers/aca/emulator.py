@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from envs import http
 from envs.client import Endpoint
-from providers.base import Sandbox, SandboxSpec
+from providers.contract import Sandbox, SandboxSpec
 from providers.local import LocalProvider
 from tests.ingress import SessionPoolIngress, forward
 from tests.providers.aca.fake_azure import audience

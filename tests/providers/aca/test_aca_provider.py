@@ -15,11 +15,11 @@ import pytest
 
 from envs.handle import Credential
 from envs.http_client import http_request
+from hillclimb.config.providers import options_model
 from hillclimb.provider_errors import BadSpecError, FatalProviderError, RetryableProviderError
 from providers.aca.provider import AcaProvider
 from providers.aca.sessions import SessionPoolClient
-from providers.base import LABEL_RUN, SandboxSpec
-from providers.registry import options_model
+from providers.contract import LABEL_RUN, SandboxSpec
 from tests.private_ca import PrivateCA
 from tests.providers.aca.conftest import provider_options
 from tests.providers.aca.emulator import SessionPoolEmulator

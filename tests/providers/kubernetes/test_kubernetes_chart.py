@@ -21,7 +21,7 @@ import yaml
 from hillclimb.config import load_config
 from hillclimb.config.chart import ChartSection, ChartValues, values_schema
 from orchestrator.reaper import reap
-from providers.base import EgressPolicy, SandboxSpec
+from providers.contract import EgressPolicy, SandboxSpec
 from providers.kubernetes.egress import SANDBOX_ROLE, default_deny, egress_findings
 from providers.kubernetes.provider import SERVICE, KubernetesProvider
 from tests.providers.kubernetes.custom_resources import CUSTOM_KINDS, ray_groups, validate_custom

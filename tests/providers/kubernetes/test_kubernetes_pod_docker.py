@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 from providers.kubernetes.pod import SERVER_CODE, TOKEN_DIR, TOKEN_GROUP, WORKDIR, pod_name, sandbox_pod
 
 pytestmark = [pytest.mark.docker, pytest.mark.root]

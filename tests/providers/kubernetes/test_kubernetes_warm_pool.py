@@ -17,7 +17,7 @@ from envs.registry import resolve_env_class
 from envs.runtime import EnvRuntime
 from envs.server import EnvServer
 from hillclimb.provider_errors import BadSpecError, UnsupportedPolicy
-from providers.base import EgressPolicy, SandboxSpec
+from providers.contract import EgressPolicy, SandboxSpec
 from providers.kubernetes.egress import SERVER_PORT
 from providers.kubernetes.provider import KubernetesProvider
 from providers.kubernetes.warm_pool import GROUP, VERSION

@@ -8,26 +8,25 @@ A provider starts one environment server per sandbox, reachable only through its
 its own URL or headers. Egress is deny-all unless the spec asks for an
 allow-list, and a provider that cannot enforce what is asked raises `UnsupportedPolicy`.
 Every sandbox carries its run id, owner and expiry as labels so that a reaper in another
-process can find and remove what a crashed driver left behind.
+process can find and remove what a crashed driver left behind. A provider is built from its
+options model and says where its runs beat (`SandboxProvider.options_model`, `.run_liveness`).
+What the built-in providers share to keep these promises is `providers.toolkit`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import Literal, Protocol, runtime_checkable
+from datetime import datetime
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from envs.handle import AUTHORIZATION, Credential, EnvHandle, Transport
+from providers.liveness import RunLiveness
 
 LABEL_PREFIX = "hillclimb.dev/"
 LABEL_RUN = LABEL_PREFIX + "run-id"
@@ -200,90 +199,18 @@ class Sandbox(BaseModel):
         return self.token.get_secret_value() if self.token is not None else None
 
 
-def utc_from_timestamp(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=UTC)
-
-
-class InflightCalls:
-    """Counts blocking provider calls still running in threads.
-
-    A task awaiting `asyncio.to_thread(create)` can be cancelled, but the thread runs on
-    and makes the sandbox anyway; `close()` waits for such calls before destroying what
-    the provider knows, so a cancelled create cannot leak a sandbox.
-    """
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._idle = threading.Condition()
-
-    @contextmanager
-    def track(self) -> Iterator[None]:
-        with self._idle:
-            self._count += 1
-        try:
-            yield
-        finally:
-            with self._idle:
-                self._count -= 1
-                self._idle.notify_all()
-
-    def wait_idle(self, timeout_s: float) -> bool:
-        with self._idle:
-            return self._idle.wait_for(lambda: self._count == 0, timeout_s)
-
-
-class KeyLocks:
-    """One lock per idempotency key: concurrent creates with one key in one process run one
-    after the other, so the second finds the first's sandbox instead of racing it."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
-
-    @contextmanager
-    def hold(self, spec: SandboxSpec) -> Iterator[None]:
-        """Held around a create of `spec`; nothing to wait for when it has no key."""
-        if spec.idempotency_key is None:
-            yield
-            return
-        with self._guard:
-            lock = self._locks.setdefault(spec.key_digest, threading.Lock())
-        with lock:
-            yield
-
-
-_undoing: set[asyncio.Future[None]] = set()
-
-
-async def create_in_thread(
-    spec: SandboxSpec, create: Callable[[SandboxSpec], Sandbox], destroy: Callable[[str], Awaitable[None]]
-) -> Sandbox:
-    """Run a blocking `create(spec)` in a thread. If the caller is cancelled meanwhile the thread
-    runs on; what it makes is destroyed as soon as it is done, so a cancelled create leaks
-    nothing. (Not for a keyed create: another caller may hold that sandbox under the same key,
-    and a retry with the key will find it.)"""
-    making = asyncio.ensure_future(asyncio.to_thread(create, spec))
-    try:
-        return await asyncio.shield(making)
-    except asyncio.CancelledError:
-        if spec.idempotency_key is None:
-            making.add_done_callback(lambda done: _undo(done, destroy))
-        raise
-
-
-def _undo(done: asyncio.Future[Sandbox], destroy: Callable[[str], Awaitable[None]]) -> None:
-    if done.cancelled() or done.exception() is not None:
-        return
-    undoing = asyncio.ensure_future(destroy(done.result().id))
-    _undoing.add(undoing)
-    undoing.add_done_callback(_undoing.discard)
-
-
 @runtime_checkable
 class SandboxProvider(Protocol):
     """An async sandbox backend. Blocking SDK calls run in threads, never on the event loop."""
 
     name: str
+    options_model: ClassVar[type[BaseModel]]
+    """What it is built from: its constructor's keyword arguments, checked (`extra="forbid"`). The
+    same model is registered under the provider's name (`hillclimb.config.providers.options_model`),
+    so a run config is checked when it loads, before any provider is imported."""
+    run_liveness: RunLiveness | None
+    """Where its runs beat and its reapers ask whether a run lives: None for this host's beat
+    files (`orchestrator.heartbeats`), else its own (Kubernetes: a Lease per process)."""
 
     async def create(self, spec: SandboxSpec) -> Sandbox:
         """Start a sandbox; idempotent under `spec.idempotency_key`. Does not wait for readiness."""
