@@ -42,7 +42,7 @@ from pydantic import SecretStr
 
 import docker
 from envs.digest import IMAGE_LABEL, envs_digest, package_digest, package_label
-from hillclimb.config.providers import DockerOptions
+from hillclimb.config.providers import SANDBOX_IMAGE, DockerOptions
 from hillclimb.provider_errors import (
     BadSpecError,
     CapacityError,
@@ -58,7 +58,7 @@ from providers.toolkit import InflightCalls, KeyLocks, create_in_thread, utc_fro
 
 log = logging.getLogger("hillclimb.providers.docker")
 
-DEFAULT_IMAGE = "hillclimb/sandbox:dev"
+DEFAULT_IMAGE = SANDBOX_IMAGE
 CONTAINER_UID = 10001
 SERVER_GID = 10001
 """The image's group that may read the server's code and task suites (/opt/hillclimb)."""
