@@ -50,7 +50,7 @@ def _options(
 
 
 def main() -> None:
-    from envs.packages import search_working_directory
+    from envs.authoring.packages import search_working_directory
 
     search_working_directory()  # one rule for every command: a user's package from their project directory
     app()

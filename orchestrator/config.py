@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from envs.tasks import Split
+from envs.authoring.tasks import Split
 from hillclimb.errors import ConfigError, TargetNotFoundError, validation_problems
 from orchestrator.buffer_config import BufferConfig
 from orchestrator.ledger_location import check_ledger_uri

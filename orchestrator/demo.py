@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from envs.tasks import ShellSuite, Split, load_suite, require_oracles
+from envs.authoring.registry import load_suite
+from envs.authoring.tasks import ShellSuite, Split, require_oracles
 from hillclimb.errors import TargetNotFoundError
 from providers.base import SandboxProvider, SandboxSpec
 

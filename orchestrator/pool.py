@@ -24,8 +24,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from envs.client import BaseEnvClient
-from envs.handle import EnvHandle
+from envs.client.base import BaseEnvClient
+from envs.client.handle import EnvHandle
 from hillclimb.errors import HillclimbError
 from hillclimb.provider_errors import FatalProviderError, ProviderError, RetryableProviderError
 from orchestrator import metrics

@@ -33,8 +33,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from envs.client import BaseEnvClient
-from envs.tasks import ActionParseError, Task, TaskSuite, ToolCallSuite
+from envs.authoring.tasks import ActionParseError, Task, TaskSuite, ToolCallSuite
+from envs.client.base import BaseEnvClient
 from hillclimb.errors import Fault, HillclimbError, MessageValidationError, fault_of
 from hillclimb.provider_errors import RetryableProviderError
 from orchestrator.pool import LeaseTimeoutError, SandboxPool

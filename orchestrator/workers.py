@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
-from envs.tasks import TaskSuite, action_prompt
+from envs.authoring.tasks import TaskSuite, action_prompt
 from orchestrator.config import RunConfig
 from orchestrator.heartbeats import liveness_for
 from orchestrator.metrics import start_loop_lag_monitor
@@ -174,8 +174,8 @@ class RolloutWorker:
             return self._runner
 
     async def _build(self) -> EpisodeRunner:
-        from envs.targets import env_class_of
-        from envs.tasks import load_suite
+        from envs.authoring.registry import load_suite
+        from envs.server.targets import env_class_of
         from providers.base import Resources, SandboxSpec
         from providers.registry import make_provider
         from trainers.policy.config import load_policy_tokenizer, make_policy

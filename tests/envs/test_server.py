@@ -13,11 +13,11 @@ import pytest
 from sample_envs import AsyncCounterEnv, CounterEnv, ReservedToolEnv, SoloEnv, broken_factory
 from wire import RawWS, eventually, http_exchange, open_stream
 
-from envs import websocket as ws
-from envs.http_client import http_request
-from envs.metrics import parse_metrics
-from envs.runtime import EnvRuntime
-from envs.server import EnvServer
+from envs.client.http_client import http_request
+from envs.server.env_server import EnvServer
+from envs.server.metrics import parse_metrics
+from envs.server.runtime import EnvRuntime
+from envs.wire import websocket as ws
 from hillclimb.errors import (
     AuthenticationError,
     CapacityReachedError,
@@ -528,7 +528,7 @@ async def test_unix_socket_episode(start_server, calls):
 def _connection_with_a_bounded_step() -> tuple[object, asyncio.Task[object]]:
     from types import SimpleNamespace
 
-    from envs.server import _Connection
+    from envs.server.env_server import _Connection
 
     config = SimpleNamespace(step_timeout_s=5.0, max_message_bytes=1 << 20)
     conn = _Connection(SimpleNamespace(config=config))  # type: ignore[arg-type]
@@ -539,7 +539,7 @@ def _connection_with_a_bounded_step() -> tuple[object, asyncio.Task[object]]:
 
 
 async def test_a_step_past_its_deadline_is_answered_with_a_timeout() -> None:
-    from envs.messages import StepDeadline
+    from envs.server.messages import StepDeadline
 
     conn, task = _connection_with_a_bounded_step()
     await asyncio.sleep(0)

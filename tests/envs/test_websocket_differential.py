@@ -15,7 +15,7 @@ import pytest
 from wire import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, frame
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
-from envs import websocket as ws
+from envs.wire import websocket as ws
 
 STREAMS = 1500
 LIMIT = 1 << 20
