@@ -39,13 +39,12 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from envs.authoring.registry import class_path
-from envs.server import mcp
 from envs.server.http_sessions import HttpBinding
 from envs.server.inline import InlineCalls, StepOverrun
 from envs.server.messages import StepDeadline, env_error_frame, error_frame, run_message
 from envs.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from envs.server.metrics import EnvCallStats
-from envs.server.runtime import EnvRuntime, SessionRunner
+from envs.server.runtime import EnvRuntime
 from envs.server.sessions import Session, SessionTable
 from envs.wire import http
 from envs.wire import websocket as ws
@@ -462,8 +461,7 @@ class _Connection(asyncio.Protocol):
             body = self.server.env_stats.render(len(self.server.sessions), self.server.sessions.capacity)
             return self._respond(req, http.render_response(200, body, {"Content-Type": METRICS_CONTENT_TYPE}))
         self._http_busy = True
-        binding = self.server.http.addresses_session(req)
-        self.server.spawn(self._answer_later(req, self.server.http.serve(req) if binding else self._mcp_post(req)))
+        self.server.spawn(self._answer_later(req, self.server.http.serve(req)))
 
     def _respond(self, req: http.Request, payload: bytes) -> None:
         if req.keep_alive:
@@ -501,40 +499,6 @@ class _Connection(asyncio.Protocol):
             self._http_busy = False
             self._request_since = time.monotonic()
         self._serve_http()
-
-    async def _mcp_post(self, req: http.Request) -> bytes:
-        try:
-            status, reply = await self._stateless_mcp(req.body)
-        except Exception as e:  # a broken environment must not take the connection's server down
-            log.exception("POST /mcp failed")
-            return http.json_response(200, mcp.rpc_error(None, mcp.INTERNAL_ERROR, f"{type(e).__name__}: {e}"))
-        # A notification gets no JSON-RPC reply: 202 and no body, as MCP's HTTP transport has it.
-        return http.json_response(status, reply) if reply is not None else http.render_response(202)
-
-    async def _stateless_mcp(self, body: bytes) -> tuple[int, dict[str, Any] | None]:
-        """One call on a throwaway instance, as OpenEnv does. The instance holds a session slot
-        while it lives, and the call has the step deadline, as on a WebSocket session."""
-        try:
-            request = json.loads(body)
-        except (ValueError, RecursionError) as e:
-            return 200, mcp.rpc_error(None, mcp.PARSE_ERROR, f"invalid JSON: {e}")
-        request_id = request.get("id") if isinstance(request, dict) else None
-        try:
-            self.server.sessions.reserve()
-        except CapacityReachedError as e:
-            return 503, mcp.rpc_error(request_id, mcp.SERVER_ERROR, str(e))
-        try:
-            runner = SessionRunner(self.server.runtime)
-            try:
-                async with asyncio.timeout(self.server.config.step_timeout_s):
-                    return 200, await mcp.handle_jsonrpc(request, runner.tools, self.server.runtime.name)
-            except TimeoutError:
-                late = f"the call ran past the step timeout of {self.server.config.step_timeout_s:g} s"
-                return 200, mcp.rpc_error(request_id, mcp.SERVER_ERROR, late)
-            finally:
-                runner.close()
-        finally:
-            self.server.sessions.release_reservation()
 
     # -- WebSocket ---------------------------------------------------------------------
 

@@ -21,18 +21,28 @@ Requests on one session run one at a time, in arrival order.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
 
 import orjson
 
+from envs.server import mcp
 from envs.server.inline import StepOverrun
 from envs.server.messages import StepDeadline, env_error_frame, error_frame, run_message
+from envs.server.runtime import SessionRunner
 from envs.server.sessions import Session, SessionTable
 from envs.wire import http
 from envs.wire.http import SESSION_HEADER
-from hillclimb.errors import EnvError, ErrorCode, InvalidJSONError, MessageValidationError, SessionError
+from hillclimb.errors import (
+    CapacityReachedError,
+    EnvError,
+    ErrorCode,
+    InvalidJSONError,
+    MessageValidationError,
+    SessionError,
+)
 
 log = logging.getLogger("hillclimb.envs.http_sessions")
 
@@ -61,7 +71,7 @@ class HttpBinding:
         self.single = single
         self._single_id: str | None = None
 
-    def addresses_session(self, req: http.Request) -> bool:
+    def _addresses_session(self, req: http.Request) -> bool:
         """Whether a request goes to a session (all but an /mcp call outside any: that one is
         OpenEnv's stateless call on a throwaway instance)."""
         if req.path != "/mcp":
@@ -69,6 +79,9 @@ class HttpBinding:
         return _SESSION_KEY in req.headers or (self.single and self._single_id in self.sessions)
 
     async def serve(self, req: http.Request) -> bytes:
+        """The reply to one of the binding's requests (/reset, /step, /state, /close, /mcp)."""
+        if not self._addresses_session(req):
+            return await self._stateless_post(req)
         kind = _KINDS[req.path]
         try:
             data = _body(req, kind)
@@ -124,6 +137,42 @@ class HttpBinding:
             if scope.expired():  # ours, not a TimeoutError the environment raised
                 raise StepDeadline from None
             raise
+
+    # -- MCP outside any session ----------------------------------------------------
+
+    async def _stateless_post(self, req: http.Request) -> bytes:
+        try:
+            status, reply = await self._stateless_mcp(req.body)
+        except Exception as e:  # a broken environment must not take the connection's server down
+            log.exception("POST /mcp failed")
+            return http.json_response(200, mcp.rpc_error(None, mcp.INTERNAL_ERROR, f"{type(e).__name__}: {e}"))
+        # A notification gets no JSON-RPC reply: 202 and no body, as MCP's HTTP transport has it.
+        return http.json_response(status, reply) if reply is not None else http.render_response(202)
+
+    async def _stateless_mcp(self, body: bytes) -> tuple[int, dict[str, Any] | None]:
+        """One call on a throwaway instance, as OpenEnv does. The instance holds a session slot
+        while it lives, and the call has the step deadline, as on a WebSocket session."""
+        try:
+            request = json.loads(body)
+        except (ValueError, RecursionError) as e:
+            return 200, mcp.rpc_error(None, mcp.PARSE_ERROR, f"invalid JSON: {e}")
+        request_id = request.get("id") if isinstance(request, dict) else None
+        try:
+            self.sessions.reserve()
+        except CapacityReachedError as e:
+            return 503, mcp.rpc_error(request_id, mcp.SERVER_ERROR, str(e))
+        try:
+            runner = SessionRunner(self.sessions.runtime)
+            try:
+                async with asyncio.timeout(self.step_timeout_s):
+                    return 200, await mcp.handle_jsonrpc(request, runner.tools, self.env_name)
+            except TimeoutError:
+                late = f"the call ran past the step timeout of {self.step_timeout_s:g} s"
+                return 200, mcp.rpc_error(request_id, mcp.SERVER_ERROR, late)
+            finally:
+                runner.close()
+        finally:
+            self.sessions.release_reservation()
 
     # -- finding sessions ------------------------------------------------------------
 
