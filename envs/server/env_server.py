@@ -7,12 +7,12 @@
               └─upgrade /ws──► Session: one environment instance, messages in order
                                 reset / step / state / mcp / close ──► replies
 
-Every connection is an `asyncio.Protocol`; a WebSocket session runs one task that takes
-its messages from an inbox in arrival order, so a slow step never reorders replies and a
-bad message gets an error reply while the session lives on. The bearer token is checked
-before the upgrade, so a refused client never costs an environment instance. A reaper
-closes sessions and connections idle past `idle_timeout_s` (OpenEnv issue #1000: leaked
-half-open sessions must not fill every slot).
+Every connection is an `asyncio.Protocol`; a WebSocket session (`envs.server.ws_session`)
+runs one task that takes its messages from an inbox in arrival order, so a slow step never
+reorders replies and a bad message gets an error reply while the session lives on. The bearer
+token is checked before the upgrade, so a refused client never costs an environment
+instance. A reaper closes sessions and connections idle past `idle_timeout_s` (OpenEnv issue
+#1000: leaked half-open sessions must not fill every slot).
 
 Before authentication a client costs little and holds nothing long: a route and its token
 are judged from the request head, before any body is read; a connection must finish each
@@ -35,25 +35,25 @@ import ssl as ssl_module
 import time
 from typing import Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from envs.authoring.registry import class_path
 from envs.server.http_sessions import HttpBinding
-from envs.server.inline import InlineCalls, StepOverrun
-from envs.server.messages import StepDeadline, env_error_frame, error_frame, run_message
+from envs.server.inline import InlineCalls
+from envs.server.messages import error_frame
 from envs.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from envs.server.metrics import EnvCallStats
 from envs.server.runtime import EnvRuntime
 from envs.server.sessions import Session, SessionTable
+from envs.server.ws_session import WebSocketSession
 from envs.wire import http
 from envs.wire import websocket as ws
 from envs.wire.http import ENV_TOKEN_HEADER
-from hillclimb.errors import CapacityReachedError, EnvError, ErrorCode, FactoryError
+from hillclimb.errors import ErrorCode
 
 log = logging.getLogger("hillclimb.envs.server")
 
-_MAX_INBOX = 32  # queued messages per session before the server stops reading from it
+_MAX_QUEUED = 32  # pipelined HTTP requests read ahead of their answers before the server stops reading
 _LINGER_S = 2.0  # how long a refused connection's remaining input is read and dropped
 
 
@@ -293,14 +293,11 @@ class _Connection(asyncio.Protocol):
         self._requests = http.RequestReader(self._refuse_early, max_body_bytes=server.config.max_message_bytes)
         # Requests read and not yet answered, in order; a refusal takes its request's place.
         self._queued: collections.deque[http.Request | http.HTTPError] = collections.deque()
-        self._frames: ws.FrameReader | None = None
+        self.ws: WebSocketSession | None = None
+        """The session, once the connection is upgraded."""
         self._http_busy = False
         self._closing = False
         self._last_active = time.monotonic()
-        self.session: Session | None = None
-        self._session_task: asyncio.Task[None] | None = None
-        self._inbox: collections.deque[tuple[int, bytes] | None] = collections.deque()
-        self._inbox_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._inbox_full = False  # reading paused: the session (before an upgrade: the HTTP routes) lags behind
         self._writes_blocked = False  # reading paused: the client has not read its replies
@@ -318,7 +315,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self.server.forget(self)
-        self._push(None)
+        if self.ws is not None:
+            self.ws.push(None)
         if self._drain_waiter and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
 
@@ -333,7 +331,7 @@ class _Connection(asyncio.Protocol):
         self._drain_waiter = None
         self._writes_blocked = False
         self._update_reading()
-        if self._frames is None:
+        if self.ws is None:
             self._serve_http()  # requests already read wait for room to answer them
 
     def _update_reading(self) -> None:
@@ -349,11 +347,36 @@ class _Connection(asyncio.Protocol):
         if self._discarding:
             return
         self._last_active = time.monotonic()
-        if self._frames is not None:
-            self._on_ws_data(data)
+        if self.ws is not None:
+            self.ws.feed(data)
             return
         self._read_http(data)
         self._serve_http()
+
+    # -- what the WebSocket session sees of it (ws_session.Link) --------------------------
+
+    @property
+    def session(self) -> Session | None:
+        return self.ws.session if self.ws is not None else None
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @property
+    def reading_held(self) -> bool:
+        return self._inbox_full
+
+    def hold_reading(self, held: bool) -> None:
+        self._inbox_full = held
+        self._update_reading()
+
+    async def drained(self) -> None:
+        if self._drain_waiter is not None:
+            await self._drain_waiter
+
+    def touch(self, now: float) -> None:
+        self._last_active = now
 
     # -- reaping and shutdown --------------------------------------------------------
 
@@ -364,7 +387,7 @@ class _Connection(asyncio.Protocol):
 
     def waiting_for_request_since(self, cutoff: float) -> bool:
         """An HTTP connection that has waited since before `cutoff` for a complete request."""
-        waiting = self._frames is None and not self._http_busy and not self._closing
+        waiting = self.ws is None and not self._http_busy and not self._closing
         return waiting and self._request_since < cutoff
 
     def abort(self) -> None:
@@ -373,22 +396,23 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
     def reap(self, timeout: float) -> None:
-        if self.session is not None:
-            log.info("reaping session %s after %.0f s idle", self.session.id, timeout)
+        if self.ws is not None and self.ws.session is not None:
+            log.info("reaping session %s after %.0f s idle", self.ws.session.id, timeout)
             notice = f"session closed after {timeout:g} s without a message"
-            self._send_json(error_frame(ErrorCode.SESSION_ERROR, notice))
+            self.ws.send_json(error_frame(ErrorCode.SESSION_ERROR, notice))
         self.shutdown(ws.CLOSE_GOING_AWAY, "idle timeout")
 
     def shutdown(self, code: int, reason: str) -> None:
         if self.transport is None or self._closing:
             return
         self._closing = True
-        if self._frames is not None:
+        if self.ws is not None:
             self.transport.write(ws.encode_frame(ws.OP_CLOSE, ws.close_payload(code, reason), mask=False))
         self.transport.close()
         # A half-open peer never acknowledges; do not let its socket linger.
         asyncio.get_running_loop().call_later(5.0, self.transport.abort)
-        self._push(None)
+        if self.ws is not None:
+            self.ws.push(None)
 
     # -- HTTP --------------------------------------------------------------------------
 
@@ -399,7 +423,7 @@ class _Connection(asyncio.Protocol):
             self._queued += self._requests.feed(data)
         except http.HTTPError as e:
             self._queued.append(e)
-        if self._http_busy and len(self._queued) > _MAX_INBOX and not self._inbox_full:
+        if self._http_busy and len(self._queued) > _MAX_QUEUED and not self._inbox_full:
             self._inbox_full = True  # a pipelining client waits until its earlier requests are answered
             self._update_reading()
 
@@ -465,7 +489,7 @@ class _Connection(asyncio.Protocol):
 
     def _respond(self, req: http.Request, payload: bytes) -> None:
         if req.keep_alive:
-            self._write(payload)
+            self.write(payload)
         else:
             self._respond_and_close(payload)
 
@@ -473,7 +497,7 @@ class _Connection(asyncio.Protocol):
         """Answer, then close without reading what the client still sends (a body we refused):
         the rest is discarded as it arrives, for at most `_LINGER_S`, so that the reply is not
         lost to a connection reset over unread data."""
-        self._write(payload)
+        self.write(payload)
         self._closing = self._discarding = True
         self._queued.clear()
         if self.transport is not None:
@@ -482,12 +506,12 @@ class _Connection(asyncio.Protocol):
             asyncio.get_running_loop().call_later(_LINGER_S, self.transport.abort)
 
     def _respond_and_close(self, payload: bytes) -> None:
-        self._write(payload)
+        self.write(payload)
         self._closing = True
         if self.transport is not None:
             self.transport.close()
 
-    def _write(self, payload: bytes) -> None:
+    def write(self, payload: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(payload)
 
@@ -512,143 +536,16 @@ class _Connection(asyncio.Protocol):
             body = {"error": "WebSocket version 13 required"}
             return self._respond_and_close(http.json_response(426, body, {"Sec-WebSocket-Version": "13"}))
         headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": ws.accept_key(key)}
-        self._write(http.render_response(101, headers=headers))
-        self._frames = ws.FrameReader(max_message_bytes=self.server.config.max_message_bytes, expect_masked=True)
-        try:
-            self.server.sessions.reserve()
-        except CapacityReachedError as e:
-            usage = {"active_sessions": e.active_sessions, "max_sessions": e.max_sessions}
-            self._send_json(error_frame(ErrorCode.CAPACITY_REACHED, str(e), **usage))
-            return self.shutdown(ws.CLOSE_POLICY_VIOLATION, "capacity reached")
-        self._session_task = self.server.spawn(self._run_session())
+        self.write(http.render_response(101, headers=headers))
+        config = self.server.config
+        self.ws = WebSocketSession(
+            self,
+            self.server.sessions,
+            env_name=self.server.runtime.name,
+            step_timeout_s=config.step_timeout_s,
+            max_message_bytes=config.max_message_bytes,
+        )
+        self.ws.start(self.server.spawn)
         leftover = self._requests.upgraded
         if leftover:
-            self._on_ws_data(leftover)
-
-    def _on_ws_data(self, data: bytes) -> None:
-        assert self._frames is not None
-        try:
-            messages = self._frames.feed(data)
-        except ws.FrameError as e:
-            log.info("closing connection after a framing error: %s", e)
-            return self.shutdown(e.close_code, str(e))
-        for opcode, payload in messages:
-            if opcode == ws.OP_PING:
-                self._write(ws.encode_frame(ws.OP_PONG, payload, mask=False))
-            elif opcode == ws.OP_CLOSE:
-                code, _ = ws.parse_close_payload(payload)
-                self.shutdown(ws.close_reply_code(code), "")
-            elif opcode != ws.OP_PONG:
-                self._push((opcode, payload))
-
-    def _push(self, item: tuple[int, bytes] | None) -> None:
-        self._inbox.append(item)
-        waiter = self._inbox_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        if len(self._inbox) > _MAX_INBOX and not self._inbox_full:
-            self._inbox_full = True
-            self._update_reading()
-
-    async def _next_message(self) -> tuple[int, bytes] | None:
-        if self._closing:  # nobody can read a reply; and after a step timeout the state is unknown
-            return None
-        while not self._inbox:
-            self._inbox_waiter = asyncio.get_running_loop().create_future()
-            await self._inbox_waiter
-            self._inbox_waiter = None
-        if self._inbox_full and len(self._inbox) <= _MAX_INBOX // 2:
-            self._inbox_full = False
-            self._update_reading()
-        return self._inbox.popleft()
-
-    def _send_json(self, payload: dict[str, Any]) -> None:
-        self._write(ws.encode_frame(ws.OP_TEXT, orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS), mask=False))
-
-    async def _run_session(self) -> None:
-        try:
-            self.session = self.server.sessions.open(self)
-        except FactoryError as e:
-            self._send_json(error_frame(ErrorCode.FACTORY_ERROR, str(e), factory_name=self.server.runtime.name))
-            return self.shutdown(ws.CLOSE_INTERNAL_ERROR, "environment factory failed")
-        session = self.session
-        try:
-            while True:
-                message = await self._next_message()
-                if message is None:
-                    return
-                reply = await self._handle(session, message)
-                if reply is not None:
-                    self._send_json(reply)
-                if self._drain_waiter is not None:
-                    await self._drain_waiter
-        except Exception as e:
-            log.exception("session %s failed", session.id)
-            self._send_json(error_frame(ErrorCode.SESSION_ERROR, f"session failed: {type(e).__name__}: {e}"))
-            self.shutdown(ws.CLOSE_INTERNAL_ERROR, "session failed")
-        finally:
-            self.server.sessions.release(session)
-
-    async def _handle(self, session: Session, message: tuple[int, bytes]) -> dict[str, Any] | None:
-        opcode, payload = message
-        if opcode == ws.OVERSIZED:
-            limit = self.server.config.max_message_bytes
-            skipped = f"message of {payload.decode()} bytes exceeds the limit of {limit} bytes; it was skipped"
-            return error_frame(ErrorCode.VALIDATION_ERROR, skipped)
-        try:
-            parsed = orjson.loads(payload)
-        except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the parser's stack
-            return error_frame(ErrorCode.INVALID_JSON, f"invalid JSON: {type(e).__name__}: {e}")
-        if not isinstance(parsed, dict):
-            got = type(parsed).__name__
-            return error_frame(ErrorCode.VALIDATION_ERROR, f"a message must be a JSON object, got {got}")
-        kind = parsed.get("type")
-        session.busy = True
-        try:
-            if kind == "close":
-                self.shutdown(ws.CLOSE_NORMAL, "closed by client")
-                return None
-            data = parsed.get("data", {})
-            return await run_message(session.runner, self.server.runtime.name, kind, data, self._bounded)
-        except EnvError as e:
-            return env_error_frame(e)
-        except StepDeadline:
-            limit = self.server.config.step_timeout_s
-            late = f"{kind} ran past the step timeout of {limit:g} s; the session is closed: its state is unknown"
-            self._send_json(error_frame(ErrorCode.EXECUTION_ERROR, late, timeout=True))
-            self.shutdown(ws.CLOSE_INTERNAL_ERROR, "step timeout")
-            return None
-        except Exception as e:
-            return error_frame(ErrorCode.EXECUTION_ERROR, f"{kind} failed: {type(e).__name__}: {e}")
-        finally:
-            session.busy = False
-            session.last_active = self._last_active = time.monotonic()
-
-    def expire_step(self) -> None:
-        """Called by the server's watchdog: the running reset or step is past its deadline."""
-        if self.session is not None and self._session_task is not None and not self.session.timed_out:
-            self.session.timed_out = True
-            self._session_task.cancel()
-
-    async def _bounded(self, work: Any) -> Any:
-        """`work` held to the step deadline of this connection's session (the watchdog cancels it)."""
-        limit = self.server.config.step_timeout_s
-        session = self.session
-        if limit is None or session is None:
-            return await work
-        session.deadline = time.monotonic() + limit
-        try:
-            return await work
-        except StepOverrun:  # an inline call, cut by the watchdog: the loop could not cancel it
-            session.timed_out = True
-            raise StepDeadline from None
-        except asyncio.CancelledError:
-            if not session.timed_out:
-                raise
-            task = asyncio.current_task()
-            assert task is not None
-            if task.uncancel():  # cancelled by another too (the server closing): that one goes on
-                raise
-            raise StepDeadline from None  # the cancellation was ours alone: a timeout error answers it
-        finally:
-            session.deadline = None
+            self.ws.feed(leftover)

@@ -28,7 +28,7 @@ log = logging.getLogger("hillclimb.envs.server")
 
 
 class Carrier(Protocol):
-    """The connection a WebSocket session lives on, as the server's watchdog sees it."""
+    """What carries a WebSocket session (`envs.server.ws_session`), as the server's watchdog sees it."""
 
     def expire_step(self) -> None:
         """The running reset or step is past its deadline: end it."""
@@ -40,7 +40,7 @@ class Session:
     def __init__(self, session_id: str, conn: Carrier | None) -> None:
         self.id = session_id
         self.conn = conn
-        """The WebSocket connection it lives on; None for a session of the HTTP binding."""
+        """The WebSocket session carrying it; None for a session of the HTTP binding."""
         self.runner: SessionRunner | None = None
         self.last_active = time.monotonic()
         self.busy = False
