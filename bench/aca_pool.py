@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import print_table, summarize, write_result
-from envs.handle import EnvHandle
+from envs.client.handle import EnvHandle
 from providers.aca.provider import AcaProvider
 from providers.contract import SandboxSpec
 from providers.local import LocalProvider

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import print_table, summarize, write_result
-from envs.serve import LOOP_ENV_VAR
+from envs.server.serve import LOOP_ENV_VAR
 
 HERE = Path(__file__).resolve().parent.parent
 

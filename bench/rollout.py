@@ -33,10 +33,11 @@ from typing import Any
 
 from bench.common import print_table, summarize, write_result
 from bench.pingpong import round_trip_ms
-from envs.handle import EnvHandle
-from envs.metrics import parse_metrics
-from envs.serve import run_fast
-from envs.tasks import action_prompt, load_suite
+from envs.authoring.registry import load_suite
+from envs.authoring.tasks import action_prompt
+from envs.client.handle import EnvHandle
+from envs.server.metrics import parse_metrics
+from envs.server.serve import run_fast
 from hillclimb.config import load_config
 from orchestrator.driver import RolloutDriver, connect_ray
 from orchestrator.schedule import endless_groups
@@ -100,7 +101,7 @@ def overhead(episodes: int, reps: int) -> dict[str, Any]:
 
 async def _overhead_once(episodes: int) -> dict[str, Any]:
     """Per-step split of one-at-a-time episodes: policy, env round trip, harness."""
-    from envs.toy_terminal import ToyTerminalAction, ToyTerminalEnv
+    from envs.builtin.toy_terminal import ToyTerminalAction, ToyTerminalEnv
     from hillclimb.config.rollout import EpisodeConfig
     from hillclimb.config.sandboxes import PoolConfig
     from orchestrator.pool import SandboxPool

@@ -121,7 +121,7 @@ def openenv_cold_starts(count: int) -> list[float]:
 
 async def bare_docker_cold_starts(count: int) -> list[float]:
     """`docker run -d --network none IMAGE`, then /health over its socket every millisecond."""
-    from envs.http_client import http_request
+    from envs.client.http_client import http_request
     from providers.docker import CONTAINER_UID, SOCKET_DIR
 
     samples = []

@@ -47,7 +47,7 @@ def _options(
     ),
 ) -> None:
     """Sandboxed rollouts and GRPO + ECHO training for tool-using and terminal agents."""
-    from envs.packages import search_working_directory
+    from envs.authoring.packages import search_working_directory
 
     search_working_directory()  # one rule for every command: a user's package from their project directory
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from envs.tasks import ShellSuite, load_suite, require_oracles
+from envs.authoring.registry import load_suite
+from envs.authoring.tasks import ShellSuite, require_oracles
 from hillclimb.errors import TargetNotFoundError
 from hillclimb.splits import Split
 from providers.contract import SandboxProvider, SandboxSpec

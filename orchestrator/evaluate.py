@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from envs.tasks import load_suite
+from envs.authoring.registry import load_suite
 from hillclimb.config.run import RunConfig
 from orchestrator import metrics
 from orchestrator.driver import RolloutDriver

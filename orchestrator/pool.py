@@ -22,8 +22,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from envs.client import BaseEnvClient
-from envs.handle import EnvHandle
+from envs.client.base import BaseEnvClient
+from envs.client.handle import EnvHandle
 from hillclimb.config.sandboxes import PoolConfig
 from hillclimb.errors import HillclimbError
 from hillclimb.provider_errors import FatalProviderError, ProviderError, RetryableProviderError

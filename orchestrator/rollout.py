@@ -31,8 +31,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from envs.client import BaseEnvClient
-from envs.tasks import ActionParseError, Task, TaskSuite, ToolCallSuite
+from envs.authoring.tasks import ActionParseError, Task, TaskSuite, ToolCallSuite
+from envs.client.base import BaseEnvClient
 from hillclimb.config.rollout import EpisodeConfig, SamplingParams
 from hillclimb.errors import Fault, HillclimbError, MessageValidationError, fault_of
 from hillclimb.provider_errors import RetryableProviderError

@@ -25,8 +25,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from envs.authoring.registry import load_suite
+from envs.authoring.tasks import require_oracles
 from envs.deadline import stop
-from envs.tasks import load_suite, require_oracles
 from hillclimb.config.run import RunConfig
 from hillclimb.errors import ConfigError, HillclimbError
 from orchestrator import metrics as prom

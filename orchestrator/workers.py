@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
-from envs.tasks import TaskSuite, action_prompt
+from envs.authoring.tasks import TaskSuite, action_prompt
 from hillclimb.config.rollout import SamplingParams
 from hillclimb.config.run import RunConfig
 from hillclimb.config.sandboxes import PoolConfig
@@ -176,8 +176,8 @@ class RolloutWorker:
             return self._runner
 
     async def _build(self) -> EpisodeRunner:
-        from envs.targets import env_class_of
-        from envs.tasks import load_suite
+        from envs.authoring.registry import load_suite
+        from envs.server.targets import env_class_of
         from providers.contract import Resources, SandboxSpec
         from providers.registry import make_provider
         from trainers.policy.factory import load_policy_tokenizer, make_policy

@@ -25,7 +25,9 @@ from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from envs.handle import AUTHORIZATION, Credential, EnvHandle, Transport
+from envs.client.credentials import Credential
+from envs.client.handle import EnvHandle, Transport
+from envs.wire.http import AUTHORIZATION
 from providers.liveness import RunLiveness
 
 LABEL_PREFIX = "hillclimb.dev/"
@@ -87,7 +89,7 @@ class EgressPolicy(BaseModel):
 
 
 class SandboxSpec(BaseModel):
-    """What to start. `env` names the environment the sandbox serves (see `envs.registry`)."""
+    """What to start. `env` names the environment the sandbox serves (see `envs.authoring.registry`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

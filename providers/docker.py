@@ -15,7 +15,7 @@ On the host, under the provider's root (0711):
 
 Hardening by default: the server, the agent's commands and the verifier under three non-root
 uids (the container's first process keeps only the capabilities to start them: see
-`envs.warden`), a read-only root filesystem with size-limited tmpfs for /work (the agent's),
+`envs.sandbox.warden`), a read-only root filesystem with size-limited tmpfs for /work (the agent's),
 /verify (the verifier's) and /tmp,
 every other capability dropped, no-new-privileges, an init process,
 and the memory / CPU / pids limits of the spec. Every container carries its run id,
@@ -64,7 +64,8 @@ SERVER_GID = 10001
 """The image's group that may read the server's code and task suites (/opt/hillclimb)."""
 AGENT_UID = 10002
 VERIFIER_UID = 10004
-"""What decides a reward runs under a uid of its own (see `envs.verification`); 10003 is the pods' token group."""
+"""What decides a reward runs under a uid of its own (see `envs.sandbox.verification`); 10003 is the pods'
+token group."""
 WARDEN_CAPABILITIES = ["SETUID", "SETGID", "KILL"]
 """All the container's first process keeps: to start the server and the agent's commands under their uids."""
 SOCKET_DIR = "/run/hillclimb"
@@ -115,7 +116,7 @@ def _package_of(env: str) -> str:
     """The top-level package a sandbox imports to serve `env` (the image must hold its code): named
     by the target itself, or by its entry point; nothing is imported (an OpenEnv app module's import
     may be slow, or need what only the image has)."""
-    from envs.registry import BUILTIN_ENVS, installed_envs
+    from envs.authoring.registry import BUILTIN_ENVS, installed_envs
 
     if env in BUILTIN_ENVS:
         return "envs"

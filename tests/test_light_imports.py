@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-HEAVY = ("pyarrow", "numpy", "torch", "ray", "envs.server", "uvloop")
+HEAVY = ("pyarrow", "numpy", "torch", "ray", "envs.server.env_server", "uvloop")
 
 
 @pytest.mark.parametrize("module", ["hillclimb.config", "hillclimb.errors", "hillclimb.provider_errors", "envs"])
@@ -52,6 +52,7 @@ def test_help_loads_no_runtime_module() -> None:
 def test_the_package_still_exports_its_names() -> None:
     import envs
 
-    assert envs.EnvServer.__module__ == "envs.server" and envs.EnvClient.__module__ == "envs.client"
+    assert envs.EnvServer.__module__ == "envs.server.env_server"
+    assert envs.EnvClient.__module__ == "envs.client.ws_client"
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         envs.Nope  # noqa: B018

@@ -27,9 +27,10 @@ from urllib.parse import quote
 
 from pydantic import SecretStr
 
-from envs.handle import ENV_TOKEN_HEADER, Credential
-from envs.registry import class_path
-from envs.targets import env_class_of
+from envs.authoring.registry import class_path
+from envs.client.credentials import Credential
+from envs.server.targets import env_class_of
+from envs.wire.http import ENV_TOKEN_HEADER
 from hillclimb.config.providers import AcaOptions, check_pool_source
 from hillclimb.provider_errors import BadSpecError
 from providers.aca.management import PoolManager

@@ -28,8 +28,8 @@ from typing import Any
 from pydantic import SecretStr
 
 import kubernetes
-from envs.registry import class_path
-from envs.targets import env_class_of
+from envs.authoring.registry import class_path
+from envs.server.targets import env_class_of
 from hillclimb.config.chart import SandboxValues
 from hillclimb.config.providers import KubernetesOptions
 from hillclimb.provider_errors import (

@@ -22,7 +22,7 @@ import hashlib
 import json
 from typing import Any
 
-from envs.http_client import http_request
+from envs.client.http_client import http_request
 from hillclimb.errors import HillclimbError
 from hillclimb.provider_errors import FatalProviderError, RetryableProviderError, UnsupportedPolicy
 from providers.contract import SandboxSpec

@@ -21,7 +21,7 @@ On disk, under the provider's root (mode 0711, owned by us):
                               uid_base + n, its agent's commands as uid_base + uid_slots + n, its
                               verifier as uid_base + 2 * uid_slots + n
     <root>/.verifier-bash     as root: bash, execute-only (0111), bound into every sandbox for
-                              its verifier (see `envs.verification`)
+                              its verifier (see `envs.sandbox.verification`)
 
 Another process (`hillclimb sandbox ls|rm|reap`) reads the same layout.
 """
@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
-from envs.agent_processes import start_ticks
+from envs.sandbox.agent_processes import start_ticks
 from hillclimb.config.providers import LocalOptions
 from hillclimb.provider_errors import (
     BadSpecError,

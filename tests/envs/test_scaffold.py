@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from envs.scaffold import write_package
+from envs.authoring.scaffold import write_package
 from hillclimb.errors import ConfigError
 
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from envs.base import tool_methods
-from envs.inventory import InventoryEnv
-from envs.tasks import load_suite
-from envs.toy_terminal.fs import execute
-from envs.toy_terminal.tasks import TASKS, ToyTerminalSuite
+from envs.authoring.base import tool_methods
+from envs.authoring.registry import load_suite
+from envs.builtin.inventory import InventoryEnv
+from envs.builtin.toy_terminal.fs import execute
+from envs.builtin.toy_terminal.tasks import TASKS, ToyTerminalSuite
 from hillclimb.config import load_config
 from hillclimb.config.rollout import EpisodeConfig
 from hillclimb.config.sandboxes import PoolConfig

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from envs.tasks import load_suite
+from envs.authoring.registry import load_suite
 from hillclimb.config import load_config
 from orchestrator.driver import RolloutDriver
 from orchestrator.ledger import Ledger

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from envs.tasks import MissingOracleError, load_suite
+from envs.authoring.registry import load_suite
+from envs.authoring.tasks import MissingOracleError
 from hillclimb.config import load_config
 from hillclimb.config.rollout import SamplingParams
 from orchestrator.demo import oracle_episode

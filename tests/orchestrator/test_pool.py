@@ -10,7 +10,7 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from envs.handle import EnvHandle
+from envs.client.handle import EnvHandle
 from hillclimb.config.sandboxes import PoolConfig
 from hillclimb.provider_errors import BadSpecError, CapacityError, SandboxDiedError
 from orchestrator.pool import LeaseTimeoutError, PoolExhaustedError, SandboxPool

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from envs.tasks import Task, action_prompt, load_suite
-from envs.toy_terminal.fs import execute
+from envs.authoring.registry import load_suite
+from envs.authoring.tasks import Task, action_prompt
+from envs.builtin.toy_terminal.fs import execute
 from hillclimb.errors import AuthenticationError, MessageValidationError
 from hillclimb.provider_errors import BadSpecError
 from orchestrator.pool import PoolConfig, SandboxPool

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from envs.tasks import load_suite
+from envs.authoring.registry import load_suite
 from hillclimb.config import load_config
 from orchestrator.driver import RolloutDriver
 from orchestrator.schedule import round_of_groups

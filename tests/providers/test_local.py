@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from envs.client import EnvClient
+from envs.client.ws_client import EnvClient
 from hillclimb.errors import ConnectionLostError
 from hillclimb.provider_errors import BadSpecError, SandboxDiedError, UnsupportedPolicy
 from providers.contract import EgressPolicy, Resources, SandboxSpec
@@ -206,7 +206,7 @@ async def test_sandboxes_die_with_a_sigkilled_driver(sandbox_root: Path) -> None
 FROM_A_CHECKOUT = """
 import asyncio, json, sys
 import providers.local
-from envs.client import EnvClient
+from envs.client.ws_client import EnvClient
 from providers.contract import SandboxSpec
 from providers.local import LocalProvider
 

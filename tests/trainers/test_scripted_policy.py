@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from envs.tasks import load_suite
+from envs.authoring.registry import load_suite
 from hillclimb.config.rollout import SamplingParams
 from orchestrator.render import PlainTextRenderer
 from trainers.policy.base import EpisodeInfo, GenerateRequest, Policy
