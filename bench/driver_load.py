@@ -8,9 +8,10 @@ records, at the end of every RL step:
 - its CPU time (`time.process_time`: every thread, Ray's core worker included), per step
   over the steps after the first (steady state);
 - its resident memory: the median at the steps' ends (steady) and its high-water mark (peak);
-- what Ray serialized or deserialized in it, per step (`bench.driver_traffic`), and how much
-  of that was trajectory data (token lists); the oracle's and the evaluations' episodes,
-  which come back to the driver to be scored, are left out.
+- what Ray serialized or deserialized in it per step (`bench.driver_traffic`: Ray's bytes), and
+  the trajectory data among it (token lists, weighed by their pickled size, so the two figures
+  are not parts of one sum); the oracle's and the evaluations' episodes, which come back to the
+  driver to be scored, are left out.
 
     python -m bench.driver_load --base 699ae5f [--reps 2] [--steps 5] [--workers 1 8]
 """
@@ -102,7 +103,7 @@ def _run(tree: Path, workers: int, steps: int) -> dict[str, float]:
         "rss_mib_steady": statistics.median(r["rss_kib"] for r in records) / 1024,
         "rss_mib_peak": last["hwm_kib"] / 1024,
         "kib_through_driver_per_step": (last["bytes"] - first["bytes"]) / n / 1024,
-        "trajectory_kib_through_driver_per_step": last["trajectory_bytes"] / len(records) / 1024,
+        "trajectory_kib_through_driver_per_step": (last["trajectory_bytes"] - first["trajectory_bytes"]) / n / 1024,
     }
 
 
