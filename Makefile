@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # install their own torch; the project's range stays open.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv images run test test-gpu test-latest lint lock bench clean
+.PHONY: venv images run test test-gpu test-latest lint lock bench docs clean
 
 # The dev/CI/main-job install comes from requirements.lock (every package pinned, with hashes);
 # the package itself goes in on top, editable and without dependencies of its own.
@@ -82,5 +82,10 @@ bench: venv images
 	$(BIN)/python -m bench.rollout
 	$(BIN)/python -m bench.echo_loss
 
+# The documentation site, from docs/ and mkdocs.yml, into site/ (the test suite builds it too,
+# into a temporary directory: tests/test_docs.py).
+docs: venv
+	$(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) $(LATEST) $(LOCKER) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LATEST) $(LOCKER) *.egg-info .pytest_cache site

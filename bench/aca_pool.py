@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import print_table, summarize, write_result
-from envs.handle import EnvHandle
+from envs.client.handle import EnvHandle
 from providers.aca.provider import AcaProvider
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 from providers.local import LocalProvider
 from tests.private_ca import PrivateCA
 from tests.providers.aca.emulator import SessionPoolEmulator, hand_made_pool

@@ -26,9 +26,9 @@ import time
 from typing import Any
 
 from bench.common import percentile, print_table, status_kib, write_result
-from envs.client import BaseEnvClient
-from envs.toy_terminal.tasks import SUITE
-from providers.base import Sandbox, SandboxProvider, SandboxSpec
+from envs.builtin.toy_terminal.tasks import SUITE
+from envs.client.base import BaseEnvClient
+from providers.contract import Sandbox, SandboxProvider, SandboxSpec
 
 OPEN_AT_ONCE = 64
 

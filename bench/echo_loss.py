@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, commit, machine, print_table, status_kib, summarize
-from trainers.losses.config import LossConfig  # pydantic only: the parent imports torch in main()
+from hillclimb.config.losses import LossConfig  # pydantic only: the parent imports torch in main()
 
 LAMBDA = 0.05
 MIB = 2**20

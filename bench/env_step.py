@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import print_table, summarize, write_result
-from envs.handle import EnvHandle
-from envs.http_client import http_request
-from envs.serve import LOOP_ENV_VAR, run_fast
+from envs.client.handle import EnvHandle
+from envs.client.http_client import http_request
+from envs.server.serve import LOOP_ENV_VAR, run_fast
 
 TOKEN = "bench-token"
 Stepper = Callable[[], Awaitable[Any]]
@@ -111,7 +111,7 @@ class Servers:
 
 PINGPONG_SERVER = """
 import asyncio, json, sys
-from envs.serve import LOOP_ENV_VAR, run_fast
+from envs.server.serve import LOOP_ENV_VAR, run_fast
 async def handle(reader, writer):
     while line := await reader.readline():
         message = json.loads(line)

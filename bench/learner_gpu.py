@@ -193,9 +193,9 @@ def measure_learner(model_dir: Path, size: Size, device: str) -> dict[str, Any]:
     """Time `size.steps` learner steps after `size.warmup_steps`; count what the learner trained."""
     import torch
 
+    from hillclimb.config.learner import LearnerConfig
     from trainers.batching import StepTotals
     from trainers.learner import Learner
-    from trainers.learner_config import LearnerConfig
     from trainers.models import HFModelConfig
 
     config = LearnerConfig(device=device, precision="bf16", micro_batch_tokens=size.micro_batch_tokens, lr=1e-5)
@@ -249,7 +249,8 @@ def measure_generation(model_dir: Path, size: Size, gpu_memory_utilization: floa
     """Generated tokens per second of `VLLMPolicy` over `size.prompts` random prompts."""
     import random
 
-    from trainers.policy.base import GenerateRequest, SamplingParams
+    from hillclimb.config.rollout import SamplingParams
+    from trainers.policy.base import GenerateRequest
     from trainers.policy.vllm import VLLMPolicy
 
     policy = VLLMPolicy(

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from envs.serve import run_fast
+from envs.server.serve import run_fast
 
 _MESSAGE = b"x" * 64
 

@@ -16,9 +16,16 @@ machine noise hits both alike; medians over repetitions are compared.
   (an image built from each commit: each side's server is its own code), of Docker sandboxes.
 - terminal step: the round trip of a `true` command in a local `terminal` sandbox, median of
   `--steps`: what the warden adds around each of the agent's commands.
+- rollout: `bench.rollout`'s two figures, the platform's cost per step of one episode at a time
+  over `--rollout-episodes` scripted episodes, and episodes/s at 64 in flight through Ray
+  rollout workers over `--rollout-seconds` (`--rollout-episodes 0` skips both).
+
+The snippets below take the project's names through each tree's own bench modules, which
+import them from wherever that commit keeps them, so one snippet runs at both commits.
 
     python -m bench.regression --base <commit> [--reps 5] [--seconds 1] [--leases 200] [--cold 20]
-        [--steps 200] [--docker-images BASE_TAG HEAD_TAG] [--loop uvloop]
+        [--steps 200] [--rollout-episodes 200] [--rollout-seconds 10] [--docker-images BASE_TAG HEAD_TAG]
+        [--loop uvloop]
 """
 
 from __future__ import annotations
@@ -34,14 +41,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import print_table, summarize, write_result
-from envs.serve import LOOP_ENV_VAR
+from envs.server.serve import LOOP_ENV_VAR
 
 HERE = Path(__file__).resolve().parent.parent
 
 _WARM_LEASE = """
 import asyncio, json, statistics, sys, tempfile
-from bench.sandbox_start import warm_leases
-from providers.base import SandboxSpec
+from bench.sandbox_start import SandboxSpec, warm_leases
 from providers.local import LocalProvider
 
 async def main():
@@ -57,8 +63,7 @@ print(json.dumps(statistics.median(asyncio.run(main()))))
 
 _COLD_START = """
 import asyncio, json, statistics, sys, tempfile
-from bench.sandbox_start import cold_starts
-from providers.base import SandboxSpec
+from bench.sandbox_start import SandboxSpec, cold_starts
 
 async def main(kind, count, image):
     root = tempfile.mkdtemp(prefix="hc-reg-")
@@ -79,7 +84,7 @@ print(json.dumps(asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))))
 
 _TERMINAL_STEP = """
 import asyncio, json, statistics, sys, tempfile, time
-from providers.base import SandboxSpec
+from bench.sandbox_start import SandboxSpec
 from providers.local import LocalProvider
 
 async def main(count):
@@ -100,6 +105,18 @@ async def main(count):
         await provider.close()
 
 print(json.dumps(asyncio.run(main(int(sys.argv[1])))))
+"""
+
+_ROLLOUT = """
+import asyncio, json, sys
+from bench.rollout import connect_ray, overhead, throughput
+
+per_step = overhead(int(sys.argv[1]), 1)["per_step_ms"]
+connect_ray(None)
+in_flight = asyncio.run(throughput(64, float(sys.argv[2])))
+if in_flight["failed"]:
+    raise SystemExit(f"{in_flight['failed']} episodes failed")
+print(json.dumps([per_step["platform (all but policy and env's own work)"], in_flight["episodes_per_s"]]))
 """
 
 
@@ -132,6 +149,12 @@ def measure(tree: Path, args: argparse.Namespace, image: str | None) -> dict[str
         measured["cold start, docker, ms"] = 1000 * _child(tree, ["-c", _COLD_START, "docker", str(args.cold), image])
     if args.steps:
         measured["terminal step, local, ms"] = 1000 * _child(tree, ["-c", _TERMINAL_STEP, str(args.steps)])
+    if args.rollout_episodes:
+        platform_ms, episodes_per_s = _child(
+            tree, ["-c", _ROLLOUT, str(args.rollout_episodes), str(args.rollout_seconds)]
+        )
+        measured["rollout: platform per step, ms"] = platform_ms
+        measured["rollout: episodes/s, 64 in flight"] = episodes_per_s
     return measured
 
 
@@ -143,6 +166,8 @@ def main() -> None:
     parser.add_argument("--leases", type=int, default=200, help="leases per warm-lease measurement (0: none)")
     parser.add_argument("--cold", type=int, default=20, help="cold starts per measurement (0: none)")
     parser.add_argument("--steps", type=int, default=200, help="terminal steps per measurement (0: none)")
+    parser.add_argument("--rollout-episodes", type=int, default=200, help="episodes of the per-step cost (0: none)")
+    parser.add_argument("--rollout-seconds", type=float, default=10.0, help="timed window at 64 in flight")
     parser.add_argument(
         "--docker-images", nargs=2, metavar=("BASE", "HEAD"), help="sandbox images built from each commit"
     )

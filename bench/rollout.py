@@ -33,11 +33,12 @@ from typing import Any
 
 from bench.common import print_table, summarize, write_result
 from bench.pingpong import round_trip_ms
-from envs.handle import EnvHandle
-from envs.metrics import parse_metrics
-from envs.serve import run_fast
-from envs.tasks import action_prompt, load_suite
-from orchestrator.config import load_config
+from envs.authoring.registry import load_suite
+from envs.authoring.tasks import action_prompt
+from envs.client.handle import EnvHandle
+from envs.server.metrics import parse_metrics
+from envs.server.serve import run_fast
+from hillclimb.config import load_config
 from orchestrator.driver import RolloutDriver, connect_ray
 from orchestrator.schedule import endless_groups
 from trainers.trajectory import DoneReason, TrajectoryGroup
@@ -100,11 +101,13 @@ def overhead(episodes: int, reps: int) -> dict[str, Any]:
 
 async def _overhead_once(episodes: int) -> dict[str, Any]:
     """Per-step split of one-at-a-time episodes: policy, env round trip, harness."""
-    from envs.toy_terminal import ToyTerminalAction, ToyTerminalEnv
-    from orchestrator.pool import PoolConfig, SandboxPool
+    from envs.builtin.toy_terminal import ToyTerminalAction, ToyTerminalEnv
+    from hillclimb.config.rollout import EpisodeConfig
+    from hillclimb.config.sandboxes import PoolConfig
+    from orchestrator.pool import SandboxPool
     from orchestrator.render import PlainTextRenderer
-    from orchestrator.rollout import EpisodeConfig, EpisodeRunner, EpisodeSpec, EpisodeTiming
-    from providers.base import SandboxSpec
+    from orchestrator.rollout import EpisodeRunner, EpisodeSpec, EpisodeTiming
+    from providers.contract import SandboxSpec
     from providers.local import LocalProvider
     from trainers.policy.scripted import ScriptedPolicy
     from trainers.tokenizer import ByteTokenizer

@@ -33,8 +33,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.common import percentile, print_table, summarize, write_result
-from orchestrator.pool import PoolConfig, SandboxPool
-from providers.base import SandboxProvider, SandboxSpec
+from hillclimb.config.sandboxes import PoolConfig
+from orchestrator.pool import SandboxPool
+from providers.contract import SandboxProvider, SandboxSpec
 
 SANDBOX_IMAGE = "hillclimb/sandbox:dev"
 OPENENV_IMAGE = "hillclimb/sandbox-openenv:dev"
@@ -120,7 +121,7 @@ def openenv_cold_starts(count: int) -> list[float]:
 
 async def bare_docker_cold_starts(count: int) -> list[float]:
     """`docker run -d --network none IMAGE`, then /health over its socket every millisecond."""
-    from envs.http_client import http_request
+    from envs.client.http_client import http_request
     from providers.docker import CONTAINER_UID, SOCKET_DIR
 
     samples = []

@@ -23,9 +23,9 @@ from typing import Any
 
 from bench.common import percentile, print_table, summarize, write_result
 from bench.trivial_env import NapEnv
-from envs.client import EnvClient
-from envs.runtime import EnvRuntime
-from envs.server import EnvServer, ServerConfig
+from envs.client.ws_client import EnvClient
+from envs.server.env_server import EnvServer, ServerConfig
+from envs.server.runtime import EnvRuntime
 
 NAP_MS = 20.0
 CASES = ("slow from the start", "fast, then slow", "inline calls off")

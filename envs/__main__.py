@@ -1,3 +1,3 @@
-from envs.serve import main
+from envs.server.serve import main
 
 main()

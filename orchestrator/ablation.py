@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator.config import RunConfig
+from hillclimb.config.run import RunConfig
 from orchestrator.run_lifecycle import prepare_run_dir
 from orchestrator.train import Report, Trainer
 

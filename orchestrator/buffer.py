@@ -20,8 +20,8 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
+from hillclimb.config.buffer import BufferConfig
 from orchestrator import metrics
-from orchestrator.buffer_config import BufferConfig
 from orchestrator.learner_batches import BatchPlan, LearnerBatches, TakenBatch
 from orchestrator.ledger import Ledger
 from orchestrator.ledger_location import on_local_disk

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from hillclimb.config.policy import ChatPolicyConfig
 from orchestrator.episode_text import episode_facts
 from orchestrator.evaluate import EvalPlan
-from trainers.policy.config import ChatPolicyConfig
 from trainers.trajectory import Trajectory
 
 __all__ = [

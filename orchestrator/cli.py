@@ -47,10 +47,10 @@ def _options(
     ),
 ) -> None:
     """Sandboxed rollouts and GRPO + ECHO training for tool-using and terminal agents."""
+    from envs.authoring.packages import search_working_directory
+
+    search_working_directory()  # one rule for every command: a user's package from their project directory
 
 
 def main() -> None:
-    from envs.packages import search_working_directory
-
-    search_working_directory()  # one rule for every command: a user's package from their project directory
     app()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from envs.tasks import ShellSuite, Split, load_suite, require_oracles
+from envs.authoring.registry import load_suite
+from envs.authoring.tasks import ShellSuite, require_oracles
 from hillclimb.errors import TargetNotFoundError
-from providers.base import SandboxProvider, SandboxSpec
+from hillclimb.splits import Split
+from providers.contract import SandboxProvider, SandboxSpec
 
 
 async def oracle_episode(

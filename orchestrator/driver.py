@@ -24,12 +24,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from envs.deadline import within
+from hillclimb.config.rollout import SamplingParams
+from hillclimb.config.run import RunConfig
 from hillclimb.errors import HillclimbError
-from orchestrator.config import RunConfig
 from orchestrator.metrics_hub import HUB
 from orchestrator.schedule import GroupSpec
 from orchestrator.workers import CreateRateLimiter, RemoteRateLimiter, RolloutWorker
-from trainers.policy.base import SamplingParams
 from trainers.trajectory import GroupSummary, TrajectoryGroup
 
 log = logging.getLogger("hillclimb.orchestrator.driver")

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from envs.tasks import load_suite
+from envs.authoring.registry import load_suite
+from hillclimb.config.run import RunConfig
 from orchestrator import metrics
-from orchestrator.config import RunConfig
 from orchestrator.driver import RolloutDriver
 from orchestrator.ledger import Ledger
 from orchestrator.ledger_location import ledger_location

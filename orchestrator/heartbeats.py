@@ -18,9 +18,8 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-from providers.base import host_label
+from providers.contract import SandboxProvider, host_label
 from providers.liveness import RunLiveness, RunState
 
 STALE_AFTER_BEATS = 3
@@ -127,7 +126,6 @@ class HostRunLiveness:
         forget_gone(run_id)
 
 
-def liveness_for(provider: Any) -> RunLiveness:
+def liveness_for(provider: SandboxProvider) -> RunLiveness:
     """Where `provider`'s runs beat: its own `run_liveness` if it has one, else this host's files."""
-    own: RunLiveness | None = getattr(provider, "run_liveness", None)
-    return own if own is not None else HostRunLiveness()
+    return provider.run_liveness or HostRunLiveness()

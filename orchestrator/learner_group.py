@@ -18,10 +18,10 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from hillclimb.config.learner import LearnerConfig
+from hillclimb.config.models import ModelConfig
 from trainers.batching import DealtBatch
 from trainers.learner import Learner, merge_metrics
-from trainers.learner_config import LearnerConfig
-from trainers.models.config import ModelConfig
 
 _PLACEMENT_TIMEOUT_S = 300.0
 

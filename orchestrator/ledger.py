@@ -8,7 +8,7 @@
                                              layout: still read, never written
 
 `<ledger>` is a directory (`<run dir>/ledger` by default) or a prefix on shared storage,
-opened with pyarrow's filesystems (`orchestrator.ledger_location` says which are accepted).
+opened with pyarrow's filesystems (`hillclimb.config.ledger` says which are accepted).
 Every write is whole or absent: on a local disk through a temporary name, fsynced and
 renamed; on an object store as one upload, which becomes visible only once complete. Object
 stores cannot append, so each event is an object of its own, named by its group and kind: a

@@ -21,12 +21,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from hillclimb.config.log import TensorBoardLogConfig, WandbLogConfig
 from hillclimb.errors import ConfigError
 from orchestrator.episode_text import decoded_episode_record
-from orchestrator.log_config import TensorBoardLogConfig, WandbLogConfig
 
 if TYPE_CHECKING:
-    from orchestrator.config import RunConfig
+    from hillclimb.config.run import RunConfig
     from trainers.tokenizer import Tokenizer
     from trainers.trajectory import Trajectory
 
@@ -207,7 +207,7 @@ class RunLoggers:
 
 def open_loggers(config: RunConfig, run_dir: Path) -> RunLoggers:
     """The loggers `config.log` asks for, opened (a missing package is a ConfigError naming the extra)."""
-    from trainers.policy.config import load_policy_tokenizer
+    from trainers.policy.factory import load_policy_tokenizer
 
     resolved = config.model_dump(mode="json")
     loggers: list[RunLogger] = []

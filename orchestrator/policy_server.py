@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from trainers.policy.base import GenerateRequest, Generation, SamplingParams
-from trainers.policy.config import PolicyConfig, make_policy
+from hillclimb.config.policy import PolicyConfig
+from hillclimb.config.rollout import SamplingParams
+from trainers.policy.base import GenerateRequest, Generation
+from trainers.policy.factory import make_policy
 
 
 class PolicyServer:

@@ -22,51 +22,16 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from envs.client import BaseEnvClient
-from envs.handle import EnvHandle
+from envs.client.base import BaseEnvClient
+from envs.client.handle import EnvHandle
+from hillclimb.config.sandboxes import PoolConfig
 from hillclimb.errors import HillclimbError
 from hillclimb.provider_errors import FatalProviderError, ProviderError, RetryableProviderError
 from orchestrator import metrics
 from orchestrator.ratelimit import RateLimiter, TokenBucket
-from providers.base import Sandbox, SandboxProvider, SandboxSpec
+from providers.contract import Sandbox, SandboxProvider, SandboxSpec
 
 log = logging.getLogger("hillclimb.orchestrator.pool")
-
-
-class PoolConfig(BaseModel):
-    """Sizing and pacing of one pool."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    min_ready: int = Field(default=0, ge=0)
-    """Sandboxes kept started and idle, ready to lease without waiting."""
-    max_total: int = Field(default=64, ge=1)
-    """Sandboxes alive at once, starting ones included."""
-    max_starting: int = Field(default=8, ge=1)
-    """Sandboxes being created at once (separate from max_total: avoids creation storms)."""
-    create_rate_per_s: float = Field(default=20.0, gt=0)
-    """Sustained sandbox creations per second (token bucket; bursts up to max_starting). Under Ray,
-    one bucket for the whole run, shared by every worker."""
-    sessions_per_sandbox: int = Field(default=16, ge=1)
-    """Leases one sandbox serves at once, when its environment allows concurrent sessions."""
-    max_waiters: int = Field(default=4096, ge=1)
-    """lease() calls allowed to wait at once; beyond it lease() fails fast (back-pressure)."""
-    ready_timeout_s: float = Field(default=60.0, gt=0)
-    health_timeout_s: float = Field(default=2.0, gt=0)
-    """A sandbox that does not answer /health within this is retired."""
-    health_max_age_s: float = Field(default=1.0, ge=0)
-    """A shared sandbox checked more recently than this is handed out without a new check (0: always check)."""
-    min_remaining_ttl_s: float = Field(default=120.0, ge=0)
-    """A sandbox this close to its time-to-live is retired instead of leased."""
-    create_retry_delay_s: float = Field(default=1.0, ge=0)
-    """Wait after a create failed with a retryable error, doubling with each failure in a row up to
-    `create_retry_max_delay_s`; never shorter than the error's own `delay_s` (a provider's Retry-After)."""
-    create_retry_max_delay_s: float = Field(default=30.0, ge=0)
-    max_consecutive_failures: int = Field(default=3, ge=1)
-    """Retryable create failures in a row after which leases fail at once with the last error instead
-    of waiting; creates go on at the backoff's pace, and the first success ends it."""
 
 
 class PoolClosedError(HillclimbError, RuntimeError):

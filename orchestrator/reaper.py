@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from hillclimb.provider_errors import ProviderError
 from orchestrator.heartbeats import liveness_for
-from providers.base import Sandbox, SandboxProvider
+from providers.contract import Sandbox, SandboxProvider
 from providers.liveness import RunLiveness, RunState
 
 _STATE_TEXT = {

@@ -6,7 +6,7 @@ So the ids a learner trains on are exactly the ids the policy conditioned on —
 multi-turn token drift peers suffer from cannot happen here.
 
 `PlainTextRenderer` is a transcript of turns, one action a line; for a shell environment
-(`envs.tasks.ShellSuite`) each action follows the shell's prompt, as in a terminal:
+(`envs.authoring.tasks.ShellSuite`) each action follows the shell's prompt, as in a terminal:
 
     <bos>{task prompt}\\n          PROMPT (bos: SCAFFOLD)
     $                              SCAFFOLD (the shell's prompt; nothing for other environments)

@@ -31,46 +31,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from envs.client import BaseEnvClient
-from envs.tasks import ActionParseError, Task, TaskSuite, ToolCallSuite
+from envs.authoring.tasks import ActionParseError, Task, TaskSuite, ToolCallSuite
+from envs.client.base import BaseEnvClient
+from hillclimb.config.rollout import EpisodeConfig, SamplingParams
 from hillclimb.errors import Fault, HillclimbError, MessageValidationError, fault_of
 from hillclimb.provider_errors import RetryableProviderError
 from orchestrator.pool import LeaseTimeoutError, SandboxPool
 from orchestrator.render import MessagesRenderer, Renderer, Transcript, chat_tool
 from orchestrator.server_tokens import chat_episode_tokens
-from trainers.policy.base import EpisodeInfo, GenerateRequest, Generation, Policy, SamplingParams, ServerTokens
+from trainers.policy.base import EpisodeInfo, GenerateRequest, Generation, Policy, ServerTokens
 from trainers.trajectory import DoneReason, Trajectory
 
 log = logging.getLogger("hillclimb.orchestrator.rollout")
 
 MAX_ERROR_CHARS = 2000
 """Of a failed episode's error kept in its metadata."""
-
-
-class EpisodeConfig(BaseModel):
-    """Limits of one episode."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_turns: int = Field(default=8, ge=1)
-    """Policy turns before the episode ends with `step_limit`."""
-    max_context_tokens: int = Field(default=2048, ge=16)
-    """Transcript length past which no further turn is generated (`step_limit`)."""
-    episode_timeout_s: float = Field(default=300.0, gt=0)
-    lease_timeout_s: float = Field(default=120.0, gt=0)
-    policy_timeout_s: float = Field(default=120.0, gt=0)
-    """One generate() call; past it the episode ends with `policy_error`."""
-    sandbox_retries: int = Field(default=1, ge=0)
-    """Fresh-sandbox retries of an episode whose sandbox failed."""
-    max_sandbox_errors_in_a_row: int = Field(default=8, ge=1)
-    """Episodes ending in `sandbox_error` one after another (each after its retries) that stop the
-    run, once they have gone on for `sandbox_error_streak_s`."""
-    sandbox_error_streak_s: float = Field(default=30.0, ge=0)
-    """How long sandbox errors must go on, unbroken, before they stop the run: a provider's brief
-    outage costs some episodes, not a long run."""
-    sampling: SamplingParams = SamplingParams()
 
 
 @dataclass(frozen=True)

@@ -194,7 +194,8 @@ def run_ledger(run_dir: Path, config: dict[str, Any]) -> Ledger | None:
 
 def run_tokenizer(config: dict[str, Any]) -> Tokenizer:
     """The tokenizer the run's policy rendered episodes with (from its config.json)."""
-    from trainers.policy.config import PolicyConfig, load_policy_tokenizer
+    from hillclimb.config.policy import PolicyConfig
+    from trainers.policy.factory import load_policy_tokenizer
 
     try:
         policy = TypeAdapter(PolicyConfig).validate_python(config["policy"])

@@ -29,7 +29,7 @@ from hillclimb.errors import ConfigError
 from orchestrator.fingerprint import check_resumable
 
 if TYPE_CHECKING:
-    from orchestrator.config import RunConfig
+    from hillclimb.config.run import RunConfig
 
 RunKind = Literal["train", "rollout", "eval"]
 RUN_FILE = "run.json"

@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from envs.tasks import Split, Task, TaskSuite
+from envs.authoring.tasks import Task, TaskSuite
+from hillclimb.splits import Split
 from orchestrator.rollout import EpisodeSpec, derive_seed
 
 

@@ -26,11 +26,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from envs.authoring.registry import load_suite
+from envs.authoring.tasks import require_oracles
 from envs.deadline import stop
-from envs.tasks import load_suite, require_oracles
+from hillclimb.config.run import RunConfig
 from hillclimb.errors import ConfigError, HillclimbError
 from orchestrator import metrics as prom
-from orchestrator.config import RunConfig
 from orchestrator.driver import RolloutDriver, connect_ray
 from orchestrator.ledger import Ledger
 from orchestrator.ledger_location import ledger_location

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
-    from orchestrator.config import TrainSection
+    from hillclimb.config.run import TrainSection
 
 PACE_WINDOW = 20
 """Steps the pace is measured over: recent enough to follow a host that slows down, long enough

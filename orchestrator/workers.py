@@ -21,18 +21,20 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
-from envs.tasks import TaskSuite, action_prompt
-from orchestrator.config import RunConfig
+from envs.authoring.tasks import TaskSuite, action_prompt
+from hillclimb.config.rollout import SamplingParams
+from hillclimb.config.run import RunConfig
+from hillclimb.config.sandboxes import PoolConfig
 from orchestrator.heartbeats import liveness_for
 from orchestrator.metrics import start_loop_lag_monitor
 from orchestrator.metrics_hub import local_families
-from orchestrator.pool import PoolConfig, SandboxPool
+from orchestrator.pool import SandboxPool
 from orchestrator.ratelimit import RateLimiter, TokenBucket
 from orchestrator.render import MessagesRenderer, PlainTextRenderer, Renderer
 from orchestrator.rollout import EpisodeRunner
 from orchestrator.schedule import GroupSpec
 from providers.liveness import Beat
-from trainers.policy.base import GenerateRequest, Generation, Policy, SamplingParams
+from trainers.policy.base import GenerateRequest, Generation, Policy
 from trainers.policy.batching import MicroBatcher
 from trainers.tokenizer import Tokenizer
 from trainers.trajectory import GroupSummary, TrajectoryGroup
@@ -176,11 +178,11 @@ class RolloutWorker:
             return self._runner
 
     async def _build(self) -> EpisodeRunner:
-        from envs.targets import env_class_of
-        from envs.tasks import load_suite
-        from providers.base import Resources, SandboxSpec
+        from envs.authoring.registry import load_suite
+        from envs.server.targets import env_class_of
+        from providers.contract import Resources, SandboxSpec
         from providers.registry import make_provider
-        from trainers.policy.config import load_policy_tokenizer, make_policy
+        from trainers.policy.factory import load_policy_tokenizer, make_policy
 
         cfg = self.config
         self._lag_monitor = start_loop_lag_monitor()

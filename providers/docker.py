@@ -15,7 +15,7 @@ On the host, under the provider's root (0711):
 
 Hardening by default: the server, the agent's commands and the verifier under three non-root
 uids (the container's first process keeps only the capabilities to start them: see
-`envs.warden`), a read-only root filesystem with size-limited tmpfs for /work (the agent's),
+`envs.sandbox.warden`), a read-only root filesystem with size-limited tmpfs for /work (the agent's),
 /verify (the verifier's) and /tmp,
 every other capability dropped, no-new-privileges, an init process,
 and the memory / CPU / pids limits of the spec. Every container carries its run id,
@@ -42,6 +42,7 @@ from pydantic import SecretStr
 
 import docker
 from envs.digest import IMAGE_LABEL, envs_digest, package_digest, package_label
+from hillclimb.config.providers import SANDBOX_IMAGE, DockerOptions
 from hillclimb.provider_errors import (
     BadSpecError,
     CapacityError,
@@ -50,30 +51,21 @@ from hillclimb.provider_errors import (
     RetryableProviderError,
     UnsupportedPolicy,
 )
-from providers.base import (
-    LABEL_CREATED,
-    LABEL_EXPIRES,
-    LABEL_PREFIX,
-    LABEL_RUN,
-    InflightCalls,
-    KeyLocks,
-    Sandbox,
-    SandboxSpec,
-    create_in_thread,
-    utc_from_timestamp,
-)
+from providers.contract import LABEL_CREATED, LABEL_EXPIRES, LABEL_PREFIX, LABEL_RUN, Sandbox, SandboxSpec
 from providers.local.isolation import mount_tmpfs, unmount
 from providers.readiness import READY_TIMEOUT_S, wait_healthy
+from providers.toolkit import InflightCalls, KeyLocks, create_in_thread, utc_from_timestamp
 
 log = logging.getLogger("hillclimb.providers.docker")
 
-DEFAULT_IMAGE = "hillclimb/sandbox:dev"
+DEFAULT_IMAGE = SANDBOX_IMAGE
 CONTAINER_UID = 10001
 SERVER_GID = 10001
 """The image's group that may read the server's code and task suites (/opt/hillclimb)."""
 AGENT_UID = 10002
 VERIFIER_UID = 10004
-"""What decides a reward runs under a uid of its own (see `envs.verification`); 10003 is the pods' token group."""
+"""What decides a reward runs under a uid of its own (see `envs.sandbox.verification`); 10003 is the pods'
+token group."""
 WARDEN_CAPABILITIES = ["SETUID", "SETGID", "KILL"]
 """All the container's first process keeps: to start the server and the agent's commands under their uids."""
 SOCKET_DIR = "/run/hillclimb"
@@ -124,7 +116,7 @@ def _package_of(env: str) -> str:
     """The top-level package a sandbox imports to serve `env` (the image must hold its code): named
     by the target itself, or by its entry point; nothing is imported (an OpenEnv app module's import
     may be slow, or need what only the image has)."""
-    from envs.registry import BUILTIN_ENVS, installed_envs
+    from envs.authoring.registry import BUILTIN_ENVS, installed_envs
 
     if env in BUILTIN_ENVS:
         return "envs"
@@ -137,6 +129,8 @@ class DockerProvider:
     """Sandboxes as hardened Docker containers with no network."""
 
     name = "docker"
+    options_model = DockerOptions
+    run_liveness = None
 
     def __init__(
         self,

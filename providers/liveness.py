@@ -4,7 +4,7 @@ Every process that holds a run's sandboxes beats while it holds them. A run is a
 any of its beats is; gone when it has beats and none is alive (its driver died: its sandboxes
 are orphans); unknown when it has none to look at, and then only their time-to-live applies.
 On one host the beats are files (orchestrator.heartbeats); a provider whose sandboxes outlive the
-driver's host offers its own as `run_liveness` (Kubernetes: a Lease per process).
+driver's host names its own as `SandboxProvider.run_liveness` (Kubernetes: a Lease per process).
 """
 
 from __future__ import annotations

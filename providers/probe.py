@@ -1,7 +1,7 @@
 """The isolation probe: start a sandbox, ask it how isolated it is, judge the answer.
 
 Works for every provider the same way: the sandbox serves the `probe` environment
-(`envs/probe.py`), the host opens a listener on its own loopback and asks the sandbox
+(`envs/builtin/probe.py`), the host opens a listener on its own loopback and asks the sandbox
 to connect to it, and makes a Unix socket the sandbox must not see. Egress is judged from
 interfaces and routes, never by contacting an outside address.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from providers.base import SandboxProvider, SandboxSpec
+from providers.contract import SandboxProvider, SandboxSpec
 
 _UNLIMITED = {"max", "-1"}
 
@@ -53,7 +53,7 @@ def _refused(name: str, agent_can: bool, what: str) -> Check:
 
 
 def evaluate(report: dict[str, Any]) -> list[Check]:
-    """Pass/fail checks for an isolation report from `envs.probe.isolation_report`."""
+    """Pass/fail checks for an isolation report from `envs.builtin.probe.isolation_report`."""
     cg, rl = report["cgroup_limits"], report["rlimits"]
     loop = report["host_loopback"]
     agent, verifier = report["agent"], report["verifier"]

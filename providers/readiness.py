@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from hillclimb.provider_errors import ReadyTimeoutError, SandboxDiedError
-from providers.base import Sandbox
+from providers.contract import Sandbox
 
 READY_TIMEOUT_S = 60.0
 """The default wait, the same for every provider."""

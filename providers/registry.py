@@ -1,9 +1,6 @@
-"""Find providers by name: built-ins, plus any package's `hillclimb.providers` entry point.
-
-A separate package adds a provider with, in its pyproject.toml:
-
-    [project.entry-points."hillclimb.providers"]
-    myprovider = "my_package.provider:MyProvider"
+"""Find providers by name, built-ins plus any package's `hillclimb.providers` entry point, and
+build them from their options models (`hillclimb.config.providers`, which says how a plugin
+registers both).
 """
 
 from __future__ import annotations
@@ -15,12 +12,12 @@ from contextlib import asynccontextmanager
 from importlib.metadata import entry_points
 from typing import Any, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, create_model
 
+from hillclimb.config.providers import PROVIDERS_GROUP, PluginOptions, options_model
 from hillclimb.errors import TargetNotFoundError
-from providers.base import SandboxProvider
+from providers.contract import SandboxProvider
 
-ENTRY_POINT_GROUP = "hillclimb.providers"
 BUILTIN_PROVIDERS: dict[str, str] = {
     "local": "providers.local:LocalProvider",
     "docker": "providers.docker:DockerProvider",
@@ -31,7 +28,7 @@ _EXTRAS = {"kubernetes": "k8s"}
 
 def available_providers() -> dict[str, str]:
     """Provider name → import path; plugins may add names but not shadow built-ins."""
-    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    found = {ep.name: ep.value for ep in entry_points(group=PROVIDERS_GROUP)}
     return {**found, **BUILTIN_PROVIDERS}
 
 
@@ -51,13 +48,20 @@ def provider_class(name: str) -> type:
         ) from e
 
 
-def options_model(name: str) -> type[BaseModel]:
-    """The provider's constructor options as a pydantic model (from its keyword parameters and
-    their annotations): a bad option is reported at config load, by name, not inside an actor.
-    A provider whose options depend on each other says how in a static `check_options(options)`
-    that raises ValueError; it runs on the validated options."""
+def make_provider(name: str, **options: Any) -> SandboxProvider:
+    """The provider `name`, built from `options` checked by its model (pydantic's ValidationError
+    names each bad one)."""
     cls = provider_class(name)
-    hints = get_type_hints(cls.__init__, include_extras=True)  # Annotated constraints (Field(ge=...)) kept
+    model = options_model(name)
+    if model is PluginOptions:
+        model = _constructor_options(cls)
+    return cls(**dict(model.model_validate(options)))
+
+
+def _constructor_options(cls: type) -> type[BaseModel]:
+    """A plugin's options, when it registers no model: its constructor's keyword parameters,
+    their annotations (Annotated constraints such as Field(ge=...) kept) and defaults."""
+    hints = get_type_hints(cls.__init__, include_extras=True)
     fields: dict[str, Any] = {}
     for param in inspect.signature(cls.__init__).parameters.values():
         if param.name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -65,21 +69,7 @@ def options_model(name: str) -> type[BaseModel]:
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[param.name] = (hints.get(param.name, Any), default)
     config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    check = getattr(cls, "check_options", None)
-    validators = {"_check_options": model_validator(mode="after")(_runs(check))} if check else {}
-    return create_model(f"{cls.__name__}Options", __config__=config, __validators__=validators, **fields)
-
-
-def _runs(check: Any) -> Any:
-    def validate(options: BaseModel) -> BaseModel:
-        check(dict(options))
-        return options
-
-    return validate
-
-
-def make_provider(name: str, **options: Any) -> SandboxProvider:
-    return provider_class(name)(**options)
+    return create_model(f"{cls.__name__}Options", __config__=config, **fields)
 
 
 @asynccontextmanager

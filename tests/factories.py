@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from envs.tasks import Task
+from envs.authoring.tasks import Task
 from orchestrator.rollout import EpisodeSpec
 from trainers.roles import Role
 from trainers.trajectory import DoneReason, Trajectory, TrajectoryGroup
@@ -87,9 +87,9 @@ def episode_spec(
 _SAY_PACKAGE = """\
 from pathlib import Path
 
-from envs.base import Action, Observation
-from envs.file_suite import FileSuite
-from envs.packages import EnvPackage
+from envs.authoring.base import Action, Observation
+from envs.authoring.file_suite import FileSuite
+from envs.authoring.packages import EnvPackage
 
 class SayAction(Action):
     text: str
@@ -100,7 +100,7 @@ class SayObservation(Observation):
 SUITE = FileSuite.from_file(
     Path(__file__).with_name("tasks.jsonl"), env="unsolved", action=SayAction, observation=SayObservation
 )
-ENVIRONMENT = EnvPackage(env="envs.toy_terminal:ToyTerminalEnv", suite=SUITE)
+ENVIRONMENT = EnvPackage(env="envs.builtin.toy_terminal:ToyTerminalEnv", suite=SUITE)
 """
 
 

@@ -18,11 +18,12 @@ import itertools
 import ssl
 from urllib.parse import parse_qs, urlsplit
 
-from envs import http
-from envs.client import Endpoint
-from envs.handle import ENV_TOKEN_HEADER, Credential
-from envs.unix_socket import connect_unix
-from providers.base import Sandbox, SandboxSpec
+from envs.client.base import Endpoint
+from envs.client.credentials import Credential
+from envs.client.unix_socket import connect_unix
+from envs.wire import http
+from envs.wire.http import ENV_TOKEN_HEADER
+from providers.contract import Sandbox, SandboxSpec
 from providers.local import LocalProvider
 from providers.readiness import READY_TIMEOUT_S, wait_healthy
 
@@ -128,6 +129,7 @@ class IngressProvider:
     only its `Sandbox.handle`."""
 
     name = "ingress"
+    run_liveness = None
 
     def __init__(self, inner: LocalProvider, ingress: SessionPoolIngress, ca: ssl.SSLContext) -> None:
         self.inner = inner

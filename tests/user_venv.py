@@ -1,4 +1,4 @@
-"""A user's virtual environment for the tutorial's tests, and the tutorial as the README writes it.
+"""A user's virtual environment for the tutorial's tests, and the tutorial as docs/tutorial.md writes it.
 
 `layered_venv` makes a venv whose Python also sees this checkout's venv (hillclimb, pip, pytest)
 without a copy of it, and which gets what `pip install` adds. What a user installed editable into
@@ -17,10 +17,9 @@ REPO = Path(__file__).parents[1]
 
 
 def tutorial_block() -> str:
-    """The first bash block under the README's tutorial heading, verbatim."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("\n## Your environment in ten minutes\n", 1)[1]
-    return section.split("```bash\n", 1)[1].split("\n```", 1)[0]
+    """The first bash block of docs/tutorial.md, verbatim."""
+    tutorial = (REPO / "docs" / "tutorial.md").read_text()
+    return tutorial.split("```bash\n", 1)[1].split("\n```", 1)[0]
 
 
 def layered_venv(path: Path) -> Path:

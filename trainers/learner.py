@@ -38,11 +38,11 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
+from hillclimb.config.learner import LearnerConfig
+from hillclimb.config.models import ModelConfig
 from trainers.batching import Sample, StepTotals, micro_batches, to_loss_batch
 from trainers.checkpoint import State, load_checkpoint, save_checkpoint, tied_parameters
-from trainers.learner_config import LearnerConfig
 from trainers.losses import LossConfig, loss_from_hidden, token_logprobs
-from trainers.models.config import ModelConfig
 from trainers.models.head import check_lm_head, lm_head
 from trainers.models.load import load_model
 from trainers.roles import Role

@@ -11,8 +11,6 @@ from typing import Annotated
 
 import typer
 
-from envs.registry import BUILTIN_ENVS, find_env, installed_envs
-from envs.targets import runtime_for
 from hillclimb.errors import ConfigError, TargetNotFoundError
 from orchestrator.console import console, errors, reports_errors
 
@@ -27,7 +25,7 @@ def server_token_file(port: int, uds: Path | None) -> Path:
 
 
 def _token_for_serving(token_file: Path | None, port: int, uds: Path | None) -> str:
-    from envs.serve import TOKEN_ENV_VAR, read_token
+    from envs.server.serve import TOKEN_ENV_VAR, read_token
 
     token = read_token(str(token_file) if token_file else None)
     if token:
@@ -79,9 +77,10 @@ def serve(
 ) -> None:
     """Serve an environment over OpenEnv's protocol (WebSocket /ws, /health, /schema, /metadata, /mcp) and the
     HTTP session binding (/reset, /step, /state, /close)."""
-    from envs.serve import TLS_NEEDS_TCP, server_tls
-    from envs.serve import serve as run
-    from envs.server import ServerConfig
+    from envs.server.env_server import ServerConfig
+    from envs.server.serve import TLS_NEEDS_TCP, server_tls
+    from envs.server.serve import serve as run
+    from envs.server.targets import runtime_for
 
     runtime_for(target, action=action, observation=observation)  # fail fast, before binding anything
     if tls_cert and uds:
@@ -121,6 +120,8 @@ def list_envs() -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from envs.authoring.registry import BUILTIN_ENVS, find_env, installed_envs
+
     table = Table("name", "from", "class", "task suite", "about")
     origins = {**{name: "built-in" for name in BUILTIN_ENVS}, **{n: ep.value for n, ep in installed_envs().items()}}
     for name, origin in sorted(origins.items()):
@@ -145,7 +146,7 @@ def init(
     ] = None,
 ) -> None:
     """Write a new environment package: environment, tasks, rubric, a test and a README."""
-    from envs.scaffold import write_package
+    from envs.authoring.scaffold import write_package
 
     root = directory or Path(name)
     for path in write_package(name, root):

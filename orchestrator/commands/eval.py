@@ -39,8 +39,8 @@ def eval_model(
     """Evaluate a model behind an OpenAI-compatible chat API: pass@k per split, episodes as text."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from hillclimb.config import load_config
     from orchestrator.chat_eval import eval_overrides, first_tasks, reuse_notice, write_episodes
-    from orchestrator.config import load_config
     from orchestrator.evaluate import evaluate, plan_evaluation
     from orchestrator.run_lifecycle import run_directory
 
@@ -79,7 +79,7 @@ def eval_model(
 async def _check_policy(cfg) -> None:  # type: ignore[no-untyped-def]
     """A wrong key, model or URL fails here, in one line, before Ray or any sandbox starts."""
     from trainers.policy.chat import ChatPolicy
-    from trainers.policy.config import make_policy
+    from trainers.policy.factory import make_policy
 
     policy = make_policy(cfg.policy)
     if isinstance(policy, ChatPolicy):  # a `--set policy.type=...` may have chosen another engine

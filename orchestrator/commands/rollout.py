@@ -12,7 +12,7 @@ import typer
 from orchestrator.console import console, reports_errors
 
 if TYPE_CHECKING:
-    from orchestrator.config import RunConfig, RunSection
+    from hillclimb.config.run import RunConfig, RunSection
     from orchestrator.report import SplitReport
 
 ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).", exists=True, dir_okay=False)]
@@ -31,7 +31,7 @@ MetricsPortOption = Annotated[
 
 def resolved_config(config: Path, set_: list[str] | None, address: str | None, metrics_port: int | None):  # type: ignore[no-untyped-def]
     """The run config with the command line's overrides on top (`--set`, `--address`, `--metrics-port`)."""
-    from orchestrator.config import load_config
+    from hillclimb.config import load_config
 
     overrides = list(set_ or [])
     if address:

@@ -10,7 +10,7 @@ import typer
 from orchestrator.console import console, reports_errors
 
 if TYPE_CHECKING:
-    from providers.base import SandboxProvider
+    from providers.contract import SandboxProvider
 
 app = typer.Typer(help="Start, inspect and clean up sandboxes.", no_args_is_help=True)
 
@@ -62,7 +62,7 @@ def _provider(name: str, options: list[str] | None, **fixed: Any) -> SandboxProv
     from pydantic import ValidationError
 
     from hillclimb.errors import ConfigError, validation_problems
-    from providers.registry import make_provider, options_model
+    from providers.registry import make_provider
 
     given: dict[str, Any] = {}
     for item in options or []:
@@ -71,14 +71,13 @@ def _provider(name: str, options: list[str] | None, **fixed: Any) -> SandboxProv
             raise typer.BadParameter(f"--option {item!r}: expected KEY=VALUE")
         given[key] = value
     try:
-        checked = options_model(name).model_validate({**given, **fixed})
+        return make_provider(name, **{**given, **fixed})
     except ValidationError as e:
         raise ConfigError(f"bad option for provider {name!r}: {validation_problems(e)}") from None
-    return make_provider(name, **checked.model_dump(exclude_unset=True))
 
 
 def _selector(run_id: str | None) -> dict[str, str]:
-    from providers.base import LABEL_RUN
+    from providers.contract import LABEL_RUN
 
     return {LABEL_RUN: run_id} if run_id else {}
 
@@ -91,7 +90,7 @@ def list_sandboxes(provider: ProviderOption = "local", run_id: RunOption = None,
 
     from rich.table import Column, Table
 
-    from providers.base import LABEL_ENV, LABEL_OWNER
+    from providers.contract import LABEL_ENV, LABEL_OWNER
 
     sandboxes = asyncio.run(_provider(provider, option).list(_selector(run_id)))
     # Ids are what `sandbox rm` takes: never cut or folded, whatever the terminal's width.

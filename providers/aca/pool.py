@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from hillclimb.provider_errors import BadSpecError, UnsupportedPolicy
-from providers.base import LABEL_CREATED, LABEL_EXPIRES, LABEL_KEY, SandboxSpec
+from providers.contract import LABEL_CREATED, LABEL_EXPIRES, LABEL_KEY, SandboxSpec
 
 TARGET_PORT = 8000
 POOL_PREFIX = "hillclimb"

@@ -22,14 +22,16 @@ import secrets
 import ssl
 import threading
 import time
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr
+from pydantic import SecretStr
 
-from envs.handle import ENV_TOKEN_HEADER, Credential
-from envs.registry import class_path
-from envs.targets import env_class_of
+from envs.authoring.registry import class_path
+from envs.client.credentials import Credential
+from envs.server.targets import env_class_of
+from envs.wire.http import ENV_TOKEN_HEADER
+from hillclimb.config.providers import AcaOptions, check_pool_source
 from hillclimb.provider_errors import BadSpecError
 from providers.aca.management import PoolManager
 from providers.aca.pool import (
@@ -42,27 +44,18 @@ from providers.aca.pool import (
     session_pool_body,
 )
 from providers.aca.sessions import DATA_PLANE_API_VERSION, SCOPE, SessionInfo, SessionPoolClient
-from providers.base import (
-    LABEL_CREATED,
-    LABEL_EXPIRES,
-    LABEL_RUN,
-    InflightCalls,
-    KeyLocks,
-    Sandbox,
-    SandboxSpec,
-    create_in_thread,
-    utc_from_timestamp,
-)
+from providers.contract import LABEL_CREATED, LABEL_EXPIRES, LABEL_RUN, Sandbox, SandboxSpec
 from providers.readiness import READY_TIMEOUT_S, wait_healthy
+from providers.toolkit import InflightCalls, KeyLocks, create_in_thread, utc_from_timestamp
 
-MAKES_POOLS = ("subscription_id", "resource_group", "environment_id", "location", "image")
-"""The options a provider that makes its own pools needs."""
 HAND_MADE = "pool"
 """The name a pool made by hand (`pool_endpoint`) goes by in sandbox ids."""
 
 
 class AcaProvider:
     name = "aca"
+    options_model = AcaOptions
+    run_liveness = None
 
     def __init__(
         self,
@@ -73,15 +66,15 @@ class AcaProvider:
         image: str | None = None,
         pool_endpoint: str | None = None,
         lifecycle: Literal["timed", "on-exit"] = "timed",
-        cooldown_s: Annotated[int, Field(ge=300, le=3600)] = 600,
-        ready_sessions: Annotated[int, Field(ge=0)] = 0,
-        max_concurrent_sessions: Annotated[int, Field(ge=1)] = 64,
+        cooldown_s: int = 600,
+        ready_sessions: int = 0,
+        max_concurrent_sessions: int = 64,
         registry_server: str | None = None,
         registry_identity: str | None = None,
-        pool_prefix: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{2,46}$")] = POOL_PREFIX,
+        pool_prefix: str = POOL_PREFIX,
         data_plane_api_version: str = DATA_PLANE_API_VERSION,
         ca_file: str | None = None,
-        arm_polling_s: Annotated[float, Field(ge=0)] = 5.0,
+        arm_polling_s: float = 5.0,
         credential: Any = None,
         management_transport: Any = None,
         data_transport: Any = None,
@@ -97,7 +90,7 @@ class AcaProvider:
         pool = {"environment_id": environment_id, "location": location, "image": image}
         try:
             arm = {"subscription_id": subscription_id, "resource_group": resource_group, "pool_endpoint": pool_endpoint}
-            self.check_options(arm | pool)
+            check_pool_source(arm | pool)
         except ValueError as e:
             raise BadSpecError(str(e)) from None
         self._credential = _credential(credential)
@@ -134,17 +127,6 @@ class AcaProvider:
         self._sandboxes: dict[str, Sandbox] = {}
         self._key_locks = KeyLocks()
         self._inflight = InflightCalls()
-
-    @staticmethod
-    def check_options(options: dict[str, Any]) -> None:
-        """What a config must give: everything a pool is made from, unless a pool made by hand."""
-        if options.get("pool_endpoint"):
-            return
-        if missing := [key for key in MAKES_POOLS if not options.get(key)]:
-            raise ValueError(
-                f"the aca provider needs {', '.join(missing)} to make its session pools "
-                "(or pool_endpoint, the management endpoint of a pool made by hand)"
-            )
 
     # -- the contract -------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from envs.handle import ENV_TOKEN_HEADER
+from envs.wire.http import ENV_TOKEN_HEADER
 from hillclimb.provider_errors import FatalProviderError, RetryableProviderError
 from providers.aca.errors import SESSION_EXECUTOR, retry_after, translate
 

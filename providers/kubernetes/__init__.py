@@ -5,5 +5,4 @@ pod           one sandbox's Pod and its token Secret
 egress        default-deny egress NetworkPolicies, and one pod's allow-list
 warm_pool     sandboxes claimed from a server-side warm pool (the agent-sandbox CRDs)
 leases        run liveness across the cluster: a Lease per process holding a run's sandboxes
-chart_values  the Helm chart's sandbox-side values the provider must agree with
 """

@@ -18,7 +18,7 @@ import ipaddress
 from typing import Any
 
 from hillclimb.provider_errors import UnsupportedPolicy
-from providers.base import LABEL_PREFIX, SandboxSpec
+from providers.contract import LABEL_PREFIX, SandboxSpec
 
 SANDBOX_ROLE = LABEL_PREFIX + "role"
 """The label every sandbox pod carries with value `sandbox`; rollout workers carry `rollout-worker`."""

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from providers.base import LABEL_RUN, host_label
+from providers.contract import LABEL_RUN, host_label
 from providers.kubernetes.egress import SANDBOX_ROLE
 from providers.liveness import RunState
 

@@ -3,14 +3,14 @@
     pod hc-<name>                            (Pod Security Standards: restricted)
       ├─ server    uid 10001   python -m envs <env> --port 8000 --token-file /run/hillclimb-token/token
       │                        the token Secret (this container only), a /tmp of its own
-      ├─ agent     uid 10002   python3 -m envs.warden --listen /run/warden/warden.sock --server-uid 10001
+      ├─ agent     uid 10002   python3 -m envs.sandbox.warden --listen /run/warden/warden.sock --server-uid 10001
       │                        the agent's work dir /work, a /tmp of its own
-      └─ verifier  uid 10004   python3 -m envs.warden --listen /run/warden/verifier.sock --server-uid 10001
+      └─ verifier  uid 10004   python3 -m envs.sandbox.warden --listen /run/warden/verifier.sock --server-uid 10001
                                the verifier's copies /verify, a /tmp of its own; the wardens' socket dir, shared
 
 The restricted profile lets no container keep a capability, so no process of the pod may
-switch uids: the agent's commands, and what decides a reward (`envs.verification`), get uids of
-their own by running in containers of their own, each under a warden (`envs.warden`'s listen
+switch uids: the agent's commands, and what decides a reward (`envs.sandbox.verification`), get uids of
+their own by running in containers of their own, each under a warden (`envs.sandbox.warden`'s listen
 mode) that the server reaches over a socket in a directory they share; each container has its
 own process namespace, so the agent cannot even see the verifier's processes. The server's
 code and task suites (`/opt/hillclimb`, group 10001) stay out of both's reach, and the token is
@@ -28,7 +28,7 @@ import os
 from typing import Any
 
 from hillclimb.provider_errors import BadSpecError
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 from providers.kubernetes.egress import SANDBOX_NAME, SANDBOX_ROLE, SERVER_PORT
 
 SERVER_UID = 10001
@@ -85,7 +85,7 @@ def _warden_container(
     return {
         "name": role,
         "image": image,
-        "command": ["python3", "-P", "-m", "envs.warden"],
+        "command": ["python3", "-P", "-m", "envs.sandbox.warden"],
         "args": ["--listen", f"{WARDEN_DIR}/{socket}", "--server-uid", str(SERVER_UID)],
         "env": [*env, {"name": "PYTHONPATH", "value": WARDEN_CODE}],
         "workingDir": workdir,

@@ -23,13 +23,15 @@ import asyncio
 import secrets
 import threading
 import time
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import SecretStr
 
 import kubernetes
-from envs.registry import class_path
-from envs.targets import env_class_of
+from envs.authoring.registry import class_path
+from envs.server.targets import env_class_of
+from hillclimb.config.chart import SandboxValues
+from hillclimb.config.providers import KubernetesOptions
 from hillclimb.provider_errors import (
     BadSpecError,
     FatalProviderError,
@@ -37,8 +39,7 @@ from hillclimb.provider_errors import (
     RetryableProviderError,
     UnsupportedPolicy,
 )
-from providers.base import LABEL_PREFIX, KeyLocks, Sandbox, SandboxSpec, create_in_thread, utc_from_timestamp
-from providers.kubernetes.chart_values import SandboxValues
+from providers.contract import LABEL_PREFIX, Sandbox, SandboxSpec
 from providers.kubernetes.egress import SANDBOX_NAME, SANDBOX_ROLE, SERVER_PORT, allow_list, egress_findings
 from providers.kubernetes.leases import LeaseLiveness
 from providers.kubernetes.pod import pod_name, sandbox_pod, token_secret
@@ -46,6 +47,7 @@ from providers.kubernetes.warm_pool import GROUP as WARM_GROUP
 from providers.kubernetes.warm_pool import VERSION as WARM_VERSION
 from providers.kubernetes.warm_pool import bound_address, claim_server, sandbox_claim, warm_pool_objects
 from providers.readiness import READY_TIMEOUT_S, wait_healthy
+from providers.toolkit import KeyLocks, create_in_thread, utc_from_timestamp
 
 SERVICE = "hillclimb-sandboxes"
 """The chart's headless Service: it gives each ready sandbox pod a DNS name."""
@@ -55,6 +57,7 @@ _LOG_LINES = 50
 
 class KubernetesProvider:
     name = "kubernetes"
+    options_model = KubernetesOptions
 
     def __init__(
         self,
@@ -64,7 +67,7 @@ class KubernetesProvider:
         kubeconfig: str | None = None,
         context: str | None = None,
         api_url: str | None = None,
-        warm_pool: Annotated[int, Field(ge=1)] | None = None,
+        warm_pool: int | None = None,
     ) -> None:
         """In-cluster credentials by default; `kubeconfig` (and `context`) from outside a cluster;
         `api_url` for an API server that takes no credentials (a local proxy, an emulator).
@@ -98,7 +101,7 @@ class KubernetesProvider:
         self._key_locks = KeyLocks()
         self._policy_checked_at = -_POLICY_RECHECK_S
         self._policy_lock = threading.Lock()
-        self.run_liveness = LeaseLiveness(self._api, namespace, self._translate)
+        self.run_liveness: LeaseLiveness = LeaseLiveness(self._api, namespace, self._translate)
         """Where this provider's runs beat and its reapers look: Leases beside the sandboxes."""
 
     # -- the contract -------------------------------------------------------------------

@@ -22,10 +22,10 @@ import hashlib
 import json
 from typing import Any
 
-from envs.http_client import http_request
+from envs.client.http_client import http_request
 from hillclimb.errors import HillclimbError
 from hillclimb.provider_errors import FatalProviderError, RetryableProviderError, UnsupportedPolicy
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 from providers.kubernetes.egress import SANDBOX_ROLE
 from providers.kubernetes.pod import sandbox_pod
 

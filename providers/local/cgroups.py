@@ -17,7 +17,7 @@ import os
 import signal
 from pathlib import Path
 
-from providers.base import Resources
+from providers.contract import Resources
 
 _CPU_PERIOD_US = 100_000
 

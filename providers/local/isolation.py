@@ -134,7 +134,7 @@ class RootPlan:
     verify_owner: int
     """`SANDBOX_VERIFY_DIR` is another, owned by this uid (the verifier's): where it copies the work dir."""
     verifier_shell: str | None
-    """A host file bound read-only at `SANDBOX_VERIFIER_SHELL`: bash, execute-only (see `envs.verification`)."""
+    """A host file bound read-only at `SANDBOX_VERIFIER_SHELL`: bash, execute-only (see `envs.sandbox.verification`)."""
     tmp_mb: int
     cgroups: list[str]
     """The sandbox's own cgroup directories: read-only at the same paths, so it can read its limits."""

@@ -21,7 +21,7 @@ On disk, under the provider's root (mode 0711, owned by us):
                               uid_base + n, its agent's commands as uid_base + uid_slots + n, its
                               verifier as uid_base + 2 * uid_slots + n
     <root>/.verifier-bash     as root: bash, execute-only (0111), bound into every sandbox for
-                              its verifier (see `envs.verification`)
+                              its verifier (see `envs.sandbox.verification`)
 
 Another process (`hillclimb sandbox ls|rm|reap`) reads the same layout.
 """
@@ -48,7 +48,8 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
-from envs.agent_processes import start_ticks
+from envs.sandbox.agent_processes import start_ticks
+from hillclimb.config.providers import LocalOptions
 from hillclimb.provider_errors import (
     BadSpecError,
     CapacityError,
@@ -57,11 +58,12 @@ from hillclimb.provider_errors import (
     SandboxDiedError,
     UnsupportedPolicy,
 )
-from providers.base import InflightCalls, KeyLocks, Sandbox, SandboxSpec, create_in_thread, utc_from_timestamp
+from providers.contract import Sandbox, SandboxSpec
 from providers.local import isolation
 from providers.local.cgroups import Cgroups
 from providers.local.zygote import LaunchPlan
 from providers.readiness import READY_TIMEOUT_S, wait_healthy
+from providers.toolkit import InflightCalls, KeyLocks, create_in_thread, utc_from_timestamp
 
 log = logging.getLogger("hillclimb.providers.local")
 
@@ -125,6 +127,8 @@ class LocalProvider:
     """Sandboxes as isolated local processes: the embedded default provider."""
 
     name = "local"
+    options_model = LocalOptions
+    run_liveness = None
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ Starting a sandbox is a fork (about a millisecond) instead of a fresh interprete
 
 PID 1 builds the sandbox's own root filesystem (`isolation.enter_minimal_root`), installs
 the system call filter, keeps only the capabilities to change uid and kill, and becomes
-the warden (`envs.warden`) of the server it starts.
+the warden (`envs.sandbox.warden`) of the server it starts.
 
 Each process dies with its parent (PDEATHSIG), and the zygote kills every sandbox when
 its stdin closes, i.e. when the provider's process exits for any reason, SIGKILL
@@ -34,16 +34,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from envs import seccomp, warden
-from envs.agent_processes import exited_children
+from envs.sandbox import seccomp, warden
+from envs.sandbox.agent_processes import exited_children
 from providers.local import isolation
 
 # What the sandboxes' servers import, loaded once here: the built-in environments, and what a user's
-# environment package builds on (envs.packages, envs.file_suite). It also makes them importable in a
+# environment package builds on (envs.authoring.packages, envs.authoring.file_suite). It also makes them importable in a
 # sandbox whose path no longer reaches an editable install's source tree.
 PRELOAD = (
-    "uvloop", "envs.server", "envs.serve", "envs.toy_terminal", "envs.inventory", "envs.probe", "envs.terminal",
-    "envs.packages", "envs.file_suite",
+    "uvloop", "envs.server.env_server", "envs.server.serve",
+    "envs.builtin.toy_terminal", "envs.builtin.inventory", "envs.builtin.probe", "envs.builtin.terminal",
+    "envs.authoring.packages", "envs.authoring.file_suite",
 )  # fmt: skip
 
 
@@ -66,7 +67,7 @@ class LaunchPlan(BaseModel):
     gid: int | None
     agent_uid: int | None  # the agent's commands' uid (and gid); None: the server's
     verifier_uid: int | None  # the verifier's uid (and gid), with the agent's; None: the server's
-    verifier_shell: str | None  # the host's execute-only bash for the verifier (see envs.verification)
+    verifier_shell: str | None  # the host's execute-only bash for the verifier (see envs.sandbox.verification)
     isolate: bool
     rlimits: dict[str, int]
     cgroups: list[str]
@@ -171,8 +172,8 @@ def _become_server(plan: LaunchPlan, report_fd: int) -> None:
         os.write(report_fd, b"ok")
         os.close(report_fd)
         os.execvpe(plan.command[0], plan.command, os.environ)
-    from envs.serve import run_fast, serve
-    from envs.server import ServerConfig
+    from envs.server.env_server import ServerConfig
+    from envs.server.serve import run_fast, serve
 
     os.write(report_fd, b"ok")
     os.close(report_fd)

@@ -1,4 +1,4 @@
-"""The README's tutorial, "Your environment in ten minutes", executed as written, then what each
+"""The tutorial, docs/tutorial.md, executed as written, then what each
 of its commands left behind.
 
 The block runs in bash (`set -euo pipefail`) in an empty directory, as a user runs it, with:

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from envs.client import EnvClient
-from envs.http_client import HttpEnvClient
-from envs.runtime import EnvRuntime
-from envs.server import EnvServer, ServerConfig
+from envs.client.http_client import HttpEnvClient
+from envs.client.ws_client import EnvClient
+from envs.server.env_server import EnvServer, ServerConfig
+from envs.server.runtime import EnvRuntime
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import Literal
 
-from envs.base import Action, Environment, Observation, State, tool
+from envs.authoring.base import Action, Environment, Observation, State, tool
 
 
 class Calls:

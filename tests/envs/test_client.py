@@ -16,8 +16,9 @@ import pytest
 from sample_envs import AsyncCounterEnv, CountAction, CounterEnv, CountObservation, SoloEnv, broken_factory
 from wire import CLOSE, CONTINUATION, PING, PONG, TEXT, FakePeer, RawWS, frame, read_frame, reply_with
 
-from envs.client import Endpoint, EnvClient
-from envs.http_client import http_request
+from envs.client.base import Endpoint
+from envs.client.http_client import http_request
+from envs.client.ws_client import EnvClient
 from hillclimb.errors import (
     ERROR_TYPES,
     AuthenticationError,

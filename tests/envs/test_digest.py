@@ -29,11 +29,11 @@ def test_the_digest_follows_the_sources_and_task_data(tmp_path: Path) -> None:
     (copy / "__pycache__").mkdir(exist_ok=True)
     (copy / "__pycache__" / "stray.cpython-311.pyc").write_bytes(b"compiled")
     assert _digest_of_copy(tmp_path) == envs_digest()  # byte code is not source
-    tasks = copy / "terminal" / "tasks.yaml"
+    tasks = copy / "builtin" / "terminal" / "tasks.yaml"
     tasks.write_text(tasks.read_text() + "\n# one more line\n")
     changed_data = _digest_of_copy(tmp_path)
     assert changed_data != envs_digest()
-    (copy / "toy_terminal" / "fs.py").write_text("# another file system\n")
+    (copy / "builtin" / "toy_terminal" / "fs.py").write_text("# another file system\n")
     assert _digest_of_copy(tmp_path) not in (envs_digest(), changed_data)
 
 

@@ -17,21 +17,21 @@ from pathlib import Path
 import pytest
 
 import envs
-from envs import registry
-from envs.file_suite import FileSuite
-from envs.packages import EnvPackage
-from envs.registry import BUILTIN_ENVS, find_env, installed_envs, resolve_env_class
-from envs.targets import env_class_of, runtime_for
-from envs.tasks import MissingOracleError, Task, load_suite, require_oracles
-from envs.toy_terminal import ToyTerminalEnv
-from envs.toy_terminal.tasks import SUITE as TOY_SUITE
+from envs.authoring import registry
+from envs.authoring.file_suite import FileSuite
+from envs.authoring.packages import EnvPackage
+from envs.authoring.registry import BUILTIN_ENVS, find_env, installed_envs, load_suite, resolve_env_class
+from envs.authoring.tasks import MissingOracleError, Task, require_oracles
+from envs.builtin.toy_terminal import ToyTerminalEnv
+from envs.builtin.toy_terminal.tasks import SUITE as TOY_SUITE
+from envs.server.targets import env_class_of, runtime_for
 from hillclimb.errors import EnvModuleNotFoundError, TargetNotFoundError
 
 PACKAGE = """
-from envs.base import Action, Environment, Observation, State
-from envs.file_suite import FileSuite, TaskRow
-from envs.file_suite import FileSuite
-from envs.packages import EnvPackage
+from envs.authoring.base import Action, Environment, Observation, State
+from envs.authoring.file_suite import FileSuite, TaskRow
+from envs.authoring.file_suite import FileSuite
+from envs.authoring.packages import EnvPackage
 
 class WordAction(Action):
     text: str
@@ -91,7 +91,8 @@ def _install(site: Path, dist: str, entry_points: dict[str, str]) -> None:
 def test_builtins_are_packages_of_the_same_kind_holding_import_paths_only() -> None:
     assert (envs.EnvPackage, envs.FileSuite, envs.find_env) == (EnvPackage, FileSuite, find_env)
     assert all(isinstance(p, EnvPackage) and isinstance(p.suite, str | None) for p in BUILTIN_ENVS.values())
-    assert find_env("toy_terminal") == EnvPackage("envs.toy_terminal:ToyTerminalEnv", "envs.toy_terminal.tasks:SUITE")
+    toy = EnvPackage("envs.builtin.toy_terminal:ToyTerminalEnv", "envs.builtin.toy_terminal.tasks:SUITE")
+    assert find_env("toy_terminal") == toy
     assert resolve_env_class("toy_terminal") is ToyTerminalEnv
     assert load_suite("toy_terminal") is TOY_SUITE
     with pytest.raises(TargetNotFoundError) as caught:  # `hillclimb env demo probe`

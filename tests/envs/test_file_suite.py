@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from envs.base import Action, Observation
-from envs.file_suite import FileSuite, TaskRow, read_rows
-from envs.tasks import ActionParseError, ToolCallSuite
+from envs.authoring.base import Action, Observation
+from envs.authoring.file_suite import FileSuite, TaskRow, read_rows
+from envs.authoring.tasks import ActionParseError, ToolCallSuite
 from hillclimb.errors import ConfigError
 
 ROWS = [

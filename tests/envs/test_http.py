@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from envs import http
+from envs.wire import http
 
 PIPELINED = (
     b"GET /health?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"

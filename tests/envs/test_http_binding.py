@@ -14,8 +14,9 @@ from openenv.core.env_server.types import ResetRequest, ResetResponse, StepReque
 from sample_envs import AsyncCounterEnv, CounterEnv, SoloEnv, broken_factory
 from wire import eventually
 
-from envs.handle import ENV_TOKEN_HEADER, SESSION_HEADER, Credential
-from envs.http_client import http_request
+from envs.client.credentials import Credential
+from envs.client.http_client import http_request
+from envs.wire.http import ENV_TOKEN_HEADER, SESSION_HEADER
 from hillclimb.errors import (
     AuthenticationError,
     CapacityReachedError,

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from envs.base import Action, Environment, Observation, State
-from envs.inline import FIRST_PROOF
+from envs.authoring.base import Action, Environment, Observation, State
+from envs.server.inline import FIRST_PROOF
 from hillclimb.errors import ExecutionError
 
 

@@ -9,14 +9,14 @@ import json
 
 import pytest
 
-from envs import inventory
-from envs.http_client import http_request
-from envs.inventory import InventoryEnv
-from envs.inventory.tasks import SUITE, TASKS, call_text
-from envs.inventory.warehouse import INITIAL_STOCK
-from envs.mcp import INVALID_PARAMS
-from envs.registry import resolve_env_class
-from envs.tasks import ActionParseError, load_suite
+from envs.authoring.registry import load_suite, resolve_env_class
+from envs.authoring.tasks import ActionParseError
+from envs.builtin import inventory
+from envs.builtin.inventory import InventoryEnv
+from envs.builtin.inventory.tasks import SUITE, TASKS, call_text
+from envs.builtin.inventory.warehouse import INITIAL_STOCK
+from envs.client.http_client import http_request
+from envs.server.mcp import INVALID_PARAMS
 from hillclimb.errors import ExecutionError, MessageValidationError
 
 ALL_TASKS = SUITE.tasks("train") + SUITE.tasks("heldout")

@@ -10,8 +10,8 @@ import pytest
 from sample_envs import CounterEnv, SoloEnv
 from wire import RawWS, http_exchange
 
-from envs.client import ToolResult
-from envs.http_client import http_request
+from envs.client.base import ToolResult
+from envs.client.http_client import http_request
 from hillclimb.errors import ExecutionError, StepTimeoutError
 
 

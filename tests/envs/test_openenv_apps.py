@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from openenv.core.generic_client import GenericEnvClient
 
-from envs import base
-from envs.server import EnvServer
-from envs.targets import runtime_for
+from envs.authoring import base
+from envs.server.env_server import EnvServer
+from envs.server.targets import runtime_for
 from hillclimb.errors import FactoryError
 from tests.openenv_shout import write_shout_project
 

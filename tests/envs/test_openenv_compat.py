@@ -27,8 +27,8 @@ from openenv.core.env_server.types import State as OpenEnvState
 from openenv.core.generic_client import GenericEnvClient
 from wire import eventually
 
-from envs.client import EnvClient
-from envs.http_client import HttpEnvClient, http_request
+from envs.client.http_client import HttpEnvClient, http_request
+from envs.client.ws_client import EnvClient
 from hillclimb.errors import ExecutionError, MessageValidationError
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from envs.scaffold import write_package
+from envs.authoring.scaffold import write_package
 from hillclimb.errors import ConfigError
 
 
@@ -44,8 +44,8 @@ def test_a_plain_directory_of_that_name_shadows_nothing(tmp_path: Path, monkeypa
 
 def test_the_scaffolds_training_config_states_echos_lambda_and_why(tmp_path: Path) -> None:
     """The main job's λ is 1.0 (configs/echo_toy.yaml); the scaffold's, meant for a real model, says why not."""
-    from orchestrator.config import load_config
-    from trainers.losses.config import ConstantLambda
+    from hillclimb.config import load_config
+    from hillclimb.config.losses import ConstantLambda
 
     write_package("lambda_env", tmp_path / "project")
     path = tmp_path / "project" / "train.yaml"

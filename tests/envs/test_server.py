@@ -13,11 +13,11 @@ import pytest
 from sample_envs import AsyncCounterEnv, CounterEnv, ReservedToolEnv, SoloEnv, broken_factory
 from wire import RawWS, eventually, http_exchange, open_stream
 
-from envs import websocket as ws
-from envs.http_client import http_request
-from envs.metrics import parse_metrics
-from envs.runtime import EnvRuntime
-from envs.server import EnvServer
+from envs.client.http_client import http_request
+from envs.server.env_server import EnvServer
+from envs.server.metrics import parse_metrics
+from envs.server.runtime import EnvRuntime
+from envs.wire import websocket as ws
 from hillclimb.errors import (
     AuthenticationError,
     CapacityReachedError,
@@ -525,25 +525,24 @@ async def test_unix_socket_episode(start_server, calls):
 # -- the step deadline and other cancellations ------------------------------------------
 
 
-def _connection_with_a_bounded_step() -> tuple[object, asyncio.Task[object]]:
+def _session_with_a_bounded_step() -> tuple[object, asyncio.Task[object]]:
     from types import SimpleNamespace
 
-    from envs.server import _Connection
+    from envs.server.ws_session import WebSocketSession
 
-    config = SimpleNamespace(step_timeout_s=5.0, max_message_bytes=1 << 20)
-    conn = _Connection(SimpleNamespace(config=config))  # type: ignore[arg-type]
-    conn.session = SimpleNamespace(deadline=None, timed_out=False)  # type: ignore[assignment]
+    session = WebSocketSession(None, None, env_name="e", step_timeout_s=5.0, max_message_bytes=1 << 20)  # type: ignore[arg-type]
+    session.session = SimpleNamespace(deadline=None, timed_out=False)  # type: ignore[assignment]
     step = asyncio.get_running_loop().create_future()  # a step that never ends by itself
-    conn._session_task = asyncio.ensure_future(conn._bounded(step))
-    return conn, conn._session_task
+    session._task = asyncio.ensure_future(session._bounded(step))
+    return session, session._task
 
 
 async def test_a_step_past_its_deadline_is_answered_with_a_timeout() -> None:
-    from envs.messages import StepDeadline
+    from envs.server.messages import StepDeadline
 
-    conn, task = _connection_with_a_bounded_step()
+    session, task = _session_with_a_bounded_step()
     await asyncio.sleep(0)
-    conn.expire_step()  # the watchdog
+    session.expire_step()  # the watchdog
     with pytest.raises(StepDeadline):
         await task
 
@@ -551,9 +550,9 @@ async def test_a_step_past_its_deadline_is_answered_with_a_timeout() -> None:
 async def test_a_cancellation_beside_the_deadline_is_not_turned_into_a_timeout() -> None:
     # The server closing cancels the session as the watchdog does: that cancellation must go on,
     # not be answered with a timeout error after which the session would run on.
-    conn, task = _connection_with_a_bounded_step()
+    session, task = _session_with_a_bounded_step()
     await asyncio.sleep(0)
-    conn.expire_step()
+    session.expire_step()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from envs import terminal
-from envs.agent_commands import agent_commands
-from envs.client import EnvClient
-from envs.registry import resolve_env_class
-from envs.tasks import ActionParseError, load_suite
-from envs.terminal import TerminalEnv
-from envs.terminal.tasks import SUITE, TerminalTask
+from envs.authoring.registry import load_suite, resolve_env_class
+from envs.authoring.tasks import ActionParseError
+from envs.builtin import terminal
+from envs.builtin.terminal import TerminalEnv
+from envs.builtin.terminal.tasks import SUITE, TerminalTask
+from envs.client.ws_client import EnvClient
+from envs.sandbox.agent_commands import agent_commands
 from hillclimb.errors import ExecutionError, MessageValidationError
 
 ALL_TASKS = SUITE.tasks("train") + SUITE.tasks("heldout")

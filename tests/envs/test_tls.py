@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from sample_envs import CounterEnv
 
-from envs.client import EnvClient
-from envs.runtime import EnvRuntime
-from envs.serve import server_tls
-from envs.server import EnvServer
+from envs.client.ws_client import EnvClient
+from envs.server.env_server import EnvServer
+from envs.server.runtime import EnvRuntime
+from envs.server.serve import server_tls
 from hillclimb.errors import TLSError
 from tests.private_ca import PrivateCA
 

@@ -9,11 +9,11 @@ import subprocess
 
 import pytest
 
-from envs import toy_terminal
-from envs.registry import resolve_env_class
-from envs.tasks import ActionParseError, load_suite
-from envs.toy_terminal import ToyTerminalEnv, fs
-from envs.toy_terminal.tasks import SUITE, TASKS
+from envs.authoring.registry import load_suite, resolve_env_class
+from envs.authoring.tasks import ActionParseError
+from envs.builtin import toy_terminal
+from envs.builtin.toy_terminal import ToyTerminalEnv, fs
+from envs.builtin.toy_terminal.tasks import SUITE, TASKS
 from hillclimb.errors import ExecutionError, MessageValidationError
 
 ALL_TASKS = SUITE.tasks("train") + SUITE.tasks("heldout")

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 from sample_envs import CounterEnv
 
-from envs.handle import ENV_TOKEN_HEADER, Credential, EnvHandle
-from envs.runtime import EnvRuntime
-from envs.server import EnvServer
+from envs.client.credentials import Credential
+from envs.client.handle import EnvHandle
+from envs.server.env_server import EnvServer
+from envs.server.runtime import EnvRuntime
+from envs.wire.http import ENV_TOKEN_HEADER
 from hillclimb.errors import AuthenticationError, ConnectionLostError
 from tests.ingress import SessionPoolIngress
 from tests.private_ca import PrivateCA

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from envs.agent_commands import CommandExit, WardenClient, WardenGoneError, _connect_warden, _start_warden
-from envs.agent_processes import keep_memory_private
-from envs.warden import Identity, Warden, accept_server
+from envs.sandbox.agent_commands import CommandExit, WardenClient, WardenGoneError, _connect_warden, _start_warden
+from envs.sandbox.agent_processes import keep_memory_private
+from envs.sandbox.warden import Identity, Warden, accept_server
 
 ENV = {"PATH": "/usr/bin:/bin"}
 

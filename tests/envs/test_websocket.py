@@ -11,7 +11,7 @@ import pytest
 from sample_envs import CounterEnv
 from wire import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, RawWS, frame, read_frame
 
-from envs import websocket as ws
+from envs.wire import websocket as ws
 
 LENGTH_BOUNDARIES = [0, 1, 125, 126, 127, 65535, 65536, 70000]
 

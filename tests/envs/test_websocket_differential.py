@@ -1,6 +1,6 @@
 """Our frame reader against wsproto's, on the same bytes.
 
-`envs/websocket.py` frames by hand because wsproto cost a third to a half of the step rate
+`envs/wire/websocket.py` frames by hand because wsproto cost a third to a half of the step rate
 (see its docstring). This holds it to the maintained library's verdict instead: thousands of
 generated frame streams, valid ones and ones with one rule broken, are fed to both readers in
 the same random pieces; both must accept with the same messages or both refuse, with the same
@@ -15,7 +15,7 @@ import pytest
 from wire import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, frame
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
-from envs import websocket as ws
+from envs.wire import websocket as ws
 
 STREAMS = 1500
 LIMIT = 1 << 20

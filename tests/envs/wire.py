@@ -1,4 +1,4 @@
-"""Raw RFC 6455 peers for the tests, written apart from `envs.websocket` so that they check it
+"""Raw RFC 6455 peers for the tests, written apart from `envs.wire.websocket` so that they check it
 rather than agree with it: `RawWS` is a client that writes any frame it is told to (masked or
 not, fragmented, with reserved bits), and `FakePeer` is a server that completes the handshake
 and then follows a script (go silent, hang up mid-request, replay canned replies).

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import RunConfig, load_config
+from hillclimb.config import RunConfig, load_config
 from orchestrator.ledger import Ledger
 from orchestrator.render import PlainTextRenderer, Transcript
 from tests.factories import trajectory

@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Any
 
-from envs.base import Action, Environment, Observation, State
+from envs.authoring.base import Action, Environment, Observation, State
 
 
 class CommandAction(Action):

@@ -6,7 +6,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from trainers.policy.base import GenerateRequest, Generation, SamplingParams
+from hillclimb.config.rollout import SamplingParams
+from trainers.policy.base import GenerateRequest, Generation
 from trainers.policy.scripted import ScriptedPolicy
 
 

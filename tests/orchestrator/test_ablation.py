@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hillclimb.config import load_config
+from hillclimb.config.losses import ConstantLambda
 from orchestrator.ablation import arm_config, averages
-from orchestrator.config import load_config
-from trainers.losses.config import ConstantLambda
 
 ECHO_TOY = Path(__file__).parents[2] / "configs" / "echo_toy.yaml"
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hillclimb.config import RunConfig, load_config
 from orchestrator.chat_eval import (
     EVAL_CONTEXT_BYTES,
     eval_overrides,
@@ -16,7 +17,6 @@ from orchestrator.chat_eval import (
     run_name,
     write_episodes,
 )
-from orchestrator.config import RunConfig, load_config
 from orchestrator.evaluate import plan_evaluation
 from orchestrator.run_lifecycle import prepare_run_dir
 from tests.factories import group, trajectory

@@ -9,20 +9,22 @@ from typing import Any
 
 import pytest
 
-from envs.base import tool_methods
-from envs.inventory import InventoryEnv
-from envs.tasks import load_suite
-from envs.toy_terminal.fs import execute
-from envs.toy_terminal.tasks import TASKS, ToyTerminalSuite
+from envs.authoring.base import tool_methods
+from envs.authoring.registry import load_suite
+from envs.builtin.inventory import InventoryEnv
+from envs.builtin.toy_terminal.fs import execute
+from envs.builtin.toy_terminal.tasks import TASKS, ToyTerminalSuite
+from hillclimb.config import load_config
+from hillclimb.config.rollout import EpisodeConfig
+from hillclimb.config.sandboxes import PoolConfig
 from hillclimb.errors import ConfigError
-from orchestrator.config import load_config
 from orchestrator.ledger import Ledger
-from orchestrator.pool import PoolConfig, SandboxPool
+from orchestrator.pool import SandboxPool
 from orchestrator.render import MessagesRenderer, Transcript, chat_tool
-from orchestrator.rollout import EpisodeConfig, EpisodeRunner
+from orchestrator.rollout import EpisodeRunner
 from orchestrator.server_tokens import TEXT_ONLY, stitch
 from orchestrator.workers import make_renderer
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 from providers.local import LocalProvider
 from tests.factories import episode_spec
 from tests.trainers.chat_server import LOGPROB, Call, ChatServer, render, token_ids, tool_call_problem

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from hillclimb.config import load_config
+from hillclimb.config.losses import ConstantLambda
 from hillclimb.errors import ConfigError
-from orchestrator.config import load_config
-from trainers.losses.config import ConstantLambda
 
 CONFIGS_DIR = Path(__file__).parents[2] / "configs"
 CONFIGS = sorted(CONFIGS_DIR.glob("*.yaml"))
@@ -98,3 +98,9 @@ def test_provider_options_are_checked_at_load_by_name() -> None:
         None, ["provider.type=docker", "provider.options.image=mine:1", "provider.options.check_image=false"]
     )
     assert config.provider.options == {"image": "mine:1", "check_image": False}
+
+
+def test_public_api_is_pinned() -> None:
+    import hillclimb.config as package
+
+    assert package.__all__ == ["RunConfig", "load_config"]

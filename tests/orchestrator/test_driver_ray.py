@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from envs.tasks import load_suite
-from orchestrator.config import load_config
+from envs.authoring.registry import load_suite
+from hillclimb.config import load_config
 from orchestrator.driver import RolloutDriver
 from orchestrator.schedule import endless_groups, round_of_groups
 from tests.orchestrator.helpers import SlowScriptedPolicy

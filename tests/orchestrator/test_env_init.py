@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from envs.client import EnvClient
-from orchestrator.config import load_config
+from envs.client.ws_client import EnvClient
+from hillclimb.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -140,7 +140,7 @@ async def test_env_serve_runs_it_from_its_directory(served: str) -> None:
 
 def test_installed_its_entry_point_names_it_everywhere(installed: Path, tmp_path: Path) -> None:
     script = (
-        "from envs.tasks import load_suite; from envs.targets import runtime_for\n"
+        "from envs.authoring.tasks import load_suite; from envs.server.targets import runtime_for\n"
         "suite = load_suite('scaffolded_env')\n"
         "print(suite.env, [t.id for t in suite.tasks('heldout')], runtime_for('scaffolded_env').env_cls.__name__)\n"
     )

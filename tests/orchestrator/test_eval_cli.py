@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from envs.tasks import load_suite
+from envs.authoring.registry import load_suite
 from tests.trainers.chat_server import ChatServer, Fault, toy_terminal_oracle
 
 REPO = Path(__file__).parents[2]

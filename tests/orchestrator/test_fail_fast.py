@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from hillclimb.config import load_config
 from hillclimb.errors import ConfigError
 from orchestrator.commands.rollout import serve_run_metrics
-from orchestrator.config import load_config
 
 REPO = Path(__file__).parents[2]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.config import load_config
+from hillclimb.config import load_config
 from orchestrator.train import Trainer
 
 REPO = Path(__file__).parents[2]

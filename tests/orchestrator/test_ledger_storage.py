@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from hillclimb.config import load_config
 from hillclimb.errors import ConfigError
 from orchestrator.buffer import BufferConfig, TrajectoryBuffer
-from orchestrator.config import load_config
 from orchestrator.ledger import Ledger
 from tests.factories import group
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from hillclimb.config import load_config
 from hillclimb.errors import ConfigError
-from orchestrator.config import load_config
 from orchestrator.loggers import REDACTED, open_loggers, redact_secrets
 from orchestrator.schedule import GroupSpec
 from orchestrator.train import MetricsLog, Trainer

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from envs.tasks import load_suite
-from orchestrator.config import load_config
+from envs.authoring.registry import load_suite
+from hillclimb.config import load_config
 from orchestrator.driver import RolloutDriver
 from orchestrator.metrics_hub import MetricsHub, serve_metrics
 from orchestrator.schedule import round_of_groups

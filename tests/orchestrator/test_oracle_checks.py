@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from envs.tasks import MissingOracleError, load_suite
-from orchestrator.config import load_config
+from envs.authoring.registry import load_suite
+from envs.authoring.tasks import MissingOracleError
+from hillclimb.config import load_config
+from hillclimb.config.rollout import SamplingParams
 from orchestrator.demo import oracle_episode
 from orchestrator.train import OracleEpisodeError, Trainer
 from providers.registry import make_provider
 from tests.factories import say_package, trajectory
-from trainers.policy.base import EpisodeInfo, GenerateRequest, SamplingParams
+from trainers.policy.base import EpisodeInfo, GenerateRequest
 from trainers.policy.scripted import ScriptedPolicy
 from trainers.trajectory import DoneReason
 

@@ -7,9 +7,10 @@ import asyncio
 
 import pytest
 
+from hillclimb.config.rollout import SamplingParams
 from orchestrator.workers import PolicyServerClient
 from tests.orchestrator.helpers import PolicyServerStandIn
-from trainers.policy.base import GenerateRequest, SamplingParams
+from trainers.policy.base import GenerateRequest
 from trainers.tokenizer import ByteTokenizer
 
 pytestmark = pytest.mark.ray

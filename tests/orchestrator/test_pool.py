@@ -10,11 +10,12 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from envs.handle import EnvHandle
+from envs.client.handle import EnvHandle
+from hillclimb.config.sandboxes import PoolConfig
 from hillclimb.provider_errors import BadSpecError, CapacityError, SandboxDiedError
-from orchestrator.pool import LeaseTimeoutError, PoolConfig, PoolExhaustedError, SandboxPool
+from orchestrator.pool import LeaseTimeoutError, PoolExhaustedError, SandboxPool
 from orchestrator.ratelimit import TokenBucket
-from providers.base import Sandbox, SandboxSpec
+from providers.contract import Sandbox, SandboxSpec
 from providers.local import LocalProvider
 
 pytestmark = pytest.mark.root

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from envs.toy_terminal.tasks import SUITE
+from envs.builtin.toy_terminal.tasks import SUITE
 
 pytestmark = [
     pytest.mark.ray,

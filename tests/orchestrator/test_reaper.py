@@ -13,7 +13,7 @@ import pytest
 
 from orchestrator.heartbeats import Heartbeat, runs_dir
 from orchestrator.reaper import reap
-from providers.base import SandboxSpec, host_label
+from providers.contract import SandboxSpec, host_label
 from providers.local import LocalProvider
 
 REPO = Path(__file__).parents[2]

@@ -12,9 +12,10 @@ import re
 import pytest
 from tokenizers_for_tests import PATHOLOGICAL_TEMPLATES, bpe_tokenizer, with_template
 
-from envs.packages import EnvPackage
-from envs.tasks import action_prompt, load_suite
-from envs.toy_terminal.tasks import SUITE
+from envs.authoring.packages import EnvPackage
+from envs.authoring.registry import load_suite
+from envs.authoring.tasks import action_prompt
+from envs.builtin.toy_terminal.tasks import SUITE
 from hillclimb.errors import HillclimbError
 from orchestrator import chat_render
 from orchestrator.chat_render import ChatTemplateRenderer, TemplateMismatchError
@@ -103,7 +104,8 @@ def test_only_a_shells_actions_follow_a_prompt(env: str, prompt: str) -> None:
 
 
 def test_a_suite_found_under_another_name_keeps_its_shell_prompt() -> None:
-    assert action_prompt(EnvPackage(env="envs.toy_terminal:ToyTerminalEnv", suite=SUITE).task_suite("mine")) == "$ "
+    package = EnvPackage(env="envs.builtin.toy_terminal:ToyTerminalEnv", suite=SUITE)
+    assert action_prompt(package.task_suite("mine")) == "$ "
 
 
 # --- ChatTemplateRenderer: roles ---------------------------------------------------------------

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from hillclimb.config import load_config
 from hillclimb.errors import ConfigError
-from orchestrator.config import load_config
 from orchestrator.evaluate import plan_evaluation
 from orchestrator.fingerprint import fingerprint
 from orchestrator.run_lifecycle import prepare_run_dir

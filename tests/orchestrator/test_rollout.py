@@ -14,14 +14,15 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from envs.tasks import Task, action_prompt, load_suite
-from envs.toy_terminal.fs import execute
+from envs.authoring.registry import load_suite
+from envs.authoring.tasks import Task, action_prompt
+from envs.builtin.toy_terminal.fs import execute
 from hillclimb.errors import AuthenticationError, MessageValidationError
 from hillclimb.provider_errors import BadSpecError
 from orchestrator.pool import PoolConfig, SandboxPool
 from orchestrator.render import PlainTextRenderer
 from orchestrator.rollout import EpisodeConfig, EpisodeRunner, EpisodeSpec, SandboxesFailingError
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 from providers.local import LocalProvider
 from tests.factories import episode_spec
 from tests.orchestrator.helpers import SlowScriptedPolicy
@@ -286,7 +287,10 @@ async def test_sandboxes_that_never_start_stop_the_run_with_their_error(local_pr
     assert n >= 3 and lasted >= 2, message
     assert "found no working tests.orchestrator.unservable_env:UnservableEnv sandbox" in message
     assert "broken on purpose inside sandboxes" in message, message  # the sandbox's own error, not just "failed"
-    said = r"The sandbox's server stopped with `hillclimb\.errors\.TargetNotFoundError: cannot import .* inside sandboxes`"
+    said = (
+        r"The sandbox's server stopped with `hillclimb\.errors\.TargetNotFoundError: "
+        r"cannot import .* inside sandboxes`"
+    )
     assert re.search(said, message) and "hillclimb env serve" in message, message
 
 

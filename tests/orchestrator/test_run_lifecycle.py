@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import load_config
+from hillclimb.config import load_config
 from orchestrator.run_dirs import run_info
 from orchestrator.run_lifecycle import prepare_run_dir, run_directory
 from tests.factories import say_package

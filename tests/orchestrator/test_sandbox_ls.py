@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 from providers.local import LocalProvider
 
 REPO = Path(__file__).parents[2]

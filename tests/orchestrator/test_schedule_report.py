@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from envs.tasks import load_suite
+from envs.authoring.registry import load_suite
 from orchestrator.report import pass_at_k, summarize
 from orchestrator.schedule import round_of_groups
 from tests.factories import trajectory

@@ -8,7 +8,7 @@ import io
 from rich.console import Console
 from rich.progress import Progress
 
-from orchestrator.config import load_config
+from hillclimb.config import load_config
 from orchestrator.train_display import StepClock, TrainDisplay
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import load_config
+from hillclimb.config import load_config
 from orchestrator.train import Trainer
 
 REPO = Path(__file__).parents[2]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import load_config
+from hillclimb.config import load_config
 from orchestrator.train import MetricsLog, Trainer
 
 REPO = Path(__file__).parents[2]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from envs.tasks import load_suite
-from orchestrator.config import load_config
+from envs.authoring.registry import load_suite
+from hillclimb.config import load_config
 from orchestrator.schedule import round_of_groups
 from orchestrator.workers import RolloutWorker, WorkerClosedError
 from tests.orchestrator.helpers import SlowScriptedPolicy

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from envs.tasks import load_suite
-from orchestrator.config import load_config
+from envs.authoring.registry import load_suite
+from hillclimb.config import load_config
 from orchestrator.driver import RolloutDriver
 from orchestrator.schedule import round_of_groups
 

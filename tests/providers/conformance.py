@@ -10,7 +10,7 @@
             await p.close()
 
 Each test runs one check (`check_*`, also callable directly) against a fresh provider; a
-failure says, in words, which promise of the contract (`providers.base.SandboxProvider`)
+failure says, in words, which promise of the contract (`providers.contract.SandboxProvider`)
 was broken. The checks start real sandboxes serving the `probe` environment, which every
 provider must be able to run.
 """
@@ -21,7 +21,7 @@ import asyncio
 import time
 from typing import Any
 
-from providers.base import LABEL_EXPIRES, LABEL_RUN, SandboxProvider, SandboxSpec
+from providers.contract import LABEL_EXPIRES, LABEL_RUN, SandboxProvider, SandboxSpec
 from providers.probe import probe
 
 READY_S = 60.0

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from envs.base import Action, Environment, Observation, State, tool
+from envs.authoring.base import Action, Environment, Observation, State, tool
 
 
 class LimitsEnv(Environment[Action, Observation, State]):

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from providers.base import Sandbox, SandboxSpec
+from providers.contract import Sandbox, SandboxSpec
 from providers.local import LocalProvider
 from tests.providers.conformance import (
     ProviderContract,

@@ -16,7 +16,7 @@ import pytest
 import docker
 from envs.digest import IMAGE_LABEL, envs_digest, package_digest, package_label
 from hillclimb.provider_errors import BadSpecError, UnsupportedPolicy
-from providers.base import LABEL_RUN, EgressPolicy, Resources, SandboxSpec
+from providers.contract import LABEL_RUN, EgressPolicy, Resources, SandboxSpec
 from providers.docker import DEFAULT_IMAGE, NAME_PREFIX, DockerProvider
 from providers.probe import probe
 

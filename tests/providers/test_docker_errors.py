@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hillclimb.provider_errors import BadSpecError, CapacityError, FatalProviderError, RetryableProviderError
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 
 
 class _RefusingEngine(socketserver.ThreadingUnixStreamServer):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import docker
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 from providers.docker import NAME_PREFIX, SOCKET_DIR, DockerProvider
 
 pytestmark = pytest.mark.docker

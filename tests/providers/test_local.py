@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from envs.client import EnvClient
+from envs.client.ws_client import EnvClient
 from hillclimb.errors import ConnectionLostError
 from hillclimb.provider_errors import BadSpecError, SandboxDiedError, UnsupportedPolicy
-from providers.base import EgressPolicy, Resources, SandboxSpec
+from providers.contract import EgressPolicy, Resources, SandboxSpec
 from providers.local import LocalProvider
 from providers.probe import probe
 
@@ -167,7 +167,7 @@ async def test_bad_specs_are_refused(local_provider: LocalProvider) -> None:
 DRIVER = """
 import asyncio, json, sys
 from providers.local import LocalProvider
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 
 async def main():
     provider = LocalProvider(root=sys.argv[1])
@@ -206,8 +206,8 @@ async def test_sandboxes_die_with_a_sigkilled_driver(sandbox_root: Path) -> None
 FROM_A_CHECKOUT = """
 import asyncio, json, sys
 import providers.local
-from envs.client import EnvClient
-from providers.base import SandboxSpec
+from envs.client.ws_client import EnvClient
+from providers.contract import SandboxSpec
 from providers.local import LocalProvider
 
 async def main():
@@ -312,7 +312,7 @@ def test_cleaning_up_as_a_user_without_root_unmounts_nothing_and_does_not_fail()
 SERVE_ONE = """
 import asyncio, sys
 from providers.local import LocalProvider
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 
 async def main():
     provider = LocalProvider(root=sys.argv[1])

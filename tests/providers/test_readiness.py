@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from hillclimb.provider_errors import ReadyTimeoutError, SandboxDiedError
-from providers.base import Sandbox, utc_from_timestamp
+from providers.contract import Sandbox
 from providers.readiness import wait_healthy
+from providers.toolkit import utc_from_timestamp
 
 
 class Server:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from providers.base import Sandbox
+from providers.contract import Sandbox
 
 SERVER_PIDS = (
     "for p in /proc/[0-9]*; do u=$(sed -n 's/^Uid:[[:space:]]*\\([0-9]*\\).*/\\1/p' $p/status 2>/dev/null);"

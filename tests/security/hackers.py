@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from envs.client import EnvClient
+from envs.client.ws_client import EnvClient
 
 TASK = "create-hello"
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from providers.base import Resources, SandboxSpec
+from providers.contract import Resources, SandboxSpec
 from tests.security.agent import run_as_agent
 
 FILL = "for i in 1 2 3 4 5; do head -c 60M /dev/zero > {dir}/fill$i || break; done; echo done"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from providers.base import Sandbox, SandboxSpec
+from providers.contract import Sandbox, SandboxSpec
 
 # The escapee writes its pid whole (by a rename) and the step waits for it, rather than for a fixed
 # 0.2 s a loaded host may not give a fork; 9 s at most, within the terminal's 10 s command limit.

@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from envs.http_client import http_request
-from envs.unix_socket import UnsafeSocketError, _checked_socket
-from providers.base import Sandbox, SandboxSpec
+from envs.client.http_client import http_request
+from envs.client.unix_socket import UnsafeSocketError, _checked_socket
+from providers.contract import Sandbox, SandboxSpec
 from tests.security.agent import run_as_agent
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from orchestrator.heartbeats import Heartbeat, RunState, run_state, runs_dir
-from providers.base import LABEL_RUN, Sandbox
+from providers.contract import LABEL_RUN, Sandbox
 from providers.registry import make_provider
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from providers.base import Sandbox, SandboxSpec
+from providers.contract import Sandbox, SandboxSpec
 from providers.docker import VERIFIER_UID
 from tests.security.hackers import HACKERS, TASK, Hacker, Outcome, play
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from envs.probe import agent_report, verifier_report
-from envs.terminal.env import WORKDIR_ENV_VAR
-from providers.base import Sandbox, SandboxSpec
+from envs.builtin.probe import agent_report, verifier_report
+from envs.builtin.terminal.env import WORKDIR_ENV_VAR
+from providers.contract import Sandbox, SandboxSpec
 from providers.probe import _verifier_out_of_reach
 from tests.security.agent import SERVER_PIDS, run_as_agent
 
@@ -46,7 +46,7 @@ def _assert_nothing_stolen(out: str) -> None:
 async def test_a_local_agent_reads_neither_task_material_nor_the_server(local_provider: Any) -> None:
     sandbox = await local_provider.create(SandboxSpec(env="terminal"))
     await local_provider.wait_ready(sandbox)
-    tasks = str(resources.files("envs.terminal").joinpath("tasks.yaml"))  # the server imports from this path
+    tasks = str(resources.files("envs.builtin.terminal").joinpath("tasks.yaml"))  # the server imports from this path
     _assert_nothing_stolen(await _steal(sandbox, tasks))
 
 
@@ -54,7 +54,7 @@ async def test_a_local_agent_reads_neither_task_material_nor_the_server(local_pr
 async def test_a_docker_agent_reads_neither_task_material_nor_the_server(docker_provider: Any) -> None:
     sandbox = await docker_provider.create(SandboxSpec(env="terminal"))
     await docker_provider.wait_ready(sandbox, timeout_s=60)
-    tasks = "/opt/hillclimb/lib/python3.11/site-packages/envs/terminal/tasks.yaml"
+    tasks = "/opt/hillclimb/lib/python3.11/site-packages/envs/builtin/terminal/tasks.yaml"
     _assert_nothing_stolen(await _steal(sandbox, tasks))
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from envs import seccomp
+from envs.sandbox import seccomp
 
 pytestmark = pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"), reason="no filter for this CPU")
 

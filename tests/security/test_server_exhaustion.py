@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from envs import websocket as ws
-from envs.client import EnvClient
-from envs.http_client import http_request
+from envs.client.http_client import http_request
+from envs.client.ws_client import EnvClient
+from envs.wire import websocket as ws
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "exhaustion-test-token-5b1e"

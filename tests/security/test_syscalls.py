@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 from tests.security.agent import SERVER_PIDS, run_as_agent
 
 # SERVER is the env server, where the reward is computed.

@@ -31,7 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
-from envs.toy_terminal.tasks import SUITE
+from envs.builtin.toy_terminal.tasks import SUITE
 
 FIELDS = {"model", "messages", "max_tokens", "temperature", "top_p", "seed", "n", "logprobs", "return_token_ids"}
 FIELDS |= {"tools", "parallel_tool_calls"}

@@ -17,7 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
-from trainers.policy.base import GenerateRequest, SamplingParams
+from hillclimb.config.rollout import SamplingParams
+from trainers.policy.base import GenerateRequest
 from trainers.policy.errors import PolicyRequestError
 from trainers.policy.hf import HFPolicy
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import random
 
+from hillclimb.config.learner import LearnerConfig
+from hillclimb.config.models import TinyModelConfig
 from tests.factories import trajectory
 from trainers.batching import Sample, samples_from_groups
-from trainers.learner_config import LearnerConfig
 from trainers.losses import LossConfig
-from trainers.models.config import TinyModelConfig
 from trainers.roles import Role
 from trainers.trajectory import TrajectoryGroup
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from learner_data import CONFIG, MODEL, batch_of_step
 
+from hillclimb.config.learner import LearnerConfig
 from orchestrator.learner_group import LearnerGroup
 from trainers.batching import Sample, deal, split_for_ranks
 from trainers.learner import Learner
-from trainers.learner_config import LearnerConfig
 from trainers.losses import LossConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

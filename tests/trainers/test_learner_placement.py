@@ -11,9 +11,9 @@ import pytest
 import torch
 from learner_data import CONFIG, MODEL, batch_of_step
 
+from hillclimb.config.learner import LearnerConfig
 from orchestrator.learner_group import LearnerGroup
 from trainers.batching import deal
-from trainers.learner_config import LearnerConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -73,8 +73,8 @@ async def test_new_weights_go_from_rank_0_to_the_policy_engine_without_the_drive
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from hillclimb.config.policy import HFPolicyConfig
     from orchestrator.policy_server import PolicyServer
-    from trainers.policy.config import HFPolicyConfig
 
     # Wider than the other tests' model: Ray hands results under 100 KiB back inline, through the
     # caller; a real model's weights always go to the object store.

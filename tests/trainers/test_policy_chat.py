@@ -9,16 +9,18 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from hillclimb.config.policy import ChatPolicyConfig
+from hillclimb.config.rollout import SamplingParams
 from tests.trainers.chat_server import LOGPROB, Call, ChatServer, Fault, token_ids
-from trainers.policy.base import GenerateRequest, Policy, SamplingParams
+from trainers.policy.base import GenerateRequest, Policy
 from trainers.policy.chat import ChatPolicy
-from trainers.policy.config import ChatPolicyConfig, make_policy
 from trainers.policy.errors import (
     PolicyRequestError,
     PolicyResponseError,
     PolicyUnavailableError,
     PolicyUnreachableError,
 )
+from trainers.policy.factory import make_policy
 
 KEY = "sk-test-5f2c"
 SAMPLING = SamplingParams(max_new_tokens=64, temperature=0.0)

@@ -8,17 +8,17 @@ import sys
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from hillclimb.errors import ConfigError
-from trainers.models import TinyModelConfig
-from trainers.policy.base import GenerateRequest, SamplingParams
-from trainers.policy.config import (
+from hillclimb.config.policy import (
     HFPolicyConfig,
     OpenAIPolicyConfig,
     PolicyConfig,
     ScriptedPolicyConfig,
-    load_policy_tokenizer,
-    make_policy,
 )
+from hillclimb.config.rollout import SamplingParams
+from hillclimb.errors import ConfigError
+from trainers.models import TinyModelConfig
+from trainers.policy.base import GenerateRequest
+from trainers.policy.factory import load_policy_tokenizer, make_policy
 from trainers.policy.hf import HFPolicy
 from trainers.policy.openai import OpenAIPolicy
 from trainers.policy.scripted import ScriptedPolicy
@@ -29,7 +29,7 @@ ADAPTER = TypeAdapter(PolicyConfig)
 
 def test_configs_import_no_engine_or_framework() -> None:
     code = (
-        "import sys, trainers.policy.config, trainers.models\n"
+        "import sys, hillclimb.config.policy, trainers.models\n"
         "heavy = {'torch', 'transformers', 'httpx', 'vllm'} & set(sys.modules)\n"
         "assert not heavy, heavy"
     )

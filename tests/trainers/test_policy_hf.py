@@ -11,9 +11,10 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
+from hillclimb.config.rollout import SamplingParams
 from hillclimb.errors import HillclimbError
 from trainers.models import TinyModelConfig, build_tiny_model
-from trainers.policy.base import EpisodeInfo, GenerateRequest, Policy, SamplingParams
+from trainers.policy.base import EpisodeInfo, GenerateRequest, Policy
 from trainers.policy.errors import ContextOverflowError, PolicyRequestError
 from trainers.policy.hf import HFPolicy
 from trainers.tokenizer import ByteTokenizer

@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 from completions_server import CompletionsServer
 
+from hillclimb.config.rollout import SamplingParams
 from trainers.models import TinyModelConfig, build_tiny_model
-from trainers.policy.base import GenerateRequest, Policy, SamplingParams
+from trainers.policy.base import GenerateRequest, Policy
 from trainers.policy.errors import (
     PolicyRequestError,
     PolicyResponseError,

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from hillclimb.config.policy import VLLMPolicyConfig
+from hillclimb.config.rollout import SamplingParams
 from trainers.models import HFModelConfig, TinyModelConfig, build_tiny_model
-from trainers.policy.base import GenerateRequest, SamplingParams
-from trainers.policy.config import VLLMPolicyConfig, make_policy
+from trainers.policy.base import GenerateRequest
 from trainers.policy.errors import EngineNotInstalledError
+from trainers.policy.factory import make_policy
 from trainers.tokenizer import ByteTokenizer
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from envs.tasks import load_suite
+from envs.authoring.registry import load_suite
+from hillclimb.config.rollout import SamplingParams
 from orchestrator.render import PlainTextRenderer
-from trainers.policy.base import EpisodeInfo, GenerateRequest, Policy, SamplingParams
+from trainers.policy.base import EpisodeInfo, GenerateRequest, Policy
 from trainers.policy.scripted import ScriptedPolicy
 from trainers.tokenizer import ByteTokenizer
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from trainers.losses.config import (
+from hillclimb.config.losses import (
     ConstantLambda,
     EchoConfig,
     GRPOConfig,

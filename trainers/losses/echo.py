@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from trainers.losses.config import RolloutFilterConfig
+from hillclimb.config.losses import RolloutFilterConfig
 from trainers.roles import Role
 
 __all__ = ["env_cross_entropy", "env_mask", "keep_by_parse_failures", "keep_not_errored", "rollout_keep_mask"]

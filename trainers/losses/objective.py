@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from trainers.losses.config import LossConfig, lambda_at
+from hillclimb.config.losses import LossConfig, lambda_at
 from trainers.losses.echo import env_cross_entropy, env_mask
 from trainers.losses.fused import fused_token_loss
 from trainers.losses.grpo import grpo_loss

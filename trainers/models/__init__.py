@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from trainers.models.config import HFModelConfig, ModelConfig, TinyModelConfig
+from hillclimb.config.models import HFModelConfig, ModelConfig, TinyModelConfig
 
 if TYPE_CHECKING:
     from trainers.models.load import load_model, load_model_tokenizer

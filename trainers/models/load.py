@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from trainers.models.config import HFModelConfig, ModelConfig, TinyModelConfig
+from hillclimb.config.models import HFModelConfig, ModelConfig, TinyModelConfig
 from trainers.models.tiny import build_tiny_model
 from trainers.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 

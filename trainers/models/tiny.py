@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from trainers.models.config import TinyModelConfig
+from hillclimb.config.models import TinyModelConfig
 from trainers.tokenizer import ByteTokenizer
 
 __all__ = ["build_tiny_model", "tiny_llama_config"]

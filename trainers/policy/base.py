@@ -9,22 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
+from hillclimb.config.rollout import SamplingParams
 from trainers.tokenizer import Tokenizer
-
-
-class SamplingParams(BaseModel):
-    """How to sample one action."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_new_tokens: int = Field(default=64, ge=1)
-    temperature: float = Field(default=1.0, ge=0)
-    """0 means greedy."""
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    stop_token_ids: tuple[int, ...] = ()
-    """Generation ends after any of these (the stop token is kept: it is part of the action)."""
 
 
 @dataclass(frozen=True, slots=True)

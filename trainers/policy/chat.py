@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainers.policy.base import GenerateRequest, Generation, SamplingParams, ServerTokens, ToolCall
+from hillclimb.config.rollout import SamplingParams
+from trainers.policy.base import GenerateRequest, Generation, ServerTokens, ToolCall
 from trainers.policy.errors import PolicyRequestError, PolicyResponseError
 from trainers.policy.http_retry import MAX_BODY_CHARS
 from trainers.policy.remote import RemotePolicy

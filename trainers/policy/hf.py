@@ -42,7 +42,8 @@ from typing import Any, Literal, Protocol
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from trainers.policy.base import GenerateRequest, Generation, SamplingParams
+from hillclimb.config.rollout import SamplingParams
+from trainers.policy.base import GenerateRequest, Generation
 from trainers.policy.batching import MicroBatcher
 from trainers.policy.errors import ContextOverflowError, PolicyRequestError
 from trainers.policy.lean_llama import LeanLlamaForward, unsupported_reason

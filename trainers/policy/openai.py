@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainers.policy.base import GenerateRequest, Generation, SamplingParams
+from hillclimb.config.rollout import SamplingParams
+from trainers.policy.base import GenerateRequest, Generation
 from trainers.policy.errors import PolicyResponseError
 from trainers.policy.http_retry import MAX_BODY_CHARS, RETRYABLE_STATUSES
 from trainers.policy.remote import RemotePolicy

@@ -8,7 +8,8 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any, Self
 
-from trainers.policy.base import GenerateRequest, Generation, SamplingParams
+from hillclimb.config.rollout import SamplingParams
+from trainers.policy.base import GenerateRequest, Generation
 from trainers.policy.errors import WeightsNotUpdatableError
 from trainers.policy.http_retry import RetryingClient
 from trainers.tokenizer import Tokenizer

@@ -11,8 +11,10 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-from envs.tasks import Task, every_task, load_suite, require_oracles
-from trainers.policy.base import GenerateRequest, Generation, SamplingParams
+from envs.authoring.registry import load_suite
+from envs.authoring.tasks import Task, every_task, require_oracles
+from hillclimb.config.rollout import SamplingParams
+from trainers.policy.base import GenerateRequest, Generation
 from trainers.tokenizer import ByteTokenizer, Tokenizer
 
 

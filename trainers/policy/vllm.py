@@ -20,7 +20,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from trainers.policy.base import GenerateRequest, Generation, SamplingParams
+from hillclimb.config.rollout import SamplingParams
+from trainers.policy.base import GenerateRequest, Generation
 from trainers.policy.batching import MicroBatcher
 from trainers.policy.errors import EngineNotInstalledError, PolicyResponseError
 from trainers.tokenizer import HFTokenizer, Tokenizer

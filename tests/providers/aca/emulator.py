@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from envs import http
-from envs.client import Endpoint
-from providers.base import Sandbox, SandboxSpec
+from envs.client.base import Endpoint
+from envs.wire import http
+from providers.contract import Sandbox, SandboxSpec
 from providers.local import LocalProvider
 from tests.ingress import SessionPoolIngress, forward
 from tests.providers.aca.fake_azure import audience

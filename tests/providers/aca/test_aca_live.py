@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 
 NEEDED = ("SUBSCRIPTION", "RESOURCE_GROUP", "ENVIRONMENT_ID", "LOCATION", "IMAGE")
 MISSING = [f"HILLCLIMB_ACA_{name}" for name in NEEDED if not os.environ.get(f"HILLCLIMB_ACA_{name}")]

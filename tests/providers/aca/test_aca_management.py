@@ -19,7 +19,7 @@ from providers.aca.pool import (
     run_of,
     session_pool_body,
 )
-from providers.base import EgressPolicy, Resources, SandboxSpec
+from providers.contract import EgressPolicy, Resources, SandboxSpec
 from tests.providers.aca.fake_azure import FakeArm, FakeCredential
 
 ENVIRONMENT = "/subscriptions/sub-1/resourceGroups/rg-1/providers/Microsoft.App/managedEnvironments/env-1"

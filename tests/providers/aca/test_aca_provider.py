@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from envs.handle import Credential
-from envs.http_client import http_request
+from envs.client.credentials import Credential
+from envs.client.http_client import http_request
+from hillclimb.config.providers import options_model
 from hillclimb.provider_errors import BadSpecError, FatalProviderError, RetryableProviderError
 from providers.aca.provider import AcaProvider
 from providers.aca.sessions import SessionPoolClient
-from providers.base import LABEL_RUN, SandboxSpec
-from providers.registry import options_model
+from providers.contract import LABEL_RUN, SandboxSpec
 from tests.private_ca import PrivateCA
 from tests.providers.aca.conftest import provider_options
 from tests.providers.aca.emulator import SessionPoolEmulator
@@ -119,7 +119,8 @@ async def test_a_pool_made_by_hand_needs_no_resource_manager(
         async with sandbox.handle.client() as env:
             await env.reset()
         with pytest.raises(
-            BadSpecError, match="serves envs.toy_terminal.env:ToyTerminalEnv, not the spec's environment 'probe'"
+            BadSpecError,
+            match="serves envs.builtin.toy_terminal.env:ToyTerminalEnv, not the spec's environment 'probe'",
         ):
             await by_hand.create(SandboxSpec(env="probe"))
         assert len(pool.sessions) == 1  # the mismatched session was stopped at once

@@ -18,11 +18,10 @@ import helm_python as helm
 import pytest
 import yaml
 
-from orchestrator.chart_values import ChartValues, values_schema
-from orchestrator.config import load_config
+from hillclimb.config import load_config
+from hillclimb.config.chart import ChartSection, ChartValues, values_schema
 from orchestrator.reaper import reap
-from providers.base import EgressPolicy, SandboxSpec
-from providers.kubernetes.chart_values import ChartSection
+from providers.contract import EgressPolicy, SandboxSpec
 from providers.kubernetes.egress import SANDBOX_ROLE, default_deny, egress_findings
 from providers.kubernetes.provider import SERVICE, KubernetesProvider
 from tests.providers.kubernetes.custom_resources import CUSTOM_KINDS, ray_groups, validate_custom
@@ -126,7 +125,7 @@ def test_a_bad_value_is_rejected_by_the_schema(values: dict[str, Any], words: st
 def test_the_schema_file_is_the_models() -> None:
     on_disk = json.loads((CHART / "values.schema.json").read_text())
     assert on_disk == values_schema(), (
-        "regenerate: python -m orchestrator.chart_values > helm/hillclimb/values.schema.json"
+        "regenerate: python -m hillclimb.config.chart > helm/hillclimb/values.schema.json"
     )
 
 

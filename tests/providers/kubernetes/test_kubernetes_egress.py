@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from hillclimb.provider_errors import UnsupportedPolicy
-from providers.base import EgressPolicy, SandboxSpec
+from providers.contract import EgressPolicy, SandboxSpec
 from providers.kubernetes.egress import SANDBOX_ROLE, allow_list, default_deny, egress_findings
 from tests.providers.kubernetes.emulator import validate
 

@@ -17,10 +17,11 @@ import pytest
 
 from hillclimb.provider_errors import FatalProviderError
 from orchestrator.heartbeats import HostRunLiveness, liveness_for
-from providers.base import LABEL_RUN, SandboxSpec
+from providers.contract import LABEL_RUN, SandboxSpec
 from providers.kubernetes.leases import RUN_LEASE, LeaseLiveness
 from providers.kubernetes.provider import KubernetesProvider
 from providers.liveness import RunState
+from providers.local import LocalProvider
 from tests.providers.cli import sandbox_cli
 from tests.providers.kubernetes.emulator import NAMESPACE, ClusterEmulator, validate
 
@@ -132,7 +133,7 @@ async def test_one_reap_removes_a_sigkilled_holders_sandboxes_and_nothing_else(p
             await holder.wait()
 
 
-def test_workers_and_reapers_use_the_providers_leases(provider: KubernetesProvider) -> None:
+def test_workers_and_reapers_use_the_providers_leases(provider: KubernetesProvider, tmp_path) -> None:
     """A rollout worker beats, and `reap` judges, through `liveness_for(provider)`."""
     assert liveness_for(provider) is provider.run_liveness
-    assert isinstance(liveness_for(object()), HostRunLiveness)  # local and Docker: this host's beat files
+    assert isinstance(liveness_for(LocalProvider(root=tmp_path)), HostRunLiveness)  # local: this host's beat files

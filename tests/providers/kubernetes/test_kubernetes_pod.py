@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hillclimb.provider_errors import BadSpecError
-from providers.base import Resources, SandboxSpec
+from providers.contract import Resources, SandboxSpec
 from providers.kubernetes.pod import AGENT_UID, SERVER_UID, VERIFIER_UID, pod_name, sandbox_pod, token_secret
 from tests.providers.kubernetes.emulator import validate
 

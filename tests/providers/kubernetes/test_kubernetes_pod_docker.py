@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from providers.base import SandboxSpec
+from providers.contract import SandboxSpec
 from providers.kubernetes.pod import SERVER_CODE, TOKEN_DIR, TOKEN_GROUP, WORKDIR, pod_name, sandbox_pod
 
 pytestmark = [pytest.mark.docker, pytest.mark.root]
@@ -31,7 +31,7 @@ PROBE = (
 )
 CLIENT = """
 import asyncio, json, sys
-from envs.client import EnvClient
+from envs.client.ws_client import EnvClient
 
 async def main():
     async with EnvClient("ws://127.0.0.1:8000/ws", token=sys.argv[1], connect_timeout_s=60) as env:
@@ -45,7 +45,7 @@ asyncio.run(main())
 """
 OPENENV_CLIENT = """
 import asyncio, json, sys
-from envs.client import EnvClient
+from envs.client.ws_client import EnvClient
 
 async def main():
     async with EnvClient("ws://127.0.0.1:8000/ws", token=sys.argv[1], connect_timeout_s=60) as env:

@@ -11,7 +11,7 @@ import kmock
 import pytest
 
 from hillclimb.provider_errors import BadSpecError, FatalProviderError, RetryableProviderError, UnsupportedPolicy
-from providers.base import EgressPolicy, SandboxSpec
+from providers.contract import EgressPolicy, SandboxSpec
 from providers.kubernetes.provider import KubernetesProvider
 from tests.providers.cli import sandbox_cli
 from tests.providers.conformance import (

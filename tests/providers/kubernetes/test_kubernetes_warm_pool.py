@@ -13,11 +13,11 @@ from typing import Any
 import kmock
 import pytest
 
-from envs.registry import resolve_env_class
-from envs.runtime import EnvRuntime
-from envs.server import EnvServer
+from envs.authoring.registry import resolve_env_class
+from envs.server.env_server import EnvServer
+from envs.server.runtime import EnvRuntime
 from hillclimb.provider_errors import BadSpecError, UnsupportedPolicy
-from providers.base import EgressPolicy, SandboxSpec
+from providers.contract import EgressPolicy, SandboxSpec
 from providers.kubernetes.egress import SERVER_PORT
 from providers.kubernetes.provider import KubernetesProvider
 from providers.kubernetes.warm_pool import GROUP, VERSION
@@ -108,7 +108,7 @@ async def test_a_claimed_sandbox_serves_its_claimants_episode(warm: KubernetesPr
 
 async def test_a_pool_serving_another_environment_is_refused(warm: KubernetesProvider, api: ClusterEmulator) -> None:
     async with Controller(api, env="probe"):
-        with pytest.raises(BadSpecError, match="serves envs.probe"):
+        with pytest.raises(BadSpecError, match="serves envs.builtin.probe"):
             await warm.create(SandboxSpec(env="toy_terminal"))
     assert _stored(api, "sandboxclaims") == {}  # the claim went with the refusal
 

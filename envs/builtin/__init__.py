@@ -1,0 +1,1 @@
+"""hillclimb's own environments, found by name like any installed one (`envs.authoring.registry`)."""

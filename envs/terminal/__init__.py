@@ -1,5 +1,0 @@
-"""The terminal environment: a real bash shell per episode, with verifier-scored tasks."""
-
-from envs.terminal.env import TerminalAction, TerminalEnv, TerminalObservation, TerminalState
-
-__all__ = ["TerminalAction", "TerminalEnv", "TerminalObservation", "TerminalState"]

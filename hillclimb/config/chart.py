@@ -1,0 +1,149 @@
+"""The Helm chart's values as pydantic models: the one source of `helm/hillclimb/values.schema.json`.
+
+    python -m hillclimb.config.chart > helm/hillclimb/values.schema.json
+
+Helm checks every install's values against that schema, so a misspelt key, a quantity
+Kubernetes would refuse or a run config `hillclimb train` would refuse is reported by
+`helm install` itself; a test fails when the file and these models drift apart. The
+sandbox-side values (`SandboxValues`) are what the Kubernetes provider must agree with: its
+default namespace comes from here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from hillclimb.config.run import RunConfig
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+CPU = r"^[0-9]+(\.[0-9]+)?m?$"
+MEMORY = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?)?$"
+RAY_VERSION = "2.60.0"
+"""The Ray the chart's cluster runs by default: the version hillclimb is tested with."""
+
+
+class ChartSection(BaseModel):
+    """A block of values: camelCase keys as Helm charts spell them, unknown keys refused."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, use_attribute_docstrings=True
+    )
+
+
+class SandboxValues(ChartSection):
+    namespace: str = Field(default="hillclimb-sandboxes", pattern=DNS_LABEL)
+    """Where sandbox pods run: restricted pod security, all egress denied. The provider's
+    `namespace` option must name the same."""
+    image: str = ""
+    """The sandbox image, pushed where the cluster pulls from (`hillclimb image push REF` prints
+    it pinned by digest); the provider's `image` option, which a run the chart starts gets."""
+    runtime_class: str | None = Field(default=None, pattern=DNS_LABEL)
+    """A RuntimeClass for sandbox pods (gVisor, Kata): the provider's `runtime_class` option."""
+    agent_sandbox: bool = False
+    """Grant the rights the provider's `warm_pool` option uses: sandboxes claimed from a warm
+    pool of the agent-sandbox CRDs (their controller must run in the cluster)."""
+
+
+class ServiceAccountValues(ChartSection):
+    name: str = Field(default="hillclimb-rollout", pattern=DNS_LABEL)
+    """The rollout workers' identity, in the release's namespace."""
+
+
+class ImageValues(ChartSection):
+    repository: str = ""
+    """An image with Ray and `hillclimb[k8s]` installed (the head, workers, learners and reaper
+    run it). Required unless `ray.mode` is none."""
+    tag: str = ""
+    """Defaults to the chart's appVersion."""
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
+
+class PodResources(ChartSection):
+    cpu: str = Field(default="2", pattern=CPU)
+    memory: str = Field(default="8Gi", pattern=MEMORY)
+
+
+class RolloutWorkerValues(PodResources):
+    replicas: int = Field(default=2, ge=0)
+    """Pods of the rollout-worker group: the only Ray nodes that may reach sandboxes (they carry
+    the rollout-worker label and the service account) and the only ones that offer the
+    `rollout_worker` resource hillclimb's rollout workers ask for."""
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=8, ge=0)
+
+
+class LearnerValues(PodResources):
+    replicas: int = Field(default=1, ge=0)
+    """Pods of the GPU learner group."""
+    gpus: int = Field(default=1, ge=0)
+    """GPUs per learner pod (requested as `nvidia.com/gpu`)."""
+    cpu: str = Field(default="8", pattern=CPU)
+    memory: str = Field(default="64Gi", pattern=MEMORY)
+
+
+class RayValues(ChartSection):
+    mode: Literal["cluster", "job", "none"] = "cluster"
+    """cluster: a RayCluster to `ray job submit` runs to; job: a RayJob that runs `hillclimb
+    train` on `job.config` and ends; none: the sandbox side only (bring your own Ray)."""
+    version: str = RAY_VERSION
+    """Must match the Ray inside `image`."""
+    head: PodResources = PodResources()
+    rollout_workers: RolloutWorkerValues = RolloutWorkerValues()
+    learners: LearnerValues = LearnerValues()
+
+
+class JobValues(ChartSection):
+    config: RunConfig = Field(default_factory=RunConfig)
+    """The run config `hillclimb train` runs in job mode (the chart sets its provider, the
+    workers' Ray resource, the metrics address and the run dir)."""
+    runs_claim: str | None = Field(default=None, pattern=DNS_LABEL)
+    """A PersistentVolumeClaim for the run dir (ledger, checkpoints); none: the head pod's
+    emptyDir, lost with it."""
+    shutdown_after_job_finishes: bool = True
+    ttl_seconds_after_finished: int = Field(default=600, ge=0)
+
+
+class MetricsValues(ChartSection):
+    port: int = Field(default=9400, ge=1, le=65535)
+    """The run's /metrics on the driver (the head pod), scraped through a Service."""
+    service_monitor: Literal["auto", "always", "never"] = "auto"
+    """A Prometheus Operator ServiceMonitor: auto makes one where its CRD is installed; the
+    Service carries prometheus.io scrape annotations either way."""
+
+
+class ReaperValues(ChartSection):
+    schedule: str = "*/5 * * * *"
+    """A CronJob running `hillclimb sandbox reap --provider kubernetes` (empty: none): it removes
+    the sandboxes of runs whose Leases went stale and of any past their time-to-live."""
+
+
+class KubeRayOperatorValues(ChartSection):
+    model_config = ConfigDict(extra="allow")  # passed on to the kuberay-operator chart
+    enabled: bool = False
+    """Install the KubeRay operator with this release (`helm dependency build` first); most
+    clusters have one already."""
+
+
+class ChartValues(ChartSection):
+    sandboxes: SandboxValues = SandboxValues()
+    service_account: ServiceAccountValues = ServiceAccountValues()
+    image: ImageValues = ImageValues()
+    ray: RayValues = RayValues()
+    job: JobValues = JobValues()
+    metrics: MetricsValues = MetricsValues()
+    reaper: ReaperValues = ReaperValues()
+    kuberay_operator: KubeRayOperatorValues = Field(default=KubeRayOperatorValues(), alias="kuberay-operator")
+
+
+def values_schema() -> dict[str, Any]:
+    """The JSON schema Helm validates values with (field docs become descriptions)."""
+    schema = ChartValues.model_json_schema(by_alias=True)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+if __name__ == "__main__":
+    print(json.dumps(values_schema(), indent=2))

@@ -1,0 +1,87 @@
+"""`LearnerConfig`: how the learners train. Only pydantic here, so configs validate without torch."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hillclimb.config.losses import ConstantLambda, LossConfig
+
+
+class LearnerConfig(BaseModel):
+    """How the learners train."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(default=3e-3, gt=0)
+    warmup_lr: float | None = Field(default=None, gt=0)
+    """Learning rate of the behaviour-cloning warm-up; None uses `lr`. Supervised steps tolerate
+    a larger one than policy-gradient steps do."""
+    lr_decay_fraction: float = Field(default=0.0, ge=0, le=1)
+    """The last fraction of the run over which the RL learning rate falls linearly to zero
+    (warmup-stable-decay); 0 keeps it constant. The trainer measures the run by steps, or by
+    its time budget when that ends it first."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    """Global gradient-norm clip; None disables it."""
+    anchor_coef: float = Field(default=1.0, ge=0)
+    """Weight of the behaviour-cloning anchor in RL steps (see `train.anchor_batch`)."""
+    micro_batch_tokens: int = Field(default=16384, ge=1)
+    """Padded tokens per forward/backward; a step accumulates gradients over as many as it needs."""
+    loss: LossConfig = LossConfig()
+    echo_lambda: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """Shorthand for a constant ECHO λ (`--set learner.echo_lambda=0` is plain GRPO); it replaces
+    `loss.echo.schedule`. None keeps the schedule."""
+    num_learners: int = Field(default=1, ge=1)
+    """Data-parallel ranks (Ray actors in one torch.distributed group)."""
+    gpus_per_learner: float = Field(default=0.0, ge=0)
+    """GPUs Ray reserves for each rank; a rank trains on the GPU Ray assigns it (with `device: cuda`)."""
+    cpus_per_learner: float = Field(default=0.0, ge=0)
+    """CPUs Ray reserves for each rank."""
+    resources_per_learner: dict[str, float] = Field(default_factory=dict)
+    """Ray custom resources each rank asks for, to land on the nodes that offer them (a node role)."""
+    placement: Literal["pack", "spread"] = "pack"
+    """Where the ranks go when they reserve anything: `pack` onto as few nodes as hold them (the
+    all-reduce stays on a node where it can), `spread` over as many nodes as there are ranks."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """`ddp` keeps a whole replica per rank; `fsdp` shards parameters, gradients and optimizer
+    state over the ranks (CPU or CUDA), for a model one device cannot hold with its optimizer."""
+    device: str = "cpu"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 autocasts forward passes on CUDA; master weights and optimizer stay fp32."""
+    cpu_threads: int | None = Field(default=None, ge=1)
+    """torch threads per learner on CPU; None keeps torch's default."""
+    seed: int = 0
+
+    def lr_scale(self, progress: float) -> float:
+        """The RL learning rate's factor at `progress` (0 at the start of the run, 1 at its end)."""
+        if self.lr_decay_fraction == 0:
+            return 1.0
+        return min(1.0, max(0.0, (1.0 - progress) / self.lr_decay_fraction))
+
+    @model_validator(mode="after")
+    def _placement_and_strategy(self) -> LearnerConfig:
+        if self.device.startswith("cuda") and self.num_learners > 1 and self.gpus_per_learner == 0:
+            raise ValueError(
+                f"{self.num_learners} learners on device {self.device!r} would share one GPU: "
+                "set learner.gpus_per_learner (Ray then gives each rank its own)"
+            )
+        if self.strategy == "fsdp" and self.num_learners > 1 and self.loss.grpo.kl_coef > 0:
+            raise ValueError(
+                "learner.strategy=fsdp with several learners cannot keep the KL reference model yet: "
+                "set learner.loss.grpo.kl_coef=0 or learner.strategy=ddp"
+            )
+        if self.gpus_per_learner > 0 and not self.device.startswith("cuda"):
+            raise ValueError(
+                f"learner.gpus_per_learner is {self.gpus_per_learner:g} but learner.device is {self.device!r}: use cuda"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _apply_echo_lambda(self) -> LearnerConfig:
+        if self.echo_lambda is not None:  # the loss configs are frozen: swap in an updated copy
+            echo = self.loss.echo.model_copy(update={"schedule": ConstantLambda(value=self.echo_lambda)})
+            self.loss = self.loss.model_copy(update={"echo": echo})
+        return self

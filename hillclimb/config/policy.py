@@ -1,0 +1,126 @@
+"""The run config's `policy` section: which engine serves rollouts (scripted | hf | openai | chat |
+vllm), one model per engine, a union discriminated by `type`. `trainers.policy.factory` builds
+the engine a config names."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hillclimb.config.models import HFModelConfig, ModelConfig, TinyModelConfig
+
+__all__ = [
+    "ChatPolicyConfig",
+    "HFPolicyConfig",
+    "OpenAIPolicyConfig",
+    "PolicyConfig",
+    "ScriptedPolicyConfig",
+    "VLLMPolicyConfig",
+]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScriptedPolicyConfig(_Config):
+    """The task suites' oracles (byte tokenizer): solves every task, for platform tests and benchmarks."""
+
+    type: Literal["scripted"] = "scripted"
+
+
+class HFPolicyConfig(_Config):
+    """A transformers model in this process, batching concurrent episodes."""
+
+    type: Literal["hf"] = "hf"
+    model: ModelConfig = TinyModelConfig()
+    device: str = "cpu"
+    """torch device, e.g. `cpu`, `cuda`, `cuda:1`."""
+    max_batch: int = Field(default=32, ge=1)
+    """Most requests decoded together."""
+    max_wait_ms: float = Field(default=2.0, ge=0)
+    """A batch closes once no new request has come for this long; 0 runs whatever is queued at once."""
+    max_window_ms: float = Field(default=20.0, ge=0)
+    """...or once its first request has waited this long (raised to `max_wait_ms` if lower)."""
+    max_context: int | None = Field(default=None, ge=2)
+    """Prompt + generation limit in tokens; None means the model's max_position_embeddings."""
+    gpus: float = Field(default=0.0, ge=0)
+    """GPUs Ray reserves for the policy server that runs this engine (with `device: cuda`)."""
+    cpu_threads: int | None = Field(default=1, ge=1)
+    """torch intra-op threads for the policy's forward passes; None keeps torch's default (all cores).
+    1 suits small models beside a busy event loop: OpenMP threads spin-wait for each other, and
+    on an oversubscribed CPU two threads made the tiny model ~50x slower than one."""
+
+
+class OpenAIPolicyConfig(_Config):
+    """An OpenAI-compatible completions server that accepts token-id prompts (vLLM's `vllm serve`)."""
+
+    type: Literal["openai"] = "openai"
+    base_url: str = Field(min_length=1)
+    """Up to and including `/v1`, e.g. `http://localhost:8000/v1`."""
+    model: str = Field(min_length=1)
+    """The name the server serves (`--served-model-name`, by default the path it loaded)."""
+    tokenizer: ModelConfig | None = None
+    """Whose tokenizer renders prompts; None means the Hugging Face tokenizer of `model`."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the bearer token (the key itself never goes in a config)."""
+    timeout_s: float = Field(default=300.0, gt=0)
+    """Per HTTP request, generation included."""
+    max_retries: int = Field(default=4, ge=0)
+    """Retries after a 408, 429, 5xx or transport failure; 0 fails on the first. A host that does not
+    resolve, or a refused connection before the server ever answered, is never retried."""
+    backoff_s: float = Field(default=0.5, ge=0)
+    """First retry delay; doubles each retry, up to 10 s (or the server's Retry-After)."""
+
+
+class ChatPolicyConfig(_Config):
+    """Any OpenAI-compatible chat API (`/v1/chat/completions`: hosted, or `vllm serve`); the episode
+    goes out as chat messages (`rollout.renderer: messages`)."""
+
+    type: Literal["chat"] = "chat"
+    base_url: str = Field(default="https://api.openai.com/v1", min_length=1)
+    """Up to and including `/v1`, e.g. `http://localhost:8000/v1`."""
+    model: str = Field(min_length=1)
+    """The model name the server knows (`gpt-4.1-mini`, or vLLM's `--served-model-name`)."""
+    api_key_env: str | None = "OPENAI_API_KEY"
+    """Name of the environment variable holding the bearer key (the key itself never goes in a
+    config); None sends no key (a local server)."""
+    max_concurrency: int = Field(default=8, ge=1)
+    """Requests in flight at once from each rollout worker."""
+    return_token_ids: bool = False
+    """Ask for the server's token ids and log-probs (vLLM's `return_token_ids`) so episodes can be
+    trained on; false: text only, and episodes are marked untrainable."""
+    timeout_s: float = Field(default=120.0, gt=0)
+    """Per HTTP request, generation included; a timeout is retried."""
+    max_retries: int = Field(default=4, ge=0)
+    """Retries after a 408, 429, 5xx, timeout or transport failure; 0 fails on the first. A host that
+    does not resolve, or a refused connection before the server ever answered, is never retried."""
+    backoff_s: float = Field(default=1.0, ge=0)
+    """First retry delay; doubles each retry, up to 30 s (or the server's Retry-After)."""
+
+
+class VLLMPolicyConfig(_Config):
+    """vLLM in this process (CUDA; `pip install 'hillclimb[vllm]'`)."""
+
+    type: Literal["vllm"] = "vllm"
+    model: HFModelConfig
+    gpus: float = Field(default=0.0, ge=0)
+    """GPUs Ray reserves for the policy server that runs this engine (a fraction to share one with
+    a learner: Ray then shows both the same GPU); 0 reserves none and leaves every GPU visible."""
+    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
+    """Fraction of GPU memory vLLM may take (weights + KV cache); leave room for a colocated learner."""
+    max_model_len: int | None = Field(default=None, ge=16)
+    """Context length in tokens; None means the model's own."""
+    enforce_eager: bool = False
+    """Skip CUDA graph capture: slower decoding, faster start and less memory."""
+    seed: int = 0
+    """Engine seed for requests that carry none."""
+    max_batch: int = Field(default=256, ge=1)
+    max_wait_ms: float = Field(default=5.0, ge=0)
+
+
+PolicyConfig = Annotated[
+    ScriptedPolicyConfig | HFPolicyConfig | OpenAIPolicyConfig | ChatPolicyConfig | VLLMPolicyConfig,
+    Field(discriminator="type"),
+]
