@@ -40,7 +40,10 @@ spec = importlib.util.spec_from_file_location("driver_traffic", here / "bench" /
 driver_traffic = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(driver_traffic)
 
-from orchestrator.config import load_config
+try:
+    from hillclimb.config import load_config
+except ImportError:  # a commit from before the run-config schema moved to the ground floor
+    from orchestrator.config import load_config
 from orchestrator.train import Trainer
 
 def status_kib(field):

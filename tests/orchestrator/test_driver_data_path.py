@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bench.driver_traffic import DriverTraffic
-from orchestrator.config import load_config
+from hillclimb.config import load_config
 from orchestrator.train import Trainer
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.root]
