@@ -1,8 +1,10 @@
 """`TrajectoryBuffer`: complete GRPO groups from rollout workers to learners, exactly once.
 
     put(group) ──ledger.append (durable)──► queued (in the ledger too), if at most `max_staleness` versions old
-                                        └─► dropped as stale (recorded in the ledger too)
-    get(n)     ──ledger: consumed at step s──► the learner
+      (from a rollout worker)           └─► dropped as stale (recorded in the ledger too)
+    get(n)     ──ledger: consumed at step s──► the caller
+    take(n)    ──get, then the ranks' batch (`orchestrator.learner_batches`)──► the driver: references
+               to the ranks' shares and the groups' summaries; the tokens go from here to the ranks
 
 Bounded: `put` waits while `capacity` groups are queued, so producers slow down
 instead of memory growing. Groups that go stale while queued (the learner moved on)
@@ -20,9 +22,11 @@ from prometheus_client.metrics_core import Metric
 
 from hillclimb.config.buffer import BufferConfig
 from orchestrator import metrics
+from orchestrator.learner_batches import BatchPlan, LearnerBatches, TakenBatch
 from orchestrator.ledger import Ledger
 from orchestrator.ledger_location import on_local_disk
 from orchestrator.metrics_hub import local_families
+from trainers.batching import DealtBatch
 from trainers.trajectory import TrajectoryGroup
 
 
@@ -42,12 +46,15 @@ class TrajectoryBuffer:
         self._changed = asyncio.Event()
         self.counts = {"admitted": 0, "consumed": 0, "dropped_stale": 0, "restored": 0}
         self.staleness: collections.Counter[int] = collections.Counter()
+        self._received: set[str] = set()  # a group a worker put twice (it died before answering) counts once
+        self._batches: LearnerBatches | None = None
         if resume_step is not None:
             self._restore(resume_step)
 
     def _restore(self, step: int) -> None:
         """Requeue what the ledger holds but no learner step up to `step` used."""
         for group in self.ledger.pending(as_of_step=step):
+            self._received.add(group.group_id)
             self._queue.append(group)
             self.counts["restored"] += 1
 
@@ -61,9 +68,13 @@ class TrajectoryBuffer:
         self._changed = asyncio.Event()
 
     async def put(self, group: TrajectoryGroup) -> str:
-        """Record the group, then queue it: 'admitted', or 'stale' if it is too old to train on."""
+        """Record the group, then queue it: 'admitted', or 'stale' if it is too old to train on
+        ('duplicate': it was put before)."""
         while len(self._queue) >= self.config.capacity_groups:
             await self._changed.wait()
+        if group.group_id in self._received:
+            return "duplicate"
+        self._received.add(group.group_id)
         self.ledger.append(group)
         if not self._fresh(group):
             self._drop([group])
@@ -89,6 +100,31 @@ class TrajectoryBuffer:
         self.counts["consumed"] += len(batch)
         self._notify()
         return batch
+
+    def serve_learners(self, plan: BatchPlan, transcripts: dict[str, list[str]]) -> None:
+        """Make the learners' batches from here on; `transcripts`: the oracle's groups in the
+        ledger, by split (the warm-up's, the anchors' and the env-token CE's samples)."""
+        by_split = {
+            split: [t for group_id in ids for t in self.ledger.read_group(group_id).trajectories]
+            for split, ids in transcripts.items()
+        }
+        self._batches = LearnerBatches(plan, by_split)
+
+    def _learner_batches(self) -> LearnerBatches:
+        if self._batches is None:
+            raise RuntimeError("the buffer makes no learner batches before serve_learners()")
+        return self._batches
+
+    async def take(self, n_groups: int, *, step: int, timeout_s: float | None = None) -> TakenBatch:
+        """`get`, as learner step `step`'s batch: advantages computed, dealt to the ranks."""
+        groups = await self.get(n_groups, step=step, timeout_s=timeout_s)
+        return self._learner_batches().rl_step(groups, step)
+
+    def warmup_batch(self) -> DealtBatch:
+        return self._learner_batches().warmup()
+
+    def transcript_shares(self, split: str) -> list[Any]:
+        return self._learner_batches().transcript_shares(split)
 
     def set_version(self, version: int) -> None:
         """The learner's weights moved to `version`: queued groups now too old are dropped."""

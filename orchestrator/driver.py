@@ -2,6 +2,7 @@
 
     groups ──► dispatch (at most `in_flight` at once, least-busy worker first)
                  ├─ done ──► on_group(group)     (the caller records it in the ledger)
+                 │           or, given a buffer: the worker put it there, on_group(its summary)
                  └─ worker died ──► a new worker takes its index; its groups run again
 
 A group is re-run whole, with the same seeds, so a re-run is the same episodes again;
@@ -29,11 +30,12 @@ from hillclimb.errors import HillclimbError
 from orchestrator.metrics_hub import HUB
 from orchestrator.schedule import GroupSpec
 from orchestrator.workers import CreateRateLimiter, RemoteRateLimiter, RolloutWorker
-from trainers.trajectory import TrajectoryGroup
+from trainers.trajectory import GroupSummary, TrajectoryGroup
 
 log = logging.getLogger("hillclimb.orchestrator.driver")
 
-OnGroup = Callable[[TrajectoryGroup], Awaitable[None] | None]
+OnGroup = Callable[[Any], Awaitable[None] | None]
+"""Called with each `TrajectoryGroup`, or its `GroupSummary` where the groups go to a buffer."""
 
 
 class RayUnreachableError(HillclimbError, ConnectionError):
@@ -176,9 +178,11 @@ class RolloutDriver:
         *,
         in_flight: int | None = None,
         sampling: SamplingParams | None = None,
+        buffer: Any = None,
     ) -> None:
         """Run the groups (drawn lazily: an endless iterator is fine) and call `on_group` as each
-        completes, in completion order. `sampling` overrides the episodes' sampling (evaluation)."""
+        completes, in completion order. `sampling` overrides the episodes' sampling (evaluation).
+        `buffer`: the trajectory buffer's actor, where the workers put the groups themselves."""
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
@@ -187,7 +191,7 @@ class RolloutDriver:
         retry: list[GroupSpec] = []
         attempts: dict[str, int] = {}
         busy = [0] * len(self.workers)
-        running: dict[asyncio.Future[TrajectoryGroup], tuple[GroupSpec, int, Any]] = {}
+        running: dict[asyncio.Future[TrajectoryGroup | GroupSummary], tuple[GroupSpec, int, Any]] = {}
         try:
             while True:
                 while len(running) < limit:
@@ -196,7 +200,7 @@ class RolloutDriver:
                         break
                     index = min(range(len(busy)), key=busy.__getitem__)
                     busy[index] += 1
-                    call = self.workers[index].run_group.remote(group, sampling)
+                    call = self.workers[index].run_group.remote(group, sampling, buffer)
                     running[asyncio.ensure_future(_await(call))] = (group, index, call)
                 if not running:
                     return

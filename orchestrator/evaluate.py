@@ -66,7 +66,7 @@ async def evaluate(
 
     def on_group(group: TrajectoryGroup) -> None:
         plan.ledger.append(group)
-        metrics.record_group(group)
+        metrics.record_group(group.summary())
         on_episodes(len(group.trajectories))
 
     if plan.todo:

@@ -8,14 +8,12 @@ several pools in one process add up; the driver's `/metrics` gathers every proce
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from trainers.roles import Role
-from trainers.trajectory import TrajectoryGroup
+from trainers.trajectory import GroupSummary
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -50,13 +48,13 @@ LOOP_LAG = Gauge("hillclimb_event_loop_lag_seconds", "How late the event loop ra
 SANDBOX_STATES = ("starting", "ready", "leased", "destroying")
 
 
-def record_group(group: TrajectoryGroup) -> None:
+def record_group(group: GroupSummary) -> None:
     """Count a completed group's episodes, turns and tokens by role."""
-    for t in group.trajectories:
+    for t in group.episodes:
         EPISODES.labels(env=t.env, split=t.split, done_reason=t.done_reason.value).inc()
         ENV_STEPS.labels(env=t.env).inc(t.turns)
-        for role, count in collections.Counter(t.roles).items():
-            TOKENS.labels(env=t.env, role=Role(role).name).inc(count)
+        for role, count in t.tokens.items():
+            TOKENS.labels(env=t.env, role=role).inc(count)
 
 
 def start_loop_lag_monitor(interval_s: float = 0.5) -> asyncio.Task[None]:

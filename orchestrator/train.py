@@ -4,6 +4,8 @@ oracle transcripts (the scripted oracle in real sandboxes, both splits, recorded
 warm-up: behaviour cloning on TRAIN oracle transcripts (ACTION tokens only)
 loop:  policy server ─► rollout workers ─► TrajectoryBuffer + ledger ─► learners ─► weights ─► policy server
        (each step may carry a BC anchor: TRAIN oracle transcripts, their ACTION tokens only)
+       the tokens go from the workers to the buffer, which makes the ranks' batches (advantages,
+       anchor) and hands them to the ranks; this process sees summaries and references only
        max_staleness 0: rollouts, then a step, in turn;  ≥ 1: rollouts run on while learners train
 every `eval_every` steps: held-out pass@1 (greedy episodes) and teacher-forced env-token CE
 run dir: config.json, metrics.jsonl, checkpoints/, ledger/, plots/, summary.json
@@ -19,11 +21,10 @@ import asyncio
 import itertools
 import json
 import os
-import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from envs.authoring.registry import load_suite
 from envs.authoring.tasks import require_oracles
@@ -39,10 +40,7 @@ from orchestrator.metrics_hub import HUB
 from orchestrator.model_check import check_model_available
 from orchestrator.rollout import env_start_hint
 from orchestrator.schedule import GroupSpec, endless_groups, round_of_groups
-from trainers.trajectory import Trajectory, TrajectoryGroup
-
-if TYPE_CHECKING:
-    from trainers.batching import Sample
+from trainers.trajectory import GroupSummary, Trajectory, TrajectoryGroup
 
 Report = Callable[[str, dict[str, Any]], None]
 
@@ -138,8 +136,9 @@ class Trainer:
 
     # -- setup ----------------------------------------------------------------------------
 
-    async def _oracle_transcripts(self) -> dict[str, list[Trajectory]]:
-        """Each task once, solved by the oracle in a real sandbox, tokenized for our model."""
+    async def _oracle_transcripts(self) -> dict[str, list[str]]:
+        """Each task once, solved by the oracle in a real sandbox, tokenized for our model: their
+        groups' ids in the ledger, by split (the buffer reads them from there)."""
         from trainers.models.load import load_model_tokenizer
         from trainers.policy.scripted import ScriptedPolicy
 
@@ -161,10 +160,9 @@ class Trainer:
             self._check_oracle_episodes([t for g in played for t in g.trajectories])
             for group in played:  # only whole ones: a failed oracle is played again when the run is
                 self.ledger.append(group)
-        by_split: dict[str, list[Trajectory]] = {"train": [], "heldout": []}
+        by_split: dict[str, list[str]] = {"train": [], "heldout": []}
         for group in groups:
-            for t in self.ledger.read_group(group.group_id).trajectories:
-                by_split[t.split].append(t)
+            by_split[group.split].append(group.group_id)
         return by_split
 
     def _check_oracle_episodes(self, episodes: list[Trajectory]) -> None:
@@ -187,11 +185,9 @@ class Trainer:
 
     # -- evaluation -----------------------------------------------------------------------
 
-    async def _env_ce(self, learners: Any, oracle: dict[str, list[Trajectory]]) -> dict[str, float]:
-        from trainers.batching import Sample
-
+    async def _env_ce(self, learners: Any, buffer: Any, oracle: dict[str, list[str]]) -> dict[str, float]:
         return {
-            f"{split}_env_ce": await learners.env_cross_entropy([Sample.of(t) for t in transcripts])
+            f"{split}_env_ce": await learners.env_cross_entropy(await buffer.transcript_shares.remote(split))
             for split, transcripts in oracle.items()
             if transcripts  # a split whose tasks have no oracle actions has no such figure
         }
@@ -221,9 +217,9 @@ class Trainer:
         return sum(t.reward > 0 for t in episodes) / max(len(episodes), 1)
 
     async def _evaluate(
-        self, learners: Any, driver: RolloutDriver | None, oracle: dict[str, list[Trajectory]], kind: str
+        self, learners: Any, buffer: Any, driver: RolloutDriver | None, oracle: dict[str, list[str]], kind: str
     ) -> dict[str, Any]:
-        values: dict[str, Any] = await self._env_ce(learners, oracle)
+        values: dict[str, Any] = await self._env_ce(learners, buffer, oracle)
         if driver is not None:
             values["heldout_pass1"] = await self._heldout_success(driver)
         if not values:  # the initial evaluation of tasks without oracle actions: nothing to measure
@@ -244,14 +240,9 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    async def _warm_up(self, learners: Any, oracle: dict[str, list[Trajectory]]) -> None:
-        from trainers.batching import Sample
-
-        pool = [Sample.of(t) for t in oracle["train"]]
-        rng = random.Random(self.config.run.seed)
+    async def _warm_up(self, learners: Any, buffer: Any) -> None:
         for w in range(self.config.train.warmup_steps):
-            batch = rng.sample(pool, min(self.config.train.warmup_batch, len(pool)))
-            values = await learners.train_step(batch, w, imitate=True)
+            values = await learners.train_step(await buffer.warmup_batch.remote(), w, imitate=True)
             self.report("warmup", self.log.write("warmup", w, values))
 
     def _train_groups(self) -> Iterator[GroupSpec]:
@@ -264,42 +255,28 @@ class Trainer:
         )
         return (g for g in groups if g.group_id not in recorded)
 
-    def _anchor(self, oracle: dict[str, list[Trajectory]]) -> list[Sample]:
-        """This step's behaviour-cloning anchor: TRAIN oracle transcripts, drawn by (seed, step)
-        so that a resumed run draws the same ones."""
-        from trainers.batching import Sample
-
-        size = min(self.config.train.anchor_batch, len(oracle["train"]))
-        rng = random.Random(f"anchor/{self.config.run.seed}/{self.step}")
-        return [Sample.of(t) for t in rng.sample(oracle["train"], size)]
-
-    async def _step(
-        self, learners: Any, policy_server: Any, buffer: Any, oracle: dict[str, list[Trajectory]], *, began: float
-    ) -> dict[str, Any]:
-        """One learner step; `began` is when its rollouts started (synchronous) or its wait did."""
-        from trainers.batching import samples_from_groups
-
+    async def _step(self, learners: Any, policy_server: Any, buffer: Any, *, began: float) -> dict[str, Any]:
+        """One learner step; `began` is when its rollouts started (synchronous) or its wait did.
+        The buffer makes the step's batch (advantages, this step's anchor) and the ranks fetch
+        their shares from it: here, only the groups' summaries."""
         cfg = self.config
-        groups = await buffer.get.remote(
+        taken = await buffer.take.remote(
             cfg.train.groups_per_step, step=self.step + 1, timeout_s=cfg.rollout.episode.episode_timeout_s * 4
         )
         rolled_out = time.monotonic()
-        samples = samples_from_groups(groups, cfg.learner.loss)
-        anchor = self._anchor(oracle)
+        groups: list[GroupSummary] = taken.groups
         lr_scale = cfg.learner.lr_scale(self._progress())
         values = (
-            await learners.train_step(samples, self.step, anchor=anchor, lr_scale=lr_scale)
-            if samples
-            else {"skipped": 1.0}
+            await learners.train_step(taken.batch, self.step, lr_scale=lr_scale) if taken.samples else {"skipped": 1.0}
         )
         trained = time.monotonic()
-        episodes = [t for g in groups for t in g.trajectories]
+        episodes = [t for g in groups for t in g.episodes]
         for group in groups:
             prom.STALENESS.observe(self.version - group.policy_version)
         values |= {
             "train_reward": sum(t.reward for t in episodes) / len(episodes),
             "episodes": len(episodes),
-            "trained_samples": len(samples),
+            "trained_samples": taken.samples,
             "staleness_max": max(self.version - g.policy_version for g in groups),
             **{
                 f"done_{r}": sum(t.done_reason.value == r for t in episodes)
@@ -341,8 +318,9 @@ class Trainer:
         import ray
 
         from orchestrator.buffer import start_buffer
+        from orchestrator.learner_batches import BatchPlan
+        from orchestrator.learner_group import LearnerGroup
         from orchestrator.policy_server import start_policy_server
-        from trainers.learner import LearnerGroup
 
         cfg = self.config
         self.started = time.monotonic()
@@ -357,9 +335,8 @@ class Trainer:
         buffer: Any = None
         producer: asyncio.Task[None] | None = None
 
-        async def put(group: TrajectoryGroup) -> None:
+        def rolled_out(group: GroupSummary) -> None:  # the worker put the group in the buffer
             prom.record_group(group)
-            await buffer.put.remote(group)
 
         try:  # from here on, whatever stops the run (failed oracle episodes too) ends the actors
             oracle = await self._oracle_transcripts()
@@ -371,35 +348,40 @@ class Trainer:
                 self.ledger_location, cfg.buffer, version=self.version, resume_step=self.step if resumed else None
             )
             HUB.watch("buffer", buffer)
+            plan = BatchPlan(
+                cfg.learner.loss, cfg.learner.num_learners, cfg.run.seed, cfg.train.anchor_batch, cfg.train.warmup_batch
+            )
+            await buffer.serve_learners.remote(plan, oracle)
             if not resumed:
-                await self._evaluate(learners, None, oracle, "eval_initial")
-                await self._warm_up(learners, oracle)
+                await self._evaluate(learners, buffer, None, oracle, "eval_initial")
+                await self._warm_up(learners, buffer)
             await self._publish(learners, policy_server, buffer, bump=not resumed)
             if not resumed and cfg.train.warmup_steps:
                 await self._checkpoint(learners)  # step 0: a run stopped from here on keeps its warm-up
             if not self._recorded("eval", 0):  # after the warm-up (a run resumed at step 0 may lack it)
-                await self._evaluate(learners, driver, oracle, "eval")
+                await self._evaluate(learners, buffer, driver, oracle, "eval")
             groups = self._train_groups()
             self.rl_started = time.monotonic()
             asynchronous = cfg.buffer.max_staleness > 0
             if asynchronous:  # rollouts run on while the learners train
-                producer = asyncio.ensure_future(driver.run_groups(groups, put))
+                producer = asyncio.ensure_future(driver.run_groups(groups, rolled_out, buffer=buffer))
             while self.step < cfg.train.steps:
                 if cfg.train.time_budget_s is not None and time.monotonic() - self.rl_started > cfg.train.time_budget_s:
                     self.report("budget", {"step": self.step, "time_budget_s": cfg.train.time_budget_s})
                     break
                 began = time.monotonic()
                 if not asynchronous:
-                    await driver.run_groups(list(itertools.islice(groups, cfg.train.groups_per_step)), put)
-                self.report("train", await self._step(learners, policy_server, buffer, oracle, began=began))
+                    step_groups = list(itertools.islice(groups, cfg.train.groups_per_step))
+                    await driver.run_groups(step_groups, rolled_out, buffer=buffer)
+                self.report("train", await self._step(learners, policy_server, buffer, began=began))
                 if self.step % cfg.train.eval_every == 0:
-                    await self._evaluate(learners, driver, oracle, "eval")
+                    await self._evaluate(learners, buffer, driver, oracle, "eval")
                 if self.step % cfg.train.checkpoint_every == 0:
                     await self._checkpoint(learners)
             if producer is not None:
                 await stop(producer)  # a Ctrl-C landing here still stops the run
             if self.step % cfg.train.eval_every:
-                await self._evaluate(learners, driver, oracle, "eval")
+                await self._evaluate(learners, buffer, driver, oracle, "eval")
             await self._checkpoint(learners)
         finally:
             if producer is not None and not producer.done():

@@ -3,7 +3,9 @@
     driver ──run_group(GroupSpec)──► RolloutWorker (async actor, many groups at once)
                                        ├─ SandboxPool → its own provider (and sandboxes)
                                        ├─ Policy: in-process, or a shared PolicyServer actor
-                                       └─ EpisodeRunner × G ──► TrajectoryGroup
+                                       └─ EpisodeRunner × G ──► TrajectoryGroup ──► the driver
+                                                                 └─ or the buffer actor; the driver
+                                                                    gets the group's summary
 
 Sandbox creation is paced cluster-wide by one `CreateRateLimiter` actor. A worker owns
 its sandboxes: if the worker dies, its provider's sandboxes die with it (local) or are
@@ -35,7 +37,7 @@ from providers.liveness import Beat
 from trainers.policy.base import GenerateRequest, Generation, Policy
 from trainers.policy.batching import MicroBatcher
 from trainers.tokenizer import Tokenizer
-from trainers.trajectory import TrajectoryGroup
+from trainers.trajectory import GroupSummary, TrajectoryGroup
 
 _Item = tuple[GenerateRequest, SamplingParams]
 
@@ -221,7 +223,11 @@ class RolloutWorker:
             }
         )
 
-    async def run_group(self, group: GroupSpec, sampling: SamplingParams | None = None) -> TrajectoryGroup:
+    async def run_group(
+        self, group: GroupSpec, sampling: SamplingParams | None = None, buffer: Any = None
+    ) -> TrajectoryGroup | GroupSummary:
+        """The group's episodes, played at once; with a `buffer` (actor handle), they go there and
+        the caller gets their summary (training: the tokens never pass through the driver)."""
         if self._closing:  # a call queued before close(): its episodes would lose their sandboxes mid-run
             closing = f"rollout worker {self.worker_index} is closing; group {group.group_id} not started"
             raise WorkerClosedError(closing)
@@ -232,7 +238,11 @@ class RolloutWorker:
             runner = await self._ensure_started()
             episodes = group.episodes(self.config.run.name)
             trajectories = await asyncio.gather(*(runner.run(spec, sampling=sampling) for spec in episodes))
-            return TrajectoryGroup.of(list(trajectories))
+            played = TrajectoryGroup.of(list(trajectories))
+            if buffer is None:
+                return played
+            await buffer.put.remote(played)
+            return played.summary()
         finally:
             self._running.discard(task)
 

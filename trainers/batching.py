@@ -2,7 +2,7 @@
 
     TrajectoryGroups ─► samples_from_groups ─► Samples (ids, roles, sampling log-probs,
                                                        group advantage, ECHO keep flag)
-                     ─► split_for_ranks (balanced by tokens, for data parallelism)
+                     ─► deal / split_for_ranks (balanced by tokens, for data parallelism)
                      ─► micro_batches (sorted by length, under a padded-token budget)
                      ─► to_loss_batch (padded tensors + the optimizer step's token totals)
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -92,6 +93,28 @@ def split_for_ranks(samples: list[Sample], world_size: int) -> list[list[Sample]
         shares[rank].append(sample)
         loads[rank] += len(sample)
     return shares
+
+
+@dataclass(frozen=True)
+class DealtBatch:
+    """One optimizer step's samples (and behaviour-cloning anchor) dealt to the ranks, with the
+    whole step's token totals. A share is a list of `Sample`s, or a Ray reference to one, which
+    Ray resolves on the rank it is handed to."""
+
+    shares: list[Any]
+    totals: StepTotals
+    anchor_shares: list[Any]
+    anchor_totals: StepTotals
+
+
+def deal(samples: list[Sample], world_size: int, anchor: list[Sample] | None = None) -> DealtBatch:
+    anchor = anchor or []
+    return DealtBatch(
+        split_for_ranks(samples, world_size),
+        StepTotals.of(samples),
+        split_for_ranks(anchor, world_size),
+        StepTotals.of(anchor),
+    )
 
 
 MICRO_BATCH_COST_TOKENS = 256

@@ -1,6 +1,6 @@
 """Learners: the model and its optimizer, one per rank, training data-parallel.
 
-    LearnerGroup (driver side) ──split by tokens──► Learner rank 0..N-1 (Ray actors)
+    a step's samples, dealt to ranks by the buffer ──► Learner rank 0..N-1 (Ray actors, or in-process)
                                                       ├─ micro-batches: forward to hidden states,
                                                       │  loss_from_hidden (GRPO + λ·CE), backward
                                                       ├─ DDP all-reduce (gloo on CPU, NCCL on GPU)
@@ -15,23 +15,37 @@ collective, so every rank makes as many passes as the busiest one (idle ranks pa
 token at zero weight), and the full weights (for the policy engines and checkpoints) are
 gathered by all ranks at once: rank 0 receives them.
 
-Placement: ranks that reserve resources (`gpus_per_learner`, `cpus_per_learner`,
-`resources_per_learner`) get one bundle each of a Ray placement group, packed or spread over
-nodes; they meet at rank 0's node address, and each trains on the GPU Ray assigned it.
+Where the ranks run and how they meet is `orchestrator.learner_group`'s business.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import copy
 import dataclasses
 import socket
 from typing import Any
 
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel
+
 from hillclimb.config.learner import LearnerConfig
 from hillclimb.config.models import ModelConfig
 from trainers.batching import Sample, StepTotals, micro_batches, to_loss_batch
-from trainers.losses import LossConfig
+from trainers.checkpoint import State, load_checkpoint, save_checkpoint, tied_parameters
+from trainers.losses import LossConfig, loss_from_hidden, token_logprobs
+from trainers.models.head import check_lm_head, lm_head
+from trainers.models.load import load_model
+from trainers.roles import Role
 
 _IMITATION = LossConfig.model_validate(
     {"echo": {"verifier_free": True, "schedule": {"type": "constant", "value": 1.0}}}
@@ -41,10 +55,6 @@ _IMITATION = LossConfig.model_validate(
 
 def _as_imitation(batch: Any, totals: StepTotals) -> Any:
     """The batch with its ACTION targets relabelled as the CE term's targets and all else inert."""
-    import torch
-
-    from trainers.roles import Role
-
     roles = torch.where(batch.roles_BT == Role.ACTION, int(Role.ENV), int(Role.PROMPT))
     keep = torch.ones_like(batch.env_keep_B)
     return dataclasses.replace(batch, roles_BT=roles, env_keep_B=keep, n_env_tokens=totals.n_action)
@@ -79,9 +89,6 @@ def merge_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
     return merged
 
 
-_PLACEMENT_TIMEOUT_S = 300.0
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -91,33 +98,24 @@ def free_port(host: str = "127.0.0.1") -> int:
 def _device(name: str) -> Any:
     """The torch device for `name`; a bare `cuda` is the first GPU this process sees (under Ray,
     the one it assigned this rank: it sets CUDA_VISIBLE_DEVICES per actor)."""
-    import torch
-
     device = torch.device(name)
     return torch.device("cuda", 0) if device.type == "cuda" and device.index is None else device
 
 
-class _TrunkAndHead:
+class _TrunkAndHead(torch.nn.Module):
     """What data parallelism wraps: forward gives final hidden states; the LM head is a
     submodule, so DDP syncs its gradient although the loss applies it outside `forward`."""
 
-    @staticmethod
-    def build(model: Any) -> Any:
-        import torch
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
 
-        class TrunkAndHead(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-                return self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-        return TrunkAndHead()
+    def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+        return self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
 class Learner:
-    """One rank. Usable in-process (world size 1) or as a Ray actor (`LearnerGroup`)."""
+    """One rank. Usable in-process (world size 1) or as a Ray actor (`orchestrator.learner_group`)."""
 
     def __init__(
         self,
@@ -127,11 +125,6 @@ class Learner:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        import torch
-
-        from trainers.models.head import check_lm_head
-        from trainers.models.load import load_model
-
         self.config = config
         self.rank, self.world_size = rank, world_size
         if config.cpu_threads is not None:
@@ -142,14 +135,12 @@ class Learner:
         check_lm_head(model)  # the losses apply the head themselves: its logits must be hidden · Wᵀ + b
         model.train()
         self.model = model  # the unwrapped module: what checkpoints and policy engines see
-        self.module = _TrunkAndHead.build(model)  # wrapped for data parallelism by `join`
+        self.module = _TrunkAndHead(model)  # wrapped for data parallelism by `join`
         self.sharded = False  # parameters split over the ranks (FSDP, once joined)
         self.optimizer = self._optimizer()
         self.reference: Any = None  # frozen copy of the policy as RL began, when the KL penalty is on
 
     def _optimizer(self) -> Any:
-        import torch
-
         config = self.config
         return torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
@@ -157,7 +148,7 @@ class Learner:
 
     def rendezvous_address(self) -> str:
         """Where the other ranks meet this one (rank 0): its node's address, a free port there."""
-        import ray
+        import ray  # here, not above: a rank trained in-process (tests, benches) never loads Ray
 
         host = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
         return f"tcp://{host}:{free_port(host)}"
@@ -175,26 +166,18 @@ class Learner:
         return {"rank": self.rank, "node": node, "address": address, "device": str(self.device)}
 
     def _distribute(self, model: Any, init_method: str) -> Any:
-        import torch.distributed as dist
-
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         dist.init_process_group(backend, init_method=init_method, rank=self.rank, world_size=self.world_size)
         if self.config.strategy == "fsdp":
-            from torch.distributed.fsdp import fully_shard
-
             for layer in model.model.base_model.layers:
                 fully_shard(layer)
             sharded = fully_shard(model)
             self.sharded = True
             self.optimizer = self._optimizer()  # over the sharded parameters that replaced the originals
             return sharded
-        from torch.nn.parallel import DistributedDataParallel
-
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def _autocast(self) -> Any:
-        import torch
-
         if self.config.precision == "bf16" and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -222,8 +205,6 @@ class Learner:
         (`anchor_totals` are its whole-step token counts): it keeps the commands the policy
         learned while the ENV term moves the shared weights. `lr_scale` multiplies the learning
         rate for this step (the trainer's decay schedule)."""
-        import torch
-
         self.optimizer.zero_grad(set_to_none=True)
         lr = (self.config.warmup_lr if imitate and self.config.warmup_lr else self.config.lr) * lr_scale
         for group in self.optimizer.param_groups:
@@ -259,9 +240,6 @@ class Learner:
         self, micro: list[Sample], totals: StepTotals, step: int, *, imitate: bool, weight: float, last: bool
     ) -> dict[str, float]:
         """Forward and backward of one micro-batch; gradients add up until the optimizer step."""
-        from trainers.losses import loss_from_hidden
-        from trainers.models.head import lm_head
-
         ids, mask, batch = to_loss_batch(micro, totals, pad_id=self.tokenizer.pad_token_id, device=self.device)
         if imitate:
             batch = _as_imitation(batch, totals)
@@ -280,14 +258,6 @@ class Learner:
     def _reference_logprobs(self, ids: Any, mask: Any, batch: Any) -> Any:
         """Log-probs of ACTION targets under the reference policy: the policy as RL began
         (frozen on the first RL step), which the KL penalty keeps the policy close to."""
-        import copy
-
-        import torch
-
-        from trainers.losses import token_logprobs
-        from trainers.models.head import lm_head
-        from trainers.roles import Role
-
         if self.reference is None:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
         action = batch.roles_BT == Role.ACTION
@@ -307,9 +277,6 @@ class Learner:
         """The most forward passes any rank has to make this step (`mine` alone for one rank)."""
         if self.world_size == 1:
             return mine
-        import torch
-        import torch.distributed as dist
-
         most = torch.tensor([mine], device=self.device)
         dist.all_reduce(most, op=dist.ReduceOp.MAX)
         return int(most)
@@ -323,8 +290,6 @@ class Learner:
     def _padding_pass(self, *, last: bool) -> None:
         """Forward and backward at zero weight for a rank with fewer micro-batches than another:
         it joins the gradient collectives with zeros."""
-        from trainers.models.head import lm_head
-
         with self._no_sync(last), self._autocast():
             hidden = self._padding_forward()
             weight, bias = lm_head(self.model)  # after the forward: FSDP has gathered the head
@@ -332,8 +297,6 @@ class Learner:
             zero.backward()
 
     def device_tensor(self, rows: list[list[int]]) -> Any:
-        import torch
-
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
     def gradients(self) -> dict[str, Any]:
@@ -344,20 +307,12 @@ class Learner:
     def weights(self) -> dict[str, Any]:
         """The model's full state dict on CPU, for the policy engines. Sharded, every rank calls
         it (the gather is a collective) and rank 0 alone receives the tensors."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
         options = StateDictOptions(full_state_dict=True, cpu_offload=self.sharded)
         return {k: v.detach().cpu() for k, v in get_model_state_dict(self.model, options=options).items()}
 
     def env_log_likelihood(self, samples: list[Sample]) -> tuple[float, int]:
         """Teacher-forced log-likelihood (nats, summed) of the ENV targets in `samples`, and their
         number; ranks each measure a share, as many passes on every rank."""
-        import torch
-
-        from trainers.losses import token_logprobs
-        from trainers.models.head import lm_head
-        from trainers.roles import Role
-
         total, count = 0.0, 0
         micros = micro_batches(samples, self.config.micro_batch_tokens)
         was_training = self.model.training
@@ -380,20 +335,12 @@ class Learner:
 
     def env_cross_entropy(self, samples: list[Sample]) -> float:
         """Teacher-forced mean CE (nats per token) of ENV targets: how well the model predicts the
-        environment (one rank; `LearnerGroup.env_cross_entropy` shares the work out)."""
+        environment (one rank; `orchestrator.learner_group` shares the work out)."""
         log_likelihood, count = self.env_log_likelihood(samples)
         return -log_likelihood / max(count, 1)
 
     def _state(self) -> Any:
         """Weights, optimizer and KL reference as full tensors on CPU (rank 0's, when gathered)."""
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            get_optimizer_state_dict,
-        )
-
-        from trainers.checkpoint import State
-
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return State(
             model=get_model_state_dict(self.model, options=options),
@@ -404,8 +351,6 @@ class Learner:
     def save(self, directory: str, **info: Any) -> str:
         """Every rank calls it (a sharded state is gathered collectively); rank 0 writes it and
         returns its path, the others return ''."""
-        from trainers.checkpoint import save_checkpoint, tied_parameters
-
         state = self._state()
         if self.rank != 0:
             return ""
@@ -413,16 +358,6 @@ class Learner:
 
     def load(self, directory: str) -> dict[str, Any]:
         """Restore a checkpoint, whatever world size or strategy wrote it (every rank calls it)."""
-        import copy
-
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-            set_optimizer_state_dict,
-        )
-
-        from trainers.checkpoint import load_checkpoint, tied_parameters
-
         names = [name for name, _ in self.model.named_parameters()]
         state, info = load_checkpoint(directory, names, tied=tied_parameters(self.model))
         options = StateDictOptions(full_state_dict=True)
@@ -438,137 +373,3 @@ class Learner:
 def _full(tensor: Any) -> Any:
     """A sharded tensor gathered whole (a collective: every rank calls it); others as they are."""
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
-
-
-def _bundle(config: LearnerConfig) -> dict[str, float]:
-    """What one rank reserves: its placement-group bundle (empty when it reserves nothing)."""
-    bundle = {"CPU": config.cpus_per_learner, "GPU": config.gpus_per_learner, **config.resources_per_learner}
-    return {name: amount for name, amount in bundle.items() if amount}
-
-
-class LearnerGroup:
-    """N learner ranks as Ray actors; rank 0 speaks for the group (weights, checkpoints).
-
-    The ranks load their models as soon as they are made; the first call waits until they
-    have, and until they met in one process group."""
-
-    def __init__(self, model_config: ModelConfig, config: LearnerConfig) -> None:
-        import ray
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        self.config = config
-        world = config.num_learners
-        bundle = _bundle(config)
-        self._placement_group = placement_group([bundle] * world, strategy=config.placement.upper()) if bundle else None
-        actor = ray.remote(
-            num_cpus=config.cpus_per_learner,
-            num_gpus=config.gpus_per_learner,
-            resources=config.resources_per_learner or None,
-        )(Learner)
-        self.ranks = [
-            actor.options(
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    self._placement_group, placement_group_bundle_index=r
-                )
-                if self._placement_group
-                else None
-            ).remote(model_config, config, rank=r, world_size=world)
-            for r in range(world)
-        ]
-        self._met: asyncio.Future[None] | None = None
-
-    async def ready(self) -> None:
-        """Wait until the ranks are placed and, when several, loaded and joined in one group."""
-        if self._met is None:
-            self._met = asyncio.ensure_future(self._meet())
-        await asyncio.shield(self._met)
-
-    async def _meet(self) -> None:
-        import ray
-
-        if self._placement_group is not None:
-            try:
-                await asyncio.wait_for(self._placement_group.ready(), _PLACEMENT_TIMEOUT_S)
-            except TimeoutError:
-                wanted = f"{len(self.ranks)} learners of {_bundle(self.config)} each ({self.config.placement})"
-                raise RuntimeError(
-                    f"the cluster found no room for {wanted} within {_PLACEMENT_TIMEOUT_S:g} s; "
-                    f"free now: {ray.available_resources()}"
-                ) from None
-        if len(self.ranks) > 1:
-            address = await self.ranks[0].rendezvous_address.remote()
-            await asyncio.gather(*(rank.join.remote(address) for rank in self.ranks))
-
-    async def placement(self) -> list[dict[str, Any]]:
-        """Where each rank runs (node and device), in rank order."""
-        await self.ready()
-        return list(await asyncio.gather(*(rank.placement.remote() for rank in self.ranks)))
-
-    async def train_step(
-        self,
-        samples: list[Sample],
-        step: int,
-        *,
-        imitate: bool = False,
-        anchor: list[Sample] | None = None,
-        lr_scale: float = 1.0,
-    ) -> dict[str, float]:
-        from trainers.batching import split_for_ranks
-
-        await self.ready()
-        totals = StepTotals.of(samples)
-        shares = split_for_ranks(samples, len(self.ranks))
-        anchor = anchor or []
-        anchor_totals = StepTotals.of(anchor)
-        anchor_shares = split_for_ranks(anchor, len(self.ranks))
-        results = [
-            rank.train_step.remote(
-                share, totals, step, imitate=imitate, anchor=extra, anchor_totals=anchor_totals, lr_scale=lr_scale
-            )
-            for rank, share, extra in zip(self.ranks, shares, anchor_shares, strict=True)
-        ]
-        return merge_metrics([await r for r in results])
-
-    def _gatherers(self) -> list[Any]:
-        """The ranks that take part in gathering the full weights: all when sharded, else rank 0."""
-        return self.ranks if self.config.strategy == "fsdp" else self.ranks[:1]
-
-    async def weights_ref(self) -> Any:
-        """A Ray reference to the full weights, which stay in rank 0's node's object store: an
-        actor handed it as an argument receives them from there, never through this process."""
-        await self.ready()
-        refs = [rank.weights.remote() for rank in self._gatherers()]
-        await asyncio.gather(*refs[1:])  # the other ranks' part of the gather (they receive nothing)
-        return refs[0]
-
-    async def weights(self) -> dict[str, Any]:
-        return await (await self.weights_ref())
-
-    async def env_cross_entropy(self, samples: list[Sample]) -> float:
-        """Mean CE of the samples' ENV tokens; each rank measures a share."""
-        from trainers.batching import split_for_ranks
-
-        await self.ready()
-        shares = split_for_ranks(samples, len(self.ranks))
-        parts = await asyncio.gather(*(r.env_log_likelihood.remote(s) for r, s in zip(self.ranks, shares, strict=True)))
-        return -sum(ll for ll, _ in parts) / max(sum(n for _, n in parts), 1)
-
-    async def save(self, directory: str, **info: Any) -> str:
-        await self.ready()
-        paths = await asyncio.gather(*(rank.save.remote(directory, **info) for rank in self.ranks))
-        return paths[0]
-
-    async def load(self, directory: str) -> dict[str, Any]:
-        await self.ready()
-        infos = await asyncio.gather(*(rank.load.remote(directory) for rank in self.ranks))  # a collective
-        return infos[0]
-
-    def shutdown(self) -> None:
-        import ray
-        from ray.util.placement_group import remove_placement_group
-
-        for rank in self.ranks:
-            ray.kill(rank)
-        if self._placement_group is not None:
-            remove_placement_group(self._placement_group)

@@ -8,6 +8,7 @@ that GRPO normalises against each other.
 
 from __future__ import annotations
 
+import collections
 from enum import StrEnum
 from typing import Any
 
@@ -132,6 +133,47 @@ class TrajectoryGroup(BaseModel):
     @property
     def rewards(self) -> list[float]:
         return [t.reward for t in self.trajectories]
+
+    def summary(self) -> GroupSummary:
+        return GroupSummary(
+            group_id=self.group_id,
+            policy_version=self.policy_version,
+            episodes=[
+                EpisodeSummary(
+                    env=t.env,
+                    split=t.split,
+                    reward=t.reward,
+                    done_reason=t.done_reason,
+                    turns=t.turns,
+                    tokens={Role(role).name: n for role, n in collections.Counter(t.roles).items()},
+                )
+                for t in self.trajectories
+            ],
+        )
+
+
+class EpisodeSummary(BaseModel):
+    """An episode's outcome and sizes, without its tokens: what the driver logs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    env: str
+    split: str
+    reward: float
+    done_reason: DoneReason
+    turns: int
+    tokens: dict[str, int]
+    """Its tokens' count by `Role` name."""
+
+
+class GroupSummary(BaseModel):
+    """A group as the driver sees it once its tokens went to the buffer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group_id: str
+    policy_version: int
+    episodes: list[EpisodeSummary]
 
 
 def require_trainable(groups: list[TrajectoryGroup]) -> None:

@@ -46,6 +46,15 @@ async def test_staleness_admission_and_exactly_once(tmp_path: Path) -> None:
     assert buffer.stats()["dropped_stale"] == 1 and buffer.stats()["staleness"] == {1: 1, 0: 1}
 
 
+async def test_a_group_put_twice_is_queued_once(tmp_path: Path) -> None:
+    """A worker that died after its put but before answering: the driver runs the group again."""
+    buffer = TrajectoryBuffer(str(tmp_path), BufferConfig(max_staleness=1))
+    assert await buffer.put(group("a")) == "admitted"
+    assert await buffer.put(group("a")) == "duplicate"
+    assert [g.group_id for g in await buffer.get(1, step=1, timeout_s=1)] == ["a"]
+    assert buffer.stats()["depth"] == 0 and buffer.stats()["admitted"] == 1
+
+
 async def test_groups_that_go_stale_while_queued_are_dropped(tmp_path: Path) -> None:
     buffer = TrajectoryBuffer(str(tmp_path), BufferConfig(max_staleness=0), version=0)
     await buffer.put(group("v0", version=0))

@@ -9,8 +9,9 @@ import pytest
 import torch
 from learner_data import CONFIG, MODEL, batch_of_step
 
-from trainers.batching import Sample, StepTotals
-from trainers.learner import Learner, LearnerGroup, merge_metrics
+from orchestrator.learner_group import LearnerGroup
+from trainers.batching import Sample, StepTotals, deal
+from trainers.learner import Learner, merge_metrics
 from trainers.roles import Role
 
 
@@ -158,8 +159,8 @@ async def test_two_ddp_ranks_make_the_same_update_as_one_rank_on_the_fullbatch_o
         for step in range(2):
             samples = batch_of_step(step)
             anchor = batch_of_step(step + 10)  # a behaviour-cloning anchor rides along, split across ranks too
-            single = await one.train_step(samples, step, anchor=anchor)
-            double = await two.train_step(samples, step, anchor=anchor)
+            single = await one.train_step(deal(samples, one.world_size, anchor), step)
+            double = await two.train_step(deal(samples, two.world_size, anchor), step)
             assert double["anchor/action_ce"] == pytest.approx(single["anchor/action_ce"], rel=1e-5)
             assert double["loss"] == pytest.approx(single["loss"], rel=1e-5)  # the ranks' shares add up
             # The all-reduced gradient is the full batch's gradient (up to float summation order) ...
@@ -174,8 +175,8 @@ async def test_two_ddp_ranks_make_the_same_update_as_one_rank_on_the_fullbatch_o
         rank1 = await two.ranks[1].weights.remote()
         assert all(torch.equal(rank1[name], w2[name]) for name in w2)  # replicas stay identical
         # A warm-up (behaviour-cloning) step reports the whole batch's action CE, however split.
-        bc_single = await one.train_step(batch_of_step(5), 2, imitate=True)
-        bc_double = await two.train_step(batch_of_step(5), 2, imitate=True)
+        bc_single = await one.train_step(deal(batch_of_step(5), one.world_size), 2, imitate=True)
+        bc_double = await two.train_step(deal(batch_of_step(5), two.world_size), 2, imitate=True)
         assert bc_double["bc/action_ce"] == pytest.approx(bc_single["bc/action_ce"], rel=1e-4)
     finally:
         one.shutdown()

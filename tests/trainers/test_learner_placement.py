@@ -12,7 +12,8 @@ import torch
 from learner_data import CONFIG, MODEL, batch_of_step
 
 from hillclimb.config.learner import LearnerConfig
-from trainers.learner import LearnerGroup
+from orchestrator.learner_group import LearnerGroup
+from trainers.batching import deal
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -29,8 +30,8 @@ async def test_spread_ranks_land_on_the_learner_nodes_and_train_as_one(simulated
         address = await two.ranks[0].rendezvous_address.remote()
         assert address.startswith(f"tcp://{where[0]['address']}:")  # rank 0's node, not loopback by rule
         for step in range(2):
-            single = await one.train_step(batch_of_step(step), step)
-            double = await two.train_step(batch_of_step(step), step)
+            single = await one.train_step(deal(batch_of_step(step), one.world_size), step)
+            double = await two.train_step(deal(batch_of_step(step), two.world_size), step)
             assert double["loss"] == pytest.approx(single["loss"], rel=1e-5)
         w1, w2 = await one.weights(), await two.weights()
         for name in w1:
@@ -53,7 +54,7 @@ async def test_packed_ranks_share_a_node(simulated_cluster: dict[str, str]) -> N
 async def test_ranks_the_cluster_cannot_hold_fail_with_what_is_free(
     simulated_cluster: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("trainers.learner._PLACEMENT_TIMEOUT_S", 3.0)
+    monkeypatch.setattr("orchestrator.learner_group._PLACEMENT_TIMEOUT_S", 3.0)
     greedy = CONFIG.model_copy(update={"num_learners": 3, "resources_per_learner": {"learner_node": 1}})
     group = LearnerGroup(MODEL, greedy)
     try:
@@ -87,7 +88,7 @@ async def test_new_weights_go_from_rank_0_to_the_policy_engine_without_the_drive
             .options(scheduling_strategy=NodeAffinitySchedulingStrategy(engine_node, soft=False))
             .remote(HFPolicyConfig(model=model))
         )
-        await group.train_step(batch_of_step(0), 0)
+        await group.train_step(deal(batch_of_step(0), group.world_size), 0)
         weights = await group.weights_ref()
         await engine.update_weights.remote(3, weights)
         assert await engine.version.remote() == 3
