@@ -6,12 +6,15 @@ config, the machine, the commit and {median, mean, std, min, max} per measured c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +90,26 @@ def print_table(headers: list[str], rows: list[list[Any]]) -> None:
         print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
         if n == 0:
             print("  ".join("-" * w for w in widths))
+
+
+@contextlib.contextmanager
+def base_tree(commit: str) -> Iterator[tuple[str, Path]]:
+    """A detached `git worktree` of `commit` for a before/after run: (its short hash, its path),
+    removed on exit."""
+    here = Path(__file__).resolve().parent.parent
+    short = subprocess.run(
+        ["git", "rev-parse", "--short", commit], cwd=here, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="hc-base-") as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), short], cwd=here, check=True)
+        try:
+            yield short, tree
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=here, check=True)
+
+
+def interleaved(rep: int, base: Path, head: Path) -> list[tuple[str, Path]]:
+    """Repetition `rep`'s order of the two sides: alternating, so neither always goes first."""
+    sides = [("base", base), ("head", head)]
+    return sides if rep % 2 == 0 else sides[::-1]

@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import print_table, summarize, write_result
+from bench.common import base_tree, interleaved, print_table, summarize, write_result
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -117,22 +117,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="RL steps per run (at least 2)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 8], help="rollout workers (ray.num_workers)")
     args = parser.parse_args()
-    base_commit = subprocess.run(
-        ["git", "rev-parse", "--short", args.base], cwd=HERE, capture_output=True, text=True, check=True
-    ).stdout.strip()
     samples: dict[str, dict[str, list[float]]] = {}
-    with tempfile.TemporaryDirectory(prefix="hc-base-") as tmp:
-        base = Path(tmp) / "tree"
-        subprocess.run(["git", "worktree", "add", "--detach", str(base), base_commit], cwd=HERE, check=True)
-        try:
-            for rep in range(args.reps):
-                sides = [("base", base), ("head", HERE)]
-                for workers in args.workers:
-                    for side, tree in sides if rep % 2 == 0 else sides[::-1]:  # neither always goes first
-                        for name, value in _run(tree, workers, args.steps).items():
-                            samples.setdefault(f"{side}/{workers}", {}).setdefault(name, []).append(value)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=HERE, check=True)
+    with base_tree(args.base) as (base_commit, base):
+        for rep in range(args.reps):
+            for workers in args.workers:
+                for side, tree in interleaved(rep, base, HERE):
+                    for name, value in _run(tree, workers, args.steps).items():
+                        samples.setdefault(f"{side}/{workers}", {}).setdefault(name, []).append(value)
     results = {case: {name: summarize(values) for name, values in by.items()} for case, by in samples.items()}
     rows = []
     for workers in args.workers:

@@ -36,11 +36,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import print_table, summarize, write_result
+from bench.common import base_tree, interleaved, print_table, summarize, write_result
 from envs.server.serve import LOOP_ENV_VAR
 
 HERE = Path(__file__).resolve().parent.parent
@@ -174,21 +173,12 @@ def main() -> None:
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="event loop of the steps")
     args = parser.parse_args()
     images = dict(zip(("base", "head"), args.docker_images or (None, None), strict=True))
-    base_commit = subprocess.run(
-        ["git", "rev-parse", "--short", args.base], cwd=HERE, capture_output=True, text=True, check=True
-    ).stdout.strip()
     samples: dict[str, dict[str, list[float]]] = {"base": {}, "head": {}}
-    with tempfile.TemporaryDirectory(prefix="hc-base-") as tmp:
-        base = Path(tmp) / "tree"
-        subprocess.run(["git", "worktree", "add", "--detach", str(base), base_commit], cwd=HERE, check=True)
-        try:
-            for rep in range(args.reps):
-                sides = [("base", base), ("head", HERE)]
-                for side, tree in sides if rep % 2 == 0 else sides[::-1]:  # neither always goes first
-                    for name, value in measure(tree, args, images[side]).items():
-                        samples[side].setdefault(name, []).append(value)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=HERE, check=True)
+    with base_tree(args.base) as (base_commit, base):
+        for rep in range(args.reps):
+            for side, tree in interleaved(rep, base, HERE):
+                for name, value in measure(tree, args, images[side]).items():
+                    samples[side].setdefault(name, []).append(value)
     results = {side: {name: summarize(values) for name, values in by.items()} for side, by in samples.items()}
     rows = []
     for name in [n for n in samples["head"] if n in samples["base"]]:  # rows both commits measure
