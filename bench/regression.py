@@ -25,7 +25,7 @@ import them from wherever that commit keeps them, so one snippet runs at both co
 
     python -m bench.regression --base <commit> [--reps 5] [--seconds 1] [--leases 200] [--cold 20]
         [--steps 200] [--rollout-episodes 200] [--rollout-seconds 10] [--docker-images BASE_TAG HEAD_TAG]
-        [--loop uvloop]
+        [--loop uvloop] [--name regression]
 """
 
 from __future__ import annotations
@@ -171,6 +171,7 @@ def main() -> None:
         "--docker-images", nargs=2, metavar=("BASE", "HEAD"), help="sandbox images built from each commit"
     )
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="event loop of the steps")
+    parser.add_argument("--name", default="regression", help="the result file: bench/results/NAME.json")
     args = parser.parse_args()
     images = dict(zip(("base", "head"), args.docker_images or (None, None), strict=True))
     samples: dict[str, dict[str, list[float]]] = {"base": {}, "head": {}}
@@ -187,7 +188,7 @@ def main() -> None:
         rows.append([name, f"{before:,.2f}", spans[0], f"{after:,.2f}", spans[1], f"{after / before:.3f}"])
     headers = ["measure (median)", f"base {base_commit}", "range", "this tree", "range", "this / base"]
     print_table(headers, rows)
-    path = write_result("regression", {**vars(args), "base": base_commit}, results)
+    path = write_result(args.name, {**vars(args), "base": base_commit}, results)
     print(f"\nhost load (1, 5, 15 min): {os.getloadavg()}; wrote {path}")
 
 
