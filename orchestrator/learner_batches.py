@@ -49,7 +49,8 @@ class LearnerBatches:
     def __init__(self, plan: BatchPlan, transcripts: dict[str, list[Trajectory]]) -> None:
         """`transcripts`: the oracle's, by split (TRAIN ones feed the warm-up and the anchors)."""
         self.plan = plan
-        self.transcripts = transcripts
+        # Tokenized once for the whole run: every warm-up step, anchor and evaluation draws from these.
+        self.transcripts = {split: [Sample.of(t) for t in episodes] for split, episodes in transcripts.items()}
         self._warmup_rng = random.Random(plan.seed)  # one stream over the warm-up's steps, in order
 
     def rl_step(self, groups: list[TrajectoryGroup], step: int) -> TakenBatch:
@@ -63,18 +64,17 @@ class LearnerBatches:
         run draws the same ones."""
         train = self.transcripts["train"]
         rng = random.Random(f"anchor/{self.plan.seed}/{index}")
-        return [Sample.of(t) for t in rng.sample(train, min(self.plan.anchor_batch, len(train)))]
+        return rng.sample(train, min(self.plan.anchor_batch, len(train)))
 
     def warmup(self) -> DealtBatch:
         """The warm-up's next batch: TRAIN oracle transcripts for behaviour cloning."""
-        pool = [Sample.of(t) for t in self.transcripts["train"]]
+        pool = self.transcripts["train"]
         batch = self._warmup_rng.sample(pool, min(self.plan.warmup_batch, len(pool)))
         return in_object_store(deal(batch, self.plan.world_size))
 
     def transcript_shares(self, split: str) -> list[Any]:
         """The split's oracle transcripts dealt to the ranks, for the env-token CE."""
-        samples = [Sample.of(t) for t in self.transcripts[split]]
-        return [ray.put(share) for share in split_for_ranks(samples, self.plan.world_size)]
+        return [ray.put(share) for share in split_for_ranks(self.transcripts[split], self.plan.world_size)]
 
 
 def in_object_store(batch: DealtBatch) -> DealtBatch:
