@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # install their own torch; the project's range stays open.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv images run test test-gpu test-latest lint lock bench docs clean
+.PHONY: venv images run test test-gpu test-latest lint lock lock-upgrade bench docs clean
 
 # The dev/CI/main-job install comes from requirements.lock (every package pinned, with hashes);
 # the package itself goes in on top, editable and without dependencies of its own.
@@ -56,12 +56,16 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-# Re-resolve requirements.lock to the newest versions pyproject.toml's ranges allow (uv).
+# Re-resolve requirements.lock after a change to pyproject.toml's ranges (uv), moving no pin the
+# ranges still allow; `make lock-upgrade` takes the newest versions they allow.
 # uv comes in a venv of its own: the lock must be makeable before the main venv exists.
 LOCKER := .venv-lock
 lock:
 	test -x $(LOCKER)/bin/uv || { $(PYTHON) -m venv $(LOCKER) && $(LOCKER)/bin/pip install --quiet uv; }
-	PATH="$(abspath $(LOCKER)/bin):$$PATH" $(LOCKER)/bin/python .ci/lockfile.py make "$(TORCH_PIN)"
+	PATH="$(abspath $(LOCKER)/bin):$$PATH" $(LOCKER)/bin/python .ci/lockfile.py make "$(TORCH_PIN)" $(LOCK_FLAGS)
+
+lock-upgrade:
+	$(MAKE) lock LOCK_FLAGS=--upgrade
 
 # The suite against the newest releases the ranges allow, not the lock: run it on demand to see
 # what the next `make lock` would bring. Its own venv, rebuilt each time.

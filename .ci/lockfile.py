@@ -1,7 +1,8 @@
 """The dependency lock: `requirements.lock`, every package of the dev/CI/main-job install pinned
 with its hashes, made by `uv pip compile` from pyproject.toml's own ranges (which stay open).
 
-    python .ci/lockfile.py make    # re-resolve (`make lock`): the newest versions the ranges allow
+    python .ci/lockfile.py make    # re-resolve (`make lock`), keeping the pins the ranges still allow
+    python .ci/lockfile.py make --upgrade   # (`make lock-upgrade`) the newest versions the ranges allow
     python .ci/lockfile.py check   # the lock still answers pyproject.toml (`make lint`, CI)
 
 torch is left out: the CPU wheel that `TORCH_PIN` names is not on PyPI (PyPI's Linux torch
@@ -23,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "requirements.lock"
-EXTRAS = ("train", "docker", "k8s", "aca", "dev")
+EXTRAS = ("train", "smollm2", "docker", "k8s", "aca", "dev")
 UNLOCKED = ("torch",)
 LOCAL_WHEELS = Path("/opt/wheels")  # where this machine kind keeps the CPU torch wheel
 DIGEST_LINE = re.compile(r"^# pyproject dependencies: sha256=([0-9a-f]{64}) ", re.M)
@@ -41,19 +42,24 @@ def digest(lists: dict[str, list[str]], torch_pin: str) -> str:
     return hashlib.sha256(json.dumps([lists, torch_pin], sort_keys=True).encode()).hexdigest()
 
 
-def make(torch_pin: str) -> None:
-    with tempfile.NamedTemporaryFile("w", suffix=".txt") as constraints:
-        constraints.write(torch_pin + "\n")
-        constraints.flush()
+def make(torch_pin: str, upgrade: bool = False) -> None:
+    """Resolve the lock; versions already pinned stay where the ranges still allow them (uv reads
+    its output file as preferences), unless `upgrade`: a new dependency then moves nothing else."""
+    with tempfile.TemporaryDirectory() as scratch:
+        constraints, output = Path(scratch) / "constraints.txt", Path(scratch) / "requirements.lock"
+        constraints.write_text(torch_pin + "\n")
+        if LOCK.exists() and not upgrade:
+            output.write_text(LOCK.read_text())
         command = [
             "uv", "pip", "compile", "pyproject.toml", *(f"--extra={e}" for e in EXTRAS),
             "--generate-hashes", "--python-version=3.11", "--native-tls", "--quiet",
-            *(f"--no-emit-package={p}" for p in UNLOCKED), f"--constraint={constraints.name}",
-            "--custom-compile-command=make lock",
+            *(f"--no-emit-package={p}" for p in UNLOCKED), f"--constraint={constraints}",
+            f"--output-file={output}", "--custom-compile-command=make lock",
         ]  # fmt: skip
         if LOCAL_WHEELS.is_dir():
             command.append(f"--find-links={LOCAL_WHEELS}")
-        resolved = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True).stdout
+        subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
+        resolved = output.read_text()
     header = f"# pyproject dependencies: sha256={digest(dependency_lists(), torch_pin)} ({torch_pin} installed first)\n"
     LOCK.write_text(header + resolved)
     print(f"wrote {LOCK.name}: {len(PIN.findall(resolved))} packages pinned")
@@ -103,11 +109,11 @@ def check(torch_pin: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[1] not in ("make", "check"):
-        print("usage: lockfile.py make|check TORCH_PIN", file=sys.stderr)
+    if len(argv) not in (3, 4) or argv[1] not in ("make", "check") or argv[3:] not in ([], ["--upgrade"]):
+        print("usage: lockfile.py make|check TORCH_PIN [--upgrade]", file=sys.stderr)
         return 2
     if argv[1] == "make":
-        make(argv[2])
+        make(argv[2], upgrade=argv[3:] == ["--upgrade"])
         return 0
     return check(argv[2])
 
