@@ -15,6 +15,10 @@ collective, so every rank makes as many passes as the busiest one (idle ranks pa
 token at zero weight), and the full weights (for the policy engines and checkpoints) are
 gathered by all ranks at once: rank 0 receives them.
 
+With `lora` set, the model's targeted linear layers carry low-rank adapters (peft, in place):
+only those train, hold optimizer state, travel to the policy engines and go into checkpoints;
+the KL reference is the same model with its adapters switched off.
+
 Where the ranks run and how they meet is `orchestrator.learner_group`'s business.
 """
 
@@ -40,11 +44,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hillclimb.config.learner import LearnerConfig
 from hillclimb.config.models import ModelConfig
+from hillclimb.errors import ConfigError
 from trainers.batching import Sample, StepTotals, micro_batches, to_loss_batch
 from trainers.checkpoint import State, load_checkpoint, save_checkpoint, tied_parameters
 from trainers.losses import LossConfig, loss_from_hidden, token_logprobs
 from trainers.models.head import check_lm_head, lm_head
 from trainers.models.load import load_model
+from trainers.models.lora import adapter_update, add_adapters
 from trainers.roles import Role
 
 _IMITATION = LossConfig.model_validate(
@@ -133,17 +139,23 @@ class Learner:
         self.device = _device(config.device)
         model, self.tokenizer = load_model(model_config, self.device)
         check_lm_head(model)  # the losses apply the head themselves: its logits must be hidden · Wᵀ + b
+        # LoRA layers replace the targeted linears inside `model`: it stays the model the losses read
+        self.adapters = add_adapters(model, config.lora) if config.lora is not None else None
         model.train()
         self.model = model  # the unwrapped module: what checkpoints and policy engines see
         self.module = _TrunkAndHead(model)  # wrapped for data parallelism by `join`
         self.sharded = False  # parameters split over the ranks (FSDP, once joined)
         self.optimizer = self._optimizer()
-        self.reference: Any = None  # frozen copy of the policy as RL began, when the KL penalty is on
+        self.reference: Any = None  # frozen copy of the policy as RL began, when the KL penalty is on (not LoRA)
+
+    def _trainable(self) -> list[tuple[str, Any]]:
+        """The parameters that train (all of them, or the adapters alone), by name."""
+        return [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
 
     def _optimizer(self) -> Any:
         config = self.config
         return torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+            [p for _, p in self._trainable()], lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         )
 
     def rendezvous_address(self) -> str:
@@ -226,7 +238,8 @@ class Learner:
                 sink.append(self._accumulate(micro, micro_totals, step, imitate=bc, weight=weight, last=last))
             else:
                 self._padding_pass(last=last)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or float("inf"))
+        trainable = [p for _, p in self._trainable()]
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, self.config.grad_clip or float("inf"))
         self.optimizer.step()
         merged = merge_metrics(parts)
         if imitate:  # the CE term measured ACTION tokens: say so
@@ -256,14 +269,17 @@ class Learner:
         return {k: float(v) for k, v in metrics.items()}
 
     def _reference_logprobs(self, ids: Any, mask: Any, batch: Any) -> Any:
-        """Log-probs of ACTION targets under the reference policy: the policy as RL began
-        (frozen on the first RL step), which the KL penalty keeps the policy close to."""
-        if self.reference is None:
+        """Log-probs of ACTION targets under the reference policy, which the KL penalty keeps the
+        policy close to: the policy as RL began (frozen on the first RL step), or with LoRA the
+        model with its adapters off (no second copy of the weights)."""
+        if self.reference is None and self.adapters is None:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        reference = self.model if self.adapters is not None else self.reference
+        unadapted = self.adapters.disable_adapter() if self.adapters is not None else contextlib.nullcontext()
         action = batch.roles_BT == Role.ACTION
-        with torch.no_grad(), self._autocast():
-            hidden = self.reference.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
-            weight, bias = lm_head(self.reference)
+        with torch.no_grad(), self._autocast(), unadapted:
+            hidden = reference.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+            weight, bias = lm_head(reference)
             logp = token_logprobs(
                 hidden[action], weight, batch.targets_BT[action], bias, temperature=self.config.loss.temperature
             )
@@ -305,8 +321,11 @@ class Learner:
         return {n: _full(p.grad).detach().cpu() for n, p in self.model.named_parameters() if p.grad is not None}
 
     def weights(self) -> dict[str, Any]:
-        """The model's full state dict on CPU, for the policy engines. Sharded, every rank calls
-        it (the gather is a collective) and rank 0 alone receives the tensors."""
+        """The model's full state dict on CPU, for the policy engines; with LoRA its adapters
+        alone (`adapter_update`), which the engines merge into their own copy of the base weights.
+        Sharded, every rank calls it (the gather is a collective) and rank 0 alone receives the tensors."""
+        if self.adapters is not None:
+            return adapter_update(self.model)
         options = StateDictOptions(full_state_dict=True, cpu_offload=self.sharded)
         return {k: v.detach().cpu() for k, v in get_model_state_dict(self.model, options=options).items()}
 
@@ -340,10 +359,14 @@ class Learner:
         return -log_likelihood / max(count, 1)
 
     def _state(self) -> Any:
-        """Weights, optimizer and KL reference as full tensors on CPU (rank 0's, when gathered)."""
+        """Weights (with LoRA the adapters alone: the base weights come from the model config),
+        optimizer and KL reference as full tensors on CPU (rank 0's, when gathered)."""
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model = get_model_state_dict(self.model, options=options)
+        if self.adapters is not None:
+            model = {name: model[name] for name, _ in self._trainable()}
         return State(
-            model=get_model_state_dict(self.model, options=options),
+            model=model,
             optimizer=get_optimizer_state_dict(self.model, self.optimizer, options=options),
             reference=None if self.reference is None else self.reference.state_dict(),
         )
@@ -354,13 +377,15 @@ class Learner:
         state = self._state()
         if self.rank != 0:
             return ""
-        return str(save_checkpoint(directory, state, tied=tied_parameters(self.model), **info))
+        lora = None if self.config.lora is None else self.config.lora.model_dump(mode="json")
+        return str(save_checkpoint(directory, state, tied=tied_parameters(self.model), lora=lora, **info))
 
     def load(self, directory: str) -> dict[str, Any]:
         """Restore a checkpoint, whatever world size or strategy wrote it (every rank calls it)."""
-        names = [name for name, _ in self.model.named_parameters()]
+        names = [name for name, _ in self._trainable()]
         state, info = load_checkpoint(directory, names, tied=tied_parameters(self.model))
-        options = StateDictOptions(full_state_dict=True)
+        self._check_trains_what(directory, state.model, info)
+        options = StateDictOptions(full_state_dict=True, strict=self.adapters is None)
         set_model_state_dict(self.model, state.model, options=options)
         set_optimizer_state_dict(self.model, self.optimizer, state.optimizer, options=options)
         self.reference = None
@@ -368,6 +393,19 @@ class Learner:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
             self.reference.load_state_dict(state.reference)
         return info
+
+    def _check_trains_what(self, directory: str, saved: dict[str, Any], info: dict[str, Any]) -> None:
+        """Refuse a checkpoint of full fine-tuning for a LoRA learner, or of other adapters."""
+        if self.adapters is None:
+            return  # a full state dict is checked key by key as it loads
+        mine = {name for name, _ in self._trainable()}
+        if set(saved) != mine:
+            wrote = f"adapters {info['lora']}" if info.get("lora") else "full fine-tuning"
+            raise ConfigError(
+                f"{directory} was written by {wrote}, which this learner (learner.lora {self.config.lora}) cannot "
+                f"resume: {len(saved)} saved tensors for {len(mine)} adapter parameters; resume with the config "
+                "that wrote it"
+            )
 
 
 def _full(tensor: Any) -> Any:

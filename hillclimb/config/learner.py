@@ -8,6 +8,32 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hillclimb.config.losses import ConstantLambda, LossConfig
 
+LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""Every linear layer of a Llama-style decoder block, by the name its modules end in."""
+
+
+class LoraConfig(BaseModel):
+    """Low-rank adapters (LoRA): each targeted linear layer's weight W0 stays frozen and the
+    learner trains W = W0 + (alpha / rank) · B · A, with A (rank × in) and B (out × rank, zero at
+    the start, so training begins at the pretrained model). Only A and B get gradients and
+    optimizer state, are synced to the policy engine (which merges them into its own copy of
+    W0) and are checkpointed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rank: int = Field(default=16, ge=1)
+    """Inner dimension r of each adapter: trainable parameters per layer are r · (in + out)."""
+    alpha: float = Field(default=32.0, gt=0)
+    """Scale numerator: the adapter's product B · A is multiplied by alpha / rank."""
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    """Dropout on the adapters' input during training steps; 0 keeps the learner's log-probs
+    equal to the policy engine's (which runs without dropout), as the importance ratio assumes."""
+    target_modules: tuple[str, ...] | Literal["all-linear"] = LLAMA_PROJECTIONS
+    """Which linear layers get adapters: module names or name suffixes (the default is every
+    projection of a Llama-style block), or `all-linear` for every linear layer but the LM head.
+    The LM head never carries one (the losses apply it themselves). A name the model lacks is
+    an error that lists the ones it has."""
+
 
 class LearnerConfig(BaseModel):
     """How the learners train."""
@@ -54,6 +80,10 @@ class LearnerConfig(BaseModel):
     cpu_threads: int | None = Field(default=None, ge=1)
     """torch threads per learner on CPU; None keeps torch's default."""
     seed: int = 0
+    lora: LoraConfig | None = None
+    """Train low-rank adapters on the frozen model instead of every weight; None is full
+    fine-tuning. With the KL penalty on, the reference is the model with its adapters switched
+    off: the pretrained model, before any warm-up, which LoRA trains the adapters of too."""
 
     def lr_scale(self, progress: float) -> float:
         """The RL learning rate's factor at `progress` (0 at the start of the run, 1 at its end)."""
@@ -72,6 +102,11 @@ class LearnerConfig(BaseModel):
             raise ValueError(
                 "learner.strategy=fsdp with several learners cannot keep the KL reference model yet: "
                 "set learner.loss.grpo.kl_coef=0 or learner.strategy=ddp"
+            )
+        if self.strategy == "fsdp" and self.lora is not None:
+            raise ValueError(
+                "learner.lora with learner.strategy=fsdp is not supported yet: adapters are small, use "
+                "learner.strategy=ddp (or learner.lora=null for full fine-tuning)"
             )
         if self.gpus_per_learner > 0 and not self.device.startswith("cuda"):
             raise ValueError(

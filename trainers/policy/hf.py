@@ -26,7 +26,9 @@ if two logits tie that closely). Log-probs agree to ~1e-5. A request without a s
 fresh random one and is not reproducible.
 
 Weights are swapped on the worker thread between batches, so a batch never mixes versions
-and every `Generation` carries the version that produced all of its tokens.
+and every `Generation` carries the version that produced all of its tokens. A learner training
+LoRA adapters sends the adapters alone: they are merged into the weights (W0 + scale · B · A,
+from the W0 kept at the first such update), so decoding runs on a plain model.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from hillclimb.config.rollout import SamplingParams
+from trainers.models.adapters import adapted_weight_names, is_adapter_update, merged_weights
 from trainers.policy.base import GenerateRequest, Generation
 from trainers.policy.batching import MicroBatcher
 from trainers.policy.errors import ContextOverflowError, PolicyRequestError
@@ -90,6 +93,8 @@ class HFPolicy:
         self._prefixes = PrefixCache(max_entries=2 * max_batch)
         """The lean path's caches of finished turns, for each episode's next turn."""
         self._version = 0
+        self._base: dict[str, torch.Tensor] = {}
+        """The weights adapters were merged into, as they were before the first adapter update."""
         # torch.set_num_threads applies to the calling thread's OpenMP pool: run it on the worker.
         init = functools.partial(torch.set_num_threads, threads) if threads else None
         self._batcher: MicroBatcher[_Item, Generation] = MicroBatcher(
@@ -122,11 +127,22 @@ class HFPolicy:
         return self._batcher.run_now(self._items(requests, sampling))
 
     async def update_weights(self, version: int, weights: Mapping[str, Any]) -> None:
-        """Load a full state dict between batches; generations after it carry `version`."""
+        """Load a full state dict, or merge LoRA adapters (`trainers.models.lora.adapter_update`),
+        between batches; generations after it carry `version`."""
         await self._batcher.call(self._load_weights, version, dict(weights))
 
+    @torch.no_grad()
     def _load_weights(self, version: int, weights: dict[str, Any]) -> None:
-        self._model.load_state_dict(weights, strict=True)
+        if is_adapter_update(weights):
+            params = dict(self._model.named_parameters())
+            for name in adapted_weight_names(weights):
+                if name not in self._base and name in params:
+                    self._base[name] = params[name].detach().clone()
+            for name, merged in merged_weights(self._base, weights).items():
+                params[name].copy_(merged)
+        else:
+            self._model.load_state_dict(weights, strict=True)
+            self._base.clear()  # new base weights: a later adapter update merges into these
         self._prefixes.clear()  # keys and values computed with the old weights
         self._version = version
 

@@ -3,6 +3,7 @@
     generate([request]) × many episodes ─► MicroBatcher ─► worker thread:
         LLM.generate([TokensPrompt], [SamplingParams(seed, logprobs=0, stop_token_ids)])
     update_weights ─► worker thread, between batches: LLM.apply_model(model.load_weights(...))
+                      (LoRA adapters: merged first into the pretrained weights, read once on the CPU)
 
 Written against vLLM's V1 `LLM` API as of 0.10.2 and later: `TokensPrompt` prompts, one
 `SamplingParams` per prompt (so each request keeps its own seed), `logprobs=0` (the
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hillclimb.config.rollout import SamplingParams
+from trainers.models.adapters import adapted_weight_names, is_adapter_update, merged_weights
 from trainers.policy.base import GenerateRequest, Generation
 from trainers.policy.batching import MicroBatcher
 from trainers.policy.errors import EngineNotInstalledError, PolicyResponseError
@@ -56,6 +58,10 @@ class VLLMPolicy:
         # its local IPC channel, which vLLM only pickles when this is set. The payload is ours.
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         self._vllm = vllm
+        self._model_name = model
+        self._source = {k: engine_args[k] for k in ("revision", "trust_remote_code") if k in engine_args}
+        self._base: dict[str, Any] = {}
+        """The pretrained weights LoRA adapters are merged into, by Hugging Face name, on the CPU."""
         self._llm = vllm.LLM(model=model, **{"logprobs_mode": "processed_logprobs", **engine_args})
         # By default, the very tokenizer vLLM loaded for the model (a transformers tokenizer).
         self._tokenizer = tokenizer or HFTokenizer(self._llm.get_tokenizer())
@@ -76,12 +82,26 @@ class VLLMPolicy:
         return await self._batcher.submit([(request, sampling) for request in requests])
 
     async def update_weights(self, version: int, weights: Mapping[str, Any]) -> None:
-        """Load a state dict (Hugging Face parameter names; vLLM fuses and shards them itself)."""
-        await self._batcher.call(self._load_weights, version, list(weights.items()))
+        """Load a state dict (Hugging Face parameter names; vLLM fuses and shards them itself), or
+        LoRA adapters (`trainers.models.lora.adapter_update`): the weights they change, merged."""
+        await self._batcher.call(self._load_weights, version, dict(weights))
 
-    def _load_weights(self, version: int, named_tensors: list[tuple[str, Any]]) -> None:
+    def _load_weights(self, version: int, weights: dict[str, Any]) -> None:
+        if is_adapter_update(weights):
+            weights = merged_weights(self._pretrained(adapted_weight_names(weights)), weights)
+        named_tensors = list(weights.items())
         self._llm.apply_model(lambda model: model.load_weights(named_tensors))
         self._version = version
+
+    def _pretrained(self, names: list[str]) -> dict[str, Any]:
+        """The pretrained values of `names`, read from the model's checkpoint once: vLLM's own copies
+        are fused (q/k/v as one) and may be sharded, so W0 comes from the source."""
+        if not self._base:
+            from transformers import AutoModelForCausalLM
+
+            state = AutoModelForCausalLM.from_pretrained(self._model_name, dtype="auto", **self._source).state_dict()
+            self._base = {name: state[name] for name in names if name in state}
+        return self._base
 
     def _generate_batch(self, items: list[_Item]) -> list[Generation]:
         version = self._version

@@ -1,0 +1,205 @@
+"""LoRA learners: only adapters train, sync, checkpoint and resume; the engine merges them exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from learner_data import CONFIG, MODEL, batch_of_step
+from pydantic import ValidationError
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from hillclimb.config.learner import LearnerConfig, LoraConfig
+from hillclimb.config.models import HFModelConfig
+from hillclimb.config.rollout import SamplingParams
+from hillclimb.errors import ConfigError
+from tests.factories import trajectory
+from trainers.batching import Sample, StepTotals, samples_from_groups, to_loss_batch
+from trainers.learner import Learner
+from trainers.losses import LossConfig
+from trainers.models import build_tiny_model, load_model
+from trainers.models.lora import export_merged
+from trainers.policy.base import GenerateRequest
+from trainers.policy.hf import HFPolicy
+from trainers.roles import Role
+from trainers.tokenizer import ByteTokenizer, Tokenizer
+from trainers.trajectory import TrajectoryGroup
+
+LORA = CONFIG.model_copy(update={"lora": LoraConfig(rank=4, alpha=8)})
+SMOLLM2 = Path("/work/models/smollm2-135m-instruct")
+
+
+def _step(learner: Learner, step: int) -> dict[str, float]:
+    samples = batch_of_step(step)
+    return learner.train_step(samples, StepTotals.of(samples), step)
+
+
+def _is_adapter(name: str) -> bool:
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def test_only_the_adapters_train_and_the_base_weights_stay() -> None:
+    learner = Learner(MODEL, LORA)
+    before = {name: p.detach().clone() for name, p in learner.model.named_parameters()}
+    for step in range(3):
+        _step(learner, step)
+    grads = learner.gradients()
+    # 7 projections × (A, B) in the one layer; B starts at zero, so A's first gradient is zero too:
+    # after three steps every adapter has moved and has a gradient.
+    assert sorted(grads) == sorted(n for n in before if _is_adapter(n)) and len(grads) == 14
+    assert all(g.abs().sum() > 0 for g in grads.values())
+    for name, param in learner.model.named_parameters():
+        assert torch.equal(param, before[name]) != _is_adapter(name), name
+    assert len(learner.optimizer.state) == 14  # optimizer state for the adapters alone
+
+
+def test_resuming_a_lora_checkpoint_continues_bit_exact_from_the_adapters_alone(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    straight = Learner(MODEL, LORA)
+    for step in range(4):
+        _step(straight, step)
+    first_half = Learner(MODEL, LORA)
+    for step in range(2):
+        _step(first_half, step)
+    first_half.save(str(tmp_path / "ck"), step=2, version=2)
+    saved = load_file(str(tmp_path / "ck" / "model.safetensors"))
+    assert len(saved) == 14 and all(_is_adapter(name) for name in saved)
+    resumed = Learner(MODEL, LORA.model_copy(update={"seed": 123}))  # other adapter init: the checkpoint must win
+    resumed.load(str(tmp_path / "ck"))
+    for step in range(2, 4):
+        _step(resumed, step)
+    assert _step(straight, 4)["loss"] == _step(resumed, 4)["loss"]
+    for (name, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    resumed_params = dict(resumed.model.named_parameters())
+    for name, param in straight.model.named_parameters():
+        if param.requires_grad:
+            a, b = straight.optimizer.state[param], resumed.optimizer.state[resumed_params[name]]
+            assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"]) and torch.equal(a["step"], b["step"]), name
+
+
+def test_a_full_fine_tuning_checkpoint_is_refused_by_a_lora_learner(tmp_path: Path) -> None:
+    Learner(MODEL, CONFIG).save(str(tmp_path / "full"), step=0, version=0)
+    with pytest.raises(ConfigError, match="written by full fine-tuning"):
+        Learner(MODEL, LORA).load(str(tmp_path / "full"))
+
+
+def test_the_kl_reference_is_the_model_with_its_adapters_off() -> None:
+    kl = LORA.model_copy(update={"loss": LossConfig.model_validate({"grpo": {"kl_coef": 0.1}})})
+    learner = Learner(MODEL, kl)
+    for step in range(3):
+        _step(learner, step)
+    assert learner.reference is None  # no second copy of the model
+    samples = batch_of_step(9)
+    ids, mask, batch = to_loss_batch(samples, StepTotals.of(samples), pad_id=ByteTokenizer().pad_token_id, device="cpu")
+    plain = Learner(MODEL, CONFIG.model_copy(update={"loss": kl.loss}))  # its reference: the untrained model
+    expected = plain._reference_logprobs(ids, mask, batch)
+    torch.testing.assert_close(learner._reference_logprobs(ids, mask, batch), expected, atol=1e-6, rtol=0)
+    with torch.no_grad():  # while the adapted policy itself has moved away from it
+        assert not torch.allclose(learner.model(ids).logits, plain.model(ids).logits, atol=1e-4)
+
+
+def _sampled_logprobs(
+    model: torch.nn.Module, prompt: tuple[int, ...], tokens: tuple[int, ...], t: float
+) -> torch.Tensor:
+    ids = torch.tensor([[*prompt, *tokens]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float() / t
+    return torch.log_softmax(logits, dim=-1).gather(1, ids[0, len(prompt) :, None]).squeeze(1)
+
+
+async def _engine_matches_learner(policy: HFPolicy, learner: Learner, prompt: tuple[int, ...], version: int) -> None:
+    await policy.update_weights(version, learner.weights())
+    sampling = SamplingParams(max_new_tokens=6, temperature=0.8)
+    (generation,) = policy.generate_sync([GenerateRequest(prompt_ids=prompt, seed=5)], sampling)
+    assert generation.version == version
+    expected = _sampled_logprobs(learner.model, prompt, generation.token_ids, sampling.temperature)
+    torch.testing.assert_close(torch.tensor(generation.logprobs), expected, atol=1e-5, rtol=0)
+
+
+async def test_the_engine_merges_each_sync_into_its_base_weights_and_samples_as_the_learner() -> None:
+    learner = Learner(MODEL, LORA)
+    engine_model = build_tiny_model(MODEL)
+    w0 = engine_model.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    policy = HFPolicy(engine_model, ByteTokenizer(), threads=1)
+    prompt = tuple(ByteTokenizer().encode("ls -la\n$ "))
+    for version in (1, 2):  # the second sync replaces the first delta: no accumulation
+        for step in range(2):
+            _step(learner, 2 * version + step)
+        await _engine_matches_learner(policy, learner, prompt, version)
+        q = learner.model.model.layers[0].self_attn.q_proj
+        delta = q.scaling["default"] * q.lora_B["default"].weight @ q.lora_A["default"].weight
+        merged = engine_model.model.layers[0].self_attn.q_proj.weight
+        torch.testing.assert_close(merged, w0 + delta.detach(), atol=1e-7, rtol=0)
+
+
+def test_export_writes_the_merged_model_as_a_plain_transformers_model(tmp_path: Path) -> None:
+    learner = Learner(MODEL, LORA)
+    for step in range(3):
+        _step(learner, step)
+    learner.save(str(tmp_path / "ck"), step=3, version=3)
+    export_merged(MODEL, LORA.lora, tmp_path / "ck", tmp_path / "merged")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert not any("lora" in name for name, _ in plain.named_parameters())
+    ids = torch.tensor([list(range(40, 60))])
+    learner.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, learner.model(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_target_modules_the_model_lacks_are_named_with_the_ones_it_has() -> None:
+    bad = CONFIG.model_copy(update={"lora": LoraConfig(target_modules=("nonexistent", "q_proj"))})
+    with pytest.raises(ConfigError, match=r"\['nonexistent'\] match no module .*'gate_proj', .*'q_proj'"):
+        Learner(MODEL, bad)
+    head = CONFIG.model_copy(update={"lora": LoraConfig(target_modules=("q_proj", "lm_head"))})
+    with pytest.raises(ConfigError, match="names the LM head"):
+        Learner(MODEL, head)
+
+
+@pytest.mark.parametrize(
+    ("lora", "problem"),
+    [
+        ({"rank": 0}, "rank"),
+        ({"alpha": 0}, "alpha"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"target_modules": "q_proj"}, "target_modules"),
+        ({"ranks": 8}, "ranks"),
+    ],
+)
+def test_the_schema_refuses_bad_lora_options(lora: dict[str, object], problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        LearnerConfig.model_validate({"lora": lora})
+
+
+def test_lora_with_fsdp_is_refused_by_the_schema() -> None:
+    with pytest.raises(ValidationError, match="learner.strategy=ddp"):
+        LearnerConfig.model_validate({"lora": {}, "strategy": "fsdp"})
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SMOLLM2.exists(), reason=f"needs SmolLM2-135M-Instruct at {SMOLLM2}")
+async def test_a_lora_step_on_smollm2_moves_only_adapters_and_the_engine_follows() -> None:
+    model = HFModelConfig(name_or_path=str(SMOLLM2))
+    learner = Learner(model, LearnerConfig(lr=1e-3, lora=LoraConfig(rank=8, alpha=16)))
+    before = {name: p.detach().clone() for name, p in learner.model.named_parameters()}
+    tokenizer = learner.tokenizer
+    samples = _smollm2_samples(tokenizer)
+    for step in range(2):  # two steps: the first moves B alone (it starts at zero), the second A too
+        learner.train_step(samples, StepTotals.of(samples), step)
+    changed = {name for name, p in learner.model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed == {name for name in before if _is_adapter(name)}
+    engine_model, _ = load_model(model)
+    policy = HFPolicy(engine_model, tokenizer, threads=1)
+    await _engine_matches_learner(policy, learner, tuple(tokenizer.encode("Print the file notes.txt:")), 1)
+
+
+def _smollm2_samples(tokenizer: Tokenizer) -> list[Sample]:
+    ids = tokenizer.encode("$ cat notes.txt\nhello world\n")
+    roles = [int(Role.PROMPT)] * 2 + [int(Role.ACTION)] * 6 + [int(Role.ENV)] * (len(ids) - 8)
+    members = [
+        trajectory("g", i, task_id="t", token_ids=ids, roles=roles, logprobs=[-1.0] * len(ids), reward=float(i))
+        for i in range(2)
+    ]
+    return samples_from_groups([TrajectoryGroup.of(members)], CONFIG.loss)
