@@ -384,7 +384,7 @@ class Learner:
         """Restore a checkpoint, whatever world size or strategy wrote it (every rank calls it)."""
         names = [name for name, _ in self._trainable()]
         state, info = load_checkpoint(directory, names, tied=tied_parameters(self.model))
-        self._check_trains_what(directory, state.model, info)
+        self._check_trains_what(directory, info)
         options = StateDictOptions(full_state_dict=True, strict=self.adapters is None)
         set_model_state_dict(self.model, state.model, options=options)
         set_optimizer_state_dict(self.model, self.optimizer, state.optimizer, options=options)
@@ -394,17 +394,16 @@ class Learner:
             self.reference.load_state_dict(state.reference)
         return info
 
-    def _check_trains_what(self, directory: str, saved: dict[str, Any], info: dict[str, Any]) -> None:
-        """Refuse a checkpoint of full fine-tuning for a LoRA learner, or of other adapters."""
-        if self.adapters is None:
-            return  # a full state dict is checked key by key as it loads
-        mine = {name for name, _ in self._trainable()}
-        if set(saved) != mine:
-            wrote = f"adapters {info['lora']}" if info.get("lora") else "full fine-tuning"
+    def _check_trains_what(self, directory: str, info: dict[str, Any]) -> None:
+        """Refuse a checkpoint written with other adapters, or with none where this learner has
+        some (and the other way round): its tensors are not this learner's parameters."""
+        mine = None if self.config.lora is None else self.config.lora.model_dump(mode="json")
+        theirs = info.get("lora")
+        if theirs != mine:
+            wrote, trains = (f"adapters {x}" if x else "full fine-tuning" for x in (theirs, mine))
             raise ConfigError(
-                f"{directory} was written by {wrote}, which this learner (learner.lora {self.config.lora}) cannot "
-                f"resume: {len(saved)} saved tensors for {len(mine)} adapter parameters; resume with the config "
-                "that wrote it"
+                f"{directory} was written by {wrote} and this learner trains {trains} (learner.lora): "
+                "resume with the config that wrote it"
             )
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from learner_data import CONFIG, MODEL, batch_of_step
 
+from hillclimb.config.learner import LoraConfig
 from orchestrator.learner_group import LearnerGroup
 from trainers.batching import Sample, StepTotals, deal
 from trainers.learner import Learner, merge_metrics
@@ -152,9 +153,13 @@ def test_metrics_merge_by_hand() -> None:
 
 @pytest.mark.ray
 @pytest.mark.skipif(os.cpu_count() is None, reason="needs processes")
-async def test_two_ddp_ranks_make_the_same_update_as_one_rank_on_the_fullbatch_of_step(ray_local: None) -> None:
-    one = LearnerGroup(MODEL, CONFIG)
-    two = LearnerGroup(MODEL, CONFIG.model_copy(update={"num_learners": 2}))
+@pytest.mark.parametrize("lora", [None, LoraConfig(rank=4, alpha=8)], ids=["full", "lora"])
+async def test_two_ddp_ranks_make_the_same_update_as_one_rank_on_the_fullbatch_of_step(
+    ray_local: None, lora: LoraConfig | None
+) -> None:
+    config = CONFIG.model_copy(update={"lora": lora})
+    one = LearnerGroup(MODEL, config)
+    two = LearnerGroup(MODEL, config.model_copy(update={"num_learners": 2}))
     try:
         for step in range(2):
             samples = batch_of_step(step)

@@ -80,10 +80,16 @@ def test_resuming_a_lora_checkpoint_continues_bit_exact_from_the_adapters_alone(
             assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"]) and torch.equal(a["step"], b["step"]), name
 
 
-def test_a_full_fine_tuning_checkpoint_is_refused_by_a_lora_learner(tmp_path: Path) -> None:
+def test_a_checkpoint_of_other_adapters_or_none_is_refused(tmp_path: Path) -> None:
     Learner(MODEL, CONFIG).save(str(tmp_path / "full"), step=0, version=0)
-    with pytest.raises(ConfigError, match="written by full fine-tuning"):
+    Learner(MODEL, LORA).save(str(tmp_path / "lora"), step=0, version=0)
+    with pytest.raises(ConfigError, match="written by full fine-tuning and this learner trains adapters"):
         Learner(MODEL, LORA).load(str(tmp_path / "full"))
+    with pytest.raises(ConfigError, match="written by adapters .* and this learner trains full fine-tuning"):
+        Learner(MODEL, CONFIG).load(str(tmp_path / "lora"))
+    rank_8 = LORA.model_copy(update={"lora": LoraConfig(rank=8, alpha=8)})
+    with pytest.raises(ConfigError, match=r"written by adapters \{'rank': 4"):
+        Learner(MODEL, rank_8).load(str(tmp_path / "lora"))
 
 
 def test_the_kl_reference_is_the_model_with_its_adapters_off() -> None:
