@@ -146,13 +146,16 @@ def test_export_writes_the_merged_model_as_a_plain_transformers_model(tmp_path: 
     for step in range(3):
         _step(learner, step)
     learner.save(str(tmp_path / "ck"), step=3, version=3)
-    export_merged(MODEL, LORA.lora, tmp_path / "ck", tmp_path / "merged")
+    export_merged(MODEL, tmp_path / "ck", tmp_path / "merged")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     assert not any("lora" in name for name, _ in plain.named_parameters())
     ids = torch.tensor([list(range(40, 60))])
     learner.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(plain(ids).logits, learner.model(ids).logits, atol=1e-5, rtol=0)
+    Learner(MODEL, CONFIG).save(str(tmp_path / "full"), step=0, version=0)
+    with pytest.raises(ConfigError, match="holds no adapters"):
+        export_merged(MODEL, tmp_path / "full", tmp_path / "nothing")
 
 
 def test_target_modules_the_model_lacks_are_named_with_the_ones_it_has() -> None:

@@ -13,6 +13,7 @@ which are the policy engine's, whatever peft calls them inside the learner.
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -90,18 +91,25 @@ def adapter_update(model: Any) -> dict[str, torch.Tensor]:
     return update
 
 
-def export_merged(model_config: ModelConfig, lora: LoraConfig, checkpoint: str | Path, out: str | Path) -> Path:
-    """Write the model of a LoRA checkpoint with its adapters merged in (peft's `merge_and_unload`),
-    with `save_pretrained`: a plain transformers model, loadable without peft. A pretrained
-    model's tokenizer is written beside it."""
+def export_merged(model_config: ModelConfig, checkpoint: str | Path, out: str | Path) -> Path:
+    """Write the model of a LoRA checkpoint (the adapters of `learner.lora`, which its trainer.json
+    records) with its adapters merged in (peft's `merge_and_unload`), with `save_pretrained`: a
+    plain transformers model, loadable without peft. A pretrained model's tokenizer goes beside it."""
+    checkpoint = Path(checkpoint)
+    recorded = json.loads((checkpoint / "trainer.json").read_text()).get("lora")
+    if recorded is None:
+        raise ConfigError(
+            f"{checkpoint} holds no adapters (it was written by full fine-tuning): its model.safetensors is "
+            "the whole model already"
+        )
     model, tokenizer = load_model(model_config)
-    wrapped = add_adapters(model, lora)
-    adapters = load_file(str(Path(checkpoint) / "model.safetensors"))
+    wrapped = add_adapters(model, LoraConfig.model_validate(recorded))
+    adapters = load_file(str(checkpoint / "model.safetensors"))
     expected = {name for name, p in model.named_parameters() if p.requires_grad}
     if set(adapters) != expected:
         raise ConfigError(
-            f"{checkpoint} does not hold the adapters of learner.lora {lora.model_dump()} on this model: it has "
-            f"{len(adapters)} tensors ({sorted(adapters)[:2]}...), the adapters are {len(expected)}"
+            f"{checkpoint}'s adapters do not fit {model_config}: {len(adapters)} saved tensors for {len(expected)} "
+            "adapter parameters; export with the model the run trained"
         )
     model.load_state_dict(adapters, strict=False)
     merged = wrapped.merge_and_unload()
