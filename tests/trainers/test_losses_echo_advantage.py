@@ -124,23 +124,15 @@ def test_after_an_optimizer_step_the_advantage_forms_env_gradient_is_ratio_scale
     model, _ = load_model(TINY)
     ids, batch = _tiny_batch(torch.Generator().manual_seed(2))
     env_BT = (batch.roles_BT == Role.ENV) & batch.env_keep_B[:, None]
-
-    def env_logprobs() -> torch.Tensor:
-        hidden = model.base_model(input_ids=ids).last_hidden_state[:, :-1]
-        weight, bias = lm_head(model)
-        return torch.log_softmax(torch.nn.functional.linear(hidden, weight, bias), -1).gather(
-            -1, batch.targets_BT[..., None]
-        )[..., 0]
-
     with torch.no_grad():
-        old_BT = env_logprobs()
+        old_BT = _full_logits_logprobs(model, ids, batch)
     # One plain SGD step on the CE form: every ENV token grows likelier (r ≈ 1.16 to 1.40 here),
     # about half of them beyond the clip range.
     _grads(model, ids, batch, _config("cross_entropy", lam=1.0, impl=impl))
     with torch.no_grad():
         for p in model.parameters():
             p -= 0.04 * p.grad
-        ratio_BT = torch.exp(env_logprobs() - old_BT)
+        ratio_BT = torch.exp(_full_logits_logprobs(model, ids, batch) - old_BT)
     r_N = ratio_BT[env_BT]
     assert (r_N > 1.2).any() and ((r_N - 1).abs() > 0.02).logical_and(r_N <= 1.2).any(), r_N
     stale = replace(batch, env_old_logprobs_BT=old_BT)
@@ -156,14 +148,18 @@ def test_after_an_optimizer_step_the_advantage_forms_env_gradient_is_ratio_scale
     assert any(not torch.allclose(a, c, rtol=1e-3, atol=1e-6) for a, c in zip(adv, ce, strict=True))
 
 
+def _full_logits_logprobs(model, ids: torch.Tensor, batch: LossBatch) -> torch.Tensor:
+    """Log-prob of every target at temperature 1, from full logits: the reference."""
+    hidden = model.base_model(input_ids=ids).last_hidden_state[:, :-1]
+    weight, bias = lm_head(model)
+    logits_BTV = torch.nn.functional.linear(hidden, weight, bias)
+    return torch.log_softmax(logits_BTV, -1).gather(-1, batch.targets_BT[..., None])[..., 0]
+
+
 def _weighted_ce_gradient(model, ids, batch: LossBatch, weight_BT: torch.Tensor) -> list[torch.Tensor]:
     """Parameter gradients of GRPO(ACTION) + λ · Σ_env w_t · (-logp_t) / n_env, by autograd on full logits."""
     model.zero_grad(set_to_none=True)
-    hidden = model.base_model(input_ids=ids).last_hidden_state[:, :-1]
-    weight, bias = lm_head(model)
-    logp_BT = torch.log_softmax(torch.nn.functional.linear(hidden, weight, bias), -1).gather(
-        -1, batch.targets_BT[..., None]
-    )[..., 0]
+    logp_BT = _full_logits_logprobs(model, ids, batch)
     grpo_only, _ = from_logprobs(logp_BT, batch, _config("advantage", lam=0.0), step=0)
     n_env = float(((batch.roles_BT == Role.ENV) & batch.env_keep_B[:, None]).sum())
     (grpo_only - LAM * (weight_BT * logp_BT).sum() / n_env).backward()
