@@ -6,6 +6,9 @@ SmolLM2's real tokens (a `Policy` at the seam, so a tool call comes out determin
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from orchestrator.model_server import ModelServer
 from orchestrator.serve_protocol import APIError, ChatRequest, CompletionRequest, Message, Tool, parse_request
 from orchestrator.serve_tools import parse_tool_calls, render_call, template_messages
 from trainers.policy.base import GenerateRequest, Generation
-from trainers.tokenizer import HFTokenizer
+from trainers.tokenizer import ByteTokenizer, HFTokenizer
 
 SMOLLM2 = Path("/work/models/smollm2-135m-instruct")
 RUN = Tool.model_validate({"type": "function", "function": {"name": "run", "parameters": {"type": "object"}}})
@@ -210,3 +213,27 @@ async def test_a_stop_string_ends_the_text_before_it_and_the_ids_at_the_token_th
     assert policy.tokenizer.decode(ids).endswith("STOP") and not policy.tokenizer.decode(ids[:-1]).endswith("STOP")
     assert choice.logprobs.token_logprobs == [-0.5] * len(ids) and reply.usage.completion_tokens == len(ids)
     assert choice.model_extra["prompt_token_ids"] == policy.tokenizer.encode("Go")
+
+
+async def test_a_model_without_a_chat_template_serves_completions_and_refuses_chat() -> None:
+    from openai import AsyncOpenAI, BadRequestError
+
+    policy = ScriptedReply(ByteTokenizer(), "plain")  # type: ignore[arg-type]
+    server = ModelServer(policy, served_name="tiny", max_context=2048, max_n=2)  # type: ignore[arg-type]
+    url = await server.start("127.0.0.1", 0)
+    try:
+        async with AsyncOpenAI(base_url=url, api_key="unused", max_retries=0) as client:
+            reply = await client.completions.create(model="tiny", prompt="go")
+            assert (reply.choices[0].text, reply.choices[0].finish_reason) == ("plain", "stop")
+            with pytest.raises(BadRequestError) as refused:
+                await client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+            assert refused.value.code == "no_chat_template" and "use /v1/completions" in refused.value.message
+    finally:
+        await server.close()
+
+
+def test_serve_names_an_unset_key_variable_before_loading_anything() -> None:
+    command = [sys.executable, "-m", "orchestrator", "model", "serve", "tiny", "--api-key-env", "HC_NO_SUCH_KEY_VAR"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 2 and "'HC_NO_SUCH_KEY_VAR', but that environment variable is not set" in done.stderr
+    assert "loading" not in done.stdout
