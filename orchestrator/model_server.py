@@ -147,7 +147,14 @@ class ModelServer:
         req = parse_request(await request.read(), ChatRequest)
         self._check(req)
         prompt = self._chat_prompt(req)
-        limit = req.limit or max(1, self._max_context - len(prompt))
+        if req.limit is None and len(prompt) >= self._max_context:
+            raise APIError(
+                400,
+                f"the prompt has {len(prompt)} tokens, which fills this model's context of {self._max_context} tokens",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        limit = req.limit or self._max_context - len(prompt)
         param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
         generations = await self._sample(prompt, req, limit, param)
         offered = {t.function.name for t in req.tools or ()} if req.tool_choice != "none" else set()
