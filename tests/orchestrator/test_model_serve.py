@@ -68,6 +68,7 @@ def hf_tokenizer() -> Any:
 
 
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
+LONG = {"role": "user", "content": "hi " * 8200}
 
 
 def test_models_lists_the_served_name(client: Any) -> None:
@@ -156,6 +157,7 @@ BAD: list[tuple[str, str, Any, int, str | None, str]] = [
     ("POST", "/chat/completions", {"model": NAME, "messages": MESSAGES, "n": 5}, 400, "n", "limit of 4"),
     ("POST", "/completions", {"model": NAME, "prompt": "hi", "max_tokens": 8192}, 400, "max_tokens", "8192 tokens"),
     ("POST", "/completions", {"model": NAME, "prompt": [49152]}, 400, "prompt", "outside the model's vocabulary"),
+    ("POST", "/chat/completions", {"model": NAME, "messages": [LONG]}, 400, "messages", "fills this model's context"),
     ("POST", "/completions", {"model": NAME, "prompt": "hi", "stream": True}, 400, "stream", "not supported"),
     ("GET", "/chat/completions", None, 405, None, "Method Not Allowed"),
     ("GET", "/nowhere", None, 404, None, "Not Found"),
