@@ -17,6 +17,7 @@ $(BIN)/hillclimb: pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	$(BIN)/pip check
+	$(BIN)/hillclimb model pull smollm2-135m-instruct
 	touch $@
 
 venv: $(BIN)/hillclimb

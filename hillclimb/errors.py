@@ -173,6 +173,14 @@ class ConfigError(HillclimbError, ValueError):
     """A configuration value is invalid; the message names the key in the user's spelling."""
 
 
+class ModelNotFoundError(ConfigError, LookupError):
+    """A model name resolved to nothing; the message lists every place that was tried."""
+
+
+class ModelLoadError(ConfigError):
+    """A model's files were found but are not a causal language model this project can run."""
+
+
 def validation_problems(error: Any, prefix: str = "") -> str:
     """A pydantic `ValidationError`'s problems as `where.it.was: what; ...`, each place after `prefix`
     (a problem of the whole model is placed at `prefix` itself)."""

@@ -11,6 +11,7 @@ import typer
 from orchestrator.commands import env as env_commands
 from orchestrator.commands import eval as eval_commands
 from orchestrator.commands import image as image_commands
+from orchestrator.commands import model as model_commands
 from orchestrator.commands import rollout as rollout_commands
 from orchestrator.commands import runs as runs_commands
 from orchestrator.commands import sandbox as sandbox_commands
@@ -27,6 +28,7 @@ app.add_typer(env_commands.app, name="env")
 app.add_typer(sandbox_commands.app, name="sandbox")
 app.add_typer(image_commands.app, name="image")
 app.add_typer(runs_commands.app, name="runs")
+app.add_typer(model_commands.app, name="model")
 app.command("rollout")(rollout_commands.rollout)
 app.command("eval")(eval_commands.eval_model)
 app.command("train")(train_commands.train)

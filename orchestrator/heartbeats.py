@@ -19,15 +19,12 @@ import threading
 import time
 from pathlib import Path
 
+from hillclimb.home import hillclimb_home
 from providers.contract import SandboxProvider, host_label
 from providers.liveness import RunLiveness, RunState
 
 STALE_AFTER_BEATS = 3
 """A beat from another host older than this many intervals is a dead process's."""
-
-
-def hillclimb_home() -> Path:
-    return Path(os.environ.get("HILLCLIMB_HOME") or Path.home() / ".cache" / "hillclimb")
 
 
 def runs_dir() -> Path:

@@ -1,19 +1,20 @@
 """Is the configured model there? Checked in the driver before Ray starts, so that a wrong path or
 an unreachable hub id is one line within seconds, not minutes of actor restarts and hub retries.
 
-    tiny model or none     ─► nothing to check
-    an existing directory  ─► must hold config.json (what `save_pretrained` writes)
-    a path that is absent  ─► error
-    a hub id               ─► config.json from the local cache, or fetched with a short timeout
+    tiny model or none       ─► nothing to check
+    a directory / GGUF file  ─► `resolve_model`'s checks; a GGUF is converted here, once, before
+    a catalog name             the actors that load it start
+    a hub id                 ─► config.json from the local cache, or fetched with a short timeout
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-from hillclimb.errors import ConfigError
+from hillclimb.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from trainers.models.gguf import converted_directory
+from trainers.models.resolve import resolve_model
 
 HUB_TIMEOUT_S = 10.0
 
@@ -24,17 +25,14 @@ def check_model_available(policy: Any) -> None:
     if getattr(model, "type", None) != "hf":
         return
     name = model.name_or_path
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ConfigError(
-                f"policy.model.name_or_path={name!r}: the directory has no config.json "
-                "(give one written by save_pretrained)"
-            )
-        return
-    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep in name.replace("/", ""):
-        raise ConfigError(f"policy.model.name_or_path={name!r}: no such directory (and not a hub id like org/name)")
-    _check_hub(name, model.revision)
+    try:
+        source = resolve_model(name)
+        if source.kind == "gguf":
+            converted_directory(Path(source.location), source.packaged)
+    except (ModelNotFoundError, ModelLoadError) as e:
+        raise type(e)(f"policy.model.name_or_path={name!r}: {e}") from None
+    if source.kind == "hub":
+        _check_hub(name, model.revision)
 
 
 def _check_hub(repo_id: str, revision: str | None) -> None:

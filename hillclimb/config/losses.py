@@ -96,12 +96,25 @@ class RolloutFilterConfig(_Model):
 
 
 class EchoConfig(_Model):
-    """The world-model term: λ · cross-entropy on ENV tokens."""
+    """The world-model term on ENV tokens: λ · cross-entropy, or the GRPO surrogate with advantage λ."""
 
     schedule: LambdaSchedule = ConstantLambda()
     """λ as a function of the optimizer step."""
+    form: Literal["cross_entropy", "advantage"] = "cross_entropy"
+    """How λ enters the loss. `cross_entropy`: λ · CE over the kept ENV tokens. `advantage`: the
+    GRPO term's own surrogate applied to the kept ENV tokens with a constant advantage λ (the "same
+    forward_backward, small positive advantage on the environment tokens" of Tinker-style loops,
+    with GRPO's clipping): per ENV token -min(r·λ, clip(r, 1 - clip_eps_low, 1 + clip_eps_high)·λ),
+    r = exp(logp - old_logp), no KL, over the CE's ENV-token count, at temperature 1 like the CE.
+    Every `logprob_impl` serves both: they differ only in the per-token loss on the log-probs.
+    The old log-prob of an ENV token (the sampler never gives one) is
+    `LossBatch.env_old_logprobs_BT`, by default the learner's own in the same pass, detached: r = 1
+    and the gradient equals the CE form's (to rounding; the loss value is -λ where the CE form's is
+    λ · CE). They part only where the old log-probs are an earlier policy's (several passes over a
+    batch): each ENV token's gradient is then the CE form's times r while r ≤ 1 + clip_eps_high,
+    and 0 above it (λ > 0, so the lower clip never applies)."""
     verifier_free: bool = False
-    """Turn the reward term off: the loss is λ · CE(ENV) only, and no rewards or sampling log-probs are needed."""
+    """Turn the reward term off: the loss is the ENV term alone, and no rewards or sampling log-probs are needed."""
     filters: RolloutFilterConfig = RolloutFilterConfig()
     """Rollout filters applied to the ENV mask."""
 

@@ -64,9 +64,9 @@ def _hf_policy(name: str):  # type: ignore[no-untyped-def]
 def test_a_missing_model_directory_is_found_before_anything_starts(tmp_path: Path) -> None:
     from orchestrator.model_check import check_model_available
 
-    with pytest.raises(ConfigError, match="policy.model.name_or_path='/no/such/model': no such directory"):
+    with pytest.raises(ConfigError, match="policy.model.name_or_path='/no/such/model': .*no such file or directory"):
         check_model_available(_hf_policy("/no/such/model"))
-    with pytest.raises(ConfigError, match="the directory has no config.json"):
+    with pytest.raises(ConfigError, match="a directory without config.json"):
         check_model_available(_hf_policy(str(tmp_path)))
     (tmp_path / "config.json").write_text("{}")
     check_model_available(_hf_policy(str(tmp_path)))

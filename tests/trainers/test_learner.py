@@ -124,6 +124,23 @@ def test_an_anchor_adds_the_behaviour_cloning_gradient_of_its_action_tokens() ->
         torch.testing.assert_close(again[name], both[name])
 
 
+def test_either_echo_form_makes_the_same_update_and_logs_the_same_env_cross_entropy() -> None:
+    # The learner makes one pass a batch, so the advantage form's ENV ratios are exactly 1: its
+    # gradient is the CE form's, through micro-batches and the step's normalisers (λ = 0.5 here).
+    samples = batch_of_step(0)
+
+    def step(form: str) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        loss = CONFIG.loss.model_copy(update={"echo": CONFIG.loss.echo.model_copy(update={"form": form})})
+        learner = Learner(MODEL, CONFIG.model_copy(update={"grad_clip": None, "loss": loss}))
+        return learner.train_step(samples, StepTotals.of(samples), 0), learner.gradients()
+
+    (ce_metrics, ce), (adv_metrics, adv) = step("cross_entropy"), step("advantage")
+    for name in ce:
+        torch.testing.assert_close(adv[name], ce[name], rtol=1e-5, atol=1e-8)
+    assert adv_metrics["echo/ce"] == pytest.approx(ce_metrics["echo/ce"], rel=1e-6)
+    assert adv_metrics["echo/loss"] == pytest.approx(-0.5, rel=1e-6)  # -λ · (mean ratio 1)
+
+
 def test_an_anchor_reports_its_action_cross_entropy() -> None:
     learner = Learner(MODEL, CONFIG)
     samples, anchor = batch_of_step(0), batch_of_step(1)

@@ -1,4 +1,4 @@
-"""The total loss: GRPO + λ·CE by hand, λ = 0 bit-identical to GRPO, the one-vector form, the public API."""
+"""The total loss: GRPO + λ·CE by hand, λ = 0 bit-identical to GRPO, every LM-head path alike, the public API."""
 
 from __future__ import annotations
 
@@ -20,10 +20,8 @@ from trainers.losses import (
     StepDecayLambda,
     fused_token_loss,
     grpo_loss,
-    importance_sampling_loss,
     loss_from_hidden,
     loss_from_logprobs,
-    one_vector_advantages,
     token_logprobs,
 )
 from trainers.roles import Role
@@ -168,19 +166,20 @@ def _plain_grpo(impl: str, batch: LossBatch):
     return fused if impl == "fused" else unfused
 
 
+@pytest.mark.parametrize("form", ["cross_entropy", "advantage"])
 @pytest.mark.parametrize("impl", ["fused", "chunked"])
-def test_lambda_zero_is_bit_identical_to_grpo_from_hidden_states(impl: str) -> None:
+def test_lambda_zero_is_bit_identical_to_grpo_from_hidden_states(impl: str, form: str) -> None:
     hidden, weight, batch = _hidden_case()
     # Poison the hidden states of ENV positions: with λ = 0 they must never reach the LM head.
     hidden = torch.where((batch.roles_BT == Role.ENV)[..., None], torch.tensor(float("nan")), hidden)
     # A schedule that has decayed to exactly 0 by step 7 is the same thing as λ = 0.
     decayed = _config(0.0).model_copy(
-        update={"echo": EchoConfig(schedule=StepDecayLambda(start=0.05, milestones=(5,), factor=0.0))}
+        update={"echo": EchoConfig(schedule=StepDecayLambda(start=0.05, milestones=(5,), factor=0.0), form=form)}
     )
     results = []
     for fn in (
         _plain_grpo(impl, batch),
-        lambda h, w: loss_from_hidden(h, w, batch, _config(0.0, impl=impl), step=0)[0],
+        lambda h, w: loss_from_hidden(h, w, batch, _config(0.0, impl=impl, form=form), step=0)[0],
         lambda h, w: loss_from_hidden(h, w, batch, decayed.model_copy(update={"logprob_impl": impl}), step=7)[0],
     ):
         h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
@@ -211,7 +210,16 @@ def test_loss_from_hidden_matches_naive_logits_path() -> None:
 
 
 @pytest.mark.parametrize(
-    "variant", ["kl", "verifier_free", "filtered", "accumulating", "bias_and_temperature", "off_policy_clipped"]
+    "variant",
+    [
+        "kl",
+        "verifier_free",
+        "filtered",
+        "accumulating",
+        "bias_and_temperature",
+        "off_policy_clipped",
+        "advantage_form_off_policy",
+    ],
 )
 def test_fused_path_equals_the_naive_logits_path(variant: str) -> None:
     # Every option of the objective through the fused head (tiles of 3 tokens) against full logits.
@@ -229,8 +237,13 @@ def test_fused_path_equals_the_naive_logits_path(variant: str) -> None:
         batch = replace(batch, n_action_tokens=21.0, n_env_tokens=13.0)
     elif variant == "bias_and_temperature":
         cfg, bias = cfg.model_copy(update={"temperature": 0.7}), torch.randn(weight.shape[0]).requires_grad_()
-    else:  # sampled long ago: ratios far from 1, so clipping removes some tokens' gradient
+    elif variant == "off_policy_clipped":  # sampled long ago: ratios far from 1, so clipping removes some gradient
         batch = replace(batch, sampling_logprobs_BT=batch.sampling_logprobs_BT - 2.0)
+    else:  # ECHO's advantage form with stale ENV log-probs: ENV ratios spread around 1, some clipped
+        cfg = _config(0.2, form="advantage")
+        stale = torch.linspace(-0.5, 0.5, batch.targets_BT.numel()).reshape(batch.targets_BT.shape)
+        lp = torch.log_softmax(hidden @ weight.T, -1).gather(-1, batch.targets_BT[..., None])[..., 0]
+        batch = replace(batch, env_old_logprobs_BT=lp + stale, env_keep_B=torch.tensor([True, False]))
     params, got = [], []
     for impl in ("fused", "naive"):
         h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
@@ -274,58 +287,15 @@ def test_loss_from_hidden_rejects_unshifted_hidden() -> None:
         loss_from_hidden(torch.cat([hidden, hidden[:, :1]], dim=1), weight, batch, _config(), step=0)
 
 
-def test_one_vector_advantages_by_hand() -> None:
-    # Row 0 (A = 2): [ACT, ENV, ENV, S]; row 1 (A = -1): [ACT, ACT, ENV, W]; λ = 0.1.
-    # 3 ACTION tokens → weight 1/3; 3 ENV tokens → weight 1/3; λ sits in the advantage.
-    roles = torch.tensor([[A, E, E, S], [A, A, E, W]])
-    adv, w = one_vector_advantages(roles, torch.tensor([2.0, -1.0]), 0.1)
-    torch.testing.assert_close(adv, torch.tensor([[2.0, 0.1, 0.1, 0.0], [-1.0, -1.0, 0.1, 0.0]]))
-    third = 1 / 3
-    torch.testing.assert_close(w, torch.tensor([[third, third, third, 0.0], [third, third, third, 0.0]]))
-    # λ = 0 drops ENV; verifier-free drops ACTION.
-    adv0, w0 = one_vector_advantages(roles, torch.tensor([2.0, -1.0]), 0.0)
-    assert w0[roles == Role.ENV].eq(0).all() and adv0[roles == Role.ENV].eq(0).all()
-    _, wvf = one_vector_advantages(roles, None, 0.1)
-    assert wvf[roles == Role.ACTION].eq(0).all() and wvf[roles == Role.ENV].eq(third).all()
-
-
-@pytest.mark.parametrize(("lam", "keep"), [(0.05, None), (0.3, [True, False, True]), (0.0, None)])
-def test_one_vector_gradient_equals_two_term_gradient_on_policy(lam: float, keep: list[bool] | None) -> None:
-    gen = torch.Generator().manual_seed(3)
-    roles = torch.tensor([[P, A, A, E, E, E, S], [A, E, E, W, A, E, E], [P, P, A, A, A, E, E]])
-    logits = torch.randn(3, 7, 13, generator=gen, dtype=F64, requires_grad=True)
-    targets = torch.randint(0, 13, (3, 7), generator=gen)
-    advantages = torch.tensor([1.1, -0.4, 0.25], dtype=F64)
-    keep_b = torch.tensor(keep) if keep is not None else None
-
-    def logprobs() -> torch.Tensor:
-        return torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
-
-    batch = LossBatch(targets_BT=targets, roles_BT=roles, advantages_B=advantages, env_keep_B=keep_b)
-    two_term, m = loss_from_logprobs(logprobs(), batch, _config(lam), step=0)
-    (g_two,) = torch.autograd.grad(two_term, [logits])
-
-    lp = logprobs()
-    adv_BT, w_BT = one_vector_advantages(roles, advantages, lam, env_keep_B=keep_b)
-    one_vector = importance_sampling_loss(lp, lp.detach(), adv_BT, w_BT)  # on-policy: ratio = 1 everywhere
-    (g_one,) = torch.autograd.grad(one_vector, [logits])
-
-    torch.testing.assert_close(g_one, g_two, atol=1e-12, rtol=1e-10)
-    assert g_two.abs().max() > 1e-3  # a real gradient, not two zeros
-    # Values differ by a constant only: -Σ w·adv on ENV is -λ (weights 1/n_env sum to 1) where CE has +λ·ce.
-    expected = m["grpo/loss"] - (lam if lam else 0.0)
-    torch.testing.assert_close(one_vector.detach(), expected, atol=1e-12, rtol=0)
-
-
 def test_public_api_is_pinned() -> None:
     assert sorted(losses.__all__) == sorted(
         [
             "ChunkedTargetLogprobs", "ConstantLambda", "EchoConfig", "FusedLinearTokenLoss", "GRPOConfig",
             "LambdaSchedule", "LinearDecayLambda", "LossBatch", "LossConfig", "RolloutFilterConfig",
             "StepDecayLambda", "env_cross_entropy", "env_mask", "fused_token_loss", "group_advantages", "grpo_loss",
-            "importance_sampling_loss", "k3_kl", "keep_by_parse_failures", "keep_not_errored", "lambda_at",
+            "k3_kl", "keep_by_parse_failures", "keep_not_errored", "lambda_at",
             "liger_available", "loss_from_hidden", "loss_from_logprobs", "naive_token_logprobs",
-            "one_vector_advantages", "rollout_keep_mask", "token_logprobs",
+            "rollout_keep_mask", "token_logprobs",
         ]
     )  # fmt: skip
     for name in losses.__all__:

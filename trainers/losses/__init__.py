@@ -1,4 +1,4 @@
-"""Learner losses: GRPO on ACTION tokens plus ECHO's λ · CE on ENV tokens, as pure tensor functions.
+"""Learner losses: GRPO on ACTION tokens plus ECHO's λ-weighted term on ENV tokens, as pure tensor functions.
 
 Data flow, as the learner uses it:
 
@@ -8,13 +8,13 @@ Data flow, as the learner uses it:
     model trunk ─► hidden[:, :-1] ─► loss_from_hidden(hidden, lm_head.weight, batch, config, step=step)
                                       └─ fused_token_loss: the LM head in chunks of tokens (never [B,T,V]
                                          logits); per chunk, loss_from_logprobs (grpo_loss + lambda_at(step)
-                                         · env_cross_entropy) and its gradient, in the same pass
+                                         · env_cross_entropy, or grpo_loss on ENV tokens with advantage
+                                         λ: `echo.form`) and its gradient, in the same pass
                                    ─► (loss, metrics) ─► loss.backward()
 
-`loss_from_logprobs` is the same objective for callers that already have per-target log-probs;
-`one_vector_advantages` + `importance_sampling_loss` write it as one advantage vector for
-Tinker-style services. Roles follow `trainers.roles.Role`; every mask is aligned to the target
-token (position t predicts token t+1 and has token t+1's role).
+`loss_from_logprobs` is the same objective for callers that already have per-target log-probs.
+Roles follow `trainers.roles.Role`; every mask is aligned to the target token (position t
+predicts token t+1 and has token t+1's role).
 
 The config models (`LossConfig` and friends, `lambda_at`) import only pydantic; the tensor
 functions load torch on first use, so validating a run config stays fast.
@@ -55,10 +55,8 @@ if TYPE_CHECKING:
     )
     from trainers.losses.objective import (
         LossBatch,
-        importance_sampling_loss,
         loss_from_hidden,
         loss_from_logprobs,
-        one_vector_advantages,
     )
 
 _LAZY = {
@@ -77,10 +75,8 @@ _LAZY = {
     "keep_not_errored": "echo",
     "rollout_keep_mask": "echo",
     "LossBatch": "objective",
-    "importance_sampling_loss": "objective",
     "loss_from_hidden": "objective",
     "loss_from_logprobs": "objective",
-    "one_vector_advantages": "objective",
 }
 
 __all__ = [
@@ -100,7 +96,6 @@ __all__ = [
     "fused_token_loss",
     "group_advantages",
     "grpo_loss",
-    "importance_sampling_loss",
     "k3_kl",
     "keep_by_parse_failures",
     "keep_not_errored",
@@ -109,7 +104,6 @@ __all__ = [
     "loss_from_hidden",
     "loss_from_logprobs",
     "naive_token_logprobs",
-    "one_vector_advantages",
     "rollout_keep_mask",
     "token_logprobs",
 ]

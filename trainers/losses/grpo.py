@@ -61,7 +61,8 @@ def grpo_loss(
     loss = Σ ℓ_t / n_action_tokens (default: the action tokens in this batch; pass the count over
     the whole optimizer step when accumulating micro-batches). `sampling_logprobs_BT=None` means
     strictly on-policy (r = 1 with the gradient of log p). `kl_coef=0` skips the KL entirely and
-    needs no reference log-probs.
+    needs no reference log-probs. ECHO's advantage form (`echo.form`) calls it on ENV tokens, with
+    advantage λ and the ENV-token count as the normaliser.
 
     Metrics (0-dim, detached): `grpo/loss`, `grpo/clip_frac` (share of action tokens whose
     gradient clipping removed), `grpo/clip_frac_low`, `grpo/clip_frac_high`, `grpo/ratio_mean`,

@@ -2,15 +2,18 @@
 
     hidden_BTH, lm_head ─► loss_from_hidden ─► logprobs at the positions some term trains
                                                (ACTION unless verifier-free; ENV only if λ != 0)
-                           ─► loss_from_logprobs ─► grpo_loss (+ λ · env_cross_entropy) ─► (loss, metrics)
+                           ─► loss_from_logprobs ─► grpo_loss (+ the ENV term) ─► (loss, metrics)
+
+The ENV term takes one of two forms (`echo.form`): λ · env_cross_entropy, or ECHO's advantage
+form, the same `grpo_loss` called on the kept ENV tokens with advantage λ: the one per-token
+advantage vector a Tinker-style `forward_backward` takes (group advantages on ACTION, λ on ENV),
+through GRPO's clipped surrogate (Tinker's plain `importance_sampling` loss does not clip). Its
+old log-probs are this pass's own by default, so on-policy its gradient is the CE form's; see
+`EchoConfig.form` for where they part.
 
 λ = 0 is bit-identical to plain GRPO: the ENV term is not added (not added as 0 · CE, which is NaN
 when the CE is inf) and ENV positions are not even sent through the LM head, so the chunking and
 therefore every float of the GRPO path are unchanged.
-
-`one_vector_advantages` + `importance_sampling_loss` write the same objective as one per-token
-advantage vector with per-token weights, the shape Tinker-style `forward_backward(..., "importance_sampling")`
-services take; on-policy its gradient equals the two-term gradient.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from trainers.losses.grpo import grpo_loss
 from trainers.losses.logprobs import liger_usable, token_logprobs
 from trainers.roles import Role
 
-__all__ = ["LossBatch", "importance_sampling_loss", "loss_from_hidden", "loss_from_logprobs", "one_vector_advantages"]
+__all__ = ["LossBatch", "loss_from_hidden", "loss_from_logprobs"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,10 @@ class LossBatch:
     """GRPO normaliser. None: ACTION tokens in this batch; set it to the optimizer step's total when accumulating."""
     n_env_tokens: float | None = None
     """ECHO normaliser. None: kept ENV tokens in this batch; set it to the optimizer step's total when accumulating."""
+    env_old_logprobs_BT: torch.Tensor | None = None
+    """Old log-prob of each ENV target (temperature 1), read at kept ENV positions by `echo.form =
+    "advantage"` only: a previous pass's detached log-probs when a batch is trained on more than
+    once. None: this pass's own, detached, so the ratio is 1 (the learner makes one pass a batch)."""
 
     def rows(self, episodes: slice) -> LossBatch:
         """These episodes of the batch (per-episode tensors sliced), with the normalisers unchanged."""
@@ -64,6 +71,7 @@ class LossBatch:
             sampling_logprobs_BT=take(self.sampling_logprobs_BT),
             ref_logprobs_BT=take(self.ref_logprobs_BT),
             env_keep_B=take(self.env_keep_B),
+            env_old_logprobs_BT=take(self.env_old_logprobs_BT),
         )
 
     @classmethod
@@ -172,6 +180,7 @@ def _fused_loss(
         ref_logprobs_BT=one_per_row(batch.ref_logprobs_BT),
         n_action_tokens=float(action_BT.sum()) if batch.n_action_tokens is None else batch.n_action_tokens,
         n_env_tokens=float(env_BT.sum()) if batch.n_env_tokens is None else batch.n_env_tokens,
+        env_old_logprobs_BT=one_per_row(batch.env_old_logprobs_BT),
     )
 
     def chunk_loss(logp_C: torch.Tensor, chunk: slice) -> torch.Tensor:
@@ -199,11 +208,11 @@ def _fused_loss(
 def loss_from_logprobs(
     logprobs_BT: torch.Tensor, batch: LossBatch, config: LossConfig, *, step: int
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """GRPO on ACTION targets plus λ(step) · CE on kept ENV targets, from per-target log-probs.
+    """GRPO on ACTION targets plus the ENV term at λ(step) on kept ENV targets, from per-target log-probs.
 
     Metrics (0-dim, detached): `loss`, the `grpo/*` keys of `grpo_loss` (unless verifier-free),
-    `echo/lambda`, and when λ != 0 `echo/ce` (nats per ENV token), `echo/loss` (λ · ce) and
-    `echo/n_env_tokens`.
+    `echo/lambda`, and when λ != 0 `echo/ce` (nats per ENV token, in either form), `echo/loss`
+    (the ENV term: λ · ce, or the advantage form's surrogate) and `echo/n_env_tokens`.
     """
     lam = lambda_at(step, config.echo.schedule)
     loss: torch.Tensor | None = None
@@ -225,12 +234,9 @@ def loss_from_logprobs(
         )
         metrics.update(grpo_metrics)
     if lam != 0.0:  # λ = 0 adds nothing at all: bit-identical to GRPO even if the CE is inf/NaN
-        ce, n_env = env_cross_entropy(
-            logprobs_BT, env_mask(batch.roles_BT, batch.env_keep_B), n_env_tokens=batch.n_env_tokens
-        )
-        env_term = lam * ce
+        env_term, env_metrics = _env_term(logprobs_BT, batch, config, lam)
         loss = env_term if loss is None else loss + env_term
-        metrics.update({"echo/ce": ce.detach(), "echo/loss": env_term.detach(), "echo/n_env_tokens": n_env})
+        metrics.update(env_metrics)
     if loss is None:
         raise ValueError(f"nothing to train at step {step}: verifier-free mode and λ = 0")
     metrics["echo/lambda"] = torch.tensor(lam)
@@ -238,49 +244,26 @@ def loss_from_logprobs(
     return loss, metrics
 
 
-def one_vector_advantages(
-    roles_BT: torch.Tensor,
-    advantages_B: torch.Tensor | None,
-    lam: float,
-    *,
-    env_keep_B: torch.Tensor | None = None,
-    n_action_tokens: float | None = None,
-    n_env_tokens: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """GRPO + ECHO as one advantage vector plus per-token weights (RFC 010's Tinker form).
-
-    advantages_BT: the episode's group advantage on ACTION targets, λ on kept ENV targets, 0 elsewhere.
-    weights_BT: 1/n_action_tokens on ACTION targets, 1/n_env_tokens on kept ENV targets, 0 elsewhere —
-    the two terms' own normalisers. λ lives in the advantage, so each ENV token carries λ/n_env
-    overall. A service with no weight input (Tinker's `importance_sampling`) takes their product as
-    its advantages. `advantages_B=None` is verifier-free (ACTION weight 0); λ = 0 leaves ENV out.
-    """
-    action_BT = roles_BT == Role.ACTION if advantages_B is not None else torch.zeros_like(roles_BT, dtype=torch.bool)
-    env_BT = env_mask(roles_BT, env_keep_B) if lam != 0.0 else torch.zeros_like(roles_BT, dtype=torch.bool)
-    n_a = float(action_BT.sum()) if n_action_tokens is None else float(n_action_tokens)
-    n_e = float(env_BT.sum()) if n_env_tokens is None else float(n_env_tokens)
-    dtype = advantages_B.dtype if advantages_B is not None and advantages_B.is_floating_point() else torch.float32
-    zeros = torch.zeros(roles_BT.shape, dtype=dtype, device=roles_BT.device)
-    adv_BT = zeros.clone()
-    if advantages_B is not None:
-        adv_BT = torch.where(action_BT, advantages_B.to(dtype)[:, None].expand(roles_BT.shape), adv_BT)
-    adv_BT = torch.where(env_BT, torch.full_like(zeros, lam), adv_BT)
-    weights_BT = torch.where(action_BT, 1.0 / max(n_a, 1.0), zeros)
-    weights_BT = torch.where(env_BT, 1.0 / max(n_e, 1.0), weights_BT)
-    return adv_BT, weights_BT
-
-
-def importance_sampling_loss(
-    logprobs_BT: torch.Tensor,
-    sampling_logprobs_BT: torch.Tensor,
-    advantages_BT: torch.Tensor,
-    weights_BT: torch.Tensor,
-) -> torch.Tensor:
-    """-Σ_t w_t · exp(logp_t - sampling_logp_t) · adv_t over positions with w_t != 0 (no clipping, no KL).
-
-    ENV tokens were not sampled by the policy: give them the current policy's detached log-prob as
-    the "sampling" log-prob, so their ratio is 1 and the term is plain weighted CE in gradient.
-    """
-    sel = weights_BT != 0
-    ratio_N = torch.exp(logprobs_BT[sel] - sampling_logprobs_BT[sel].to(logprobs_BT.dtype))
-    return -(weights_BT[sel] * ratio_N * advantages_BT[sel]).sum()
+def _env_term(
+    logprobs_BT: torch.Tensor, batch: LossBatch, config: LossConfig, lam: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The ENV term in the configured form, and its metrics; the CE is reported in both forms."""
+    env_BT = env_mask(batch.roles_BT, batch.env_keep_B)
+    if config.echo.form == "cross_entropy":
+        ce, n_env = env_cross_entropy(logprobs_BT, env_BT, n_env_tokens=batch.n_env_tokens)
+        term = lam * ce
+    else:
+        # One surrogate for both roles: ENV tokens are GRPO tokens whose advantage is λ, over the
+        # CE's normaliser; no KL, as the CE form has none.
+        g = config.grpo
+        term, _ = grpo_loss(
+            logprobs_BT,
+            batch.env_old_logprobs_BT,
+            torch.full(batch.roles_BT.shape[:1], lam, dtype=logprobs_BT.dtype, device=logprobs_BT.device),
+            env_BT,
+            clip_eps_low=g.clip_eps_low,
+            clip_eps_high=g.clip_eps_high,
+            n_action_tokens=batch.n_env_tokens,
+        )
+        ce, n_env = env_cross_entropy(logprobs_BT.detach(), env_BT, n_env_tokens=batch.n_env_tokens)
+    return term, {"echo/ce": ce.detach(), "echo/loss": term.detach(), "echo/n_env_tokens": n_env}

@@ -1,24 +1,29 @@
 """`load_model` / `load_model_tokenizer`: a `ModelConfig` to a transformers causal LM and a `Tokenizer`.
 
     TinyModelConfig ─► build_tiny_model (random init, seeded) + ByteTokenizer
-    HFModelConfig   ─► AutoModelForCausalLM.from_pretrained + AutoTokenizer wrapped in HFTokenizer
+    HFModelConfig   ─► model_location (a directory, a GGUF converted once, a catalog name, a Hub id)
+                    ─► AutoModelForCausalLM.from_pretrained + AutoTokenizer wrapped in HFTokenizer
 
-The Hugging Face path reads the Hub (or its cache) for a hub id, and only the disk for a
-local directory, so a model saved with `save_pretrained` loads anywhere without a network.
+The Hugging Face path reads the Hub (or its cache) for a hub id, and only the disk otherwise,
+so a model saved with `save_pretrained`, a GGUF file or a pulled catalog model loads without a network.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from hillclimb.config.models import HFModelConfig, ModelConfig, TinyModelConfig
+from hillclimb.errors import ModelLoadError, ModelNotFoundError
+from trainers.models.gguf import converted_directory
+from trainers.models.resolve import resolve_model
 from trainers.models.tiny import build_tiny_model
 from trainers.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 
-__all__ = ["load_model", "load_model_tokenizer"]
+__all__ = ["load_model", "load_model_tokenizer", "model_location"]
 
 _DTYPES: dict[str, Any] = {
     "auto": "auto",
@@ -33,12 +38,7 @@ def load_model(config: ModelConfig, device: str | torch.device = "cpu") -> tuple
     if isinstance(config, TinyModelConfig):
         model: PreTrainedModel = build_tiny_model(config)
     else:
-        model = AutoModelForCausalLM.from_pretrained(
-            config.name_or_path,
-            revision=config.revision,
-            dtype=_DTYPES[config.dtype],
-            trust_remote_code=config.trust_remote_code,
-        )
+        model = _from_pretrained(AutoModelForCausalLM, config, dtype=_DTYPES[config.dtype])
     return model.to(device).eval(), load_model_tokenizer(config)
 
 
@@ -46,10 +46,37 @@ def load_model_tokenizer(config: ModelConfig) -> Tokenizer:
     """The tokenizer alone (for processes that render prompts but run no model)."""
     if isinstance(config, TinyModelConfig):
         return ByteTokenizer()
-    return HFTokenizer(_hf_tokenizer(config))
+    return HFTokenizer(_from_pretrained(AutoTokenizer, config))
 
 
-def _hf_tokenizer(config: HFModelConfig) -> Any:
-    return AutoTokenizer.from_pretrained(
-        config.name_or_path, revision=config.revision, trust_remote_code=config.trust_remote_code
-    )
+def model_location(config: HFModelConfig) -> str:
+    """What `from_pretrained` (or vLLM) should load for `config`: a directory, or a Hub id."""
+    return _located(config)[1]
+
+
+def _located(config: HFModelConfig) -> tuple[str, str]:
+    source = resolve_model(config.name_or_path)
+    if source.kind == "gguf":
+        return source.kind, str(converted_directory(Path(source.location), source.packaged))
+    return source.kind, source.location
+
+
+def _from_pretrained(auto: Any, config: HFModelConfig, **kwargs: Any) -> Any:
+    kind, location = _located(config)
+    try:
+        return auto.from_pretrained(
+            location, revision=config.revision, trust_remote_code=config.trust_remote_code, **kwargs
+        )
+    except OSError as e:  # files missing: from the Hub (or its cache), or from a local directory
+        if kind != "hub":
+            raise ModelLoadError(f"model {config.name_or_path!r} ({location}) is incomplete: {e}") from None
+        raise ModelNotFoundError(
+            f"model {config.name_or_path!r} is not a local path, not a known name, and the Hugging Face Hub "
+            f"could not provide it: {e}"
+        ) from None
+    except ValueError as e:  # transformers' "Unrecognized configuration class ... for AutoModelForCausalLM"
+        if "Unrecognized configuration class" not in str(e):
+            raise
+        first_line = str(e).splitlines()[0]  # the rest lists every causal-LM class transformers has
+        message = f"model {config.name_or_path!r} ({location}) is not a causal language model: {first_line}"
+        raise ModelLoadError(message) from None

@@ -73,10 +73,11 @@ def make_policy(config: PolicyConfig) -> Policy:
             max_retries=config.max_retries,
             backoff_s=config.backoff_s,
         )
+    from trainers.models.load import model_location
     from trainers.policy.vllm import VLLMPolicy
 
     return VLLMPolicy(
-        config.model.name_or_path,
+        model_location(config.model),
         max_batch=config.max_batch,
         max_wait_s=config.max_wait_ms / 1000,
         revision=config.model.revision,

@@ -1,0 +1,65 @@
+"""A finished training run's figures, from its own files: seconds per RL step and where they went
+(rollouts, training, publishing weights to the policy engine), the learner's trained tokens per
+second, and held-out pass@1 and env-token CE before and after.
+
+    python -m bench.train_figures RUN_DIR --name echo_smollm2   ─► bench/results/echo_smollm2.json
+
+Trained tokens are the ACTION and ENV targets the loss saw (`grpo/n_action_tokens` +
+`echo/n_env_tokens`), per second of the step's training time; the model also runs over prompt
+and scaffold tokens, so this undercounts the work done, as `bench.learner_gpu` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bench.common import print_table, summarize, write_result
+
+
+def figures(run_dir: Path) -> dict:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r for r in records if r.get("kind") == "train"]
+    if not steps:
+        raise SystemExit(f"{run_dir} has no RL steps in metrics.jsonl")
+    trained = [r["grpo/n_action_tokens"] + r.get("echo/n_env_tokens", 0) for r in steps]
+    return {
+        "rl_steps": len(steps),
+        "step_s": summarize([r["time/rollouts_s"] + r["time/train_s"] + r["time/publish_s"] for r in steps]),
+        "rollouts_s": summarize([r["time/rollouts_s"] for r in steps]),
+        "train_s": summarize([r["time/train_s"] for r in steps]),
+        "publish_s": summarize([r["time/publish_s"] for r in steps]),
+        "learner_trained_tokens_per_s": summarize([n / r["time/train_s"] for n, r in zip(trained, steps, strict=True)]),
+        "trained_tokens_per_step": summarize([float(n) for n in trained]),
+        "summary": json.loads((run_dir / "summary.json").read_text()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--name", required=True, help="the result file's name under bench/results/")
+    args = parser.parse_args()
+    results = figures(args.run_dir)
+    summary = results["summary"]
+    rows = [
+        [case, f"{results[key]['median']:.1f}", f"{results[key]['min']:.1f}–{results[key]['max']:.1f}"]
+        for case, key in (
+            ("s per RL step", "step_s"),
+            ("  rollouts", "rollouts_s"),
+            ("  training", "train_s"),
+            ("  weights to the engine", "publish_s"),
+            ("learner trained tokens/s", "learner_trained_tokens_per_s"),
+        )
+    ]
+    print_table(["figure", "median", "range"], rows)
+    ce, pass1 = summary["heldout_env_ce"], summary["heldout_pass1"]
+    print(f"held-out env CE {ce['initial']:.3f} → {ce['after_warmup']:.3f} (warm-up) → {ce['final']:.3f}")
+    print(f"held-out pass@1 {pass1['after_warmup']:.3f} (after warm-up) → {pass1['final']:.3f}")
+    config = json.loads((args.run_dir / "config.json").read_text())
+    print(f"wrote {write_result(args.name, config, results)}")
+
+
+if __name__ == "__main__":
+    main()
