@@ -10,7 +10,7 @@ Bytes count each tensor storage once (a tied LM head is the embedding's: picklin
 ships it once). tokens/s counts trained (ACTION and ENV) tokens per second, median step, after
 one warm-up step each. Writes bench/results/lora_smollm2.json.
 
-    python -m bench.lora [--model DIR] [--rank R] [--batch B] [--seq-len T] [--steps N]
+    python -m bench.lora [--model NAME|PATH] [--rank R] [--batch B] [--seq-len T] [--steps N]
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.common import print_table, summarize, write_result
 from bench.learner_gpu import Size, agent_samples
 
 NAME = "lora_smollm2"
-SMOLLM2 = Path("/work/models/smollm2-135m-instruct")
+SMOLLM2 = "smollm2-135m-instruct"
 
 
-def _learner(model_dir: Path, lora: Any, micro_batch_tokens: int) -> Any:
+def _learner(model_dir: str, lora: Any, micro_batch_tokens: int) -> Any:
     from hillclimb.config.learner import LearnerConfig
     from trainers.learner import Learner
     from trainers.models import HFModelConfig
@@ -37,7 +36,7 @@ def _learner(model_dir: Path, lora: Any, micro_batch_tokens: int) -> Any:
     return Learner(HFModelConfig(name_or_path=str(model_dir)), config)
 
 
-def measure_sync(learner: Any, model_dir: Path, reps: int) -> dict[str, Any]:
+def measure_sync(learner: Any, model_dir: str, reps: int) -> dict[str, Any]:
     """A learner's sync payload and the HF engine's time to take it in."""
     from trainers.models import HFModelConfig, load_model
     from trainers.policy.hf import HFPolicy
@@ -87,7 +86,7 @@ def measure_steps(learners: dict[str, Any], size: Size) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=SMOLLM2)
+    parser.add_argument("--model", default=SMOLLM2, help="a model name, GGUF file or Hugging Face directory")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)

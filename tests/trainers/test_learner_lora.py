@@ -28,7 +28,7 @@ from trainers.tokenizer import ByteTokenizer, Tokenizer
 from trainers.trajectory import TrajectoryGroup
 
 LORA = CONFIG.model_copy(update={"lora": LoraConfig(rank=4, alpha=8)})
-SMOLLM2 = Path("/work/models/smollm2-135m-instruct")
+SMOLLM2 = "smollm2-135m-instruct"
 
 
 def _step(learner: Learner, step: int) -> dict[str, float]:
@@ -188,9 +188,8 @@ def test_lora_with_fsdp_is_refused_by_the_schema() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SMOLLM2.exists(), reason=f"needs SmolLM2-135M-Instruct at {SMOLLM2}")
 async def test_a_lora_step_on_smollm2_moves_only_adapters_and_the_engine_follows() -> None:
-    model = HFModelConfig(name_or_path=str(SMOLLM2))
+    model = HFModelConfig(name_or_path=SMOLLM2)
     learner = Learner(model, LearnerConfig(lr=1e-3, lora=LoraConfig(rank=8, alpha=16)))
     before = {name: p.detach().clone() for name, p in learner.model.named_parameters()}
     tokenizer = learner.tokenizer
