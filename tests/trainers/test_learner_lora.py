@@ -211,3 +211,28 @@ def _smollm2_samples(tokenizer: Tokenizer) -> list[Sample]:
         for i in range(2)
     ]
     return samples_from_groups([TrajectoryGroup.of(members)], CONFIG.loss)
+
+
+def test_model_export_merges_a_runs_latest_checkpoint(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from hillclimb.config import load_config
+    from orchestrator.cli import app
+
+    run = tmp_path / "run"
+    config = load_config(None, ["policy.type=hf", f"policy.model={MODEL.model_dump_json()}"])
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(config.model_dump_json())
+    learner = Learner(MODEL, LORA)
+    _step(learner, 0)
+    learner.save(str(run / "checkpoints" / "step-000001"), step=1, version=1)
+    result = CliRunner().invoke(app, ["model", "export", str(run), "--out", str(tmp_path / "merged")])
+    assert result.exit_code == 0, result.output
+    assert "step-000001" in result.output
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    ids = torch.tensor([list(range(40, 60))])
+    learner.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, learner.model(ids).logits, atol=1e-5, rtol=0)
+    empty = CliRunner().invoke(app, ["model", "export", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert empty.exit_code == 2 and "is not a run directory" in " ".join(empty.output.split())
