@@ -1,5 +1,8 @@
 """Shared helpers for the benchmarks: summary statistics, machine facts, result files.
 
+The commit, machine facts and a result file's record come from orchestrator.provenance, which
+the λ sweep of `hillclimb train --ablation` writes its result with too.
+
 Every benchmark prints a table and writes `bench/results/<name>.json` holding its
 config, the machine, the commit and {median, mean, std, min, max} per measured case.
 """
@@ -8,15 +11,27 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import platform
 import statistics
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from orchestrator.provenance import commit, machine, result_record
+
+__all__ = [
+    "RESULTS",
+    "base_tree",
+    "commit",
+    "interleaved",
+    "machine",
+    "percentile",
+    "print_table",
+    "status_kib",
+    "summarize",
+    "write_result",
+]
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -46,40 +61,11 @@ def status_kib(field: str) -> int:
     raise RuntimeError(f"{field} missing from /proc/self/status")
 
 
-def commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-        ).stdout
-        return out.stdout.strip() + ("-dirty" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "load_avg_1_5_15_min": [round(x, 2) for x in os.getloadavg()],  # as the result is written
-    }
-
-
 def write_result(name: str, config: dict[str, Any], results: Any, path: Path | None = None) -> Path:
     """The result file: `path`, or bench/results/<name>.json."""
     path = path or RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "benchmark": name,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "commit": commit(),
-        "machine": machine(),
-        "config": config,
-        "results": results,
-    }
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.write_text(json.dumps(result_record(name, config, results), indent=2) + "\n")
     return path
 
 

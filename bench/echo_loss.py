@@ -65,8 +65,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, commit, machine, print_table, status_kib, summarize
+from bench.common import RESULTS, print_table, status_kib, summarize
 from hillclimb.config.losses import LossConfig  # pydantic only: the parent imports torch in main()
+from orchestrator.provenance import commit, machine
 
 LAMBDA = 0.05
 MIB = 2**20

@@ -21,7 +21,8 @@ import sys
 import tempfile
 import time
 
-from bench.common import machine, print_table, summarize, write_result
+from bench.common import print_table, summarize, write_result
+from orchestrator.provenance import machine
 
 NAME = "smollm2-135m-instruct"
 

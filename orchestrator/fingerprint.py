@@ -50,16 +50,23 @@ def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in _flatten(config).items() if not _ignored(key)}
 
 
-def check_resumable(run_dir: Path, config: dict[str, Any]) -> None:
-    """Refuse to resume `run_dir` with a config whose results would differ from its own."""
+def differences(run_dir: Path, config: dict[str, Any]) -> list[str]:
+    """The keys deciding results on which `config` differs from the one that made `run_dir`
+    ("key old → new", sorted); none for a directory without a config.json."""
     stored_path = run_dir / "config.json"
     if not stored_path.exists():
-        return
+        return []
     stored = fingerprint(json.loads(stored_path.read_text()))
     current = fingerprint(config)
     changed = sorted(k for k in stored.keys() | current.keys() if stored.get(k, _ABSENT) != current.get(k, _ABSENT))
+    return [f"{k} {stored.get(k, _ABSENT)!r} → {current.get(k, _ABSENT)!r}" for k in changed]
+
+
+def check_resumable(run_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse to resume `run_dir` with a config whose results would differ from its own."""
+    changed = differences(run_dir, config)
     if changed:
-        shown = ", ".join(f"{k} {stored.get(k, _ABSENT)!r} → {current.get(k, _ABSENT)!r}" for k in changed[:5])
+        shown = ", ".join(changed[:5])
         more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
         raise ConfigError(
             f"cannot resume {run_dir}: it was made with a different config ({shown}{more}); "

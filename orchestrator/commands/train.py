@@ -33,7 +33,19 @@ T = TypeVar("T")
 INTERRUPTED = 130  # the shell's status for a run stopped by SIGINT
 
 AblationOption = Annotated[
-    int, typer.Option("--ablation", help="Instead: run ECHO on and off (λ = 0) over this many seeds; print a table.")
+    int,
+    typer.Option(
+        "--ablation",
+        help="Instead: a λ sweep, one run per λ and seed over this many seeds, at equal RL steps (the time budget "
+        "is dropped); runs that finished before are read back. Prints a table per λ and writes a result file.",
+    ),
+]
+LambdasOption = Annotated[
+    str | None,
+    typer.Option(
+        "--lambdas",
+        help="With --ablation: the λ values, e.g. 0,0.005,0.05,0.2,1 (default: the config's λ and 0, ECHO on vs off).",
+    ),
 ]
 
 
@@ -45,6 +57,7 @@ def train(
     dry_run: DryRunOption = False,
     metrics_port: MetricsPortOption = None,
     ablation: AblationOption = 0,
+    lambdas: LambdasOption = None,
 ) -> None:
     """Train: sandboxed rollouts, GRPO + ECHO learners, held-out evaluation; writes a run directory."""
     from rich.progress import Progress
@@ -58,8 +71,12 @@ def train(
         console.print_json(json.dumps(cfg.model_dump(mode="json")))
         return
     check_trainable(cfg)  # before the run directory, or an earlier run's, is touched
+    if lambdas is not None and not ablation:
+        from hillclimb.errors import ConfigError
+
+        raise ConfigError("--lambdas sets the λ values of a sweep: give --ablation SEEDS too")
     if ablation:
-        _ablate(cfg, ablation)
+        _ablate(cfg, ablation, lambdas)
         return
     serve_run_metrics(cfg.run)
     with run_directory(cfg, "train", say_whole) as run_dir:
@@ -131,48 +148,78 @@ def _num(value: float | None, spec: str = ".3f") -> str:
     return "–" if value is None else format(value, spec)
 
 
-def _ablate(cfg: Any, seeds: int) -> None:
-    from rich.table import Table
+def _ablate(cfg: Any, seeds: int, lambdas: str | None) -> None:
+    """The λ sweep: its runs (or those finished before), a table per λ, a result file and a plot."""
+    from orchestrator import ablation
+    from orchestrator.provenance import machine, result_record
+    from orchestrator.sweep_plot import plot_sweep
 
-    from orchestrator.ablation import averages, run_ablation
+    chosen = ablation.parse_lambdas(lambdas) if lambdas is not None else ablation.default_lambdas(cfg)
+    base = ablation.sweep_base(cfg, say_whole)
+    arms = ablation.plan(base, chosen, list(range(seeds)))
+    load_at_start = machine()["load_avg_1_5_15_min"]
 
-    def reporter(arm: str, seed: int) -> Any:
+    def reporter(arm: ablation.Arm) -> Any:
         def report(kind: str, values: dict[str, Any]) -> None:
             if kind.startswith("eval"):
                 parts = [f"{k} {v:.3f}" for k, v in values.items() if k.endswith(("env_ce", "pass1"))]
-                console.print(f"[dim]{arm} seed {seed} step {values['step']:>4}[/]  " + "  ".join(parts))
+                console.print(f"[dim]{arm.name} step {values['step']:>4}[/]  " + "  ".join(parts))
 
         return report
 
-    rows = asyncio.run(run_ablation(cfg, list(range(seeds)), reporter))
+    try:
+        rows = asyncio.run(_until_terminated(ablation.run_sweep(arms, reporter, say_whole)))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        say_whole(
+            "[yellow]sweep interrupted[/]: the same command continues it (finished runs are read back, "
+            "the interrupted one starts over)"
+        )
+        raise typer.Exit(INTERRUPTED) from None
+    by_lambda = ablation.per_lambda(rows)
+    _print_sweep(by_lambda, seeds)
+    stem = cfg.run.dir / f"{cfg.run.name}-lambda-sweep"
+    results = {"lambdas": chosen, "seeds": seeds, "load_avg_at_start": load_at_start, "per_lambda": by_lambda}
+    record = result_record("lambda_sweep", base.model_dump(mode="json"), results | {"rows": rows})
+    stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    plot = plot_sweep(rows, stem.with_suffix(".png"))
+    say_whole(f"wrote {stem.with_suffix('.json')} (every run's row, the config, commit and host load) and {plot}")
+
+
+def _print_sweep(by_lambda: list[dict[str, Any]], seeds: int) -> None:
+    from rich.table import Table
+
+    from orchestrator.ablation import label
+
     table = Table(
-        "arm",
-        "seed",
+        "λ",
         "RL steps",
         "train reward (last 10 steps)",
         "held-out pass@1",
-        "held-out env-token CE",
-        title="ECHO ablation",
+        "solved / played (± s.e.)",
+        "vs λ = 0: +gained −lost (sign test p)",
+        "held-out env CE after warm-up",
+        "held-out env CE at the end",
+        title=f"ECHO λ sweep over {seeds} seed(s): mean, and min–max below it",
     )
-    for r in rows:
+    for entry in by_lambda:
+        episodes, versus = entry["heldout_episodes"], entry.get("against_lambda0")
+        stderr = "" if episodes["stderr"] is None else f" (± {episodes['stderr']:.3f})"
         table.add_row(
-            r["arm"],
-            str(r["seed"]),
-            str(r["rl_steps"]),
-            f"{r['train_reward']:.3f}",
-            f"{r['heldout_pass1']:.3f}",
-            f"{r['heldout_env_ce']:.3f}",
-        )
-    for arm, mean in averages(rows).items():
-        table.add_row(
-            f"[bold]{arm}[/]",
-            "mean",
-            f"{mean['rl_steps']:.1f}",
-            f"{mean['train_reward']:.3f}",
-            f"{mean['heldout_pass1']:.3f}",
-            f"{mean['heldout_env_ce']:.3f}",
+            label(entry["lambda"]),
+            _spread(entry["rl_steps"], ".0f"),
+            _spread(entry["train_reward"]),
+            _spread(entry["heldout_pass1"]),
+            f"{episodes['solved']} / {episodes['played']}{stderr}",
+            "–" if versus is None else f"+{versus['gained']} −{versus['lost']} (p {versus['sign_test_p']:.2f})",
+            _spread(entry["heldout_env_ce_after_warmup"]),
+            _spread(entry["heldout_env_ce"]),
         )
     console.print(table)
-    out = cfg.run.dir / f"{cfg.run.name}-ablation.json"
-    out.write_text(json.dumps({"rows": rows, "means": averages(rows)}, indent=2) + "\n")
-    console.print(f"wrote {out}")
+
+
+def _spread(figure: dict[str, float] | None, spec: str = ".3f") -> str:
+    """The mean, and min–max on a line below it (none if they agree); a dash for a figure no run measured."""
+    if figure is None:
+        return "–"
+    low, high = format(figure["min"], spec), format(figure["max"], spec)
+    return format(figure["mean"], spec) + ("" if low == high else f"\n{low}–{high}")
