@@ -18,14 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from orchestrator.provenance import commit, machine, result_record
+from orchestrator.provenance import result_record
 
 __all__ = [
     "RESULTS",
     "base_tree",
-    "commit",
     "interleaved",
-    "machine",
     "percentile",
     "print_table",
     "status_kib",
