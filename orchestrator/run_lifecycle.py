@@ -77,6 +77,16 @@ def write_run_file(run_dir: Path, kind: RunKind, *, error: str | None = None) ->
     (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
+def _free_aside(run_dir: Path) -> Path:
+    """`<run>.replaced-<time>`, numbered when a run was already replaced within the same second."""
+    stamp = f"{run_dir.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}"
+    aside, n = run_dir.with_name(stamp), 1
+    while aside.exists():
+        n += 1
+        aside = run_dir.with_name(f"{stamp}-{n}")
+    return aside
+
+
 def _open(config: RunConfig, kind: RunKind, say: Say) -> _Opened:
     run_dir = config.run.dir / config.run.name
     resolved = config.model_dump(mode="json")
@@ -85,7 +95,7 @@ def _open(config: RunConfig, kind: RunKind, say: Say) -> _Opened:
         check_resumable(run_dir, resolved)
     elif run_dir.exists():
         _refuse_shared_ledger_with_groups(config)
-        aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+        aside = _free_aside(run_dir)
         run_dir.rename(aside)
         say(f"run.resume=false: moved the earlier {run_dir} to {aside}; starting fresh")
     created = not run_dir.exists()

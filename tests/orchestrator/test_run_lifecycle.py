@@ -57,8 +57,16 @@ def test_a_typod_environment_leaves_no_run_and_the_earlier_one_in_place(tmp_path
 
 def test_a_missing_model_leaves_nothing(tmp_path: Path) -> None:
     done = _train(tmp_path / "runs", "policy.model={type: hf, name_or_path: /no/such/model}")
-    assert done.returncode == 2 and "no such directory" in done.stderr
+    assert done.returncode == 2 and "no such file or directory" in done.stderr
     assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_runs_replaced_within_one_second_each_keep_their_own_place(tmp_path: Path) -> None:
+    config = load_config(REPO / "configs" / "echo_toy.yaml", [f"run.dir={tmp_path}"])
+    for n in range(3):  # a sweep that restarts an unfinished run does this back to back
+        (prepare_run_dir(config, "train") / "mark").write_text(str(n))
+    asides = sorted(p for p in tmp_path.iterdir() if p.name.startswith("echo-toy.replaced-"))
+    assert sorted((p / "mark").read_text() for p in asides) == ["0", "1"]
 
 
 def test_a_missing_oracle_leaves_nothing(tmp_path: Path) -> None:
