@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 
-from hillclimb.config.learner import LearnerConfig
+from hillclimb.config.learner import LearnerConfig, LoraConfig
 from hillclimb.config.models import TinyModelConfig
 from tests.factories import trajectory
-from trainers.batching import Sample, samples_from_groups
+from trainers.batching import Sample, StepTotals, samples_from_groups
 from trainers.losses import LossConfig
 from trainers.roles import Role
 from trainers.trajectory import TrajectoryGroup
@@ -18,6 +18,7 @@ CONFIG = LearnerConfig(
     micro_batch_tokens=96,
     loss=LossConfig.model_validate({"echo": {"schedule": {"type": "constant", "value": 0.5}}}),
 )
+LORA = CONFIG.model_copy(update={"lora": LoraConfig(rank=4, alpha=8)})
 
 
 def groups_of_seed(seed: int, n_groups: int = 3, size: int = 4) -> list[TrajectoryGroup]:
@@ -49,3 +50,9 @@ def groups_of_seed(seed: int, n_groups: int = 3, size: int = 4) -> list[Trajecto
 
 def batch_of_step(step: int) -> list[Sample]:
     return samples_from_groups(groups_of_seed(step), CONFIG.loss)
+
+
+def train_step_of(learner, step: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """One RL step of `learner` on step `step`'s batch."""
+    samples = batch_of_step(step)
+    return learner.train_step(samples, StepTotals.of(samples), step)

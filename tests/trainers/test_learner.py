@@ -7,38 +7,38 @@ from pathlib import Path
 
 import pytest
 import torch
-from learner_data import CONFIG, MODEL, batch_of_step
+from learner_data import CONFIG, LORA, MODEL, batch_of_step
+from learner_data import train_step_of as _step
 
-from hillclimb.config.learner import LoraConfig
+from hillclimb.config.learner import LearnerConfig, LoraConfig
 from orchestrator.learner_group import LearnerGroup
 from trainers.batching import Sample, StepTotals, deal
 from trainers.learner import Learner, merge_metrics
 from trainers.roles import Role
 
 
-def _step(learner: Learner, step: int) -> dict[str, float]:
-    samples = batch_of_step(step)
-    return learner.train_step(samples, StepTotals.of(samples), step)
-
-
-def test_resuming_a_checkpoint_continues_bit_exact(tmp_path: Path) -> None:
+@pytest.mark.parametrize("config", [CONFIG, LORA], ids=["full", "lora"])
+def test_resuming_a_checkpoint_continues_bit_exact(tmp_path: Path, config: LearnerConfig) -> None:
     torch.set_num_threads(1)
-    straight = Learner(MODEL, CONFIG)
+    straight = Learner(MODEL, config)
     for step in range(4):
         _step(straight, step)
-    first_half = Learner(MODEL, CONFIG)
+    first_half = Learner(MODEL, config)
     for step in range(2):
         _step(first_half, step)
     first_half.save(str(tmp_path / "ck"), step=2, version=2)
-    resumed = Learner(MODEL, CONFIG.model_copy(update={"seed": 123}))  # different init: the checkpoint must win
+    resumed = Learner(MODEL, config.model_copy(update={"seed": 123}))  # different init: the checkpoint must win
     info = resumed.load(str(tmp_path / "ck"))
     assert info["step"] == 2 and info["version"] == 2
     for step in range(2, 4):
         _step(resumed, step)
+    assert _step(straight, 4)["loss"] == _step(resumed, 4)["loss"]
     for (name, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters(), strict=True):
         assert torch.equal(a, b), name
     resumed_params = dict(resumed.model.named_parameters())
     for name, param in straight.model.named_parameters():
+        if not param.requires_grad:  # LoRA's frozen base has no optimizer state
+            continue
         a, b = straight.optimizer.state[param], resumed.optimizer.state[resumed_params[name]]
         assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"]) and torch.equal(a["step"], b["step"]), name
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from learner_data import CONFIG, MODEL, batch_of_step
+from learner_data import CONFIG, LORA, MODEL, batch_of_step
+from learner_data import train_step_of as _step
 from pydantic import ValidationError
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -27,13 +28,7 @@ from trainers.roles import Role
 from trainers.tokenizer import ByteTokenizer, Tokenizer
 from trainers.trajectory import TrajectoryGroup
 
-LORA = CONFIG.model_copy(update={"lora": LoraConfig(rank=4, alpha=8)})
 SMOLLM2 = "smollm2-135m-instruct"
-
-
-def _step(learner: Learner, step: int) -> dict[str, float]:
-    samples = batch_of_step(step)
-    return learner.train_step(samples, StepTotals.of(samples), step)
 
 
 def _is_adapter(name: str) -> bool:
@@ -55,29 +50,12 @@ def test_only_the_adapters_train_and_the_base_weights_stay() -> None:
     assert len(learner.optimizer.state) == 14  # optimizer state for the adapters alone
 
 
-def test_resuming_a_lora_checkpoint_continues_bit_exact_from_the_adapters_alone(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
-    straight = Learner(MODEL, LORA)
-    for step in range(4):
-        _step(straight, step)
-    first_half = Learner(MODEL, LORA)
-    for step in range(2):
-        _step(first_half, step)
-    first_half.save(str(tmp_path / "ck"), step=2, version=2)
+def test_a_lora_checkpoint_holds_the_adapters_alone(tmp_path: Path) -> None:
+    learner = Learner(MODEL, LORA)
+    _step(learner, 0)
+    learner.save(str(tmp_path / "ck"), step=1, version=1)
     saved = load_file(str(tmp_path / "ck" / "model.safetensors"))
     assert len(saved) == 14 and all(_is_adapter(name) for name in saved)
-    resumed = Learner(MODEL, LORA.model_copy(update={"seed": 123}))  # other adapter init: the checkpoint must win
-    resumed.load(str(tmp_path / "ck"))
-    for step in range(2, 4):
-        _step(resumed, step)
-    assert _step(straight, 4)["loss"] == _step(resumed, 4)["loss"]
-    for (name, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters(), strict=True):
-        assert torch.equal(a, b), name
-    resumed_params = dict(resumed.model.named_parameters())
-    for name, param in straight.model.named_parameters():
-        if param.requires_grad:
-            a, b = straight.optimizer.state[param], resumed.optimizer.state[resumed_params[name]]
-            assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"]) and torch.equal(a["step"], b["step"]), name
 
 
 def test_a_checkpoint_of_other_adapters_or_none_is_refused(tmp_path: Path) -> None:
