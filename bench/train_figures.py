@@ -5,8 +5,9 @@ second, and held-out pass@1 and env-token CE before and after.
     python -m bench.train_figures RUN_DIR --name echo_smollm2   ─► bench/results/echo_smollm2.json
 
 Trained tokens are the ACTION and ENV targets the loss saw (`grpo/n_action_tokens` +
-`echo/n_env_tokens`), per second of the step's training time; the model also runs over prompt
-and scaffold tokens, so this undercounts the work done, as `bench.learner_gpu` does.
+`echo/n_env_tokens`), per second of the step's training time, as `bench.learner_gpu` counts
+them; the learner's tokens are every position it ran forward and backward over (`learner/tokens`:
+prompts, scaffold and the anchor's transcripts too), the work it did.
 """
 
 from __future__ import annotations
@@ -33,7 +34,14 @@ def figures(run_dir: Path) -> dict:
         "learner_trained_tokens_per_s": summarize([n / r["time/train_s"] for n, r in zip(trained, steps, strict=True)]),
         "trained_tokens_per_step": summarize([float(n) for n in trained]),
         "summary": json.loads((run_dir / "summary.json").read_text()),
-    }
+    } | _all_positions_rate(steps)
+
+
+def _all_positions_rate(steps: list[dict]) -> dict:
+    """The learner's rate over every position, for runs whose metrics count them (since `learner/tokens`)."""
+    if not all("learner/tokens" in r for r in steps):
+        return {}
+    return {"learner_tokens_per_s": summarize([r["learner/tokens"] / r["time/train_s"] for r in steps])}
 
 
 def main() -> None:
@@ -45,11 +53,14 @@ def main() -> None:
     summary = results["summary"]
     rows = [
         [case, f"{results[key]['median']:.1f}", f"{results[key]['min']:.1f}–{results[key]['max']:.1f}"]
+        if key in results
+        else [case, "not recorded", ""]
         for case, key in (
             ("s per RL step", "step_s"),
             ("  rollouts", "rollouts_s"),
             ("  training", "train_s"),
             ("  weights to the engine", "publish_s"),
+            ("learner tokens/s (all positions)", "learner_tokens_per_s"),
             ("learner trained tokens/s", "learner_trained_tokens_per_s"),
         )
     ]

@@ -75,6 +75,7 @@ _ADDITIVE = {
     "anchor/action_ce",
     "grpo/n_action_tokens",
     "echo/n_env_tokens",
+    "learner/tokens",
 }
 
 
@@ -247,6 +248,9 @@ class Learner:
         if anchor_parts:  # the step's objective includes the anchor's weighted term
             merged["anchor/action_ce"] = merge_metrics(anchor_parts)["echo/ce"]
             merged["loss"] = merged.get("loss", 0.0) + self.config.anchor_coef * merged["anchor/action_ce"]
+        # Every position the model ran forward and backward over (prompts and the anchor's too):
+        # the learner's work, which the loss's token counts understate.
+        merged["learner/tokens"] = float(sum(map(len, samples)) + sum(map(len, anchor or ())))
         return {**merged, "grad_norm": float(_full(grad_norm)), "lr": lr}
 
     def _accumulate(

@@ -13,7 +13,7 @@ from bench.train_figures import figures
 def test_figures_come_from_the_runs_metrics(tmp_path: Path) -> None:
     steps = [
         {"kind": "train", "step": i, "time/rollouts_s": 2.0, "time/train_s": t, "time/publish_s": 0.5,
-         "grpo/n_action_tokens": 30, "echo/n_env_tokens": 70}
+         "grpo/n_action_tokens": 30, "echo/n_env_tokens": 70, "learner/tokens": 400}
         for i, t in enumerate((1.0, 2.0, 4.0))
     ]  # fmt: skip
     lines = [{"kind": "eval_initial", "step": 0}, *steps]
@@ -23,6 +23,7 @@ def test_figures_come_from_the_runs_metrics(tmp_path: Path) -> None:
     assert got["rl_steps"] == 3 and got["summary"] == {"rl_steps": 3}
     assert got["step_s"]["median"] == 4.5 and got["train_s"]["max"] == 4.0
     assert got["learner_trained_tokens_per_s"]["median"] == 50.0  # 100 tokens in 2 s
+    assert got["learner_tokens_per_s"]["median"] == 200.0
 
 
 def test_a_run_without_rl_steps_is_refused(tmp_path: Path) -> None:

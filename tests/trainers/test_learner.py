@@ -203,3 +203,13 @@ async def test_two_ddp_ranks_make_the_same_update_as_one_rank_on_the_fullbatch_o
     finally:
         one.shutdown()
         two.shutdown()
+
+
+def test_a_step_counts_every_position_it_trained_over_anchor_included() -> None:
+    samples, anchor = batch_of_step(0), batch_of_step(1)
+    metrics = Learner(MODEL, CONFIG).train_step(
+        samples, StepTotals.of(samples), 0, anchor=anchor, anchor_totals=StepTotals.of(anchor)
+    )
+    assert metrics["learner/tokens"] == sum(map(len, samples)) + sum(map(len, anchor))
+    assert metrics["learner/tokens"] > metrics["grpo/n_action_tokens"] + metrics["echo/n_env_tokens"]
+    assert merge_metrics([metrics, metrics])["learner/tokens"] == 2 * metrics["learner/tokens"]  # ranks add up
