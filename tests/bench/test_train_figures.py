@@ -30,3 +30,12 @@ def test_a_run_without_rl_steps_is_refused(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"kind": "warmup", "step": 0}) + "\n")
     with pytest.raises(SystemExit, match="has no RL steps"):
         figures(tmp_path)
+
+
+def test_a_run_from_before_learner_tokens_has_no_such_rate(tmp_path: Path) -> None:
+    step = {"kind": "train", "step": 1, "time/rollouts_s": 1.0, "time/train_s": 1.0, "time/publish_s": 0.1,
+            "grpo/n_action_tokens": 3, "echo/n_env_tokens": 7}  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(step) + "\n")
+    (tmp_path / "summary.json").write_text("{}")
+    got = figures(tmp_path)
+    assert "learner_tokens_per_s" not in got and got["learner_trained_tokens_per_s"]["median"] == 10.0
