@@ -342,3 +342,8 @@ def test_end_of_turn_can_be_named_but_must_fit_the_template() -> None:
 
 def test_public_api() -> None:
     assert chat_render.__all__ == ["ChatTemplateRenderer", "TemplateMismatchError"]
+
+
+def test_a_tokenizer_without_a_chat_template_is_refused_saying_so() -> None:
+    with pytest.raises(TemplateMismatchError, match="chat_template is not set"):
+        ChatTemplateRenderer(with_template("chatml", None))
