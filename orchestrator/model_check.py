@@ -9,12 +9,10 @@ an unreachable hub id is one line within seconds, not minutes of actor restarts 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from hillclimb.errors import ConfigError, ModelLoadError, ModelNotFoundError
-from trainers.models.gguf import converted_directory
-from trainers.models.resolve import resolve_model
+from trainers.models.gguf import loadable
 
 HUB_TIMEOUT_S = 10.0
 
@@ -26,12 +24,10 @@ def check_model_available(policy: Any) -> None:
         return
     name = model.name_or_path
     try:
-        source = resolve_model(name)
-        if source.kind == "gguf":
-            converted_directory(Path(source.location), source.packaged)
+        kind, _ = loadable(name)
     except (ModelNotFoundError, ModelLoadError) as e:
         raise type(e)(f"policy.model.name_or_path={name!r}: {e}") from None
-    if source.kind == "hub":
+    if kind == "hub":
         _check_hub(name, model.revision)
 
 

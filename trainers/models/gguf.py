@@ -21,9 +21,9 @@ from pathlib import Path
 
 from hillclimb.errors import ModelLoadError
 from trainers.models.catalog import PackagedModel
-from trainers.models.resolve import models_dir
+from trainers.models.resolve import models_dir, resolve_model
 
-__all__ = ["converted_directory", "file_sha256"]
+__all__ = ["converted_directory", "file_sha256", "loadable"]
 
 
 def file_sha256(path: Path) -> str:
@@ -32,6 +32,15 @@ def file_sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def loadable(name_or_path: str) -> tuple[str, str]:
+    """(kind, location) of what `from_pretrained` loads for `name_or_path`: a directory or a Hub
+    id, a GGUF file (or catalog name) being converted first."""
+    source = resolve_model(name_or_path)
+    if source.kind == "gguf":
+        return source.kind, str(converted_directory(Path(source.location), source.packaged))
+    return source.kind, source.location
 
 
 def converted_directory(gguf: Path, packaged: PackagedModel | None = None) -> Path:

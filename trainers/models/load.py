@@ -10,7 +10,6 @@ so a model saved with `save_pretrained`, a GGUF file or a pulled catalog model l
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,8 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from hillclimb.config.models import HFModelConfig, ModelConfig, TinyModelConfig
 from hillclimb.errors import ModelLoadError, ModelNotFoundError
-from trainers.models.gguf import converted_directory
-from trainers.models.resolve import resolve_model
+from trainers.models.gguf import loadable
 from trainers.models.tiny import build_tiny_model
 from trainers.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 
@@ -51,18 +49,11 @@ def load_model_tokenizer(config: ModelConfig) -> Tokenizer:
 
 def model_location(config: HFModelConfig) -> str:
     """What `from_pretrained` (or vLLM) should load for `config`: a directory, or a Hub id."""
-    return _located(config)[1]
-
-
-def _located(config: HFModelConfig) -> tuple[str, str]:
-    source = resolve_model(config.name_or_path)
-    if source.kind == "gguf":
-        return source.kind, str(converted_directory(Path(source.location), source.packaged))
-    return source.kind, source.location
+    return loadable(config.name_or_path)[1]
 
 
 def _from_pretrained(auto: Any, config: HFModelConfig, **kwargs: Any) -> Any:
-    kind, location = _located(config)
+    kind, location = loadable(config.name_or_path)
     try:
         return auto.from_pretrained(
             location, revision=config.revision, trust_remote_code=config.trust_remote_code, **kwargs
