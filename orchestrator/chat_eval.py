@@ -10,6 +10,7 @@ run directory resumes the first five and runs five more.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -49,6 +50,7 @@ def eval_overrides(
     base_url: str | None,
     api_key_env: str | None,
     splits: list[str],
+    skill: str | None = None,
 ) -> list[str]:
     """`--set` overrides for the flags; the user's own `--set`s go after these and win. Without
     `base_url`, $OPENAI_BASE_URL names the server, as it does for OpenAI's own clients."""
@@ -59,7 +61,7 @@ def eval_overrides(
         f"policy.model={json.dumps(model)}",
         f"rollout.group_size={rollouts}",
         f"eval.k={pass_at_ks(rollouts)}",
-        f"run.name={json.dumps(run_name(env, model, base_url))}",
+        f"run.name={json.dumps(run_name(env, model, base_url, skill))}",
         "ray.num_workers=1",  # one worker, so policy.max_concurrency bounds the whole run
         # The chat policy's transcript counts UTF-8 bytes, not tokens (~4 a token): 2048 would end
         # episodes at a few hundred tokens; the server refuses what exceeds its own context.
@@ -74,14 +76,17 @@ def eval_overrides(
     return overrides
 
 
-def run_name(env: str, model: str, base_url: str | None) -> str:
-    """`eval-ENV-MODEL`, and `-at-HOST[-PORT][-PATH]` for a server other than OpenAI's: a new
-    model or endpoint is a new evaluation, in a run directory of its own, never a resume."""
+def run_name(env: str, model: str, base_url: str | None, skill: str | None = None) -> str:
+    """`eval-ENV-MODEL`, `-at-HOST[-PORT][-PATH]` for a server other than OpenAI's and
+    `-skill-SHA` with a skill: a new model, endpoint or skill is a new evaluation, in a run
+    directory of its own, never a resume."""
     name = f"eval-{env}-{model}"
     if base_url is not None and base_url.rstrip("/") != ChatPolicyConfig.model_fields["base_url"].default:
         url = urlsplit(base_url)  # host and port only from the netloc: never a user:password@ in it
         port = f"-{url.port}" if url.port else ""
         name += f"-at-{url.hostname}{port}{url.path.rstrip('/').removesuffix('/v1')}"
+    if skill is not None:
+        name += f"-skill-{hashlib.sha256(skill.encode()).hexdigest()[:12]}"
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 

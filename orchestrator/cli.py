@@ -12,6 +12,7 @@ from orchestrator.commands import env as env_commands
 from orchestrator.commands import eval as eval_commands
 from orchestrator.commands import image as image_commands
 from orchestrator.commands import model as model_commands
+from orchestrator.commands import optimize as optimize_commands
 from orchestrator.commands import rollout as rollout_commands
 from orchestrator.commands import runs as runs_commands
 from orchestrator.commands import sandbox as sandbox_commands
@@ -32,6 +33,7 @@ app.add_typer(model_commands.app, name="model")
 app.command("rollout")(rollout_commands.rollout)
 app.command("eval")(eval_commands.eval_model)
 app.command("train")(train_commands.train)
+app.command("optimize")(optimize_commands.optimize)
 
 
 def _print_version(asked: bool) -> None:

@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from hillclimb.errors import ConfigError
 
 NOT_RESULTS = (
@@ -56,10 +58,22 @@ def differences(run_dir: Path, config: dict[str, Any]) -> list[str]:
     stored_path = run_dir / "config.json"
     if not stored_path.exists():
         return []
-    stored = fingerprint(json.loads(stored_path.read_text()))
+    stored = fingerprint(as_read_now(json.loads(stored_path.read_text())))
     current = fingerprint(config)
     changed = sorted(k for k in stored.keys() | current.keys() if stored.get(k, _ABSENT) != current.get(k, _ABSENT))
     return [f"{k} {stored.get(k, _ABSENT)!r} → {current.get(k, _ABSENT)!r}" for k in changed]
+
+
+def as_read_now(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config as this version reads it: a key added since the run was made takes its
+    default, which keeps the behaviour the run had (so an upgrade does not make every earlier run
+    look different). One this version refuses is compared as stored."""
+    from hillclimb.config.run import RunConfig
+
+    try:
+        return RunConfig.model_validate(stored).model_dump(mode="json")
+    except ValidationError:
+        return stored
 
 
 def check_resumable(run_dir: Path, config: dict[str, Any]) -> None:

@@ -90,11 +90,15 @@ class Renderer(Protocol):
 
 class PlainTextRenderer:
     """Actions and observations as plain text for any tokenizer (the tiny model's default);
-    `action_prompt` (a shell's `$ `, else empty) opens each turn."""
+    `action_prompt` (a shell's `$ `, else empty) opens each turn, and `preamble` (a skill)
+    precedes the task prompt."""
 
-    def __init__(self, tokenizer: Tokenizer, bos_token_id: int | None = None, *, action_prompt: str) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, bos_token_id: int | None = None, *, action_prompt: str, preamble: str | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self._bos = bos_token_id
+        self._preamble = preamble
         self._mark = tokenizer.encode(action_prompt)
         newline = tokenizer.encode("\n")
         if len(newline) != 1:
@@ -109,6 +113,8 @@ class PlainTextRenderer:
         transcript = Transcript()
         if self._bos is not None:
             transcript.extend([self._bos], Role.SCAFFOLD)
+        if self._preamble:  # a skill, as a system message would hold it: before the task
+            transcript.extend(self.tokenizer.encode(self._preamble.rstrip("\n") + "\n\n"), Role.PROMPT)
         transcript.extend(self.tokenizer.encode(prompt.rstrip("\n") + "\n"), Role.PROMPT)
         transcript.extend(self._mark, Role.SCAFFOLD)
         return transcript

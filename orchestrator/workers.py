@@ -25,6 +25,7 @@ from envs.authoring.tasks import TaskSuite, action_prompt
 from hillclimb.config.rollout import SamplingParams
 from hillclimb.config.run import RunConfig
 from hillclimb.config.sandboxes import PoolConfig
+from hillclimb.skill import system_text
 from orchestrator.heartbeats import liveness_for
 from orchestrator.metrics import start_loop_lag_monitor
 from orchestrator.metrics_hub import local_families
@@ -131,18 +132,21 @@ class PolicyServerClient:
         await self._handle.update_weights.remote(version, weights)
 
 
-def make_renderer(kind: str, tokenizer: Tokenizer, suite: TaskSuite) -> Renderer:
-    if kind == "messages":  # a chat API's own template renders the episode; the suite's system prompt opens it
-        return MessagesRenderer(getattr(suite, "system_prompt", None))
+def make_renderer(kind: str, tokenizer: Tokenizer, suite: TaskSuite, skill: str | None = None) -> Renderer:
+    """The renderer `kind`, whose system message is the suite's own system prompt and then the
+    skill (the plain renderer has none: the skill goes before the task prompt)."""
+    system = system_text(getattr(suite, "system_prompt", None), skill)
+    if kind == "messages":  # a chat API's own template renders the episode
+        return MessagesRenderer(system)
     if kind == "chat":
         from orchestrator.chat_render import ChatTemplateRenderer
         from trainers.tokenizer import HFTokenizer
 
         if not isinstance(tokenizer, HFTokenizer):
             raise TypeError("the chat renderer needs a Hugging Face tokenizer with a chat template")
-        return ChatTemplateRenderer(tokenizer)
+        return ChatTemplateRenderer(tokenizer, system)
     bos = getattr(tokenizer, "bos_token_id", None)
-    return PlainTextRenderer(tokenizer, bos, action_prompt=action_prompt(suite))
+    return PlainTextRenderer(tokenizer, bos, action_prompt=action_prompt(suite), preamble=system)
 
 
 class RolloutWorker:
@@ -210,7 +214,7 @@ class RolloutWorker:
         else:
             policy = make_policy(cfg.policy)
         suite = load_suite(cfg.env.name)
-        renderer = make_renderer(cfg.rollout.renderer, policy.tokenizer, suite)
+        renderer = make_renderer(cfg.rollout.renderer, policy.tokenizer, suite, cfg.rollout.skill)
         return EpisodeRunner(self._pool, policy, renderer, suite, cfg.rollout.episode)
 
     def _worker_pool_config(self) -> PoolConfig:

@@ -8,6 +8,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MAX_SKILL_CHARS = 65536
+"""What `rollout.skill` holds at most: a skill is read on every turn, so it stays compact."""
+
 
 class SamplingParams(BaseModel):
     """How to sample one action."""
@@ -56,4 +59,9 @@ class RolloutSection(BaseModel):
     renderer: Literal["plain", "chat", "messages"] = "plain"
     """plain: a shell transcript; chat: inside the model's HF chat template; messages: chat messages
     for a policy behind a chat API (`policy.type: chat`, which picks it when left unset)."""
+    skill: str | None = Field(default=None, max_length=MAX_SKILL_CHARS)
+    """A skill document (Markdown), placed verbatim in the agent's system message, after the
+    environment's own system prompt if it has one; the plain renderer, which has no system
+    message, puts it before the task prompt. `--skill FILE` on train and eval sets it;
+    `hillclimb optimize` learns one (`best_skill.md`)."""
     episode: EpisodeConfig = EpisodeConfig()

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.commands.rollout import AddressOption, SetOption, print_reports
+from orchestrator.commands.rollout import AddressOption, SetOption, SkillOption, print_reports
 from orchestrator.console import console, reports_errors
 
 
@@ -32,6 +32,7 @@ def eval_model(
     split: Annotated[
         list[str] | None, typer.Option("--split", help="Split to evaluate (repeatable; default: train and heldout).")
     ] = None,
+    skill: SkillOption = None,
     set_: SetOption = None,
     address: AddressOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")] = False,
@@ -40,21 +41,31 @@ def eval_model(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hillclimb.config import load_config
+    from hillclimb.skill import read_skill, with_skill
     from orchestrator.chat_eval import eval_overrides, first_tasks, reuse_notice, write_episodes
     from orchestrator.evaluate import evaluate, plan_evaluation
     from orchestrator.run_lifecycle import run_directory
 
+    skill_text = None if skill is None else read_skill(skill)
     overrides = eval_overrides(
-        env, model, rollouts=rollouts, base_url=base_url, api_key_env=api_key_env, splits=list(split or [])
+        env,
+        model,
+        rollouts=rollouts,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        splits=list(split or []),
+        skill=skill_text,
     )
     overrides += list(set_ or [])
     if address:
         overrides.append(f"ray.address={address}")
     cfg = load_config(None, overrides)
+    if skill_text is not None:
+        cfg = with_skill(cfg, skill_text)
     if dry_run:
         console.print_json(json.dumps(cfg.model_dump(mode="json")))
         return
-    asyncio.run(_check_policy(cfg))
+    asyncio.run(check_policy(cfg))
     with run_directory(cfg, "eval", console.print) as run_dir:
         plan = first_tasks(plan_evaluation(cfg, run_dir), tasks)
         notice = reuse_notice(plan, run_dir)
@@ -76,7 +87,7 @@ def eval_model(
     console.print(f"episodes: {episodes}")
 
 
-async def _check_policy(cfg) -> None:  # type: ignore[no-untyped-def]
+async def check_policy(cfg) -> None:  # type: ignore[no-untyped-def]
     """A wrong key, model or URL fails here, in one line, before Ray or any sandbox starts."""
     from trainers.policy.chat import ChatPolicy
     from trainers.policy.factory import make_policy

@@ -22,6 +22,13 @@ SetOption = Annotated[
 AddressOption = Annotated[
     str | None, typer.Option("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray).")
 ]
+SkillOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--skill",
+        help="A skill document (Markdown, e.g. `hillclimb optimize`'s best_skill.md) for the agent's system message.",
+    ),
+]
 DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")]
 MetricsPortOption = Annotated[
     int | None,
@@ -29,8 +36,11 @@ MetricsPortOption = Annotated[
 ]
 
 
-def resolved_config(config: Path, set_: list[str] | None, address: str | None, metrics_port: int | None):  # type: ignore[no-untyped-def]
-    """The run config with the command line's overrides on top (`--set`, `--address`, `--metrics-port`)."""
+def resolved_config(  # type: ignore[no-untyped-def]
+    config: Path, set_: list[str] | None, address: str | None, metrics_port: int | None, skill: Path | None = None
+):
+    """The run config with the command line's overrides on top (`--set`, `--address`,
+    `--metrics-port`, `--skill`)."""
     from hillclimb.config import load_config
 
     overrides = list(set_ or [])
@@ -38,7 +48,16 @@ def resolved_config(config: Path, set_: list[str] | None, address: str | None, m
         overrides.append(f"ray.address={address}")
     if metrics_port is not None:
         overrides.append(f"run.metrics_port={metrics_port}")
-    return load_config(config, overrides)
+    return skilled(load_config(config, overrides), skill)
+
+
+def skilled(cfg, skill: Path | None):  # type: ignore[no-untyped-def]
+    """`cfg` with the skill file's text as `rollout.skill` (unchanged without `--skill`)."""
+    if skill is None:
+        return cfg
+    from hillclimb.skill import read_skill, with_skill
+
+    return with_skill(cfg, read_skill(skill))
 
 
 def say_whole(line: str) -> None:

@@ -23,6 +23,7 @@ from orchestrator.commands.rollout import (
     DryRunOption,
     MetricsPortOption,
     SetOption,
+    SkillOption,
     resolved_config,
     say_whole,
     serve_run_metrics,
@@ -58,6 +59,7 @@ def train(
     metrics_port: MetricsPortOption = None,
     ablation: AblationOption = 0,
     lambdas: LambdasOption = None,
+    skill: SkillOption = None,
 ) -> None:
     """Train: sandboxed rollouts, GRPO + ECHO learners, held-out evaluation; writes a run directory."""
     from rich.progress import Progress
@@ -66,7 +68,7 @@ def train(
     from orchestrator.train import Trainer, check_trainable
     from orchestrator.train_display import TrainDisplay
 
-    cfg = resolved_config(config, set_, address, metrics_port)
+    cfg = resolved_config(config, set_, address, metrics_port, skill)
     if dry_run:
         console.print_json(json.dumps(cfg.model_dump(mode="json")))
         return

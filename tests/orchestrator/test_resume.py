@@ -51,6 +51,17 @@ def test_keys_that_do_not_change_results_may_change(tmp_path: Path) -> None:
     assert json.loads((first / "config.json").read_text())["ray"]["num_workers"] == 5
 
 
+def test_a_key_added_since_a_run_was_made_reads_as_its_default(tmp_path: Path) -> None:
+    """Adding `rollout.skill` made every earlier run refuse to resume: its config.json lacked the key."""
+    run_dir = prepare_run_dir(_config(tmp_path), "rollout")
+    stored = json.loads((run_dir / "config.json").read_text())
+    del stored["rollout"]["skill"]
+    (run_dir / "config.json").write_text(json.dumps(stored))
+    assert prepare_run_dir(_config(tmp_path), "rollout") == run_dir
+    with pytest.raises(ConfigError, match=r"rollout\.skill None → 'Be brief\.'"):
+        prepare_run_dir(_config(tmp_path, "rollout.skill='Be brief.'"), "rollout")
+
+
 def test_a_remote_policys_transport_settings_may_change_but_not_its_model_or_server(tmp_path: Path) -> None:
     """A rerun of `hillclimb eval` with its default pacing was refused as a different evaluation."""
     chat = ["policy.type=chat", "policy.model=m", "policy.base_url=http://h:1/v1"]
