@@ -28,6 +28,7 @@ import hashlib
 import logging
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,9 @@ class _Episode:
     versions: list[int] = field(default_factory=list)
     server_turns: list[ServerTokens | None] = field(default_factory=list)
     """Per turn, the chat server's own ids (message-rendered episodes only)."""
+    policy_s: float = 0.0
+    usage: Counter[str] = field(default_factory=Counter)
+    """Tokens the policy's server reported billing, summed over turns (chat APIs)."""
 
 
 class EpisodeRunner:
@@ -316,12 +320,17 @@ class EpisodeRunner:
         except Exception as e:  # any engine failure ends this episode, not the run
             raise _PolicyFailed(f"{type(e).__name__}: {e}") from e
         finally:
-            timing.policy_s += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            timing.policy_s += elapsed
+            episode.policy_s += elapsed
+        episode.usage.update(generation.usage or {})
         return generation
 
     def _trajectory(self, episode: _Episode, reason: DoneReason, retries: int, error: Exception | None) -> Trajectory:
         spec, transcript = episode.spec, episode.transcript
-        metadata: dict[str, object] = {"sandbox_retries": retries}
+        metadata: dict[str, object] = {"sandbox_retries": retries, "policy_s": round(episode.policy_s, 4)}
+        if episode.usage:
+            metadata["usage"] = dict(episode.usage)
         if error is not None:  # why it failed, kept with it (its end: where a traceback says what broke)
             text = str(error).strip()
             metadata["error"] = text if len(text) <= MAX_ERROR_CHARS else "…" + text[-MAX_ERROR_CHARS:]

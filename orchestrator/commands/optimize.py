@@ -5,8 +5,10 @@ What it writes is in orchestrator/optimize/__init__.py and docs/optimize.md."""
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -15,13 +17,16 @@ from orchestrator.console import console, reports_errors
 
 PROPOSERS = ("builtin", "examples", "rules", "prune", "llm")
 INTERRUPTED = 130
+T = TypeVar("T")
 
 
 @reports_errors
 def optimize(
     env: Annotated[str, typer.Argument(help="Environment name (one with a task suite).")],
-    model: Annotated[str, typer.Option("--model", "-m", help="The agent: a model name the chat API serves.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory (rerun with it to resume).")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="The agent: a model name the chat API serves.")
+    ] = None,
     proposer: Annotated[
         str,
         typer.Option(
@@ -62,6 +67,16 @@ def optimize(
         int, typer.Option("--max-skill-chars", min=1, help="Longer proposals are rejected unplayed.")
     ] = 4000,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the splits, episodes, proposers and bootstrap.")] = 0,
+    models: Annotated[
+        str | None,
+        typer.Option("--models", help="Instead: compare models (A,B@URL,C) on validation with the skill; choose one."),
+    ] = None,
+    price: Annotated[
+        list[str] | None, typer.Option("--price", help="With --models: MODEL=IN/OUT dollars per million tokens.")
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", min=0, help="With --models: mean reward a cheaper model may give up.")
+    ] = 0.0,
     set_: SetOption = None,
     address: AddressOption = None,
 ) -> None:
@@ -84,12 +99,21 @@ def optimize(
     except ValueError as e:
         raise ConfigError(f"acceptance rule: {e}") from None
     initial = "" if skill is None else read_skill(skill)
-    overrides = eval_overrides(env, model, rollouts=rollouts, base_url=base_url, api_key_env=api_key_env, splits=[])
-    overrides += list(set_ or [])
-    if address:
-        overrides.append(f"ray.address={address}")
-    cfg = with_skill(load_config(None, overrides), None)
+
+    def agent_config(name: str, url: str | None):  # type: ignore[no-untyped-def]
+        overrides = eval_overrides(env, name, rollouts=rollouts, base_url=url, api_key_env=api_key_env, splits=[])
+        overrides += list(set_ or [])
+        if address:
+            overrides.append(f"ray.address={address}")
+        return with_skill(load_config(None, overrides), None)
+
     uses = split_uses(load_suite(env), seed=seed, validation_tasks=validation_tasks, test_tasks=test_tasks)
+    if models is not None:
+        _compare(models, list(price or []), tolerance, agent_config, base_url, initial, uses, out, env, seed, rollouts)
+        return
+    if model is None:
+        raise ConfigError("name the agent's model with -m MODEL (or compare several with --models A,B)")
+    cfg = agent_config(model, base_url)
     rule.check_decidable(len(uses.validation), rollouts)
     settings = LoopSettings(env, seed, rollouts, iterations, train_tasks, max_skill_chars)
     job = OptimizeJob(cfg, out, initial, uses, rule, settings)
@@ -105,22 +129,67 @@ def optimize(
 
 
 async def _optimize(job: Any, proposer: Any) -> dict[str, Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from orchestrator.optimize.run import run_optimization
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
-        with Progress(*columns, console=console, transient=True) as bars:
-
-            def progress(label: str, total: int) -> Any:
-                bar = bars.add_task(label, total=total)
-                return lambda n: bars.advance(bar, n)
-
-            return await run_optimization(job, proposer, progress=progress, say=console.print)
+        return await _with_progress(
+            lambda progress: run_optimization(job, proposer, progress=progress, say=console.print)
+        )
     finally:
         if hasattr(proposer, "aclose"):
             await proposer.aclose()
+
+
+async def _with_progress(work: Callable[[Any], Awaitable[T]]) -> T:
+    """`work(progress)` under progress bars: `progress(label, episodes)` opens one, returning its advance."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bars:
+
+        def progress(label: str, total: int) -> Any:
+            bar = bars.add_task(label, total=total)
+            return lambda n: bars.advance(bar, n)
+
+        return await work(progress)
+
+
+def _compare(  # type: ignore[no-untyped-def]
+    models, prices, tolerance, agent_config, base_url, skill, uses, out, env, seed, rollouts
+) -> None:
+    """`--models`: every model on the validation episodes with the skill; models.json and a table."""
+    from orchestrator.commands.eval import check_policy
+    from orchestrator.optimize.models import compare_models, parse_models, parse_prices
+    from orchestrator.optimize.uses import groups
+
+    choices = parse_models(models)
+    priced = parse_prices(prices)
+    configs = {c: agent_config(c.model, c.base_url or base_url) for c in choices}
+    for config in configs.values():
+        asyncio.run(check_policy(config))
+    validation = groups(uses.validation, "validation", env=env, seed=seed, rollouts=rollouts)
+    out.mkdir(parents=True, exist_ok=True)
+    result = asyncio.run(
+        _with_progress(
+            lambda progress: compare_models(
+                choices, configs.__getitem__, skill, validation, out, priced, tolerance, progress
+            )
+        )
+    )
+    (out / "models.json").write_text(json.dumps(result, indent=2) + "\n")
+    from rich.table import Table
+
+    table = Table(title=f"chosen: {result['chosen']}")
+    for column in ("model", "mean reward", "pass@1", "episodes", "tokens (prompt+completion)", "$", "agent s/episode"):
+        table.add_column(column)
+    for r in result["rows"]:
+        usd = "-" if r["usd"] is None else f"{r['usd']:.4f}"
+        tokens = f"{r['prompt_tokens']}+{r['completion_tokens']}"
+        cells = (r["model"], f"{r['mean_reward']:.3f}", f"{r['pass1']:.3f}", str(r["episodes"]), tokens, usd)
+        table.add_row(*cells, f"{r['agent_s_per_episode']:.2f}")
+    console.print(table)
+    console.print(f"rule: {result['rule']}", soft_wrap=True)
+    console.print(f"models.json: {out / 'models.json'}", soft_wrap=True)
 
 
 def _proposer(name: str, cfg: Any, model: str | None, base_url: str | None, api_key_env: str | None) -> Any:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hillclimb.config.run import RunConfig
+from orchestrator.fingerprint import fingerprint
 from orchestrator.loggers import open_loggers
 from orchestrator.optimize.acceptance import AcceptanceRule
 from orchestrator.optimize.final import report_on_test, write_outputs
@@ -35,7 +36,7 @@ class OptimizeJob:
 
     def fingerprint(self, proposer: str) -> dict[str, Any]:
         """What a rerun must share with the run in `out` to resume it."""
-        agent = self.config.model_dump(mode="json", exclude={"run": {"name"}, "ray": {"address"}})
+        agent = fingerprint(self.config.model_dump(mode="json"))  # what decides results, not where or how fast
         return {
             "env": self.settings.env,
             "agent_config_sha": hashlib.sha256(json.dumps(agent, sort_keys=True).encode()).hexdigest()[:16],

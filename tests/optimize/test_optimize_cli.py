@@ -43,8 +43,8 @@ async def editor() -> AsyncIterator[ChatServer]:
     await server.close()
 
 
-async def _optimize(server: ChatServer, out: Path, *args: str) -> tuple[int, str]:
-    command = [sys.executable, "-m", "orchestrator", "optimize", "toy_terminal", "-m", "fake-chat", "--base-url"]
+async def _optimize(server: ChatServer, out: Path, *args: str, env: str = "toy_terminal") -> tuple[int, str]:
+    command = [sys.executable, "-m", "orchestrator", "optimize", env, "-m", "fake-chat", "--base-url"]
     command += [server.base_url, "--api-key-env", "", "--out", str(out), "--rollouts", "1", "--train-tasks", "8"]
     command += ["--validation-tasks", "16", "--test-tasks", "8", "--set", "policy.backoff_s=0.01", *args]
     process = await asyncio.create_subprocess_exec(
@@ -66,7 +66,9 @@ async def test_optimize_climbs_with_worked_examples_and_a_rerun_pays_for_nothing
     agent: ChatServer, tmp_path: Path
 ) -> None:
     out = tmp_path / "opt"
-    code, output = await _optimize(agent, out, "--proposer", "examples", "--iterations", "2")
+    code, output = await _optimize(
+        agent, out, "--proposer", "examples", "--iterations", "2", "--set", "log.tensorboard={}"
+    )
     assert code == 0, output[-3000:]
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     # The bare agent failed every task of the first train batch: no example to show, so no candidate.
@@ -79,6 +81,13 @@ async def test_optimize_climbs_with_worked_examples_and_a_rerun_pays_for_nothing
     assert report["best"]["validation_mean_reward"] > report["initial"]["validation_mean_reward"]
     assert (out / "validation.png").stat().st_size > 0
     assert "candidates accepted" in output and "best_skill.md" in output
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    accepted = [(e.step, e.value) for e in events.Scalars("optimize/accepted")]
+    assert accepted == [(0, 1.0), (1, 0.0), (2, 1.0)]
+    assert [e.step for e in events.Scalars("optimize/validation_candidate")] == [2]
 
     requests = len(agent.requests)
     code, again = await _optimize(agent, out, "--proposer", "examples", "--iterations", "2")
@@ -158,3 +167,6 @@ async def test_an_unknown_environment_or_model_and_a_binary_skill_are_refused(
     assert code == 2 and "not UTF-8 text" in output
     code, output = await _optimize(agent, tmp_path / "b", "-m", "no-such-model")
     assert code == 2 and "no-such-model" in output
+    code, output = await _optimize(agent, tmp_path / "c", env="no_such_env")
+    assert code == 2 and "no_such_env" in output, output
+    assert len(agent.requests) == 1  # the model check that found no-such-model missing

@@ -83,6 +83,8 @@ class Generation(BaseModel):
     when the server also returned its own token ids."""
     tool_call: ToolCall | None = None
     """The reply called a tool instead of (or besides) writing text: chat engines only."""
+    usage: dict[str, int] | None = None
+    """Tokens a chat API reported for this reply (`prompt_tokens`, `completion_tokens`): what it bills."""
 
 
 @runtime_checkable

@@ -130,6 +130,7 @@ class ChatPolicy(RemotePolicy):
             version=self._version,
             server_tokens=self._server_tokens(data, choice) if self.return_token_ids else None,
             tool_call=call,
+            usage=_usage(data),
         )
 
     def _server_tokens(self, data: Any, choice: Any) -> ServerTokens:
@@ -155,3 +156,12 @@ def _first_tool_call(calls: Any) -> ToolCall | None:
         return None
     function = calls[0]["function"]
     return ToolCall(id=calls[0]["id"], name=function["name"], arguments=function.get("arguments") or "")
+
+
+def _usage(data: Any) -> dict[str, int] | None:
+    """The reply's `usage` token counts, if the server sent them as numbers."""
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    counts = {k: usage[k] for k in ("prompt_tokens", "completion_tokens") if isinstance(usage.get(k), int)}
+    return counts or None
