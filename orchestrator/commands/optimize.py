@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from orchestrator.commands.rollout import AddressOption, SetOption
-from orchestrator.console import console, reports_errors
+from orchestrator.console import console, errors, reports_errors
 
 PROPOSERS = ("builtin", "examples", "rules", "prune", "llm")
 INTERRUPTED = 130
@@ -83,7 +83,7 @@ def optimize(
     """Learn a skill document for an agent behind a chat API, weights frozen; only held-out gains are kept."""
     from envs.authoring.registry import load_suite
     from hillclimb.config import load_config
-    from hillclimb.errors import ConfigError
+    from hillclimb.errors import ConfigError, HillclimbError
     from hillclimb.skill import read_skill, with_skill
     from orchestrator.chat_eval import eval_overrides
     from orchestrator.commands.eval import check_policy
@@ -125,6 +125,10 @@ def optimize(
     except KeyboardInterrupt:
         console.print(f"stopped; {out} keeps every finished evaluation: rerun the same command to resume")
         raise typer.Exit(INTERRUPTED) from None
+    except HillclimbError as e:  # an API down after its retries, episodes lost to the sandbox: stop, resumable
+        errors.print(f"[bold red]error:[/] {type(e).__name__}: {e}", soft_wrap=True)
+        errors.print(f"{out} keeps every finished evaluation: rerun the same command to resume", soft_wrap=True)
+        raise typer.Exit(2) from None
     _print_report(report, out)
 
 

@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
+from envs.authoring.registry import load_suite
 from orchestrator.optimize.llm_proposer import LLMProposer
 from orchestrator.optimize.proposers import Evidence
+from orchestrator.optimize.uses import split_uses
 from tests.optimize.skill_agent import SkillAgent, shows
-from tests.trainers.chat_server import ChatServer
+from tests.trainers.chat_server import ChatServer, Fault
 from trainers.policy.chat import ChatPolicy
 
 REPO = Path(__file__).parents[2]
@@ -107,6 +109,31 @@ async def test_a_chat_model_proposes_the_skill(agent: ChatServer, editor: ChatSe
     assert (out / "best_skill.md").read_text() == EDITED
     [request] = editor.requests
     assert request["model"] == "editor" and "## Scored episodes" in request["messages"][1]["content"]
+
+
+@pytest.mark.ray
+@pytest.mark.root
+@pytest.mark.slow
+async def test_a_proposer_api_that_stays_down_stops_cleanly_and_a_rerun_resumes(
+    agent: ChatServer, editor: ChatServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "opt"
+    args = ["--proposer", "llm", "--proposer-model", "editor", "--proposer-base-url", editor.base_url]
+    args += ["--proposer-api-key-env", "", "--iterations", "1"]
+    editor.faults = [Fault(503)] * 3  # the proposer's first try and both retries
+    code, output = await _optimize(agent, out, *args, "--set", "policy.max_retries=2")
+    flat = " ".join(output.split())
+    assert code == 2 and "PolicyUnavailableError" in flat and "rerun the same command to resume" in flat, output
+    played = len(agent.requests)
+    assert [json.loads(line)["status"] for line in (out / "history.jsonl").read_text().splitlines()] == ["initial"]
+    code, output = await _optimize(agent, out, *args, "--set", "policy.max_retries=2")
+    assert code == 0, output[-3000:]
+    assert (out / "best_skill.md").read_text() == EDITED
+    # The rerun replays nothing the first run finished: the empty initial skill (no system message)
+    # asked the model check, then played only the test split, for the final report.
+    test = {t.prompt for t in split_uses(load_suite("toy_terminal"), seed=0, validation_tasks=16, test_tasks=8).test}
+    bare = [r["messages"][0]["content"] for r in agent.requests[played:] if r["messages"][0]["role"] != "system"]
+    assert bare[0] == "Reply with OK." and set(bare[1:]) == test
 
 
 async def test_the_llm_proposer_reads_the_skill_and_scored_episodes(editor: ChatServer) -> None:

@@ -22,7 +22,7 @@ from orchestrator.optimize.acceptance import AcceptanceRule
 from orchestrator.optimize.final import report_on_test, write_outputs
 from orchestrator.optimize.history import History
 from orchestrator.optimize.loop import LoopSettings, Selection
-from orchestrator.optimize.proposers import Evidence, Proposal
+from orchestrator.optimize.proposers import Evidence, Proposal, builtin_proposer
 from orchestrator.optimize.scoring import EvaluationIncompleteError, LeakedTestTaskError, Scorer, _unscored
 from orchestrator.optimize.uses import TaskUses, groups, split_uses
 from tests.optimize.skill_agent import POISON, SkillAgent, lucky, program, shows, solves
@@ -190,6 +190,20 @@ async def test_an_agent_api_that_goes_down_stops_the_loop_and_a_rerun_resumes(
     # initial on validation, incumbent and candidate on the train batch, candidate on validation
     # (the incumbent's validation is the initial one): all but what the first try scored
     assert len(rerun.played) == 12 + 4 + 4 + 12 - len(scored)
+
+
+async def test_the_same_seed_and_answers_give_the_same_history(
+    ray_local: None, agent: tuple[ChatServer, SkillAgent], tmp_path: Path
+) -> None:
+    server, _ = agent
+    cfg = _config(server, tmp_path)
+    histories = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        await _selection(cfg, out, Scorer(cfg, out, frozenset()), builtin_proposer("builtin"), iterations=3).run("")
+        histories.append([{k: v for k, v in r.items() if k != "wall_s"} for r in History.open(out).records])
+    assert histories[0] == histories[1]
+    assert [r["status"] for r in histories[0]][:2] == ["initial", "accepted"]
 
 
 def test_uses_reaching_the_loop_have_no_test_tasks() -> None:
