@@ -67,6 +67,7 @@ def main() -> None:
         "rollouts": args.rollouts,
         "episode": EPISODE,
     }
+    out.parent.mkdir(parents=True, exist_ok=True)
     process, url = serve(out.parent / "serve.log")
     started = time.monotonic()
     try:
