@@ -3,10 +3,7 @@ stated rule; the token counts are what each chat API reported billing."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +14,7 @@ from hillclimb.errors import ConfigError
 from orchestrator.optimize.models import ModelRow, choose, model_row, parse_models, parse_prices
 from orchestrator.optimize.scoring import Score
 from tests.factories import trajectory
+from tests.optimize.cli import run_optimize
 from tests.optimize.skill_agent import SkillAgent
 from tests.trainers.chat_server import ChatServer, toy_terminal_oracle
 from trainers.policy.base import GenerateRequest
@@ -102,19 +100,11 @@ async def test_optimize_compares_models_and_chooses_by_its_rule(
     models = f"strong@{strong.base_url},weak@{weak.base_url}"
 
     async def compare(*extra: str) -> dict:
-        command = [sys.executable, "-m", "orchestrator", "optimize", "toy_terminal", "--models", models]
-        command += ["--api-key-env", "", "--out", str(tmp_path / "opt"), "--rollouts", "1", "--validation-tasks", "8"]
-        command += ["--set", "policy.backoff_s=0.01", *extra]
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            cwd=REPO,
-            env={**os.environ, "COLUMNS": "200"},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+        code, output = await run_optimize(
+            *["toy_terminal", "--models", models, "--api-key-env", "", "--out", str(tmp_path / "opt")],
+            *["--rollouts", "1", "--validation-tasks", "8", "--set", "policy.backoff_s=0.01", *extra],
         )
-        output, _ = await asyncio.wait_for(process.communicate(), timeout=300)
-        assert process.returncode == 0, output.decode()[-3000:]
-        assert "chosen:" in output.decode()
+        assert code == 0 and "chosen:" in output, output[-3000:]
         return json.loads((tmp_path / "opt" / "models.json").read_text())
 
     result = await compare()

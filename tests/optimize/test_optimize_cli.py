@@ -4,10 +4,7 @@ pays for nothing; bad input refused up front, naming what was wrong."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,7 @@ from envs.authoring.registry import load_suite
 from orchestrator.optimize.llm_proposer import LLMProposer
 from orchestrator.optimize.proposers import Evidence
 from orchestrator.optimize.uses import split_uses
+from tests.optimize.cli import run_optimize
 from tests.optimize.skill_agent import SkillAgent, shows
 from tests.trainers.chat_server import ChatServer, Fault
 from trainers.policy.chat import ChatPolicy
@@ -46,19 +44,9 @@ async def editor() -> AsyncIterator[ChatServer]:
 
 
 async def _optimize(server: ChatServer, out: Path, *args: str, env: str = "toy_terminal") -> tuple[int, str]:
-    command = [sys.executable, "-m", "orchestrator", "optimize", env, "-m", "fake-chat", "--base-url"]
-    command += [server.base_url, "--api-key-env", "", "--out", str(out), "--rollouts", "1", "--train-tasks", "8"]
-    command += ["--validation-tasks", "16", "--test-tasks", "8", "--set", "policy.backoff_s=0.01", *args]
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        cwd=REPO,
-        env={**os.environ, "COLUMNS": "200"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    stdout, _ = await asyncio.wait_for(process.communicate(), timeout=400)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode()
+    common = [env, "-m", "fake-chat", "--base-url", server.base_url, "--api-key-env", "", "--out", str(out)]
+    common += ["--rollouts", "1", "--train-tasks", "8", "--validation-tasks", "16", "--test-tasks", "8"]
+    return await run_optimize(*common, "--set", "policy.backoff_s=0.01", *args)
 
 
 @pytest.mark.ray
