@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from envs.authoring.registry import load_suite
 from envs.builtin.toy_terminal.tasks import TASKS, ToyTerminalSuite
 from hillclimb.config import load_config
 from hillclimb.skill import SkillFileError, read_skill, system_text, with_skill
 from orchestrator.chat_eval import eval_overrides, run_name
-from orchestrator.workers import make_renderer
+from orchestrator.schedule import round_of_groups
+from orchestrator.workers import RolloutWorker, make_renderer
+from tests.orchestrator.helpers import SlowScriptedPolicy
 from tests.orchestrator.test_chat_rollout import SystemPromptSuite
 from tests.orchestrator.tokenizers_for_tests import build_tokenizer
 from trainers.roles import Role
@@ -97,3 +100,20 @@ def test_train_and_eval_take_a_skill_file(tmp_path: Path, command: list[str]) ->
     skill.write_bytes(b"\xff\xfe")
     refused = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "SkillFileError" in refused.stderr and "not UTF-8 text" in refused.stderr
+
+
+@pytest.mark.root
+async def test_a_rollout_worker_plays_its_episodes_under_the_configured_skill(
+    sandbox_root: Path, tmp_path: Path
+) -> None:
+    config = load_config(
+        None, [f"run.dir={tmp_path}", "rollout.group_size=1", f"provider.options={{root: {sandbox_root}}}"]
+    )
+    worker = RolloutWorker(with_skill(config, SKILL), worker_index=0, policy=SlowScriptedPolicy(0.0))
+    group = round_of_groups(load_suite("toy_terminal"), "train", run_seed=0, group_size=1, round_index=0)[0]
+    try:
+        [episode] = (await worker.run_group(group)).trajectories
+    finally:
+        await worker.close()
+    prompt = [i for i, role in zip(episode.token_ids, episode.roles, strict=True) if role == Role.PROMPT]
+    assert ByteTokenizer().decode(prompt) == f"{SKILL}\n{group.task.prompt.rstrip()}\n" and episode.reward == 1.0
