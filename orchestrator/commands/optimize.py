@@ -15,7 +15,7 @@ import typer
 from orchestrator.commands.rollout import AddressOption, SetOption
 from orchestrator.console import console, errors, reports_errors
 
-PROPOSERS = ("builtin", "examples", "rules", "prune", "llm")
+PROPOSERS = ("builtin", "examples", "demos", "rules", "prune", "llm")
 INTERRUPTED = 130
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ def optimize(
     proposer: Annotated[
         str,
         typer.Option(
-            "--proposer", help=f"Who edits the skill: {', '.join(PROPOSERS)} (builtin: the first three in turn)."
+            "--proposer", help=f"Who edits the skill: {', '.join(PROPOSERS)} (builtin: the next four in turn)."
         ),
     ] = "builtin",
     iterations: Annotated[int, typer.Option("--iterations", "-k", min=1, help="Candidates to propose.")] = 10,

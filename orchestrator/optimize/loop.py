@@ -82,9 +82,8 @@ class Selection:
             self._uses, iteration, self.s.train_tasks, env=self.s.env, seed=self.s.seed, rollouts=self.s.rollouts
         )
         incumbent_train = await self._score(incumbent, batch, f"{where}: incumbent, train")
-        evidence = Evidence(
-            incumbent, tuple(map(chat_episode_record, incumbent_train.episodes)), iteration, self.s.seed
-        )
+        records = tuple(map(chat_episode_record, incumbent_train.episodes))
+        evidence = Evidence(incumbent, records, iteration, self.s.seed, tuple(g.task for g in batch))
         proposal = await self.proposer.propose(evidence)
         record: dict[str, Any] = {
             "iteration": iteration,

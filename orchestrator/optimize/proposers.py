@@ -4,10 +4,12 @@ Built in, needing no strong model (each deterministic given its evidence):
 
 - `examples`: a worked example distilled from a successful train episode of a task the skill
   does not show yet — the task, then the actions that solved it;
+- `demos`: for a train task the agent failed, its reference solution (the suite's oracle
+  actions) as a worked example: what an agent that solves nothing yet can learn from;
 - `rules`: a rule against the failure that recurs most among failed train episodes (a harness
   warning such as an unparseable action, running out of turns, a wrong final answer);
 - `prune`: the skill without one of its lines (so lines that never help can go);
-- `builtin`: the three in turn, one per iteration.
+- `builtin`: the four in turn, one per iteration, each passing to the next when it has nothing.
 
 `llm` (orchestrator/optimize/llm_proposer.py) asks a chat model instead. Whatever a proposer
 returns is checked by `proposal_problem` before anything is played.
@@ -20,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from envs.authoring.tasks import Task
 from hillclimb.skill import text_problem
 from orchestrator.render import MessagesRenderer
 from orchestrator.rollout import derive_seed
@@ -36,6 +39,8 @@ class Evidence:
     episodes: tuple[dict[str, Any], ...]
     iteration: int
     seed: int
+    tasks: tuple[Task, ...] = ()
+    """The train batch's tasks (with their reference solutions, where the suite has them)."""
 
     def rng(self, purpose: str) -> random.Random:
         return random.Random(derive_seed(self.seed, purpose, self.iteration))
@@ -151,21 +156,44 @@ class PruneProposer:
         return Proposal(kept + "\n", f"without line {cut + 1}: {lines[cut].strip()[:80]!r}")
 
 
+class DemosProposer:
+    name = "demos"
+
+    async def propose(self, evidence: Evidence) -> Proposal:
+        oracles = {task.id: task.oracle for task in evidence.tasks if task.oracle}
+        failed = [
+            e for e in evidence.failures if e["task_id"] in oracles and task_line(e["prompt"]) not in evidence.skill
+        ]
+        if not failed:
+            return Proposal(None, "no failed train task with a reference solution the skill does not show yet")
+        episode = evidence.rng("demos").choice(sorted(failed, key=lambda e: (e["task_id"], e["sample_index"])))
+        steps = "\n".join(f"{n}. `{action}`" for n, action in enumerate(oracles[episode["task_id"]], 1))
+        block = f"## Example: {task_line(episode['prompt'])}\n{steps}"
+        return Proposal(appended(evidence.skill, block), f"the reference solution of {episode['task_id']}, failed")
+
+
 class CycleProposer:
-    """Several proposers, one per iteration in turn."""
+    """Several proposers in turn, starting with iteration k's; one with nothing to propose passes
+    to the next, so an iteration is skipped only when none of them has anything."""
 
     def __init__(self, proposers: list[Proposer]) -> None:
         self.proposers = proposers
         self.name = "+".join(p.name for p in proposers)
 
     async def propose(self, evidence: Evidence) -> Proposal:
-        chosen = self.proposers[(evidence.iteration - 1) % len(self.proposers)]
-        proposal = await chosen.propose(evidence)
-        return Proposal(proposal.text, f"{chosen.name}: {proposal.note}", proposal.usage)
+        first = (evidence.iteration - 1) % len(self.proposers)
+        passed = []
+        for chosen in self.proposers[first:] + self.proposers[:first]:
+            proposal = await chosen.propose(evidence)
+            if proposal.text is not None:
+                return Proposal(proposal.text, f"{chosen.name}: {proposal.note}", proposal.usage)
+            passed.append(f"{chosen.name}: {proposal.note}")
+        return Proposal(None, "; ".join(passed))
 
 
-BUILTIN: dict[str, type[ExamplesProposer] | type[RulesProposer] | type[PruneProposer]] = {
+BUILTIN: dict[str, type[ExamplesProposer] | type[DemosProposer] | type[RulesProposer] | type[PruneProposer]] = {
     "examples": ExamplesProposer,
+    "demos": DemosProposer,
     "rules": RulesProposer,
     "prune": PruneProposer,
 }

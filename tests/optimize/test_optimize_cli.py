@@ -160,7 +160,7 @@ async def test_the_llm_proposer_reads_the_skill_and_scored_episodes(editor: Chat
     [
         (["--validation-tasks", "106"], "has 106 train-split and 29 held-out tasks; asked for 106 validation"),
         (["--rollouts", "1", "--validation-tasks", "2", "--min-gain", "3"], "cannot show a gain of 3"),
-        (["--proposer", "oracle"], "--proposer 'oracle': choose one of builtin, examples, rules, prune, llm"),
+        (["--proposer", "oracle"], "--proposer 'oracle': choose one of builtin, examples, demos, rules, prune, llm"),
         (["--proposer", "llm"], "--proposer llm needs --proposer-model"),
         (["--min-gain", "0"], "min_gain must be > 0"),
     ],

@@ -123,14 +123,42 @@ async def test_the_rules_proposer_answers_the_commonest_failure_once() -> None:
     assert isinstance(second.text, str) and "Answer as soon as you know" in second.text
 
 
-async def test_pruning_drops_one_line_and_the_cycle_takes_turns() -> None:
+async def test_pruning_drops_one_line() -> None:
     skill = "# Skill\n- one\n- two\n"
     pruned = await builtin_proposer("prune").propose(Evidence(skill, (), 1, 0))
     assert isinstance(pruned.text, str) and len(pruned.text.splitlines()) == 2
     assert set(pruned.text.splitlines()) < set(skill.splitlines())
+    assert (await builtin_proposer("prune").propose(Evidence("# Skill\n", (), 1, 0))).text is None
+
+
+async def test_demos_show_a_failed_train_tasks_reference_solution() -> None:
+    tasks = tuple(t for t in SUITE.tasks("train") if t.id in ("ls-count", "cat-app-order"))
+    failed = _episode("ls-count", 0.0, ["answer: 3"], ["wrong"])
+    proposal = await builtin_proposer("demos").propose(Evidence("", (failed,), 1, 0, tasks))
+    oracle = next(t.oracle for t in tasks if t.id == "ls-count")
+    assert (
+        proposal.text
+        == f"## Example: {failed['prompt'].splitlines()[-1]}\n"
+        + "".join(f"{n}. `{a}`\n" for n, a in enumerate(oracle, 1)).rstrip("\n")
+        + "\n"
+    )
+    assert (await builtin_proposer("demos").propose(Evidence("", (failed,), 1, 0))).text is None  # no oracle given
+
+
+async def test_the_builtin_cycle_takes_turns_and_passes_on_when_one_has_nothing() -> None:
     cycle = builtin_proposer("builtin")
-    notes = [(await cycle.propose(Evidence(skill, (), i, 0))).note.split(":")[0] for i in (1, 2, 3, 4)]
-    assert notes == ["examples", "rules", "prune", "examples"]
+    skill = "# Skill\n- one\n- two\n"
+    bare = [(await cycle.propose(Evidence(skill, (), i, 0))).note.split(":")[0] for i in (1, 2, 3, 4)]
+    assert bare == ["prune"] * 4  # no episodes: nothing to show, to demonstrate or to answer
+    tasks = tuple(SUITE.tasks("train"))
+    episodes = (
+        _episode("cat-app-order", 1.0, ["cat app.log", "answer: 1042"], ["...", "correct"]),
+        _episode("ls-count", 0.0, ["answer: 3"], ["wrong"]),
+    )
+    notes = [(await cycle.propose(Evidence(skill, episodes, i, 0, tasks))).note.split(":")[0] for i in (1, 2, 3, 4, 5)]
+    assert notes == ["examples", "demos", "rules", "prune", "examples"]
+    nothing = await cycle.propose(Evidence("# Skill\n", (), 1, 0))
+    assert nothing.text is None and nothing.note.startswith("examples: ") and "prune: nothing to prune" in nothing.note
 
 
 def test_a_proposal_that_is_not_a_usable_skill_is_refused_with_its_reason() -> None:
