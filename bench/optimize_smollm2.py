@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--validation-tasks", type=int, default=24)
     parser.add_argument("--train-tasks", type=int, default=12)
     parser.add_argument("--rollouts", type=int, default=2)
+    parser.add_argument("--attempts", type=int, default=3, help="runs of the same command, each resuming the last")
     parser.add_argument("--out", type=Path, default=None, help="optimize's output directory (default: a temporary one)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="optimize-smollm2-")) / "opt"
@@ -70,6 +71,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     process, url = serve(out.parent / "serve.log")
     started = time.monotonic()
+    attempts = []
     try:
         command = [sys.executable, "-m", "orchestrator", "optimize", "toy_terminal", "-m", MODEL, "--base-url", url]
         command += ["--api-key-env", "", "--out", str(out), "--proposer", args.proposer, "--skill", str(args.skill)]
@@ -77,10 +79,16 @@ def main() -> None:
         command += ["--validation-tasks", str(args.validation_tasks), "--train-tasks", str(args.train_tasks)]
         for override in EPISODE:
             command += ["--set", override]
-        subprocess.run(command, cwd=REPO, check=True)
+        # An evaluation that lost episodes to a timeout stops resumably (exit 2): run it again, as a user would.
+        while len(attempts) < args.attempts and (not attempts or attempts[-1]["exit"] != 0):
+            begun = time.monotonic()
+            code = subprocess.run(command, cwd=REPO).returncode
+            attempts.append({"exit": code, "wall_s": time.monotonic() - begun})
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+    if attempts[-1]["exit"] != 0:
+        raise SystemExit(f"optimize failed {len(attempts)} times; see the output above")
     wall_s = time.monotonic() - started
     report = json.loads((out / "report.json").read_text())
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
@@ -88,10 +96,15 @@ def main() -> None:
         {k: r.get(k) for k in ("iteration", "status", "reason", "note", "train", "validation")} for r in history
     ]
     best = (out / "best_skill.md").read_text()
-    results = {"wall_s": wall_s, "report": report, "candidates": candidates, "best_skill": best}
+    results = {"wall_s": wall_s, "attempts": attempts, "report": report, "candidates": candidates, "best_skill": best}
     path = write_result("optimize_smollm2", settings, results)
     rows = [
-        [name, f"{report[name]['validation_mean_reward']:.3f}", f"{report[name]['test_pass1']:.3f}", report[name]["chars"]]
+        [
+            name,
+            f"{report[name]['validation_mean_reward']:.3f}",
+            f"{report[name]['test_pass1']:.3f}",
+            report[name]["chars"],
+        ]
         for name in ("initial", "best")
     ]
     print_table(["skill", "validation reward", "test pass@1", "chars"], rows)
