@@ -33,8 +33,8 @@ EPISODE = [
 ]
 
 
-def serve(log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    command = [sys.executable, "-m", "orchestrator", "model", "serve", MODEL, "--port", "0", "--max-batch", "16"]
+def serve(log: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
+    command = [sys.executable, "-m", "orchestrator", "model", "serve", MODEL, "--port", str(port), "--max-batch", "16"]
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
@@ -53,6 +53,9 @@ def main() -> None:
     parser.add_argument("--validation-tasks", type=int, default=24)
     parser.add_argument("--train-tasks", type=int, default=12)
     parser.add_argument("--rollouts", type=int, default=2)
+    parser.add_argument(
+        "--port", type=int, default=18321, help="the server's port: the endpoint is part of what a rerun must share"
+    )
     parser.add_argument("--attempts", type=int, default=3, help="runs of the same command, each resuming the last")
     parser.add_argument("--out", type=Path, default=None, help="optimize's output directory (default: a temporary one)")
     args = parser.parse_args()
@@ -69,7 +72,7 @@ def main() -> None:
         "episode": EPISODE,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    process, url = serve(out.parent / "serve.log")
+    process, url = serve(out.parent / "serve.log", args.port)
     started = time.monotonic()
     attempts = []
     try:
