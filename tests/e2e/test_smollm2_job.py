@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.root]
+# The model is loaded, warmed up, trained and evaluated in a subprocess: give it the subprocess's own limit.
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.root, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).parents[2]
 SHORT = [
