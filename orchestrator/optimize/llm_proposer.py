@@ -51,7 +51,7 @@ class LLMProposer:
         match = FENCED.search(content)
         text = match.group(1) if match else content
         cut = " (cut at max_tokens)" if generation.finish_reason == "length" else ""
-        return Proposal(text.strip() + "\n", f"revised by {self.policy.model}{cut}")
+        return Proposal(text.strip() + "\n", f"revised by {self.policy.model}{cut}", generation.usage or {})
 
     async def aclose(self) -> None:
         await self.policy.aclose()

@@ -148,6 +148,7 @@ async def test_the_llm_proposer_reads_the_skill_and_scored_episodes(editor: Chat
     async with ChatPolicy(editor.base_url, "editor") as policy:
         proposal = await LLMProposer(policy).propose(Evidence("# Old skill\n", episodes, 2, 7))
     assert proposal.text == EDITED and "revised by editor" in proposal.note
+    assert proposal.usage["completion_tokens"] > 0 and proposal.usage["prompt_tokens"] > 0  # what it billed
     [request] = editor.requests
     user = request["messages"][1]["content"]
     assert "# Old skill" in user and user.index("reward 0") < user.index("reward 1")  # failures first
