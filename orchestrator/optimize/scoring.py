@@ -99,7 +99,7 @@ class Scorer:
             text_file.write_text(skill)
         ledger = Ledger(ledger_location(directory, None))
         recorded = ledger.group_ids()
-        todo = [g for g in groups if g.group_id not in recorded or _unscored(ledger, g.group_id)]
+        todo = [g for g in groups if g.group_id not in recorded or has_unscored(ledger, g.group_id)]
         if todo:
             self.played += [g.task.id for g in todo for _ in g.seeds]
             await evaluate(with_skill(self.config, skill or None), EvalPlan(ledger, groups, todo), on_episodes)
@@ -116,5 +116,5 @@ class Scorer:
         return Score(episodes)
 
 
-def _unscored(ledger: Ledger, group_id: str) -> bool:
+def has_unscored(ledger: Ledger, group_id: str) -> bool:
     return any(t.done_reason in UNSCORED for t in ledger.read_group(group_id).trajectories)

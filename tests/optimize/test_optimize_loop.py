@@ -23,7 +23,7 @@ from orchestrator.optimize.final import report_on_test, write_outputs
 from orchestrator.optimize.history import History
 from orchestrator.optimize.loop import LoopSettings, Selection
 from orchestrator.optimize.proposers import Evidence, Proposal, builtin_proposer
-from orchestrator.optimize.scoring import EvaluationIncompleteError, LeakedTestTaskError, Scorer, _unscored
+from orchestrator.optimize.scoring import EvaluationIncompleteError, LeakedTestTaskError, Scorer, has_unscored
 from orchestrator.optimize.uses import TaskUses, groups, split_uses
 from tests.optimize.skill_agent import POISON, SkillAgent, lucky, program, shows, solves
 from tests.trainers.chat_server import ChatServer
@@ -181,7 +181,7 @@ async def test_an_agent_api_that_goes_down_stops_the_loop_and_a_rerun_resumes(
         await selection.run("")
     assert History.open(out).records == []  # nothing is decided on a partial evaluation
     ledger = Ledger(ledger_location(scorer.skill_dir(""), None))
-    scored = [g for g in ledger.group_ids() if not _unscored(ledger, g)]
+    scored = [g for g in ledger.group_ids() if not has_unscored(ledger, g)]
     assert 1 <= len(scored) < len(USES.validation)
     server.answer = original
     rerun = Scorer(cfg, out, frozenset())
