@@ -102,7 +102,8 @@ class Scorer:
         todo = [g for g in groups if g.group_id not in recorded or has_unscored(ledger, g.group_id)]
         if todo:
             self.played += [g.task.id for g in todo for _ in g.seeds]
-            await evaluate(with_skill(self.config, skill or None), EvalPlan(ledger, groups, todo), on_episodes)
+            # Only the groups to play: evaluate's own pass@k summary, read back from the ledger, goes unused here.
+            await evaluate(with_skill(self.config, skill or None), EvalPlan(ledger, todo, todo), on_episodes)
         episodes = tuple(t for g in groups for t in ledger.read_group(g.group_id).trajectories)
         failed = [t for t in episodes if t.done_reason in UNSCORED]
         if failed:
