@@ -7,6 +7,7 @@ optimize` with weights frozen, then used by `hillclimb train --skill` and `hillc
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from hillclimb.config.rollout import MAX_SKILL_CHARS
@@ -47,6 +48,11 @@ def text_problem(text: object, max_chars: int) -> str | None:
     if len(text) > max_chars:
         return f"{len(text)} characters, over the cap of {max_chars}"
     return None
+
+
+def skill_sha(skill: str) -> str:
+    """A skill's name by content: run directories, ledgers and histories tell skills apart by it."""
+    return hashlib.sha256(skill.encode()).hexdigest()[:16]
 
 
 def system_text(system_prompt: str | None, skill: str | None) -> str | None:

@@ -10,7 +10,6 @@ run directory resumes the first five and runs five more.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hillclimb.config.policy import ChatPolicyConfig
+from hillclimb.skill import skill_sha
 from orchestrator.episode_text import episode_facts
 from orchestrator.evaluate import EvalPlan
 from trainers.trajectory import Trajectory
@@ -86,7 +86,7 @@ def run_name(env: str, model: str, base_url: str | None, skill: str | None = Non
         port = f"-{url.port}" if url.port else ""
         name += f"-at-{url.hostname}{port}{url.path.rstrip('/').removesuffix('/v1')}"
     if skill is not None:
-        name += f"-skill-{hashlib.sha256(skill.encode()).hexdigest()[:12]}"
+        name += f"-skill-{skill_sha(skill)}"
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 

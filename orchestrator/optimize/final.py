@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hillclimb.skill import skill_sha
 from orchestrator.optimize.history import History
 from orchestrator.optimize.loop import Progress
-from orchestrator.optimize.scoring import Score, Scorer, skill_sha
+from orchestrator.optimize.scoring import Score, Scorer
 from orchestrator.optimize.uses import TaskUses, groups
 
 

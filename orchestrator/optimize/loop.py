@@ -11,11 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hillclimb.skill import skill_sha
 from orchestrator.chat_eval import chat_episode_record
 from orchestrator.optimize.acceptance import AcceptanceRule
 from orchestrator.optimize.history import History
 from orchestrator.optimize.proposers import Evidence, Proposer, proposal_problem
-from orchestrator.optimize.scoring import Score, Scorer, skill_sha
+from orchestrator.optimize.scoring import Score, Scorer
 from orchestrator.optimize.uses import TaskUses, groups, train_batch
 
 Progress = Callable[[str, int], Callable[[int], None]]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hillclimb.config.run import RunConfig
+from hillclimb.skill import skill_sha
 from orchestrator.fingerprint import fingerprint
 from orchestrator.loggers import open_loggers
 from orchestrator.optimize.acceptance import AcceptanceRule
@@ -20,7 +21,7 @@ from orchestrator.optimize.final import report_on_test, write_outputs
 from orchestrator.optimize.history import History, check_settings
 from orchestrator.optimize.loop import LoopSettings, Progress, Say, Selection
 from orchestrator.optimize.proposers import Proposer
-from orchestrator.optimize.scoring import Scorer, skill_sha
+from orchestrator.optimize.scoring import Scorer
 from orchestrator.optimize.uses import TaskUses
 
 

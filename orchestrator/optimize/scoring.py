@@ -10,7 +10,6 @@ A rerun reads finished groups back instead of playing them again (the ledger's i
 
 from __future__ import annotations
 
-import hashlib
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from hillclimb.config.run import RunConfig
 from hillclimb.errors import HillclimbError
-from hillclimb.skill import with_skill
+from hillclimb.skill import skill_sha, with_skill
 from orchestrator.evaluate import EvalPlan, evaluate
 from orchestrator.ledger import Ledger
 from orchestrator.ledger_location import ledger_location
@@ -40,10 +39,6 @@ class LeakedTestTaskError(HillclimbError, RuntimeError):
 
 class EvaluationIncompleteError(HillclimbError, RuntimeError):
     """Some episodes failed outside the agent's control; a rerun plays them again."""
-
-
-def skill_sha(skill: str) -> str:
-    return hashlib.sha256(skill.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
