@@ -15,6 +15,13 @@ collective, so every rank makes as many passes as the busiest one (idle ranks pa
 token at zero weight), and the full weights (for the policy engines and checkpoints) are
 gathered by all ranks at once: rank 0 receives them.
 
+Numerics: the learner's weights and AdamW state are fp32 whatever dtype the policy engines serve
+in (master weights: an update under 1/256 of a weight vanishes in bf16); `precision: bf16` runs
+the matrix products in bf16 (autocast on one rank and under DDP; FSDP gathers bf16 parameters and
+reduces gradients in fp32), and fp32 matrix products on CUDA use TF32. With activation
+checkpointing each decoder block keeps only its input and recomputes the rest in the backward.
+Every collective fails after `collective_timeout_s` rather than waiting for a dead rank forever.
+
 With `lora` set, the model's targeted linear layers carry low-rank adapters (peft, in place):
 only those train, hold optimizer state, travel to the policy engines and go into checkpoints;
 the KL reference is the same model with its adapters switched off.
@@ -27,6 +34,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import datetime
+import logging
 import socket
 from typing import Any
 
@@ -39,11 +48,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from hillclimb.config.learner import LearnerConfig
-from hillclimb.config.models import ModelConfig
+from hillclimb.config.models import HFModelConfig, ModelConfig
 from hillclimb.errors import ConfigError
 from trainers.batching import Sample, StepTotals, micro_batches, to_loss_batch
 from trainers.checkpoint import State, load_checkpoint, save_checkpoint, tied_parameters
@@ -52,6 +61,8 @@ from trainers.models.head import check_lm_head, lm_head
 from trainers.models.load import load_model
 from trainers.models.lora import adapter_update, add_adapters
 from trainers.roles import Role
+
+log = logging.getLogger(__name__)
 
 _IMITATION = LossConfig.model_validate(
     {"echo": {"verifier_free": True, "schedule": {"type": "constant", "value": 1.0}}}
@@ -102,6 +113,35 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _master_weights(config: ModelConfig) -> ModelConfig:
+    """The model config the learner loads: fp32 weights whatever `policy.model.dtype` (the policy
+    engines' dtype) says, for AdamW's updates to land (the tiny model is built in fp32)."""
+    return config.model_copy(update={"dtype": "float32"}) if isinstance(config, HFModelConfig) else config
+
+
+def fast_fp32_matmuls(device: Any) -> None:
+    """On CUDA, fp32 matrix products in TF32 (10-bit mantissa, fp32 range and accumulation), as
+    torchtitan and prime-rl train: what bf16 autocast leaves in fp32 runs on the tensor cores
+    instead of at a fraction of their speed. Process-wide: a learner rank is a process of its own."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def checkpoint_blocks(model: Any) -> None:
+    """Recompute each decoder block's activations in the backward: non-reentrant
+    `torch.utils.checkpoint` around every block's `forward`, through transformers' own switch (as
+    TRL does), so parameter names stay as they are (a `checkpoint_wrapper` would rename them all).
+    It composes with DDP, with peft's adapters inside the blocks, and with FSDP's per-block
+    sharding applied after it: FSDP's hooks stay outside the checkpointed `forward`."""
+    if not model.supports_gradient_checkpointing:
+        raise ConfigError(
+            f"{type(model).__name__} cannot recompute its blocks' activations: "
+            "set learner.activation_checkpointing=false"
+        )
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
 def _device(name: str) -> Any:
     """The torch device for `name`; a bare `cuda` is the first GPU this process sees (under Ray,
     the one it assigned this rank: it sets CUDA_VISIBLE_DEVICES per actor)."""
@@ -118,7 +158,10 @@ class _TrunkAndHead(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-        return self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # No KV cache: a training forward would otherwise keep every layer's keys and values.
+        return self.model.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
 
 
 class Learner:
@@ -138,16 +181,20 @@ class Learner:
             torch.set_num_threads(config.cpu_threads)
         torch.manual_seed(config.seed)
         self.device = _device(config.device)
-        model, self.tokenizer = load_model(model_config, self.device)
+        fast_fp32_matmuls(self.device)
+        model, self.tokenizer = load_model(_master_weights(model_config), self.device)
         check_lm_head(model)  # the losses apply the head themselves: its logits must be hidden · Wᵀ + b
         # LoRA layers replace the targeted linears inside `model`: it stays the model the losses read
         self.adapters = add_adapters(model, config.lora) if config.lora is not None else None
+        if config.checkpoints_activations:
+            checkpoint_blocks(model)
         model.train()
         self.model = model  # the unwrapped module: what checkpoints and policy engines see
         self.module = _TrunkAndHead(model)  # wrapped for data parallelism by `join`
         self.sharded = False  # parameters split over the ranks (FSDP, once joined)
         self.optimizer = self._optimizer()
         self.reference: Any = None  # frozen copy of the policy as RL began, when the KL penalty is on (not LoRA)
+        self._warned_long = False  # about a sample longer than micro_batch_tokens
 
     def _trainable(self) -> list[tuple[str, Any]]:
         """The parameters that train (all of them, or the adapters alone), by name."""
@@ -180,19 +227,27 @@ class Learner:
 
     def _distribute(self, model: Any, init_method: str) -> Any:
         backend = "nccl" if self.device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, init_method=init_method, rank=self.rank, world_size=self.world_size)
+        timeout = datetime.timedelta(seconds=self.config.collective_timeout_s)
+        dist.init_process_group(
+            backend, init_method=init_method, rank=self.rank, world_size=self.world_size, timeout=timeout
+        )
         if self.config.strategy == "fsdp":
-            for layer in model.model.base_model.layers:
-                fully_shard(layer)
-            sharded = fully_shard(model)
+            # bf16 parameters gathered for compute, gradients reduced and kept in fp32 (torchtitan's default)
+            bf16 = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            policy = bf16 if self.config.bf16 else MixedPrecisionPolicy()
+            for layer in model.model.base_model.layers:  # each block (checkpointed already) its own unit
+                fully_shard(layer, mp_policy=policy)
+            sharded = fully_shard(model, mp_policy=policy)
             self.sharded = True
             self.optimizer = self._optimizer()  # over the sharded parameters that replaced the originals
             return sharded
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def _autocast(self) -> Any:
-        if self.config.precision == "bf16" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 matrix products where `precision` asks, but not under FSDP, which casts the
+        parameters it gathers itself (autocast there would only cast them again)."""
+        if self.config.bf16 and not self.sharded:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _hidden(self, input_ids: Any, attention_mask: Any) -> Any:
@@ -223,6 +278,7 @@ class Learner:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         budget = self.config.micro_batch_tokens
+        self._warn_once_if_longer_than(budget, [*samples, *(anchor or ())])
         parts: list[dict[str, float]] = []
         anchor_parts: list[dict[str, float]] = []
         # (micro-batch, its step totals, behaviour cloning?, loss weight, where its metrics go)
@@ -253,6 +309,21 @@ class Learner:
         merged["learner/tokens"] = float(sum(map(len, samples)) + sum(map(len, anchor or ())))
         return {**merged, "grad_norm": float(_full(grad_norm)), "lr": lr}
 
+    def _warn_once_if_longer_than(self, budget: int, samples: list[Sample]) -> None:
+        """Say (once) when a sample outgrows `micro_batch_tokens`: it is trained in one pass of
+        its whole length, which is where a learner that fits its budget runs out of memory."""
+        longest = max(map(len, samples), default=0)
+        if longest > budget and not self._warned_long:
+            self._warned_long = True
+            log.warning(
+                "a sample of %d tokens exceeds learner.micro_batch_tokens=%d: it is trained as a micro-batch "
+                "of its own, all %d tokens at once; if that runs out of memory, cap the rollouts' length "
+                "or turn learner.activation_checkpointing on (warned once)",
+                longest,
+                budget,
+                longest,
+            )
+
     def _accumulate(
         self, micro: list[Sample], totals: StepTotals, step: int, *, imitate: bool, weight: float, last: bool
     ) -> dict[str, float]:
@@ -282,7 +353,7 @@ class Learner:
         unadapted = self.adapters.disable_adapter() if self.adapters is not None else contextlib.nullcontext()
         action = batch.roles_BT == Role.ACTION
         with torch.no_grad(), self._autocast(), unadapted:
-            hidden = reference.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+            hidden = reference.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, :-1]
             weight, bias = lm_head(reference)
             logp = token_logprobs(
                 hidden[action], weight, batch.targets_BT[action], bias, temperature=self.config.loss.temperature

@@ -55,7 +55,11 @@ class LearnerConfig(BaseModel):
     anchor_coef: float = Field(default=1.0, ge=0)
     """Weight of the behaviour-cloning anchor in RL steps (see `train.anchor_batch`)."""
     micro_batch_tokens: int = Field(default=16384, ge=1)
-    """Padded tokens per forward/backward; a step accumulates gradients over as many as it needs."""
+    """Padded tokens per forward/backward; a step accumulates gradients over as many as it needs.
+    A sample longer than this is a micro-batch of its own, `len(sample)` tokens at once (it is
+    never cut: its attention spans it all); the learner logs a warning, once, the first time one
+    comes. Sized for checkpointed blocks (`activation_checkpointing`): without them a 7B-class
+    model keeps roughly 30 times the activations per token, so lower it there."""
     loss: LossConfig = LossConfig()
     echo_lambda: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     """Shorthand for a constant ECHO λ (`--set learner.echo_lambda=0` is plain GRPO); it replaces
@@ -63,7 +67,8 @@ class LearnerConfig(BaseModel):
     num_learners: int = Field(default=1, ge=1)
     """Data-parallel ranks (Ray actors in one torch.distributed group)."""
     gpus_per_learner: float = Field(default=0.0, ge=0)
-    """GPUs Ray reserves for each rank; a rank trains on the GPU Ray assigns it (with `device: cuda`)."""
+    """GPUs Ray reserves for each rank; a rank trains on the GPU Ray assigns it (with `device: cuda`).
+    A whole number: a fraction would put two ranks on one GPU, where NCCL refuses to run."""
     cpus_per_learner: float = Field(default=0.0, ge=0)
     """CPUs Ray reserves for each rank."""
     resources_per_learner: dict[str, float] = Field(default_factory=dict)
@@ -75,8 +80,19 @@ class LearnerConfig(BaseModel):
     """`ddp` keeps a whole replica per rank; `fsdp` shards parameters, gradients and optimizer
     state over the ranks (CPU or CUDA), for a model one device cannot hold with its optimizer."""
     device: str = "cpu"
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 autocasts forward passes on CUDA; master weights and optimizer stay fp32."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """What the learner computes in. Its weights and optimizer state are always fp32 (master
+    weights, whatever `policy.model.dtype` the policy engines serve in: a bf16 weight cannot take
+    an update below 1/256 of itself); `bf16` runs the matrix products in bf16 (autocast on one
+    rank or under DDP; under FSDP the gathered parameters are bf16 and gradients reduce in fp32),
+    on CUDA or CPU. `auto` is bf16 on CUDA and fp32 on CPU."""
+    activation_checkpointing: bool | Literal["auto"] = "auto"
+    """Keep only each decoder block's input for the backward pass and recompute the block's
+    activations there: about a third more compute for a fraction of the activation memory.
+    `auto` is on with CUDA and off on CPU (the tiny models there have memory to spare)."""
+    collective_timeout_s: float = Field(default=600.0, gt=0)
+    """How long a rank waits, in seconds, to meet the others and in any collective before it
+    fails: one rank's crash ends the rest within this instead of hanging them forever."""
     cpu_threads: int | None = Field(default=None, ge=1)
     """torch threads per learner on CPU; None keeps torch's default."""
     seed: int = 0
@@ -91,8 +107,24 @@ class LearnerConfig(BaseModel):
             return 1.0
         return min(1.0, max(0.0, (1.0 - progress) / self.lr_decay_fraction))
 
+    @property
+    def bf16(self) -> bool:
+        """Whether the learner computes in bf16 (`precision`, `auto` resolved for `device`)."""
+        return self.precision == "bf16" or (self.precision == "auto" and self.device.startswith("cuda"))
+
+    @property
+    def checkpoints_activations(self) -> bool:
+        """Whether decoder blocks recompute their activations (`activation_checkpointing` resolved)."""
+        auto = self.activation_checkpointing == "auto"
+        return self.device.startswith("cuda") if auto else bool(self.activation_checkpointing)
+
     @model_validator(mode="after")
     def _placement_and_strategy(self) -> LearnerConfig:
+        if self.gpus_per_learner != int(self.gpus_per_learner):
+            raise ValueError(
+                f"learner.gpus_per_learner is {self.gpus_per_learner:g}: a fraction of a GPU would put several "
+                "ranks on one GPU, which NCCL refuses; give each rank a whole GPU (1)"
+            )
         if self.device.startswith("cuda") and self.num_learners > 1 and self.gpus_per_learner == 0:
             raise ValueError(
                 f"{self.num_learners} learners on device {self.device!r} would share one GPU: "
