@@ -189,3 +189,14 @@ def test_fp32_head_with_bf16_states_gives_an_fp32_head_gradient() -> None:
     torch.testing.assert_close(out, ref, atol=0.03, rtol=0)
     assert (grad_w - ref_w).norm() / ref_w.norm() < 0.01
     assert (grad_h.float() - ref_h).norm() / ref_h.norm() < 0.01
+
+
+@pytest.mark.parametrize(("version", "usable"), [("2.13.0+cu128", True), ("2.8.0", True), ("2.7.1", False)])
+def test_the_fp32_accumulating_addmm_is_gated_by_version_not_by_string_order(
+    monkeypatch: pytest.MonkeyPatch, version: str, usable: bool
+) -> None:
+    # As strings "2.13.0" < "2.8". torch's own __version__ is a TorchVersion, which compares as a
+    # version; set as a plain string here, the gate must still read it as one.
+    monkeypatch.setattr(torch, "__version__", version)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    assert logprobs_module._cuda_addmm_out_dtype.__wrapped__(torch.device("cuda", 0)) is usable

@@ -228,7 +228,9 @@ def _accumulate_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> Non
 @functools.cache
 def _cuda_addmm_out_dtype(device: torch.device) -> bool:
     # torch.addmm(..., out_dtype=float32) with bf16/fp16 operands: torch >= 2.8 on sm80+ (as Liger gates it).
-    return torch.__version__ >= "2.8" and torch.cuda.get_device_capability(device)[0] >= 8
+    # A TorchVersion compares as a version ("2.13" >= "2.8"), not as the string it also is.
+    new_enough = torch.torch_version.TorchVersion(torch.__version__) >= (2, 8)
+    return new_enough and torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def _resolve_impl(impl: LogprobImpl, hidden_NH: torch.Tensor) -> str:
