@@ -7,6 +7,9 @@
 Placement: ranks that reserve resources (`gpus_per_learner`, `cpus_per_learner`,
 `resources_per_learner`) get one bundle each of a Ray placement group, packed or spread over
 nodes; they meet at rank 0's node address, and each trains on the GPU Ray assigned it.
+
+Failure: a call on every rank fails as soon as one rank fails, with a `LearnerRankError` that
+names it; the ranks it left waiting in a collective fail there after `collective_timeout_s`.
 """
 
 from __future__ import annotations
@@ -20,10 +23,44 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from hillclimb.config.learner import LearnerConfig
 from hillclimb.config.models import ModelConfig
+from hillclimb.errors import HillclimbError
 from trainers.batching import DealtBatch
 from trainers.learner import Learner, merge_metrics
 
 _PLACEMENT_TIMEOUT_S = 300.0
+
+
+class LearnerRankError(HillclimbError, RuntimeError):
+    """A learner rank failed (raised, or its process died); `rank` and `call` say which and where."""
+
+    rank: int = -1
+    call: str = ""
+
+
+async def _on_every_rank(call: str, refs: list[Any], ranks: range | None = None) -> list[Any]:
+    """The results of `call` on the ranks (`refs`, from `ranks`, all by default), in rank order.
+    The first rank to fail fails the whole call at once, named: the others may be waiting for it
+    in a collective, and would keep the caller waiting until their timeout."""
+    ranks = ranks if ranks is not None else range(len(refs))
+    tasks = [asyncio.ensure_future(ref) for ref in refs]
+    try:
+        if tasks:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for rank, task in zip(ranks, tasks, strict=True):
+            if task.done() and task.exception() is not None:
+                error = task.exception()
+                cause = getattr(error, "cause", None) or error  # a RayTaskError carries the rank's own exception
+                raise LearnerRankError(
+                    f"learner rank {rank} failed in {call}: {type(cause).__name__}: {str(cause)[:2000]}",
+                    rank=rank,
+                    call=call,
+                ) from error
+        return [task.result() for task in tasks]
+    finally:
+        unfinished = [task for task in tasks if not task.done()]
+        for task in unfinished:  # stop waiting; the ranks themselves fail at their timeout or shutdown
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
 
 
 def _bundle(config: LearnerConfig) -> dict[str, float]:
@@ -82,12 +119,12 @@ class LearnerGroup:
                 ) from None
         if len(self.ranks) > 1:
             address = await self.ranks[0].rendezvous_address.remote()
-            await asyncio.gather(*(rank.join.remote(address) for rank in self.ranks))
+            await _on_every_rank("join", [rank.join.remote(address) for rank in self.ranks])
 
     async def placement(self) -> list[dict[str, Any]]:
         """Where each rank runs (node and device), in rank order."""
         await self.ready()
-        return list(await asyncio.gather(*(rank.placement.remote() for rank in self.ranks)))
+        return await _on_every_rank("placement", [rank.placement.remote() for rank in self.ranks])
 
     async def train_step(
         self, batch: DealtBatch, step: int, *, imitate: bool = False, lr_scale: float = 1.0
@@ -106,7 +143,7 @@ class LearnerGroup:
             )
             for rank, share, extra in zip(self.ranks, batch.shares, batch.anchor_shares, strict=True)
         ]
-        return merge_metrics([await r for r in results])
+        return merge_metrics(await _on_every_rank("train_step", results))
 
     def _gatherers(self) -> list[Any]:
         """The ranks that take part in gathering the full weights: all when sharded, else rank 0."""
@@ -117,7 +154,8 @@ class LearnerGroup:
         actor handed it as an argument receives them from there, never through this process."""
         await self.ready()
         refs = [rank.weights.remote() for rank in self._gatherers()]
-        await asyncio.gather(*refs[1:])  # the other ranks' part of the gather (they receive nothing)
+        # the other ranks' part of the gather (they receive nothing); rank 0's tensors stay where they are
+        await _on_every_rank("weights", refs[1:], range(1, len(refs)))
         return refs[0]
 
     async def weights(self) -> dict[str, Any]:
@@ -126,17 +164,18 @@ class LearnerGroup:
     async def env_cross_entropy(self, shares: list[Any]) -> float:
         """Mean CE of the ENV tokens in the ranks' shares (lists of samples, or references to them)."""
         await self.ready()
-        parts = await asyncio.gather(*(r.env_log_likelihood.remote(s) for r, s in zip(self.ranks, shares, strict=True)))
+        calls = [r.env_log_likelihood.remote(s) for r, s in zip(self.ranks, shares, strict=True)]
+        parts = await _on_every_rank("env_log_likelihood", calls)
         return -sum(ll for ll, _ in parts) / max(sum(n for _, n in parts), 1)
 
     async def save(self, directory: str, **info: Any) -> str:
         await self.ready()
-        paths = await asyncio.gather(*(rank.save.remote(directory, **info) for rank in self.ranks))
+        paths = await _on_every_rank("save", [rank.save.remote(directory, **info) for rank in self.ranks])
         return paths[0]
 
     async def load(self, directory: str) -> dict[str, Any]:
         await self.ready()
-        infos = await asyncio.gather(*(rank.load.remote(directory) for rank in self.ranks))  # a collective
+        infos = await _on_every_rank("load", [rank.load.remote(directory) for rank in self.ranks])  # a collective
         return infos[0]
 
     def shutdown(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hillclimb.config.losses import ConstantLambda, LossConfig
 
@@ -118,13 +118,18 @@ class LearnerConfig(BaseModel):
         auto = self.activation_checkpointing == "auto"
         return self.device.startswith("cuda") if auto else bool(self.activation_checkpointing)
 
+    @field_validator("gpus_per_learner")
+    @classmethod
+    def _whole_gpus(cls, gpus: float) -> float:
+        if gpus != int(gpus):
+            raise ValueError(
+                f"{gpus:g} is a fraction of a GPU, which would put several ranks on one GPU (NCCL refuses "
+                "to run so); give each rank a whole GPU (1)"
+            )
+        return gpus
+
     @model_validator(mode="after")
     def _placement_and_strategy(self) -> LearnerConfig:
-        if self.gpus_per_learner != int(self.gpus_per_learner):
-            raise ValueError(
-                f"learner.gpus_per_learner is {self.gpus_per_learner:g}: a fraction of a GPU would put several "
-                "ranks on one GPU, which NCCL refuses; give each rank a whole GPU (1)"
-            )
         if self.device.startswith("cuda") and self.num_learners > 1 and self.gpus_per_learner == 0:
             raise ValueError(
                 f"{self.num_learners} learners on device {self.device!r} would share one GPU: "
