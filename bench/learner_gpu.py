@@ -9,14 +9,25 @@ value heads, MLP 4864, vocabulary 151,936, tied head; ~494 M parameters) built f
 and the tokenizer a word-level one with one token per id, which both the learner and vLLM load
 from the directory. The weights are random, so what is measured is speed, not text.
 
-Learner: optimizer steps of `trainers.learner.Learner` (GRPO + ECHO loss, AdamW, fp32 master
-weights, bf16 autocast on CUDA) over a batch of agent-shaped sequences (10 % prompt, then turns
-of 30 ACTION / 10 SCAFFOLD / 160 ENV tokens, as `bench.echo_loss` lays them out). tokens/s is
-*trained* tokens (ACTION and ENV targets, as the learner's own metrics count them) per second,
-median over the timed steps after the warm-up; the trunk also runs over prompt and scaffold
-tokens, so MFU = 6 · N_params · tokens/s / peak is the useful fraction, a conservative one. The
-peak is the GPU's bf16 dense tensor-core figure (`bench.echo_loss.PEAK_BF16_TFLOPS`, keyed by the
-name torch reports) or `--peak-tflops`; MFU is left out when neither is known.
+Learner: optimizer steps of `trainers.learner.Learner` on the path a GPU run takes: the model
+dir's bf16 weights loaded as fp32 master weights, bf16 compute (`precision: bf16`, autocast, on
+CPU too), checkpointed decoder blocks, GRPO + ECHO loss, AdamW; over a batch of agent-shaped
+sequences (10 % prompt, then turns of 30 ACTION / 10 SCAFFOLD / 160 ENV tokens, as
+`bench.echo_loss` lays them out). tokens/s is *trained* tokens (ACTION and ENV targets, as the
+learner's own metrics count them) per second, median over the timed steps after the warm-up.
+MFU counts every token the model runs over (prompt and scaffold too) at
+
+    FLOPs per token = 6 · N + 12 · L · d · T
+
+(PaLM's appendix B, torchtitan's count): 6 · N for the matrix products of forward (2) and
+backward (4), N the parameters in them (the LM head's included, the input embedding's lookup
+not: with a tied head N is the parameter count), and 12 · L · d · T for attention's scores and
+weighted sum (QKᵀ and AV: 2 · 2 · T · d per token per layer forward, three times that with the
+backward), L layers, d = heads · head size, T the sequence length, the causal mask's skipped
+half counted as done. The recompute of checkpointed blocks is not counted (model FLOPs, not
+hardware FLOPs). MFU = FLOPs per token · sequence tokens/s / peak, the peak being the GPU's
+bf16 dense tensor-core figure (`bench.echo_loss.PEAK_BF16_TFLOPS`, keyed by the name torch
+reports) or `--peak-tflops`; MFU is left out when neither is known.
 
 Generation: `trainers.policy.vllm.VLLMPolicy` (the rollout path: per-request seeds, sampled
 log-probs) on random prompts, temperature 1; tokens/s is generated tokens per second of wall
@@ -168,9 +179,16 @@ def agent_samples(size: Size, seed: int = 0) -> list[Any]:
     ]
 
 
-def mfu(n_params: int, tokens_per_s: float, peak_tflops: float | None) -> float | None:
-    """Model FLOPs utilisation: 6 FLOPs per parameter per trained token (forward 2, backward 4)."""
-    return 6 * n_params * tokens_per_s / (peak_tflops * 1e12) if peak_tflops else None
+def flops_per_token(size: Size, n_params: int) -> int:
+    """Training FLOPs per token of a `size.seq_len` sequence: 6 · N + 12 · L · d · T (module
+    docstring). The head is tied, so every parameter is in a matrix product once: N = n_params."""
+    attention_width = size.model["hidden_size"]  # heads · head size: Qwen2's head size is hidden / heads
+    return 6 * n_params + 12 * size.model["num_hidden_layers"] * attention_width * size.seq_len
+
+
+def mfu(flops_per_token: int, tokens_per_s: float, peak_tflops: float | None) -> float | None:
+    """Model FLOPs utilisation: the model's FLOPs over the tokens it ran per second, over the peak."""
+    return flops_per_token * tokens_per_s / (peak_tflops * 1e12) if peak_tflops else None
 
 
 def peak_tflops(device: str, facts: dict[str, Any], override: float | None) -> float | None:
@@ -198,8 +216,15 @@ def measure_learner(model_dir: Path, size: Size, device: str) -> dict[str, Any]:
     from trainers.learner import Learner
     from trainers.models import HFModelConfig
 
-    config = LearnerConfig(device=device, precision="bf16", micro_batch_tokens=size.micro_batch_tokens, lr=1e-5)
-    learner = Learner(HFModelConfig(name_or_path=str(model_dir), dtype="float32"), config)
+    config = LearnerConfig(
+        device=device,
+        precision="bf16",
+        activation_checkpointing=True,
+        micro_batch_tokens=size.micro_batch_tokens,
+        lr=1e-5,
+    )
+    # The engines' dtype (bf16, as the checkpoint): the learner loads fp32 master weights whatever it is.
+    learner = Learner(HFModelConfig(name_or_path=str(model_dir), dtype="bfloat16"), config)
     samples = agent_samples(size)
     totals = StepTotals.of(samples)
     for step in range(size.warmup_steps):
@@ -318,7 +343,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model_dir = Path(tmp)
         n_params = write_model_dir(model_dir, size)
         learner = {"status": "ok", **measure_learner(model_dir, size, device)}
-        learner["mfu"] = mfu(n_params, learner["tokens_per_s"], peak)
+        learner["flops_per_token"] = flops_per_token(size, n_params)
+        learner["mfu"] = mfu(learner["flops_per_token"], learner["sequence_tokens_per_s"], peak)
         why = generation_unavailable(device)
         if why is None:
             generation = {"status": "ok", **measure_generation(model_dir, size, args.gpu_memory_utilization)}
@@ -328,7 +354,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     headers = ["measure", "size", "device", "tokens/s", "MFU", "note"]
     print_table(headers, [_row(n, size_name, facts, c) for n, c in (("learner", learner), ("generation", generation))])
     config = {"size": size_name, "n_params": n_params, **dataclasses.asdict(size), "peak_tflops": peak}
-    config |= {"dtype": "bf16 autocast, fp32 master weights" if device == "cuda" else "float32"}
+    config |= {"dtype": "bf16 autocast, fp32 master weights, checkpointed blocks"}
+    config |= {"flops_per_token": "6·N + 12·L·d·T (attention counted whole)"}
     config |= {"roles": "10% prompt, then turns of 30 action / 10 scaffold / 160 env"}
     results = {"torch": torch.__version__, "device": facts, "learner": learner, "generation": generation}
     if args.out or size_name == "full":  # a toy run is a smoke test, not a measurement of the GPU path

@@ -2,7 +2,7 @@
 
 Its numbers are checked against what they are made of: the tokens the learner reports training
 are the batch's trained targets times the timed steps, tokens/s is those over the step time, and
-MFU is 6 · N · tokens/s over the peak given."""
+MFU is (6 · N + 12 · L · d · T) · sequence tokens/s over the peak given."""
 
 from __future__ import annotations
 
@@ -40,7 +40,10 @@ def test_toy_run_counts_what_the_learner_trained_and_derives_mfu(
 
     n_params = run["config"]["n_params"]
     assert n_params == sum(p.numel() for p in _toy_model().parameters())
-    assert learner["mfu"] == pytest.approx(6 * n_params * learner["tokens_per_s"] / 0.5e12)
+    # 6 FLOPs per parameter (tied head) plus attention's 12 · layers · width · sequence length, per
+    # token the model ran over (prompt and scaffold too): 6 · 361,600 + 12 · 2 · 128 · 64.
+    assert learner["flops_per_token"] == 6 * n_params + 12 * 2 * 128 * 64
+    assert learner["mfu"] == pytest.approx(learner["flops_per_token"] * learner["sequence_tokens_per_s"] / 0.5e12)
     assert run["results"]["generation"] == {"status": "skipped", "reason": "no CUDA device"}
 
     written = json.loads(out.read_text())
