@@ -125,8 +125,9 @@ calls): measured on the main job's CPU learner, where 1,024-token micro-batches 
 
 def micro_batches(samples: list[Sample], max_tokens: int) -> list[list[Sample]]:
     """The length-sorted samples cut into consecutive runs, each padded to its longest sample and
-    at most `max_tokens` in all (a longer sample alone), so that padded tokens plus a fixed cost
-    per run (`MICRO_BATCH_COST_TOKENS`) are fewest: one pass of dynamic programming over the cuts.
+    at most `max_tokens` in all (a longer sample alone, never cut: the learner trains it whole and
+    says so once), so that padded tokens plus a fixed cost per run (`MICRO_BATCH_COST_TOKENS`)
+    are fewest: one pass of dynamic programming over the cuts.
 
     Greedy filling up to the budget padded 21% of the main job's tokens; this pads fewer, and
     pays for an extra micro-batch only where it saves more padding than it costs."""

@@ -92,7 +92,9 @@ class LearnerConfig(BaseModel):
     `auto` is on with CUDA and off on CPU (the tiny models there have memory to spare)."""
     collective_timeout_s: float = Field(default=600.0, gt=0)
     """How long a rank waits, in seconds, to meet the others and in any collective before it
-    fails: one rank's crash ends the rest within this instead of hanging them forever."""
+    fails: one rank's crash ends the rest within this instead of hanging them forever. The
+    meeting waits for the slowest rank to load its model, so allow for that (NCCL's own default
+    is 600 s, gloo's 1,800 s)."""
     cpu_threads: int | None = Field(default=None, ge=1)
     """torch threads per learner on CPU; None keeps torch's default."""
     seed: int = 0
