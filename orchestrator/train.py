@@ -259,6 +259,12 @@ class Trainer:
         if delivery is not None:
             await delivery
 
+    def _drop_publish(self) -> None:
+        """A run that stops with a publish under way no longer cares how it ends."""
+        delivery, self._delivery = self._delivery, None
+        if delivery is not None and not delivery.cancel() and not delivery.cancelled():
+            delivery.exception()  # already over: its error is the stopped run's business, not the loop's log
+
     # -- the loop ---------------------------------------------------------------------------
 
     async def _warm_up(self, learners: Any, buffer: Any) -> None:
@@ -412,8 +418,7 @@ class Trainer:
         finally:
             if producer is not None and not producer.done():
                 producer.cancel()
-            if self._delivery is not None:  # the run failed with a publish under way: its outcome no longer matters
-                self._delivery.cancel()
+            self._drop_publish()
             await driver.close()
             learners.shutdown()
             for engine in engines:

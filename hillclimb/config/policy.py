@@ -61,8 +61,9 @@ class HFPolicyConfig(_Config):
     gpus: float = Field(default=0.0, ge=0)
     """GPUs Ray reserves for each policy server that runs this engine (with `device: cuda`)."""
     engines: int = Field(default=1, ge=1)
-    """Policy servers, each a copy of the model (data parallel): rollout requests are spread over
-    them by episode, and every publish reaches each."""
+    """Policy servers `hillclimb train` starts, each a copy of the model (data parallel): rollout
+    requests are spread over them by episode, and every publish reaches each. (Rollouts and
+    evaluations outside training build one engine in each rollout worker instead.)"""
     publish: PublishConfig = PublishConfig()
     cpu_threads: int | None = Field(default=1, ge=1)
     """torch intra-op threads for the policy's forward passes; None keeps torch's default (all cores).
@@ -127,8 +128,8 @@ class VLLMPolicyConfig(_Config):
     a learner: Ray then shows both the same GPU); 0 reserves none and leaves every GPU visible.
     With `tensor_parallel` > 1, exactly `tensor_parallel`."""
     engines: int = Field(default=1, ge=1)
-    """Policy servers, each a copy of the model on its own GPUs (data parallel): rollout requests
-    are spread over them by episode, and every publish reaches each."""
+    """Policy servers `hillclimb train` starts, each a copy of the model on its own `gpus` (data
+    parallel): rollout requests are spread over them by episode, and every publish reaches each."""
     tensor_parallel: int = Field(default=1, ge=1)
     """GPUs one engine shards its model over (vLLM's `tensor_parallel_size`); 1: unsharded."""
     publish: PublishConfig = PublishConfig()
