@@ -129,13 +129,19 @@ class GroupFailedError(RuntimeError):
 
 class RolloutDriver:
     def __init__(
-        self, config: RunConfig, *, policy: Any = None, policy_server: Any = None, max_group_attempts: int = 3
+        self,
+        config: RunConfig,
+        *,
+        policy: Any = None,
+        policy_servers: list[Any] | None = None,
+        max_group_attempts: int = 3,
     ) -> None:
         """`policy`: an in-process policy object each worker gets a copy of (default: built from
-        the config); `policy_server`: a Ray actor serving one policy to every worker."""
+        the config); `policy_servers`: Ray actors serving the policy to every worker (several:
+        data-parallel engines, over which each worker spreads its episodes)."""
         self.config = config
         self.policy = policy
-        self.policy_server = policy_server
+        self.policy_servers = policy_servers
         self.max_group_attempts = max_group_attempts
         self.workers: list[Any] = []
         self._limiter: Any = None
@@ -165,7 +171,7 @@ class RolloutDriver:
             self.config,
             worker_index=index,
             policy=self.policy,
-            policy_server=self.policy_server,
+            policy_servers=self.policy_servers,
             rate_limiter=RemoteRateLimiter(self._limiter),
         )
         HUB.watch(f"worker-{index}", worker)

@@ -2,7 +2,7 @@
 
     driver ──train_step(DealtBatch of references)──► Learner rank 0..N-1 (trainers.learner)
               each rank receives its share from the buffer's object store, never through here
-           ◄── metrics, merged;  weights: a reference to rank 0's, for the policy engines
+           ◄── metrics, merged;  weights: references to rank 0's buckets, for the policy engines
 
 Placement: ranks that reserve resources (`gpus_per_learner`, `cpus_per_learner`,
 `resources_per_learner`) get one bundle each of a Ray placement group, packed or spread over
@@ -15,6 +15,7 @@ names it; the ranks it left waiting in a collective fail there after `collective
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import ray
@@ -149,17 +150,25 @@ class LearnerGroup:
         """The ranks that take part in gathering the full weights: all when sharded, else rank 0."""
         return self.ranks if self.config.strategy == "fsdp" else self.ranks[:1]
 
-    async def weights_ref(self) -> Any:
-        """A Ray reference to the full weights, which stay in rank 0's node's object store: an
-        actor handed it as an argument receives them from there, never through this process."""
-        await self.ready()
-        refs = [rank.weights.remote() for rank in self._gatherers()]
-        # the other ranks' part of the gather (they receive nothing); rank 0's tensors stay where they are
-        await _on_every_rank("weights", refs[1:], range(1, len(refs)))
-        return refs[0]
+    def weight_buckets(self, dtype: Any, bucket_bytes: float) -> Awaitable[list[Any]]:
+        """References to the weights in buckets (`Learner.weight_buckets`), which stay in rank 0's
+        node's object store: an engine fetches each from there, never through this process.
+
+        The ranks are asked at once, before this returns: the buckets hold the weights as they
+        are now, even when a `train_step` is called before the references are awaited. Call it
+        once the group is ready (after any awaited call)."""
+        assert self._met is not None and self._met.done(), "weight_buckets before the ranks met"
+        streams = [
+            rank.weight_buckets.options(num_returns="streaming").remote(dtype, bucket_bytes)
+            for rank in self._gatherers()
+        ]
+        return _references(streams)
 
     async def weights(self) -> dict[str, Any]:
-        return await (await self.weights_ref())
+        """The full weights, here (for inspection and tests)."""
+        await self.ready()
+        buckets = await asyncio.gather(*await self.weight_buckets(None, float("inf")))
+        return {name: tensor for bucket in buckets for name, tensor in bucket.items()}
 
     async def env_cross_entropy(self, shares: list[Any]) -> float:
         """Mean CE of the ENV tokens in the ranks' shares (lists of samples, or references to them)."""
@@ -183,3 +192,11 @@ class LearnerGroup:
             ray.kill(rank)
         if self._placement_group is not None:
             remove_placement_group(self._placement_group)
+
+
+async def _references(streams: list[Any]) -> list[Any]:
+    """Rank 0's bucket references, once every rank's generator has finished (the other ranks yield
+    none: they only take part in the gathers); a rank's failure is raised here. Waiting for the end
+    first matters: Ray's async iteration fetches a bucket not yet made into this process."""
+    await _on_every_rank("weight_buckets", [stream.completed() for stream in streams])
+    return [ref async for ref in streams[0]]

@@ -2,7 +2,9 @@
 
 oracle transcripts (the scripted oracle in real sandboxes, both splits, recorded once)
 warm-up: behaviour cloning on TRAIN oracle transcripts (ACTION tokens only)
-loop:  policy server ─► rollout workers ─► TrajectoryBuffer + ledger ─► learners ─► weights ─► policy server
+loop:  policy servers ─► rollout workers ─► TrajectoryBuffer + ledger ─► learners ─► weights ─► policy servers
+       (weights in buckets, in the engines' dtype; with max_staleness ≥ 1 the next step trains while
+        the engines load them)
        (each step may carry a BC anchor: TRAIN oracle transcripts, their ACTION tokens only)
        the tokens go from the workers to the buffer, which makes the ranks' batches (advantages,
        anchor) and hands them to the ranks; this process sees summaries and references only
@@ -130,6 +132,8 @@ class Trainer:
         self.log = MetricsLog(run_dir, open_loggers(config, run_dir))
         self.model_config = config.policy.model  # type: ignore[union-attr]
         self.version = 0
+        self._delivery: asyncio.Future[None] | None = None
+        """A publish the engines are still loading while the learners train on (max_staleness ≥ 1)."""
         self.step = 0
         self.started = time.monotonic()
         self.rl_started = self.started  # `train.time_budget_s` and the LR schedule's clock count from here
@@ -221,6 +225,7 @@ class Trainer:
     ) -> dict[str, Any]:
         values: dict[str, Any] = await self._env_ce(learners, buffer, oracle)
         if driver is not None:
+            await self._settle_publish()  # held-out episodes play the weights being evaluated
             values["heldout_pass1"] = await self._heldout_success(driver)
         if not values:  # the initial evaluation of tasks without oracle actions: nothing to measure
             return {}
@@ -230,13 +235,35 @@ class Trainer:
 
     # -- weights ----------------------------------------------------------------------------
 
-    async def _publish(self, learners: Any, policy_server: Any, buffer: Any, *, bump: bool = True) -> None:
-        """New weights from rank 0 to the policy engine, which Ray hands the reference's tensors
-        from rank 0's node (they never pass through this process); the buffer learns the version."""
+    async def _publish(
+        self, learners: Any, publisher: Any, buffer: Any, *, bump: bool = True, wait: bool = True
+    ) -> None:
+        """New weights from the learners to every policy engine (`orchestrator.weight_sync`: the
+        engines fetch the buckets from rank 0's node, never through this process). The buffer
+        learns the version first, so staleness counts from the weights the learners hold. With
+        `wait=False` (`max_staleness` ≥ 1) the engines load while the next step trains; a publish
+        still under way is awaited before the next one, or an evaluation."""
+        await self._settle_publish()
         self.version += int(bump)
-        await policy_server.update_weights.remote(self.version, await learners.weights_ref())
         if buffer is not None:
             await buffer.set_version.remote(self.version)
+        delivery = publisher.publish(learners, self.version)  # the ranks are asked now, before the next step
+        if wait:
+            await delivery
+        else:
+            self._delivery = asyncio.ensure_future(delivery)
+
+    async def _settle_publish(self) -> None:
+        """Wait for the publish under way, if any (its failure is raised here)."""
+        delivery, self._delivery = self._delivery, None
+        if delivery is not None:
+            await delivery
+
+    def _drop_publish(self) -> None:
+        """A run that stops with a publish under way no longer cares how it ends."""
+        delivery, self._delivery = self._delivery, None
+        if delivery is not None and not delivery.cancel() and not delivery.cancelled():
+            delivery.exception()  # already over: its error is the stopped run's business, not the loop's log
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -255,7 +282,7 @@ class Trainer:
         )
         return (g for g in groups if g.group_id not in recorded)
 
-    async def _step(self, learners: Any, policy_server: Any, buffer: Any, *, began: float) -> dict[str, Any]:
+    async def _step(self, learners: Any, publisher: Any, buffer: Any, *, began: float) -> dict[str, Any]:
         """One learner step; `began` is when its rollouts started (synchronous) or its wait did.
         The buffer makes the step's batch (advantages, this step's anchor) and the ranks fetch
         their shares from it: here, only the groups' summaries."""
@@ -284,8 +311,9 @@ class Trainer:
             },
         }
         self.step += 1
-        await self._publish(learners, policy_server, buffer)
-        # Where the step's wall time went: rollouts (or waiting for them), training, handing out weights.
+        await self._publish(learners, publisher, buffer, wait=cfg.buffer.max_staleness == 0)
+        # Where the step's wall time went: rollouts (or waiting for them), training, handing out weights
+        # (with max_staleness ≥ 1: waiting for the previous publish and asking for this one).
         values |= {
             "time/rollouts_s": rolled_out - began,
             "time/train_s": trained - rolled_out,
@@ -320,7 +348,8 @@ class Trainer:
         from orchestrator.buffer import start_buffer
         from orchestrator.learner_batches import BatchPlan
         from orchestrator.learner_group import LearnerGroup
-        from orchestrator.policy_server import start_policy_server
+        from orchestrator.policy_server import start_policy_servers
+        from orchestrator.weight_sync import WeightPublisher
 
         cfg = self.config
         self.started = time.monotonic()
@@ -330,8 +359,9 @@ class Trainer:
         # Actors start in processes of their own: the learners and the policy engine load while
         # the oracle plays its episodes.
         learners = LearnerGroup(self.model_config, cfg.learner)
-        policy_server = start_policy_server(cfg.policy)
-        driver = RolloutDriver(cfg, policy_server=policy_server)
+        engines = start_policy_servers(cfg.policy)
+        publisher = WeightPublisher(engines, cfg.policy.publish)  # type: ignore[union-attr]
+        driver = RolloutDriver(cfg, policy_servers=engines)
         buffer: Any = None
         producer: asyncio.Task[None] | None = None
 
@@ -355,7 +385,8 @@ class Trainer:
             if not resumed:
                 await self._evaluate(learners, buffer, None, oracle, "eval_initial")
                 await self._warm_up(learners, buffer)
-            await self._publish(learners, policy_server, buffer, bump=not resumed)
+            await publisher.prepare(learners)
+            await self._publish(learners, publisher, buffer, bump=not resumed)
             if not resumed and cfg.train.warmup_steps:
                 await self._checkpoint(learners)  # step 0: a run stopped from here on keeps its warm-up
             if not self._recorded("eval", 0):  # after the warm-up (a run resumed at step 0 may lack it)
@@ -373,22 +404,25 @@ class Trainer:
                 if not asynchronous:
                     step_groups = list(itertools.islice(groups, cfg.train.groups_per_step))
                     await driver.run_groups(step_groups, rolled_out, buffer=buffer)
-                self.report("train", await self._step(learners, policy_server, buffer, began=began))
+                self.report("train", await self._step(learners, publisher, buffer, began=began))
                 if self.step % cfg.train.eval_every == 0:
                     await self._evaluate(learners, buffer, driver, oracle, "eval")
                 if self.step % cfg.train.checkpoint_every == 0:
                     await self._checkpoint(learners)
             if producer is not None:
                 await stop(producer)  # a Ctrl-C landing here still stops the run
+            await self._settle_publish()
             if self.step % cfg.train.eval_every:
                 await self._evaluate(learners, buffer, driver, oracle, "eval")
             await self._checkpoint(learners)
         finally:
             if producer is not None and not producer.done():
                 producer.cancel()
+            self._drop_publish()
             await driver.close()
             learners.shutdown()
-            ray.kill(policy_server)
+            for engine in engines:
+                ray.kill(engine)
             if buffer is not None:
                 HUB.forget("buffer")
                 ray.kill(buffer)

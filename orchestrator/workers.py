@@ -2,7 +2,7 @@
 
     driver ──run_group(GroupSpec)──► RolloutWorker (async actor, many groups at once)
                                        ├─ SandboxPool → its own provider (and sandboxes)
-                                       ├─ Policy: in-process, or a shared PolicyServer actor
+                                       ├─ Policy: in-process, or shared PolicyServer actors
                                        └─ EpisodeRunner × G ──► TrajectoryGroup ──► the driver
                                                                  └─ or the buffer actor; the driver
                                                                     gets the group's summary
@@ -16,6 +16,8 @@ the worker's unfinished groups elsewhere.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,21 +70,26 @@ class RemoteRateLimiter:
 
 
 class PolicyServerClient:
-    """`Policy` backed by a policy-server actor handle; the tokenizer stays local.
+    """`Policy` backed by policy-server actor handles (several: data-parallel engines); the
+    tokenizer stays local.
 
     The worker's episodes ask one turn at a time, each on its own; their requests go to the
-    server together, one Ray call per batch (per sampling setting). Sent one by one, they
-    reached the server spread over ~10 ms by the Ray calls themselves (measured on 2 cores),
+    server together, one Ray call per batch (per engine and sampling setting). Sent one by one,
+    they reached the server spread over ~10 ms by the Ray calls themselves (measured on 2 cores),
     and its batcher decoded one turn of 8 episodes in two or three passes instead of one.
     The batch window is wider than the server's: groups the driver sends a few ms apart
-    start their episodes that far apart, and would otherwise stay out of step all run."""
+    start their episodes that far apart, and would otherwise stay out of step all run.
+
+    With several engines, an episode's every turn goes to the same one (chosen by a hash of the
+    episode), where its prefix is cached; requests without an episode take turns."""
 
     def __init__(
-        self, handle: Any, tokenizer: Tokenizer, *, max_wait_s: float = 0.005, max_window_s: float = 0.025
+        self, handles: list[Any], tokenizer: Tokenizer, *, max_wait_s: float = 0.005, max_window_s: float = 0.025
     ) -> None:
-        self._handle = handle
+        self._handles = handles
         self._tokenizer = tokenizer
         self._version = 0
+        self._next_engine = itertools.count()
         self._batcher: MicroBatcher[_Item, Generation | Exception] = MicroBatcher(
             self._call, max_batch=4096, max_wait_s=max_wait_s, max_window_s=max_window_s, thread_name="policy-client"
         )
@@ -104,32 +111,41 @@ class PolicyServerClient:
         self._version = max([self._version, *(g.version for g in generations)])
         return generations
 
+    def _engine_of(self, request: GenerateRequest) -> int:
+        if len(self._handles) == 1:
+            return 0
+        episode = request.episode
+        if episode is None:
+            return next(self._next_engine) % len(self._handles)
+        return zlib.crc32(f"{episode.env}\0{episode.task_id}\0{episode.seed}".encode()) % len(self._handles)
+
     async def _call(self, items: list[_Item]) -> list[Generation | Exception]:
-        """One batch: a server call per distinct sampling setting, all in flight at once. A call
-        that fails is retried request by request, so only the requests at fault get its error."""
-        by_sampling: dict[SamplingParams, list[int]] = {}
-        for i, (_, sampling) in enumerate(items):
-            by_sampling.setdefault(sampling, []).append(i)
-        groups = [[items[i] for i in rows] for rows in by_sampling.values()]
-        answers = await asyncio.gather(*(self._send(group) for group in groups))
+        """One batch: a server call per engine and distinct sampling setting, all in flight at once.
+        A call that fails is retried request by request, so only the requests at fault get its error."""
+        by_call: dict[tuple[int, SamplingParams], list[int]] = {}
+        for i, (request, sampling) in enumerate(items):
+            by_call.setdefault((self._engine_of(request), sampling), []).append(i)
+        calls = [(engine, [items[i] for i in rows]) for (engine, _), rows in by_call.items()]
+        answers = await asyncio.gather(*(self._send(engine, group) for engine, group in calls))
         outcomes: list[Generation | Exception] = [RuntimeError("unanswered")] * len(items)
-        for rows, group, answer in zip(by_sampling.values(), groups, answers, strict=True):
+        for rows, (engine, group), answer in zip(by_call.values(), calls, answers, strict=True):
             if isinstance(answer, Exception):
-                alone = await asyncio.gather(*(self._send([item]) for item in group)) if len(group) > 1 else [answer]
+                retried = (self._send(engine, [item]) for item in group)
+                alone = await asyncio.gather(*retried) if len(group) > 1 else [answer]
                 answer = [a if isinstance(a, Exception) else a[0] for a in alone]
             for i, outcome in zip(rows, answer, strict=True):
                 outcomes[i] = outcome
         return outcomes
 
-    async def _send(self, items: list[_Item]) -> list[Generation] | Exception:
-        """One server call for requests sharing a sampling setting: its generations, or its error."""
+    async def _send(self, engine: int, items: list[_Item]) -> list[Generation] | Exception:
+        """One server call for requests sharing an engine and a sampling setting: its generations, or its error."""
         try:
-            return await self._handle.generate.remote([request for request, _ in items], items[0][1])
+            return await self._handles[engine].generate.remote([request for request, _ in items], items[0][1])
         except Exception as e:
             return e
 
     async def update_weights(self, version: int, weights: Mapping[str, Any]) -> None:
-        await self._handle.update_weights.remote(version, weights)
+        await asyncio.gather(*(handle.update_weights.remote(version, weights) for handle in self._handles))
 
 
 def make_renderer(kind: str, tokenizer: Tokenizer, suite: TaskSuite, skill: str | None = None) -> Renderer:
@@ -158,13 +174,13 @@ class RolloutWorker:
         *,
         worker_index: int,
         policy: Policy | None = None,
-        policy_server: Any = None,
+        policy_servers: list[Any] | None = None,
         rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.config = config
         self.worker_index = worker_index
         self._policy_arg = policy
-        self._policy_server = policy_server
+        self._policy_servers = policy_servers
         self._limiter = rate_limiter
         self._runner: EpisodeRunner | None = None
         self._pool: SandboxPool | None = None
@@ -209,8 +225,8 @@ class RolloutWorker:
         await self._pool.start()
         if self._policy_arg is not None:
             policy = self._policy_arg
-        elif self._policy_server is not None:
-            policy = PolicyServerClient(self._policy_server, load_policy_tokenizer(cfg.policy))
+        elif self._policy_servers:
+            policy = PolicyServerClient(self._policy_servers, load_policy_tokenizer(cfg.policy))
         else:
             policy = make_policy(cfg.policy)
         suite = load_suite(cfg.env.name)

@@ -37,6 +37,7 @@ import dataclasses
 import datetime
 import logging
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -396,13 +397,36 @@ class Learner:
         return {n: _full(p.grad).detach().cpu() for n, p in self.model.named_parameters() if p.grad is not None}
 
     def weights(self) -> dict[str, Any]:
-        """The model's full state dict on CPU, for the policy engines; with LoRA its adapters
-        alone (`adapter_update`), which the engines merge into their own copy of the base weights.
-        Sharded, every rank calls it (the gather is a collective) and rank 0 alone receives the tensors."""
+        """The model's full state dict on CPU, as the learner holds it (with LoRA its adapters
+        alone); sharded, every rank calls it and rank 0 alone receives the tensors."""
+        return {name: t for bucket in self.weight_buckets(None, float("inf")) for name, t in bucket.items()}
+
+    def weight_buckets(self, dtype: Any, bucket_bytes: float) -> Iterator[dict[str, Any]]:
+        """The weights for the policy engines, on CPU, cast to `dtype` (the engines'; None keeps the
+        learner's), in buckets of at most `bucket_bytes` (a larger tensor alone), made one at a time
+        so the learner never holds a second full copy. With LoRA, the adapters alone, as one
+        bucket (`adapter_update`): the engines merge them into their own copy of the base weights.
+        Sharded, every rank runs it (each tensor's gather is a collective) and rank 0 alone yields."""
         if self.adapters is not None:
-            return adapter_update(self.model)
-        options = StateDictOptions(full_state_dict=True, cpu_offload=self.sharded)
-        return {k: v.detach().cpu() for k, v in get_model_state_dict(self.model, options=options).items()}
+            yield adapter_update(self.model)
+            return
+        bucket: dict[str, Any] = {}
+        size = 0
+        for name, tensor in self.model.state_dict().items():
+            full = _full(tensor).detach()  # a collective when sharded: every rank, in the same order
+            if self.rank != 0 and self.sharded:
+                continue
+            if dtype is not None and full.is_floating_point():
+                full = full.to(dtype)  # cast on the device: half the bytes to copy out for bf16
+            full = full.to("cpu", copy=True)  # a copy: the engine must not see later optimizer steps
+            nbytes = full.numel() * full.element_size()
+            if bucket and size + nbytes > bucket_bytes:
+                yield bucket
+                bucket, size = {}, 0
+            bucket[name] = full
+            size += nbytes
+        if bucket:
+            yield bucket
 
     def env_log_likelihood(self, samples: list[Sample]) -> tuple[float, int]:
         """Teacher-forced log-likelihood (nats, summed) of the ENV targets in `samples`, and their

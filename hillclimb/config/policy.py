@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hillclimb.config.models import HFModelConfig, ModelConfig, TinyModelConfig
 
@@ -15,6 +15,7 @@ __all__ = [
     "HFPolicyConfig",
     "OpenAIPolicyConfig",
     "PolicyConfig",
+    "PublishConfig",
     "ScriptedPolicyConfig",
     "VLLMPolicyConfig",
 ]
@@ -22,6 +23,18 @@ __all__ = [
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PublishConfig(_Config):
+    """How new weights go from the learners to the policy engines (`orchestrator.weight_sync`): cast to
+    the engines' dtype, in buckets each engine loads as it arrives."""
+
+    bucket_mb: float = Field(default=512.0, gt=0)
+    """Most MiB of weights in one bucket (a single larger tensor travels alone): what the learner
+    and each engine hold of a publish at once, beside their models."""
+    timeout_s: float = Field(default=600.0, gt=0)
+    """Seconds every engine has to load a publish; past it the run stops with an error naming the
+    engine that did not answer."""
 
 
 class ScriptedPolicyConfig(_Config):
@@ -46,7 +59,12 @@ class HFPolicyConfig(_Config):
     max_context: int | None = Field(default=None, ge=2)
     """Prompt + generation limit in tokens; None means the model's max_position_embeddings."""
     gpus: float = Field(default=0.0, ge=0)
-    """GPUs Ray reserves for the policy server that runs this engine (with `device: cuda`)."""
+    """GPUs Ray reserves for each policy server that runs this engine (with `device: cuda`)."""
+    engines: int = Field(default=1, ge=1)
+    """Policy servers `hillclimb train` starts, each a copy of the model (data parallel): rollout
+    requests are spread over them by episode, and every publish reaches each. (Rollouts and
+    evaluations outside training build one engine in each rollout worker instead.)"""
+    publish: PublishConfig = PublishConfig()
     cpu_threads: int | None = Field(default=1, ge=1)
     """torch intra-op threads for the policy's forward passes; None keeps torch's default (all cores).
     1 suits small models beside a busy event loop: OpenMP threads spin-wait for each other, and
@@ -106,8 +124,15 @@ class VLLMPolicyConfig(_Config):
     type: Literal["vllm"] = "vllm"
     model: HFModelConfig
     gpus: float = Field(default=0.0, ge=0)
-    """GPUs Ray reserves for the policy server that runs this engine (a fraction to share one with
-    a learner: Ray then shows both the same GPU); 0 reserves none and leaves every GPU visible."""
+    """GPUs Ray reserves for each policy server that runs this engine (a fraction to share one with
+    a learner: Ray then shows both the same GPU); 0 reserves none and leaves every GPU visible.
+    With `tensor_parallel` > 1, exactly `tensor_parallel`."""
+    engines: int = Field(default=1, ge=1)
+    """Policy servers `hillclimb train` starts, each a copy of the model on its own `gpus` (data
+    parallel): rollout requests are spread over them by episode, and every publish reaches each."""
+    tensor_parallel: int = Field(default=1, ge=1)
+    """GPUs one engine shards its model over (vLLM's `tensor_parallel_size`); 1: unsharded."""
+    publish: PublishConfig = PublishConfig()
     gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
     """Fraction of GPU memory vLLM may take (weights + KV cache); leave room for a colocated learner."""
     max_model_len: int | None = Field(default=None, ge=16)
@@ -118,6 +143,15 @@ class VLLMPolicyConfig(_Config):
     """Engine seed for requests that carry none."""
     max_batch: int = Field(default=256, ge=1)
     max_wait_ms: float = Field(default=5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _gpus_hold_the_shards(self) -> VLLMPolicyConfig:
+        if self.tensor_parallel > 1 and self.gpus != self.tensor_parallel:
+            raise ValueError(
+                f"policy.tensor_parallel is {self.tensor_parallel}, so each engine needs that many whole GPUs: "
+                f"set policy.gpus={self.tensor_parallel} (it is {self.gpus:g})"
+            )
+        return self
 
 
 PolicyConfig = Annotated[

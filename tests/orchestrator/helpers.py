@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
+from hillclimb.config.policy import PolicyConfig
 from hillclimb.config.rollout import SamplingParams
+from orchestrator.policy_server import PolicyServer
 from trainers.policy.base import GenerateRequest, Generation
 from trainers.policy.scripted import ScriptedPolicy
 
@@ -73,3 +76,26 @@ class FailingMetrics:
 
     def metrics(self) -> list[object]:
         raise ValueError("registry is broken")
+
+
+class GatedPolicyServer(PolicyServer):
+    """A policy server that starts loading a publish only once `gate` exists (a slow engine)."""
+
+    def __init__(self, config: PolicyConfig, gate: Path) -> None:
+        super().__init__(config)
+        self.gate = gate
+
+    async def update_weights_in_buckets(self, version: int, buckets: list[Any]) -> None:
+        while not self.gate.exists():
+            await asyncio.sleep(0.01)
+        await super().update_weights_in_buckets(version, buckets)
+
+
+class HungPolicyServer:
+    """An engine that never finishes loading (a stuck GPU, a dead worker behind it)."""
+
+    def weights_dtype(self) -> None:
+        return None
+
+    async def update_weights_in_buckets(self, version: int, buckets: list[Any]) -> None:
+        await asyncio.sleep(3600)

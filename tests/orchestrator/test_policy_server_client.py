@@ -30,7 +30,7 @@ def _request(first: int, last: int) -> GenerateRequest:
 
 
 async def test_concurrent_requests_go_out_as_one_call_per_sampling_setting(server) -> None:  # type: ignore[no-untyped-def]
-    policy = PolicyServerClient(server, ByteTokenizer())
+    policy = PolicyServerClient([server], ByteTokenizer())
     cold, warm = SamplingParams(temperature=0.0), SamplingParams(temperature=0.7)
     outcomes = await asyncio.gather(
         *(policy.generate([_request(1, 100 + i)], cold) for i in range(6)),
@@ -42,7 +42,7 @@ async def test_concurrent_requests_go_out_as_one_call_per_sampling_setting(serve
 
 
 async def test_a_refused_request_fails_alone(server) -> None:  # type: ignore[no-untyped-def]
-    policy = PolicyServerClient(server, ByteTokenizer())
+    policy = PolicyServerClient([server], ByteTokenizer())
     sampling = SamplingParams()
     outcomes = await asyncio.gather(
         *(policy.generate([_request(13 if i == 2 else 1, 50 + i)], sampling) for i in range(4)),

@@ -127,6 +127,29 @@ async def test_call_runs_between_batches() -> None:
     assert order == ["batch [1]", "swap", "batch [2]"]
 
 
+async def test_items_arriving_one_by_one_are_taken_in_one_job_no_batch_between() -> None:
+    """A weight update in buckets: a batch submitted while the buckets still arrive runs after the last
+    one and the update's end, never on half-loaded weights."""
+    order: list[str] = []
+    batcher = MicroBatcher(Doubler(log=order), max_batch=8, max_wait_s=0.0, thread_name="t")
+    arrived = asyncio.Queue[str | None]()
+
+    async def buckets():  # type: ignore[no-untyped-def]
+        while (bucket := await arrived.get()) is not None:
+            yield bucket
+
+    update = asyncio.create_task(batcher.call_over(order.append, buckets(), lambda: order.append("done")))
+    await arrived.put("bucket 0")
+    await asyncio.sleep(0.05)
+    batch = asyncio.create_task(batcher.submit([1]))  # comes while the update waits for its next bucket
+    await asyncio.sleep(0.05)
+    assert order == ["bucket 0"] and not batch.done()
+    await arrived.put("bucket 1")
+    await arrived.put(None)
+    await asyncio.gather(update, batch)
+    assert order == ["bucket 0", "bucket 1", "done", "batch [1]"]
+
+
 def test_serves_successive_event_loops_and_blocking_callers() -> None:
     fn = Doubler()
     batcher = MicroBatcher(fn, max_batch=4, max_wait_s=0.01, thread_name="t", thread_init=lambda: fn.log.append("init"))

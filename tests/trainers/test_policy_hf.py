@@ -312,7 +312,8 @@ def test_an_episodes_next_turn_reuses_its_cache_and_decodes_the_same(llama: PreT
     assert cached._prefixes.hits == 4 * (len(observations) - 1)
 
 
-def test_a_cache_is_used_only_for_its_own_tokens_and_weights(llama: PreTrainedModel) -> None:
+@pytest.mark.parametrize("in_buckets", [False, True], ids=["whole", "in-buckets"])
+def test_a_cache_is_used_only_for_its_own_tokens_and_weights(llama: PreTrainedModel, in_buckets: bool) -> None:
     policy = _hf(llama, TOKENIZER)
     params = SAMPLINGS["greedy"]
     episode = EpisodeInfo("toy", "t", 0, seed=1)
@@ -322,7 +323,17 @@ def test_a_cache_is_used_only_for_its_own_tokens_and_weights(llama: PreTrainedMo
     assert policy._prefixes.hits == 0
     again = policy.generate_sync([GenerateRequest(prompt_ids=edited, episode=episode)], params)[0]
     continued = (*edited, *again.token_ids)
-    asyncio.run(policy.update_weights(1, build_tiny_model(TINY.model_copy(update={"seed": 2})).state_dict()))
+    state = build_tiny_model(TINY.model_copy(update={"seed": 2})).state_dict()
+    if in_buckets:  # as a publish sends them: one bucket after another, the engine loading each as it comes
+        names = list(state)
+
+        async def buckets():  # type: ignore[no-untyped-def]
+            for part in (names[:4], names[4:9], names[9:]):
+                yield {name: state[name] for name in part}
+
+        asyncio.run(policy.update_weights_in_buckets(1, buckets()))
+    else:
+        asyncio.run(policy.update_weights(1, state))
     assert len(policy._prefixes) == 0  # keys and values of the old weights are gone with them
     reference = _hf(build_tiny_model(TINY.model_copy(update={"seed": 2})), TOKENIZER, lean=False)
     request = GenerateRequest(prompt_ids=(*continued, 66), episode=episode)

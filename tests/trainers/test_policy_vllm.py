@@ -1,4 +1,5 @@
-"""VLLMPolicy: a clear typed error where vLLM is missing; on a GPU machine with vLLM, a real check."""
+"""VLLMPolicy: a clear typed error where vLLM is missing; weight loads at vLLM's API (a stand-in for the
+package here, `fake_vllm`); on a GPU machine with vLLM, a real check."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from hillclimb.config.policy import VLLMPolicyConfig
 from hillclimb.config.rollout import SamplingParams
+from tests.trainers import fake_vllm
 from trainers.models import HFModelConfig, TinyModelConfig, build_tiny_model
 from trainers.policy.base import GenerateRequest
 from trainers.policy.errors import EngineNotInstalledError
@@ -76,3 +78,78 @@ async def test_vllm_logprobs_match_the_hf_model_and_weights_swap(tmp_path: Path)
     other = build_tiny_model(TinyModelConfig(seed=1)).eval()
     await policy.update_weights(1, other.state_dict())
     await check(other, 1)
+
+
+@pytest.fixture
+def fake_vllm_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+
+
+def _greedy(model: torch.nn.Module, prompt: tuple[int, ...], n: int) -> tuple[int, ...]:
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    return tuple(ids[len(prompt) :])
+
+
+PROMPT = tuple(ByteTokenizer().encode("cat app.log\n$ "))
+GREEDY = SamplingParams(max_new_tokens=4, temperature=0.0)
+
+
+async def _generate(policy: object) -> tuple[int, ...]:
+    (generation,) = await policy.generate([GenerateRequest(prompt_ids=PROMPT)], GREEDY)  # type: ignore[attr-defined]
+    return generation.token_ids
+
+
+@pytest.mark.usefixtures("fake_vllm_installed")
+@pytest.mark.parametrize("in_buckets", [False, True], ids=["whole", "in-buckets"])
+async def test_a_weight_load_drops_the_prefix_cache_of_the_old_weights(tmp_path: Path, in_buckets: bool) -> None:
+    from trainers.policy.vllm import VLLMPolicy
+
+    old = _save_tiny_with_byte_vocab(tmp_path, seed=0)
+    new = build_tiny_model(TinyModelConfig(seed=1)).eval()
+    with torch.no_grad():  # a random tiny model repeats the prompt's last byte; flipped, it will not
+        new.model.norm.weight.neg_()
+    assert _greedy(old, PROMPT, 1) != _greedy(new, PROMPT, 1)  # else the cache could not show
+    policy = VLLMPolicy(str(tmp_path), tokenizer=ByteTokenizer())
+    assert await _generate(policy) == _greedy(old, PROMPT, 4)  # and the prompt's result is now cached
+
+    state = new.state_dict()
+    if in_buckets:
+        names = list(state)
+
+        async def buckets():  # type: ignore[no-untyped-def]
+            for part in (names[:3], names[3:]):
+                yield {name: state[name].to(torch.bfloat16) for name in part}
+
+        await policy.update_weights_in_buckets(1, buckets())
+    else:
+        await policy.update_weights(1, state)
+
+    # Every bucket went into the model, then the cache was dropped: same prompt, the new weights' tokens.
+    events = policy._llm.events
+    assert [e if e == "reset" else e[0] for e in events] == ["load"] * (2 if in_buckets else 1) + ["reset"]
+    assert {dtype for e in events[:-1] for dtype, _ in e[1].values()} == {
+        torch.bfloat16 if in_buckets else torch.float32
+    }
+    assert policy.version == 1
+    expected = _greedy(new.to(torch.bfloat16).float(), PROMPT, 4) if in_buckets else _greedy(new, PROMPT, 4)
+    assert await _generate(policy) == expected
+    assert policy.dtype == torch.float32  # what vLLM runs (here: the stand-in's float32), which a publish casts to
+
+
+@pytest.mark.usefixtures("fake_vllm_installed")
+def test_the_engine_gets_its_tensor_parallel_size_and_memory_share(tmp_path: Path) -> None:
+    _save_tiny_with_byte_vocab(tmp_path, seed=0)
+    config = VLLMPolicyConfig(
+        model=HFModelConfig(name_or_path=str(tmp_path)), gpus=2, tensor_parallel=2, gpu_memory_utilization=0.8
+    )
+    engine_args = make_policy(config)._llm.engine_args  # type: ignore[attr-defined]
+    assert engine_args["tensor_parallel_size"] == 2 and engine_args["gpu_memory_utilization"] == 0.8
+
+
+def test_tensor_parallel_engines_reserve_a_gpu_per_shard() -> None:
+    model = HFModelConfig(name_or_path="Qwen/Qwen2.5-0.5B-Instruct")
+    with pytest.raises(ValueError, match=r"set policy.gpus=4 \(it is 1\)"):
+        VLLMPolicyConfig(model=model, gpus=1, tensor_parallel=4)

@@ -5,7 +5,7 @@ side never re-tokenizes what was sampled.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -102,3 +102,24 @@ class Policy(Protocol):
     async def update_weights(self, version: int, weights: Mapping[str, Any]) -> None:
         """Load new weights (a state dict); later generations carry `version`."""
         ...
+
+
+@runtime_checkable
+class BucketedWeights(Protocol):
+    """An engine that takes new weights in buckets, each loaded as it arrives, so neither side ever
+    holds a second full copy (`orchestrator.weight_sync` publishes to these)."""
+
+    @property
+    def dtype(self) -> Any:
+        """The torch dtype its weights are in, which a publish casts to; None: whatever comes."""
+        ...
+
+    async def update_weights_in_buckets(self, version: int, buckets: AsyncIterator[Mapping[str, Any]]) -> None:
+        """Load every bucket of one update (later generations carry `version`); no generation
+        runs on half-loaded weights."""
+        ...
+
+
+async def one_bucket(weights: Mapping[str, Any]) -> AsyncIterator[Mapping[str, Any]]:
+    """A whole state dict as the single bucket of an update."""
+    yield weights

@@ -9,8 +9,12 @@ Rollouts run hundreds of episodes on one event loop, each asking for one generat
 time. Running those one by one wastes the accelerator; running them on the event loop
 stalls every sandbox connection. So calls are pooled for a few milliseconds and each batch
 runs on a dedicated thread (torch releases the GIL inside its kernels, so the loop keeps
-serving I/O). The thread is the only one that touches the engine: `call` queues other work
-(a weight swap) behind the batch in flight, so engine state never changes mid-batch.
+serving I/O). The thread is the only one that touches the engine: `call` and `call_over` queue
+other work (a weight swap, whole or in buckets) behind the batch in flight, so engine state never
+changes mid-batch.
+
+Batches are static: a batch runs to its last token before the next one starts, so a request that
+arrives meanwhile waits for the whole batch (no continuous batching).
 
 The window stays open while requests keep coming (each arrival extends it by `max_wait_s`, up to
 `max_window_s` after the first): episodes that a batch's results set going return over several
@@ -27,7 +31,7 @@ import asyncio
 import collections
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -109,6 +113,26 @@ class MicroBatcher(Generic[ItemT, ResultT]):
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on the worker thread, after the batch in flight and before the next."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def call_over(self, fn: Callable[[T], object], items: AsyncIterator[T], then: Callable[[], object]) -> None:
+        """Run `fn(item)` on the worker thread for each of `items` as it arrives, then `then()`, all
+        as one job: no batch runs in between (a weight update arriving in buckets never meets a
+        batch half-way). Items are awaited on this event loop, one at a time, as the thread asks."""
+        loop = asyncio.get_running_loop()
+
+        async def following() -> T:
+            return await anext(items)
+
+        def each() -> None:
+            while True:
+                try:
+                    item = asyncio.run_coroutine_threadsafe(following(), loop).result()
+                except StopAsyncIteration:
+                    break
+                fn(item)
+            then()
+
+        await loop.run_in_executor(self._executor, each)
 
     def _ensure_drainer(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._drainer is not None and not self._drainer.done():

@@ -18,6 +18,7 @@ __all__ = [
     "PolicyResponseError",
     "PolicyUnavailableError",
     "PolicyUnreachableError",
+    "WeightPublishTimeoutError",
     "WeightsNotUpdatableError",
 ]
 
@@ -59,3 +60,8 @@ class EngineNotInstalledError(PolicyError, ImportError):
 
 class WeightsNotUpdatableError(PolicyError, NotImplementedError):
     """This policy cannot load weights: its server manages them (evaluation use only)."""
+
+
+class WeightPublishTimeoutError(PolicyError, TimeoutError):
+    """A policy engine did not finish loading published weights in time (`policy.publish.timeout_s`);
+    fields `engine` (its index among the run's engines), `version` and `timeout_s`."""

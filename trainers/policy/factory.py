@@ -84,6 +84,7 @@ def make_policy(config: PolicyConfig) -> Policy:
         dtype=config.model.dtype,
         trust_remote_code=config.model.trust_remote_code,
         gpu_memory_utilization=config.gpu_memory_utilization,
+        tensor_parallel_size=config.tensor_parallel,
         max_model_len=config.max_model_len,
         enforce_eager=config.enforce_eager,
         seed=config.seed,

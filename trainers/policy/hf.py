@@ -25,8 +25,9 @@ only if the request's uniform draw lands that close to a boundary of its CDF (or
 if two logits tie that closely). Log-probs agree to ~1e-5. A request without a seed gets a
 fresh random one and is not reproducible.
 
-Weights are swapped on the worker thread between batches, so a batch never mixes versions
-and every `Generation` carries the version that produced all of its tokens. A learner training
+Weights are swapped on the worker thread between batches (whole, or bucket by bucket as they
+arrive, in one job), so a batch never mixes versions and every `Generation` carries the version
+that produced all of its tokens; the episodes' cached prefixes go with the old weights. A learner training
 LoRA adapters sends the adapters alone: they are merged into the weights (W0 + scale · B · A,
 from the W0 kept at the first such update), so decoding runs on a plain model.
 """
@@ -37,7 +38,7 @@ import collections
 import functools
 import inspect
 import secrets
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -46,7 +47,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from hillclimb.config.rollout import SamplingParams
 from trainers.models.adapters import adapted_weight_names, is_adapter_update, merged_weights
-from trainers.policy.base import GenerateRequest, Generation
+from trainers.policy.base import GenerateRequest, Generation, one_bucket
 from trainers.policy.batching import MicroBatcher
 from trainers.policy.errors import ContextOverflowError, PolicyRequestError
 from trainers.policy.lean_llama import LeanLlamaForward, unsupported_reason
@@ -90,6 +91,8 @@ class HFPolicy:
         # Llama models decode through the lean path (half the time a token on a CPU); the rest,
         # and Llama too when `lean=False`, through transformers' forward.
         self._lean = lean and unsupported_reason(model) is None
+        self._state_names = set(model.state_dict())
+        """What a full weight update must hold, every name once."""
         self._prefixes = PrefixCache(max_entries=2 * max_batch)
         """The lean path's caches of finished turns, for each episode's next turn."""
         self._version = 0
@@ -126,22 +129,47 @@ class HFPolicy:
         """`generate` as one batch, blocking, for scripts and evaluation outside an event loop."""
         return self._batcher.run_now(self._items(requests, sampling))
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the engine's weights: the one a learner publishes in."""
+        return next(self._model.parameters()).dtype
+
     async def update_weights(self, version: int, weights: Mapping[str, Any]) -> None:
         """Load a full state dict, or merge LoRA adapters (`trainers.models.lora.adapter_update`),
         between batches; generations after it carry `version`."""
-        await self._batcher.call(self._load_weights, version, dict(weights))
+        await self.update_weights_in_buckets(version, one_bucket(weights))
+
+    async def update_weights_in_buckets(self, version: int, buckets: AsyncIterator[Mapping[str, Any]]) -> None:
+        """Load weights that arrive in buckets (parts of one state dict, or LoRA adapters whole),
+        each as it comes, as one job on the worker thread: no batch decodes half-loaded weights."""
+        loaded: set[str] = set()
+        await self._batcher.call_over(
+            functools.partial(self._load_bucket, loaded), buckets, functools.partial(self._finish_load, version, loaded)
+        )
 
     @torch.no_grad()
-    def _load_weights(self, version: int, weights: dict[str, Any]) -> None:
-        if is_adapter_update(weights):
+    def _load_bucket(self, loaded: set[str], bucket: Mapping[str, Any]) -> None:
+        if is_adapter_update(bucket):
             params = dict(self._model.named_parameters())
-            for name in adapted_weight_names(weights):
+            for name in adapted_weight_names(bucket):
                 if name not in self._base and name in params:
                     self._base[name] = params[name].detach().clone()
-            for name, merged in merged_weights(self._base, weights).items():
+            for name, merged in merged_weights(self._base, bucket).items():
                 params[name].copy_(merged)
-        else:
-            self._model.load_state_dict(weights, strict=True)
+            return
+        unknown = sorted(bucket.keys() - self._state_names)
+        if unknown:
+            raise PolicyRequestError(f"weights for {unknown[:5]} are not this model's: was another model published?")
+        self._model.load_state_dict(bucket, strict=False)  # copies, casting to the engine's dtype
+        loaded.update(bucket)
+
+    def _finish_load(self, version: int, loaded: set[str]) -> None:
+        if loaded:  # full weights: every tensor must have come
+            missing = sorted(self._state_names - loaded)
+            if missing:
+                raise PolicyRequestError(
+                    f"a weight update of version {version} lacked {missing[:5]} (of {len(missing)})"
+                )
             self._base.clear()  # new base weights: a later adapter update merges into these
         self._prefixes.clear()  # keys and values computed with the old weights
         self._version = version

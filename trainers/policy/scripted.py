@@ -7,7 +7,7 @@ the yardstick for the platform itself, independent of any model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from functools import cache
 from typing import Any
 
@@ -53,5 +53,14 @@ class ScriptedPolicy:
             ids.append(sampling.stop_token_ids[0])
         return Generation(token_ids=tuple(ids), logprobs=(0.0,) * len(ids), finish_reason="stop", version=self._version)
 
+    @property
+    def dtype(self) -> None:
+        return None  # no weights: a publish sends them as the learner holds them
+
     async def update_weights(self, version: int, weights: Mapping[str, Any]) -> None:
+        self._version = version
+
+    async def update_weights_in_buckets(self, version: int, buckets: AsyncIterator[Mapping[str, Any]]) -> None:
+        async for _ in buckets:  # taken, so the publisher sees every bucket delivered
+            pass
         self._version = version

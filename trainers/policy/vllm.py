@@ -2,8 +2,10 @@
 
     generate([request]) × many episodes ─► MicroBatcher ─► worker thread:
         LLM.generate([TokensPrompt], [SamplingParams(seed, logprobs=0, stop_token_ids)])
-    update_weights ─► worker thread, between batches: LLM.apply_model(model.load_weights(...))
-                      (LoRA adapters: merged first into the pretrained weights, read once on the CPU)
+    update_weights(_in_buckets) ─► worker thread, between batches, one job:
+        each bucket as it arrives: LLM.apply_model(model.load_weights(bucket))
+        (LoRA adapters: merged first into the pretrained weights, read once on the CPU)
+        then LLM.reset_prefix_cache(): no prompt reuses KV blocks of the old weights
 
 Written against vLLM's V1 `LLM` API as of 0.10.2 and later: `TokensPrompt` prompts, one
 `SamplingParams` per prompt (so each request keeps its own seed), `logprobs=0` (the
@@ -11,19 +13,25 @@ sampled token's log-prob only), `logprobs_mode="processed_logprobs"` (log-probs 
 temperature, as the learner's importance ratio needs; vLLM also renormalises them over
 the top-p nucleus) and `LLM.apply_model` to reach the model in each worker. vLLM is an
 optional dependency (`pip install 'hillclimb[vllm]'`), imported only when a VLLMPolicy is
-made. Batches are static: `AsyncLLM` would add continuous batching at the cost of a second
-event loop inside vLLM.
+made. Batches are static: `LLM.generate` schedules one batch's requests continuously, but a
+request that arrives meanwhile waits for the whole batch; `AsyncLLM` would add continuous
+batching across batches at the cost of a second event loop inside vLLM (not done).
+
+With `tensor_parallel_size` > 1 vLLM shards the model over that many GPUs of this process (the
+policy server reserves them); `apply_model` runs `load_weights` in every shard's worker, each
+taking its slice of a bucket.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from hillclimb.config.rollout import SamplingParams
 from trainers.models.adapters import adapted_weight_names, is_adapter_update, merged_weights
-from trainers.policy.base import GenerateRequest, Generation
+from trainers.policy.base import GenerateRequest, Generation, one_bucket
 from trainers.policy.batching import MicroBatcher
 from trainers.policy.errors import EngineNotInstalledError, PolicyResponseError
 from trainers.tokenizer import HFTokenizer, Tokenizer
@@ -81,16 +89,34 @@ class VLLMPolicy:
     async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
         return await self._batcher.submit([(request, sampling) for request in requests])
 
+    @property
+    def dtype(self) -> Any:
+        """The torch dtype vLLM runs the weights in (`auto` resolved): the one a learner publishes in."""
+        return self._llm.llm_engine.model_config.dtype
+
     async def update_weights(self, version: int, weights: Mapping[str, Any]) -> None:
         """Load a state dict (Hugging Face parameter names; vLLM fuses and shards them itself), or
         LoRA adapters (`trainers.models.lora.adapter_update`): the weights they change, merged."""
-        await self._batcher.call(self._load_weights, version, dict(weights))
+        await self.update_weights_in_buckets(version, one_bucket(weights))
 
-    def _load_weights(self, version: int, weights: dict[str, Any]) -> None:
+    async def update_weights_in_buckets(self, version: int, buckets: AsyncIterator[Mapping[str, Any]]) -> None:
+        """Load weights that arrive in buckets, each as it comes, between batches; then drop the
+        prefix cache, whose blocks hold keys and values computed under the old weights."""
+        await self._batcher.call_over(self._load_bucket, buckets, functools.partial(self._finish_load, version))
+
+    def _load_bucket(self, bucket: Mapping[str, Any]) -> None:
+        weights = dict(bucket)
         if is_adapter_update(weights):
             weights = merged_weights(self._pretrained(adapted_weight_names(weights)), weights)
         named_tensors = list(weights.items())
         self._llm.apply_model(lambda model: model.load_weights(named_tensors))
+
+    def _finish_load(self, version: int) -> None:
+        # Prompts that share a prefix (a group's episodes, an episode's next turn) would otherwise
+        # reuse KV blocks computed under the previous weights. No request runs between batches,
+        # so vLLM has no reason to refuse.
+        if not self._llm.reset_prefix_cache():
+            raise PolicyResponseError(f"vLLM refused to reset its prefix cache after loading version {version}")
         self._version = version
 
     def _pretrained(self, names: list[str]) -> dict[str, Any]:
