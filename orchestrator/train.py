@@ -330,7 +330,11 @@ class Trainer:
         # Actors start in processes of their own: the learners and the policy engine load while
         # the oracle plays its episodes.
         learners = LearnerGroup(self.model_config, cfg.learner)
-        await learners.reserved()  # the ranks' GPUs first: the engine's must be others (the chart's engine pod)
+        try:  # the ranks' GPUs first: the engine's must be others (the chart's engine pod)
+            await learners.reserved()
+        except BaseException:
+            learners.shutdown()
+            raise
         policy_server = start_policy_server(cfg.policy)
         driver = RolloutDriver(cfg, policy_server=policy_server)
         buffer: Any = None

@@ -109,9 +109,49 @@ def test_a_7b_full_fine_tune_on_one_gpu_is_said_not_to_fit(qwen_7b: Path, tmp_pa
     assert "does NOT fit in 80 GiB GPUs" in plain.stderr and "per GPU: ≈ " in plain.stderr
 
 
-def test_a_hub_model_without_a_cached_config_is_not_fetched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = load_config(None, ["policy.type=vllm", "policy.model.type=hf", "policy.model.name_or_path=nobody/no-such-7b"])
+def test_a_hub_model_is_planned_from_the_local_cache_and_never_fetched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    snapshot = tmp_path / "models--Qwen--Qwen2.5-7B-Instruct" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(QWEN_7B))  # the layout huggingface_hub caches in
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+
+    def model(name: str) -> object:
+        return load_config(None, ["policy.type=vllm", "policy.model.type=hf", f"policy.model.name_or_path={name}"])
+
+    assert model_shape(model("Qwen/Qwen2.5-7B-Instruct").policy.model).parameters == 7_615_616_512
     with pytest.raises(ModelNotFoundError, match="not in the local Hugging Face cache"):
+        model_shape(model("nobody/no-such-7b").policy.model)
+
+
+def test_a_catalog_model_is_planned_from_its_converted_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pulled catalog model's config.json is the one its first load converted; before that there
+    is none, and the error says to pull it (the GGUF's weights are never read to plan)."""
+    from trainers.models.catalog import CATALOG
+    from trainers.models.resolve import models_dir, pulled_path
+
+    monkeypatch.setenv("HILLCLIMB_HOME", str(tmp_path))
+    smol = CATALOG["smollm2-135m-instruct"]
+    pulled_path(smol).parent.mkdir(parents=True)
+    pulled_path(smol).write_bytes(b"GGUF")  # present, never read
+    cfg = load_config(None, ["policy.type=vllm", "policy.model.type=hf", f"policy.model.name_or_path={smol.name}"])
+    with pytest.raises(ModelNotFoundError, match="hillclimb model pull smollm2-135m-instruct"):
         model_shape(cfg.policy.model)
+    converted = models_dir() / "converted" / f"{Path(smol.filename).stem}-0123456789abcdef"
+    converted.mkdir(parents=True)
+    # SmolLM2-135M's dimensions, as its conversion writes them
+    smol_config = {
+        "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
+        "num_hidden_layers": 30, "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True,
+    }  # fmt: skip
+    (converted / "config.json").write_text(json.dumps(smol_config))
+    # per layer 2·576² + 2·576·192 + 3·576·1536 + 2·576 = 3,540,096; ×30, + 49152·576 tied, + 576:
+    # 134,515,008, the catalog's "134.5 M parameters"
+    assert model_shape(cfg.policy.model).parameters == 134_515_008

@@ -271,10 +271,12 @@ def test_a_7b_job_on_two_nodes_gives_every_gpu_one_owner_and_every_pod_the_run_d
 ) -> None:
     """ci/gpu-7b-job.yaml, read as `hillclimb train` reads it: one learner rank per learner-pod GPU,
     pinned there by a resource only learner pods offer; the engine's GPUs are its own pod's; all
-    pods fit two 8-GPU nodes; every Ray pod mounts the claimed run dir where the config writes it;
-    GPU pods get a sized memory-backed /dev/shm; and the plan `--dry-run` prints fits 80 GiB GPUs."""
+    pods fit two 8-GPU nodes; every Ray pod mounts the claimed run dir where the config writes it
+    and keeps to the restricted pod security profile; GPU pods get a sized memory-backed /dev/shm;
+    and the plan `--dry-run` prints fits 80 GiB GPUs."""
     from orchestrator.placement_plan import placement_plan
     from tests.orchestrator.test_placement_plan import QWEN_7B
+    from tests.providers.kubernetes.test_kubernetes_pod import restricted_violations
 
     values = yaml.safe_load((CHART / "ci" / "gpu-7b-job.yaml").read_text())
     docs = render(values)
@@ -296,6 +298,7 @@ def test_a_7b_job_on_two_nodes_gives_every_gpu_one_owner_and_every_pod_the_run_d
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert mounts["runs"] == str(config.run.dir), name
         assert volumes["runs"]["persistentVolumeClaim"]["claimName"] == values["job"]["runsClaim"], name
+        assert restricted_violations({"spec": pod}) == [], name
         if _gpus(group):
             assert mounts["shm"] == "/dev/shm", name
             assert volumes["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": values["ray"][name]["shm"]}, name
