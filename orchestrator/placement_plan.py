@@ -3,7 +3,8 @@
     RunConfig ─► the model's shape (trainers.models.shape: config.json only)
               ─► learner ranks: nodes × GPUs (`placement: pack` fills a node before the next),
                  host memory per learner pod, GPU memory per rank (orchestrator.memory_estimate)
-              ─► policy engine: count, GPUs, tensor parallelism, GPU memory, KV-cache tokens
+              ─► policy engine: count, GPUs, tensor parallelism, host memory of its pod, GPU
+                 memory, KV-cache tokens
               ─► fits: every estimate within the GPU's memory
 
 What `hillclimb train CONFIG --dry-run` prints, to size a cluster (and the chart's values) before a
@@ -65,7 +66,14 @@ def placement_plan(cfg: RunConfig, gpu_gib: float, gpus_per_node: int) -> dict[s
 
 def _engine(shape: Any, policy: Any, gpu_gib: float) -> dict[str, Any]:
     gpus = policy.gpus
-    plan: dict[str, Any] = {"count": 1, "gpus_each": gpus, "tensor_parallel": 1, "type": policy.type}
+    host_gib = shape.parameters * weight_bytes(shape, getattr(policy.model, "dtype", "auto")) / GIB + HOST_RUNTIME_GIB
+    plan: dict[str, Any] = {
+        "count": 1,  # one policy server per run
+        "gpus_each": gpus,
+        "tensor_parallel": 1,  # neither engine config shards a model over GPUs
+        "type": policy.type,
+        "host_memory_per_pod_gib": round(host_gib, 1),
+    }
     if policy.type == "hf" and not policy.device.startswith("cuda"):
         return plan | {"device": policy.device}
     # vLLM's share of its GPU is gpu_memory_utilization; an hf engine's is the fraction Ray reserves

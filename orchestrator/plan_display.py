@@ -16,20 +16,21 @@ def print_plan(plan: dict[str, Any] | None, policy_type: str) -> None:
         return
     model, learners, engine = plan["model"], plan["learners"], plan["engines"]
     gpu = plan["gpu_memory_gib"]
-    _err.print(f"model: {model['name']}, {model['parameters'] / 1e9:.2f} B parameters ({model['dtype']})")
+    count = model["parameters"]
+    size = f"{count / 1e9:.2f} B" if count >= 1e8 else f"{count:,}"
+    _err.print(f"model: {model['name']}, {size} parameters ({model['dtype']})")
     _err.print(
         f"learners: {learners['ranks']} ranks ({learners['strategy']}, {learners['device']}) on "
-        f"{learners['nodes']} node(s) × {learners['ranks_per_node']} ranks; host memory per learner pod "
+        f"{learners['nodes']} node(s), up to {learners['ranks_per_node']} a node; host memory per learner pod "
         f"≈ {learners['host_memory_per_pod_gib']:g} GiB (each rank loads the whole checkpoint)"
     )
-    for label, key in (
-        ("", "gpu_memory"),
-        (" with activation checkpointing", "gpu_memory_with_activation_checkpointing"),
-    ):
-        _err.print(f"  per GPU{label}: {_estimate(learners[key], gpu)}")
+    if learners["device"].startswith("cuda"):  # CPU ranks: no GPU to fit
+        _err.print(f"  per GPU: {_estimate(learners['gpu_memory'], gpu)}")
+        checkpointed = learners["gpu_memory_with_activation_checkpointing"]
+        _err.print(f"  per GPU with activation checkpointing: {_estimate(checkpointed, gpu)}")
     line = (
         f"engines: {engine['count']} {engine['type']}, {engine['gpus_each']:g} GPU(s) each, "
-        f"tensor parallel {engine['tensor_parallel']}"
+        f"tensor parallel {engine['tensor_parallel']}; host memory per pod ≈ {engine['host_memory_per_pod_gib']:g} GiB"
     )
     if "gpu_memory" in engine:
         line += f"; {_estimate(engine['gpu_memory'], gpu)}, KV cache ≈ {engine['kv_cache_tokens']:,} tokens"

@@ -81,6 +81,7 @@ def test_a_7b_run_on_two_nodes_of_8_h100s_fits(qwen_7b: Path) -> None:
     assert with_checkpointing["activations_gib"] < learners["gpu_memory"]["activations_gib"] / 5
     engine = plan["engines"]
     assert (engine["count"], engine["gpus_each"], engine["tensor_parallel"]) == (1, 1, 1)
+    assert engine["host_memory_per_pod_gib"] == pytest.approx(14.19 + 4, abs=0.1)  # the bf16 weights, loaded once
     # vLLM's 0.9 of 80 GiB less 14.19 GiB of bf16 weights and 2 GiB for its passes: 55.8 GiB of KV cache at
     # 2 (K, V) · 28 layers · 4 heads · 128 · 2 bytes = 57,344 B a token
     assert engine["kv_cache_tokens"] == pytest.approx(55.81 * 2**30 / 57_344, rel=1e-3)

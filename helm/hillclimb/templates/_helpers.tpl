@@ -49,17 +49,22 @@ seccompProfile:
 {{- if not (hasKey $named (first (splitList "." $key))) }}{{ $settings = append $settings (printf "--set learner.%s=%v" $key $value) }}{{ end -}}
 {{- end -}}
 {{- end -}}
-{{- if and $engines.replicas $engines.gpus -}}
 {{- $policy := .Values.job.config.policy | default dict -}}
 {{- $type := $policy.type | default "scripted" -}}
+{{- if and $engines.replicas $engines.gpus -}}
 {{- if not (has $type (list "hf" "vllm")) -}}
 {{- fail (printf "ray.engines.replicas: job.config's policy engine (type %s) holds no model on this cluster; give it none (ray.engines.replicas: 0) or use policy.type hf or vllm" $type) -}}
+{{- end -}}
+{{- if gt (float64 ($policy.gpus | default 0)) (float64 $engines.gpus) -}}
+{{- fail (printf "job.config.policy.gpus (%v) is more than the engine pod has (ray.engines.gpus: %v): the engine could never be placed" $policy.gpus $engines.gpus) -}}
 {{- end -}}
 {{- $wanted := dict "gpus" $engines.gpus -}}
 {{- if eq $type "hf" }}{{ $_ := set $wanted "device" "cuda" }}{{ end -}}
 {{- range $key, $value := $wanted -}}
 {{- if not (hasKey $policy $key) }}{{ $settings = append $settings (printf "--set policy.%s=%v" $key $value) }}{{ end -}}
 {{- end -}}
+{{- else if and (eq $type "vllm") (not (hasKey (.Values.job.config.learner | default dict) "num_learners")) -}}
+{{- fail "ray.engines.replicas: policy.type vllm needs a GPU of its own, and every learner-pod GPU is a learner rank's: give the engine a pod (ray.engines.replicas: 1, ray.engines.gpus: its GPUs)" -}}
 {{- end -}}
 {{- join " " $settings -}}
 {{- end -}}

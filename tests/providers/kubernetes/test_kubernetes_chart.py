@@ -317,6 +317,8 @@ def test_a_7b_job_on_two_nodes_gives_every_gpu_one_owner_and_every_pod_the_run_d
     assert (plan["learners"]["nodes"], plan["learners"]["ranks_per_node"]) == (2, 7)
     assert plan["fits"] is True
     assert plan["learners"]["host_memory_per_pod_gib"] < _gibibytes(limits["memory"])
+    engine_memory = _pod(engines)["containers"][0]["resources"]["limits"]["memory"]
+    assert plan["engines"]["host_memory_per_pod_gib"] < _gibibytes(engine_memory)
 
 
 def _write(path: Path, text: str) -> Path:
@@ -334,9 +336,21 @@ def test_a_job_with_learner_pods_needs_a_shared_run_dir() -> None:
         render({**IMAGE, "ray": {"mode": "job", "learners": {"replicas": 2, "gpus": 8}}})
 
 
-def test_an_engine_pod_for_a_policy_without_a_model_is_refused() -> None:
-    with pytest.raises(helm.HelmRenderError, match=r"ray.engines.replicas: .*\(type scripted\)"):
-        render({**IMAGE, "ray": {"mode": "job", "learners": {"replicas": 0}, "engines": {"replicas": 1}}})
+VLLM = {"type": "vllm", "model": {"type": "hf", "name_or_path": "Qwen/Qwen2.5-7B-Instruct"}}
+
+
+@pytest.mark.parametrize(
+    ("engines", "policy", "words"),
+    [
+        ({"replicas": 1}, {}, r"ray.engines.replicas: .*\(type scripted\) holds no model"),
+        ({"replicas": 0}, VLLM, r"ray.engines.replicas: policy.type vllm needs a GPU of its own"),
+        ({"replicas": 1, "gpus": 1}, {**VLLM, "gpus": 2}, r"job.config.policy.gpus \(2\) is more than the engine pod"),
+    ],
+)
+def test_an_engine_that_could_never_run_is_refused(engines: dict[str, int], policy: dict[str, Any], words: str) -> None:
+    job = {"runsClaim": "runs", "config": {"policy": policy} if policy else {}}
+    with pytest.raises(helm.HelmRenderError, match=words):
+        render({**IMAGE, "ray": {"mode": "job", "engines": engines}, "job": job})
 
 
 @pytest.mark.parametrize(("setting", "made"), [("always", True), ("never", False), ("auto", False)])
