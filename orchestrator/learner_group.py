@@ -108,7 +108,9 @@ class LearnerGroup:
             self._met = asyncio.ensure_future(self._meet())
         await asyncio.shield(self._met)
 
-    async def _meet(self) -> None:
+    async def reserved(self) -> None:
+        """Wait until the ranks' placement group holds its resources: whatever asks for GPUs
+        after this (the policy engine) gets none of theirs."""
         if self._placement_group is not None:
             try:
                 await asyncio.wait_for(self._placement_group.ready(), _PLACEMENT_TIMEOUT_S)
@@ -118,6 +120,9 @@ class LearnerGroup:
                     f"the cluster found no room for {wanted} within {_PLACEMENT_TIMEOUT_S:g} s; "
                     f"free now: {ray.available_resources()}"
                 ) from None
+
+    async def _meet(self) -> None:
+        await self.reserved()
         if len(self.ranks) > 1:
             address = await self.ranks[0].rendezvous_address.remote()
             await _on_every_rank("join", [rank.join.remote(address) for rank in self.ranks])

@@ -359,6 +359,11 @@ class Trainer:
         # Actors start in processes of their own: the learners and the policy engine load while
         # the oracle plays its episodes.
         learners = LearnerGroup(self.model_config, cfg.learner)
+        try:  # the ranks' GPUs first: the engines' must be others (the chart's engine pod)
+            await learners.reserved()
+        except BaseException:
+            learners.shutdown()
+            raise
         engines = start_policy_servers(cfg.policy)
         publisher = WeightPublisher(engines, cfg.policy.publish)  # type: ignore[union-attr]
         driver = RolloutDriver(cfg, policy_servers=engines)

@@ -76,13 +76,34 @@ class RolloutWorkerValues(PodResources):
     max_replicas: int = Field(default=8, ge=0)
 
 
-class LearnerValues(PodResources):
-    replicas: int = Field(default=1, ge=0)
-    """Pods of the GPU learner group."""
+class GpuPodValues(PodResources):
+    """A group of GPU pods: one pod per node is the intent, its GPUs joined by the node's NVLink."""
+
     gpus: int = Field(default=1, ge=0)
-    """GPUs per learner pod (requested as `nvidia.com/gpu`)."""
+    """GPUs per pod (requested as `nvidia.com/gpu`; the pods tolerate the GPU taint)."""
     cpu: str = Field(default="8", pattern=CPU)
     memory: str = Field(default="64Gi", pattern=MEMORY)
+    """The pod's memory, request and limit. Each learner rank loads the whole checkpoint into host
+    memory before it is sharded, so size it to ranks per pod × the checkpoint's bytes, plus
+    headroom (`hillclimb train CONFIG --dry-run` estimates it)."""
+    shm: str = Field(default="16Gi", pattern=MEMORY)
+    """Size of the pod's `/dev/shm` (a memory-backed emptyDir, counted against `memory`): NCCL's
+    intra-node transport and Ray's object store live there, and the container runtime's 64 MiB
+    default stalls them."""
+
+
+class LearnerValues(GpuPodValues):
+    replicas: int = Field(default=1, ge=0)
+    """Pods of the GPU learner group. In job mode every one of their GPUs is a learner rank's and
+    nothing else's: the ranks reserve a resource only these pods offer."""
+
+
+class EngineValues(GpuPodValues):
+    replicas: int = Field(default=0, ge=0, le=1)
+    """Pods of the policy-engine group (0: none; the engine then runs wherever Ray finds room, on
+    the CPU unless its GPUs fit beside the learners'). A run has one policy engine today, so at
+    most one pod. In job mode the engine reserves `gpus` GPUs (`policy.gpus`), which only this
+    pod has free once the learners have reserved theirs."""
 
 
 class RayValues(ChartSection):
@@ -94,6 +115,7 @@ class RayValues(ChartSection):
     head: PodResources = PodResources()
     rollout_workers: RolloutWorkerValues = RolloutWorkerValues()
     learners: LearnerValues = LearnerValues()
+    engines: EngineValues = EngineValues()
 
 
 class JobValues(ChartSection):
@@ -101,8 +123,10 @@ class JobValues(ChartSection):
     """The run config `hillclimb train` runs in job mode (the chart sets its provider, the
     workers' Ray resource, the metrics address and the run dir)."""
     runs_claim: str | None = Field(default=None, pattern=DNS_LABEL)
-    """A PersistentVolumeClaim for the run dir (ledger, checkpoints); none: the head pod's
-    emptyDir, lost with it."""
+    """A PersistentVolumeClaim for the run dir (ledger, checkpoints), mounted at the same path on
+    every Ray pod, since any rank or actor may write there: it must be ReadWriteMany once there
+    is more than one pod. None: an emptyDir per pod, lost with it, which a job with learner pods
+    refuses (their checkpoints would land on a disk the driver never sees)."""
     shutdown_after_job_finishes: bool = True
     ttl_seconds_after_finished: int = Field(default=600, ge=0)
 

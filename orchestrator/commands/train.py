@@ -41,6 +41,15 @@ AblationOption = Annotated[
         "is dropped); runs that finished before are read back. Prints a table per λ and writes a result file.",
     ),
 ]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="With --dry-run: one JSON object, the resolved config and the placement plan.")
+]
+GpuMemoryOption = Annotated[
+    float, typer.Option("--gpu-memory", help="With --dry-run: each GPU's memory in GiB, for the plan's estimates.")
+]
+GpusPerNodeOption = Annotated[
+    int, typer.Option("--gpus-per-node", help="With --dry-run: GPUs a node (one learner pod) holds, for the plan.")
+]
 LambdasOption = Annotated[
     str | None,
     typer.Option(
@@ -60,8 +69,15 @@ def train(
     ablation: AblationOption = 0,
     lambdas: LambdasOption = None,
     skill: SkillOption = None,
+    as_json: JsonOption = False,
+    gpu_memory: GpuMemoryOption = 80.0,
+    gpus_per_node: GpusPerNodeOption = 8,
 ) -> None:
-    """Train: sandboxed rollouts, GRPO + ECHO learners, held-out evaluation; writes a run directory."""
+    """Train: sandboxed rollouts, GRPO + ECHO learners, held-out evaluation; writes a run directory.
+
+    With --dry-run: the resolved config (stdout) and where the learners and the policy engine go,
+    with the memory each GPU needs estimated from the model's config.json (stderr; --json puts
+    both in one object on stdout)."""
     from rich.progress import Progress
 
     from orchestrator.run_lifecycle import run_directory
@@ -70,7 +86,7 @@ def train(
 
     cfg = resolved_config(config, set_, address, metrics_port, skill)
     if dry_run:
-        console.print_json(json.dumps(cfg.model_dump(mode="json")))
+        _dry_run(cfg, as_json, gpu_memory, gpus_per_node)
         return
     check_trainable(cfg)  # before the run directory, or an earlier run's, is touched
     if lambdas is not None and not ablation:
@@ -94,6 +110,19 @@ def train(
         _report_interrupted(trainer.finish(interrupted=True), run_dir)
         raise typer.Exit(INTERRUPTED)
     _print_summary(summary, run_dir)
+
+
+def _dry_run(cfg: Any, as_json: bool, gpu_memory: float, gpus_per_node: int) -> None:
+    from orchestrator.placement_plan import placement_plan
+    from orchestrator.plan_display import print_plan
+
+    resolved = cfg.model_dump(mode="json")
+    plan = placement_plan(cfg, gpu_memory, gpus_per_node) if cfg.policy.type in ("hf", "vllm") else None
+    if as_json:
+        print(json.dumps({"config": resolved, "plan": plan}, indent=2))
+        return
+    console.print_json(json.dumps(resolved))
+    print_plan(plan, cfg.policy.type)
 
 
 async def _until_terminated(work: Awaitable[T]) -> T:

@@ -35,20 +35,57 @@ seccompProfile:
 
 {{/* What `hillclimb train` needs to train on the learner group's GPUs, as --set flags: Ray hands
      a rank a GPU only if it reserves one, and a rank trains on one device, so each reserves one,
-     one rank per GPU asked for. A key job.config names itself is left to it. */}}
-{{- define "hillclimb.learnerGpuSettings" -}}
+     one rank per learner-pod GPU, and the `learner_gpu` resource only learner pods offer, so no
+     rank takes an engine pod's GPU. The learners reserve theirs before the engine asks for its
+     own (orchestrator.train), so the engine's GPUs are the engine pod's. A key job.config names
+     itself is left to it. */}}
+{{- define "hillclimb.trainSettings" -}}
 {{- $learners := .Values.ray.learners -}}
+{{- $engines := .Values.ray.engines -}}
+{{- $settings := list -}}
 {{- if and $learners.replicas $learners.gpus -}}
 {{- $named := .Values.job.config.learner | default dict -}}
-{{- $settings := list -}}
-{{- range $key, $value := dict "device" "cuda" "gpus_per_learner" 1 "num_learners" (mul $learners.replicas $learners.gpus) -}}
-{{- if not (hasKey $named $key) }}{{ $settings = append $settings (printf "--set learner.%s=%v" $key $value) }}{{ end -}}
+{{- range $key, $value := dict "device" "cuda" "gpus_per_learner" 1 "num_learners" (mul $learners.replicas $learners.gpus) "resources_per_learner.learner_gpu" 1 -}}
+{{- if not (hasKey $named (first (splitList "." $key))) }}{{ $settings = append $settings (printf "--set learner.%s=%v" $key $value) }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- $policy := .Values.job.config.policy | default dict -}}
+{{- $type := $policy.type | default "scripted" -}}
+{{- if and $engines.replicas $engines.gpus -}}
+{{- if not (has $type (list "hf" "vllm")) -}}
+{{- fail (printf "ray.engines.replicas: job.config's policy engine (type %s) holds no model on this cluster; give it none (ray.engines.replicas: 0) or use policy.type hf or vllm" $type) -}}
+{{- end -}}
+{{- if gt (float64 ($policy.gpus | default 0)) (float64 $engines.gpus) -}}
+{{- fail (printf "job.config.policy.gpus (%v) is more than the engine pod has (ray.engines.gpus: %v): the engine could never be placed" $policy.gpus $engines.gpus) -}}
+{{- end -}}
+{{- $wanted := dict "gpus" $engines.gpus -}}
+{{- if eq $type "hf" }}{{ $_ := set $wanted "device" "cuda" }}{{ end -}}
+{{- range $key, $value := $wanted -}}
+{{- if not (hasKey $policy $key) }}{{ $settings = append $settings (printf "--set policy.%s=%v" $key $value) }}{{ end -}}
+{{- end -}}
+{{- else if and (eq $type "vllm") (not (hasKey (.Values.job.config.learner | default dict) "num_learners")) -}}
+{{- fail "ray.engines.replicas: policy.type vllm needs a GPU of its own, and every learner-pod GPU is a learner rank's: give the engine a pod (ray.engines.replicas: 1, ray.engines.gpus: its GPUs)" -}}
 {{- end -}}
 {{- join " " $settings -}}
 {{- end -}}
+
+{{/* The run dir, the same storage at the same path on every Ray pod: a learner rank writes its
+     checkpoint shards, the buffer its ledger, wherever Ray placed them. */}}
+{{- define "hillclimb.runsVolume" -}}
+- name: runs
+  {{- with .Values.job.runsClaim }}
+  persistentVolumeClaim:
+    claimName: {{ . }}
+  {{- else }}
+  {{- if and (eq .Values.ray.mode "job") .Values.ray.learners.replicas }}
+  {{- fail "job.runsClaim: learner pods write checkpoints to the run dir, so it must be storage every Ray pod mounts: name a ReadWriteMany PersistentVolumeClaim" }}
+  {{- end }}
+  emptyDir: {}
+  {{- end }}
 {{- end -}}
 
-{{/* One Ray node's pod: the head (driver and metrics), a rollout worker or a learner. */}}
+{{/* One Ray node's pod: the head (driver and metrics), a rollout worker, a learner or the policy
+     engine; GPU pods get a memory-backed /dev/shm. */}}
 {{- define "hillclimb.rayPod" -}}
 {{- $root := .root -}}
 metadata:
@@ -96,28 +133,32 @@ spec:
         - {name: dashboard, containerPort: 8265}
         - {name: client, containerPort: 10001}
         - {name: run-metrics, containerPort: {{ $root.Values.metrics.port }}}
+      {{- end }}
       volumeMounts:
         - {name: runs, mountPath: /var/lib/hillclimb/runs}
-        {{- if eq $root.Values.ray.mode "job" }}
+        {{- if .gpus }}
+        - {name: shm, mountPath: /dev/shm}
+        {{- end }}
+        {{- if and (eq .role "driver") (eq $root.Values.ray.mode "job") }}
         - {name: run-config, mountPath: /etc/hillclimb, readOnly: true}
         {{- end }}
   volumes:
-    - name: runs
-      {{- with $root.Values.job.runsClaim }}
-      persistentVolumeClaim:
-        claimName: {{ . }}
-      {{- else }}
-      emptyDir: {}
-      {{- end }}
-    {{- if eq $root.Values.ray.mode "job" }}
+    {{- include "hillclimb.runsVolume" $root | nindent 4 }}
+    {{- if .gpus }}
+    - name: shm
+      emptyDir:
+        medium: Memory
+        sizeLimit: {{ .resources.shm }}
+    {{- end }}
+    {{- if and (eq .role "driver") (eq $root.Values.ray.mode "job") }}
     - name: run-config
       configMap:
         name: {{ $root.Release.Name }}-run-config
     {{- end }}
-  {{- end }}
 {{- end -}}
 
-{{/* The RayCluster both modes run: a head (the driver), CPU rollout workers, GPU learners. */}}
+{{/* The RayCluster both modes run: a head (the driver), CPU rollout workers, GPU learners and
+     the policy engine's GPU pod. */}}
 {{- define "hillclimb.rayClusterSpec" -}}
 {{- $ray := .Values.ray -}}
 rayVersion: {{ $ray.version | quote }}
@@ -145,8 +186,24 @@ workerGroupSpecs:
     replicas: {{ $ray.learners.replicas }}
     minReplicas: {{ $ray.learners.replicas }}
     maxReplicas: {{ $ray.learners.replicas }}
+    {{- if $ray.learners.gpus }}
+    rayStartParams:
+      # hillclimb's learner ranks ask for one each (learner.resources_per_learner in job mode):
+      # they land only here, and every GPU here is a rank's.
+      resources: '"{\"learner_gpu\": {{ $ray.learners.gpus }}}"'
+    {{- else }}
     rayStartParams: {}
+    {{- end }}
     template:
       {{- include "hillclimb.rayPod" (dict "root" . "role" "learner" "container" "ray-worker" "resources" $ray.learners "gpus" $ray.learners.gpus) | nindent 6 }}
+  {{- end }}
+  {{- if $ray.engines.replicas }}
+  - groupName: engines
+    replicas: {{ $ray.engines.replicas }}
+    minReplicas: {{ $ray.engines.replicas }}
+    maxReplicas: {{ $ray.engines.replicas }}
+    rayStartParams: {}
+    template:
+      {{- include "hillclimb.rayPod" (dict "root" . "role" "engine" "container" "ray-worker" "resources" $ray.engines "gpus" $ray.engines.gpus) | nindent 6 }}
   {{- end }}
 {{- end -}}

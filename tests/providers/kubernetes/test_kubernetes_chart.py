@@ -228,7 +228,8 @@ def test_learners_ask_for_gpus_and_tolerate_gpu_nodes(docs: list[dict[str, Any]]
     assert "nvidia.com/gpu" not in _pod(rollout)["containers"][0]["resources"]["limits"]
 
 
-GPU_SETTINGS = {"device": "cuda", "gpus_per_learner": 1.0}
+GPU_SETTINGS = {"device": "cuda", "gpus_per_learner": 1.0, "resources_per_learner": {"learner_gpu": 1.0}}
+CPU_SETTINGS = {"device": "cpu", "gpus_per_learner": 0.0, "resources_per_learner": {}}
 
 
 @pytest.mark.parametrize(
@@ -236,8 +237,8 @@ GPU_SETTINGS = {"device": "cuda", "gpus_per_learner": 1.0}
     [
         ({"replicas": 2, "gpus": 4}, {}, {**GPU_SETTINGS, "num_learners": 8}),  # a rank on each GPU
         ({"replicas": 1, "gpus": 8}, {"num_learners": 2}, {**GPU_SETTINGS, "num_learners": 2}),  # the user's width
-        ({"replicas": 1, "gpus": 0}, {}, {"device": "cpu", "gpus_per_learner": 0.0, "num_learners": 1}),
-        ({"replicas": 0, "gpus": 1}, {}, {"device": "cpu", "gpus_per_learner": 0.0, "num_learners": 1}),
+        ({"replicas": 1, "gpus": 0}, {}, {**CPU_SETTINGS, "num_learners": 1}),
+        ({"replicas": 0, "gpus": 1}, {}, {**CPU_SETTINGS, "num_learners": 1}),
     ],
 )
 def test_a_jobs_learner_ranks_train_on_the_gpus_its_learner_group_asks_for(
@@ -246,7 +247,8 @@ def test_a_jobs_learner_ranks_train_on_the_gpus_its_learner_group_asks_for(
     """The job's command line makes each rank reserve (and so be handed by Ray) one of the GPUs the
     learner pods ask Kubernetes for; without GPUs it is the bare command. Read as `hillclimb train` reads it."""
     config = {"learner": learner_config} if learner_config else {}
-    docs = render({**IMAGE, "ray": {"mode": "job", "learners": learners}, "job": {"config": config}})
+    job = {"config": config, "runsClaim": "runs"}
+    docs = render({**IMAGE, "ray": {"mode": "job", "learners": learners}, "job": job})
     command = shlex.split(_one(docs, "RayJob")["spec"]["entrypoint"])
     assert command[:4] == ["python", "-m", "orchestrator", "train"]
     flags, settings = command[5::2], command[6::2]
@@ -258,6 +260,97 @@ def test_a_jobs_learner_ranks_train_on_the_gpus_its_learner_group_asks_for(
     assert {key: getattr(learner, key) for key in wanted} == wanted
     gpus = learners["replicas"] * learners["gpus"]
     assert learner.num_learners * learner.gpus_per_learner <= gpus  # the ranks' placement group fits
+
+
+def _gpus(group: dict[str, Any]) -> int:
+    return _pod(group)["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)
+
+
+def test_a_7b_job_on_two_nodes_gives_every_gpu_one_owner_and_every_pod_the_run_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ci/gpu-7b-job.yaml, read as `hillclimb train` reads it: one learner rank per learner-pod GPU,
+    pinned there by a resource only learner pods offer; the engine's GPUs are its own pod's; all
+    pods fit two 8-GPU nodes; every Ray pod mounts the claimed run dir where the config writes it
+    and keeps to the restricted pod security profile; GPU pods get a sized memory-backed /dev/shm;
+    and the plan `--dry-run` prints fits 80 GiB GPUs."""
+    from orchestrator.placement_plan import placement_plan
+    from tests.orchestrator.test_placement_plan import QWEN_7B
+    from tests.providers.kubernetes.test_kubernetes_pod import restricted_violations
+
+    values = yaml.safe_load((CHART / "ci" / "gpu-7b-job.yaml").read_text())
+    docs = render(values)
+    job = _one(docs, "RayJob")
+    groups = ray_groups(job)
+    settings = shlex.split(job["spec"]["entrypoint"])[6::2]
+    config = load_config(_write(tmp_path / "run.yaml", _one(docs, "ConfigMap")["data"]["run.yaml"]), settings)
+    learners, engines = groups["learners"], groups["engines"]
+    assert config.learner.num_learners == learners["replicas"] * _gpus(learners) == 14
+    assert config.learner.resources_per_learner == {"learner_gpu": 1.0}
+    offering = {name for name, group in groups.items() if "learner_gpu" in _offered(group)}
+    assert offering == {"learners"} and _offered(learners)["learner_gpu"] == _gpus(learners)
+    assert config.policy.gpus == _gpus(engines) and engines["replicas"] == 1
+    gpu_pods = [_gpus(g) for g in groups.values() for _ in range(g.get("replicas", 1)) if _gpus(g)]
+    assert sum(gpu_pods) <= 2 * 8 and max(gpu_pods) <= 8  # two 8-GPU nodes hold them
+    for name, group in groups.items():
+        pod = _pod(group)
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert mounts["runs"] == str(config.run.dir), name
+        assert volumes["runs"]["persistentVolumeClaim"]["claimName"] == values["job"]["runsClaim"], name
+        assert restricted_violations({"spec": pod}) == [], name
+        if _gpus(group):
+            assert mounts["shm"] == "/dev/shm", name
+            assert volumes["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": values["ray"][name]["shm"]}, name
+    limits = _pod(learners)["containers"][0]["resources"]["limits"]
+    assert limits["memory"] == values["ray"]["learners"]["memory"]
+    (model := tmp_path / "qwen2.5-7b").mkdir()
+    _write(model / "config.json", json.dumps(QWEN_7B))
+    planned = config.model_copy(
+        update={
+            "policy": config.policy.model_copy(
+                update={"model": config.policy.model.model_copy(update={"name_or_path": str(model)})}
+            )
+        }
+    )
+    plan = placement_plan(planned, gpu_gib=80, gpus_per_node=_gpus(learners))
+    assert (plan["learners"]["nodes"], plan["learners"]["ranks_per_node"]) == (2, 7)
+    assert plan["fits"] is True
+    assert plan["learners"]["host_memory_per_pod_gib"] < _gibibytes(limits["memory"])
+    engine_memory = _pod(engines)["containers"][0]["resources"]["limits"]["memory"]
+    assert plan["engines"]["host_memory_per_pod_gib"] < _gibibytes(engine_memory)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _gibibytes(quantity: str) -> float:
+    assert quantity.endswith("Gi")
+    return float(quantity.removesuffix("Gi"))
+
+
+def test_a_job_with_learner_pods_needs_a_shared_run_dir() -> None:
+    with pytest.raises(helm.HelmRenderError, match="job.runsClaim: .*ReadWriteMany"):
+        render({**IMAGE, "ray": {"mode": "job", "learners": {"replicas": 2, "gpus": 8}}})
+
+
+VLLM = {"type": "vllm", "model": {"type": "hf", "name_or_path": "Qwen/Qwen2.5-7B-Instruct"}}
+
+
+@pytest.mark.parametrize(
+    ("engines", "policy", "words"),
+    [
+        ({"replicas": 1}, {}, r"ray.engines.replicas: .*\(type scripted\) holds no model"),
+        ({"replicas": 0}, VLLM, r"ray.engines.replicas: policy.type vllm needs a GPU of its own"),
+        ({"replicas": 1, "gpus": 1}, {**VLLM, "gpus": 2}, r"job.config.policy.gpus \(2\) is more than the engine pod"),
+    ],
+)
+def test_an_engine_that_could_never_run_is_refused(engines: dict[str, int], policy: dict[str, Any], words: str) -> None:
+    job = {"runsClaim": "runs", "config": {"policy": policy} if policy else {}}
+    with pytest.raises(helm.HelmRenderError, match=words):
+        render({**IMAGE, "ray": {"mode": "job", "engines": engines}, "job": job})
 
 
 @pytest.mark.parametrize(("setting", "made"), [("always", True), ("never", False), ("auto", False)])
