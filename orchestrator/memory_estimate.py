@@ -4,7 +4,7 @@ An estimate to size a cluster before renting it, not a measurement: it counts th
 adds a fixed allowance for the rest. In bytes, for P parameters (`ModelShape.parameters`), N ranks
 sharing the states (`num_learners` with `strategy: fsdp`, else 1), T = `micro_batch_tokens`, L
 layers, width h, MLP width I, K/V width d = kv_heads · head_dim, and a = 2 bytes per activation
-with `precision: bf16` (4 with fp32):
+when the learner computes in bf16 (`precision`; 4 in fp32):
 
     states       16 P / N      fp32 master weights (4), gradients (4), AdamW's two moments (8);
                                with LoRA: 4 P for the frozen weights, 16 P_lora for the adapters
@@ -84,7 +84,7 @@ def _lora_parameters(shape: ModelShape, config: LearnerConfig) -> int:
 
 
 def _activations(shape: ModelShape, config: LearnerConfig, checkpointing: bool) -> float:
-    a = 2 if config.precision == "bf16" else 4
+    a = 2 if config.bf16 else 4
     h, d = shape.hidden, shape.kv_heads * shape.head_dim
     per_token_layer = a * (6 * h + 2 * d + 4 * shape.intermediate) + 8 * h
     tokens = config.micro_batch_tokens
@@ -100,7 +100,7 @@ def learner_memory(
     p = shape.parameters
     shards = config.num_learners if config.strategy == "fsdp" else 1
     states = 16 * p / shards if config.lora is None else 4 * p + 16 * _lora_parameters(shape, config)
-    cast = 2 if config.precision == "bf16" else 0
+    cast = 2 if config.bf16 else 0
     if config.strategy == "fsdp" and shards > 1:
         root = shape.embedding_parameters + shape.hidden
         compute = (4 + cast) * (root + 2 * shape.layer_parameters)

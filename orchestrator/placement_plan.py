@@ -53,7 +53,9 @@ def placement_plan(cfg: RunConfig, gpu_gib: float, gpus_per_node: int) -> dict[s
         "gpu_memory_with_activation_checkpointing": memory["with"].as_dict(),
     }
     engine = _engine(shape, policy, gpu_gib)
-    fits = (not on_gpu or memory["without"].fits) and engine.get("gpu_memory", {}).get("fits", True)
+    chosen = memory["with" if learner.checkpoints_activations else "without"]
+    learners["activation_checkpointing"] = learner.checkpoints_activations
+    fits = (not on_gpu or chosen.fits) and engine.get("gpu_memory", {}).get("fits", True)
     return {
         "model": {"name": getattr(model, "name_or_path", "tiny"), "parameters": shape.parameters, "dtype": shape.dtype},
         "gpu_memory_gib": gpu_gib,
@@ -68,9 +70,9 @@ def _engine(shape: Any, policy: Any, gpu_gib: float) -> dict[str, Any]:
     gpus = policy.gpus
     host_gib = shape.parameters * weight_bytes(shape, getattr(policy.model, "dtype", "auto")) / GIB + HOST_RUNTIME_GIB
     plan: dict[str, Any] = {
-        "count": 1,  # one policy server per run
+        "count": policy.engines,
         "gpus_each": gpus,
-        "tensor_parallel": 1,  # neither engine config shards a model over GPUs
+        "tensor_parallel": getattr(policy, "tensor_parallel", 1),  # vLLM's alone
         "type": policy.type,
         "host_memory_per_pod_gib": round(host_gib, 1),
     }

@@ -99,11 +99,11 @@ class LearnerValues(GpuPodValues):
 
 
 class EngineValues(GpuPodValues):
-    replicas: int = Field(default=0, ge=0, le=1)
-    """Pods of the policy-engine group (0: none; the engine then runs wherever Ray finds room, on
-    the CPU unless its GPUs fit beside the learners'). A run has one policy engine today, so at
-    most one pod. In job mode the engine reserves `gpus` GPUs (`policy.gpus`), which only this
-    pod has free once the learners have reserved theirs."""
+    replicas: int = Field(default=0, ge=0)
+    """Pods of the policy-engine group, one engine each (0: none; the engine then runs wherever Ray
+    finds room, on the CPU unless its GPUs fit beside the learners'). In job mode the run starts
+    that many engines (`policy.engines`, data parallel), each reserving `gpus` GPUs
+    (`policy.gpus`), which only these pods have free once the learners have reserved theirs."""
 
 
 class RayValues(ChartSection):

@@ -58,7 +58,7 @@ seccompProfile:
 {{- if gt (float64 ($policy.gpus | default 0)) (float64 $engines.gpus) -}}
 {{- fail (printf "job.config.policy.gpus (%v) is more than the engine pod has (ray.engines.gpus: %v): the engine could never be placed" $policy.gpus $engines.gpus) -}}
 {{- end -}}
-{{- $wanted := dict "gpus" $engines.gpus -}}
+{{- $wanted := dict "gpus" $engines.gpus "engines" $engines.replicas -}}
 {{- if eq $type "hf" }}{{ $_ := set $wanted "device" "cuda" }}{{ end -}}
 {{- range $key, $value := $wanted -}}
 {{- if not (hasKey $policy $key) }}{{ $settings = append $settings (printf "--set policy.%s=%v" $key $value) }}{{ end -}}

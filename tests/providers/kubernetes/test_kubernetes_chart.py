@@ -289,7 +289,7 @@ def test_a_7b_job_on_two_nodes_gives_every_gpu_one_owner_and_every_pod_the_run_d
     assert config.learner.resources_per_learner == {"learner_gpu": 1.0}
     offering = {name for name, group in groups.items() if "learner_gpu" in _offered(group)}
     assert offering == {"learners"} and _offered(learners)["learner_gpu"] == _gpus(learners)
-    assert config.policy.gpus == _gpus(engines) and engines["replicas"] == 1
+    assert config.policy.gpus == _gpus(engines) and config.policy.engines == engines["replicas"] == 1
     gpu_pods = [_gpus(g) for g in groups.values() for _ in range(g.get("replicas", 1)) if _gpus(g)]
     assert sum(gpu_pods) <= 2 * 8 and max(gpu_pods) <= 8  # two 8-GPU nodes hold them
     for name, group in groups.items():
