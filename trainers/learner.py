@@ -10,7 +10,8 @@
 Every rank normalises its share by the whole step's token totals and scales its loss by the
 world size (DDP averages gradients), so N ranks make the same update as one rank on the
 full batch. FSDP (`strategy: fsdp`) shards parameters, gradients and optimizer state over the
-ranks (gloo on CPU, NCCL on GPU), for models that do not fit one device. A sharded forward is a
+ranks (gloo on CPU, NCCL on GPU), for models that do not fit one device: each rank builds the
+model on `meta`, shards it, then receives its shards of rank 0's weights (`trainers.meta_init`). A sharded forward is a
 collective, so every rank makes as many passes as the busiest one (idle ranks pass one padding
 token at zero weight), and the full weights for the policy engines are gathered by all ranks
 at once: rank 0 receives them. Checkpoints gather nothing: each rank writes and reads the
@@ -49,6 +50,7 @@ from hillclimb.errors import ConfigError
 from trainers.batching import Sample, StepTotals, micro_batches, to_loss_batch
 from trainers.checkpoint import load_checkpoint, read_info, rng_state, save_checkpoint, set_rng_state
 from trainers.losses import LossConfig, loss_from_hidden, token_logprobs
+from trainers.meta_init import Pretrained, materialise, skeleton
 from trainers.models.head import check_lm_head, lm_head
 from trainers.models.load import load_model
 from trainers.models.lora import adapter_update, add_adapters
@@ -139,8 +141,12 @@ class Learner:
             torch.set_num_threads(config.cpu_threads)
         torch.manual_seed(config.seed)
         self.device = _device(config.device)
-        model, self.tokenizer = load_model(model_config, self.device)
-        check_lm_head(model)  # the losses apply the head themselves: its logits must be hidden · Wᵀ + b
+        self._pretrained: Pretrained | None = None  # what fills a sharded skeleton once joined (`meta_init`)
+        if config.strategy == "fsdp" and world_size > 1:
+            model, self.tokenizer, self._pretrained = skeleton(model_config, rank)
+        else:
+            model, self.tokenizer = load_model(model_config, self.device)
+            check_lm_head(model)  # the losses apply the head themselves: its logits must be hidden · Wᵀ + b
         # LoRA layers replace the targeted linears inside `model`: it stays the model the losses read
         self.adapters = add_adapters(model, config.lora) if config.lora is not None else None
         model.train()
@@ -168,8 +174,13 @@ class Learner:
         return f"tcp://{host}:{free_port(host)}"
 
     def join(self, init_method: str) -> None:
-        """Join the ranks' process group and wrap the model for data parallelism (every rank at once)."""
+        """Join the ranks' process group and wrap the model for data parallelism (every rank at
+        once); a sharded skeleton gets its weights then, each rank its shards."""
         self.module = self._distribute(self.module, init_method)
+        if self._pretrained is not None:
+            materialise(self.module, self.model, self._pretrained, self.device)
+            self._pretrained = None  # rank 0's CPU copy of the whole model, freed
+            self.optimizer = self._optimizer()  # over the parameters as materialised
 
     def placement(self) -> dict[str, Any]:
         """Where this rank runs: its node (Ray's id and address) and its device."""

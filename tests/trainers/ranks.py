@@ -35,6 +35,8 @@ class RankResult:
     rank: int
     devices_before_join: set[str]
     """Where the rank's parameters were when it was made: `meta` holds no storage."""
+    initial: dict[str, torch.Tensor]
+    """The full model on rank 0 once joined (and loaded), before training (empty elsewhere)."""
     losses: list[float]
     """This rank's share of each step's loss (the ranks' add up to the step's)."""
     weights: dict[str, torch.Tensor]
@@ -46,7 +48,7 @@ class RankResult:
 def full_state(learner: Learner) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The learner's full weights and optimizer state on CPU (rank 0's; a collective when sharded)."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = {k: v.detach().cpu() for k, v in get_model_state_dict(learner.model, options=options).items()}
+    weights = {k: v.detach().cpu().clone() for k, v in get_model_state_dict(learner.model, options=options).items()}
     return weights, get_optimizer_state_dict(learner.model, learner.optimizer, options=options)
 
 
@@ -57,6 +59,7 @@ def _rank(rank: int, model: ModelConfig, config: LearnerConfig, init_method: str
         learner.join(init_method)
     if job.load is not None:
         learner.load(job.load)
+    initial, _ = full_state(learner)
     losses = []
     for step in job.steps:
         dealt = deal(batch_of_step(step), learner.world_size)
@@ -64,7 +67,9 @@ def _rank(rank: int, model: ModelConfig, config: LearnerConfig, init_method: str
     if job.save is not None:
         learner.save(job.save, step=len(job.steps), version=len(job.steps))
     weights, optimizer = full_state(learner)
-    result = RankResult(rank, devices, losses, weights if rank == 0 else {}, optimizer if rank == 0 else {})
+    if rank != 0:  # the gathers gave rank 0 alone the tensors
+        initial, weights, optimizer = {}, {}, {}
+    result = RankResult(rank, devices, initial, losses, weights, optimizer)
     torch.save(result, Path(out) / f"result-{rank}.pt")
 
 
