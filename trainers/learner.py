@@ -11,10 +11,10 @@ Every rank normalises its share by the whole step's token totals and scales its 
 world size (DDP averages gradients), so N ranks make the same update as one rank on the
 full batch. FSDP (`strategy: fsdp`) shards parameters, gradients and optimizer state over the
 ranks (gloo on CPU, NCCL on GPU), for models that do not fit one device: each rank builds the
-model on `meta`, shards it, then receives its shards of rank 0's weights (`trainers.meta_init`). A sharded forward is a
-collective, so every rank makes as many passes as the busiest one (idle ranks pass one padding
-token at zero weight), and the full weights for the policy engines are gathered by all ranks
-at once: rank 0 receives them. Checkpoints gather nothing: each rank writes and reads the
+model on `meta`, shards it, then receives its shards of rank 0's weights (`trainers.meta_init`).
+A sharded forward is a collective, so every rank makes as many passes as the busiest one (idle
+ranks pass one padding token at zero weight), and the full weights for the policy engines are
+gathered by all ranks at once: rank 0 receives them. Checkpoints gather nothing: each rank writes and reads the
 shards it holds (`trainers.checkpoint`), to a directory every rank reaches.
 
 With `lora` set, the model's targeted linear layers carry low-rank adapters (peft, in place):
