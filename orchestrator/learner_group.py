@@ -71,7 +71,7 @@ def _bundle(config: LearnerConfig) -> dict[str, float]:
 
 
 class LearnerGroup:
-    """N learner ranks as Ray actors; rank 0 speaks for the group (weights, checkpoints).
+    """N learner ranks as Ray actors; rank 0 speaks for the group (weights, a checkpoint's path).
 
     The ranks load their models as soon as they are made; the first call waits until they
     have, and until they met in one process group."""
@@ -183,6 +183,7 @@ class LearnerGroup:
         return -sum(ll for ll, _ in parts) / max(sum(n for _, n in parts), 1)
 
     async def save(self, directory: str, **info: Any) -> str:
+        """Every rank writes its part of the checkpoint to `directory`, which all must reach."""
         await self.ready()
         paths = await _on_every_rank("save", [rank.save.remote(directory, **info) for rank in self.ranks])
         return paths[0]

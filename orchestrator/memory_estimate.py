@@ -20,8 +20,9 @@ when the learner computes in bf16 (`precision`; 4 in fp32):
                                                   outputs, SiLU, product; both RMSNorms' fp32 copies)
                  without checkpointing: T L A;  with it: T L a h (each layer's input) + T A
                  + one layer's T A working set for the backward, + the LM head's fp32 logit tiles
-    load peak    P · w         a rank loads the whole checkpoint (w bytes a weight) on its device
-                               before FSDP shards it
+    load peak    4 P           one rank (or a DDP replica) loads the whole model, in fp32 (the
+                               learner's master weights), on its device; FSDP ranks start on
+                               `meta` and receive their shards (`trainers.meta_init`): none
     per GPU      max(load peak, states + compute + activations) + RUNTIME_GIB
 
 A vLLM engine takes `gpu_memory_utilization` of its GPU: the weights (P · w, w of the inference
@@ -94,7 +95,7 @@ def _activations(shape: ModelShape, config: LearnerConfig, checkpointing: bool) 
 
 
 def learner_memory(
-    shape: ModelShape, config: LearnerConfig, load_dtype: str, gpu_gib: float, *, checkpointing: bool
+    shape: ModelShape, config: LearnerConfig, gpu_gib: float, *, checkpointing: bool
 ) -> Estimate:
     """One learner rank's GPU memory (see the module docstring)."""
     p = shape.parameters
@@ -107,7 +108,7 @@ def learner_memory(
     else:
         compute = cast * p
     activations = _activations(shape, config, checkpointing)
-    load_peak = p * weight_bytes(shape, load_dtype)
+    load_peak = 0 if shards > 1 else 4 * p
     steady = states + compute + activations
     parts = {
         "states_gib": states / GIB,

@@ -31,14 +31,16 @@ def placement_plan(cfg: RunConfig, gpu_gib: float, gpus_per_node: int) -> dict[s
     policy, learner = cfg.policy, cfg.learner
     model = policy.model  # type: ignore[union-attr]  # hf and vllm engines hold one
     shape = model_shape(model)
-    load_dtype = getattr(model, "dtype", "float32")
     on_gpu = learner.device.startswith("cuda")
     gpus = learner.num_learners * max(learner.gpus_per_learner, 1 if on_gpu else 0)
     per_node = max(1, int(gpus_per_node // max(learner.gpus_per_learner, 1)))  # ranks a node holds
     ranks_per_node = 1 if learner.placement == "spread" else min(per_node, learner.num_learners)
-    host_gib = ranks_per_node * (shape.parameters * weight_bytes(shape, load_dtype) / GIB + HOST_RUNTIME_GIB)
+    fp32_model_gib = 4 * shape.parameters / GIB  # the learner's master weights, read from disk on the host
+    sharded = learner.strategy == "fsdp" and learner.num_learners > 1
+    # FSDP: rank 0 alone reads the model (the others start on `meta`); DDP: every replica does
+    host_gib = (1 if sharded else ranks_per_node) * fp32_model_gib + ranks_per_node * HOST_RUNTIME_GIB
     memory = {
-        mode: learner_memory(shape, learner, load_dtype, gpu_gib, checkpointing=mode == "with")
+        mode: learner_memory(shape, learner, gpu_gib, checkpointing=mode == "with")
         for mode in ("without", "with")
     }
     learners = {

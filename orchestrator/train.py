@@ -336,7 +336,7 @@ class Trainer:
         if checkpoint is None:
             self.log.keep_until(None)
             return False
-        info = await learners.load(str(checkpoint))
+        info = await learners.load(str(checkpoint.absolute()))
         self.step, self.version = info["step"], info["version"]
         self.log.keep_until(self.step)
         self.report("resume", {"checkpoint": str(checkpoint), "step": self.step})
@@ -439,7 +439,9 @@ class Trainer:
         return any(r["kind"] == kind and r["step"] == step for r in self.log.read())
 
     async def _checkpoint(self, learners: Any) -> None:
-        directory = self.run_dir / "checkpoints" / f"step-{self.step:06d}"
+        # Absolute: every learner rank writes its shards there, from its own working directory
+        # (on other nodes, through the same run-dir mount).
+        directory = (self.run_dir / "checkpoints" / f"step-{self.step:06d}").absolute()
         await learners.save(str(directory), step=self.step, version=self.version)
 
     def finish(self, *, interrupted: bool = False) -> dict[str, Any]:

@@ -1,123 +1,138 @@
-"""Checkpoints in safetensors: weights, optimizer state and RNG state, resumable bit for bit.
+"""Checkpoints in torch.distributed.checkpoint (DCP) form: every rank writes its own shard, and
+any world size or strategy (one process, DDP, FSDP) reads them back.
 
-    <dir>/model.safetensors       the model's full state dict (what a policy engine loads)
-    <dir>/reference.safetensors   the frozen KL reference model, when the KL penalty is on
-    <dir>/optimizer.safetensors   per-parameter optimizer state, keyed by parameter name,
-                                  and the RNG states under `rng/...`
-    <dir>/trainer.json            step, policy version, optimizer hyperparameters, extras
+    <dir>/state/.metadata           DCP's index of every tensor's chunks (rank 0 writes it last)
+    <dir>/state/__<rank>_0.distcp   what rank <rank> wrote: its shards of the model (`model.*`),
+                                    optimizer (`optimizer.*`) and KL reference (`reference.*`);
+                                    replicated tensors (DDP) once, from whichever rank DCP picks;
+                                    and its own RNG states (`rng.rank<rank>.*`)
+    <dir>/trainer.json              step, policy version, adapters, the world size and strategy
+                                    that wrote it, extras
 
-The files hold full (unsharded) tensors whatever the learners' strategy: `State` is what
-torch's distributed state-dict API gathers (`get_model_state_dict` / `get_optimizer_state_dict`
-with `full_state_dict=True`), so a checkpoint written by sharded ranks loads into one process,
-and back. Written to `<dir>.tmp` and renamed, so a checkpoint directory is whole or absent.
+No rank gathers the whole state: under FSDP each writes the shards it holds, and reading
+reshards them onto the reader's ranks (DCP matches chunks by offset). `read_weights` reads the
+model alone, whole, in one process with no process group (`hillclimb model export`, tests).
+
+The directory must be on storage every rank reaches (the run directory; on Kubernetes the
+learner pods mount the run-dir volume the driver does). Written to `<dir>.tmp`, which rank 0
+renames once every rank has written, so a checkpoint directory is whole or absent.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+from hillclimb.errors import ConfigError
+
+STATE = "state"
+INFO = "trainer.json"
 
 
-@dataclasses.dataclass
-class State:
-    """A learner's state as full tensors on the CPU.
-
-    `optimizer` is in torch's full optimizer-state-dict form: `{"state": {name: {field: value}},
-    "param_groups": [{hyperparameters..., "params": [names]}]}`."""
-
-    model: dict[str, torch.Tensor]
-    optimizer: dict[str, Any]
-    reference: dict[str, torch.Tensor] | None = None
+class CheckpointError(ConfigError):
+    """A directory that is not a checkpoint this version can read."""
 
 
-def tied_parameters(model: torch.nn.Module) -> dict[str, str]:
-    """Parameters that are another's tensor (an LM head tied to the embedding), each name mapped
-    to the first name of its tensor: safetensors stores each tensor once."""
-    first: dict[int, str] = {}
-    tied: dict[str, str] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in first:
-            tied[name] = first[id(param)]
-        else:
-            first[id(param)] = name
-    return tied
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
-def _untied(tensors: Mapping[str, torch.Tensor], tied: Mapping[str, str]) -> dict[str, torch.Tensor]:
-    return {name: t.detach().cpu().contiguous() for name, t in tensors.items() if name not in tied}
+@contextmanager
+def _one_process_allowed() -> Iterator[None]:
+    """DCP warns whenever it runs without a process group, which one process (a learner of
+    world size 1, an export) does by design."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
 
 
-def _retied(tensors: dict[str, torch.Tensor], tied: Mapping[str, str]) -> dict[str, torch.Tensor]:
-    return {**tensors, **{name: tensors[source] for name, source in tied.items() if source in tensors}}
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
 
 
-def _optimizer_tensors(optimizer: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for name, state in optimizer["state"].items():
-        for field, value in state.items():
-            tensor = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"opt/{name}/{field}"] = tensor.detach().cpu().contiguous()
-    tensors["rng/torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, rng in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng/cuda{i}"] = rng
-    return tensors
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's RNG states (CPU, and the current GPU's)."""
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
 
 
-def save_checkpoint(directory: str | Path, state: State, *, tied: Mapping[str, str], **info: Any) -> Path:
-    """Write a checkpoint; `tied` (from `tied_parameters`) are left out of the weight files."""
+def set_rng_state(states: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+def save_checkpoint(directory: str | Path, state: dict[str, Any], *, rank: int, **info: Any) -> Path:
+    """Write `state` (every rank its own part: sharded tensors, or replicated ones DCP writes
+    once) under `directory`, and `info` as trainer.json. Every rank calls it; each returns once
+    the checkpoint is committed."""
     final = Path(directory)
     tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(_untied(state.model, tied), str(tmp / "model.safetensors"))
-    if state.reference is not None:
-        save_file(_untied(state.reference, tied), str(tmp / "reference.safetensors"))
-    info["has_reference"] = state.reference is not None
-    save_file(_optimizer_tensors(state.optimizer), str(tmp / "optimizer.safetensors"))
-    groups = [{k: v for k, v in g.items() if k != "params"} for g in state.optimizer["param_groups"]]
-    (tmp / "trainer.json").write_text(json.dumps({**info, "param_groups": groups}, indent=2, default=list))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    if rank == 0:  # a crashed save's leftovers, cleared before anyone writes
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    with _one_process_allowed():
+        dcp.save(state, checkpoint_id=tmp / STATE)  # returns once every rank's files are written
+    if rank == 0:
+        (tmp / INFO).write_text(json.dumps(info, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    _barrier()  # nobody reports a checkpoint that is not there yet
     return final
 
 
-def load_checkpoint(
-    directory: str | Path, parameter_names: list[str], *, tied: Mapping[str, str]
-) -> tuple[State, dict[str, Any]]:
-    """Read a checkpoint: its state (tied parameters restored; optimizer hyperparameters over
-    `parameter_names`, the one group the learner's optimizer has) and trainer.json. Restores
-    the RNG states."""
+def read_info(directory: str | Path) -> dict[str, Any]:
+    """trainer.json of the checkpoint in `directory`; refuses one of the layout before DCP."""
     directory = Path(directory)
-    info = json.loads((directory / "trainer.json").read_text())
-    saved = load_file(str(directory / "optimizer.safetensors"))
-    per_param: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in saved.items():
-        if key.startswith("opt/"):
-            name, field = key[len("opt/") :].rsplit("/", 1)
-            per_param.setdefault(name, {})[field] = value
-    groups = [{k: tuple(v) if isinstance(v, list) else v for k, v in g.items()} for g in info["param_groups"]]
-    if len(groups) != 1:
-        raise ValueError(f"{directory}: {len(groups)} optimizer parameter groups; learners have one")
-    reference = directory / "reference.safetensors"
-    state = State(
-        model=_retied(load_file(str(directory / "model.safetensors")), tied),
-        optimizer={"state": per_param, "param_groups": [{**groups[0], "params": list(parameter_names)}]},
-        reference=_retied(load_file(str(reference)), tied) if reference.exists() else None,
-    )
-    torch.set_rng_state(saved["rng/torch"])
-    cuda_states = [saved[k] for k in sorted(saved) if k.startswith("rng/cuda")]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states)
-    return state, info
+    if not (directory / STATE / ".metadata").is_file():
+        old = (directory / "model.safetensors").exists()
+        why = "written before sharded checkpoints: model.safetensors" if old else "no state/.metadata"
+        raise CheckpointError(
+            f"{directory} is no checkpoint this version reads ({why}): "
+            "resume from a newer checkpoint, or start the run over with run.resume=false"
+        )
+    return json.loads((directory / INFO).read_text())
+
+
+def load_checkpoint(directory: str | Path, state: dict[str, Any]) -> dict[str, Any]:
+    """Fill `state`'s tensors in place from the checkpoint (each rank the shards it holds,
+    whatever the writers held) and return its trainer.json. Every rank calls it."""
+    info = read_info(directory)
+    with _one_process_allowed():
+        dcp.load(state, checkpoint_id=Path(directory) / STATE)
+    return info
+
+
+def read_weights(directory: str | Path, prefix: str = "model") -> dict[str, torch.Tensor]:
+    """The whole model (`prefix="model"`) of a checkpoint as CPU tensors by parameter name, read
+    in this process alone: no process group, whatever wrote it. With LoRA, the adapters."""
+    read_info(directory)
+    reader = FileSystemReader(Path(directory) / STATE)
+    start = prefix + "."
+    tensors = {
+        key[len(start) :]: torch.empty(meta.size, dtype=meta.properties.dtype)
+        for key, meta in reader.read_metadata().state_dict_metadata.items()
+        if key.startswith(start) and isinstance(meta, TensorStorageMetadata)
+    }
+    with _one_process_allowed():
+        dcp.load({prefix: tensors}, storage_reader=reader, no_dist=True)
+    return tensors
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:

@@ -10,10 +10,12 @@
 Every rank normalises its share by the whole step's token totals and scales its loss by the
 world size (DDP averages gradients), so N ranks make the same update as one rank on the
 full batch. FSDP (`strategy: fsdp`) shards parameters, gradients and optimizer state over the
-ranks (gloo on CPU, NCCL on GPU), for models that do not fit one device. A sharded forward is a
-collective, so every rank makes as many passes as the busiest one (idle ranks pass one padding
-token at zero weight), and the full weights (for the policy engines and checkpoints) are
-gathered by all ranks at once: rank 0 receives them.
+ranks (gloo on CPU, NCCL on GPU), for models that do not fit one device: each rank builds the
+model on `meta`, shards it, then receives its shards of rank 0's weights (`trainers.meta_init`).
+A sharded forward is a collective, so every rank makes as many passes as the busiest one (idle
+ranks pass one padding token at zero weight), and the full weights for the policy engines are
+gathered by all ranks at once: rank 0 receives them. Checkpoints gather nothing: each rank writes and reads the
+shards it holds (`trainers.checkpoint`), to a directory every rank reaches.
 
 Numerics: the learner's weights and AdamW state are fp32 whatever dtype the policy engines serve
 in (master weights: an update under 1/256 of a weight vanishes in bf16); `precision: bf16` runs
@@ -56,8 +58,9 @@ from hillclimb.config.learner import LearnerConfig
 from hillclimb.config.models import HFModelConfig, ModelConfig
 from hillclimb.errors import ConfigError
 from trainers.batching import Sample, StepTotals, micro_batches, to_loss_batch
-from trainers.checkpoint import State, load_checkpoint, save_checkpoint, tied_parameters
+from trainers.checkpoint import load_checkpoint, read_info, rng_state, save_checkpoint, set_rng_state
 from trainers.losses import LossConfig, loss_from_hidden, token_logprobs
+from trainers.meta_init import Pretrained, materialise, skeleton
 from trainers.models.head import check_lm_head, lm_head
 from trainers.models.load import load_model
 from trainers.models.lora import adapter_update, add_adapters
@@ -183,8 +186,13 @@ class Learner:
         torch.manual_seed(config.seed)
         self.device = _device(config.device)
         fast_fp32_matmuls(self.device)
-        model, self.tokenizer = load_model(_master_weights(model_config), self.device)
-        check_lm_head(model)  # the losses apply the head themselves: its logits must be hidden · Wᵀ + b
+        master = _master_weights(model_config)
+        self._pretrained: Pretrained | None = None  # what fills a sharded skeleton once joined (`meta_init`)
+        if config.strategy == "fsdp" and world_size > 1:
+            model, self.tokenizer, self._pretrained = skeleton(master, rank)
+        else:
+            model, self.tokenizer = load_model(master, self.device)
+            check_lm_head(model)  # the losses apply the head themselves: its logits must be hidden · Wᵀ + b
         # LoRA layers replace the targeted linears inside `model`: it stays the model the losses read
         self.adapters = add_adapters(model, config.lora) if config.lora is not None else None
         if config.checkpoints_activations:
@@ -215,8 +223,13 @@ class Learner:
         return f"tcp://{host}:{free_port(host)}"
 
     def join(self, init_method: str) -> None:
-        """Join the ranks' process group and wrap the model for data parallelism (every rank at once)."""
+        """Join the ranks' process group and wrap the model for data parallelism (every rank at
+        once); a sharded skeleton gets its weights then, each rank its shards."""
         self.module = self._distribute(self.module, init_method)
+        if self._pretrained is not None:
+            materialise(self.module, self.model, self._pretrained, self.device)
+            self._pretrained = None  # rank 0's CPU copy of the whole model, freed
+            self.optimizer = self._optimizer()  # over the parameters as materialised
 
     def placement(self) -> dict[str, Any]:
         """Where this rank runs: its node (Ray's id and address) and its device."""
@@ -457,40 +470,48 @@ class Learner:
         log_likelihood, count = self.env_log_likelihood(samples)
         return -log_likelihood / max(count, 1)
 
-    def _state(self) -> Any:
-        """Weights (with LoRA the adapters alone: the base weights come from the model config),
-        optimizer and KL reference as full tensors on CPU (rank 0's, when gathered)."""
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model = get_model_state_dict(self.model, options=options)
+    def _state(self) -> dict[str, Any]:
+        """What a checkpoint holds, as this rank holds it (shards under FSDP, nothing gathered):
+        weights (with LoRA the adapters alone: the base weights come from the model config),
+        optimizer, KL reference, and this rank's RNG states under its own name."""
+        model = get_model_state_dict(self.model)
         if self.adapters is not None:
             model = {name: model[name] for name, _ in self._trainable()}
-        return State(
-            model=model,
-            optimizer=get_optimizer_state_dict(self.model, self.optimizer, options=options),
-            reference=None if self.reference is None else self.reference.state_dict(),
-        )
+        state = {
+            "model": model,
+            "optimizer": get_optimizer_state_dict(self.model, self.optimizer),
+            "rng": {f"rank{self.rank}": rng_state()},
+        }
+        if self.reference is not None:
+            state["reference"] = self.reference.state_dict()
+        return state
 
     def save(self, directory: str, **info: Any) -> str:
-        """Every rank calls it (a sharded state is gathered collectively); rank 0 writes it and
-        returns its path, the others return ''."""
-        state = self._state()
-        if self.rank != 0:
-            return ""
+        """Every rank calls it and writes its own part (`trainers.checkpoint`); each returns the
+        checkpoint's path once it is whole."""
         lora = None if self.config.lora is None else self.config.lora.model_dump(mode="json")
-        return str(save_checkpoint(directory, state, tied=tied_parameters(self.model), lora=lora, **info))
+        written = {"world_size": self.world_size, "strategy": self.config.strategy, "lora": lora}
+        state = self._state()
+        path = save_checkpoint(directory, state, rank=self.rank, **info, **written, has_reference="reference" in state)
+        return str(path)
 
     def load(self, directory: str) -> dict[str, Any]:
-        """Restore a checkpoint, whatever world size or strategy wrote it (every rank calls it)."""
-        names = [name for name, _ in self._trainable()]
-        state, info = load_checkpoint(directory, names, tied=tied_parameters(self.model))
+        """Restore a checkpoint, whatever world size or strategy wrote it (every rank calls it):
+        each rank reads the shards it holds. A rank the writers lacked takes rank 0's RNG states."""
+        info = read_info(directory)
         self._check_trains_what(directory, info)
-        options = StateDictOptions(full_state_dict=True, strict=self.adapters is None)
-        set_model_state_dict(self.model, state.model, options=options)
-        set_optimizer_state_dict(self.model, self.optimizer, state.optimizer, options=options)
-        self.reference = None
-        if state.reference is not None:
+        if info["has_reference"] and self.reference is None:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
-            self.reference.load_state_dict(state.reference)
+        elif not info["has_reference"]:
+            self.reference = None
+        state = self._state()  # the shapes and shards to read into (Adam's moments made if the optimizer has none yet)
+        rng_of = f"rank{self.rank if self.rank < info['world_size'] else 0}"
+        state["rng"] = {rng_of: state["rng"].pop(f"rank{self.rank}")}
+        load_checkpoint(directory, state)
+        options = StateDictOptions(strict=self.adapters is None)
+        set_model_state_dict(self.model, state["model"], options=options)
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=options)
+        set_rng_state(state["rng"][rng_of])
         return info
 
     def _check_trains_what(self, directory: str, info: dict[str, Any]) -> None:

@@ -83,9 +83,9 @@ class GpuPodValues(PodResources):
     """GPUs per pod (requested as `nvidia.com/gpu`; the pods tolerate the GPU taint)."""
     cpu: str = Field(default="8", pattern=CPU)
     memory: str = Field(default="64Gi", pattern=MEMORY)
-    """The pod's memory, request and limit. Each learner rank loads the whole checkpoint into host
-    memory before it is sharded, so size it to ranks per pod × the checkpoint's bytes, plus
-    headroom (`hillclimb train CONFIG --dry-run` estimates it)."""
+    """The pod's memory, request and limit. Under FSDP rank 0 reads the whole model into host
+    memory in fp32 (4 bytes a parameter) and the other ranks start empty; under DDP every rank
+    does; plus headroom (`hillclimb train CONFIG --dry-run` estimates it)."""
     shm: str = Field(default="16Gi", pattern=MEMORY)
     """Size of the pod's `/dev/shm` (a memory-backed emptyDir, counted against `memory`): NCCL's
     intra-node transport and Ray's object store live there, and the container runtime's 64 MiB

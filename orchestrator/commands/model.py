@@ -58,17 +58,18 @@ def pull(name: Annotated[str, typer.Argument(help="A name from `hillclimb model 
 @reports_errors
 def export(
     run: Annotated[Path, typer.Argument(help="A training run's directory (it holds config.json and checkpoints/).")],
-    out: Annotated[Path, typer.Option("--out", help="Directory to write the merged model (and tokenizer) to.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the model (and tokenizer) to.")],
     checkpoint: Annotated[
         Path | None, typer.Option(help="A checkpoint directory of the run (default: its latest).")
     ] = None,
 ) -> None:
-    """Merge a LoRA run's adapters into its base model and write it with save_pretrained."""
+    """Write a training run's checkpoint as a plain transformers model (save_pretrained): its weights, or
+    with LoRA its base model with the adapters merged in."""
     from hillclimb.config import load_config
     from hillclimb.errors import ConfigError
     from orchestrator.run_dirs import RunNotFoundError
     from trainers.checkpoint import latest_checkpoint
-    from trainers.models.lora import export_merged
+    from trainers.models.export import export_checkpoint
 
     if not (run / "config.json").is_file():
         raise RunNotFoundError(f"{run} is not a run directory (no config.json)")
@@ -76,7 +77,8 @@ def export(
     chosen = checkpoint or latest_checkpoint(run / "checkpoints")
     if chosen is None:
         raise ConfigError(f"{run} has no checkpoints yet (train.checkpoint_every writes them)")
-    console.print(f"{export_merged(config.policy.model, chosen, out)}  (from {chosen})", soft_wrap=True, markup=False)
+    written = export_checkpoint(config.policy.model, chosen, out)
+    console.print(f"{written}  (from {chosen})", soft_wrap=True, markup=False)
 
 
 @app.command("serve")

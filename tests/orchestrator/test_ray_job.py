@@ -203,4 +203,4 @@ def test_ray_job_submit_trains_across_two_nodes(
     assert "succeeded" in output and "learners: rank 0 on node" in output
     run = tmp_path / "echo-toy"
     assert json.loads((run / "summary.json").read_text())["rl_steps"] == 2
-    assert (run / "checkpoints" / "step-000002" / "model.safetensors").exists()
+    assert (run / "checkpoints" / "step-000002" / "state" / ".metadata").exists()

@@ -9,7 +9,6 @@ import torch
 from learner_data import CONFIG, LORA, MODEL, batch_of_step
 from learner_data import train_step_of as _step
 from pydantic import ValidationError
-from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from hillclimb.config.learner import LearnerConfig, LoraConfig
@@ -18,10 +17,11 @@ from hillclimb.config.rollout import SamplingParams
 from hillclimb.errors import ConfigError
 from tests.factories import trajectory
 from trainers.batching import Sample, StepTotals, samples_from_groups, to_loss_batch
+from trainers.checkpoint import read_weights
 from trainers.learner import Learner
 from trainers.losses import LossConfig
 from trainers.models import build_tiny_model, load_model
-from trainers.models.lora import export_merged
+from trainers.models.export import export_checkpoint
 from trainers.policy.base import GenerateRequest
 from trainers.policy.hf import HFPolicy
 from trainers.roles import Role
@@ -54,7 +54,7 @@ def test_a_lora_checkpoint_holds_the_adapters_alone(tmp_path: Path) -> None:
     learner = Learner(MODEL, LORA)
     _step(learner, 0)
     learner.save(str(tmp_path / "ck"), step=1, version=1)
-    saved = load_file(str(tmp_path / "ck" / "model.safetensors"))
+    saved = read_weights(tmp_path / "ck")
     assert len(saved) == 14 and all(_is_adapter(name) for name in saved)
 
 
@@ -124,16 +124,17 @@ def test_export_writes_the_merged_model_as_a_plain_transformers_model(tmp_path: 
     for step in range(3):
         _step(learner, step)
     learner.save(str(tmp_path / "ck"), step=3, version=3)
-    export_merged(MODEL, tmp_path / "ck", tmp_path / "merged")
+    export_checkpoint(MODEL, tmp_path / "ck", tmp_path / "merged")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     assert not any("lora" in name for name, _ in plain.named_parameters())
     ids = torch.tensor([list(range(40, 60))])
     learner.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(plain(ids).logits, learner.model(ids).logits, atol=1e-5, rtol=0)
-    Learner(MODEL, CONFIG).save(str(tmp_path / "full"), step=0, version=0)
-    with pytest.raises(ConfigError, match="holds no adapters"):
-        export_merged(MODEL, tmp_path / "full", tmp_path / "nothing")
+    # Another model's adapters do not fit: refused, naming the count.
+    other = MODEL.model_copy(update={"num_layers": 2})
+    with pytest.raises(ConfigError, match="14 saved tensors do not fit"):
+        export_checkpoint(other, tmp_path / "ck", tmp_path / "nothing")
 
 
 def test_target_modules_the_model_lacks_are_named_with_the_ones_it_has() -> None:

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from pydantic import ValidationError
-from tokenizers import Tokenizer as RawTokenizer
-from tokenizers import models, pre_tokenizers
-from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM
+from word_tokenizer import word_tokenizer
 
 from trainers.models import HFModelConfig, TinyModelConfig, build_tiny_model, load_model, load_model_tokenizer
 from trainers.tokenizer import ByteTokenizer, HFTokenizer
@@ -83,23 +82,10 @@ def test_load_model_tiny_gives_the_byte_tokenizer() -> None:
     assert _same_weights(model, build_tiny_model(SMALL))
 
 
-def _word_tokenizer() -> PreTrainedTokenizerFast:
-    words = ["<pad>", "<eos>", "<unk>", "user", "assistant", ":", "ls", "cat", "app", ".", "log", "answer", "5"]
-    raw = RawTokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        chat_template="{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} <eos> {% endfor %}",
-    )
-
-
 def test_hf_path_loads_a_saved_model_and_tokenizer_by_path(tmp_path: Path) -> None:
     saved = build_tiny_model(SMALL)
     saved.save_pretrained(tmp_path)
-    _word_tokenizer().save_pretrained(tmp_path)
+    word_tokenizer().save_pretrained(tmp_path)
 
     model, tokenizer = load_model(HFModelConfig(name_or_path=str(tmp_path)), "cpu")
 
@@ -117,7 +103,7 @@ def test_hf_path_loads_a_saved_model_and_tokenizer_by_path(tmp_path: Path) -> No
 
 def test_hf_path_honours_dtype(tmp_path: Path) -> None:
     build_tiny_model(SMALL).save_pretrained(tmp_path)
-    _word_tokenizer().save_pretrained(tmp_path)
+    word_tokenizer().save_pretrained(tmp_path)
     model, _ = load_model(HFModelConfig(name_or_path=str(tmp_path), dtype="bfloat16"), "cpu")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 

@@ -4,6 +4,9 @@
     HFModelConfig   ─► model_location (a directory, a GGUF converted once, a catalog name, a Hub id)
                     ─► AutoModelForCausalLM.from_pretrained + AutoTokenizer wrapped in HFTokenizer
 
+`load_model_skeleton` builds the same model on the `meta` device, from its config alone: no
+weight is read or stored. Sharded learners make it, shard it, and only then load the weights.
+
 The Hugging Face path reads the Hub (or its cache) for a hub id, and only the disk otherwise,
 so a model saved with `save_pretrained`, a GGUF file or a pulled catalog model loads without a network.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from hillclimb.config.models import HFModelConfig, ModelConfig, TinyModelConfig
 from hillclimb.errors import ModelLoadError, ModelNotFoundError
@@ -21,7 +24,7 @@ from trainers.models.gguf import loadable
 from trainers.models.tiny import build_tiny_model
 from trainers.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 
-__all__ = ["load_model", "load_model_tokenizer", "model_location"]
+__all__ = ["load_model", "load_model_skeleton", "load_model_tokenizer", "model_location"]
 
 _DTYPES: dict[str, Any] = {
     "auto": "auto",
@@ -38,6 +41,21 @@ def load_model(config: ModelConfig, device: str | torch.device = "cpu") -> tuple
     else:
         model = _from_pretrained(AutoModelForCausalLM, config, dtype=_DTYPES[config.dtype])
     return model.to(device).eval(), load_model_tokenizer(config)
+
+
+def load_model_skeleton(config: ModelConfig) -> tuple[PreTrainedModel, Tokenizer]:
+    """The model `load_model` gives (same class, parameter names, dtypes, tied weights), on the
+    `meta` device: shapes without storage. Its non-persistent buffers (rotary frequencies) are
+    meta too: whoever materialises it must fill them."""
+    with torch.device("meta"):
+        if isinstance(config, TinyModelConfig):
+            model: PreTrainedModel = build_tiny_model(config)
+        else:
+            # `auto` is the dtype the config records, which from_config uses when given none
+            dtype = {} if config.dtype == "auto" else {"dtype": _DTYPES[config.dtype]}
+            architecture = _from_pretrained(AutoConfig, config)
+            model = AutoModelForCausalLM.from_config(architecture, trust_remote_code=config.trust_remote_code, **dtype)
+    return model.eval(), load_model_tokenizer(config)
 
 
 def load_model_tokenizer(config: ModelConfig) -> Tokenizer:

@@ -5,7 +5,7 @@
               only the adapters' A and B train
     sync:     adapter_update(model) ─► {"<module>.lora_A": A, "<module>.lora_B": B, "<module>.lora_scale": s}
     engine:   `trainers.models.adapters.merged_weights` (no peft there) merges them into plain weights
-    export:   export_merged(...) ─► save_pretrained of the merged model, a plain transformers model
+    export:   `trainers.models.export` merges a checkpoint's adapters (peft) and saves a plain model
 
 Adapter tensors are named by the plain model's module names (`model.layers.0.self_attn.q_proj`),
 which are the policy engine's, whatever peft calls them inside the learner.
@@ -13,24 +13,19 @@ which are the policy engine's, whatever peft calls them inside the learner.
 
 from __future__ import annotations
 
-import json
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import load_file
 
 from hillclimb.config.learner import LoraConfig
-from hillclimb.config.models import ModelConfig
 from hillclimb.errors import ConfigError
 from trainers.models.adapters import SCALE, A, B
-from trainers.models.load import load_model
 
-__all__ = ["adapter_update", "add_adapters", "export_merged"]
+__all__ = ["adapter_update", "add_adapters"]
 
 _ADAPTER = "default"  # peft's name for a model's one adapter
 
@@ -89,31 +84,3 @@ def adapter_update(model: Any) -> dict[str, torch.Tensor]:
         update[name + B] = layer.lora_B[_ADAPTER].weight.detach().cpu()
         update[name + SCALE] = torch.tensor(float(layer.scaling[_ADAPTER]))
     return update
-
-
-def export_merged(model_config: ModelConfig, checkpoint: str | Path, out: str | Path) -> Path:
-    """Write the model of a LoRA checkpoint (the adapters of `learner.lora`, which its trainer.json
-    records) with its adapters merged in (peft's `merge_and_unload`), with `save_pretrained`: a
-    plain transformers model, loadable without peft. A pretrained model's tokenizer goes beside it."""
-    checkpoint = Path(checkpoint)
-    recorded = json.loads((checkpoint / "trainer.json").read_text()).get("lora")
-    if recorded is None:
-        raise ConfigError(
-            f"{checkpoint} holds no adapters (it was written by full fine-tuning): its model.safetensors is "
-            "the whole model already"
-        )
-    model, tokenizer = load_model(model_config)
-    wrapped = add_adapters(model, LoraConfig.model_validate(recorded))
-    adapters = load_file(str(checkpoint / "model.safetensors"))
-    expected = {name for name, p in model.named_parameters() if p.requires_grad}
-    if set(adapters) != expected:
-        raise ConfigError(
-            f"{checkpoint}'s adapters do not fit {model_config}: {len(adapters)} saved tensors for {len(expected)} "
-            "adapter parameters; export with the model the run trained"
-        )
-    model.load_state_dict(adapters, strict=False)
-    merged = wrapped.merge_and_unload()
-    merged.save_pretrained(str(out))
-    if hasattr(tokenizer, "hf"):
-        tokenizer.hf.save_pretrained(str(out))
-    return Path(out)
