@@ -22,7 +22,8 @@ def print_plan(plan: dict[str, Any] | None, policy_type: str) -> None:
     _err.print(
         f"learners: {learners['ranks']} ranks ({learners['strategy']}, {learners['device']}) on "
         f"{learners['nodes']} node(s), up to {learners['ranks_per_node']} a node; host memory per learner pod "
-        f"≈ {learners['host_memory_per_pod_gib']:g} GiB (the fp32 model, read by rank 0 under FSDP, by every rank under DDP)"
+        f"≈ {learners['host_memory_per_pod_gib']:g} GiB "
+        "(the fp32 model, read by rank 0 under FSDP, by every rank under DDP)"
     )
     if learners["device"].startswith("cuda"):  # CPU ranks: no GPU to fit
         _err.print(f"  per GPU: {_estimate(learners['gpu_memory'], gpu)}")
