@@ -62,6 +62,7 @@ class RayJobSpec(_Known):
     shutdownAfterJobFinishes: StrictBool  # noqa: N815
     ttlSecondsAfterFinished: StrictInt = Field(ge=0)  # noqa: N815
     rayClusterSpec: RayClusterSpec  # noqa: N815
+    submitterPodTemplate: dict[str, Any] | None = None  # noqa: N815
 
 
 class _Endpoint(_Known):
