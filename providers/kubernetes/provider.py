@@ -45,7 +45,7 @@ from providers.kubernetes.leases import LeaseLiveness
 from providers.kubernetes.pod import pod_name, sandbox_pod, token_secret
 from providers.kubernetes.warm_pool import GROUP as WARM_GROUP
 from providers.kubernetes.warm_pool import VERSION as WARM_VERSION
-from providers.kubernetes.warm_pool import bound_address, claim_server, sandbox_claim, warm_pool_objects
+from providers.kubernetes.warm_pool import bound_address, claim_server, refusal, sandbox_claim, warm_pool_objects
 from providers.readiness import READY_TIMEOUT_S, wait_healthy
 from providers.toolkit import KeyLocks, create_in_thread, utc_from_timestamp
 
@@ -219,6 +219,8 @@ class KubernetesProvider:
                 raise RetryableProviderError(f"sandbox claim {name} disappeared before it was bound")
             if (address := bound_address(claim)) is not None:
                 return address
+            if (refused := refusal(claim)) is not None:
+                raise BadSpecError(f"the agent-sandbox controller refused sandbox claim {name}: {refused}")
             time.sleep(0.2)
         raise RetryableProviderError(f"no warm sandbox was bound to claim {name} within {timeout_s:g} s")
 

@@ -106,7 +106,7 @@ class _PodMetadata(_Known):
 class SandboxClaimSpec(_Known):
     warmPoolRef: _Ref  # noqa: N815
     lifecycle: _Lifecycle
-    additionalPodMetadata: _PodMetadata  # noqa: N815
+    additionalPodMetadata: _PodMetadata | None = None  # noqa: N815
 
 
 SPECS: dict[str, type[_Known]] = {
