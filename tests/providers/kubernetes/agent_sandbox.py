@@ -14,6 +14,7 @@ Ready condition turns False with reason `InvalidMetadata` and the controller's m
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import re
 from typing import Any
@@ -104,12 +105,13 @@ class Controller:
             await asyncio.sleep(0.02)
 
     async def _reconcile(self, name: str, claim: dict[str, Any]) -> dict[str, Any]:
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         if error := claim_metadata_error(claim, self.allowed):
             refused = {"type": "Ready", "status": "False", "reason": "InvalidMetadata", "message": error}
-            return {"conditions": [refused]}
+            return {"conditions": [refused | {"lastTransitionTime": now}]}
         server = EnvServer(EnvRuntime(resolve_env_class(self.env)), token=None, claimable=True)
         address = next(_ADDRESSES)
         await server.start_tcp(address, SERVER_PORT)
         self.servers.append(server)
-        ready = {"type": "Ready", "status": "True", "reason": "SandboxReady", "message": ""}
+        ready = {"type": "Ready", "status": "True", "reason": "SandboxReady", "message": "", "lastTransitionTime": now}
         return {"conditions": [ready], "sandbox": {"name": name, "podIPs": [address]}}
