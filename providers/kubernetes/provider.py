@@ -52,6 +52,8 @@ from providers.toolkit import KeyLocks, create_in_thread, utc_from_timestamp
 SERVICE = "hillclimb-sandboxes"
 """The chart's headless Service: it gives each ready sandbox pod a DNS name."""
 _POLICY_RECHECK_S = 60.0
+_UNDO_ATTEMPTS = 5
+_UNDO_DELAY_S = 0.5
 _LOG_LINES = 50
 
 
@@ -160,7 +162,7 @@ class KubernetesProvider:
                     create_policy = self._networking.create_namespaced_network_policy
                     self._call("create", "networkpolicies", create_policy, self.namespace, policy)
             except BaseException:
-                self._destroy(name)
+                self._undo(name)
                 raise
             self._tokens[name] = SecretStr(token)
             return self._sandbox(made)
@@ -191,7 +193,7 @@ class KubernetesProvider:
                 if served != class_path(env_class_of(spec.env)):
                     raise BadSpecError(f"warm pool {pool['metadata']['name']} serves {served}, not {spec.env!r}")
             except BaseException:
-                self._destroy(name)
+                self._undo(name)
                 raise
             self._tokens[name] = SecretStr(token)
             made = self._read_claim(name)
@@ -293,6 +295,19 @@ class KubernetesProvider:
             except self._errors as e:
                 if e.status != 404:
                     raise self._translate(e, "delete", resource) from e
+
+    def _undo(self, name: str) -> None:
+        """Remove what a failed create made. A create fails most often because the API server is
+        throttling (429), and then so may these deletes: they are tried again after its
+        Retry-After, since nothing else would remove a pod of a live run before its deadline."""
+        for attempt in range(1, _UNDO_ATTEMPTS + 1):
+            try:
+                self._destroy(name)
+                return
+            except RetryableProviderError as e:
+                if attempt == _UNDO_ATTEMPTS:
+                    raise
+                time.sleep(max(e.delay_s, _UNDO_DELAY_S * attempt))
 
     def _log_tail(self, name: str) -> str:
         try:
