@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -111,6 +112,7 @@ class Worker:
     def __init__(self, provider: KubernetesProvider, config: PoolConfig) -> None:
         self.provider, self.config = provider, config
         self.waits_after_429: list[float] = []
+        self.retried: collections.Counter[str] = collections.Counter()
         self.failures_in_a_row = 0
 
     async def _retrying(self, call: Any) -> Any:
@@ -125,6 +127,7 @@ class Worker:
                 delay = max(min(cfg.create_retry_delay_s * 2 ** (n - 1), cfg.create_retry_max_delay_s), e.delay_s)
                 if "HTTP 429" in str(e):
                     self.waits_after_429.append(delay)
+                self.retried[re.sub(r"hc-[\w-]+|port=\d+", "…", " ".join(str(e).split()[:8]))] += 1
                 await asyncio.sleep(delay)
 
     async def run(self, todo: collections.deque[int]) -> None:
@@ -134,7 +137,7 @@ class Worker:
             await self._retrying(lambda sandbox=sandbox: self.provider.destroy(sandbox.id))
 
 
-def _peak_per_second(arrivals: list[float]) -> int:
+def peak_per_second(arrivals: list[float]) -> int:
     peak, start = 0, 0
     for end, t in enumerate(arrivals):
         while arrivals[start] < t - 1.0:
@@ -177,7 +180,7 @@ async def simulate(lifecycles: int, concurrency: int, seats: int, queue: int, la
         "requests": sum(api.answered.values()),
         "requests_per_lifecycle": sum(api.answered.values()) / lifecycles,
         "answered": dict(sorted(by_request.items())),
-        "peak_requests_per_s": _peak_per_second(api.arrivals),
+        "peak_requests_per_s": peak_per_second(api.arrivals),
         "throttled_429": sum(n for (_, _, status), n in api.answered.items() if status == 429),
         "shortest_wait_after_429_s": min(waits) if waits else None,
         "left_behind": left,
