@@ -5,11 +5,13 @@ admission judges.
     head group     its template, as written
     worker groups  plus the `wait-gcs-ready` init container (ray-operator/controllers/ray/
                    common/pod.go, DefaultWorkerPodTemplate): the Ray container's image, env,
-                   mounts and securityContext, KubeRay's own command and resources
+                   mounts and securityContext, KubeRay's resources (its health-check
+                   loop abbreviated: the profile judges the securityContext, not the script)
     RayJob         plus the submitter pod (rayjob_controller.go, getSubmitterTemplate): the
                    job's submitterPodTemplate, or else KubeRay's default (common/job.go,
                    GetDefaultSubmitterTemplate), which has no securityContext at all; KubeRay
-                   sets its command when the template has none, and appends three env vars
+                   sets its command when the template has none (`ray job submit`, abbreviated
+                   here), and appends three env vars
 
 The in-tree autoscaler's sidecar is not modelled: a template that enables it is refused here.
 """
