@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from hillclimb.config.run import RunConfig
@@ -22,6 +22,12 @@ from hillclimb.config.run import RunConfig
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 CPU = r"^[0-9]+(\.[0-9]+)?m?$"
 MEMORY = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?)?$"
+_CRON_ITEM = r"(\*|\?|[0-9]+(-[0-9]+)?|[A-Za-z]{3}(-[A-Za-z]{3})?)(/[0-9]+)?"
+_CRON_FIELD = rf"{_CRON_ITEM}(,{_CRON_ITEM})*"
+CRON = rf"^$|^@(yearly|annually|monthly|weekly|daily|midnight|hourly)$|^{_CRON_FIELD}([ \t]+{_CRON_FIELD}){{4}}$"
+"""A CronJob schedule as Kubernetes parses it (robfig/cron's standard parser): five fields of
+numbers, names, ranges, steps and lists, or a descriptor; or empty. The fields' ranges are left
+to the API server."""
 RAY_VERSION = "2.60.0"
 """The Ray the chart's cluster runs by default: the version hillclimb is tested with."""
 
@@ -74,6 +80,16 @@ class RolloutWorkerValues(PodResources):
     `rollout_worker` resource hillclimb's rollout workers ask for."""
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=8, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RolloutWorkerValues:
+        # JSON schema compares no two fields: the chart's values-checks.yaml fails the install too.
+        if not self.min_replicas <= self.replicas <= self.max_replicas:
+            raise ValueError(
+                f"minReplicas ({self.min_replicas}) <= replicas ({self.replicas}) <= maxReplicas "
+                f"({self.max_replicas}) must hold"
+            )
+        return self
 
 
 class GpuPodValues(PodResources):
@@ -140,16 +156,9 @@ class MetricsValues(ChartSection):
 
 
 class ReaperValues(ChartSection):
-    schedule: str = "*/5 * * * *"
+    schedule: str = Field(default="*/5 * * * *", pattern=CRON)
     """A CronJob running `hillclimb sandbox reap --provider kubernetes` (empty: none): it removes
     the sandboxes of runs whose Leases went stale and of any past their time-to-live."""
-
-
-class KubeRayOperatorValues(ChartSection):
-    model_config = ConfigDict(extra="allow")  # passed on to the kuberay-operator chart
-    enabled: bool = False
-    """Install the KubeRay operator with this release (`helm dependency build` first); most
-    clusters have one already."""
 
 
 class ChartValues(ChartSection):
@@ -160,7 +169,6 @@ class ChartValues(ChartSection):
     job: JobValues = JobValues()
     metrics: MetricsValues = MetricsValues()
     reaper: ReaperValues = ReaperValues()
-    kuberay_operator: KubeRayOperatorValues = Field(default=KubeRayOperatorValues(), alias="kuberay-operator")
 
 
 def values_schema() -> dict[str, Any]:

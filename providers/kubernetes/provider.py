@@ -45,13 +45,15 @@ from providers.kubernetes.leases import LeaseLiveness
 from providers.kubernetes.pod import pod_name, sandbox_pod, token_secret
 from providers.kubernetes.warm_pool import GROUP as WARM_GROUP
 from providers.kubernetes.warm_pool import VERSION as WARM_VERSION
-from providers.kubernetes.warm_pool import bound_address, claim_server, sandbox_claim, warm_pool_objects
+from providers.kubernetes.warm_pool import bound_address, claim_server, refusal, sandbox_claim, warm_pool_objects
 from providers.readiness import READY_TIMEOUT_S, wait_healthy
 from providers.toolkit import KeyLocks, create_in_thread, utc_from_timestamp
 
 SERVICE = "hillclimb-sandboxes"
 """The chart's headless Service: it gives each ready sandbox pod a DNS name."""
 _POLICY_RECHECK_S = 60.0
+_UNDO_ATTEMPTS = 5
+_UNDO_DELAY_S = 0.5
 _LOG_LINES = 50
 
 
@@ -160,7 +162,7 @@ class KubernetesProvider:
                     create_policy = self._networking.create_namespaced_network_policy
                     self._call("create", "networkpolicies", create_policy, self.namespace, policy)
             except BaseException:
-                self._destroy(name)
+                self._undo(name)
                 raise
             self._tokens[name] = SecretStr(token)
             return self._sandbox(made)
@@ -191,7 +193,7 @@ class KubernetesProvider:
                 if served != class_path(env_class_of(spec.env)):
                     raise BadSpecError(f"warm pool {pool['metadata']['name']} serves {served}, not {spec.env!r}")
             except BaseException:
-                self._destroy(name)
+                self._undo(name)
                 raise
             self._tokens[name] = SecretStr(token)
             made = self._read_claim(name)
@@ -219,6 +221,8 @@ class KubernetesProvider:
                 raise RetryableProviderError(f"sandbox claim {name} disappeared before it was bound")
             if (address := bound_address(claim)) is not None:
                 return address
+            if (refused := refusal(claim)) is not None:
+                raise BadSpecError(f"the agent-sandbox controller refused sandbox claim {name}: {refused}")
             time.sleep(0.2)
         raise RetryableProviderError(f"no warm sandbox was bound to claim {name} within {timeout_s:g} s")
 
@@ -291,6 +295,19 @@ class KubernetesProvider:
             except self._errors as e:
                 if e.status != 404:
                     raise self._translate(e, "delete", resource) from e
+
+    def _undo(self, name: str) -> None:
+        """Remove what a failed create made. A create fails most often because the API server is
+        throttling (429), and then so may these deletes: they are tried again after its
+        Retry-After, since nothing else would remove a pod of a live run before its deadline."""
+        for attempt in range(1, _UNDO_ATTEMPTS + 1):
+            try:
+                self._destroy(name)
+                return
+            except RetryableProviderError as e:
+                if attempt == _UNDO_ATTEMPTS:
+                    raise
+                time.sleep(max(e.delay_s, _UNDO_DELAY_S * attempt))
 
     def _log_tail(self, name: str) -> str:
         try:

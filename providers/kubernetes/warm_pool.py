@@ -12,6 +12,12 @@ it a token of its own before any agent command can run. The template and pool ar
 digest of the pod they make, so a spec that needs another pod gets another pool. Egress stays
 the chart's: the template leaves NetworkPolicies to it (`Unmanaged`), and its pods carry the
 sandbox role the default deny selects.
+
+The run's labels go on the claim's own metadata, which the provider lists and reaps by, and not
+on the bound pod (`spec.additionalPodMetadata`): the controller accepts a label there only in a
+domain on its allow-list (default `sandbox.users.io`, set by its `allowed-label-domains` file),
+and refuses the whole claim otherwise, so `hillclimb.dev/*` labels would leave it never bound.
+A claim the controller refuses is reported from its Ready condition, not waited out.
 """
 
 from __future__ import annotations
@@ -64,8 +70,14 @@ def warm_pool_objects(
     )
 
 
+REFUSED = ("InvalidMetadata", "EnvVarsInjectionRejected")
+"""Reasons of a claim's Ready=False condition that retrying will not change (agent-sandbox's
+claim controller)."""
+
+
 def sandbox_claim(name: str, *, namespace: str, warm_pool: str, labels: dict[str, str], ttl_s: float) -> dict[str, Any]:
-    """A claim on one warm sandbox, deleted with its sandbox at `ttl_s` from now."""
+    """A claim on one warm sandbox, deleted with its sandbox at `ttl_s` from now; `labels` on the
+    claim itself (see the module's docstring)."""
     shutdown = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=ttl_s)
     return {
         "apiVersion": API_VERSION,
@@ -74,7 +86,6 @@ def sandbox_claim(name: str, *, namespace: str, warm_pool: str, labels: dict[str
         "spec": {
             "warmPoolRef": {"name": warm_pool},
             "lifecycle": {"shutdownTime": shutdown.strftime("%Y-%m-%dT%H:%M:%SZ"), "shutdownPolicy": "Delete"},
-            "additionalPodMetadata": {"labels": labels},
         },
     }
 
@@ -83,6 +94,18 @@ def bound_address(claim: dict[str, Any]) -> str | None:
     """The bound pod's IP address, once the controller has bound one to the claim."""
     ips = ((claim.get("status") or {}).get("sandbox") or {}).get("podIPs") or []
     return ips[0] if ips else None
+
+
+def refusal(claim: dict[str, Any]) -> str | None:
+    """Why the controller will never bind `claim` (its Ready condition's reason and message), or None."""
+    for condition in (claim.get("status") or {}).get("conditions") or []:
+        if (
+            condition.get("type") == "Ready"
+            and condition.get("status") == "False"
+            and condition.get("reason") in REFUSED
+        ):
+            return f"{condition['reason']}: {condition.get('message', '')}"
+    return None
 
 
 def claim_server(url: str, token: str, timeout_s: float = 10.0) -> str:

@@ -21,6 +21,16 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
+{{/* A pod of the Ray image: its non-root user, the restricted profile's seccomp. */}}
+{{- define "hillclimb.podSecurity" -}}
+runAsNonRoot: true
+runAsUser: 1000
+runAsGroup: 100
+fsGroup: 100
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
 {{/* Where a run started by the chart finds its sandboxes and is scraped: merged over job.config. */}}
 {{- define "hillclimb.runConfig" -}}
 {{- $options := dict "namespace" .Values.sandboxes.namespace -}}
@@ -99,12 +109,7 @@ spec:
   automountServiceAccountToken: false
   {{- end }}
   securityContext:
-    runAsNonRoot: true
-    runAsUser: 1000
-    runAsGroup: 100
-    fsGroup: 100
-    seccompProfile:
-      type: RuntimeDefault
+    {{- include "hillclimb.podSecurity" $root | nindent 4 }}
   {{- if .gpus }}
   tolerations:
     - key: nvidia.com/gpu

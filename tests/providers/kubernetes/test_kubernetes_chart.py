@@ -429,7 +429,7 @@ async def test_rbac_grants_exactly_what_the_provider_uses(docs: list[dict[str, A
 
 async def test_rbac_for_warm_pools_grants_what_claiming_uses() -> None:
     """sandboxes.agentSandbox adds exactly the rights the provider's warm_pool option calls."""
-    from tests.providers.kubernetes.test_kubernetes_warm_pool import Controller
+    from tests.providers.kubernetes.agent_sandbox import Controller
 
     base = _granted(_one(render(IMAGE), "Role"))
     granted = _granted(_one(render({**IMAGE, "sandboxes": {"agentSandbox": True}}), "Role"))

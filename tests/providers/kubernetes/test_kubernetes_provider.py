@@ -8,6 +8,7 @@ import base64
 from typing import Any
 
 import kmock
+import kubernetes
 import pytest
 
 from hillclimb.provider_errors import BadSpecError, FatalProviderError, RetryableProviderError, UnsupportedPolicy
@@ -113,6 +114,30 @@ async def test_api_errors_become_the_contracts(
         await provider.create(SandboxSpec())
     if status == 429:
         assert raised.value.delay_s == 7.0
+
+
+async def test_a_throttled_create_removes_its_pod_even_when_the_delete_is_throttled_too(
+    provider: KubernetesProvider, api: ClusterEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by bench/k8s_scale.py under APF-style 429s: the Secret refused, then the cleanup's
+    pod delete refused as well, left the pod running until its deadline."""
+    api[f"post /api/v1/namespaces/{NAMESPACE}/secrets"] << kmock.Response(
+        status=429, headers={"Retry-After": "0"}, payload={"kind": "Status", "message": "throttled"}
+    )
+    delete, refused = provider._core.delete_namespaced_pod, []
+
+    def throttled_once(*args: Any, **kwargs: Any) -> Any:
+        if not refused:
+            refused.append(args)
+            raise kubernetes.client.ApiException(status=429, reason="Too Many Requests")
+        return delete(*args, **kwargs)
+
+    monkeypatch.setattr(provider._core, "delete_namespaced_pod", throttled_once)
+    with pytest.raises(RetryableProviderError, match="HTTP 429"):
+        await provider.create(SandboxSpec())
+    assert refused  # the first delete was refused, and tried again
+    pods = kmock.resource("", "v1", "pods")
+    assert [key for key, o in api.objects.items() if key[0] == pods and not o.deleted] == []
 
 
 async def test_the_sandbox_commands_reach_the_cluster_with_provider_options(provider: KubernetesProvider, api) -> None:

@@ -1,68 +1,30 @@
-"""Sandboxes claimed from an agent-sandbox warm pool, against the emulated API server. The
-controller's part is played here: it binds each new SandboxClaim to a warm "pod", a real env
-server started claimable on a loopback address of its own, port 8000, as a warm pod's would be."""
+"""Sandboxes claimed from an agent-sandbox warm pool, against the emulated API server and the
+claim controller's part played as the real one plays it (tests/providers/kubernetes/agent_sandbox.py):
+a claim it would refuse is refused here too."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime
-import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
 import kmock
 import pytest
 
-from envs.authoring.registry import resolve_env_class
-from envs.server.env_server import EnvServer
-from envs.server.runtime import EnvRuntime
 from hillclimb.provider_errors import BadSpecError, UnsupportedPolicy
-from providers.contract import EgressPolicy, SandboxSpec
-from providers.kubernetes.egress import SERVER_PORT
+from providers.contract import LABEL_RUN, EgressPolicy, SandboxSpec
+from providers.kubernetes import warm_pool
 from providers.kubernetes.provider import KubernetesProvider
 from providers.kubernetes.warm_pool import GROUP, VERSION
+from tests.providers.kubernetes.agent_sandbox import Controller, claim_metadata_error
 from tests.providers.kubernetes.custom_resources import validate_custom
 from tests.providers.kubernetes.emulator import ClusterEmulator
 from tests.providers.kubernetes.test_kubernetes_pod import restricted_violations
-
-_ADDRESSES = (f"127.0.{i}.{j}" for i, j in itertools.product(range(90, 100), range(2, 250)))
 
 
 def _stored(api: ClusterEmulator, plural: str) -> dict[str, dict[str, Any]]:
     resource = kmock.resource(GROUP, VERSION, plural)
     return {key[2]: dict(obj.raw) for key, obj in api.objects.items() if key[0] == resource and not obj.deleted}
-
-
-class Controller:
-    """Binds every unbound claim to a warm server serving `env` (what the pool's pods run)."""
-
-    def __init__(self, api: ClusterEmulator, env: str = "toy_terminal") -> None:
-        self.api, self.env = api, env
-        self.servers: list[EnvServer] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Controller:
-        self._task = asyncio.create_task(self._bind_forever())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        for server in self.servers:
-            await server.close()
-
-    async def _bind_forever(self) -> None:
-        resource = kmock.resource(GROUP, VERSION, "sandboxclaims")
-        while True:
-            for key, stored in list(self.api.objects.items()):
-                if key[0] == resource and not stored.deleted and "status" not in stored.raw:
-                    server = EnvServer(EnvRuntime(resolve_env_class(self.env)), token=None, claimable=True)
-                    address = next(_ADDRESSES)
-                    await server.start_tcp(address, SERVER_PORT)
-                    self.servers.append(server)
-                    stored.patch({"status": {"sandbox": {"name": key[2], "podIPs": [address]}}})
-            await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -98,7 +60,8 @@ async def test_a_claimed_sandbox_serves_its_claimants_episode(warm: KubernetesPr
         assert claim["spec"]["warmPoolRef"]["name"] == template["metadata"]["name"]
         shutdown = datetime.datetime.fromisoformat(claim["spec"]["lifecycle"]["shutdownTime"].replace("Z", "+00:00"))
         assert 590 <= (shutdown - datetime.datetime.now(datetime.UTC)).total_seconds() <= 600
-        assert claim["spec"]["additionalPodMetadata"]["labels"]["hillclimb.dev/run-id"] == "r1"
+        assert claim["metadata"]["labels"][LABEL_RUN] == "r1"  # on the claim, listed by it
+        assert "additionalPodMetadata" not in claim["spec"] and claim_metadata_error(claim) is None
         assert sandbox.secret() not in str(claims)
         assert {s.id for s in await warm.list({"hillclimb.dev/run-id": "r1"})} == {sandbox.id, second.id}
         await warm.destroy(sandbox.id)
@@ -116,3 +79,55 @@ async def test_a_pool_serving_another_environment_is_refused(warm: KubernetesPro
 async def test_an_allow_list_is_refused_for_pods_made_before_the_spec(warm: KubernetesProvider) -> None:
     with pytest.raises(UnsupportedPolicy, match="started before any spec names its allow-list"):
         await warm.create(SandboxSpec(egress=EgressPolicy(mode="allow_list", allow=("10.0.0.0/8",))))
+
+
+@pytest.mark.parametrize(
+    ("labels", "allowed", "words"),
+    [
+        ({LABEL_RUN: "r1"}, ("sandbox.users.io",), "label domain 'hillclimb.dev' is not in the allowlist"),
+        ({"run-id": "r1"}, ("sandbox.users.io",), "must have a domain prefix"),
+        ({"sandbox.users.io/run-id": "not a value"}, ("sandbox.users.io",), "invalid label value"),
+        ({"app": "sandbox-router"}, ("sandbox.users.io",), "restricted system label value"),
+    ],
+)
+def test_the_controllers_label_rule_as_upstream_states_it(
+    labels: dict[str, str], allowed: tuple[str, ...], words: str
+) -> None:
+    claim = {"spec": {"additionalPodMetadata": {"labels": labels}}}
+    assert words in str(claim_metadata_error(claim, allowed))
+
+
+@pytest.mark.parametrize(
+    ("labels", "allowed"),
+    [
+        ({"sandbox.users.io/run-id": "r1"}, ("sandbox.users.io",)),
+        ({"team.sandbox.users.io/run-id": "r1"}, ("sandbox.users.io",)),  # a subdomain of an allowed one
+        ({LABEL_RUN: "r1"}, ("hillclimb.dev",)),  # a controller configured to allow it
+    ],
+)
+def test_labels_in_an_allowed_domain_pass(labels: dict[str, str], allowed: tuple[str, ...]) -> None:
+    assert claim_metadata_error({"spec": {"additionalPodMetadata": {"labels": labels}}}, allowed) is None
+
+
+async def test_a_claim_the_controller_refuses_fails_the_create_at_once(
+    warm: KubernetesProvider, api: ClusterEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mistake this provider once made: run labels on the bound pod. The default controller
+    refuses such a claim; the provider says why from the claim's condition instead of waiting
+    out its bind timeout, and deletes the claim."""
+    made = warm_pool.sandbox_claim
+
+    def labelling_the_pod(name: str, **kwargs: Any) -> dict[str, Any]:
+        claim = made(name, **kwargs)
+        claim["spec"]["additionalPodMetadata"] = {"labels": kwargs["labels"]}
+        return claim
+
+    monkeypatch.setattr("providers.kubernetes.provider.sandbox_claim", labelling_the_pod)
+    async with Controller(api):
+        started = datetime.datetime.now(datetime.UTC)
+        with pytest.raises(
+            BadSpecError, match="InvalidMetadata: .*label domain 'hillclimb.dev' is not in the allowlist"
+        ):
+            await warm.create(SandboxSpec(env="toy_terminal", run_id="r1"))
+        assert (datetime.datetime.now(datetime.UTC) - started).total_seconds() < 5
+    assert _stored(api, "sandboxclaims") == {}
