@@ -121,7 +121,10 @@ def _chart_pods(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return pods
 
 
-@pytest.mark.parametrize("values", [*CASES, pytest.param({**IMAGE, "ray": {"mode": "job"}}, id="job")])
+JOB_MODE = {"ray": {"mode": "job"}, "job": {"runsClaim": "hillclimb-runs"}}  # learner pods need shared storage
+
+
+@pytest.mark.parametrize("values", [*CASES, pytest.param({**IMAGE, **JOB_MODE}, id="job")])
 def test_every_pod_the_release_leads_to_is_restricted(values: dict[str, Any]) -> None:
     """The submitter and KubeRay's wait-gcs-ready init containers included, as the release
     namespace's `restricted` enforcement would judge them."""
@@ -131,13 +134,13 @@ def test_every_pod_the_release_leads_to_is_restricted(values: dict[str, Any]) ->
     for name, pod in pods.items():
         assert restricted_violations(pod) == [], name
         validate(pod)
-        if name.endswith(("rollout-workers", "learners")):
+        if name.endswith(("rollout-workers", "learners", "engines")):
             assert [c["name"] for c in pod["spec"]["initContainers"]] == ["wait-gcs-ready"]
 
 
 def test_kuberays_default_submitter_would_break_the_restricted_profile() -> None:
     """Why the chart names a submitterPodTemplate: KubeRay's own has no securityContext."""
-    (job,) = [d for d in render({**IMAGE, "ray": {"mode": "job"}}) if d["kind"] == "RayJob"]
+    (job,) = [d for d in render({**IMAGE, **JOB_MODE}) if d["kind"] == "RayJob"]
     del job["spec"]["submitterPodTemplate"]
     submitter = operator_pods(job)["submitter"]
     head_image = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]

@@ -52,12 +52,14 @@ def _break(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     return broken
 
 
+JOB_MODE = {"ray": {"mode": "job"}, "job": {"runsClaim": "hillclimb-runs"}}  # learner pods need shared storage
+
 CHART_CASES = [
     (_of("RayCluster", {}), "spec/workerGroupSpecs/0/groupname", "w", "'groupname' was unexpected"),
     (_of("RayCluster", {}), "spec/workerGroupSpecs/0/replicas", "2", "'2' is not of type 'integer'"),
     (_of("RayCluster", {}), "spec/headGroupSpec/serviceType", 1, "1 is not of type 'string'"),
-    (_of("RayJob", {"ray": {"mode": "job"}}), "spec/submitterPodTemplate/spec/restartpolicy", "Never", "unexpected"),
-    (_of("RayJob", {"ray": {"mode": "job"}}), "spec/shutdownAfterJobFinishes", "yes", "not of type 'boolean'"),
+    (_of("RayJob", JOB_MODE), "spec/submitterPodTemplate/spec/restartpolicy", "Never", "unexpected"),
+    (_of("RayJob", JOB_MODE), "spec/shutdownAfterJobFinishes", "yes", "not of type 'boolean'"),
     (_of("ServiceMonitor", {"metrics": {"serviceMonitor": "always"}}), "spec/endpoints/0/targetport", 1, "unexpected"),
 ]
 
