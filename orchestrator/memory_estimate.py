@@ -2,7 +2,8 @@
 
 An estimate to size a cluster before renting it, not a measurement: it counts the big tensors and
 adds a fixed allowance for the rest. In bytes, for P parameters (`ModelShape.parameters`), N ranks
-sharing the states (`num_learners` with `strategy: fsdp`, else 1), T = `micro_batch_tokens`, L
+sharing the states (`LearnerConfig.shards`: `shard_group_size`, or `num_learners`, with
+`strategy: fsdp`; else 1), T = `micro_batch_tokens`, L
 layers, width h, MLP width I, K/V width d = kv_heads · head_dim, and a = 2 bytes per activation
 when the learner computes in bf16 (`precision`; 4 in fp32):
 
@@ -99,16 +100,16 @@ def learner_memory(
 ) -> Estimate:
     """One learner rank's GPU memory (see the module docstring)."""
     p = shape.parameters
-    shards = config.num_learners if config.strategy == "fsdp" else 1
+    shards = config.shards
     states = 16 * p / shards if config.lora is None else 4 * p + 16 * _lora_parameters(shape, config)
     cast = 2 if config.bf16 else 0
-    if config.strategy == "fsdp" and shards > 1:
+    if shards > 1:
         root = shape.embedding_parameters + shape.hidden
         compute = (4 + cast) * (root + 2 * shape.layer_parameters)
     else:
         compute = cast * p
     activations = _activations(shape, config, checkpointing)
-    load_peak = 0 if shards > 1 else 4 * p
+    load_peak = 0 if config.strategy == "fsdp" and config.num_learners > 1 else 4 * p  # `meta` start
     steady = states + compute + activations
     parts = {
         "states_gib": states / GIB,

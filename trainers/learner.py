@@ -51,6 +51,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
@@ -249,13 +250,24 @@ class Learner:
             # bf16 parameters gathered for compute, gradients reduced and kept in fp32 (torchtitan's default)
             bf16 = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
             policy = bf16 if self.config.bf16 else MixedPrecisionPolicy()
+            mesh = self._mesh()
             for layer in model.model.base_model.layers:  # each block (checkpointed already) its own unit
-                fully_shard(layer, mp_policy=policy)
-            sharded = fully_shard(model, mp_policy=policy)
+                fully_shard(layer, mesh=mesh, mp_policy=policy)
+            sharded = fully_shard(model, mesh=mesh, mp_policy=policy)
             self.sharded = True
             self.optimizer = self._optimizer()  # over the sharded parameters that replaced the originals
             return sharded
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _mesh(self) -> Any:
+        """The ranks as FSDP sees them: one dimension (flat), or with `shard_group_size` two,
+        (replicas, shards): each group of consecutive ranks (`pack` places them on one node)
+        shards a copy, the groups replicate it (HSDP)."""
+        shards = self.config.shards
+        if shards == self.world_size:
+            return init_device_mesh(self.device.type, (self.world_size,))
+        shape = (self.world_size // shards, shards)
+        return init_device_mesh(self.device.type, shape, mesh_dim_names=("replicate", "shard"))
 
     def _autocast(self) -> Any:
         """bf16 matrix products where `precision` asks, but not under FSDP, which casts the

@@ -79,6 +79,12 @@ class LearnerConfig(BaseModel):
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """`ddp` keeps a whole replica per rank; `fsdp` shards parameters, gradients and optimizer
     state over the ranks (CPU or CUDA), for a model one device cannot hold with its optimizer."""
+    shard_group_size: int | None = Field(default=None, ge=1)
+    """With `fsdp`: the ranks that shard one copy of the state among themselves (HSDP). Each group
+    of this many ranks holds the whole model sharded over its members, the groups hold replicas
+    and all-reduce gradients between them, so the all-gathers of every layer stay inside a group:
+    set it to a node's GPUs and they stay on its NVLink, only one gradient all-reduce a step
+    crossing nodes. None: one group of every rank (flat FSDP); it must divide `num_learners`."""
     device: str = "cpu"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """What the learner computes in. Its weights and optimizer state are always fp32 (master
@@ -108,6 +114,13 @@ class LearnerConfig(BaseModel):
         if self.lr_decay_fraction == 0:
             return 1.0
         return min(1.0, max(0.0, (1.0 - progress) / self.lr_decay_fraction))
+
+    @property
+    def shards(self) -> int:
+        """Over how many ranks one copy of the state is split (1: each rank holds it whole)."""
+        if self.strategy != "fsdp":
+            return 1
+        return self.shard_group_size or self.num_learners
 
     @property
     def bf16(self) -> bool:
@@ -146,6 +159,12 @@ class LearnerConfig(BaseModel):
             raise ValueError(
                 "learner.lora with learner.strategy=fsdp is not supported yet: adapters are small, use "
                 "learner.strategy=ddp (or learner.lora=null for full fine-tuning)"
+            )
+        group = self.shard_group_size
+        if group is not None and (self.strategy != "fsdp" or self.num_learners % group):
+            raise ValueError(
+                f"learner.shard_group_size={group} needs learner.strategy=fsdp and a group size that divides "
+                f"learner.num_learners ({self.num_learners}, strategy {self.strategy})"
             )
         if self.gpus_per_learner > 0 and not self.device.startswith("cuda"):
             raise ValueError(

@@ -43,6 +43,8 @@ class RankResult:
     """The full model on rank 0 (empty elsewhere)."""
     optimizer: dict[str, Any]
     """The full optimizer state dict on rank 0 (`{"state": {name: {...}}, "param_groups": [...]}`)."""
+    mesh: tuple[int, ...] = ()
+    """The shape of the device mesh a sharded parameter lives on (empty when not sharded)."""
 
 
 def full_state(learner: Learner) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -69,7 +71,9 @@ def _rank(rank: int, model: ModelConfig, config: LearnerConfig, init_method: str
     weights, optimizer = full_state(learner)
     if rank != 0:  # the gathers gave rank 0 alone the tensors
         initial, weights, optimizer = {}, {}, {}
-    result = RankResult(rank, devices, initial, losses, weights, optimizer)
+    parameter = next(learner.model.parameters())
+    mesh = tuple(parameter.device_mesh.shape) if hasattr(parameter, "device_mesh") else ()
+    result = RankResult(rank, devices, initial, losses, weights, optimizer, mesh)
     torch.save(result, Path(out) / f"result-{rank}.pt")
 
 

@@ -24,6 +24,7 @@ from trainers.models.export import export_checkpoint
 ONE = CONFIG.model_copy(update={"cpu_threads": 1})
 FSDP_2 = ONE.model_copy(update={"num_learners": 2, "strategy": "fsdp"})
 DDP_2 = ONE.model_copy(update={"num_learners": 2, "strategy": "ddp"})
+HSDP_4 = ONE.model_copy(update={"num_learners": 4, "strategy": "fsdp", "shard_group_size": 2})  # 2 groups of 2
 
 
 def _assert_same_state(got: RankResult, want: RankResult) -> None:
@@ -39,8 +40,8 @@ def _assert_same_state(got: RankResult, want: RankResult) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("writer", "reader"),
-    [(FSDP_2, ONE), (ONE, FSDP_2), (DDP_2, FSDP_2), (FSDP_2, DDP_2)],
-    ids=["fsdp2-to-one", "one-to-fsdp2", "ddp2-to-fsdp2", "fsdp2-to-ddp2"],
+    [(FSDP_2, ONE), (ONE, FSDP_2), (DDP_2, FSDP_2), (FSDP_2, DDP_2), (HSDP_4, FSDP_2)],
+    ids=["fsdp2-to-one", "one-to-fsdp2", "ddp2-to-fsdp2", "fsdp2-to-ddp2", "hsdp4-to-fsdp2"],
 )
 def test_a_checkpoint_resumes_on_another_world_size_and_strategy_with_its_optimizer_state(
     tmp_path: Path, writer: LearnerConfig, reader: LearnerConfig

@@ -58,3 +58,16 @@ def test_a_fraction_of_a_gpu_per_rank_is_refused_by_name(gpus: str) -> None:
     with pytest.raises(ConfigError, match=rf"--set learner.gpus_per_learner={gpus}: {gpus} is a fraction of a GPU"):
         load_config(None, overrides)
     load_config(None, [*overrides[:2], "learner.gpus_per_learner=1.0"])  # a whole GPU, however written
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["learner.num_learners=4", "learner.shard_group_size=2"],  # ddp: nothing to shard
+        ["learner.num_learners=4", "learner.strategy=fsdp", "learner.shard_group_size=3"],  # 4 ranks, groups of 3
+    ],
+    ids=["ddp", "not-a-divisor"],
+)
+def test_a_shard_group_that_cannot_be_is_refused(overrides: list[str]) -> None:
+    with pytest.raises(ConfigError, match=r"learner.shard_group_size=\d needs learner.strategy=fsdp and a group size"):
+        load_config(None, overrides)

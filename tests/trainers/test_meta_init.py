@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 
 ONE = CONFIG.model_copy(update={"cpu_threads": 1})
 FSDP_2 = ONE.model_copy(update={"num_learners": 2, "strategy": "fsdp"})
+HSDP_4 = ONE.model_copy(update={"num_learners": 4, "strategy": "fsdp", "shard_group_size": 2})
 TIED = ("lm_head.weight", "model.embed_tokens.weight")
 
 
@@ -50,3 +51,15 @@ def test_two_sharded_ranks_built_on_meta_start_from_one_ranks_weights_and_make_i
     # One parameter, trained once: the head and the embedding are still the same tensor.
     assert torch.equal(after_two[TIED[0]], after_two[TIED[1]])
     assert not torch.equal(after_two[TIED[0]], two[0].initial[TIED[0]])
+
+
+def test_hybrid_sharding_two_groups_of_two_make_one_ranks_step(tmp_path: Path) -> None:
+    """HSDP (`shard_group_size`): each pair of ranks shards a copy, the pairs replicate it and
+    all-reduce gradients; the update is still the one a single rank makes on the whole batch."""
+    one, four = run_ranks(MODEL, ONE, Job(steps=(0, 1)), tmp_path), run_ranks(MODEL, HSDP_4, Job(steps=(0, 1)), tmp_path)
+    assert [r.devices_before_join for r in four] == [{"meta"}] * 4
+    assert [r.mesh for r in four] == [(2, 2)] * 4  # (replicas, shards)
+    for step in (0, 1):
+        assert sum(r.losses[step] for r in four) == pytest.approx(one[0].losses[step], rel=1e-5)
+    for name, weight in one[0].weights.items():
+        torch.testing.assert_close(four[0].weights[name], weight, rtol=1e-3, atol=1e-4)
