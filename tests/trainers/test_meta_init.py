@@ -56,7 +56,8 @@ def test_two_sharded_ranks_built_on_meta_start_from_one_ranks_weights_and_make_i
 def test_hybrid_sharding_two_groups_of_two_make_one_ranks_step(tmp_path: Path) -> None:
     """HSDP (`shard_group_size`): each pair of ranks shards a copy, the pairs replicate it and
     all-reduce gradients; the update is still the one a single rank makes on the whole batch."""
-    one, four = run_ranks(MODEL, ONE, Job(steps=(0, 1)), tmp_path), run_ranks(MODEL, HSDP_4, Job(steps=(0, 1)), tmp_path)
+    job = Job(steps=(0, 1))
+    one, four = run_ranks(MODEL, ONE, job, tmp_path), run_ranks(MODEL, HSDP_4, job, tmp_path)
     assert [r.devices_before_join for r in four] == [{"meta"}] * 4
     assert [r.mesh for r in four] == [(2, 2)] * 4  # (replicas, shards)
     for step in (0, 1):
