@@ -95,9 +95,7 @@ def _activations(shape: ModelShape, config: LearnerConfig, checkpointing: bool) 
     return saved + recomputed + tokens * per_token_layer + LOGIT_TILES_BYTES
 
 
-def learner_memory(
-    shape: ModelShape, config: LearnerConfig, gpu_gib: float, *, checkpointing: bool
-) -> Estimate:
+def learner_memory(shape: ModelShape, config: LearnerConfig, gpu_gib: float, *, checkpointing: bool) -> Estimate:
     """One learner rank's GPU memory (see the module docstring)."""
     p = shape.parameters
     shards = config.shards

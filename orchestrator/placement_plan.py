@@ -40,8 +40,7 @@ def placement_plan(cfg: RunConfig, gpu_gib: float, gpus_per_node: int) -> dict[s
     # FSDP: rank 0 alone reads the model (the others start on `meta`); DDP: every replica does
     host_gib = (1 if sharded else ranks_per_node) * fp32_model_gib + ranks_per_node * HOST_RUNTIME_GIB
     memory = {
-        mode: learner_memory(shape, learner, gpu_gib, checkpointing=mode == "with")
-        for mode in ("without", "with")
+        mode: learner_memory(shape, learner, gpu_gib, checkpointing=mode == "with") for mode in ("without", "with")
     }
     learners = {
         "ranks": learner.num_learners,
