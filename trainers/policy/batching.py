@@ -132,7 +132,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                 fn(item)
             then()
 
-        await loop.run_in_executor(self._executor, each)
+        await self.call(each)
 
     def _ensure_drainer(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._drainer is not None and not self._drainer.done():
