@@ -107,7 +107,7 @@ def learner_memory(shape: ModelShape, config: LearnerConfig, gpu_gib: float, *, 
     else:
         compute = cast * p
     activations = _activations(shape, config, checkpointing)
-    load_peak = 0 if config.strategy == "fsdp" and config.num_learners > 1 else 4 * p  # `meta` start
+    load_peak = 0 if config.starts_on_meta else 4 * p
     steady = states + compute + activations
     parts = {
         "states_gib": states / GIB,

@@ -36,9 +36,9 @@ def placement_plan(cfg: RunConfig, gpu_gib: float, gpus_per_node: int) -> dict[s
     per_node = max(1, int(gpus_per_node // max(learner.gpus_per_learner, 1)))  # ranks a node holds
     ranks_per_node = 1 if learner.placement == "spread" else min(per_node, learner.num_learners)
     fp32_model_gib = 4 * shape.parameters / GIB  # the learner's master weights, read from disk on the host
-    sharded = learner.strategy == "fsdp" and learner.num_learners > 1
     # FSDP: rank 0 alone reads the model (the others start on `meta`); DDP: every replica does
-    host_gib = (1 if sharded else ranks_per_node) * fp32_model_gib + ranks_per_node * HOST_RUNTIME_GIB
+    readers = 1 if learner.starts_on_meta else ranks_per_node
+    host_gib = readers * fp32_model_gib + ranks_per_node * HOST_RUNTIME_GIB
     memory = {
         mode: learner_memory(shape, learner, gpu_gib, checkpointing=mode == "with") for mode in ("without", "with")
     }
@@ -52,10 +52,10 @@ def placement_plan(cfg: RunConfig, gpu_gib: float, gpus_per_node: int) -> dict[s
         "host_memory_per_pod_gib": round(host_gib, 1),
         "gpu_memory": memory["without"].as_dict(),
         "gpu_memory_with_activation_checkpointing": memory["with"].as_dict(),
+        "activation_checkpointing": learner.checkpoints_activations,
     }
     engine = _engine(shape, policy, gpu_gib)
     chosen = memory["with" if learner.checkpoints_activations else "without"]
-    learners["activation_checkpointing"] = learner.checkpoints_activations
     fits = (not on_gpu or chosen.fits) and engine.get("gpu_memory", {}).get("fits", True)
     return {
         "model": {"name": getattr(model, "name_or_path", "tiny"), "parameters": shape.parameters, "dtype": shape.dtype},

@@ -123,6 +123,12 @@ class LearnerConfig(BaseModel):
         return self.shard_group_size or self.num_learners
 
     @property
+    def starts_on_meta(self) -> bool:
+        """Whether the ranks build the model on `meta` and receive their shards from rank 0, the
+        only one to read it (FSDP over several ranks: `trainers.meta_init`)."""
+        return self.strategy == "fsdp" and self.num_learners > 1
+
+    @property
     def bf16(self) -> bool:
         """Whether the learner computes in bf16 (`precision`, `auto` resolved for `device`)."""
         return self.precision == "bf16" or (self.precision == "auto" and self.device.startswith("cuda"))
