@@ -142,7 +142,8 @@ class VLLMPolicyConfig(_Config):
     seed: int = 0
     """Engine seed for requests that carry none."""
     max_batch: int = Field(default=256, ge=1)
-    max_wait_ms: float = Field(default=5.0, ge=0)
+    """Most requests vLLM decodes at once (its `max_num_seqs`); it batches continuously, each
+    request joining the running batch as it arrives, and more wait in its queue."""
 
     @model_validator(mode="after")
     def _gpus_hold_the_shards(self) -> VLLMPolicyConfig:

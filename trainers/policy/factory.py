@@ -79,7 +79,6 @@ def make_policy(config: PolicyConfig) -> Policy:
     return VLLMPolicy(
         model_location(config.model),
         max_batch=config.max_batch,
-        max_wait_s=config.max_wait_ms / 1000,
         revision=config.model.revision,
         dtype=config.model.dtype,
         trust_remote_code=config.model.trust_remote_code,
