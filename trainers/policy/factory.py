@@ -46,6 +46,7 @@ def make_policy(config: PolicyConfig) -> Policy:
             max_window_s=max(config.max_window_ms, config.max_wait_ms) / 1000,
             max_context=config.max_context,
             threads=config.cpu_threads,
+            batching=config.batching,
         )
     if isinstance(config, OpenAIPolicyConfig):
         from trainers.policy.openai import OpenAIPolicy
