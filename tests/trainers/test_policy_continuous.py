@@ -176,3 +176,13 @@ def test_models_off_the_lean_path_batch_statically_and_say_so(caplog: pytest.Log
         policy = _hf(_gpt2(), TOKENIZER)
     assert policy.batching == "static" and "GPT2LMHeadModel batches statically" in caplog.text
     assert torch.is_tensor(next(policy._model.parameters()))
+
+
+def test_a_policy_serves_one_event_loop_after_another() -> None:
+    """`asyncio.run` returns as soon as its results are in, while the decode job is still ending:
+    the next loop's requests must still start a job (they once waited forever)."""
+    policy = _hf(build_tiny_model(TINY).eval(), TOKENIZER)
+    request = GenerateRequest(prompt_ids=tuple(TOKENIZER.encode("pwd\n")))
+    for _ in range(5):
+        (generation,) = asyncio.run(asyncio.wait_for(policy.generate([request], SHORT), timeout=20))
+        assert len(generation.token_ids) == 3

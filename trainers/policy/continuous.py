@@ -97,7 +97,8 @@ class ContinuousBatcher(Generic[ItemT, ResultT]):
         self._lock = threading.Lock()
         self._loads = 0
         """Exclusive jobs submitted and not yet run: no item is admitted while there is one."""
-        self._job: asyncio.Future[None] | None = None
+        self._busy = False
+        """A decode job is queued or running on the worker (guarded by `_lock`)."""
         self.running = 0
         """Items in the running batch (read from any thread: a metric)."""
         self.batch_sizes: collections.Counter[int] = collections.Counter()
@@ -110,7 +111,7 @@ class ContinuousBatcher(Generic[ItemT, ResultT]):
         loop = asyncio.get_running_loop()
         pending = [_Pending[ItemT, ResultT](item, loop.create_future()) for item in items]
         self._queue.extend(pending)
-        self._ensure_job(loop)
+        self._ensure_job()
         # Wait for all of them even if one fails, so no future's exception goes unretrieved.
         outcomes = await asyncio.gather(*(p.future for p in pending), return_exceptions=True)
         for outcome in outcomes:
@@ -125,13 +126,10 @@ class ContinuousBatcher(Generic[ItemT, ResultT]):
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on the worker thread once the items running have finished; items queued
         meanwhile join after it."""
-        with self._lock:
+        with self._lock:  # counted and queued at once: a job that sees the count finds it queued ahead
             self._loads += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self._exclusive, fn, args)
-        finally:
-            if self._queue:  # the job that was running left them for after this one
-                self._ensure_job(asyncio.get_running_loop())
+            done = self._executor.submit(self._exclusive, fn, args)
+        return await asyncio.wrap_future(done)
 
     async def call_over(self, fn: Callable[[T], object], items: AsyncIterator[T], then: Callable[[], object]) -> None:
         """Run `fn(item)` for each of `items` as it arrives, then `then()`, as one `call`: no item
@@ -145,11 +143,14 @@ class ContinuousBatcher(Generic[ItemT, ResultT]):
             with self._lock:
                 self._loads -= 1
 
-    def _ensure_job(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._job is not None and not self._job.done():
-            return
-        self._job = loop.run_in_executor(self._executor, self._decode)
-        self._job.add_done_callback(lambda _: self._queue and self._ensure_job(loop))
+    def _ensure_job(self) -> None:
+        # Tracked by a flag, not an asyncio future: a job may outlive the event loop that started it
+        # (asyncio.run returns as soon as its results are in), and a later loop must still see it end.
+        with self._lock:
+            if self._busy:
+                return
+            self._busy = True
+            self._executor.submit(self._decode)
 
     def _decode(self) -> None:
         """One job: step the running batch, admitting between steps, until nothing is left to do."""
@@ -173,6 +174,10 @@ class ContinuousBatcher(Generic[ItemT, ResultT]):
                 key.resolve(None, e)  # type: ignore[attr-defined]
         finally:
             self.running = 0
+            with self._lock:  # items queued after the last look (or held for a load) get the next job
+                self._busy = bool(self._queue)
+                if self._busy:
+                    self._executor.submit(self._decode)
 
     def _admit(self, decode: Decode[ItemT, ResultT] | None) -> list[_Pending[ItemT, ResultT]]:
         with self._lock:
