@@ -212,13 +212,13 @@ def tables(record: dict[str, Any]) -> dict[str, str]:
                     median_range(r["round_s"], 0, 1000),
                     median_range(r["steps_per_s"], 0),
                     f"{r['step_latency_ms']['p50']:.0f} / {r['step_latency_ms']['p99']:.0f}",
-                    f"{cpu['sandboxes']:.2f} / {cpu['clients']:.2f}",
+                    f"{cpu['sandboxes'] / r['live'] * 1e6:.0f} / {cpu['clients'] / r['live'] * 1e6:.0f}",
                     f"{r['sandbox_kib_per_session'] / 1024:.2f}",
                     f"{r['client_kib_per_session'] / 1024:.3f}",
                 ]
             )
     headers = ["provider", "sessions", "live", "failures", "sandboxes × sessions", "all-step round (ms)", "steps/s"]
-    headers += ["step p50 / p99 (ms)", "CPU s/round: sandboxes / clients", "MiB/session: sandboxes", "clients"]
+    headers += ["step p50 / p99 (ms)", "CPU µs/step: sandboxes / clients", "MiB/session: sandboxes", "clients"]
     config = record["config"]
     method = (
         f"{config['rounds']} rounds per level, median (range); clients in {config['client_procs']} processes; "

@@ -5,7 +5,6 @@ run through the local path (and, with an engine, the Docker ones)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 import pytest
