@@ -34,7 +34,7 @@ from typing import Any
 from bench.common import percentile, write_result
 from bench.figures import markdown_table, median_range, provenance
 from bench.run_processes import container_pids, cpu_s, descendants, parent, pss_kib, uss_kib
-from bench.session_clients import ClientProcs, Opening
+from bench.session_clients import ClientProcs, Opening, short_of_descriptors
 from envs.builtin.toy_terminal.tasks import SUITE
 from providers.contract import Sandbox, SandboxProvider, SandboxSpec
 
@@ -253,6 +253,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="all-sessions step rounds per level")
     parser.add_argument("--out", type=Path, default=None, help="result file (default bench/results/concurrency.json)")
     args = parser.parse_args()
+    if why := short_of_descriptors(max(args.levels), args.client_procs):
+        parser.error(why)
     results = asyncio.run(run_all(args))
     config = {
         "levels": args.levels,

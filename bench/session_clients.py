@@ -27,13 +27,16 @@ from typing import Any
 from envs.client.base import BaseEnvClient
 from envs.client.handle import EnvHandle
 
-__all__ = ["ClientProcs", "Opening"]
+__all__ = ["ClientProcs", "Opening", "short_of_descriptors"]
 
 OPEN_AT_ONCE = 64
 """Sessions each worker connects at a time: a burst of connects past a server's listen
 backlog would be refused and retried, which measures the retry, not the server."""
 
 STEP = {"command": "wc -l app.log"}
+
+DESCRIPTOR_RESERVE = 64
+"""A worker's descriptors besides its sessions: the interpreter's, its pipe, its event loop's."""
 
 Opening = tuple[int, EnvHandle, str]
 """A session to open: its index (also its seed), the sandbox it goes to, and its task."""
@@ -108,6 +111,20 @@ async def _serve(conn: Connection) -> None:
     finally:
         await sessions.close()
         conn.send({"closed": True})
+
+
+def short_of_descriptors(sessions: int, procs: int) -> str | None:
+    """Why `procs` workers cannot hold `sessions` under this process's hard open-file limit
+    (which they inherit), or None when they can."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    share = -(-sessions // procs)
+    if hard == resource.RLIM_INFINITY or share + DESCRIPTOR_RESERVE <= hard:
+        return None
+    enough = -(-sessions // (hard - DESCRIPTOR_RESERVE))
+    return (
+        f"{sessions} sessions over {procs} client processes is {share} descriptors each, past the hard "
+        f"open-file limit of {hard}: use at least {enough} client processes, or raise the limit (ulimit -Hn)"
+    )
 
 
 def _worker(conn: Connection) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from bench.concurrency import Fleet, headline, measure, tables
 from bench.run_processes import descendants, pss_kib, uss_kib
+from bench.session_clients import DESCRIPTOR_RESERVE, short_of_descriptors
 
 
 def _row(sessions: int, step_failures: int = 0) -> dict[str, Any]:
@@ -70,6 +71,18 @@ def test_headline_is_the_largest_level_held_without_a_failure() -> None:
 def test_a_level_short_of_live_sessions_is_not_a_headline() -> None:
     short = {**_row(64), "live": 63}
     assert headline({**RECORD, "results": {"local": [short]}}) == []
+
+
+def test_a_share_past_the_open_file_limit_names_the_client_processes_that_fit() -> None:
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("no hard open-file limit here to run past")
+    room = hard - DESCRIPTOR_RESERVE
+    assert short_of_descriptors(room * 2, 2) is None  # exactly the room in each
+    why = short_of_descriptors(room * 2 + 1, 2)
+    assert why is not None and "use at least 3 client processes" in why
 
 
 def test_descendants_are_a_process_tree_less_the_excluded_subtrees() -> None:
