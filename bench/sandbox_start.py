@@ -48,7 +48,7 @@ from hillclimb.config.sandboxes import PoolConfig
 from orchestrator.pool import SandboxPool
 from providers.contract import SandboxProvider, SandboxSpec
 
-__all__ = ["headline", "main", "tables"]
+__all__ = ["cold_starts", "headline", "main", "tables", "warm_leases"]
 
 SANDBOX_IMAGE = "hillclimb/sandbox:dev"
 OPENENV_IMAGE = "hillclimb/sandbox-openenv:dev"
@@ -79,6 +79,11 @@ async def cold_start(provider: SandboxProvider, spec: SandboxSpec) -> float:
     took = time.perf_counter() - start
     await provider.destroy(sandbox.id)
     return took
+
+
+async def cold_starts(provider: SandboxProvider, spec: SandboxSpec, count: int) -> list[float]:
+    """`count` cold starts in a row (`bench.regression` runs this in two trees of the project)."""
+    return [await cold_start(provider, spec) for _ in range(count)]
 
 
 async def warm_leases(provider: SandboxProvider, spec: SandboxSpec, count: int, *, shared: bool) -> list[float]:

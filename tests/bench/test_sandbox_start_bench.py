@@ -5,11 +5,12 @@ run through the local path (and, with an engine, the Docker ones)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.sandbox_start import DOCKER, FLOOR, LOCAL, OPENENV, headline, interleaved, run_all, tables
+from bench.sandbox_start import DOCKER, FLOOR, LOCAL, OPENENV, cold_starts, headline, interleaved, run_all, tables
 
 
 async def test_each_repetition_runs_every_kind_once_in_a_rotated_order() -> None:
@@ -105,3 +106,18 @@ async def test_a_small_run_alternates_docker_with_its_floor_and_openenv() -> Non
     assert all(len(r) == 2 and all(x > 0 for x in r) for r in results["ratios"].values())
     assert set(results["ratios"]) == {"docker cold / floor", "openenv / floor", "openenv / docker cold"}
     assert results["warm"]["docker warm lease (single-use)"]["n"] == 2
+
+
+@pytest.mark.root
+@pytest.mark.slow
+async def test_cold_starts_in_a_row_as_the_regression_benchmark_runs_them(tmp_path: Path) -> None:
+    from providers.contract import SandboxSpec
+    from providers.local import LocalProvider
+
+    provider = LocalProvider(root=tmp_path)
+    try:
+        samples = await cold_starts(provider, SandboxSpec(env="toy_terminal", run_id="bench"), 2)
+        assert len(samples) == 2 and all(0 < s < 5 for s in samples)
+        assert await provider.list() == []  # each destroyed before the next
+    finally:
+        await provider.close()
