@@ -99,14 +99,17 @@ def _summed(replies: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def _rounds(clients: ClientProcs, rounds: int) -> tuple[list[float], list[float], list[dict[str, Any]]]:
-    """Each round's wall time (first worker's start to last worker's end), every step's latency."""
-    walls, latencies, replies = [], [], []
+async def _rounds(clients: ClientProcs, rounds: int) -> dict[str, Any]:
+    """Each round's wall time (first worker's start to last worker's end) and how far apart the
+    workers started it, every step's latency, and the workers' last replies."""
+    walls, skews, latencies, replies = [], [], [], []
     for _ in range(rounds):
         replies = await clients.step()
-        walls.append(max(r["end"] for r in replies) - min(r["start"] for r in replies))
+        starts = [r["start"] for r in replies]
+        walls.append(max(r["end"] for r in replies) - min(starts))
+        skews.append(max(starts) - min(starts))
         latencies += [x for r in replies for x in r["latencies"]]
-    return walls, latencies, replies
+    return {"walls": walls, "skews": skews, "latencies": latencies, "replies": replies}
 
 
 async def measure(
@@ -123,13 +126,13 @@ async def measure(
             load = os.getloadavg()[0]
             start = time.perf_counter()
             await fleet.hold(level)
-            replies = await clients.open(_openings(fleet, opened, level))
+            await clients.open(_openings(fleet, opened, level))
             open_s, opened = time.perf_counter() - start, level
             sandbox_pids = fleet.pids()
             cpu_before = cpu_s(sandbox_pids), cpu_s(clients.pids)
-            walls, latencies, replies = await _rounds(clients, rounds)
+            ran = await _rounds(clients, rounds)
             cpu = cpu_s(sandbox_pids) - cpu_before[0], cpu_s(clients.pids) - cpu_before[1]
-            summed = _summed(replies)
+            summed, walls, latencies = _summed(ran["replies"]), ran["walls"], ran["latencies"]
             live = max(summed["live"], 1)
             rows.append(
                 {
@@ -140,6 +143,7 @@ async def measure(
                     "open_s": open_s,
                     "round_s": walls,
                     "steps_per_s": [summed["live"] / w for w in walls],
+                    "start_skew_ms": max(ran["skews"]) * 1000,  # the workers' rounds began this close
                     "step_latency_ms": {f"p{q}": percentile(latencies, q) * 1000 for q in (50, 99)}
                     if latencies
                     else {},

@@ -130,6 +130,7 @@ async def test_a_small_run_holds_every_session_from_two_client_processes(tmp_pat
     assert top["sandbox_kib_per_session"] > 0
     assert top["cpu_s_per_round"]["sandboxes"] >= 0 and top["cpu_s_per_round"]["clients"] >= 0
     assert top["step_latency_ms"]["p99"] >= top["step_latency_ms"]["p50"] > 0
+    assert 0 <= top["start_skew_ms"] < 1000 * max(top["round_s"])
 
 
 @pytest.mark.docker
