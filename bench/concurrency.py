@@ -201,7 +201,7 @@ def _failures(row: dict[str, Any]) -> int:
 
 def tables(record: dict[str, Any]) -> dict[str, str]:
     """The `concurrency` block: a row per provider and level, medians over the step rounds."""
-    rows, loads = [], []
+    rows, loads, cpus = [], [], record["machine"]["cpus"]
     for kind, levels in record["results"].items():
         for r in levels:
             loads.append(r["load_1m_before"])
@@ -217,12 +217,20 @@ def tables(record: dict[str, Any]) -> dict[str, str]:
                     median_range(r["steps_per_s"], 0),
                     f"{r['step_latency_ms']['p50']:.0f} / {r['step_latency_ms']['p99']:.0f}",
                     f"{cpu['sandboxes'] / r['live'] * 1e6:.0f} / {cpu['clients'] / r['live'] * 1e6:.0f}",
+                    # under 100%, the rounds waited on something besides the run's own CPU: other tenants
+                    f"{(cpu['sandboxes'] + cpu['clients']) / (statistics.median(r['round_s']) * cpus):.0%}",
                     f"{r['sandbox_kib_per_session'] / 1024:.2f}",
                     f"{r['client_kib_per_session'] / 1024:.3f}",
                 ]
             )
     headers = ["provider", "sessions", "live", "failures", "sandboxes × sessions", "all-step round (ms)", "steps/s"]
-    headers += ["step p50 / p99 (ms)", "CPU µs/step: sandboxes / clients", "MiB/session: sandboxes", "clients"]
+    headers += [
+        "step p50 / p99 (ms)",
+        "CPU µs/step: sandboxes / clients",
+        "run's share of the CPUs",
+        "MiB/session: sandboxes",
+        "clients",
+    ]
     config = record["config"]
     method = (
         f"{config['rounds']} rounds per level, median (range); clients in {config['client_procs']} processes; "

@@ -51,9 +51,13 @@ RECORD = {
 def test_table_reads_each_level_as_median_and_range_with_its_provenance() -> None:
     table = tables(RECORD)["concurrency"]
     # rounds 10, 9, 12 ms → median 10 (9–12); 64 sessions / those rounds → 6400 (5333–7111) steps/s;
-    # 0.01 and 0.005 CPU-s a round over 64 steps → 156 and 78 µs a step;
+    # 0.01 and 0.005 CPU-s a round over 64 steps → 156 and 78 µs a step; 0.015 CPU-s in a 10 ms
+    # round on 2 CPUs → 75% of them;
     # 204.8 KiB = 0.20 MiB; 8.192 KiB = 0.008 MiB
-    assert "| local | 64 | 64 | 0 | 1 × 64 | 10 (9–12) | 6400 (5333–7111) | 5 / 9 | 156 / 78 | 0.20 | 0.008 |" in table
+    assert (
+        "| local | 64 | 64 | 0 | 1 × 64 | 10 (9–12) | 6400 (5333–7111) | 5 / 9 | 156 / 78 | 75% | 0.20 | 0.008 |"
+        in table
+    )
     assert "| local | 128 | 128 | 1 | 2 × 64 |" in table
     # loads 0.5 and 1.5 → median 1.00
     assert "Commit `abc1234`, 2026-12-07 07:00:00 UTC, 2 CPUs; host load (1-minute average) 1.00 (0.50–1.50)" in table
