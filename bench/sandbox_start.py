@@ -198,9 +198,10 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     from providers.local import LocalProvider
 
     root = tempfile.mkdtemp(prefix="hc-bench-")
+    os.chmod(root, 0o711)  # as each provider makes its own root: sandbox uids pass through to theirs
     toy = SandboxSpec(env="toy_terminal", run_id="bench")
     shell = SandboxSpec(env="terminal", run_id="bench", max_sessions=1)
-    local = LocalProvider(root=root)
+    local = LocalProvider(root=os.path.join(root, "local"))  # both providers live at once: a root each
     docker: SandboxProvider | None = None
     try:
         first = await cold_start(local, toy)  # the zygote starts here: apart from the rest
@@ -208,7 +209,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         if args.docker:
             from providers.docker import DockerProvider
 
-            docker = DockerProvider(root=root)
+            docker = DockerProvider(root=os.path.join(root, "docker"))
             await cold_start(docker, toy)  # the image's pages into the cache, the SDK's pool open
             starts |= {DOCKER: lambda: cold_start(docker, toy), FLOOR: bare_docker_cold_start}  # type: ignore[arg-type]
             if args.openenv:
