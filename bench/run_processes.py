@@ -40,7 +40,8 @@ def uss_kib(pids: Iterable[int]) -> int:
 
 
 def _stat(pid: int | str) -> list[str] | None:
-    """/proc/<pid>/stat's fields from the state on (state, ppid, ... utime is [11], stime [12])."""
+    """/proc/<pid>/stat's fields from the state on: state [0], ppid [1], utime [11], stime [12],
+    and the reaped children's cutime [13], cstime [14]."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
@@ -51,9 +52,12 @@ def _stat(pid: int | str) -> list[str] | None:
 
 
 def cpu_s(pids: Iterable[int]) -> float:
-    """User and system CPU time these processes have used so far, in seconds (the living ones)."""
+    """User and system CPU time these processes, and the children they have reaped, have used so
+    far, in seconds. The children count because a sandbox's work is partly processes that live
+    for one step (each command an agent runs), gone before anyone could list them; a difference
+    of two readings is exact as long as the listed processes themselves live through it."""
     fields = [_stat(pid) for pid in set(pids)]
-    return sum(int(f[11]) + int(f[12]) for f in fields if f) * _TICK_S
+    return sum(sum(int(x) for x in f[11:15]) for f in fields if f) * _TICK_S
 
 
 def parent(pid: int) -> int | None:

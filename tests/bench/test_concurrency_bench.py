@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from bench.concurrency import Fleet, headline, measure, tables
-from bench.run_processes import descendants, pss_kib, uss_kib
+from bench.run_processes import cpu_s, descendants, pss_kib, uss_kib
 from bench.session_clients import DESCRIPTOR_RESERVE, short_of_descriptors
 
 
@@ -102,6 +103,20 @@ def test_descendants_are_a_process_tree_less_the_excluded_subtrees() -> None:
     finally:
         tree.kill()
         tree.wait()
+
+
+def test_cpu_of_a_reaped_child_counts_for_its_parent() -> None:
+    # a command that lives for one step: gone before it could be listed, its CPU still counts
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    shell = subprocess.Popen(["sh", "-c", '"$0" -c "$1"; sleep 30', sys.executable, burn])
+    try:
+        deadline = time.monotonic() + 20
+        while cpu_s([shell.pid]) < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert 0.3 <= cpu_s([shell.pid]) < 1.0
+    finally:
+        shell.kill()
+        shell.wait()
 
 
 def test_a_process_named_twice_is_counted_once() -> None:
