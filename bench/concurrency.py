@@ -147,8 +147,8 @@ async def measure(
                     "step_latency_ms": {f"p{q}": percentile(latencies, q) * 1000 for q in (50, 99)}
                     if latencies
                     else {},
-                    # where the rounds' CPU went: the servers should take most of it, or the
-                    # clients are what is measured
+                    # where the rounds' CPU went: on one node the clients share the CPUs with
+                    # the servers, so their cost is shown beside the servers', not hidden in it
                     "cpu_s_per_round": {"sandboxes": cpu[0] / rounds, "clients": cpu[1] / rounds},
                     "sandbox_processes": len(sandbox_pids),
                     "sandbox_kib_per_session": pss_kib(sandbox_pids) / live,
