@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import multiprocessing
 import resource
 import time
@@ -93,24 +94,34 @@ class _Sessions:
         await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
 
 
+async def _answer(sessions: _Sessions, command: str, args: list[Any]) -> dict[str, Any]:
+    if command == "open":
+        await sessions.open(args[0])
+        return sessions.report()
+    if command != "step":
+        raise ValueError(f"no command {command!r}: open, step or close")
+    start = time.perf_counter()
+    latencies = await sessions.step()
+    return {**sessions.report(), "start": start, "end": time.perf_counter(), "latencies": latencies}
+
+
 async def _serve(conn: Connection) -> None:
     sessions = _Sessions()
     try:
         while True:
             # recv in a thread: the loop stays free to answer the sessions' keepalive pings
             command, *args = await asyncio.to_thread(conn.recv)
-            if command == "open":
-                await sessions.open(args[0])
-                conn.send(sessions.report())
-            elif command == "step":
-                start = time.perf_counter()
-                latencies = await sessions.step()
-                conn.send({**sessions.report(), "start": start, "end": time.perf_counter(), "latencies": latencies})
-            else:
+            if command == "close":
+                return
+            try:
+                conn.send(await _answer(sessions, command, args))
+            except Exception as e:  # the benchmark is wrong, not a session: the parent stops with it
+                conn.send({"worker_failed": f"{command}: {type(e).__name__}: {e}"})
                 return
     finally:
         await sessions.close()
-        conn.send({"closed": True})
+        with contextlib.suppress(OSError):  # the parent may be gone
+            conn.send({"closed": True})
 
 
 def short_of_descriptors(sessions: int, procs: int) -> str | None:
@@ -156,7 +167,10 @@ class ClientProcs:
     async def _all(self, messages: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
         for conn, message in zip(self._conns, messages, strict=True):
             conn.send(message)
-        return list(await asyncio.gather(*(asyncio.to_thread(conn.recv) for conn in self._conns)))
+        replies = await asyncio.gather(*(asyncio.to_thread(conn.recv) for conn in self._conns))
+        if failed := [r["worker_failed"] for r in replies if "worker_failed" in r]:
+            raise RuntimeError(f"{len(failed)} client process(es) failed: {'; '.join(failed)}")
+        return list(replies)
 
     async def open(self, openings: list[Opening]) -> list[dict[str, Any]]:
         shares: list[list[Opening]] = [[] for _ in self._conns]

@@ -15,7 +15,7 @@ import pytest
 
 from bench.concurrency import Fleet, headline, measure, tables
 from bench.run_processes import cpu_s, descendants, pss_kib, uss_kib
-from bench.session_clients import DESCRIPTOR_RESERVE, short_of_descriptors
+from bench.session_clients import DESCRIPTOR_RESERVE, ClientProcs, short_of_descriptors
 
 
 def _row(sessions: int, step_failures: int = 0) -> dict[str, Any]:
@@ -88,6 +88,16 @@ def test_a_share_past_the_open_file_limit_names_the_client_processes_that_fit() 
     assert short_of_descriptors(room * 2, 2) is None  # exactly the room in each
     why = short_of_descriptors(room * 2 + 1, 2)
     assert why is not None and "use at least 3 client processes" in why
+
+
+async def test_a_client_process_that_fails_stops_the_run_with_its_error() -> None:
+    clients = ClientProcs(2)
+    try:
+        assert [r["live"] for r in await clients.step()] == [0, 0]  # no sessions yet: nothing to step
+        with pytest.raises(RuntimeError, match=r"2 client process\(es\) failed: bogus: ValueError: no command 'bogus'"):
+            await clients._all([("bogus",), ("bogus",)])
+    finally:
+        await clients.close()
 
 
 def test_descendants_are_a_process_tree_less_the_excluded_subtrees() -> None:
