@@ -15,7 +15,7 @@ import os
 import subprocess
 from collections.abc import Iterable
 
-__all__ = ["container_pids", "cpu_s", "descendants", "parent", "pss_kib", "uss_kib"]
+__all__ = ["container_pids", "cpu_s", "descendants", "host_cpu_s", "parent", "pss_kib", "uss_kib"]
 
 _TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
@@ -58,6 +58,16 @@ def cpu_s(pids: Iterable[int]) -> float:
     of two readings is exact as long as the listed processes themselves live through it."""
     fields = [_stat(pid) for pid in set(pids)]
     return sum(sum(int(x) for x in f[11:15]) for f in fields if f) * _TICK_S
+
+
+def host_cpu_s() -> tuple[float, float]:
+    """(busy, all) CPU seconds the host's CPUs have spent since boot, summed over them: set
+    beside `cpu_s`, the difference of two readings says what share of the host the run had and
+    how much went to everything else."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks) - idle) * _TICK_S, sum(ticks) * _TICK_S
 
 
 def parent(pid: int) -> int | None:

@@ -32,6 +32,7 @@ def _row(sessions: int, step_failures: int = 0) -> dict[str, Any]:
         "steps_per_s": [sessions / 0.010, sessions / 0.009, sessions / 0.012],
         "step_latency_ms": {"p50": 5.0, "p99": 9.0},
         "cpu_s_per_round": {"sandboxes": 0.01, "clients": 0.005},
+        "host_cpu_busy": 0.9,
         "sandbox_processes": 4,
         "sandbox_kib_per_session": 204.8,
         "client_kib_per_session": 8.192,
@@ -52,11 +53,11 @@ RECORD = {
 def test_table_reads_each_level_as_median_and_range_with_its_provenance() -> None:
     table = tables(RECORD)["concurrency"]
     # rounds 10, 9, 12 ms → median 10 (9–12); 64 sessions / those rounds → 6400 (5333–7111) steps/s;
-    # 0.01 and 0.005 CPU-s a round over 64 steps → 156 and 78 µs a step; 0.015 CPU-s in a 10 ms
-    # round on 2 CPUs → 75% of them;
+    # 0.01 and 0.005 CPU-s a round over 64 steps → 156 and 78 µs a step; 3 × 0.015 CPU-s in
+    # 31 ms of rounds on 2 CPUs → 73% of them;
     # 204.8 KiB = 0.20 MiB; 8.192 KiB = 0.008 MiB
     assert (
-        "| local | 64 | 64 | 0 | 1 × 64 | 10 (9–12) | 6400 (5333–7111) | 5 / 9 | 156 / 78 | 75% | 0.20 | 0.008 |"
+        "| local | 64 | 64 | 0 | 1 × 64 | 10 (9–12) | 6400 (5333–7111) | 5 / 9 | 156 / 78 | 73% / 90% | 0.20 | 0.008 |"
         in table
     )
     assert "| local | 128 | 128 | 1 | 2 × 64 |" in table
