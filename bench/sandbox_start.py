@@ -44,6 +44,7 @@ from typing import Any
 
 from bench.common import percentile, summarize, write_result
 from bench.figures import markdown_table, median_range, provenance
+from bench.run_processes import host_cpu_s
 from hillclimb.config.sandboxes import PoolConfig
 from orchestrator.pool import SandboxPool
 from providers.contract import SandboxProvider, SandboxSpec
@@ -171,18 +172,22 @@ async def bare_docker_cold_start() -> float:
     return took
 
 
-async def interleaved(starts: dict[str, Start], reps: int) -> tuple[dict[str, list[float]], list[float]]:
-    """`reps` repetitions of one start of each kind, the order rotated by one each repetition;
-    every kind's samples in repetition order, and the host's 1-minute load at each one's start."""
+async def interleaved(starts: dict[str, Start], reps: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """`reps` repetitions of one start of each kind, the order rotated by one each repetition:
+    every kind's samples in repetition order, and per repetition the host's 1-minute load at its
+    start and the share of the host's CPU time that was busy during it (anyone's, ours too)."""
     kinds = list(starts)
     samples: dict[str, list[float]] = {kind: [] for kind in kinds}
-    loads = []
+    host: dict[str, list[float]] = {"loads_1m": [], "host_cpu_busy": []}
     for rep in range(reps):
-        loads.append(os.getloadavg()[0])
+        host["loads_1m"].append(os.getloadavg()[0])
+        before = host_cpu_s()
         shift = rep % len(kinds)
         for kind in kinds[shift:] + kinds[:shift]:
             samples[kind].append(await starts[kind]())
-    return samples, loads
+        busy, total = (after - start for after, start in zip(host_cpu_s(), before, strict=True))
+        host["host_cpu_busy"].append(busy / total if total else 0.0)
+    return samples, host
 
 
 def _stats(samples: list[float]) -> dict[str, Any]:
@@ -215,7 +220,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
             if args.openenv:
                 _openenv_image()
                 starts[OPENENV] = lambda: asyncio.to_thread(openenv_cold_start)
-        samples, loads = await interleaved(starts, args.reps)
+        samples, host = await interleaved(starts, args.reps)
         cold = {kind: _stats(s) for kind, s in samples.items()}
         ratios = {
             name: [a / b for a, b in zip(samples[top], samples[bottom], strict=True)]
@@ -237,7 +242,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         "local_first_s": first,
         "cold": cold,
         "ratios": ratios,
-        "loads_1m": loads,
+        **host,
         "warm": warm,
         "warm_loads_1m": warm_loads,
     }
@@ -259,7 +264,8 @@ def tables(record: dict[str, Any]) -> dict[str, str]:
     reps = len(results["loads_1m"])
     cold_note = (
         f"{reps} repetitions, the kinds alternating inside each; median (range) in ms, ratios taken within a "
-        f"repetition. The first local sandbox (zygote start included) took {results['local_first_s'] * 1000:.0f} ms."
+        f"repetition. The first local sandbox (zygote start included) took {results['local_first_s'] * 1000:.0f} ms; "
+        f"the host's CPUs were {median_range([b * 100 for b in results['host_cpu_busy']], 0)}% busy per repetition."
     )
     warm = [[kind, *_ms(stats, digits=2)] for kind, stats in results["warm"].items()]
     headers = ["measure", "median (range)", "p99", "n"]
