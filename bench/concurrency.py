@@ -152,7 +152,8 @@ async def measure(
                     # the servers, so their cost is shown beside the servers', not hidden in it
                     "cpu_s_per_round": {"sandboxes": cpu[0] / rounds, "clients": cpu[1] / rounds},
                     # the whole host over the same rounds: busy seconds of all its CPUs' seconds
-                    "host_cpu_busy": host[0] / host[1],
+                    # (None when the rounds were shorter than one clock tick: nothing to divide)
+                    "host_cpu_busy": host[0] / host[1] if host[1] else None,
                     "sandbox_processes": len(sandbox_pids),
                     "sandbox_kib_per_session": pss_kib(sandbox_pids) / live,
                     "client_kib_per_session": (uss_kib(clients.pids) - clients_before) / live,
@@ -223,7 +224,7 @@ def tables(record: dict[str, Any]) -> dict[str, str]:
                     # the run's CPU over all the CPUs' time in the rounds, beside the host's busy share:
                     # the gap is other tenants; a host short of 100% means the rounds waited on no CPU
                     f"{(cpu['sandboxes'] + cpu['clients']) * rounds / (sum(r['round_s']) * cpus):.0%}"
-                    f" / {r['host_cpu_busy']:.0%}",
+                    f" / {'—' if r['host_cpu_busy'] is None else format(r['host_cpu_busy'], '.0%')}",
                     f"{r['sandbox_kib_per_session'] / 1024:.2f}",
                     f"{r['client_kib_per_session'] / 1024:.3f}",
                 ]

@@ -172,13 +172,13 @@ async def bare_docker_cold_start() -> float:
     return took
 
 
-async def interleaved(starts: dict[str, Start], reps: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+async def interleaved(starts: dict[str, Start], reps: int) -> tuple[dict[str, list[float]], dict[str, list[Any]]]:
     """`reps` repetitions of one start of each kind, the order rotated by one each repetition:
     every kind's samples in repetition order, and per repetition the host's 1-minute load at its
     start and the share of the host's CPU time that was busy during it (anyone's, ours too)."""
     kinds = list(starts)
     samples: dict[str, list[float]] = {kind: [] for kind in kinds}
-    host: dict[str, list[float]] = {"loads_1m": [], "host_cpu_busy": []}
+    host: dict[str, list[Any]] = {"loads_1m": [], "host_cpu_busy": []}
     for rep in range(reps):
         host["loads_1m"].append(os.getloadavg()[0])
         before = host_cpu_s()
@@ -186,7 +186,7 @@ async def interleaved(starts: dict[str, Start], reps: int) -> tuple[dict[str, li
         for kind in kinds[shift:] + kinds[:shift]:
             samples[kind].append(await starts[kind]())
         busy, total = (after - start for after, start in zip(host_cpu_s(), before, strict=True))
-        host["host_cpu_busy"].append(busy / total if total else 0.0)
+        host["host_cpu_busy"].append(busy / total if total else None)  # None: shorter than a clock tick
     return samples, host
 
 
@@ -262,10 +262,11 @@ def tables(record: dict[str, Any]) -> dict[str, str]:
     cold = [[kind, *_ms(stats)] for kind, stats in results["cold"].items()]
     cold += [[f"ratio: {name}", median_range(r), "—", str(len(r))] for name, r in results["ratios"].items()]
     reps = len(results["loads_1m"])
+    busy = median_range([b * 100 for b in results["host_cpu_busy"] if b is not None], 0)
     cold_note = (
         f"{reps} repetitions, the kinds alternating inside each; median (range) in ms, ratios taken within a "
         f"repetition. The first local sandbox (zygote start included) took {results['local_first_s'] * 1000:.0f} ms; "
-        f"the host's CPUs were {median_range([b * 100 for b in results['host_cpu_busy']], 0)}% busy per repetition."
+        f"the host's CPUs were {busy}% busy per repetition."
     )
     warm = [[kind, *_ms(stats, digits=2)] for kind, stats in results["warm"].items()]
     headers = ["measure", "median (range)", "p99", "n"]

@@ -66,6 +66,11 @@ def test_table_reads_each_level_as_median_and_range_with_its_provenance() -> Non
     assert "3 rounds per level" in table and "clients in 2 processes" in table
 
 
+def test_rounds_too_short_for_a_clock_tick_read_no_host_share() -> None:
+    record = {**RECORD, "results": {"local": [{**_row(64), "host_cpu_busy": None}]}}
+    assert "| 73% / — |" in tables(record)["concurrency"]
+
+
 def test_headline_is_the_largest_level_held_without_a_failure() -> None:
     assert headline(RECORD) == [
         ("Live sessions on one 2-CPU node, zero failures (local)", "64"),
