@@ -26,10 +26,12 @@ __all__ = [
     "base_tree",
     "interleaved",
     "markdown_table",
+    "load_over_run",
     "median_range",
     "percentile",
     "print_table",
     "result_path",
+    "spread",
     "status_kib",
     "summarize",
     "write_result",
@@ -53,6 +55,16 @@ def median_range(stats: dict[str, float], fmt: str = "{:,.0f}", scale: float = 1
     """A summary as the tables print it: the median, then the range of the samples."""
     median, low, high = (fmt.format(stats[k] * scale) for k in ("median", "min", "max"))
     return median if low == high else f"{median} ({low}–{high})"
+
+
+def spread(samples: list[float], digits: int = 2, scale: float = 1.0) -> str:
+    """`median_range` of raw samples (times `scale`), to `digits` decimals."""
+    return median_range(summarize([s * scale for s in samples]), f"{{:.{digits}f}}")
+
+
+def load_over_run(loads: list[float]) -> str:
+    """The sentence a table whose run recorded the host's 1-minute load as it went closes with."""
+    return f"Host load (1-minute average) {spread(loads) if loads else 'not recorded'} over the run."
 
 
 def percentile(samples: list[float], q: float) -> float:

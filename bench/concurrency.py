@@ -31,8 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import percentile, write_result
-from bench.figures import markdown_table, median_range, provenance
+from bench.common import load_over_run, markdown_table, percentile, spread, write_result
 from bench.run_processes import container_pids, cpu_s, descendants, host_cpu_s, parent, pss_kib, uss_kib
 from bench.session_clients import ClientProcs, Opening, short_of_descriptors
 from envs.builtin.toy_terminal.tasks import SUITE
@@ -217,8 +216,8 @@ def tables(record: dict[str, Any]) -> dict[str, str]:
                     f"{r['live']:,}",
                     str(_failures(r)),
                     f"{r['sandboxes']} × {r['sessions'] // r['sandboxes'] if r['sandboxes'] else 0}",
-                    median_range(r["round_s"], 0, 1000),
-                    median_range(r["steps_per_s"], 0),
+                    spread(r["round_s"], 0, 1000),
+                    spread(r["steps_per_s"], 0),
                     f"{r['step_latency_ms']['p50']:.0f} / {r['step_latency_ms']['p99']:.0f}",
                     f"{cpu['sandboxes'] / r['live'] * 1e6:.0f} / {cpu['clients'] / r['live'] * 1e6:.0f}",
                     # the run's CPU over all the CPUs' time in the rounds, beside the host's busy share:
@@ -242,7 +241,7 @@ def tables(record: dict[str, Any]) -> dict[str, str]:
         f"{config['rounds']} rounds per level, median (range); clients in {config['client_procs']} processes; "
         "memory: PSS of the sandboxes' processes, growth of the client processes' private pages."
     )
-    return {"concurrency": f"{markdown_table(headers, rows)}\n\n{method} {provenance(record, loads)}"}
+    return {"concurrency": f"{markdown_table(headers, rows)}\n\n{method} {load_over_run(loads)}"}
 
 
 def headline(record: dict[str, Any]) -> list[tuple[str, str]]:

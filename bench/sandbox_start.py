@@ -42,8 +42,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import percentile, summarize, write_result
-from bench.figures import markdown_table, median_range, provenance
+from bench.common import load_over_run, markdown_table, percentile, spread, summarize, write_result
 from bench.run_processes import host_cpu_s
 from hillclimb.config.sandboxes import PoolConfig
 from orchestrator.pool import SandboxPool
@@ -253,16 +252,16 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
 def _ms(stats: dict[str, Any], digits: int = 1) -> list[str]:
     p99 = f"{stats['p99_s'] * 1000:.{digits}f}" if stats["n"] >= P99_MIN_SAMPLES else "—"
-    return [median_range(stats["samples_s"], digits, 1000), p99, str(stats["n"])]
+    return [spread(stats["samples_s"], digits, 1000), p99, str(stats["n"])]
 
 
 def tables(record: dict[str, Any]) -> dict[str, str]:
     """`sandbox_start`: cold starts per kind with the in-repetition ratios; `sandbox_warm`: leases."""
     results = record["results"]
     cold = [[kind, *_ms(stats)] for kind, stats in results["cold"].items()]
-    cold += [[f"ratio: {name}", median_range(r), "—", str(len(r))] for name, r in results["ratios"].items()]
+    cold += [[f"ratio: {name}", spread(r), "—", str(len(r))] for name, r in results["ratios"].items()]
     reps = len(results["loads_1m"])
-    busy = median_range([b * 100 for b in results["host_cpu_busy"] if b is not None], 0)
+    busy = spread([b * 100 for b in results["host_cpu_busy"] if b is not None], 0)
     cold_note = (
         f"{reps} repetitions, the kinds alternating inside each; median (range) in ms, ratios taken within a "
         f"repetition. The first local sandbox (zygote start included) took {results['local_first_s'] * 1000:.0f} ms; "
@@ -271,8 +270,8 @@ def tables(record: dict[str, Any]) -> dict[str, str]:
     warm = [[kind, *_ms(stats, digits=2)] for kind, stats in results["warm"].items()]
     headers = ["measure", "median (range)", "p99", "n"]
     return {
-        "sandbox_start": f"{markdown_table(headers, cold)}\n\n{cold_note} {provenance(record, results['loads_1m'])}",
-        "sandbox_warm": f"{markdown_table(headers, warm)}\n\n{provenance(record, results['warm_loads_1m'])}",
+        "sandbox_start": f"{markdown_table(headers, cold)}\n\n{cold_note} {load_over_run(results['loads_1m'])}",
+        "sandbox_warm": f"{markdown_table(headers, warm)}\n\n{load_over_run(results['warm_loads_1m'])}",
     }
 
 
@@ -285,14 +284,14 @@ def headline(record: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(
             (
                 "Docker cold start over a bare `docker run` (same repetition)",
-                f"{median_range(ratios['docker cold / floor'])}×",
+                f"{spread(ratios['docker cold / floor'])}×",
             )
         )
     if "openenv / docker cold" in ratios:
         rows.append(
             (
                 "OpenEnv `LocalDockerProvider` cold start over ours (Docker)",
-                f"{median_range(ratios['openenv / docker cold'])}×",
+                f"{spread(ratios['openenv / docker cold'])}×",
             )
         )
     shared = results["warm"]["local warm lease (shared)"]

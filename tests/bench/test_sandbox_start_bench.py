@@ -67,7 +67,7 @@ def test_cold_table_reads_medians_with_ranges_and_ratios_within_repetitions() ->
     assert "| ratio: docker cold / floor | 1.04 (1.00–1.04) | — | 3 |" in cold
     assert "3 repetitions, the kinds alternating inside each" in cold and "took 432 ms" in cold
     assert "the host's CPUs were 60 (50–70)% busy per repetition" in cold
-    assert "host load (1-minute average) 0.30 (0.20–0.40)" in cold
+    assert "Host load (1-minute average) 0.30 (0.20–0.40)" in cold
     # 120 samples: the p99 is shown
     assert "| local warm lease (shared) | 0.40 (0.30–0.50) | 0.50 | 120 |" in blocks["sandbox_warm"]
 
