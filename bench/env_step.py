@@ -41,12 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import print_table, summarize, write_result
+from bench.common import median_range, print_table, summarize, write_result
 from envs.client.handle import EnvHandle
 from envs.client.http_client import http_request
 from envs.server.serve import LOOP_ENV_VAR, run_fast
 
 TOKEN = "bench-token"
+CPU = "cpu_us_per_step"
+SIDES = ("server", "client")
 LOOPS = ("uvloop", "asyncio")
 SESSIONS = (1, 16)
 WARMUP_STEPS = 100
@@ -73,38 +75,38 @@ class Contender:
     """The bare ping-pong row over its transport."""
 
 
-_FLOOR_UDS = "bare asyncio Unix-socket JSON ping-pong"
-_FLOOR_TCP = "bare asyncio TCP JSON ping-pong"
+FLOOR_UDS = "bare asyncio Unix-socket JSON ping-pong"
+FLOOR_TCP = "bare asyncio TCP JSON ping-pong"
 REFERENCE = "openenv (create_app + GenericEnvClient, TCP)"
 SYNC_REFERENCE = "openenv, synchronous step (create_app + GenericEnvClient, TCP)"
 OURS_SYNC_TCP = "hillclimb, synchronous step (EnvServer + EnvClient, TCP)"
 OURS_SYNC_UDS = "hillclimb, synchronous step (EnvServer + EnvClient, Unix socket)"
 OURS_TCP = "hillclimb (EnvServer + EnvClient, TCP)"
 CONTENDERS = (
-    Contender(REFERENCE, "openenv", "openenv", "TCP", None, _FLOOR_TCP),
-    Contender(OURS_TCP, "ours-tcp", "ours", "TCP", REFERENCE, _FLOOR_TCP),
-    Contender("hillclimb (EnvServer + EnvClient, Unix socket)", "ours-uds", "ours", "Unix", REFERENCE, _FLOOR_UDS),
+    Contender(REFERENCE, "openenv", "openenv", "TCP", None, FLOOR_TCP),
+    Contender(OURS_TCP, "ours-tcp", "ours", "TCP", REFERENCE, FLOOR_TCP),
+    Contender("hillclimb (EnvServer + EnvClient, Unix socket)", "ours-uds", "ours", "Unix", REFERENCE, FLOOR_UDS),
     Contender(
         "hillclimb (EnvServer + HttpEnvClient, HTTP session binding, Unix socket)",
         "ours-uds",
         "ours-http",
         "Unix",
         REFERENCE,
-        _FLOOR_UDS,
+        FLOOR_UDS,
     ),
-    Contender(SYNC_REFERENCE, "openenv-sync", "openenv", "TCP", None, _FLOOR_TCP),
-    Contender(OURS_SYNC_TCP, "ours-tcp-sync", "ours", "TCP", SYNC_REFERENCE, _FLOOR_TCP),
-    Contender(OURS_SYNC_UDS, "ours-uds-sync", "ours", "Unix", SYNC_REFERENCE, _FLOOR_UDS),
+    Contender(SYNC_REFERENCE, "openenv-sync", "openenv", "TCP", None, FLOOR_TCP),
+    Contender(OURS_SYNC_TCP, "ours-tcp-sync", "ours", "TCP", SYNC_REFERENCE, FLOOR_TCP),
+    Contender(OURS_SYNC_UDS, "ours-uds-sync", "ours", "Unix", SYNC_REFERENCE, FLOOR_UDS),
     Contender(
         "hillclimb, synchronous step on the session's thread (inline calls off, TCP)",
         "ours-tcp-sync-thread",
         "ours",
         "TCP",
         SYNC_REFERENCE,
-        _FLOOR_TCP,
+        FLOOR_TCP,
     ),
-    Contender(_FLOOR_UDS, "pingpong-uds", "pingpong", "Unix", None, None),
-    Contender(_FLOOR_TCP, "pingpong-tcp", "pingpong", "TCP", None, None),
+    Contender(FLOOR_UDS, "pingpong-uds", "pingpong", "Unix", None, None),
+    Contender(FLOOR_TCP, "pingpong-tcp", "pingpong", "TCP", None, None),
 )
 
 
@@ -153,16 +155,17 @@ class Servers:
         self.loop = loop
         self.procs: list[subprocess.Popen[bytes]] = []
         self.urls: dict[str, str] = {}
+        self.pids: dict[str, int] = {}
 
-    def _spawn(self, args: list[str]) -> None:
-        self.procs.append(
-            subprocess.Popen(
-                [sys.executable, *args],
-                cwd=Path(__file__).parent.parent,
-                env={**os.environ, LOOP_ENV_VAR: self.loop},
-                stderr=subprocess.DEVNULL,
-            )
+    def _spawn(self, name: str, args: list[str]) -> None:
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=Path(__file__).parent.parent,
+            env={**os.environ, LOOP_ENV_VAR: self.loop},
+            stderr=subprocess.DEVNULL,
         )
+        self.procs.append(proc)
+        self.pids[name] = proc.pid
 
     def _ours(self, name: str, env: str, *, uds: bool, flags: tuple[str, ...] = ()) -> None:
         token_file = self.tmp / f"{name}.token"
@@ -173,11 +176,15 @@ class Servers:
             port = _free_port()
             listen, self.urls[name] = ["--port", str(port)], f"ws://127.0.0.1:{port}"
         target = f"bench.trivial_env:{env}"
-        self._spawn(["-m", "envs", target, *listen, "--token-file", str(token_file), "--max-sessions", "64", *flags])
+        self._spawn(
+            name, ["-m", "envs", target, *listen, "--token-file", str(token_file), "--max-sessions", "64", *flags]
+        )
 
     def _openenv(self, name: str, env: str) -> None:
         port = _free_port()
-        self._spawn(["-m", "bench.openenv_server", str(port), "auto" if self.loop == "uvloop" else "asyncio", env])
+        self._spawn(
+            name, ["-m", "bench.openenv_server", str(port), "auto" if self.loop == "uvloop" else "asyncio", env]
+        )
         self.urls[name] = f"http://127.0.0.1:{port}"
 
     async def start(self) -> None:
@@ -191,8 +198,8 @@ class Servers:
         for url in self.urls.values():
             await _wait_http(url)
         pingpong_port = _free_port()
-        self._spawn(["-c", PINGPONG_SERVER, str(self.tmp / "pingpong.sock")])
-        self._spawn(["-c", PINGPONG_SERVER, str(pingpong_port)])
+        self._spawn("pingpong-uds", ["-c", PINGPONG_SERVER, str(self.tmp / "pingpong.sock")])
+        self._spawn("pingpong-tcp", ["-c", PINGPONG_SERVER, str(pingpong_port)])
         self.urls["pingpong-uds"] = str(self.tmp / "pingpong.sock")
         self.urls["pingpong-tcp"] = f"127.0.0.1:{pingpong_port}"
         while not (self.tmp / "pingpong.sock").exists() or not _listening(pingpong_port):
@@ -258,7 +265,24 @@ OPENERS: dict[str, Callable[[str], Awaitable[Session]]] = {
 }
 
 
-async def _rate(opener: Callable[[str], Awaitable[Session]], url: str, sessions: int, seconds: float) -> float:
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user and system, every thread) process `pid` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Window:
+    """One timed window: steps/s, and the CPU each side spent per step (µs)."""
+
+    rate: float
+    server_cpu_us: float
+    client_cpu_us: float
+
+
+async def _rate(
+    opener: Callable[[str], Awaitable[Session]], url: str, server_pid: int, sessions: int, seconds: float
+) -> Window:
     clients = [await opener(url) for _ in range(sessions)]
     for step, _ in clients:  # warm up every connection (and prove a synchronous step short)
         for _ in range(WARMUP_STEPS):
@@ -271,31 +295,42 @@ async def _rate(opener: Callable[[str], Awaitable[Session]], url: str, sessions:
             await step()
             counts[i] += 1
 
-    start = time.perf_counter()
+    server_cpu, client_cpu, start = _cpu_s(server_pid), time.process_time(), time.perf_counter()
     await asyncio.gather(*(drive(i, step) for i, (step, _) in enumerate(clients)))
     elapsed = time.perf_counter() - start
+    server_cpu, client_cpu = _cpu_s(server_pid) - server_cpu, time.process_time() - client_cpu
     for _, close in clients:
         await close()
-    return sum(counts) / elapsed
+    steps = sum(counts)
+    return Window(steps / elapsed, 1e6 * server_cpu / steps, 1e6 * client_cpu / steps)
 
 
-async def measure_once(seconds: float, loop: str, reverse: bool = False) -> dict[str, dict[str, float]]:
-    """One repetition on this process's event loop (`loop`, which the servers run too): steps/s
-    per contender and session count, the contenders in `reverse` order when asked."""
+async def measure_once(seconds: float, loop: str, reverse: bool = False) -> dict[str, Any]:
+    """One repetition on this process's event loop (`loop`, which the servers run too), the
+    contenders in `reverse` order when asked: {contender: {"N_sessions": steps/s}}, and under
+    "cpu_us_per_step" {contender: {"N_sessions": {"server": µs, "client": µs}}}. (`bench.regression`
+    reads the rows starting with "hillclimb".)"""
     with tempfile.TemporaryDirectory(prefix="hc-bench-") as tmp:
         servers = Servers(Path(tmp), loop)
         try:
             await servers.start()
-            rates: dict[str, dict[str, float]] = {}
+            windows: dict[str, dict[str, Window]] = {}
             for c in reversed(CONTENDERS) if reverse else CONTENDERS:
-                url = servers.urls[c.server]
-                rates[c.name] = {f"{n}_sessions": await _rate(OPENERS[c.client], url, n, seconds) for n in SESSIONS}
-            return {c.name: rates[c.name] for c in CONTENDERS}
+                url, pid = servers.urls[c.server], servers.pids[c.server]
+                windows[c.name] = {
+                    f"{n}_sessions": await _rate(OPENERS[c.client], url, pid, n, seconds) for n in SESSIONS
+                }
         finally:
             servers.stop()
+    out: dict[str, Any] = {c.name: {k: w.rate for k, w in windows[c.name].items()} for c in CONTENDERS}
+    out[CPU] = {
+        c.name: {k: {"server": w.server_cpu_us, "client": w.client_cpu_us} for k, w in windows[c.name].items()}
+        for c in CONTENDERS
+    }
+    return out
 
 
-def _child(seconds: float, loop: str, reverse: bool) -> dict[str, dict[str, float]]:
+def _child(seconds: float, loop: str, reverse: bool) -> dict[str, Any]:
     args = ["-m", "bench.env_step", "--child", "--seconds", str(seconds), *(["--reverse"] if reverse else [])]
     done = subprocess.run(
         [sys.executable, *args],
@@ -318,25 +353,37 @@ def run(seconds: float, reps: int, loops: tuple[str, ...] = LOOPS) -> dict[str, 
         for loop in reversed(loops) if reverse else loops:
             before = os.getloadavg()
             rates = _child(seconds, loop, reverse)
+            cpu = rates.pop(CPU)
             repetitions.append(
                 {"rep": rep, "loop": loop, "reversed": reverse, "load_before": before, "load_after": os.getloadavg()}
-                | {"rates": rates}
+                | {"rates": rates, CPU: cpu}
             )
-    return {"steps": summarize_repetitions(repetitions, loops), "repetitions": repetitions}
+    return summarize_repetitions(repetitions, loops)
 
 
 def summarize_repetitions(repetitions: list[dict[str, Any]], loops: tuple[str, ...]) -> dict[str, Any]:
-    """{loop: {contender: {"N_sessions": summary}}} over the repetitions' samples."""
-    return {
+    """The result: "steps" {loop: {contender: {"N_sessions": summary of steps/s}}}, CPU the same
+    with {"server": summary, "client": summary} of µs per step, and every repetition's samples."""
+
+    def over(loop: str, sample: Callable[[dict[str, Any]], float]) -> dict[str, float]:
+        return summarize([sample(r) for r in repetitions if r["loop"] == loop])
+
+    keys = [f"{n}_sessions" for n in SESSIONS]
+    steps = {
+        loop: {c.name: {k: over(loop, lambda r, c=c, k=k: r["rates"][c.name][k]) for k in keys} for c in CONTENDERS}
+        for loop in loops
+    }
+    cpu = {
         loop: {
             c.name: {
-                key: summarize([r["rates"][c.name][key] for r in repetitions if r["loop"] == loop])
-                for key in (f"{n}_sessions" for n in SESSIONS)
+                k: {side: over(loop, lambda r, c=c, k=k, side=side: r[CPU][c.name][k][side]) for side in SIDES}
+                for k in keys
             }
             for c in CONTENDERS
         }
         for loop in loops
     }
+    return {"steps": steps, CPU: cpu, "repetitions": repetitions}
 
 
 def config(seconds: float, reps: int, loops: tuple[str, ...]) -> dict[str, Any]:
@@ -366,10 +413,6 @@ def _ratio(samples: list[float]) -> str:
     return f"{statistics.median(samples):.2f}× ({min(samples):.2f}–{max(samples):.2f})"
 
 
-def _rate_cell(stats: dict[str, float]) -> str:
-    return f"{stats['median']:,.0f} ({stats['min']:,.0f}–{stats['max']:,.0f})"
-
-
 def _provenance(record: dict[str, Any]) -> str:
     loads = [r["load_before"][0] for r in record["results"]["repetitions"]]
     config = record["config"]
@@ -381,12 +424,17 @@ def _provenance(record: dict[str, Any]) -> str:
 
 
 def tables(record: dict[str, Any]) -> dict[str, str]:
-    """The docs' markdown: "steps", every row on each loop, steps/s and two ratios taken per
-    repetition (against OpenEnv on the same loop, and the floor's rate over the row's: how many
-    times the bare ping-pong's round trip a step takes, same transport)."""
+    """The docs' markdown by block: "steps", every row on each loop, steps/s and two ratios taken
+    per repetition (against OpenEnv on the same loop, and the floor's rate over the row's: how many
+    of the bare ping-pong's round trips, same transport, one step takes); "cpu", the CPU each side
+    spends per step; "targets", the synchronous step's targets, met or not, with the gap."""
     contenders = record["config"]["contenders"]
-    lines = [
+    steps = [
         "| loop (both sides) | runtime | sessions | steps/s | × OpenEnv, same loop | × floor's round trip |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    cpu = [
+        "| loop (both sides) | runtime | sessions | round trip, µs | server CPU, µs/step | client CPU, µs/step |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for loop, by_name in record["results"]["steps"].items():
@@ -395,9 +443,71 @@ def tables(record: dict[str, Any]) -> dict[str, str]:
                 key = f"{n}_sessions"
                 against = _ratio(_paired(record, loop, c["name"], c["reference"], key)) if c["reference"] else "—"
                 floor = _ratio(_paired(record, loop, c["floor"], c["name"], key)) if c["floor"] else "—"
-                rate = _rate_cell(by_name[c["name"]][key])
-                lines.append(f"| {loop} | {c['name']} | {n} | {rate} | {against} | {floor} |")
-    return {"steps": "\n".join(lines) + "\n\n" + _provenance(record)}
+                rate = median_range(by_name[c["name"]][key])
+                steps.append(f"| {loop} | {c['name']} | {n} | {rate} | {against} | {floor} |")
+                used = record["results"][CPU][loop][c["name"]][key]
+                trip = f"{1e6 / by_name[c['name']][key]['median']:.0f}"
+                server, client = (f"{used[side]['median']:.0f}" for side in SIDES)
+                cpu.append(f"| {loop} | {c['name']} | {n} | {trip} | {server} | {client} |")
+    provenance = "\n\n" + _provenance(record)
+    return {
+        "steps": "\n".join(steps) + provenance,
+        "cpu": "\n".join(cpu) + provenance,
+        "targets": _targets(record) + provenance,
+    }
+
+
+TARGET_VS_OPENENV = 3.0
+"""The synchronous step's target against OpenEnv on the same loop (issue 37), 1 and 16 sessions."""
+TARGET_VS_FLOOR = 1.5
+"""At most this many of the bare ping-pong's round trips per synchronous step, 1 session."""
+
+
+def _targets(record: dict[str, Any]) -> str:
+    lines = ["| loop (both sides) | target | needs | measured | met |", "| --- | --- | --- | --- | --- |"]
+    gaps = []
+    for loop, by_name in record["results"]["steps"].items():
+        for n in record["config"]["sessions"]:
+            key = f"{n}_sessions"
+            ours, theirs = by_name[OURS_SYNC_TCP][key]["median"], by_name[SYNC_REFERENCE][key]["median"]
+            needs = TARGET_VS_OPENENV * theirs
+            lines.append(
+                f"| {loop} | sync step ≥ {TARGET_VS_OPENENV:g}× OpenEnv, TCP, {n} session{'s' * (n > 1)} "
+                f"| ≥ {needs:,.0f} steps/s | {ours:,.0f} ({ours / theirs:.2f}×) | {'yes' if ours >= needs else 'no'} |"
+            )
+            if n == 1 and ours < needs:
+                gaps.append(_gap(record, loop, needs))
+        for name, floor, transport in ((OURS_SYNC_TCP, FLOOR_TCP, "TCP"), (OURS_SYNC_UDS, FLOOR_UDS, "Unix socket")):
+            ours, bare = by_name[name]["1_sessions"]["median"], by_name[floor]["1_sessions"]["median"]
+            lines.append(
+                f"| {loop} | sync step ≤ {TARGET_VS_FLOOR:g}× the floor's round trip, {transport}, 1 session "
+                f"| ≥ {bare / TARGET_VS_FLOOR:,.0f} steps/s | {ours:,.0f} ({bare / ours:.2f}×) "
+                f"| {'yes' if bare / ours <= TARGET_VS_FLOOR else 'no'} |"
+            )
+    return "\n".join(lines) + "".join("\n\n" + gap for gap in gaps)
+
+
+def _gap(record: dict[str, Any], loop: str, needs: float) -> str:
+    """Why a synchronous step misses 3× OpenEnv at one session: the round trip it would need
+    against the floor's, and where each side's CPU goes, from the same run."""
+    steps, used = record["results"]["steps"][loop], record["results"][CPU][loop]
+
+    def trip(name: str) -> float:
+        return 1e6 / steps[name]["1_sessions"]["median"]
+
+    def cpu(name: str, side: str) -> float:
+        return used[name]["1_sessions"][side]["median"]
+
+    return (
+        f"{loop}: {TARGET_VS_OPENENV:g}× OpenEnv at one session needs a round trip of {1e6 / needs:.0f} µs; "
+        f"ours takes {trip(OURS_SYNC_TCP):.0f} µs (TCP) and {trip(OURS_SYNC_UDS):.0f} µs (Unix socket), "
+        f"the bare JSON ping-pong {trip(FLOOR_TCP):.0f} µs (TCP) and {trip(FLOOR_UDS):.0f} µs (Unix socket), "
+        f"OpenEnv {trip(SYNC_REFERENCE):.0f} µs. At one session a step is one wakeup of each process after the "
+        f"other: per step our server spends {cpu(OURS_SYNC_TCP, 'server'):.0f} µs of CPU (TCP) and our client "
+        f"{cpu(OURS_SYNC_TCP, 'client'):.0f} µs; the ping-pong's server {cpu(FLOOR_TCP, 'server'):.0f} µs and "
+        f"client {cpu(FLOOR_TCP, 'client'):.0f} µs; OpenEnv's server {cpu(SYNC_REFERENCE, 'server'):.0f} µs and "
+        f"client {cpu(SYNC_REFERENCE, 'client'):.0f} µs."
+    )
 
 
 def headline(record: dict[str, Any]) -> list[tuple[str, str]]:
@@ -413,7 +523,7 @@ def headline(record: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append((what, " / ".join(sides)))
     for loop, by_name in record["results"]["steps"].items():
         floors = []
-        for name, floor in ((OURS_SYNC_UDS, _FLOOR_UDS), (OURS_SYNC_TCP, _FLOOR_TCP)):
+        for name, floor in ((OURS_SYNC_UDS, FLOOR_UDS), (OURS_SYNC_TCP, FLOOR_TCP)):
             ours, bare = by_name[name]["1_sessions"]["median"], by_name[floor]["1_sessions"]["median"]
             floors.append(f"{ours:,.0f} against {bare:,.0f} ({bare / ours:.2f}×)")
         what = f"synchronous env step, {loop}, 1 session, Unix socket / TCP: hillclimb against the bare ping-pong floor"

@@ -12,11 +12,9 @@ from typing import Any
 import pytest
 
 from bench import env_step
-from bench.env_step import OURS_SYNC_TCP, SYNC_REFERENCE
+from bench.env_step import CPU, FLOOR_TCP, FLOOR_UDS, OURS_SYNC_TCP, SYNC_REFERENCE
 
 ROOT = Path(__file__).resolve().parents[2]
-FLOOR_TCP = "bare asyncio TCP JSON ping-pong"
-FLOOR_UDS = "bare asyncio Unix-socket JSON ping-pong"
 
 # steps/s per repetition (rep 0, rep 1), 1 session then 16; every other row steps at 1,000 / 2,000
 RATES = {
@@ -37,40 +35,70 @@ def _record() -> dict[str, Any]:
             }
             for c in env_step.CONTENDERS
         }
+        # CPU µs per step: the server 40 + 10 * rep, the client 30 + 10 * rep, every row
+        cpu = {
+            name: {key: {"server": 40.0 + 10 * rep, "client": 30.0 + 10 * rep} for key in by_sessions}
+            for name, by_sessions in rates.items()
+        }
         load = (0.5 + rep, 0.4, 0.3)
-        repetitions.append({"rep": rep, "loop": "uvloop", "reversed": bool(rep), "load_before": load, "rates": rates})
+        repetitions.append(
+            {"rep": rep, "loop": "uvloop", "reversed": bool(rep), "load_before": load, "rates": rates, CPU: cpu}
+        )
     return {
         "benchmark": "env_step",
         "date": "2026-12-07 07:00:00 UTC",
         "commit": "abc1234",
         "machine": {},
         "config": env_step.config(2.0, 2, ("uvloop",)),
-        "results": {
-            "steps": env_step.summarize_repetitions(repetitions, ("uvloop",)),
-            "repetitions": repetitions,
-        },
+        "results": env_step.summarize_repetitions(repetitions, ("uvloop",)),
     }
 
 
-def _row(table: str, runtime: str, sessions: int) -> list[str]:
+def _row(table: str, *first: str) -> list[str]:
     for line in table.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if cells[:3] == ["uvloop", runtime, str(sessions)]:
+        if cells[: len(first) + 1] == ["uvloop", *first]:
             return cells
-    raise AssertionError(f"no row for {runtime} at {sessions} sessions")
+    raise AssertionError(f"no row starting {first}")
 
 
 def test_tables_give_medians_ranges_and_paired_ratios() -> None:
     table = env_step.tables(_record())["steps"]
     # median of 9,000 and 10,000; per repetition against OpenEnv 9,000/3,000 = 3.00 and 10,000/4,000 = 2.50;
     # the TCP floor's rate over ours 12,000/9,000 = 1.33 and 12,000/10,000 = 1.20
-    assert _row(table, OURS_SYNC_TCP, 1)[3:] == ["9,500 (9,000–10,000)", "2.75× (2.50–3.00)", "1.27× (1.20–1.33)"]
+    assert _row(table, OURS_SYNC_TCP, "1")[3:] == ["9,500 (9,000–10,000)", "2.75× (2.50–3.00)", "1.27× (1.20–1.33)"]
     # 45,000/9,000 = 5.00 and 50,000/10,000 = 5.00; 60,000/45,000 = 1.33 and 80,000/50,000 = 1.60
-    assert _row(table, OURS_SYNC_TCP, 16)[3:] == ["47,500 (45,000–50,000)", "5.00× (5.00–5.00)", "1.47× (1.33–1.60)"]
-    assert _row(table, SYNC_REFERENCE, 1)[3:5] == ["3,500 (3,000–4,000)", "—"]  # the reference has no ratio to itself
-    assert _row(table, FLOOR_UDS, 1)[4:] == ["—", "—"]
+    assert _row(table, OURS_SYNC_TCP, "16")[3:] == ["47,500 (45,000–50,000)", "5.00× (5.00–5.00)", "1.47× (1.33–1.60)"]
+    assert _row(table, SYNC_REFERENCE, "1")[3:5] == ["3,500 (3,000–4,000)", "—"]  # the reference has no ratio to itself
+    assert _row(table, FLOOR_UDS, "1")[4:] == ["—", "—"]
     assert "at abc1234 on 2026-12-07 07:00:00 UTC" in table
     assert "host load (1-min average) 1.00 (0.50–1.50)" in table  # median of 0.5 and 1.5
+
+
+def test_cpu_table_gives_the_round_trip_and_each_side() -> None:
+    table = env_step.tables(_record())["cpu"]
+    # 1e6 / 9,500 steps/s = 105 µs; CPU medians of 40 and 50, 30 and 40
+    assert _row(table, OURS_SYNC_TCP, "1")[3:] == ["105", "45", "35"]
+
+
+def test_targets_say_met_or_not_and_explain_the_one_session_gap() -> None:
+    table = env_step.tables(_record())["targets"]
+    # 3 x 3,500 = 10,500 needed, 9,500 measured; 3 x 9,500 = 28,500 needed at 16, 47,500 measured
+    assert _row(table, "sync step ≥ 3× OpenEnv, TCP, 1 session")[2:] == [
+        "≥ 10,500 steps/s",
+        "9,500 (2.71×)",
+        "no",
+    ]
+    assert _row(table, "sync step ≥ 3× OpenEnv, TCP, 16 sessions")[4] == "yes"
+    # the TCP floor 12,000 / 1.5 = 8,000 needed; 12,000 / 9,500 = 1.26 of its round trips
+    assert _row(table, "sync step ≤ 1.5× the floor's round trip, TCP, 1 session")[2:] == [
+        "≥ 8,000 steps/s",
+        "9,500 (1.26×)",
+        "yes",
+    ]
+    # 1e6 / 10,500 = 95 µs needed; 1e6 / 9,500 = 105; 1e6 / 12,000 = 83; 1e6 / 3,500 = 286
+    assert "needs a round trip of 95 µs; ours takes 105 µs (TCP)" in table
+    assert "ping-pong 83 µs (TCP)" in table and "OpenEnv 286 µs" in table
 
 
 def test_headline_is_same_loop_and_against_the_floor() -> None:
@@ -106,4 +134,5 @@ def test_short_run_measures_every_contender(tmp_path: Path) -> None:
     assert {name for name, by_sessions in repetition["rates"].items() if min(by_sessions.values()) > 0} == {
         c.name for c in env_step.CONTENDERS
     }
-    assert set(env_step.tables(record)) == {"steps"} and len(env_step.headline(record)) == 2
+    assert all(min(side.values()) > 0 for by in repetition[CPU].values() for side in by.values())
+    assert set(env_step.tables(record)) == {"steps", "cpu", "targets"} and len(env_step.headline(record)) == 2
