@@ -10,7 +10,9 @@ session binding, what an HTTP-only ingress leaves. A synchronous step is measure
 (inline on the loop once proven short, `envs.server.inline`) and with inline calls off (on the
 session's thread, as OpenEnv runs it). One session steps back to back; then 16 sessions step
 concurrently and the total rate is taken. A bare JSON-lines ping-pong between two asyncio
-processes, over a Unix socket and over TCP, is the floor any Python runtime pays.
+processes, over a Unix socket and over TCP, is the floor any Python runtime pays. Each window
+also reads the CPU time the server process and the measuring process spent per step, which is
+what a one-session round trip is made of.
 
 Every comparison is on one event loop, both sides: uvloop (what uvicorn picks by itself when
 installed, and what hillclimb ships with), then the standard asyncio loop on both sides. Each
@@ -402,15 +404,15 @@ def config(seconds: float, reps: int, loops: tuple[str, ...]) -> dict[str, Any]:
 # Rendering: pure functions of a result file's record (bench.render calls them).
 
 
-def _paired(record: dict[str, Any], loop: str, name: str, other: str, key: str) -> list[float]:
-    """Per repetition, `name`'s rate over `other`'s: both measured in the same child minute."""
-    return [
+def _ratio(record: dict[str, Any], loop: str, name: str, other: str, key: str) -> str:
+    """`name`'s median rate over `other`'s (the figure the tables and headline print beside the
+    two medians), then the range of the ratio per repetition, both measured in the same child."""
+    steps = record["results"]["steps"][loop]
+    paired = [
         r["rates"][name][key] / r["rates"][other][key] for r in record["results"]["repetitions"] if r["loop"] == loop
     ]
-
-
-def _ratio(samples: list[float]) -> str:
-    return f"{statistics.median(samples):.2f}× ({min(samples):.2f}–{max(samples):.2f})"
+    ratio = steps[name][key]["median"] / steps[other][key]["median"]
+    return f"{ratio:.2f}× ({min(paired):.2f}–{max(paired):.2f})"
 
 
 def _provenance(record: dict[str, Any]) -> str:
@@ -424,10 +426,11 @@ def _provenance(record: dict[str, Any]) -> str:
 
 
 def tables(record: dict[str, Any]) -> dict[str, str]:
-    """The docs' markdown by block: "steps", every row on each loop, steps/s and two ratios taken
-    per repetition (against OpenEnv on the same loop, and the floor's rate over the row's: how many
-    of the bare ping-pong's round trips, same transport, one step takes); "cpu", the CPU each side
-    spends per step; "targets", the synchronous step's targets, met or not, with the gap."""
+    """The docs' markdown by block: "steps", every row on each loop, steps/s and two ratios of
+    medians with their range per repetition (against OpenEnv on the same loop, and the floor's rate
+    over the row's: how many of the bare ping-pong's round trips, same transport, one step takes);
+    "cpu", the CPU each side spends per step; "targets", the synchronous step's targets, met or not,
+    with the gap."""
     contenders = record["config"]["contenders"]
     steps = [
         "| loop (both sides) | runtime | sessions | steps/s | × OpenEnv, same loop | × floor's round trip |",
@@ -441,8 +444,8 @@ def tables(record: dict[str, Any]) -> dict[str, str]:
         for c in contenders:
             for n in record["config"]["sessions"]:
                 key = f"{n}_sessions"
-                against = _ratio(_paired(record, loop, c["name"], c["reference"], key)) if c["reference"] else "—"
-                floor = _ratio(_paired(record, loop, c["floor"], c["name"], key)) if c["floor"] else "—"
+                against = _ratio(record, loop, c["name"], c["reference"], key) if c["reference"] else "—"
+                floor = _ratio(record, loop, c["floor"], c["name"], key) if c["floor"] else "—"
                 rate = median_range(by_name[c["name"]][key])
                 steps.append(f"| {loop} | {c['name']} | {n} | {rate} | {against} | {floor} |")
                 used = record["results"][CPU][loop][c["name"]][key]

@@ -64,10 +64,12 @@ def _row(table: str, *first: str) -> list[str]:
 
 def test_tables_give_medians_ranges_and_paired_ratios() -> None:
     table = env_step.tables(_record())["steps"]
-    # median of 9,000 and 10,000; per repetition against OpenEnv 9,000/3,000 = 3.00 and 10,000/4,000 = 2.50;
-    # the TCP floor's rate over ours 12,000/9,000 = 1.33 and 12,000/10,000 = 1.20
-    assert _row(table, OURS_SYNC_TCP, "1")[3:] == ["9,500 (9,000–10,000)", "2.75× (2.50–3.00)", "1.27× (1.20–1.33)"]
-    # 45,000/9,000 = 5.00 and 50,000/10,000 = 5.00; 60,000/45,000 = 1.33 and 80,000/50,000 = 1.60
+    # median of 9,000 and 10,000; against OpenEnv 9,500/3,500 = 2.71, per repetition 9,000/3,000 = 3.00 and
+    # 10,000/4,000 = 2.50; the TCP floor's rate over ours 12,000/9,500 = 1.26, per repetition 12,000/9,000 = 1.33
+    # and 12,000/10,000 = 1.20
+    assert _row(table, OURS_SYNC_TCP, "1")[3:] == ["9,500 (9,000–10,000)", "2.71× (2.50–3.00)", "1.26× (1.20–1.33)"]
+    # 47,500/9,500 = 5.00 (45,000/9,000 and 50,000/10,000 too); 70,000/47,500 = 1.47, per repetition
+    # 60,000/45,000 = 1.33 and 80,000/50,000 = 1.60
     assert _row(table, OURS_SYNC_TCP, "16")[3:] == ["47,500 (45,000–50,000)", "5.00× (5.00–5.00)", "1.47× (1.33–1.60)"]
     assert _row(table, SYNC_REFERENCE, "1")[3:5] == ["3,500 (3,000–4,000)", "—"]  # the reference has no ratio to itself
     assert _row(table, FLOOR_UDS, "1")[4:] == ["—", "—"]
