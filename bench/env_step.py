@@ -33,7 +33,6 @@ import asyncio
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import median_range, print_table, summarize, write_result
+from bench.common import load_over_run, median_range, print_table, summarize, write_result
 from envs.client.handle import EnvHandle
 from envs.client.http_client import http_request
 from envs.server.serve import LOOP_ENV_VAR, run_fast
@@ -419,9 +418,8 @@ def _provenance(record: dict[str, Any]) -> str:
     loads = [r["load_before"][0] for r in record["results"]["repetitions"]]
     config = record["config"]
     return (
-        f"Measured at {record['commit']} on {record['date']}: {config['reps']} repetitions of "
-        f"{config['seconds']:g} s windows per case, medians with (min–max); host load (1-min average) "
-        f"{statistics.median(loads):.2f} ({min(loads):.2f}–{max(loads):.2f}) at the start of each child."
+        f"{config['reps']} repetitions of {config['seconds']:g} s windows per case, medians with (min–max). "
+        + load_over_run(loads)
     )
 
 
