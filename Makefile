@@ -80,12 +80,14 @@ test-latest: images
 	$(LATEST)/bin/pip list --format=freeze > $(LATEST)/versions.txt
 	$(LATEST)/bin/python -m pytest
 
+# The platform's benchmarks into bench/results/, then the README's and docs' tables rendered from
+# them (bench/render.py). Refused on a tree with uncommitted changes: a published figure names the
+# commit that made it. The longer runs (the main job, SmolLM2, λ sweeps) are listed in bench/README.md.
+BENCHES ?= env_step sandbox_start concurrency rollout echo_loss
 bench: venv images
-	$(BIN)/python -m bench.env_step
-	$(BIN)/python -m bench.sandbox_start
-	$(BIN)/python -m bench.concurrency
-	$(BIN)/python -m bench.rollout
-	$(BIN)/python -m bench.echo_loss
+	@git diff --quiet HEAD || { echo "make bench: the tree has uncommitted changes; commit them first"; exit 1; }
+	for b in $(BENCHES); do $(BIN)/python -m bench.$$b || exit 1; done
+	$(BIN)/python -m bench.render
 
 # The documentation site, from docs/ and mkdocs.yml, into site/ (the test suite builds it too,
 # into a temporary directory: tests/test_docs.py).

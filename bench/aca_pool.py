@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import print_table, summarize, write_result
+from bench.common import markdown_table, median_range, print_table, summarize, write_result
 from envs.client.handle import EnvHandle
 from providers.aca.provider import AcaProvider
 from providers.contract import SandboxSpec
@@ -83,20 +82,39 @@ async def measure(reps: int, requests: int) -> dict[str, list[float]]:
         await sandboxes.close()
 
 
+def _table(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    ws = results["direct-ws"]["seconds_per_request"]["median"]
+    rows = [
+        [r["label"], median_range(seconds, "{:.3f}", 1e3), f"{seconds['median'] / ws:.2f}×"]
+        for r in results.values()
+        for seconds in [r["seconds_per_request"]]
+    ]
+    return ["path (toy_terminal `ls`, 1 session)", "ms/request, median (range)", "vs WebSocket"], rows
+
+
+def tables(record: dict[str, Any]) -> dict[str, str]:
+    return {"paths": markdown_table(*_table(record["results"]))}
+
+
+def headline(record: dict[str, Any]) -> list[tuple[str, str]]:
+    results = record["results"]
+    pool_ms, ws_ms = (results[k]["seconds_per_request"]["median"] * 1e3 for k in ("pool", "direct-ws"))
+    return [
+        (
+            "an ACA session pool's path (emulated pool, no Azure) against a direct WebSocket",
+            f"{pool_ms:.3f} against {ws_ms:.3f} ms a request",
+        )
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--requests", type=int, default=300)
     args = parser.parse_args()
     samples = asyncio.run(measure(args.reps, args.requests))
-    ws = statistics.median(samples["direct-ws"])
-    rows: list[list[Any]] = []
-    results: dict[str, Any] = {}
-    for label, key in PATHS:
-        median = statistics.median(samples[key])
-        rows.append([label, f"{median * 1e3:.3f}", f"{median / ws:.2f}x"])
-        results[key] = {"label": label, "seconds_per_request": summarize(samples[key])}
-    print_table(["path (toy_terminal `ls`, 1 session)", "ms/request (median)", "vs WebSocket"], rows)
+    results = {key: {"label": label, "seconds_per_request": summarize(samples[key])} for label, key in PATHS}
+    print_table(*_table(results))
     path = write_result("aca_pool", {"reps": args.reps, "requests": args.requests}, results)
     print(f"wrote {path}")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.common import print_table, write_result
+from bench.common import markdown_table, print_table, write_result
 from bench.k8s_scale import Worker, peak_per_second
 from envs.wire import http
 from hillclimb.config.sandboxes import PoolConfig
@@ -116,6 +116,36 @@ async def simulate(lifecycles: int, concurrency: int, limit: int, latency_s: flo
     }
 
 
+def _table(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    r = results["throttled"]
+    row = [
+        f"{r['lifecycles_per_s']:.1f}",
+        f"{r['requests_per_lifecycle']:.2f}",
+        r["peak_requests_per_s"],
+        r["throttled_429"],
+        r["shortest_wait_after_429_s"],
+        r["sessions_left"],
+    ]
+    headers = ["lifecycles/s", "requests/lifecycle", "peak req/s", "429s", "min wait after 429 (s)", "sessions left"]
+    return headers, [row]
+
+
+def tables(record: dict[str, Any]) -> dict[str, str]:
+    return {"lifecycles": markdown_table(*_table(record["results"]))}
+
+
+def headline(record: dict[str, Any]) -> list[tuple[str, str]]:
+    r = record["results"]["throttled"]
+    config = record["config"]
+    return [
+        (
+            f"ACA provider, {config['lifecycles']:,} session lifecycles against the emulated pool "
+            f"(cap {config['limit']} in flight): requests a lifecycle; sessions a client timeout left allocated",
+            f"{r['requests_per_lifecycle']:.2f}; {r['sessions_left']}",
+        )
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lifecycles", type=int, default=1000)
@@ -126,19 +156,7 @@ def main() -> None:
     args = parser.parse_args()
     config = {k: v for k, v in vars(args).items() if k != "out"}
     result = asyncio.run(simulate(args.lifecycles, args.concurrency, args.limit, args.latency_ms / 1e3))
-    print_table(
-        ["lifecycles/s", "requests/lifecycle", "peak req/s", "429s", "min wait after 429 s", "sessions left"],
-        [
-            [
-                f"{result['lifecycles_per_s']:.1f}",
-                f"{result['requests_per_lifecycle']:.2f}",
-                result["peak_requests_per_s"],
-                result["throttled_429"],
-                result["shortest_wait_after_429_s"],
-                result["sessions_left"],
-            ]
-        ],
-    )
+    print_table(*_table({"throttled": result}))
     print(result["answered"])
     print(result["retried"])
     path = write_result("aca_scale", config, {"throttled": result}, args.out)

@@ -19,7 +19,7 @@ import asyncio
 import time
 from typing import Any
 
-from bench.common import percentile, summarize, write_result
+from bench.common import markdown_table, median_range, percentile, summarize, write_result
 
 NAME = "smollm2-135m-instruct"
 MODES = ("static", "continuous")
@@ -97,22 +97,24 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def tables(record: dict[str, Any]) -> dict[str, str]:
-    """Markdown tables of a `batching.json` record: `latency` (one row per mode)."""
+    """Markdown tables of a `batching.json` record: `latency` (one row per mode, then the run's setup)."""
     config, results = record["config"], record["results"]
-    lines = [
-        f"{config['requests']} requests, one every {config['gap_ms']:g} ms, max_new_tokens {config['lengths']}, "
-        f"{config['model']}, {config['reps']} reps",
-        "",
-        "| batching | p50 latency | p95 latency | mean latency | tokens/s (median of runs) |",
-        "|---|---|---|---|---|",
+    rows = [
+        [
+            mode,
+            f"{results[mode]['latency_p50_s']:.2f} s",
+            f"{results[mode]['latency_p95_s']:.2f} s",
+            f"{results[mode]['latency_s']['mean']:.2f} s",
+            median_range(results[mode]["tokens_per_s"], "{:.1f}"),
+        ]
+        for mode in MODES
     ]
-    for mode in MODES:
-        r = results[mode]
-        lines.append(
-            f"| {mode} | {r['latency_p50_s']:.2f} s | {r['latency_p95_s']:.2f} s | {r['latency_s']['mean']:.2f} s "
-            f"| {r['tokens_per_s']['median']:.1f} |"
-        )
-    return {"latency": "\n".join(lines)}
+    table = markdown_table(["batching", "p50 latency", "p95 latency", "mean latency", "tokens/s (runs)"], rows)
+    setup = (
+        f"{config['requests']} requests, one every {config['gap_ms']:g} ms, max_new_tokens {config['lengths']}, "
+        f"{config['model']}, {config['reps']} reps a mode."
+    )
+    return {"latency": f"{table}\n\n{setup}"}
 
 
 def headline(record: dict[str, Any]) -> list[tuple[str, str]]:

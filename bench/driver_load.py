@@ -26,8 +26,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from bench.common import base_tree, interleaved, print_table, summarize, write_result
+from bench.common import base_tree, interleaved, markdown_table, median_range, print_table, summarize, write_result
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -110,6 +111,38 @@ def _run(tree: Path, workers: int, steps: int) -> dict[str, float]:
     }
 
 
+def _table(results: dict[str, Any], base_commit: str) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for case, measures in results.items():
+        side, workers = case.split("/")
+        if side == "head":
+            for name, stats in measures.items():
+                before = median_range(results[f"base/{workers}"][name], "{:,.3f}")
+                rows.append([f"{workers} worker(s): {name}", before, median_range(stats, "{:,.3f}")])
+    return ["measure, median (range)", f"base {base_commit}", "this tree"], rows
+
+
+def tables(record: dict[str, Any]) -> dict[str, str]:
+    return {"per_step": markdown_table(*_table(record["results"], record["config"]["base"]))}
+
+
+def headline(record: dict[str, Any]) -> list[tuple[str, str]]:
+    results = record["results"]
+    workers = sorted({case.split("/")[1] for case in results}, key=int)
+    name = "trajectory_kib_through_driver_per_step"
+    figure = " and ".join(
+        " / ".join(f"{results[f'{side}/{w}'][name]['median']:,.0f}" for side in ("base", "head")) + " KiB"
+        for w in workers
+    )
+    return [
+        (
+            f"trajectory data through the Ray driver per RL step, {' and '.join(workers)} rollout workers: "
+            f"before ({record['config']['base']}) / after the buffer made the batches",
+            figure,
+        )
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the commit to compare against")
@@ -125,12 +158,7 @@ def main() -> None:
                     for name, value in _run(tree, workers, args.steps).items():
                         samples.setdefault(f"{side}/{workers}", {}).setdefault(name, []).append(value)
     results = {case: {name: summarize(values) for name, values in by.items()} for case, by in samples.items()}
-    rows = []
-    for workers in args.workers:
-        for name in samples[f"head/{workers}"]:
-            before, after = (statistics.median(samples[f"{side}/{workers}"][name]) for side in ("base", "head"))
-            rows.append([f"{workers} worker(s): {name}", f"{before:,.3f}", f"{after:,.3f}"])
-    print_table(["measure (median)", f"base {base_commit}", "this tree"], rows)
+    print_table(*_table(results, base_commit))
     path = write_result("driver_load", {**vars(args), "base": base_commit}, results)
     print(f"\nhost load (1, 5, 15 min): {os.getloadavg()}; wrote {path}")
 

@@ -65,7 +65,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, print_table, status_kib, summarize
+from bench.common import markdown_table, print_table, result_path, status_kib, summarize
 from hillclimb.config.losses import LossConfig  # pydantic only: the parent imports torch in main()
 from orchestrator.provenance import commit, machine
 
@@ -338,7 +338,7 @@ def _fmt(c: dict, key: str, spec: str = ".2f") -> str:
     return "-" if c.get(key) is None else format(c[key], spec)
 
 
-def _print(cases: list[dict], mfu: list[dict]) -> None:
+def _scaling_table(cases: list[dict]) -> tuple[list[str], list[list[Any]]]:
     rows = []
     for c in cases:
         if c["status"] != "ok":
@@ -350,11 +350,10 @@ def _print(cases: list[dict], mfu: list[dict]) -> None:
         time_s, cpu_s, peak = c["time_s"]["median"], c["cpu_time_s"]["median"], c["peak_mib"]["max"]
         ratios = [_fmt(c, "time_vs_naive"), _fmt(c, "cpu_time_vs_naive")]
         rows.append([c["seq_len"], c["impl"], f"{time_s:.3f}", f"{cpu_s:.1f}", *ratios, f"{peak:.0f}", mem])
-    headers = ["seq len", "impl", "median s", "cpu s", "time vs naive", "cpu vs naive", "peak MiB", "mem vs naive"]
-    print_table(headers, rows)
-    if not mfu:
-        return
-    print()
+    return ["seq len", "impl", "median s", "cpu s", "time vs naive", "cpu vs naive", "peak MiB", "mem vs naive"], rows
+
+
+def _mfu_table(mfu: list[dict]) -> tuple[list[str], list[list[Any]]]:
     rows = []
     for c in mfu:
         if c["status"] != "ok":
@@ -364,7 +363,28 @@ def _print(cases: list[dict], mfu: list[dict]) -> None:
         mfu_s = "-" if c["mfu"] is None else f"{c['mfu']:.1%}"
         hfu_s = "-" if c["hfu"] is None else f"{c['hfu']:.1%}"
         rows.append([c["seq_len"], c["hidden"], c["impl"], f"{c['tokens_per_s']:.0f}", tflops, mfu_s, hfu_s])
-    print_table(["seq len", "hidden", "impl", "tokens/s", "head TFLOP/s", "MFU", "HFU"], rows)
+    return ["seq len", "hidden", "impl", "tokens/s", "head TFLOP/s", "MFU", "HFU"], rows
+
+
+def tables(record: dict) -> dict[str, str]:
+    return {
+        "scaling": markdown_table(*_scaling_table(record["cases"])),
+        "mfu": markdown_table(*_mfu_table(record["mfu"])),
+    }
+
+
+def headline(record: dict) -> list[tuple[str, str]]:
+    shortest = min(c["seq_len"] for c in record["cases"])
+    at_shortest = {c["impl"]: c for c in record["cases"] if c["seq_len"] == shortest}
+    naive, fused = at_shortest["naive"], at_shortest["fused"]
+    device = record["device"]["type"].upper()
+    peaks = f"{fused['peak_mib']['max']:,.0f} MiB against {naive['peak_mib']['max']:,.0f} MiB"
+    return [
+        (
+            f"GRPO + ECHO loss, {shortest:,} tokens, {device}: peak memory, fused against naive",
+            f"{peaks} ({fused['mem_vs_naive']:.2f}×)",
+        )
+    ]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -422,7 +442,10 @@ def main(argv: list[str] | None = None) -> None:
     add_ratios(cases + mfu)
     for c in mfu:
         add_throughput(c, peak)
-    _print(cases, mfu)
+    print_table(*_scaling_table(cases))
+    if mfu:
+        print()
+        print_table(*_mfu_table(mfu))
     config = {k: getattr(args, k) for k in ("quick", "seq_lens", "vocab", "hidden", "reps", "impls", "chunk_tokens")}
     config |= {"chunk_vocab": args.chunk_vocab, "mfu_hidden": args.mfu_hidden, "mfu_seq_len": args.mfu_seq_len}
     config |= {
@@ -449,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
         "cases": cases,
         "mfu": mfu,
     }
-    out = args.out or RESULTS / f"echo_loss_{args.device}.json"
+    out = args.out or result_path(f"echo_loss_{args.device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {out}")

@@ -37,7 +37,7 @@ from aiohttp import web
 from kmock._internal.apps import Server
 from kmock._internal.k8s import KubernetesError
 
-from bench.common import print_table, write_result
+from bench.common import markdown_table, print_table, write_result
 from hillclimb.config.sandboxes import PoolConfig
 from hillclimb.provider_errors import RetryableProviderError
 from providers.contract import SandboxSpec
@@ -187,6 +187,40 @@ async def simulate(lifecycles: int, concurrency: int, seats: int, queue: int, la
     }
 
 
+def _table(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    rows = [
+        [
+            case,
+            f"{r['lifecycles_per_s']:.1f}",
+            f"{r['requests_per_lifecycle']:.2f}",
+            r["peak_requests_per_s"],
+            r["throttled_429"],
+            r["shortest_wait_after_429_s"],
+            ", ".join(f"{n} {kind}" for kind, n in r["left_behind"].items()),
+        ]
+        for case, r in results.items()
+    ]
+    headers = ["case", "lifecycles/s", "requests/lifecycle", "peak req/s", "429s", "min wait after 429 (s)"]
+    return [*headers, "left behind"], rows
+
+
+def tables(record: dict[str, Any]) -> dict[str, str]:
+    return {"lifecycles": markdown_table(*_table(record["results"]))}
+
+
+def headline(record: dict[str, Any]) -> list[tuple[str, str]]:
+    free, apf = record["results"]["unthrottled"], record["results"]["apf"]
+    left = sum(free["left_behind"].values()) + sum(apf["left_behind"].values())
+    return [
+        (
+            f"Kubernetes provider, {record['config']['lifecycles']:,} sandbox lifecycles against the emulated API "
+            "server: requests a lifecycle, unthrottled / behind APF-style 429s",
+            f"{free['requests_per_lifecycle']:.2f} / {apf['requests_per_lifecycle']:.2f} ({apf['throttled_429']:,} "
+            f"429s, every retry ≥ {apf['shortest_wait_after_429_s']:.1f} s after; {left} objects left behind)",
+        )
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lifecycles", type=int, default=1000)
@@ -201,21 +235,7 @@ def main() -> None:
         "unthrottled": asyncio.run(simulate(args.lifecycles, args.concurrency, 10**6, 10**6, args.latency_ms / 1e3)),
         "apf": asyncio.run(simulate(args.lifecycles, args.concurrency, args.seats, args.queue, args.latency_ms / 1e3)),
     }
-    rows = [
-        [
-            case,
-            f"{r['lifecycles_per_s']:.1f}",
-            f"{r['requests_per_lifecycle']:.2f}",
-            r["peak_requests_per_s"],
-            r["throttled_429"],
-            r["shortest_wait_after_429_s"],
-            r["left_behind"],
-        ]
-        for case, r in results.items()
-    ]
-    print_table(
-        ["case", "lifecycles/s", "requests/lifecycle", "peak req/s", "429s", "min wait after 429 s", "left"], rows
-    )
+    print_table(*_table(results))
     for case, r in results.items():
         print(case, r["answered"])
     path = write_result("k8s_scale", config, results, args.out)

@@ -20,7 +20,7 @@ import asyncio
 import time
 from typing import Any
 
-from bench.common import print_table, summarize, write_result
+from bench.common import markdown_table, print_table, summarize, write_result
 from bench.learner_gpu import Size, agent_samples
 
 NAME = "lora_smollm2"
@@ -84,6 +84,34 @@ def measure_steps(learners: dict[str, Any], size: Size) -> dict[str, Any]:
     }
 
 
+def _table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    rows = [
+        [
+            name,
+            f"{r['sync']['bytes'] / 1e6:.1f}",
+            f"{r['sync']['engine_load_s']['median']:.3f}",
+            f"{r['learner']['step_time_s']['median']:.2f}",
+            f"{r['learner']['tokens_per_s']:.0f}",
+        ]
+        for name, r in results.items()
+    ]
+    return ["", "sync MB", "engine load s (median)", "step s (median)", "trained tokens/s"], rows
+
+
+def tables(record: dict[str, Any]) -> dict[str, str]:
+    return {"sync_step": markdown_table(*_table(record["results"]))}
+
+
+def headline(record: dict[str, Any]) -> list[tuple[str, str]]:
+    results = record["results"]
+    return [
+        (
+            "a LoRA weight sync of SmolLM2-135M against a full one",
+            f"{results['lora']['sync']['bytes'] / 1e6:.1f} MB against {results['full']['sync']['bytes'] / 1e6:.1f} MB",
+        )
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=SMOLLM2, help="a model name, GGUF file or Hugging Face directory")
@@ -113,19 +141,7 @@ def main() -> None:
     results = {name: {"sync": measure_sync(learner, args.model, reps=3)} for name, learner in learners.items()}
     for name, measured in measure_steps(learners, size).items():
         results[name]["learner"] = measured
-    print_table(
-        ["", "sync MB", "engine load s", "step s", "trained tokens/s"],
-        [
-            [
-                name,
-                f"{r['sync']['bytes'] / 1e6:.1f}",
-                f"{r['sync']['engine_load_s']['median']:.3f}",
-                f"{r['learner']['step_time_s']['median']:.2f}",
-                f"{r['learner']['tokens_per_s']:.0f}",
-            ]
-            for name, r in results.items()
-        ],
-    )
+    print_table(*_table(results))
     config = {"model": str(args.model), "lora": lora.model_dump(mode="json"), "size": vars(size) | {"device": "cpu"}}
     print(f"wrote {write_result(NAME, config, results)}")
 

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import print_table, write_result
+from bench.common import markdown_table, print_table, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -43,6 +43,31 @@ def serve(log: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
             raise SystemExit(f"model serve did not start:\n{log.read_text()[-2000:]}")
         time.sleep(0.5)
     return process, found.group(1)
+
+
+def _table(results: dict) -> tuple[list[str], list[list[object]]]:
+    report = results["report"]
+    rows = [
+        [name, f"{skill['validation_mean_reward']:.3f}", f"{skill['test_pass1']:.3f}", skill["chars"]]
+        for name in ("initial", "best")
+        for skill in [report[name]]
+    ]
+    return ["skill", "validation reward", f"test pass@1 ({report['best']['test_episodes']} episodes)", "chars"], rows
+
+
+def tables(record: dict) -> dict[str, str]:
+    return {"skills": markdown_table(*_table(record["results"]))}
+
+
+def headline(record: dict) -> list[tuple[str, str]]:
+    report = record["results"]["report"]
+    return [
+        (
+            "`hillclimb optimize`, SmolLM2-135M as the agent: candidates accepted; test pass@1 initial → best",
+            f"{report['accepted']} of {report['candidates']}; {report['initial']['test_pass1']:.3f} → "
+            f"{report['best']['test_pass1']:.3f} ({report['best']['test_episodes']} episodes)",
+        )
+    ]
 
 
 def main() -> None:
@@ -101,16 +126,7 @@ def main() -> None:
     best = (out / "best_skill.md").read_text()
     results = {"wall_s": wall_s, "attempts": attempts, "report": report, "candidates": candidates, "best_skill": best}
     path = write_result("optimize_smollm2", settings, results)
-    rows = [
-        [
-            name,
-            f"{report[name]['validation_mean_reward']:.3f}",
-            f"{report[name]['test_pass1']:.3f}",
-            report[name]["chars"],
-        ]
-        for name in ("initial", "best")
-    ]
-    print_table(["skill", "validation reward", "test pass@1", "chars"], rows)
+    print_table(*_table(results))
     print(f"{report['accepted']} of {report['candidates']} candidates accepted; {wall_s / 60:.1f} min; {path}")
 
 

@@ -33,13 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from bench.common import base_tree, interleaved, print_table, summarize, write_result
+from bench.common import base_tree, interleaved, markdown_table, median_range, print_table, summarize, write_result
 from envs.server.serve import LOOP_ENV_VAR
 
 HERE = Path(__file__).resolve().parent.parent
@@ -157,6 +156,20 @@ def measure(tree: Path, args: argparse.Namespace, image: str | None) -> dict[str
     return measured
 
 
+def _table(results: dict[str, Any], base_commit: str) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for name in [n for n in results["head"] if n in results["base"]]:  # rows both commits measure
+        before, after = results["base"][name], results["head"][name]
+        ratio = f"{after['median'] / before['median']:.2f}"
+        label = name.lstrip(" ,")  # the step rows are named after bench.env_step's contenders less "hillclimb"
+        rows.append([label, median_range(before, "{:,.2f}"), median_range(after, "{:,.2f}"), ratio])
+    return ["measure, median (range)", f"base {base_commit}", "this tree", "this / base"], rows
+
+
+def tables(record: dict[str, Any]) -> dict[str, str]:
+    return {"sides": markdown_table(*_table(record["results"], record["config"]["base"]))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the commit to compare against")
@@ -181,13 +194,7 @@ def main() -> None:
                 for name, value in measure(tree, args, images[side]).items():
                     samples[side].setdefault(name, []).append(value)
     results = {side: {name: summarize(values) for name, values in by.items()} for side, by in samples.items()}
-    rows = []
-    for name in [n for n in samples["head"] if n in samples["base"]]:  # rows both commits measure
-        before, after = (statistics.median(samples[side][name]) for side in ("base", "head"))
-        spans = [f"{min(samples[side][name]):,.2f}-{max(samples[side][name]):,.2f}" for side in ("base", "head")]
-        rows.append([name, f"{before:,.2f}", spans[0], f"{after:,.2f}", spans[1], f"{after / before:.3f}"])
-    headers = ["measure (median)", f"base {base_commit}", "range", "this tree", "range", "this / base"]
-    print_table(headers, rows)
+    print_table(*_table(results, base_commit))
     path = write_result(args.name, {**vars(args), "base": base_commit}, results)
     print(f"\nhost load (1, 5, 15 min): {os.getloadavg()}; wrote {path}")
 

@@ -31,7 +31,7 @@ import tempfile
 import time
 from typing import Any
 
-from bench.common import print_table, summarize, write_result
+from bench.common import markdown_table, print_table, summarize, write_result
 from bench.pingpong import round_trip_ms
 from envs.authoring.registry import load_suite
 from envs.authoring.tasks import action_prompt
@@ -172,7 +172,7 @@ async def _overhead_once(episodes: int) -> dict[str, Any]:
             "harness (lease, reset, render, tokenize, parse)": 1000 * harness / steps,
             "env's own reset + step, in the sandbox": 1000 * in_sandbox / steps,
             "env's own step, in-process (warm)": warm_step,
-            "platform (all but policy and env's own work)": beyond_policy - 1000 * in_sandbox / steps,
+            PLATFORM: beyond_policy - 1000 * in_sandbox / steps,
             "platform, against the warm in-process step": beyond_policy - warm_step,
         },
     }
@@ -185,6 +185,43 @@ async def _env_metrics(handle: EnvHandle) -> dict[str, float]:
     return parse_metrics(text)
 
 
+PLATFORM = "platform (all but policy and env's own work)"
+
+
+def _throughput_table(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    rows = [
+        [r["in_flight"], f"{r['episodes_per_s']:,.0f}", f"{r['steps_per_s']:,.0f}", f"{r['episodes']:,}", r["failed"]]
+        for r in results["throughput"]
+    ]
+    return ["episodes in flight", "episodes/s", "env steps/s", "episodes", "failed"], rows
+
+
+def _split_table(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    split = results["overhead"]
+    heading = f"per step (one episode at a time; median of {split['reps']} repetitions of {split['episodes']} episodes)"
+    return [heading, "ms"], [[k, f"{v:.3f}"] for k, v in split["per_step_ms"].items()]
+
+
+def tables(record: dict[str, Any]) -> dict[str, str]:
+    results = record["results"]
+    return {"throughput": markdown_table(*_throughput_table(results)), "split": markdown_table(*_split_table(results))}
+
+
+def headline(record: dict[str, Any]) -> list[tuple[str, str]]:
+    widest = max(record["results"]["throughput"], key=lambda r: r["in_flight"])
+    per_step = record["results"]["overhead"]["per_step_ms"]
+    return [
+        (
+            f"rollouts of the scripted oracle, {widest['in_flight']} episodes in flight",
+            f"{widest['episodes_per_s']:,.0f} episodes/s, {widest['failed']} failures",
+        ),
+        (
+            "platform cost per env step (all but the policy and the environment's own work)",
+            f"{per_step[PLATFORM]:.3f} ms",
+        ),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window per concurrency level")
@@ -194,20 +231,14 @@ def main() -> None:
     split = overhead(args.overhead_episodes, args.overhead_reps)
     connect_ray(None)
     levels = [asyncio.run(throughput(n, args.seconds)) for n in (1, 64, 512)]
-    print_table(
-        ["episodes in flight", "episodes/s", "env steps/s", "episodes", "failed"],
-        [
-            [r["in_flight"], f"{r['episodes_per_s']:.1f}", f"{r['steps_per_s']:.1f}", r["episodes"], r["failed"]]
-            for r in levels
-        ],
-    )
-    print()
-    heading = f"per step (one episode at a time; median of {args.overhead_reps})"
-    print_table([heading, "ms"], [[k, f"{v:.3f}"] for k, v in split["per_step_ms"].items()])
+    results = {"throughput": levels, "overhead": split}
+    for headers, rows in (_throughput_table(results), _split_table(results)):
+        print_table(headers, rows)
+        print()
     path = write_result(
         "rollout",
         {"seconds": args.seconds, "overhead_episodes": args.overhead_episodes, "overhead_reps": args.overhead_reps},
-        {"throughput": levels, "overhead": split},
+        results,
     )
     print(f"\nwrote {path}")
 

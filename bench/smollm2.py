@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from bench.common import print_table, summarize, write_result
+from bench.common import markdown_table, print_table, summarize, write_result
 from orchestrator.provenance import machine
 
 NAME = "smollm2-135m-instruct"
@@ -65,6 +65,31 @@ def _decode(policy, tokenizer, batch: int, new_tokens: int, rep: int) -> float: 
     return sum(len(g.token_ids) for g in generations) / (time.perf_counter() - began)
 
 
+def _table(results: dict) -> tuple[list[str], list[list[str]]]:
+    rows = [["first load (GGUF → directory)", f"{results['convert_s']:.1f} s", ""]]
+    load = results["load_s"]
+    rows.append(["load (converted)", f"{load['median']:.2f} s", f"{load['min']:.2f}–{load['max']:.2f}"])
+    rss = results["rss_after_load_mib"]
+    rows.append(["RSS after load", f"{rss['median']:.0f} MiB", f"{rss['min']:.0f}–{rss['max']:.0f}"])
+    for case, stats in results["decode_tokens_per_s"].items():
+        rows.append([f"decode {case}", f"{stats['median']:.1f} tok/s", f"{stats['min']:.1f}–{stats['max']:.1f}"])
+    return ["SmolLM2-135M-Instruct", "median", "range"], rows
+
+
+def tables(record: dict) -> dict[str, str]:
+    return {"load_decode": markdown_table(*_table(record["results"]))}
+
+
+def headline(record: dict) -> list[tuple[str, str]]:
+    rates = record["results"]["decode_tokens_per_s"]
+    return [
+        (
+            "SmolLM2-135M-Instruct on CPU: decode, batch 1 / 16 (lean path)",
+            f"{rates['lean B=1']['median']:.1f} / {rates['lean B=16']['median']:.1f} tokens/s",
+        )
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
@@ -105,14 +130,7 @@ def main() -> None:
         "decode_tokens_per_s": {case: summarize(samples) for case, samples in rates.items()},
         "torch_threads": torch.get_num_threads(),
     }
-    rows = [["first load (GGUF → directory)", f"{convert['seconds']:.1f} s", ""]]
-    load = results["load_s"]
-    rows.append(["load (converted)", f"{load['median']:.2f} s", f"{load['min']:.2f}–{load['max']:.2f}"])
-    rss = results["rss_after_load_mib"]
-    rows.append(["RSS after load", f"{rss['median']:.0f} MiB", f"{rss['min']:.0f}–{rss['max']:.0f}"])
-    for case, stats in results["decode_tokens_per_s"].items():
-        rows.append([f"decode {case}", f"{stats['median']:.1f} tok/s", f"{stats['min']:.1f}–{stats['max']:.1f}"])
-    print_table(["SmolLM2-135M-Instruct", "median", "range"], rows)
+    print_table(*_table(results))
     print(f"host load (1/5/15 min): {machine()['load_avg_1_5_15_min']}")
     path = write_result("smollm2", {"reps": args.reps, "new_tokens": args.new_tokens, "model": NAME}, results)
     print(f"wrote {path}")

@@ -21,7 +21,7 @@ import statistics
 import time
 from typing import Any
 
-from bench.common import percentile, print_table, summarize, write_result
+from bench.common import markdown_table, median_range, percentile, print_table, summarize, write_result
 from bench.trivial_env import NapEnv
 from envs.client.ws_client import EnvClient
 from envs.server.env_server import EnvServer, ServerConfig
@@ -61,6 +61,16 @@ async def _latencies(seconds: float, case: str) -> dict[str, float]:
             "max_ms": max(samples) * 1e3}  # fmt: skip
 
 
+def _table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    rows = [[case, *(median_range(stats[key], "{:.2f}") for key in stats)] for case, stats in results.items()]
+    heading = f"another session's reply while one naps {NAP_MS:g} ms a step"
+    return [heading, "p50 ms, median (range)", "p99 ms", "max ms"], rows
+
+
+def tables(record: dict[str, Any]) -> dict[str, str]:
+    return {"stall": markdown_table(*_table(record["results"]))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
@@ -70,13 +80,9 @@ def main() -> None:
     for rep in range(args.reps):
         for case in CASES[rep % 3 :] + CASES[: rep % 3]:  # rotate which goes first
             samples[case].append(asyncio.run(_latencies(args.seconds, case)))
-    results: dict[str, Any] = {}
-    rows = []
-    for case in CASES:
-        stats = {key: summarize([s[key] for s in samples[case]]) for key in ("p50_ms", "p99_ms", "max_ms")}
-        results[case] = stats
-        rows.append([case, *(f"{stats[key]['median']:.2f}" for key in ("p50_ms", "p99_ms", "max_ms"))])
-    print_table([f"another session's reply while one naps {NAP_MS:g} ms a step", "p50 ms", "p99 ms", "max ms"], rows)
+    keys = ("p50_ms", "p99_ms", "max_ms")
+    results = {case: {key: summarize([s[key] for s in samples[case]]) for key in keys} for case in CASES}
+    print_table(*_table(results))
     path = write_result("step_stall", {"reps": args.reps, "seconds": args.seconds, "nap_ms": NAP_MS}, results)
     print(f"wrote {path}")
 

@@ -7,7 +7,8 @@ second, and held-out pass@1 and env-token CE before and after.
 Trained tokens are the ACTION and ENV targets the loss saw (`grpo/n_action_tokens` +
 `echo/n_env_tokens`), per second of the step's training time, as `bench.learner_gpu` counts
 them; the learner's tokens are every position it ran forward and backward over (`learner/tokens`:
-prompts, scaffold and the anchor's transcripts too), the work it did.
+prompts, scaffold and the anchor's transcripts too), the work it did. The result is credited to
+the commit the run recorded in its run.json, not to this checkout's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.common import print_table, summarize, write_result
+from bench.common import markdown_table, print_table, summarize, write_result
 
 
 def figures(run_dir: Path) -> dict:
@@ -44,13 +45,7 @@ def _all_positions_rate(steps: list[dict]) -> dict:
     return {"learner_tokens_per_s": summarize([r["learner/tokens"] / r["time/train_s"] for r in steps])}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--name", required=True, help="the result file's name under bench/results/")
-    args = parser.parse_args()
-    results = figures(args.run_dir)
-    summary = results["summary"]
+def _table(results: dict) -> tuple[list[str], list[list[str]]]:
     rows = [
         [case, f"{results[key]['median']:.1f}", f"{results[key]['min']:.1f}–{results[key]['max']:.1f}"]
         if key in results
@@ -64,12 +59,60 @@ def main() -> None:
             ("learner trained tokens/s", "learner_trained_tokens_per_s"),
         )
     ]
-    print_table(["figure", "median", "range"], rows)
+    return ["figure", "median", "range"], rows
+
+
+def _learning_table(summary: dict) -> tuple[list[str], list[list[str]]]:
+    ce, pass1, reward = summary["heldout_env_ce"], summary["heldout_pass1"], summary["train_reward"]
+    falls = f"{-ce['fall_from_initial']:+.1%}; {-ce['fall_during_rl']:+.1%} over RL"
+    rows = [
+        [
+            "held-out env-token CE (nats/token): initial → after warm-up → end",
+            f"{ce['initial']:.3f} → {ce['after_warmup']:.3f} → {ce['final']:.3f} ({falls})",
+        ],
+        ["held-out pass@1: after warm-up → end", f"{pass1['after_warmup']:.3f} → {pass1['final']:.3f}"],
+        ["train reward: first → last RL steps", f"{reward['first_steps']:.2f} → {reward['last_steps']:.2f}"],
+        ["λ; warm-up steps; RL steps", f"{summary['echo_lambda']:g}; {summary['warmup_steps']}; {summary['rl_steps']}"],
+        ["wall time of the run", f"{summary['wall_s']:.0f} s"],
+    ]
+    return ["figure", "value"], rows
+
+
+def tables(record: dict) -> dict[str, str]:
+    results = record["results"]
+    return {
+        "steps": markdown_table(*_table(results)),
+        "learning": markdown_table(*_learning_table(results["summary"])),
+    }
+
+
+def headline(record: dict) -> list[tuple[str, str]]:
+    summary = record["results"]["summary"]
+    ce = summary["heldout_env_ce"]
+    return [
+        (
+            f"{record['config']['run']['name']}: held-out env-token CE, start → end of {summary['rl_steps']} RL steps",
+            f"{ce['initial']:.2f} → {ce['final']:.2f} nats/token ({-ce['fall_from_initial']:+.1%})",
+        )
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--name", required=True, help="the result file's name under bench/results/")
+    args = parser.parse_args()
+    results = figures(args.run_dir)
+    summary = results["summary"]
+    print_table(*_table(results))
     ce, pass1 = summary["heldout_env_ce"], summary["heldout_pass1"]
     print(f"held-out env CE {ce['initial']:.3f} → {ce['after_warmup']:.3f} (warm-up) → {ce['final']:.3f}")
     print(f"held-out pass@1 {pass1['after_warmup']:.3f} (after warm-up) → {pass1['final']:.3f}")
     config = json.loads((args.run_dir / "config.json").read_text())
-    print(f"wrote {write_result(args.name, config, results)}")
+    made_by = json.loads((args.run_dir / "run.json").read_text()).get("commit")
+    if made_by is None:
+        raise SystemExit(f"{args.run_dir}/run.json names no commit (a run from before runs recorded theirs)")
+    print(f"wrote {write_result(args.name, config, results, measured_at=made_by)}")
 
 
 if __name__ == "__main__":

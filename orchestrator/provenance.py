@@ -39,12 +39,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-def result_record(name: str, config: dict[str, Any], results: Any) -> dict[str, Any]:
-    """What a result file holds: the results with their config, the commit, the machine and the date."""
+def result_record(name: str, config: dict[str, Any], results: Any, measured_at: str | None = None) -> dict[str, Any]:
+    """What a result file holds: the results with their config, the commit (`measured_at` where the
+    figures come from a run this checkout did not make), the machine and the date."""
     return {
         "benchmark": name,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "commit": commit(),
+        "commit": measured_at or commit(),
         "machine": machine(),
         "config": config,
         "results": results,

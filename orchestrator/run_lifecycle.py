@@ -2,7 +2,7 @@
 
     train / rollout / eval ─► run_directory(config, kind) ─► <run.dir>/<run.name>/
                                                                config.json   the resolved config
-                                                               run.json      {"kind": ...} and, once the
+                                                               run.json      {"kind", "commit"} and, once the
                                                                              command failed, {"error": ...}
     the command fails ─┬─ nothing recorded yet (a typo'd environment, a missing model or oracle, ...):
                        │  the directory it made is removed, and the run `run.resume=false` moved aside
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hillclimb.errors import ConfigError
 from orchestrator.fingerprint import check_resumable
+from orchestrator.provenance import commit
 
 if TYPE_CHECKING:
     from hillclimb.config.run import RunConfig
@@ -71,7 +72,7 @@ def run_directory(config: RunConfig, kind: RunKind, say: Say = lambda line: None
 
 
 def write_run_file(run_dir: Path, kind: RunKind, *, error: str | None = None) -> None:
-    record: dict[str, Any] = {"kind": kind}
+    record: dict[str, Any] = {"kind": kind, "commit": commit()}  # the code that made what the run records
     if error is not None:
         record |= {"error": error, "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")

@@ -126,7 +126,7 @@ def test_the_readmes_links_lead_to_files_and_headings() -> None:
         if re.match(r"^[a-z]+://", target):
             continue
         path, _, anchor = target.partition("#")
-        file = REPO / path
+        file = REPO / (path or "README.md")  # "#heading": a heading of the README itself
         headings = re.findall(r"^#+ (.+)$", file.read_text(), re.M) if anchor and file.is_file() else []
         if not file.exists() or (anchor and anchor not in {slug(h) for h in headings}):
             broken.append(target)

@@ -147,6 +147,15 @@ def checkpoint_blocks(model: Any) -> None:
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
+def frozen_in_bf16(model: Any) -> None:
+    """LoRA's frozen base weights in bf16, the adapters in fp32: a weight no optimizer updates
+    needs no fp32 master copy, and bf16 autocast reads it in bf16 anyway, so the base takes half
+    the memory (as peft's users load it). Not under FSDP, whose units all-gather one dtype."""
+    for parameter in model.parameters():
+        if not parameter.requires_grad:
+            parameter.data = parameter.data.to(torch.bfloat16)
+
+
 def _device(name: str) -> Any:
     """The torch device for `name`; a bare `cuda` is the first GPU this process sees (under Ray,
     the one it assigned this rank: it sets CUDA_VISIBLE_DEVICES per actor)."""
@@ -189,13 +198,16 @@ class Learner:
         fast_fp32_matmuls(self.device)
         master = _master_weights(model_config)
         self._pretrained: Pretrained | None = None  # what fills a sharded skeleton once joined (`meta_init`)
-        if config.strategy == "fsdp" and world_size > 1:
+        fsdp = config.strategy == "fsdp" and world_size > 1
+        if fsdp:
             model, self.tokenizer, self._pretrained = skeleton(master, rank)
         else:
             model, self.tokenizer = load_model(master, self.device)
             check_lm_head(model)  # the losses apply the head themselves: its logits must be hidden · Wᵀ + b
         # LoRA layers replace the targeted linears inside `model`: it stays the model the losses read
         self.adapters = add_adapters(model, config.lora) if config.lora is not None else None
+        if self.adapters is not None and config.bf16 and not fsdp:
+            frozen_in_bf16(model)
         if config.checkpoints_activations:
             checkpoint_blocks(model)
         model.train()

@@ -54,7 +54,9 @@ class _Protocol(asyncio.Protocol):
         self._accept = ws.accept_key(key)
         self._max = max_message_bytes
         self.transport: asyncio.Transport | None = None
-        self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Kept, not asked for per reply: asyncio.get_running_loop() makes a getpid system call.
+        self._loop = asyncio.get_running_loop()
+        self.handshake: asyncio.Future[None] = self._loop.create_future()
         self._handshake_reply = http.ResponseReader(
             max_head_bytes=http.MAX_HEAD_BYTES, max_body_bytes=max_message_bytes
         )
@@ -62,7 +64,7 @@ class _Protocol(asyncio.Protocol):
         self._inbox: collections.deque[bytes] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self.lost: HillclimbError | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = self._loop.create_future()
         self.last_rx = time.monotonic()
         self.ping_sent_at: float | None = None
         self.pending_since: float | None = None  # when the request now awaiting its reply was sent
@@ -161,12 +163,11 @@ class _Protocol(asyncio.Protocol):
         """The next reply. Its deadline is enforced by the client's heartbeat, not by a timer per request."""
         if self._inbox:
             return self._inbox.popleft()
-        loop = asyncio.get_running_loop()
         try:
             while not self._inbox:
                 if self.lost is not None:
                     raise self.lost
-                self._waiter = loop.create_future()
+                self._waiter = self._loop.create_future()
                 await self._waiter
         finally:
             self._waiter = None

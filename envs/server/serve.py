@@ -175,6 +175,11 @@ def main(argv: list[str] | None = None) -> None:
         default=ServerConfig().http_sessions,
         help="the HTTP binding's sessions: named by the Hillclimb-Session header, or one per server",
     )
+    parser.add_argument(
+        "--no-inline-sync-calls",
+        action="store_true",
+        help="keep a synchronous environment's every reset and step on its session's thread (envs.server.inline)",
+    )
     parser.add_argument("--ttl", type=float, help="exit after this many seconds (the sandbox's hard time-to-live)")
     parser.add_argument(
         "--harden", action="store_true", help="install the sandbox's system call filter first (envs.sandbox.seccomp)"
@@ -224,6 +229,7 @@ def _serve_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         header_timeout_s=args.header_timeout,
         max_connections=args.max_connections,
         http_sessions=args.http_sessions,
+        inline_sync_calls=not args.no_inline_sync_calls,
     )
     run_fast(
         serve(

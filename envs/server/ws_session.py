@@ -81,6 +81,8 @@ class WebSocketSession:
         self._task: asyncio.Task[None] | None = None
         self._inbox: collections.deque[tuple[int, bytes] | None] = collections.deque()
         self._inbox_waiter: asyncio.Future[None] | None = None
+        # Kept, not asked for per message: asyncio.get_running_loop() makes a getpid system call.
+        self._loop = asyncio.get_running_loop()
 
     def start(self, spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]) -> None:
         """Take a slot and run the session as a task of `spawn`'s; at capacity, refuse and close."""
@@ -121,7 +123,7 @@ class WebSocketSession:
         if self.link.closing:  # nobody can read a reply; and after a step timeout the state is unknown
             return None
         while not self._inbox:
-            self._inbox_waiter = asyncio.get_running_loop().create_future()
+            self._inbox_waiter = self._loop.create_future()
             await self._inbox_waiter
             self._inbox_waiter = None
         if self.link.reading_held and len(self._inbox) <= _MAX_INBOX // 2:

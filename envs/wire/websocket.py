@@ -157,7 +157,7 @@ class FrameReader:
             buf = data
         out: list[tuple[int, bytes]] = []
         pos, size = 0, len(buf)
-        while True:
+        while pos < size:  # (at the end, the common case, no header is left to look for)
             if self._skip:
                 dropped = min(self._skip, size - pos)
                 pos += dropped

@@ -87,11 +87,12 @@ class LearnerConfig(BaseModel):
     crossing nodes. None: one group of every rank (flat FSDP); it must divide `num_learners`."""
     device: str = "cpu"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """What the learner computes in. Its weights and optimizer state are always fp32 (master
-    weights, whatever `policy.model.dtype` the policy engines serve in: a bf16 weight cannot take
-    an update below 1/256 of itself); `bf16` runs the matrix products in bf16 (autocast on one
-    rank or under DDP; under FSDP the gathered parameters are bf16 and gradients reduce in fp32),
-    on CUDA or CPU. `auto` is bf16 on CUDA and fp32 on CPU."""
+    """What the learner computes in. The weights it trains and their optimizer state are always
+    fp32 (master weights, whatever `policy.model.dtype` the policy engines serve in: a bf16 weight
+    cannot take an update below 1/256 of itself); `bf16` runs the matrix products in bf16
+    (autocast on one rank or under DDP; under FSDP the gathered parameters are bf16 and gradients
+    reduce in fp32), on CUDA or CPU, and keeps LoRA's frozen base weights in bf16 (not under FSDP).
+    `auto` is bf16 on CUDA and fp32 on CPU."""
     activation_checkpointing: bool | Literal["auto"] = "auto"
     """Keep only each decoder block's input for the backward pass and recompute the block's
     activations there: about a third more compute for a fraction of the activation memory.

@@ -12,7 +12,7 @@ def _mode(p50: float, p95: float, mean: float, rate: float) -> dict[str, Any]:
         "latency_s": {"mean": mean},
         "latency_p50_s": p50,
         "latency_p95_s": p95,
-        "tokens_per_s": {"median": rate},
+        "tokens_per_s": {"median": rate, "min": rate - 2, "max": rate + 3},
         "runs": [],
     }
 
@@ -25,9 +25,13 @@ RECORD = {
 
 def test_the_latency_table_has_a_row_per_mode_with_the_records_figures() -> None:
     (table,) = tables(RECORD).values()
-    assert table.splitlines()[0] == "16 requests, one every 50 ms, max_new_tokens 8,16,32,64, m, 2 reps"
-    assert "| static | 3.25 s | 7.50 s | 3.90 s | 41.0 |" in table.splitlines()
-    assert "| continuous | 1.50 s | 4.12 s | 2.00 s | 55.6 |" in table.splitlines()
+    lines = table.splitlines()
+    assert lines[0] == "| batching | p50 latency | p95 latency | mean latency | tokens/s (runs) |"
+    assert lines[2:4] == [
+        "| static | 3.25 s | 7.50 s | 3.90 s | 41.0 (39.0–44.0) |",
+        "| continuous | 1.50 s | 4.12 s | 2.00 s | 55.6 (53.6–58.6) |",
+    ]
+    assert lines[-1] == "16 requests, one every 50 ms, max_new_tokens 8,16,32,64, m, 2 reps a mode."
 
 
 def test_the_headline_puts_continuous_first_against_static() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hillclimb.config import load_config
+from orchestrator import provenance
 from orchestrator.run_dirs import run_info
 from orchestrator.run_lifecycle import prepare_run_dir, run_directory
 from tests.factories import say_package
@@ -119,3 +120,8 @@ def test_runs_ls_names_the_command_that_made_each_run(tmp_path: Path) -> None:
     listed = _hillclimb("runs", "ls", "--root", str(tmp_path))
     kinds = {line.split()[0]: line.split()[1] for line in listed.stdout.splitlines()[1:]}
     assert kinds == {"train-run": "train", "rollout-run": "rollout", "eval-run": "eval"}
+
+
+def test_a_run_names_the_commit_of_the_code_that_made_it(tmp_path: Path) -> None:
+    run_dir = prepare_run_dir(_config(tmp_path, "run.name=credited"), "train")
+    assert json.loads((run_dir / "run.json").read_text())["commit"] == provenance.commit() != "unknown"

@@ -182,3 +182,16 @@ async def test_two_ranks_in_bf16_with_checkpointed_blocks_train_as_one_rank(ray_
     finally:
         one.shutdown()
         two.shutdown()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_lora_keeps_its_frozen_base_in_the_compute_dtype_and_its_adapters_in_fp32(precision: str) -> None:
+    learner = Learner(MODEL, LORA.model_copy(update={"precision": precision}))
+    frozen = {p.dtype for p in learner.model.parameters() if not p.requires_grad}
+    adapters = {name: p.detach().clone() for name, p in learner._trainable()}
+    assert frozen == {torch.bfloat16 if precision == "bf16" else torch.float32}
+    assert adapters and {p.dtype for p in adapters.values()} == {torch.float32}  # the master copy of what trains
+    metrics = _step(learner, 0)
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
+    moved = [name for name, p in learner._trainable() if not torch.equal(p, adapters[name])]
+    assert moved, "the adapters took no update"
