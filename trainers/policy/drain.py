@@ -30,11 +30,6 @@ class DrainGate:
         self._idle.set()
         self._exclusive = asyncio.Lock()
 
-    @property
-    def inside(self) -> int:
-        """Requests in flight."""
-        return self._inside
-
     @asynccontextmanager
     async def request(self) -> AsyncIterator[None]:
         """Hold the gate open for one request; waits while an exclusive job waits or runs."""

@@ -97,11 +97,6 @@ class VLLMPolicy:
     def tokenizer(self) -> Tokenizer:
         return self._tokenizer
 
-    @property
-    def in_flight(self) -> int:
-        """Requests submitted to vLLM and not yet returned."""
-        return self._gate.inside
-
     async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
         """Each request goes to vLLM at once, joining whatever it is decoding; results in order."""
         async with self._gate.request():
