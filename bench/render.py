@@ -68,6 +68,7 @@ HEADLINE = (
     "echo_smollm2_ablation.json",
     "rollout.json",
     "smollm2.json",
+    "batching.json",
     "lora_smollm2.json",
     "optimize_smollm2.json",
     "echo_loss_cpu.json",

@@ -50,12 +50,17 @@ class HFPolicyConfig(_Config):
     model: ModelConfig = TinyModelConfig()
     device: str = "cpu"
     """torch device, e.g. `cpu`, `cuda`, `cuda:1`."""
+    batching: Literal["continuous", "static"] = "continuous"
+    """`continuous`: a request joins the running decode batch at the next step and leaves it when
+    done (Llama-architecture models, on the lean decode path; others fall back to `static` with a
+    warning). `static`: requests gather into a batch (`max_wait_ms`, `max_window_ms`) that runs to
+    its last token while later requests wait."""
     max_batch: int = Field(default=32, ge=1)
     """Most requests decoded together."""
     max_wait_ms: float = Field(default=2.0, ge=0)
-    """A batch closes once no new request has come for this long; 0 runs whatever is queued at once."""
+    """`static`: a batch closes once no new request has come for this long; 0 runs whatever is queued at once."""
     max_window_ms: float = Field(default=20.0, ge=0)
-    """...or once its first request has waited this long (raised to `max_wait_ms` if lower)."""
+    """`static`: ...or once its first request has waited this long (raised to `max_wait_ms` if lower)."""
     max_context: int | None = Field(default=None, ge=2)
     """Prompt + generation limit in tokens; None means the model's max_position_embeddings."""
     gpus: float = Field(default=0.0, ge=0)
@@ -142,7 +147,8 @@ class VLLMPolicyConfig(_Config):
     seed: int = 0
     """Engine seed for requests that carry none."""
     max_batch: int = Field(default=256, ge=1)
-    max_wait_ms: float = Field(default=5.0, ge=0)
+    """Most requests vLLM decodes at once (its `max_num_seqs`); it batches continuously, each
+    request joining the running batch as it arrives, and more wait in its queue."""
 
     @model_validator(mode="after")
     def _gpus_hold_the_shards(self) -> VLLMPolicyConfig:

@@ -75,16 +75,25 @@ def _assert_same(got: list, want: list) -> None:
         torch.testing.assert_close(torch.tensor(g.logprobs), torch.tensor(w.logprobs), atol=1e-5, rtol=0)
 
 
+BATCHING = pytest.mark.parametrize("batching", ["continuous", "static"])
+
+
+@BATCHING
 @pytest.mark.parametrize("sampling", sorted(SAMPLINGS))
-async def test_batched_equals_unbatched_for_the_same_seeds(model: PreTrainedModel, sampling: str) -> None:
-    policy = _hf(model, TOKENIZER, max_batch=8, max_wait_s=0.01)
+async def test_batched_equals_unbatched_for_the_same_seeds(
+    model: PreTrainedModel, sampling: str, batching: str
+) -> None:
+    policy = _hf(model, TOKENIZER, max_batch=8, max_wait_s=0.01, batching=batching)
     # Different lengths per request, so rows leave the batch (and its KV cache) at different steps.
     base = SAMPLINGS[sampling]
     calls = [(r, base.model_copy(update={"max_new_tokens": 6 + 6 * i})) for i, r in enumerate(_requests())]
     alone = [policy.generate_sync([r], p)[0] for r, p in calls]
     together = await asyncio.gather(*(policy.generate([r], p) for r, p in calls))
     reordered = await asyncio.gather(*(policy.generate([r], p) for r, p in reversed(calls)))
-    assert policy.batch_sizes[len(calls)] == 2  # each round ran as one batch
+    if policy.batching == "static":
+        assert policy.batch_sizes[len(calls)] == 2  # each round ran as one batch
+    else:  # each request joined a running batch once a round (alone, together, reordered)
+        assert sum(size * n for size, n in policy.batch_sizes.items()) == 3 * len(calls)
     _assert_same([g for (g,) in together], alone)
     _assert_same([g for (g,) in reversed(reordered)], alone)
 
@@ -155,8 +164,11 @@ def test_seeds_repeat_and_unseeded_requests_vary(llama: PreTrainedModel) -> None
     assert run(None) != run(None)
 
 
-async def test_concurrent_episodes_are_batched_and_the_loop_stays_responsive(llama: PreTrainedModel) -> None:
-    policy = _hf(llama, TOKENIZER, max_batch=32, max_wait_s=0.005)
+@BATCHING
+async def test_concurrent_episodes_are_batched_and_the_loop_stays_responsive(
+    llama: PreTrainedModel, batching: str
+) -> None:
+    policy = _hf(llama, TOKENIZER, max_batch=32, max_wait_s=0.005, batching=batching)
     assert isinstance(policy, Policy)
     mixed = [SAMPLINGS["greedy"].model_copy(update={"max_new_tokens": 64}), SamplingParams(max_new_tokens=64)]
     requests = [GenerateRequest(prompt_ids=tuple(TOKENIZER.encode(f"ls {i}\n")), seed=i) for i in range(24)]
@@ -174,7 +186,7 @@ async def test_concurrent_episodes_are_batched_and_the_loop_stays_responsive(lla
             start = time.perf_counter()
             await asyncio.sleep(0.002)
             lags.append(time.perf_counter() - start - 0.002)
-            in_flight_ticks += bool(policy._batcher._in_flight)
+            in_flight_ticks += bool(policy._batcher.running)
 
     ticking = asyncio.create_task(ticker())
     start = time.perf_counter()
@@ -192,7 +204,10 @@ async def test_concurrent_episodes_are_batched_and_the_loop_stays_responsive(lla
     assert max(lags) < 2.0, max(lags)
 
 
-async def test_update_weights_swaps_between_batches_and_stamps_the_version(llama: PreTrainedModel) -> None:
+@BATCHING
+async def test_update_weights_swaps_between_batches_and_stamps_the_version(
+    llama: PreTrainedModel, batching: str
+) -> None:
     other = build_tiny_model(TINY.model_copy(update={"seed": 1}))
     params = SamplingParams(max_new_tokens=12, temperature=1.0)
     requests = _requests()
@@ -200,7 +215,7 @@ async def test_update_weights_swaps_between_batches_and_stamps_the_version(llama
     after = [g.model_copy(update={"version": 3}) for g in _hf(other, TOKENIZER).generate_sync(requests, params)]
     assert [g.token_ids for g in before] != [g.token_ids for g in after]
 
-    policy = _hf(build_tiny_model(TINY), TOKENIZER, max_batch=2, max_wait_s=0.0)
+    policy = _hf(build_tiny_model(TINY), TOKENIZER, max_batch=2, max_wait_s=0.0, batching=batching)
     in_flight = [asyncio.create_task(policy.generate([r], params)) for r in requests * 3]
     await asyncio.sleep(0.01)  # the first batch is running
     await policy.update_weights(3, other.state_dict())

@@ -14,7 +14,7 @@ other work (a weight swap, whole or in buckets) behind the batch in flight, so e
 changes mid-batch.
 
 Batches are static: a batch runs to its last token before the next one starts, so a request that
-arrives meanwhile waits for the whole batch (no continuous batching).
+arrives meanwhile waits for the whole batch (`ContinuousBatcher` lets it join at the next step).
 
 The window stays open while requests keep coming (each arrival extends it by `max_wait_s`, up to
 `max_window_s` after the first): episodes that a batch's results set going return over several
@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-__all__ = ["MicroBatcher"]
+__all__ = ["MicroBatcher", "each_in_order"]
 
 log = logging.getLogger("hillclimb.trainers.policy")
 
@@ -89,6 +89,11 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         """How many batches of each size have run (a metric, and what tests observe)."""
 
+    @property
+    def running(self) -> int:
+        """Items in the batch decoding now (a metric)."""
+        return len(self._in_flight)
+
     async def submit(self, items: list[ItemT]) -> list[ResultT]:
         """The results of `items`, computed in whatever batches the traffic allows."""
         loop = asyncio.get_running_loop()
@@ -118,21 +123,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         """Run `fn(item)` on the worker thread for each of `items` as it arrives, then `then()`, all
         as one job: no batch runs in between (a weight update arriving in buckets never meets a
         batch half-way). Items are awaited on this event loop, one at a time, as the thread asks."""
-        loop = asyncio.get_running_loop()
-
-        async def following() -> T:
-            return await anext(items)
-
-        def each() -> None:
-            while True:
-                try:
-                    item = asyncio.run_coroutine_threadsafe(following(), loop).result()
-                except StopAsyncIteration:
-                    break
-                fn(item)
-            then()
-
-        await self.call(each)
+        await self.call(each_in_order(fn, items, then, asyncio.get_running_loop()))
 
     def _ensure_drainer(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._drainer is not None and not self._drainer.done():
@@ -215,6 +206,27 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                 pending.future.set_exception(error)
         self._queue.clear()
         self._in_flight = []
+
+
+def each_in_order(
+    fn: Callable[[T], object], items: AsyncIterator[T], then: Callable[[], object], loop: asyncio.AbstractEventLoop
+) -> Callable[[], None]:
+    """A job for a worker thread: `fn(item)` for each of `items`, awaited on `loop` one at a time
+    as the thread asks, then `then()`."""
+
+    async def following() -> T:
+        return await anext(items)
+
+    def each() -> None:
+        while True:
+            try:
+                item = asyncio.run_coroutine_threadsafe(following(), loop).result()
+            except StopAsyncIteration:
+                break
+            fn(item)
+        then()
+
+    return each
 
 
 def _checked(items: list[Any], results: list[ResultT]) -> list[ResultT]:

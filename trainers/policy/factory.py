@@ -46,6 +46,7 @@ def make_policy(config: PolicyConfig) -> Policy:
             max_window_s=max(config.max_window_ms, config.max_wait_ms) / 1000,
             max_context=config.max_context,
             threads=config.cpu_threads,
+            batching=config.batching,
         )
     if isinstance(config, OpenAIPolicyConfig):
         from trainers.policy.openai import OpenAIPolicy
@@ -79,7 +80,6 @@ def make_policy(config: PolicyConfig) -> Policy:
     return VLLMPolicy(
         model_location(config.model),
         max_batch=config.max_batch,
-        max_wait_s=config.max_wait_ms / 1000,
         revision=config.model.revision,
         dtype=config.model.dtype,
         trust_remote_code=config.model.trust_remote_code,

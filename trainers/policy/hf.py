@@ -1,9 +1,17 @@
 """`HFPolicy`: a transformers causal LM as a batched policy engine, on CPU or one GPU.
 
-    generate([request]) × many episodes ─► MicroBatcher (a few ms, ≤ max_batch)
-      ─► worker thread: left-padded prefill ─► KV-cached decode loop ─► Generation per request
-         (Llama models: `LeanLlamaForward`, the same modules without transformers' per-call
-          overhead; any other model: transformers' forward with a `DynamicCache`)
+    generate([request]) × many episodes
+      continuous (Llama models, the default) ─► ContinuousBatcher ─► worker thread: RunningBatch,
+         each request prefilled and joined to the running decode batch at the next step, returned
+         when it finishes (`trainers.policy.running_batch`)
+      static ─► MicroBatcher (a few ms, ≤ max_batch) ─► worker thread: left-padded prefill
+         ─► KV-cached decode loop, the whole batch to its last token ─► Generation per request
+      (Llama models: `LeanLlamaForward`, the same modules without transformers' per-call
+       overhead; any other model: transformers' forward with a `DynamicCache`, batched statically)
+
+transformers' own continuous batching (`generate_batch`, paged attention) is not used: it samples
+with its own logits processors, without a seed per request or log-probs under the tempered
+distribution, which the decode loop below exists to give.
 
 The decode loop is ours, not `model.generate`, because a policy needs what `generate` does
 not give together: a seed per request, log-probs under the tempered distribution for each
@@ -26,7 +34,8 @@ if two logits tie that closely). Log-probs agree to ~1e-5. A request without a s
 fresh random one and is not reproducible.
 
 Weights are swapped on the worker thread between batches (whole, or bucket by bucket as they
-arrive, in one job), so a batch never mixes versions and every `Generation` carries the version
+arrive, in one job; a continuous batch stops admitting and finishes its running rows first), so
+a batch never mixes versions and every `Generation` carries the version
 that produced all of its tokens; the episodes' cached prefixes go with the old weights. A learner training
 LoRA adapters sends the adapters alone: they are merged into the weights (W0 + scale · B · A,
 from the W0 kept at the first such update), so decoding runs on a plain model.
@@ -37,9 +46,8 @@ from __future__ import annotations
 import collections
 import functools
 import inspect
-import secrets
+import logging
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import torch
@@ -49,13 +57,18 @@ from hillclimb.config.rollout import SamplingParams
 from trainers.models.adapters import adapted_weight_names, is_adapter_update, merged_weights
 from trainers.policy.base import GenerateRequest, Generation, one_bucket
 from trainers.policy.batching import MicroBatcher
+from trainers.policy.continuous import ContinuousBatcher
+from trainers.policy.decode_rows import DecodeRow, LiveBatch, finished_prefix, load_prefixes
 from trainers.policy.errors import ContextOverflowError, PolicyRequestError
 from trainers.policy.lean_llama import LeanLlamaForward, unsupported_reason
 from trainers.policy.prefix_cache import PrefixCache
+from trainers.policy.running_batch import RunningBatch
 from trainers.policy.sampling import sample_next
 from trainers.tokenizer import Tokenizer
 
 __all__ = ["HFPolicy"]
+
+log = logging.getLogger("hillclimb.trainers.policy")
 
 _Item = tuple[GenerateRequest, SamplingParams]
 
@@ -74,11 +87,15 @@ class HFPolicy:
         max_context: int | None = None,
         threads: int | None = None,
         lean: bool = True,
+        batching: Literal["continuous", "static"] = "continuous",
     ) -> None:
-        """Batches close `max_wait_s` after their last request, or `max_window_s` after their first
-        (see `MicroBatcher`). `max_context` defaults to the model's `max_position_embeddings`.
-        `threads` sets torch's intra-op threads for this policy's forward passes only (None keeps
-        torch's setting). `lean=False` runs Llama models through transformers' forward too."""
+        """`batching="continuous"`: requests join the running decode batch at the next step and
+        leave it when done (`ContinuousBatcher`; Llama models on the lean path, others batch
+        statically). `"static"`: batches close `max_wait_s` after their last request, or
+        `max_window_s` after their first, and run to their last token (`MicroBatcher`).
+        `max_context` defaults to the model's `max_position_embeddings`. `threads` sets torch's
+        intra-op threads for this policy's forward passes only (None keeps torch's setting).
+        `lean=False` runs Llama models through transformers' forward too."""
         self._model = model.eval()
         self._tokenizer = tokenizer
         self._device = next(model.parameters()).device
@@ -100,14 +117,30 @@ class HFPolicy:
         """The weights adapters were merged into, as they were before the first adapter update."""
         # torch.set_num_threads applies to the calling thread's OpenMP pool: run it on the worker.
         init = functools.partial(torch.set_num_threads, threads) if threads else None
-        self._batcher: MicroBatcher[_Item, Generation] = MicroBatcher(
-            self._decode,
-            max_batch=max_batch,
-            max_wait_s=max_wait_s,
-            max_window_s=max_window_s,
-            thread_name="hf-policy",
-            thread_init=init,
+        if batching == "continuous" and not self._lean:
+            log.warning(
+                "%s batches statically: continuous batching needs the lean Llama path (%s)",
+                type(model).__name__,
+                "lean=False" if not lean else unsupported_reason(model),
+            )
+        self.batching: Literal["continuous", "static"] = (
+            "continuous" if batching == "continuous" and self._lean else "static"
         )
+        """How requests are batched: `continuous` only where asked and the model takes the lean path."""
+        self._batcher: MicroBatcher[_Item, Generation] | ContinuousBatcher[_Item, Generation]
+        if self.batching == "continuous":
+            self._batcher = ContinuousBatcher(
+                self._running_batch, max_batch=max_batch, thread_name="hf-policy", thread_init=init
+            )
+        else:
+            self._batcher = MicroBatcher(
+                self._decode,
+                max_batch=max_batch,
+                max_wait_s=max_wait_s,
+                max_window_s=max_window_s,
+                thread_name="hf-policy",
+                thread_init=init,
+            )
 
     @property
     def version(self) -> int:
@@ -119,7 +152,8 @@ class HFPolicy:
 
     @property
     def batch_sizes(self) -> collections.Counter[int]:
-        """Batches run so far, by size."""
+        """Batches prefilled so far, by size: static batches, or the groups of requests that joined
+        the running batch together (continuous); either way the sizes sum to the requests served."""
         return self._batcher.batch_sizes
 
     async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
@@ -203,15 +237,15 @@ class HFPolicy:
 
     @torch.inference_mode()
     def _decode(self, items: list[_Item]) -> list[Generation]:
-        """One batch, start to finish, on the worker thread."""
+        """One static batch, start to finish, on the worker thread."""
         version = self._version  # only this thread changes it, and only between batches
-        rows = [_Row.start(request, sampling, self._tokenizer.eos_token_id) for request, sampling in items]
-        live = _LiveBatch.prefill(rows, self._tokenizer.pad_token_id, self._device)
+        rows = [DecodeRow.start(request, sampling, self._tokenizer.eos_token_id) for request, sampling in items]
+        live = LiveBatch.prefill(rows, self._tokenizer.pad_token_id, self._device)
         width = live.input_ids.shape[1]
         longest = max(row.sampling.max_new_tokens for row in rows)
         if self._lean:
             forward: _CachedForward = LeanLlamaForward(self._model, len(rows), capacity=width + longest)
-            start = self._load_prefixes(forward, [request for request, _ in items], width)
+            start = load_prefixes(self._prefixes, forward, [request for request, _ in items], width)
         else:
             forward, start = _TransformersForward(self._model, self._cache_kwarg), 0
         logits_BV = forward(live.input_ids[:, start:], live.mask, live.positions[:, start:])
@@ -220,7 +254,10 @@ class HFPolicy:
             sampled = zip(live.rows, tokens_B.tolist(), logprobs_B.tolist(), strict=True)
             keep = [k for k, (i, token, logprob) in enumerate(sampled) if not rows[i].append(token, logprob)]
             if self._lean:  # the finished rows' caches, for their episodes' next turns
-                self._store_prefixes(forward, items, rows, live.rows, keep, width)
+                for k in sorted(set(range(len(live.rows))) - set(keep)):
+                    i = live.rows[k]
+                    prefix = finished_prefix(forward, k, width - len(rows[i].prompt), rows[i])
+                    self._prefixes.store(items[i][0], prefix)
             if not keep:
                 return [row.generation(version) for row in rows]
             if len(keep) < len(live.rows):
@@ -228,35 +265,15 @@ class HFPolicy:
             live.step(tokens_B, keep)
             logits_BV = forward(live.input_ids, live.mask, live.positions)
 
-    def _load_prefixes(self, forward: LeanLlamaForward, requests: list[GenerateRequest], width: int) -> int:
-        """Load each row's stored prefix (rows are right-aligned at `width`); the first slot the
-        prefill must compute: where the longest uncached remainder of any row begins."""
-        uncached = 0
-        for b, request in enumerate(requests):
-            prefix = self._prefixes.take(request)
-            first = width - len(request.prompt_ids)
-            if prefix is not None:
-                forward.load(b, first, prefix)
-            uncached = max(uncached, len(request.prompt_ids) - (len(prefix.tokens) if prefix else 0))
-        start = width - uncached
-        forward.skip_to(start)
-        return start
-
-    def _store_prefixes(
-        self,
-        forward: LeanLlamaForward,
-        items: list[_Item],
-        rows: list[_Row],
-        live_rows: list[int],
-        keep: list[int],
-        width: int,
-    ) -> None:
-        kept = set(keep)
-        for k, i in enumerate(live_rows):
-            if k not in kept:
-                row, request = rows[i], items[i][0]
-                fed = row.prompt + tuple(row.tokens[:-1])  # the last sampled token was never fed back
-                self._prefixes.store(request, forward.prefix(k, width - len(row.prompt), fed))
+    def _running_batch(self) -> RunningBatch:
+        """A continuous decode batch on the current weights (made on the worker thread, between loads)."""
+        return RunningBatch(
+            self._model,
+            pad_id=self._tokenizer.pad_token_id,
+            eos_id=self._tokenizer.eos_token_id,
+            prefixes=self._prefixes,
+            version=self._version,
+        )
 
 
 class _CachedForward(Protocol):
@@ -296,86 +313,3 @@ def _cache_kwarg(model: PreTrainedModel) -> str:
     """What the model's forward calls its KV cache: `cache` from transformers 5.24 on (where
     `past_key_values` is deprecated), `past_key_values` before, and in models that kept it."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-@dataclass(slots=True)
-class _Row:
-    """One request's decoding state."""
-
-    prompt: tuple[int, ...]
-    sampling: SamplingParams
-    generator: torch.Generator
-    stops: frozenset[int]
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    finish: Literal["stop", "length"] | None = None
-
-    @classmethod
-    def start(cls, request: GenerateRequest, sampling: SamplingParams, eos_token_id: int) -> _Row:
-        seed = request.seed if request.seed is not None else secrets.randbits(63)
-        # Like vLLM (without ignore_eos), EOS always ends a generation: nothing follows it.
-        stops = frozenset((*sampling.stop_token_ids, eos_token_id))
-        return cls(request.prompt_ids, sampling, torch.Generator().manual_seed(seed % 2**64), stops)
-
-    def append(self, token: int, logprob: float) -> bool:
-        """Record a sampled token; True once this row is finished."""
-        self.tokens.append(token)
-        self.logprobs.append(logprob)
-        if token in self.stops:
-            self.finish = "stop"
-        elif len(self.tokens) >= self.sampling.max_new_tokens:
-            self.finish = "length"
-        return self.finish is not None
-
-    def generation(self, version: int) -> Generation:
-        assert self.finish is not None
-        return Generation(
-            token_ids=tuple(self.tokens), logprobs=tuple(self.logprobs), finish_reason=self.finish, version=version
-        )
-
-
-@dataclass(slots=True)
-class _LiveBatch:
-    """The rows still generating and their tensors (the KV cache drops finished rows too)."""
-
-    rows: list[int]
-    """Index into the batch's `_Row` list of each tensor row."""
-    input_ids: torch.Tensor
-    mask: torch.Tensor
-    positions: torch.Tensor
-    temperature: torch.Tensor
-    top_p: torch.Tensor
-
-    @classmethod
-    def prefill(cls, rows: list[_Row], pad_id: int, device: torch.device) -> _LiveBatch:
-        """Prompts right-aligned (left-padded), positions counted over real tokens only."""
-        width = max(len(row.prompt) for row in rows)
-        ids_BL = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask_BL = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, row in enumerate(rows):
-            ids_BL[b, width - len(row.prompt) :] = torch.tensor(row.prompt, dtype=torch.long)
-            mask_BL[b, width - len(row.prompt) :] = 1
-        ids_BL, mask_BL = ids_BL.to(device), mask_BL.to(device)
-        return cls(
-            rows=list(range(len(rows))),
-            input_ids=ids_BL,
-            mask=mask_BL,
-            positions=(mask_BL.cumsum(dim=-1) - 1).clamp_(min=0),
-            temperature=torch.tensor([r.sampling.temperature for r in rows], dtype=torch.float32, device=device),
-            top_p=torch.tensor([r.sampling.top_p for r in rows], dtype=torch.float32, device=device),
-        )
-
-    def generators(self, rows: list[_Row]) -> list[torch.Generator]:
-        return [rows[i].generator for i in self.rows]
-
-    def step(self, tokens_B: torch.Tensor, keep: list[int]) -> None:
-        """Inputs for the next forward pass: the kept rows' new tokens at their next positions."""
-        next_positions_B = self.positions[:, -1] + 1
-        if len(keep) < len(self.rows):
-            index = torch.tensor(keep, device=tokens_B.device)
-            self.rows = [self.rows[k] for k in keep]
-            tokens_B, next_positions_B = tokens_B[index], next_positions_B[index]
-            self.mask, self.temperature, self.top_p = self.mask[index], self.temperature[index], self.top_p[index]
-        self.input_ids = tokens_B[:, None]
-        self.positions = next_positions_B[:, None]
-        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)

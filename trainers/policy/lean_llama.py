@@ -50,15 +50,16 @@ def unsupported_reason(model: Any) -> str | None:
 class LeanLlamaForward:
     """One decode batch's KV-cached forward: call it with the prompt block, then one token a step."""
 
-    def __init__(self, model: Any, batch: int, capacity: int) -> None:
-        """`capacity`: positions the cache holds (the prompt width plus the most new tokens)."""
+    def __init__(self, model: Any, batch: int, capacity: int, *, layers: list[_Layer] | None = None) -> None:
+        """`capacity`: positions the cache holds (the prompt width plus the most new tokens).
+        `layers`: another forward's concatenated weights (see `sibling`)."""
         config = model.config
         self._model = model
         self._heads, self._kv_heads = config.num_attention_heads, config.num_key_value_heads
         attention = model.model.layers[0].self_attn
         self._head_dim, self._scale = attention.head_dim, attention.scaling
         # Projections that read the same input, as one matrix each (per batch: weights change between batches).
-        self._layers = [_Layer.of(layer) for layer in model.model.layers]
+        self._layers = layers if layers is not None else [_Layer.of(layer) for layer in model.model.layers]
         shape = (batch, self._kv_heads, capacity, self._head_dim)
         weight = model.lm_head.weight
         self._keys = [weight.new_zeros(shape) for _ in self._layers]
@@ -101,6 +102,42 @@ class LeanLlamaForward:
         """Keep only these rows (finished rows leave the batch)."""
         self._keys = [k[index_K] for k in self._keys]
         self._values = [v[index_K] for v in self._values]
+
+    @property
+    def length(self) -> int:
+        """Slots written so far (the next call's first token goes to this one)."""
+        return self._length
+
+    def sibling(self, batch: int, capacity: int) -> LeanLlamaForward:
+        """An empty forward over the same weights, without concatenating them again (a copy of
+        every projection: ~0.5 GB for a 135M model), for rows that will `join` this one."""
+        return LeanLlamaForward(self._model, batch, capacity, layers=self._layers)
+
+    def join(self, other: LeanLlamaForward, capacity: int) -> tuple[int, int]:
+        """Append `other`'s rows to this batch, both right-aligned at the longer length (the shorter
+        one's rows shift right; the slots before them stay zero, which callers mask as padding), in a
+        cache of `capacity` slots. How far this batch's rows and `other`'s moved right."""
+        length = max(self._length, other._length)
+        shifts = (length - self._length, length - other._length)
+
+        def joined(mine: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
+            rows = mine.shape[0]
+            out = mine.new_zeros((rows + theirs.shape[0], self._kv_heads, capacity, self._head_dim))
+            out[:rows, :, shifts[0] : length] = mine[:, :, : self._length]
+            out[rows:, :, shifts[1] : length] = theirs[:, :, : other._length]
+            return out
+
+        self._keys = [joined(a, b) for a, b in zip(self._keys, other._keys, strict=True)]
+        self._values = [joined(a, b) for a, b in zip(self._values, other._values, strict=True)]
+        self._length = length
+        return shifts
+
+    def trim(self, slots: int) -> None:
+        """Drop the first `slots` slots (padding in every row), so the cache does not grow with the
+        age of the batch; the free capacity after the last slot is unchanged."""
+        self._keys = [k[:, :, slots:] for k in self._keys]
+        self._values = [v[:, :, slots:] for v in self._values]
+        self._length -= slots
 
     def load(self, row: int, at: int, prefix: CachedPrefix) -> None:
         """Put a stored prefix's keys and values in `row`'s cache from slot `at` on."""
