@@ -1,6 +1,7 @@
 """Rollout throughput and the platform's own cost per step, with the scripted oracle.
 
-Throughput: episodes/s and environment steps/s at 1, 64 and 512 episodes in flight, through
+Throughput: episodes/s and environment steps/s at 1, 64 and 512 episodes in flight (each level
+`--reps` timed windows, the levels alternating order, the host's load after each), through
 the real path — Ray rollout workers, warm local sandbox pools, the OpenEnv wire protocol —
 on `toy_terminal`'s train split. Every episode must finish with reward 1: failures are
 counted and reported.
@@ -16,22 +17,22 @@ timed on a warm loop in this process are shown too, and the platform's share aga
 them: on a VM whose idle vCPUs halt, the environment's code runs slower in its sandbox
 than warm. It runs on the event loop rollout workers run on (uvloop: Ray runs async
 actors on it when installed), before Ray starts, and reports the median of
-`--overhead-reps` repetitions.
+`--overhead-reps` repetitions with their range.
 
-    python -m bench.rollout [--seconds 20]
+    python -m bench.rollout [--seconds 20] [--reps 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
-import statistics
 import tempfile
 import time
 from typing import Any
 
-from bench.common import markdown_table, print_table, summarize, write_result
+from bench.common import markdown_table, median_range, print_table, summarize, write_result
 from bench.pingpong import round_trip_ms
 from envs.authoring.registry import load_suite
 from envs.authoring.tasks import action_prompt
@@ -85,7 +86,7 @@ async def throughput(in_flight: int, seconds: float) -> dict[str, Any]:
 
 
 def overhead(episodes: int, reps: int) -> dict[str, Any]:
-    """The median over `reps` of each per-step figure, each rep followed by the bare round trip."""
+    """Each per-step figure's statistics over `reps`, each rep followed by the bare round trip."""
     runs = []
     for _ in range(reps):
         run = run_fast(_overhead_once(episodes))
@@ -95,8 +96,29 @@ def overhead(episodes: int, reps: int) -> dict[str, Any]:
         "episodes": episodes,
         "reps": reps,
         "steps": runs[0]["steps"],
-        "per_step_ms": {key: statistics.median(r["per_step_ms"][key] for r in runs) for key in runs[0]["per_step_ms"]},
+        "per_step_ms": {key: summarize([r["per_step_ms"][key] for r in runs]) for key in runs[0]["per_step_ms"]},
     }
+
+
+async def throughputs(levels: list[int], seconds: float, reps: int) -> list[dict[str, Any]]:
+    """Each level `reps` times, the levels' order reversed every other repetition; per level the
+    statistics of episodes/s and steps/s, the episodes and failures summed, the host's 1-minute
+    load after each window."""
+    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in levels}
+    for rep in range(reps):
+        for n in levels if rep % 2 == 0 else levels[::-1]:
+            runs[n].append(await throughput(n, seconds) | {"load_1min": os.getloadavg()[0]})
+    return [
+        {
+            "in_flight": n,
+            "episodes_per_s": summarize([r["episodes_per_s"] for r in windows]),
+            "steps_per_s": summarize([r["steps_per_s"] for r in windows]),
+            "episodes": sum(r["episodes"] for r in windows),
+            "failed": sum(r["failed"] for r in windows),
+            "load_1min": [r["load_1min"] for r in windows],
+        }
+        for n, windows in runs.items()
+    ]
 
 
 async def _overhead_once(episodes: int) -> dict[str, Any]:
@@ -190,16 +212,24 @@ PLATFORM = "platform (all but policy and env's own work)"
 
 def _throughput_table(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     rows = [
-        [r["in_flight"], f"{r['episodes_per_s']:,.0f}", f"{r['steps_per_s']:,.0f}", f"{r['episodes']:,}", r["failed"]]
+        [
+            r["in_flight"],
+            median_range(r["episodes_per_s"]),
+            median_range(r["steps_per_s"]),
+            f"{r['episodes']:,}",
+            r["failed"],
+            " / ".join(f"{x:.1f}" for x in r["load_1min"]),
+        ]
         for r in results["throughput"]
     ]
-    return ["episodes in flight", "episodes/s", "env steps/s", "episodes", "failed"], rows
+    headers = ["episodes in flight", "episodes/s, median (range)", "env steps/s", "episodes", "failed"]
+    return [*headers, "host load (1 min) per window"], rows
 
 
 def _split_table(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     split = results["overhead"]
     heading = f"per step (one episode at a time; median of {split['reps']} repetitions of {split['episodes']} episodes)"
-    return [heading, "ms"], [[k, f"{v:.3f}"] for k, v in split["per_step_ms"].items()]
+    return [heading, "ms, median (range)"], [[k, median_range(v, "{:.3f}")] for k, v in split["per_step_ms"].items()]
 
 
 def tables(record: dict[str, Any]) -> dict[str, str]:
@@ -213,11 +243,11 @@ def headline(record: dict[str, Any]) -> list[tuple[str, str]]:
     return [
         (
             f"rollouts of the scripted oracle, {widest['in_flight']} episodes in flight",
-            f"{widest['episodes_per_s']:,.0f} episodes/s, {widest['failed']} failures",
+            f"{median_range(widest['episodes_per_s'])} episodes/s, {widest['failed']} failures",
         ),
         (
             "platform cost per env step (all but the policy and the environment's own work)",
-            f"{per_step[PLATFORM]:.3f} ms",
+            f"{median_range(per_step[PLATFORM], '{:.3f}')} ms",
         ),
     ]
 
@@ -227,17 +257,23 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window per concurrency level")
     parser.add_argument("--overhead-episodes", type=int, default=300)
     parser.add_argument("--overhead-reps", type=int, default=9)
+    parser.add_argument("--reps", type=int, default=3, help="timed windows per level, levels alternating")
     args = parser.parse_args()
     split = overhead(args.overhead_episodes, args.overhead_reps)
     connect_ray(None)
-    levels = [asyncio.run(throughput(n, args.seconds)) for n in (1, 64, 512)]
+    levels = asyncio.run(throughputs([1, 64, 512], args.seconds, args.reps))
     results = {"throughput": levels, "overhead": split}
     for headers, rows in (_throughput_table(results), _split_table(results)):
         print_table(headers, rows)
         print()
     path = write_result(
         "rollout",
-        {"seconds": args.seconds, "overhead_episodes": args.overhead_episodes, "overhead_reps": args.overhead_reps},
+        {
+            "seconds": args.seconds,
+            "reps": args.reps,
+            "overhead_episodes": args.overhead_episodes,
+            "overhead_reps": args.overhead_reps,
+        },
         results,
     )
     print(f"\nwrote {path}")
