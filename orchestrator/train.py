@@ -40,6 +40,7 @@ from orchestrator.ledger_location import ledger_location
 from orchestrator.loggers import RunLoggers, open_loggers
 from orchestrator.metrics_hub import HUB
 from orchestrator.model_check import check_model_available
+from orchestrator.phase_timer import PhaseTimer
 from orchestrator.rollout import env_start_hint
 from orchestrator.schedule import GroupSpec, endless_groups, round_of_groups
 from trainers.trajectory import GroupSummary, Trajectory, TrajectoryGroup
@@ -137,6 +138,8 @@ class Trainer:
         self.step = 0
         self.started = time.monotonic()
         self.rl_started = self.started  # `train.time_budget_s` and the LR schedule's clock count from here
+        self.timer = PhaseTimer()
+        """Where the run's wall time went: summary.json's `timings`."""
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -223,10 +226,11 @@ class Trainer:
     async def _evaluate(
         self, learners: Any, buffer: Any, driver: RolloutDriver | None, oracle: dict[str, list[str]], kind: str
     ) -> dict[str, Any]:
-        values: dict[str, Any] = await self._env_ce(learners, buffer, oracle)
-        if driver is not None:
-            await self._settle_publish()  # held-out episodes play the weights being evaluated
-            values["heldout_pass1"] = await self._heldout_success(driver)
+        with self.timer.phase("eval"):
+            values: dict[str, Any] = await self._env_ce(learners, buffer, oracle)
+            if driver is not None:
+                await self._settle_publish()  # held-out episodes play the weights being evaluated
+                values["heldout_pass1"] = await self._heldout_success(driver)
         if not values:  # the initial evaluation of tasks without oracle actions: nothing to measure
             return {}
         record = self.log.write(kind, self.step, values)
@@ -269,7 +273,8 @@ class Trainer:
 
     async def _warm_up(self, learners: Any, buffer: Any) -> None:
         for w in range(self.config.train.warmup_steps):
-            values = await learners.train_step(await buffer.warmup_batch.remote(), w, imitate=True)
+            with self.timer.phase("bc_step"):
+                values = await learners.train_step(await buffer.warmup_batch.remote(), w, imitate=True)
             self.report("warmup", self.log.write("warmup", w, values))
 
     def _train_groups(self) -> Iterator[GroupSpec]:
@@ -353,18 +358,22 @@ class Trainer:
 
         cfg = self.config
         self.started = time.monotonic()
-        check_model_available(cfg.policy)  # seconds here, not minutes of actor restarts
+        timer = self.timer  # since __init__: its `other_s` holds the imports above
+        with timer.phase("model_check"):
+            check_model_available(cfg.policy)  # seconds here, not minutes of actor restarts
         lag_monitor = prom.start_loop_lag_monitor()
-        connect_ray(cfg.ray.address)
+        with timer.phase("ray_start"):
+            connect_ray(cfg.ray.address)
         # Actors start in processes of their own: the learners and the policy engine load while
         # the oracle plays its episodes.
-        learners = LearnerGroup(self.model_config, cfg.learner)
-        try:  # the ranks' GPUs first: the engines' must be others (the chart's engine pod)
-            await learners.reserved()
-        except BaseException:
-            learners.shutdown()
-            raise
-        engines = start_policy_servers(cfg.policy)
+        with timer.phase("learners_start"):
+            learners = LearnerGroup(self.model_config, cfg.learner)
+            try:  # the ranks' GPUs first: the engines' must be others (the chart's engine pod)
+                await learners.reserved()
+            except BaseException:
+                learners.shutdown()
+                raise
+            engines = start_policy_servers(cfg.policy)
         publisher = WeightPublisher(engines, cfg.policy.publish)  # type: ignore[union-attr]
         driver = RolloutDriver(cfg, policy_servers=engines)
         buffer: Any = None
@@ -374,24 +383,33 @@ class Trainer:
             prom.record_group(group)
 
         try:  # from here on, whatever stops the run (failed oracle episodes too) ends the actors
-            oracle = await self._oracle_transcripts()
-            self.report("placement", {"learners": await learners.placement()})
-            resumed = await self._resume(learners)
+            with timer.phase("oracle"):
+                oracle = await self._oracle_transcripts()
+            with timer.phase("learners_ready"):  # the ranks' model build, where the oracle left any
+                self.report("placement", {"learners": await learners.placement()})
+                resumed = await self._resume(learners)
             # The rollout workers' and the buffer's processes start while the learner warms up.
-            await driver.start()
-            buffer = start_buffer(
-                self.ledger_location, cfg.buffer, version=self.version, resume_step=self.step if resumed else None
-            )
-            HUB.watch("buffer", buffer)
-            plan = BatchPlan(
-                cfg.learner.loss, cfg.learner.num_learners, cfg.run.seed, cfg.train.anchor_batch, cfg.train.warmup_batch
-            )
-            await buffer.serve_learners.remote(plan, oracle)
+            with timer.phase("pools_start"):
+                await driver.start()
+            with timer.phase("buffer_ready"):
+                buffer = start_buffer(
+                    self.ledger_location, cfg.buffer, version=self.version, resume_step=self.step if resumed else None
+                )
+                HUB.watch("buffer", buffer)
+                plan = BatchPlan(
+                    cfg.learner.loss,
+                    cfg.learner.num_learners,
+                    cfg.run.seed,
+                    cfg.train.anchor_batch,
+                    cfg.train.warmup_batch,
+                )
+                await buffer.serve_learners.remote(plan, oracle)
             if not resumed:
                 await self._evaluate(learners, buffer, None, oracle, "eval_initial")
                 await self._warm_up(learners, buffer)
-            await publisher.prepare(learners)
-            await self._publish(learners, publisher, buffer, bump=not resumed)
+            with timer.phase("publish_start"):
+                await publisher.prepare(learners)
+                await self._publish(learners, publisher, buffer, bump=not resumed)
             if not resumed and cfg.train.warmup_steps:
                 await self._checkpoint(learners)  # step 0: a run stopped from here on keeps its warm-up
             if not self._recorded("eval", 0):  # after the warm-up (a run resumed at step 0 may lack it)
@@ -406,10 +424,12 @@ class Trainer:
                     self.report("budget", {"step": self.step, "time_budget_s": cfg.train.time_budget_s})
                     break
                 began = time.monotonic()
-                if not asynchronous:
-                    step_groups = list(itertools.islice(groups, cfg.train.groups_per_step))
-                    await driver.run_groups(step_groups, rolled_out, buffer=buffer)
-                self.report("train", await self._step(learners, publisher, buffer, began=began))
+                with timer.phase("rl_step"):
+                    if not asynchronous:
+                        step_groups = list(itertools.islice(groups, cfg.train.groups_per_step))
+                        await driver.run_groups(step_groups, rolled_out, buffer=buffer)
+                    record = await self._step(learners, publisher, buffer, began=began)
+                self.report("train", record)
                 if self.step % cfg.train.eval_every == 0:
                     await self._evaluate(learners, buffer, driver, oracle, "eval")
                 if self.step % cfg.train.checkpoint_every == 0:
@@ -421,18 +441,19 @@ class Trainer:
                 await self._evaluate(learners, buffer, driver, oracle, "eval")
             await self._checkpoint(learners)
         finally:
-            if producer is not None and not producer.done():
-                producer.cancel()
-            self._drop_publish()
-            await driver.close()
-            learners.shutdown()
-            for engine in engines:
-                ray.kill(engine)
-            if buffer is not None:
-                HUB.forget("buffer")
-                ray.kill(buffer)
-            lag_monitor.cancel()
-            self.log.close()
+            with timer.phase("shutdown"):
+                if producer is not None and not producer.done():
+                    producer.cancel()
+                self._drop_publish()
+                await driver.close()
+                learners.shutdown()
+                for engine in engines:
+                    ray.kill(engine)
+                if buffer is not None:
+                    HUB.forget("buffer")
+                    ray.kill(buffer)
+                lag_monitor.cancel()
+                self.log.close()
         return self.finish()
 
     def _recorded(self, kind: str, step: int) -> bool:
@@ -442,7 +463,8 @@ class Trainer:
         # Absolute: every learner rank writes its shards there, from its own working directory
         # (on other nodes, through the same run-dir mount).
         directory = (self.run_dir / "checkpoints" / f"step-{self.step:06d}").absolute()
-        await learners.save(str(directory), step=self.step, version=self.version)
+        with self.timer.phase("checkpoint"):
+            await learners.save(str(directory), step=self.step, version=self.version)
 
     def finish(self, *, interrupted: bool = False) -> dict[str, Any]:
         """summary.json and plots/ from metrics.jsonl: for the whole run, or for what an
@@ -452,6 +474,7 @@ class Trainer:
         records = self.log.read()
         summary = summarize_run(records, wall_s=time.monotonic() - self.started, config=self.config)
         summary["interrupted"] = interrupted
+        summary["timings"] = self.timer.timings()
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_run(records, self.run_dir / "plots")
         return summary
