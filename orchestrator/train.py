@@ -1,6 +1,6 @@
 """`hillclimb train`: the whole loop — sandboxed rollouts, GRPO + ECHO learners, weights back.
 
-oracle transcripts (the scripted oracle in real sandboxes, both splits, recorded once)
+oracle transcripts (the scripted oracle on the run's rollout workers, both splits, recorded once)
 warm-up: behaviour cloning on TRAIN oracle transcripts (ACTION tokens only)
 loop:  policy servers ─► rollout workers ─► TrajectoryBuffer + ledger ─► learners ─► weights ─► policy servers
        (weights in buckets, in the engines' dtype; with max_staleness ≥ 1 the next step trains while
@@ -143,12 +143,10 @@ class Trainer:
 
     # -- setup ----------------------------------------------------------------------------
 
-    async def _oracle_transcripts(self) -> dict[str, list[str]]:
-        """Each task once, solved by the oracle in a real sandbox, tokenized for our model: their
-        groups' ids in the ledger, by split (the buffer reads them from there)."""
-        from trainers.models.load import load_model_tokenizer
-        from trainers.policy.scripted import ScriptedPolicy
-
+    async def _oracle_transcripts(self, driver: RolloutDriver) -> dict[str, list[str]]:
+        """Each task once, solved by the oracle in a real sandbox (on the run's rollout workers),
+        tokenized for our model: their groups' ids in the ledger, by split (the buffer reads them
+        from there)."""
         groups = [
             _single(g)
             for split in ("train", "heldout")
@@ -158,12 +156,7 @@ class Trainer:
         missing = [g for g in groups if g.group_id not in self.ledger.group_ids()]
         if missing:
             played: list[TrajectoryGroup] = []
-            driver = RolloutDriver(self.config, policy=ScriptedPolicy(load_model_tokenizer(self.model_config)))
-            await driver.start()
-            try:
-                await driver.run_groups(missing, played.append)
-            finally:
-                await driver.close()
+            await driver.run_groups(missing, played.append, oracle=True)
             self._check_oracle_episodes([t for g in played for t in g.trajectories])
             for group in played:  # only whole ones: a failed oracle is played again when the run is
                 self.ledger.append(group)
@@ -227,10 +220,14 @@ class Trainer:
         self, learners: Any, buffer: Any, driver: RolloutDriver | None, oracle: dict[str, list[str]], kind: str
     ) -> dict[str, Any]:
         with self.timer.phase("eval"):
-            values: dict[str, Any] = await self._env_ce(learners, buffer, oracle)
-            if driver is not None:
+            if driver is None:
+                values: dict[str, Any] = await self._env_ce(learners, buffer, oracle)
+            else:
                 await self._settle_publish()  # held-out episodes play the weights being evaluated
-                values["heldout_pass1"] = await self._heldout_success(driver)
+                # The learners score the transcripts while the engines play the episodes: neither
+                # waits on the other's result, and each figure is the one it was measured alone.
+                ce, pass1 = await asyncio.gather(self._env_ce(learners, buffer, oracle), self._heldout_success(driver))
+                values = ce | {"heldout_pass1": pass1}
         if not values:  # the initial evaluation of tasks without oracle actions: nothing to measure
             return {}
         record = self.log.write(kind, self.step, values)
@@ -332,12 +329,25 @@ class Trainer:
         by_time = (time.monotonic() - self.rl_started) / cfg.time_budget_s if cfg.time_budget_s is not None else 0.0
         return min(1.0, max(self.step / cfg.steps, by_time))
 
-    async def _resume(self, learners: Any) -> bool:
-        """Continue from the newest checkpoint, if the run has one and may resume; the metrics
-        after its step (or all of them, with no checkpoint) will be written again."""
+    def _checkpoint_to_resume(self) -> Path | None:
+        """The newest checkpoint, if the run has one and may resume."""
         from trainers.checkpoint import latest_checkpoint
 
-        checkpoint = latest_checkpoint(self.run_dir / "checkpoints") if self.config.run.resume else None
+        return latest_checkpoint(self.run_dir / "checkpoints") if self.config.run.resume else None
+
+    def _resume_point(self, checkpoint: Path | None) -> dict[str, Any]:
+        """The buffer's start: the policy version and the step to resume at, from the checkpoint's
+        trainer.json (read here, so the buffer starts before the learners have loaded it)."""
+        from trainers.checkpoint import read_info
+
+        if checkpoint is None:
+            return {"version": self.version, "resume_step": None}
+        info = read_info(checkpoint)
+        return {"version": info["version"], "resume_step": info["step"]}
+
+    async def _resume(self, learners: Any, checkpoint: Path | None) -> bool:
+        """Continue from `checkpoint` (None: start afresh); the metrics after its step (or all of
+        them, with no checkpoint) will be written again."""
         if checkpoint is None:
             self.log.keep_until(None)
             return False
@@ -378,24 +388,26 @@ class Trainer:
         driver = RolloutDriver(cfg, policy_servers=engines)
         buffer: Any = None
         producer: asyncio.Task[None] | None = None
+        warming: asyncio.Future[None] | None = None
 
         def rolled_out(group: GroupSummary) -> None:  # the worker put the group in the buffer
             prom.record_group(group)
 
         try:  # from here on, whatever stops the run (failed oracle episodes too) ends the actors
-            with timer.phase("oracle"):
-                oracle = await self._oracle_transcripts()
-            with timer.phase("learners_ready"):  # the ranks' model build, where the oracle left any
-                self.report("placement", {"learners": await learners.placement()})
-                resumed = await self._resume(learners)
-            # The rollout workers' and the buffer's processes start while the learner warms up.
+            checkpoint = self._checkpoint_to_resume()
+            # The rollout workers (building their sandbox pools, then playing the oracle's episodes)
+            # and the buffer start in processes of their own while the learners build the model.
             with timer.phase("pools_start"):
                 await driver.start()
-            with timer.phase("buffer_ready"):
-                buffer = start_buffer(
-                    self.ledger_location, cfg.buffer, version=self.version, resume_step=self.step if resumed else None
-                )
+                warming = asyncio.ensure_future(driver.warm())
+                buffer = start_buffer(self.ledger_location, cfg.buffer, **self._resume_point(checkpoint))
                 HUB.watch("buffer", buffer)
+            with timer.phase("oracle"):
+                oracle = await self._oracle_transcripts(driver)
+            with timer.phase("learners_ready"):  # the ranks' model build, where the oracle left any
+                self.report("placement", {"learners": await learners.placement()})
+                resumed = await self._resume(learners, checkpoint)
+            with timer.phase("buffer_ready"):
                 plan = BatchPlan(
                     cfg.learner.loss,
                     cfg.learner.num_learners,
@@ -410,6 +422,8 @@ class Trainer:
             with timer.phase("publish_start"):
                 await publisher.prepare(learners)
                 await self._publish(learners, publisher, buffer, bump=not resumed)
+            with timer.phase("pools_ready"):  # what the workers' set-up did not finish beside the warm-up
+                await warming
             if not resumed and cfg.train.warmup_steps:
                 await self._checkpoint(learners)  # step 0: a run stopped from here on keeps its warm-up
             if not self._recorded("eval", 0):  # after the warm-up (a run resumed at step 0 may lack it)
@@ -442,8 +456,8 @@ class Trainer:
             await self._checkpoint(learners)
         finally:
             with timer.phase("shutdown"):
-                if producer is not None and not producer.done():
-                    producer.cancel()
+                for task in (producer, warming):
+                    _discard(task)
                 self._drop_publish()
                 await driver.close()
                 learners.shutdown()
@@ -478,6 +492,17 @@ class Trainer:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_run(records, self.run_dir / "plots")
         return summary
+
+
+def _discard(task: asyncio.Future[Any] | None) -> None:
+    """A background task the stopped run no longer waits for: cancelled, or its outcome taken
+    (an error it ended with is the stopped run's business, not the event loop's log)."""
+    if task is None:
+        return
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()
 
 
 def summarize_run(records: list[dict[str, Any]], *, wall_s: float, config: RunConfig) -> dict[str, Any]:
