@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import base_tree, interleaved, print_table, summarize, write_result
+from bench.common import base_tree, interleaved, median_range, print_table, summarize, write_result
 
 HERE = Path(__file__).resolve().parent.parent
 CONFIG = "configs/echo_toy.yaml"
@@ -133,11 +133,7 @@ def aggregate(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict
 
 
 def _cell(stats: dict[str, float] | None) -> str:
-    if stats is None:
-        return "not recorded"
-    if stats["n"] == 1:
-        return f"{stats['median']:.2f}"
-    return f"{stats['median']:.2f} ({stats['min']:.2f}–{stats['max']:.2f})"
+    return "not recorded" if stats is None else median_range(stats, "{:.2f}")
 
 
 def _change(figure: dict[str, dict[str, float]]) -> str:
