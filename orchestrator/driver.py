@@ -156,6 +156,11 @@ class RolloutDriver:
         )
         self.workers = [self._new_worker(i) for i in range(self.config.ray.num_workers)]
 
+    async def warm(self) -> None:
+        """Wait until every worker has built its pool and policy client (`start` first). Started
+        beside other work, this takes the workers' set-up out of the first episodes' time."""
+        await asyncio.gather(*(_await(worker.warm.remote()) for worker in self.workers))
+
     def _new_worker(self, index: int) -> Any:
         import ray
 
@@ -185,10 +190,12 @@ class RolloutDriver:
         in_flight: int | None = None,
         sampling: SamplingParams | None = None,
         buffer: Any = None,
+        oracle: bool = False,
     ) -> None:
         """Run the groups (drawn lazily: an endless iterator is fine) and call `on_group` as each
         completes, in completion order. `sampling` overrides the episodes' sampling (evaluation).
-        `buffer`: the trajectory buffer's actor, where the workers put the groups themselves."""
+        `buffer`: the trajectory buffer's actor, where the workers put the groups themselves.
+        `oracle`: the task suite's oracle plays instead of the policy (`RolloutWorker.run_group`)."""
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
@@ -206,7 +213,7 @@ class RolloutDriver:
                         break
                     index = min(range(len(busy)), key=busy.__getitem__)
                     busy[index] += 1
-                    call = self.workers[index].run_group.remote(group, sampling, buffer)
+                    call = self.workers[index].run_group.remote(group, sampling, buffer, oracle)
                     running[asyncio.ensure_future(_await(call))] = (group, index, call)
                 if not running:
                     return

@@ -1,6 +1,6 @@
 """`hillclimb train`: the whole loop — sandboxed rollouts, GRPO + ECHO learners, weights back.
 
-oracle transcripts (the scripted oracle in real sandboxes, both splits, recorded once)
+oracle transcripts (the scripted oracle on the run's rollout workers, both splits, recorded once)
 warm-up: behaviour cloning on TRAIN oracle transcripts (ACTION tokens only)
 loop:  policy servers ─► rollout workers ─► TrajectoryBuffer + ledger ─► learners ─► weights ─► policy servers
        (weights in buckets, in the engines' dtype; with max_staleness ≥ 1 the next step trains while
@@ -40,6 +40,7 @@ from orchestrator.ledger_location import ledger_location
 from orchestrator.loggers import RunLoggers, open_loggers
 from orchestrator.metrics_hub import HUB
 from orchestrator.model_check import check_model_available
+from orchestrator.phase_timer import PhaseTimer
 from orchestrator.rollout import env_start_hint
 from orchestrator.schedule import GroupSpec, endless_groups, round_of_groups
 from trainers.trajectory import GroupSummary, Trajectory, TrajectoryGroup
@@ -137,15 +138,15 @@ class Trainer:
         self.step = 0
         self.started = time.monotonic()
         self.rl_started = self.started  # `train.time_budget_s` and the LR schedule's clock count from here
+        self.timer = PhaseTimer()
+        """Where the run's wall time went: summary.json's `timings`."""
 
     # -- setup ----------------------------------------------------------------------------
 
-    async def _oracle_transcripts(self) -> dict[str, list[str]]:
-        """Each task once, solved by the oracle in a real sandbox, tokenized for our model: their
-        groups' ids in the ledger, by split (the buffer reads them from there)."""
-        from trainers.models.load import load_model_tokenizer
-        from trainers.policy.scripted import ScriptedPolicy
-
+    async def _oracle_transcripts(self, driver: RolloutDriver) -> dict[str, list[str]]:
+        """Each task once, solved by the oracle in a real sandbox (on the run's rollout workers),
+        tokenized for our model: their groups' ids in the ledger, by split (the buffer reads them
+        from there)."""
         groups = [
             _single(g)
             for split in ("train", "heldout")
@@ -155,12 +156,7 @@ class Trainer:
         missing = [g for g in groups if g.group_id not in self.ledger.group_ids()]
         if missing:
             played: list[TrajectoryGroup] = []
-            driver = RolloutDriver(self.config, policy=ScriptedPolicy(load_model_tokenizer(self.model_config)))
-            await driver.start()
-            try:
-                await driver.run_groups(missing, played.append)
-            finally:
-                await driver.close()
+            await driver.run_groups(missing, played.append, oracle=True)
             self._check_oracle_episodes([t for g in played for t in g.trajectories])
             for group in played:  # only whole ones: a failed oracle is played again when the run is
                 self.ledger.append(group)
@@ -223,10 +219,15 @@ class Trainer:
     async def _evaluate(
         self, learners: Any, buffer: Any, driver: RolloutDriver | None, oracle: dict[str, list[str]], kind: str
     ) -> dict[str, Any]:
-        values: dict[str, Any] = await self._env_ce(learners, buffer, oracle)
-        if driver is not None:
-            await self._settle_publish()  # held-out episodes play the weights being evaluated
-            values["heldout_pass1"] = await self._heldout_success(driver)
+        with self.timer.phase("eval"):
+            if driver is None:
+                values: dict[str, Any] = await self._env_ce(learners, buffer, oracle)
+            else:
+                await self._settle_publish()  # held-out episodes play the weights being evaluated
+                # The learners score the transcripts while the engines play the episodes: neither
+                # waits on the other's result, and each figure is the one it was measured alone.
+                ce, pass1 = await asyncio.gather(self._env_ce(learners, buffer, oracle), self._heldout_success(driver))
+                values = ce | {"heldout_pass1": pass1}
         if not values:  # the initial evaluation of tasks without oracle actions: nothing to measure
             return {}
         record = self.log.write(kind, self.step, values)
@@ -269,7 +270,8 @@ class Trainer:
 
     async def _warm_up(self, learners: Any, buffer: Any) -> None:
         for w in range(self.config.train.warmup_steps):
-            values = await learners.train_step(await buffer.warmup_batch.remote(), w, imitate=True)
+            with self.timer.phase("bc_step"):
+                values = await learners.train_step(await buffer.warmup_batch.remote(), w, imitate=True)
             self.report("warmup", self.log.write("warmup", w, values))
 
     def _train_groups(self) -> Iterator[GroupSpec]:
@@ -327,12 +329,25 @@ class Trainer:
         by_time = (time.monotonic() - self.rl_started) / cfg.time_budget_s if cfg.time_budget_s is not None else 0.0
         return min(1.0, max(self.step / cfg.steps, by_time))
 
-    async def _resume(self, learners: Any) -> bool:
-        """Continue from the newest checkpoint, if the run has one and may resume; the metrics
-        after its step (or all of them, with no checkpoint) will be written again."""
+    def _checkpoint_to_resume(self) -> Path | None:
+        """The newest checkpoint, if the run has one and may resume."""
         from trainers.checkpoint import latest_checkpoint
 
-        checkpoint = latest_checkpoint(self.run_dir / "checkpoints") if self.config.run.resume else None
+        return latest_checkpoint(self.run_dir / "checkpoints") if self.config.run.resume else None
+
+    def _resume_point(self, checkpoint: Path | None) -> dict[str, Any]:
+        """The buffer's start: the policy version and the step to resume at, from the checkpoint's
+        trainer.json (read here, so the buffer starts before the learners have loaded it)."""
+        from trainers.checkpoint import read_info
+
+        if checkpoint is None:
+            return {"version": self.version, "resume_step": None}
+        info = read_info(checkpoint)
+        return {"version": info["version"], "resume_step": info["step"]}
+
+    async def _resume(self, learners: Any, checkpoint: Path | None) -> bool:
+        """Continue from `checkpoint` (None: start afresh); the metrics after its step (or all of
+        them, with no checkpoint) will be written again."""
         if checkpoint is None:
             self.log.keep_until(None)
             return False
@@ -353,45 +368,62 @@ class Trainer:
 
         cfg = self.config
         self.started = time.monotonic()
-        check_model_available(cfg.policy)  # seconds here, not minutes of actor restarts
+        timer = self.timer  # since __init__: its `other_s` holds the imports above
+        with timer.phase("model_check"):
+            check_model_available(cfg.policy)  # seconds here, not minutes of actor restarts
         lag_monitor = prom.start_loop_lag_monitor()
-        connect_ray(cfg.ray.address)
+        with timer.phase("ray_start"):
+            connect_ray(cfg.ray.address)
         # Actors start in processes of their own: the learners and the policy engine load while
         # the oracle plays its episodes.
-        learners = LearnerGroup(self.model_config, cfg.learner)
-        try:  # the ranks' GPUs first: the engines' must be others (the chart's engine pod)
-            await learners.reserved()
-        except BaseException:
-            learners.shutdown()
-            raise
-        engines = start_policy_servers(cfg.policy)
+        with timer.phase("learners_start"):
+            learners = LearnerGroup(self.model_config, cfg.learner)
+            try:  # the ranks' GPUs first: the engines' must be others (the chart's engine pod)
+                await learners.reserved()
+            except BaseException:
+                learners.shutdown()
+                raise
+            engines = start_policy_servers(cfg.policy)
         publisher = WeightPublisher(engines, cfg.policy.publish)  # type: ignore[union-attr]
         driver = RolloutDriver(cfg, policy_servers=engines)
         buffer: Any = None
         producer: asyncio.Task[None] | None = None
+        warming: asyncio.Future[None] | None = None
 
         def rolled_out(group: GroupSummary) -> None:  # the worker put the group in the buffer
             prom.record_group(group)
 
         try:  # from here on, whatever stops the run (failed oracle episodes too) ends the actors
-            oracle = await self._oracle_transcripts()
-            self.report("placement", {"learners": await learners.placement()})
-            resumed = await self._resume(learners)
-            # The rollout workers' and the buffer's processes start while the learner warms up.
-            await driver.start()
-            buffer = start_buffer(
-                self.ledger_location, cfg.buffer, version=self.version, resume_step=self.step if resumed else None
-            )
-            HUB.watch("buffer", buffer)
-            plan = BatchPlan(
-                cfg.learner.loss, cfg.learner.num_learners, cfg.run.seed, cfg.train.anchor_batch, cfg.train.warmup_batch
-            )
-            await buffer.serve_learners.remote(plan, oracle)
+            checkpoint = self._checkpoint_to_resume()
+            # The rollout workers (building their sandbox pools, then playing the oracle's episodes)
+            # and the buffer start in processes of their own while the learners build the model.
+            with timer.phase("pools_start"):
+                await driver.start()
+                warming = asyncio.ensure_future(driver.warm())
+                buffer = start_buffer(self.ledger_location, cfg.buffer, **self._resume_point(checkpoint))
+                HUB.watch("buffer", buffer)
+            with timer.phase("oracle"):
+                oracle = await self._oracle_transcripts(driver)
+            with timer.phase("learners_ready"):  # the ranks' model build, where the oracle left any
+                self.report("placement", {"learners": await learners.placement()})
+                resumed = await self._resume(learners, checkpoint)
+            with timer.phase("buffer_ready"):
+                plan = BatchPlan(
+                    cfg.learner.loss,
+                    cfg.learner.num_learners,
+                    cfg.run.seed,
+                    cfg.train.anchor_batch,
+                    cfg.train.warmup_batch,
+                )
+                await buffer.serve_learners.remote(plan, oracle)
             if not resumed:
                 await self._evaluate(learners, buffer, None, oracle, "eval_initial")
                 await self._warm_up(learners, buffer)
-            await publisher.prepare(learners)
-            await self._publish(learners, publisher, buffer, bump=not resumed)
+            with timer.phase("publish_start"):
+                await publisher.prepare(learners)
+                await self._publish(learners, publisher, buffer, bump=not resumed)
+            with timer.phase("pools_ready"):  # what the workers' set-up did not finish beside the warm-up
+                await warming
             if not resumed and cfg.train.warmup_steps:
                 await self._checkpoint(learners)  # step 0: a run stopped from here on keeps its warm-up
             if not self._recorded("eval", 0):  # after the warm-up (a run resumed at step 0 may lack it)
@@ -406,10 +438,12 @@ class Trainer:
                     self.report("budget", {"step": self.step, "time_budget_s": cfg.train.time_budget_s})
                     break
                 began = time.monotonic()
-                if not asynchronous:
-                    step_groups = list(itertools.islice(groups, cfg.train.groups_per_step))
-                    await driver.run_groups(step_groups, rolled_out, buffer=buffer)
-                self.report("train", await self._step(learners, publisher, buffer, began=began))
+                with timer.phase("rl_step"):
+                    if not asynchronous:
+                        step_groups = list(itertools.islice(groups, cfg.train.groups_per_step))
+                        await driver.run_groups(step_groups, rolled_out, buffer=buffer)
+                    record = await self._step(learners, publisher, buffer, began=began)
+                self.report("train", record)
                 if self.step % cfg.train.eval_every == 0:
                     await self._evaluate(learners, buffer, driver, oracle, "eval")
                 if self.step % cfg.train.checkpoint_every == 0:
@@ -421,18 +455,19 @@ class Trainer:
                 await self._evaluate(learners, buffer, driver, oracle, "eval")
             await self._checkpoint(learners)
         finally:
-            if producer is not None and not producer.done():
-                producer.cancel()
-            self._drop_publish()
-            await driver.close()
-            learners.shutdown()
-            for engine in engines:
-                ray.kill(engine)
-            if buffer is not None:
-                HUB.forget("buffer")
-                ray.kill(buffer)
-            lag_monitor.cancel()
-            self.log.close()
+            with timer.phase("shutdown"):
+                for task in (producer, warming):
+                    _discard(task)
+                self._drop_publish()
+                await driver.close()
+                learners.shutdown()
+                for engine in engines:
+                    ray.kill(engine)
+                if buffer is not None:
+                    HUB.forget("buffer")
+                    ray.kill(buffer)
+                lag_monitor.cancel()
+                self.log.close()
         return self.finish()
 
     def _recorded(self, kind: str, step: int) -> bool:
@@ -442,7 +477,8 @@ class Trainer:
         # Absolute: every learner rank writes its shards there, from its own working directory
         # (on other nodes, through the same run-dir mount).
         directory = (self.run_dir / "checkpoints" / f"step-{self.step:06d}").absolute()
-        await learners.save(str(directory), step=self.step, version=self.version)
+        with self.timer.phase("checkpoint"):
+            await learners.save(str(directory), step=self.step, version=self.version)
 
     def finish(self, *, interrupted: bool = False) -> dict[str, Any]:
         """summary.json and plots/ from metrics.jsonl: for the whole run, or for what an
@@ -452,9 +488,21 @@ class Trainer:
         records = self.log.read()
         summary = summarize_run(records, wall_s=time.monotonic() - self.started, config=self.config)
         summary["interrupted"] = interrupted
+        summary["timings"] = self.timer.timings()
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_run(records, self.run_dir / "plots")
         return summary
+
+
+def _discard(task: asyncio.Future[Any] | None) -> None:
+    """A background task the stopped run no longer waits for: cancelled, or its outcome taken
+    (an error it ended with is the stopped run's business, not the event loop's log)."""
+    if task is None:
+        return
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()
 
 
 def summarize_run(records: list[dict[str, Any]], *, wall_s: float, config: RunConfig) -> dict[str, Any]:

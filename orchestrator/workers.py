@@ -183,6 +183,8 @@ class RolloutWorker:
         self._policy_servers = policy_servers
         self._limiter = rate_limiter
         self._runner: EpisodeRunner | None = None
+        self._oracle: EpisodeRunner | None = None
+        """The same pool and renderer, the task suite's oracle playing (`run_group(oracle=True)`)."""
         self._pool: SandboxPool | None = None
         self._provider: Any = None
         self._beat: Beat | None = None
@@ -243,11 +245,21 @@ class RolloutWorker:
             }
         )
 
+    def _oracle_runner(self, runner: EpisodeRunner) -> EpisodeRunner:
+        from trainers.policy.scripted import ScriptedPolicy
+
+        if self._oracle is None:
+            oracle = ScriptedPolicy(runner.policy.tokenizer)
+            self._oracle = EpisodeRunner(runner.pool, oracle, runner.renderer, runner.suite, runner.config)
+        return self._oracle
+
     async def run_group(
-        self, group: GroupSpec, sampling: SamplingParams | None = None, buffer: Any = None
+        self, group: GroupSpec, sampling: SamplingParams | None = None, buffer: Any = None, oracle: bool = False
     ) -> TrajectoryGroup | GroupSummary:
         """The group's episodes, played at once; with a `buffer` (actor handle), they go there and
-        the caller gets their summary (training: the tokens never pass through the driver)."""
+        the caller gets their summary (training: the tokens never pass through the driver).
+        `oracle`: played by the task suite's oracle (the scripted policy, in the policy's
+        tokens) instead of the policy: training's transcripts, in the sandboxes the run plays in."""
         if self._closing:  # a call queued before close(): its episodes would lose their sandboxes mid-run
             closing = f"rollout worker {self.worker_index} is closing; group {group.group_id} not started"
             raise WorkerClosedError(closing)
@@ -256,6 +268,8 @@ class RolloutWorker:
         self._running.add(task)
         try:
             runner = await self._ensure_started()
+            if oracle:
+                runner = self._oracle_runner(runner)
             episodes = group.episodes(self.config.run.name)
             trajectories = await asyncio.gather(*(runner.run(spec, sampling=sampling) for spec in episodes))
             played = TrajectoryGroup.of(list(trajectories))
@@ -265,6 +279,11 @@ class RolloutWorker:
             return played.summary()
         finally:
             self._running.discard(task)
+
+    async def warm(self) -> None:
+        """Build now what the first group would: the provider, the sandbox pool, the policy's
+        tokenizer (a driver asks while other things start, not when episodes wait on it)."""
+        await self._ensure_started()
 
     async def update_weights(self, version: int, weights: Mapping[str, Any]) -> None:
         runner = await self._ensure_started()

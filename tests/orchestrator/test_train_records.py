@@ -62,6 +62,7 @@ def test_the_summary_counts_rl_steps_from_the_records(tmp_path: Path) -> None:
     summary = trainer.finish()
     assert summary["rl_steps"] == 29 and summary["warmup_steps"] == 2 and summary["interrupted"] is False
     assert summary["heldout_env_ce"]["fall_from_initial"] == 0.5
+    assert summary["timings"]["other_s"] == summary["timings"]["total_s"]  # no phase ran: all of it is other
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
 
 

@@ -1,4 +1,4 @@
-"""A RolloutWorker in-process (no Ray) on real local sandboxes: closing it mid-group."""
+"""A RolloutWorker in-process (no Ray) on real local sandboxes: closing it mid-group; the oracle playing on its pool."""
 
 from __future__ import annotations
 
@@ -10,9 +10,14 @@ import pytest
 
 from envs.authoring.registry import load_suite
 from hillclimb.config import load_config
+from hillclimb.config.rollout import SamplingParams
 from orchestrator.schedule import round_of_groups
 from orchestrator.workers import RolloutWorker, WorkerClosedError
 from tests.orchestrator.helpers import SlowScriptedPolicy
+from trainers.policy.base import GenerateRequest, Generation
+from trainers.policy.scripted import ScriptedPolicy
+from trainers.tokenizer import ByteTokenizer
+from trainers.trajectory import TrajectoryGroup
 
 pytestmark = pytest.mark.root
 
@@ -48,3 +53,29 @@ async def test_a_group_that_arrives_while_closing_is_refused_before_it_takes_a_s
     with pytest.raises(WorkerClosedError, match=f"rollout worker 3 is closing; group {group.group_id} not started"):
         await worker.run_group(group)
     assert worker._pool is None and worker.running() == 0  # no pool was built, no sandbox started
+
+
+class _SilentPolicy(ScriptedPolicy):
+    """A policy that says nothing: an episode it played would end unsolved."""
+
+    async def generate(self, requests: list[GenerateRequest], sampling: SamplingParams) -> list[Generation]:
+        return [Generation(token_ids=(), logprobs=(), finish_reason="stop", version=0) for _ in requests]
+
+
+async def test_the_oracle_plays_a_group_on_the_workers_pool_in_the_policys_tokens(
+    sandbox_root: Path, tmp_path: Path
+) -> None:
+    config = load_config(None, [f"run.dir={tmp_path}", f"provider.options={{root: {sandbox_root}}}"])
+    tokenizer = ByteTokenizer()
+    worker = RolloutWorker(config, worker_index=0, policy=_SilentPolicy(tokenizer))
+    group = round_of_groups(load_suite("toy_terminal"), "train", run_seed=0, group_size=2, round_index=0)[0]
+    try:
+        by_policy = await worker.run_group(group)
+        by_oracle = await worker.run_group(group, oracle=True)
+        assert isinstance(by_policy, TrajectoryGroup) and isinstance(by_oracle, TrajectoryGroup)
+        assert [t.reward > 0 for t in by_policy.trajectories] == [False, False]
+        assert [t.reward > 0 for t in by_oracle.trajectories] == [True, True]
+        assert worker._oracle is not None and worker._oracle.pool is worker._pool  # one pool, one set of sandboxes
+        assert worker._oracle.policy.tokenizer is tokenizer
+    finally:
+        await worker.close()
