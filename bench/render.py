@@ -37,7 +37,8 @@ DOCUMENTS = ("README.md", *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "do
 
 SOURCES: dict[str, str] = {
     # result file (under bench/results/) → the module that renders it
-    "main_job.json": "bench.main_job",
+    "main_job.json": "bench.train_figures",
+    "main_job_costs.json": "bench.main_job",
     "lambda_sweep.json": "bench.lambda_sweep",
     "echo_smollm2_ablation.json": "bench.lambda_sweep",
     "sandbox_start.json": "bench.sandbox_start",
@@ -64,8 +65,13 @@ SOURCES: dict[str, str] = {
 
 HEADLINE = (
     # the files whose `headline` rows make the README's headline table, in its order
+    "main_job.json",
+    "main_job_costs.json",
     "lambda_sweep.json",
     "echo_smollm2_ablation.json",
+    "sandbox_start.json",
+    "concurrency.json",
+    "env_step.json",
     "rollout.json",
     "smollm2.json",
     "batching.json",
