@@ -12,17 +12,23 @@ from typing import Any
 
 PROJECT = Path(__file__).resolve().parents[1]
 """The checkout this code runs from: its commit is the one a result is credited to."""
+RESULTS = "bench/results"
+"""Where published results live: writing one does not make the code that measured it dirty."""
 
 
-def commit() -> str:
-    """The short hash of the checkout's HEAD (`-dirty` with uncommitted changes to tracked files);
-    "unknown" outside a git checkout."""
+def commit(project: Path = PROJECT) -> str:
+    """The short hash of the checkout's HEAD (`-dirty` with uncommitted changes to tracked files
+    other than results: a benchmark suite's first result file must not mark the next one's code
+    dirty); "unknown" outside a git checkout."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=PROJECT
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=project
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=PROJECT
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){RESULTS}"],
+            capture_output=True,
+            text=True,
+            cwd=project,
         ).stdout
         return out.stdout.strip() + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.CalledProcessError):
