@@ -103,12 +103,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self._queue.extend(pending)
         self._last_arrival = now
         self._arrived.set()
-        # Wait for all of them even if one fails, so no future's exception goes unretrieved.
-        outcomes = await asyncio.gather(*(p.future for p in pending), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        return list(outcomes)  # type: ignore[arg-type]
+        return await all_results([p.future for p in pending])
 
     def run_now(self, items: list[ItemT]) -> list[ResultT]:
         """Run `items` as one batch and block until done (for callers without an event loop)."""
@@ -206,6 +201,16 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                 pending.future.set_exception(error)
         self._queue.clear()
         self._in_flight = []
+
+
+async def all_results(futures: list[asyncio.Future[ResultT]]) -> list[ResultT]:
+    """Every future's result, in order; the first failure raised once all are done, so no
+    future's exception goes unretrieved."""
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return list(outcomes)  # type: ignore[arg-type]
 
 
 def each_in_order(

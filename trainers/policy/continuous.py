@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from trainers.policy.batching import each_in_order
+from trainers.policy.batching import all_results, each_in_order
 
 __all__ = ["ContinuousBatcher", "Decode"]
 
@@ -112,12 +112,7 @@ class ContinuousBatcher(Generic[ItemT, ResultT]):
         pending = [_Pending[ItemT, ResultT](item, loop.create_future()) for item in items]
         self._queue.extend(pending)
         self._ensure_job()
-        # Wait for all of them even if one fails, so no future's exception goes unretrieved.
-        outcomes = await asyncio.gather(*(p.future for p in pending), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        return list(outcomes)  # type: ignore[arg-type]
+        return await all_results([p.future for p in pending])
 
     def run_now(self, items: list[ItemT]) -> list[ResultT]:
         """Run `items` as one batch of their own and block until done (for callers without an event loop)."""
