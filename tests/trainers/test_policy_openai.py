@@ -79,7 +79,12 @@ async def test_seeds_reproduce_through_the_server(server: CompletionsServer) -> 
     sampling = SamplingParams(max_new_tokens=16, temperature=1.0)
     async with _client(server) as policy:
         first, again, other = [await policy.generate(_requests(seed), sampling) for seed in (5, 5, 6)]
-    assert first == again
+    # The same seed gives the same tokens. The log-probs agree to float rounding, not bit for bit:
+    # requests join the engine's running batch as they arrive (continuous batching), and a row's
+    # products depend on what shares its batch (vLLM's are not batch-invariant either).
+    assert [g.token_ids for g in first] == [g.token_ids for g in again]
+    for a, b in zip(first, again, strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
     assert [g.token_ids for g in first] != [g.token_ids for g in other]
 
 
