@@ -414,7 +414,7 @@ def _ratio(record: dict[str, Any], loop: str, name: str, other: str, key: str) -
     return f"{ratio:.2f}× ({min(paired):.2f}–{max(paired):.2f})"
 
 
-def _provenance(record: dict[str, Any]) -> str:
+def _method_line(record: dict[str, Any]) -> str:
     loads = [r["load_before"][0] for r in record["results"]["repetitions"]]
     config = record["config"]
     return (
@@ -450,11 +450,11 @@ def tables(record: dict[str, Any]) -> dict[str, str]:
                 trip = f"{1e6 / by_name[c['name']][key]['median']:.0f}"
                 server, client = (f"{used[side]['median']:.0f}" for side in SIDES)
                 cpu.append(f"| {loop} | {c['name']} | {n} | {trip} | {server} | {client} |")
-    provenance = "\n\n" + _provenance(record)
+    method = "\n\n" + _method_line(record)
     return {
-        "steps": "\n".join(steps) + provenance,
-        "cpu": "\n".join(cpu) + provenance,
-        "targets": _targets(record) + provenance,
+        "steps": "\n".join(steps) + method,
+        "cpu": "\n".join(cpu) + method,
+        "targets": _targets(record) + method,
     }
 
 
